@@ -1,0 +1,16 @@
+//! FHIR R4 vocabulary shared by every fhirbox crate: which resource types exist,
+//! what a valid id is, how an OperationOutcome is shaped, and which fields may
+//! carry a reference to an external secret.
+
+pub mod datetime;
+pub mod id;
+pub mod outcome;
+pub mod resource_types;
+pub mod secret_fields;
+
+pub use id::is_valid_id;
+pub use outcome::{IssueSeverity, IssueType, OperationOutcome};
+pub use resource_types::{
+    all_resource_types, is_known_resource_type, resource_kind, ResourceKind, RESOURCE_TYPES,
+    SERVER_RESOURCE_TYPES,
+};

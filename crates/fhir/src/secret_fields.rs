@@ -1,0 +1,137 @@
+//! The table of secret-capable fields (SPEC 1.2): the only places where a
+//! resource may carry a reference to an external secret instead of a value.
+
+/// Extension URL naming the vault-config secret a field refers to.
+pub const SECRET_REFERENCE_URL: &str = "http://health-samurai.io/fhir/secret-reference";
+/// Extension URL marking a value as intentionally absent (FHIR core).
+pub const DATA_ABSENT_REASON_URL: &str =
+    "http://hl7.org/fhir/StructureDefinition/data-absent-reason";
+
+/// Where a secret-capable field lives inside its resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldLocation {
+    /// A JSON path of object keys; the last key is the primitive (`["client", "secret"]`).
+    Path(&'static [&'static str]),
+    /// `jwt.keys[].k`: the primitive `k` of every element of the array at the path.
+    ArrayItem {
+        array: &'static [&'static str],
+        field: &'static str,
+    },
+    /// `parameter[name=<name>].valueString` of an AidboxTopicDestination.
+    NamedParameter { name: &'static str },
+}
+
+/// One secret-capable field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretField {
+    pub resource_type: &'static str,
+    /// How the field is written in docs and error messages.
+    pub display: &'static str,
+    pub location: FieldLocation,
+    /// What the server uses the value for.
+    pub purpose: &'static str,
+}
+
+/// The published list (SPEC 1.2); all nine must work end to end.
+pub const SECRET_FIELDS: &[SecretField] = &[
+    SecretField {
+        resource_type: "Client",
+        display: "secret",
+        location: FieldLocation::Path(&["secret"]),
+        purpose: "HTTP Basic and client_credentials authentication of the client",
+    },
+    SecretField {
+        resource_type: "IdentityProvider",
+        display: "client.secret",
+        location: FieldLocation::Path(&["client", "secret"]),
+        purpose: "client secret sent to an external OpenID Connect provider",
+    },
+    SecretField {
+        resource_type: "IdentityProvider",
+        display: "client.private-key",
+        location: FieldLocation::Path(&["client", "private-key"]),
+        purpose: "private key for private_key_jwt client authentication",
+    },
+    SecretField {
+        resource_type: "IdentityProvider",
+        display: "client.certificate",
+        location: FieldLocation::Path(&["client", "certificate"]),
+        purpose: "certificate that goes with the private key",
+    },
+    SecretField {
+        resource_type: "TokenIntrospector",
+        display: "jwt.secret",
+        location: FieldLocation::Path(&["jwt", "secret"]),
+        purpose: "shared HMAC key to verify external JWTs",
+    },
+    SecretField {
+        resource_type: "TokenIntrospector",
+        display: "jwt.keys[].k",
+        location: FieldLocation::ArrayItem {
+            array: &["jwt", "keys"],
+            field: "k",
+        },
+        purpose: "symmetric key entries of a key set",
+    },
+    SecretField {
+        resource_type: "TokenIntrospector",
+        display: "introspection_endpoint.authorization",
+        location: FieldLocation::Path(&["introspection_endpoint", "authorization"]),
+        purpose: "Authorization header value for RFC 7662 introspection calls",
+    },
+    SecretField {
+        resource_type: "AidboxTopicDestination",
+        display: "parameter[name=saslJaasConfig].valueString",
+        location: FieldLocation::NamedParameter {
+            name: "saslJaasConfig",
+        },
+        purpose: "Kafka SASL JAAS configuration",
+    },
+    SecretField {
+        resource_type: "AidboxTopicDestination",
+        display: "parameter[name=sslKeystoreKey].valueString",
+        location: FieldLocation::NamedParameter {
+            name: "sslKeystoreKey",
+        },
+        purpose: "Kafka TLS client key",
+    },
+];
+
+/// The secret-capable fields of one resource type.
+pub fn fields_of(resource_type: &str) -> impl Iterator<Item = &'static SecretField> + '_ {
+    SECRET_FIELDS
+        .iter()
+        .filter(move |f| f.resource_type == resource_type)
+}
+
+/// Resource types that have at least one secret-capable field, in table order.
+pub fn secret_capable_types() -> Vec<&'static str> {
+    let mut types: Vec<&'static str> = Vec::new();
+    for field in SECRET_FIELDS {
+        if !types.contains(&field.resource_type) {
+            types.push(field.resource_type);
+        }
+    }
+    types
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nine_fields_on_four_types() {
+        assert_eq!(SECRET_FIELDS.len(), 9);
+        assert_eq!(
+            secret_capable_types(),
+            [
+                "Client",
+                "IdentityProvider",
+                "TokenIntrospector",
+                "AidboxTopicDestination"
+            ]
+        );
+        assert_eq!(fields_of("IdentityProvider").count(), 3);
+        assert_eq!(fields_of("Patient").count(), 0);
+    }
+}

@@ -1,0 +1,223 @@
+//! The one application constructor: `build_app(settings)` opens the store and
+//! builds the router. `main` and every test start the server through it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::response::Response;
+use axum::routing::{get, MethodRouter};
+use axum::Router;
+use fhirbox_store::Store;
+use tokio::net::TcpListener;
+
+use crate::capability::{capability_statement, Interactions, Level};
+use crate::settings::Settings;
+use crate::{bundle, fhir_api, health, logging};
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    pub started: Instant,
+    /// Rendered once at start from the registered interactions.
+    pub capability: Arc<String>,
+}
+
+/// A built application, not yet listening.
+pub struct App {
+    pub state: AppState,
+    pub router: Router,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open the database {url}: {source}")]
+    Database {
+        url: String,
+        #[source]
+        source: fhirbox_store::StoreError,
+    },
+    #[error("cannot listen on port {port}: {source}")]
+    Listen {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Registers routes and the interactions they implement, so the
+/// CapabilityStatement is generated from what is really routed.
+struct RouteTable {
+    router: Router<AppState>,
+    interactions: Interactions,
+}
+
+impl RouteTable {
+    fn route(
+        mut self,
+        path: &str,
+        methods: MethodRouter<AppState>,
+        level: Level,
+        codes: &[&'static str],
+    ) -> Self {
+        self.router = self
+            .router
+            .route(path, methods.fallback(fhir_api::method_not_allowed));
+        self.interactions.declare(level, codes);
+        self
+    }
+}
+
+fn fhir_routes() -> (Router<AppState>, Interactions) {
+    use axum::routing::post;
+    let table = RouteTable {
+        router: Router::new(),
+        interactions: Interactions::default(),
+    }
+    .route(
+        "/fhir",
+        post(bundle::process).get(fhir_api::search_system),
+        Level::System,
+        &["transaction", "batch", "search-system"],
+    )
+    .route(
+        "/fhir/_history",
+        get(fhir_api::history_system),
+        Level::System,
+        &["history-system"],
+    )
+    .route(
+        "/fhir/{type}",
+        get(fhir_api::search_type).post(fhir_api::create),
+        Level::Type,
+        &["search-type", "create"],
+    )
+    .route(
+        "/fhir/{type}/_history",
+        get(fhir_api::history_type),
+        Level::Type,
+        &["history-type"],
+    )
+    .route(
+        "/fhir/{type}/{id}",
+        get(fhir_api::read)
+            .put(fhir_api::update)
+            .patch(fhir_api::patch)
+            .delete(fhir_api::delete),
+        Level::Type,
+        &["read", "update", "patch", "delete"],
+    )
+    .route(
+        "/fhir/{type}/{id}/_history",
+        get(fhir_api::history_instance),
+        Level::Type,
+        &["history-instance"],
+    )
+    .route(
+        "/fhir/{type}/{id}/_history/{vid}",
+        get(fhir_api::vread),
+        Level::Type,
+        &["vread"],
+    );
+    (table.router, table.interactions)
+}
+
+async fn metadata(State(app): State<AppState>) -> Response {
+    crate::response::fhir_json(StatusCode::OK, app.capability.as_str().to_owned())
+}
+
+/// Opens the store and builds the router.
+pub async fn build_app(settings: Settings) -> Result<App, StartupError> {
+    let store = Store::open(settings.database.expose())
+        .await
+        .map_err(|source| StartupError::Database {
+            url: settings.database.masked(),
+            source,
+        })?;
+    Ok(assemble(settings, store))
+}
+
+/// Builds the router around an open store.
+pub fn assemble(settings: Settings, store: Store) -> App {
+    let (api, interactions) = fhir_routes();
+    let capability = capability_statement(&interactions, settings.base_url.as_deref());
+    let state = AppState {
+        store,
+        settings: Arc::new(settings),
+        started: Instant::now(),
+        capability: Arc::new(capability),
+    };
+    // Everything in `api` will sit behind authentication; metadata and health stay public.
+    let public = Router::new()
+        .route(
+            "/fhir/metadata",
+            get(metadata).fallback(fhir_api::method_not_allowed),
+        )
+        .route("/health", get(health::live))
+        .route("/health/ready", get(health::ready));
+    let router = public
+        .merge(api)
+        .fallback(fhir_api::unknown_route)
+        .layer(middleware::from_fn(crate::extract::negotiate))
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(middleware::from_fn(logging::log_request))
+        .with_state(state.clone());
+    App { state, router }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight
+/// requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let store = app.state.store.clone();
+    let result = axum::serve(listener, app.router)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    store.close().await;
+    result
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// Starts the server from settings and runs until a shutdown signal.
+pub async fn run(settings: Settings) -> Result<(), StartupError> {
+    let port = settings.port;
+    tracing::info!(database = %settings.database, port, "starting fhirbox");
+    let app = build_app(settings).await?;
+    let listener = TcpListener::bind(("0.0.0.0", port))
+        .await
+        .map_err(|source| StartupError::Listen { port, source })?;
+    tracing::info!(port, "listening");
+    serve(listener, app, shutdown_signal())
+        .await
+        .map_err(|source| StartupError::Listen { port, source })
+}

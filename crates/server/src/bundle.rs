@@ -1,0 +1,514 @@
+//! Batch and transaction bundles (`POST /fhir`, FHIR R4 §3.1.0.11). A
+//! transaction validates every entry first, rewrites `urn:uuid:` references
+//! to the ids the server assigns, and stores all writes in one database
+//! transaction; a batch runs each entry on its own.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use base64::Engine;
+use fhirbox_store::{ResourceWrite, StoredResource, WriteOp, WriteOutcome};
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::bundle_out::BundleWriter;
+use crate::error::ApiError;
+use crate::extract::{FhirBase, FhirJson};
+use crate::fhir_api::{read_current, read_version, run_search};
+use crate::resource::{self, check_id, check_type};
+use crate::response::{etag, fhir_json, parse_version_tag, Prefer, ReturnPreference};
+use crate::search;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+/// What an entry's `request.url` names.
+#[derive(Debug, Clone)]
+enum Target {
+    Type(String),
+    Instance(String, String),
+    Version(String, String, String),
+}
+
+/// A parsed entry, ready to run.
+struct Entry {
+    method: Method,
+    target: Target,
+    query: Option<String>,
+    full_url: Option<String>,
+    resource: Option<Value>,
+    if_match: Option<i64>,
+}
+
+/// The result of one entry, rendered into the response bundle.
+enum EntryResult {
+    Written(WriteOutcome, Method),
+    Read(StoredResource),
+    Searched(String),
+    Failed(ApiError),
+}
+
+pub async fn process(
+    State(app): State<AppState>,
+    FhirBase(base): FhirBase,
+    headers: HeaderMap,
+    FhirJson(body): FhirJson,
+) -> Result<Response, ApiError> {
+    let preference = Prefer::from_headers(&headers).return_;
+    if body.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(ApiError::bad_request(
+            "POST to the base URL takes a Bundle of type batch or transaction",
+        )
+        .at("resourceType"));
+    }
+    let kind = body.get("type").and_then(Value::as_str).unwrap_or("");
+    let transaction = match kind {
+        "transaction" => true,
+        "batch" => false,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Bundle.type {other:?} cannot be processed; send type \"batch\" or \"transaction\""
+            ))
+            .at("Bundle.type"))
+        }
+    };
+    let raw_entries = match body.get("entry") {
+        None => Vec::new(),
+        Some(Value::Array(entries)) => entries.clone(),
+        Some(_) => {
+            return Err(ApiError::bad_request("Bundle.entry must be an array").at("Bundle.entry"))
+        }
+    };
+    let parsed: Vec<Result<Entry, ApiError>> = raw_entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| parse_entry(e, &base).map_err(|err| err.at(format!("Bundle.entry[{i}]"))))
+        .collect();
+    let results = if transaction {
+        let mut entries = Vec::with_capacity(parsed.len());
+        for entry in parsed {
+            entries.push(entry.map_err(|e| prefix(e, "the transaction was not applied"))?);
+        }
+        run_transaction(&app, &base, entries).await?
+    } else {
+        run_batch(&app, &base, parsed).await
+    };
+    let response_type = if transaction {
+        "transaction-response"
+    } else {
+        "batch-response"
+    };
+    Ok(fhir_json(
+        StatusCode::OK,
+        render(response_type, &base, results, preference),
+    ))
+}
+
+fn prefix(mut e: ApiError, text: &str) -> ApiError {
+    e.message = format!("{text}: {}", e.message);
+    e
+}
+
+fn parse_entry(entry: &Value, base: &str) -> Result<Entry, ApiError> {
+    let request = entry.get("request").ok_or_else(|| {
+        ApiError::bad_request("the entry has no request; add request.method and request.url")
+    })?;
+    let method = match request.get("method").and_then(Value::as_str) {
+        Some("GET") => Method::Get,
+        Some("POST") => Method::Post,
+        Some("PUT") => Method::Put,
+        Some("PATCH") => Method::Patch,
+        Some("DELETE") => Method::Delete,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "request.method {other:?} is not supported; use GET, POST, PUT, PATCH or DELETE"
+            )))
+        }
+        None => return Err(ApiError::bad_request("request.method is missing")),
+    };
+    let url = request
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("request.url is missing"))?;
+    for conditional in ["ifNoneExist", "ifModifiedSince", "ifNoneMatch"] {
+        if request.get(conditional).is_some() {
+            return Err(ApiError::not_supported(
+                StatusCode::BAD_REQUEST,
+                format!("request.{conditional} (conditional interactions) is not supported yet"),
+            ));
+        }
+    }
+    let if_match = match request.get("ifMatch").and_then(Value::as_str) {
+        Some(tag) => Some(parse_version_tag(tag).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "request.ifMatch {tag:?} is not an ETag such as W/\"3\""
+            ))
+        })?),
+        None => None,
+    };
+    let relative = url
+        .strip_prefix(base)
+        .unwrap_or(url)
+        .trim_start_matches('/');
+    let (path, query) = match relative.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (relative, None),
+    };
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let target = match segments.as_slice() {
+        [t] => Target::Type((*t).to_owned()),
+        [t, id] => Target::Instance((*t).to_owned(), (*id).to_owned()),
+        [t, id, "_history", v] => Target::Version((*t).to_owned(), (*id).to_owned(), (*v).to_owned()),
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "request.url {url:?} is not supported in a bundle; use Type, Type/id or Type/id/_history/version"
+            )))
+        }
+    };
+    let allowed = matches!(
+        (method, &target, query.is_some()),
+        (Method::Get, _, _)
+            | (Method::Post, Target::Type(_), false)
+            | (
+                Method::Put | Method::Patch | Method::Delete,
+                Target::Instance(..),
+                false
+            )
+    );
+    if !allowed {
+        return Err(ApiError::bad_request(format!(
+            "{method:?} {url} is not supported in a bundle (conditional interactions are not supported yet)"
+        )));
+    }
+    match &target {
+        Target::Type(t) => check_type(t)?,
+        Target::Instance(t, id) | Target::Version(t, id, _) => {
+            check_type(t)?;
+            check_id(id)?;
+        }
+    }
+    let resource = entry.get("resource").cloned();
+    if matches!(method, Method::Post | Method::Put | Method::Patch) && resource.is_none() {
+        return Err(ApiError::bad_request(format!(
+            "a {method:?} entry needs a resource"
+        )));
+    }
+    Ok(Entry {
+        method,
+        target,
+        query,
+        full_url: entry
+            .get("fullUrl")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        resource,
+        if_match,
+    })
+}
+
+/// A PATCH entry carries its JSON Patch as a Binary resource (R4 §3.1.0.11.1).
+fn patch_from_binary(resource: &Value) -> Result<json_patch::Patch, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "a PATCH entry's resource must be a Binary with contentType application/json-patch+json and base64 data",
+        )
+    };
+    if resource.get("resourceType").and_then(Value::as_str) != Some("Binary") {
+        return Err(bad());
+    }
+    let content_type = resource
+        .get("contentType")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !content_type.starts_with("application/json-patch+json") {
+        return Err(bad());
+    }
+    let data = resource
+        .get("data")
+        .and_then(Value::as_str)
+        .ok_or_else(bad)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| bad())?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the PATCH entry's data is not a valid JSON Patch: {e}"
+        ))
+    })
+}
+
+/// Builds the store write for a write entry.
+fn write_op(entry: &Entry, assigned_id: Option<&str>) -> Result<WriteOp, ApiError> {
+    let body = || entry.resource.clone().unwrap_or(Value::Null);
+    match (&entry.method, &entry.target) {
+        (Method::Post, Target::Type(t)) => {
+            let id = assigned_id
+                .map(str::to_owned)
+                .unwrap_or_else(resource::new_id);
+            resource::prepare_create(t, id, body())
+        }
+        (Method::Put, Target::Instance(t, id)) => {
+            resource::prepare_update(t, id, body(), entry.if_match)
+        }
+        (Method::Patch, Target::Instance(t, id)) => {
+            let patch = patch_from_binary(entry.resource.as_ref().unwrap_or(&Value::Null))?;
+            resource::prepare_patch(t, id, patch, entry.if_match)
+        }
+        (Method::Delete, Target::Instance(t, id)) => {
+            resource::prepare_delete(t, id, entry.if_match)
+        }
+        _ => Err(ApiError::bad_request("this entry is not a write")),
+    }
+}
+
+async fn run_read(app: &AppState, base: &str, entry: &Entry) -> EntryResult {
+    let result = match &entry.target {
+        Target::Instance(t, id) => read_current(app, t, id).await.map(EntryResult::Read),
+        Target::Version(t, id, v) => read_version(app, t, id, v).await.map(EntryResult::Read),
+        Target::Type(t) => match search::parse_query(entry.query.as_deref()) {
+            Ok(params) => run_search(app, base, Some(t), &params, false)
+                .await
+                .map(EntryResult::Searched),
+            Err(e) => Err(e),
+        },
+    };
+    result.unwrap_or_else(EntryResult::Failed)
+}
+
+/// Replaces every `reference` equal to a key of `map` (R4 §3.1.0.11.2).
+fn rewrite_references(value: &mut Value, map: &HashMap<String, String>) {
+    match value {
+        Value::Object(fields) => {
+            for (key, v) in fields.iter_mut() {
+                if key == "reference" {
+                    if let Some(new) = v.as_str().and_then(|r| map.get(r)) {
+                        *v = Value::String(new.clone());
+                        continue;
+                    }
+                }
+                rewrite_references(v, map);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_references(v, map)),
+        _ => {}
+    }
+}
+
+async fn run_transaction(
+    app: &AppState,
+    base: &str,
+    mut entries: Vec<Entry>,
+) -> Result<Vec<EntryResult>, ApiError> {
+    // Ids for created resources, and the fullUrl -> Type/id map for references.
+    let mut assigned: HashMap<usize, String> = HashMap::new();
+    let mut references: HashMap<String, String> = HashMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if let (Method::Post, Target::Type(t)) = (&entry.method, &entry.target) {
+            let id = resource::new_id();
+            if let Some(full_url) = &entry.full_url {
+                references.insert(full_url.clone(), format!("{t}/{id}"));
+            }
+            assigned.insert(i, id);
+        }
+    }
+    if !references.is_empty() {
+        for entry in &mut entries {
+            if let Some(resource) = entry.resource.as_mut() {
+                rewrite_references(resource, &references);
+            }
+        }
+    }
+    // Each resource may be touched by one write only (R4 §3.1.0.11.2).
+    let mut touched = HashSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if let (Method::Put | Method::Patch | Method::Delete, Target::Instance(t, id)) =
+            (&entry.method, &entry.target)
+        {
+            if !touched.insert((t.clone(), id.clone())) {
+                return Err(ApiError::bad_request(format!(
+                    "the transaction was not applied: {t}/{id} is changed by more than one entry"
+                ))
+                .at(format!("Bundle.entry[{i}]")));
+            }
+        }
+    }
+    // Processing order: DELETE, POST, PUT/PATCH, then GET (R4 §3.1.0.11.2).
+    let rank = |m: Method| match m {
+        Method::Delete => 0,
+        Method::Post => 1,
+        Method::Put | Method::Patch => 2,
+        Method::Get => 3,
+    };
+    let mut order: Vec<usize> = (0..entries.len())
+        .filter(|i| entries[*i].method != Method::Get)
+        .collect();
+    order.sort_by_key(|i| rank(entries[*i].method));
+    let mut ops = Vec::with_capacity(order.len());
+    for &i in &order {
+        let op = write_op(&entries[i], assigned.get(&i).map(String::as_str)).map_err(|e| {
+            prefix(
+                e.at(format!("Bundle.entry[{i}]")),
+                "the transaction was not applied",
+            )
+        })?;
+        ops.push(op);
+    }
+    let outcomes = if ops.is_empty() {
+        Vec::new()
+    } else {
+        app.store
+            .write_all(ops)
+            .await
+            .map_err(|e| prefix(ApiError::from(e), "the transaction was not applied"))?
+    };
+    let mut results: Vec<Option<EntryResult>> = (0..entries.len()).map(|_| None).collect();
+    for (&i, outcome) in order.iter().zip(outcomes) {
+        results[i] = Some(EntryResult::Written(outcome, entries[i].method));
+    }
+    for (i, entry) in entries.iter().enumerate() {
+        if entry.method == Method::Get {
+            results[i] = Some(run_read(app, base, entry).await);
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| EntryResult::Failed(ApiError::internal(&"entry without result")))
+        })
+        .collect())
+}
+
+async fn run_batch(
+    app: &AppState,
+    base: &str,
+    entries: Vec<Result<Entry, ApiError>>,
+) -> Vec<EntryResult> {
+    let mut results = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let result = match entry {
+            Err(e) => EntryResult::Failed(e),
+            Ok(entry) if entry.method == Method::Get => run_read(app, base, &entry).await,
+            Ok(entry) => match write_op(&entry, None) {
+                Err(e) => EntryResult::Failed(e),
+                Ok(op) => match app.store.write(op).await {
+                    Ok(outcome) => EntryResult::Written(outcome, entry.method),
+                    Err(e) => EntryResult::Failed(e.into()),
+                },
+            },
+        };
+        results.push(result);
+    }
+    results
+}
+
+fn status_text(status: StatusCode) -> String {
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+}
+
+fn render(
+    bundle_type: &str,
+    base: &str,
+    results: Vec<EntryResult>,
+    preference: ReturnPreference,
+) -> String {
+    let mut bundle = BundleWriter::new(bundle_type, None, &[]);
+    for result in results {
+        match result {
+            EntryResult::Written(outcome, method) => {
+                let r = &outcome.resource;
+                let status = match method {
+                    Method::Delete => StatusCode::NO_CONTENT,
+                    _ if outcome.created => StatusCode::CREATED,
+                    _ => StatusCode::OK,
+                };
+                let mut response = json!({
+                    "status": status_text(status),
+                    "etag": etag(r.version_id),
+                    "lastModified": r.last_updated_text(),
+                });
+                if status == StatusCode::CREATED {
+                    response["location"] = json!(format!("{base}/{}/{}/_history/{}", r.resource_type, r.id, r.version_id));
+                }
+                let include = method != Method::Delete && preference == ReturnPreference::Representation;
+                bundle.entry(
+                    json!({"fullUrl": format!("{base}/{}/{}", r.resource_type, r.id), "response": response}),
+                    include.then_some(r.body.as_str()),
+                );
+            }
+            EntryResult::Read(r) => bundle.entry(
+                json!({
+                    "fullUrl": format!("{base}/{}/{}", r.resource_type, r.id),
+                    "response": {"status": status_text(StatusCode::OK), "etag": etag(r.version_id), "lastModified": r.last_updated_text()},
+                }),
+                Some(&r.body),
+            ),
+            EntryResult::Searched(searchset) => {
+                bundle.entry(json!({"response": {"status": status_text(StatusCode::OK)}}), Some(&searchset))
+            }
+            EntryResult::Failed(e) => bundle.entry(
+                json!({"response": {"status": status_text(e.status), "outcome": e.outcome().to_json()}}),
+                None,
+            ),
+        }
+    }
+    bundle.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_nested_references_only() {
+        let mut v = json!({
+            "subject": {"reference": "urn:uuid:1"},
+            "list": [{"item": {"reference": "urn:uuid:1"}}, {"reference": "Patient/keep"}],
+            "note": "urn:uuid:1"
+        });
+        let map = HashMap::from([("urn:uuid:1".to_owned(), "Patient/abc".to_owned())]);
+        rewrite_references(&mut v, &map);
+        assert_eq!(v["subject"]["reference"], "Patient/abc");
+        assert_eq!(v["list"][0]["item"]["reference"], "Patient/abc");
+        assert_eq!(v["list"][1]["reference"], "Patient/keep");
+        assert_eq!(v["note"], "urn:uuid:1");
+    }
+
+    #[test]
+    fn parses_entry_urls() {
+        let e = parse_entry(
+            &json!({"request": {"method": "GET", "url": "Patient/a/_history/2"}}),
+            "http://x/fhir",
+        )
+        .unwrap();
+        assert!(matches!(e.target, Target::Version(..)));
+        let e = parse_entry(&json!({"request": {"method": "PUT", "url": "http://x/fhir/Patient/a"}, "resource": {}}), "http://x/fhir").unwrap();
+        assert!(matches!(e.target, Target::Instance(..)));
+        assert!(parse_entry(
+            &json!({"request": {"method": "PUT", "url": "Patient?name=x"}, "resource": {}}),
+            "b"
+        )
+        .is_err());
+        assert!(parse_entry(
+            &json!({"request": {"method": "HEAD", "url": "Patient"}}),
+            "b"
+        )
+        .is_err());
+        assert!(parse_entry(
+            &json!({"request": {"method": "POST", "url": "Patient"}}),
+            "b"
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! The CapabilityStatement (`GET /fhir/metadata`), generated from the
+//! interactions the router registered, so it cannot claim more than exists.
+
+use fhirbox_fhir::resource_types::all_resource_types;
+use serde_json::{json, Value};
+
+use crate::search::SEARCH_PARAMETERS;
+
+/// Level of a FHIR interaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// `rest.resource.interaction` (applies to every type).
+    Type,
+    /// `rest.interaction`.
+    System,
+}
+
+/// Interactions registered by the router, in registration order.
+#[derive(Debug, Clone, Default)]
+pub struct Interactions {
+    pub declared: Vec<(Level, &'static str)>,
+}
+
+impl Interactions {
+    pub fn declare(&mut self, level: Level, codes: &[&'static str]) {
+        for code in codes {
+            if !self.declared.contains(&(level, code)) {
+                self.declared.push((level, code));
+            }
+        }
+    }
+
+    fn codes(&self, level: Level) -> Vec<&'static str> {
+        self.declared
+            .iter()
+            .filter(|(l, _)| *l == level)
+            .map(|(_, c)| *c)
+            .collect()
+    }
+
+    pub fn has(&self, level: Level, code: &str) -> bool {
+        self.declared.iter().any(|(l, c)| *l == level && *c == code)
+    }
+}
+
+/// Builds the CapabilityStatement JSON text.
+pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>) -> String {
+    let type_codes = interactions.codes(Level::Type);
+    let search_params: Vec<Value> = SEARCH_PARAMETERS
+        .iter()
+        .map(|(name, kind, doc)| json!({"name": name, "type": kind, "documentation": doc}))
+        .collect();
+    let resources: Vec<Value> = all_resource_types()
+        .map(|rt| {
+            let mut resource = json!({
+                "type": rt,
+                "interaction": type_codes.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+                "versioning": "versioned-update",
+                "readHistory": interactions.has(Level::Type, "vread"),
+                "updateCreate": interactions.has(Level::Type, "update"),
+                "conditionalCreate": false,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+            });
+            if interactions.has(Level::Type, "search-type") {
+                resource["searchParam"] = Value::Array(search_params.clone());
+            }
+            resource
+        })
+        .collect();
+    let mut implementation = json!({"description": "fhirbox FHIR R4 server"});
+    if let Some(base) = base_url {
+        implementation["url"] = json!(format!("{base}/fhir"));
+    }
+    let statement = json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": fhirbox_store::instant::format_micros(fhirbox_store::instant::now_micros()),
+        "kind": "instance",
+        "software": {"name": "fhirbox", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": implementation,
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": interactions.codes(Level::System).iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+        }],
+    });
+    statement.to_string()
+}

@@ -1,0 +1,199 @@
+//! Request plumbing owned by extractors and one middleware: JSON bodies whose
+//! rejections are OperationOutcomes, the public base URL, and content
+//! negotiation (FHIR R4 §3.1.0.1.10, JSON only).
+
+use axum::body::Bytes;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use fhirbox_fhir::IssueType;
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Media types fhirbox reads and writes.
+const JSON_TYPES: &[&str] = &["application/fhir+json", "application/json"];
+
+fn media_type(value: &str) -> String {
+    value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(media_type)
+}
+
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                IssueType::TooLong,
+                "the request body is larger than this server accepts (BOX_MAX_BODY_BYTES)",
+            )
+        } else {
+            ApiError::bad_request(format!("the request body could not be read: {rejection}"))
+        }
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(format!(
+            "the request body is empty; send {what}"
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueType::Structure,
+            format!("the request body is not valid {what}: {e}"),
+        )
+    })
+}
+
+/// A JSON body sent as `application/fhir+json` or `application/json`.
+pub struct FhirJson(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for FhirJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match content_type(req.headers()) {
+            Some(ct) if JSON_TYPES.contains(&ct.as_str()) => {}
+            Some(ct) => {
+                return Err(ApiError::not_supported(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("Content-Type {ct} is not supported; send application/fhir+json"),
+                ))
+            }
+            None => {
+                return Err(ApiError::not_supported(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "Content-Type is missing; send application/fhir+json",
+                ))
+            }
+        }
+        let bytes = body_bytes(req, state).await?;
+        Ok(FhirJson(parse_json(&bytes, "JSON")?))
+    }
+}
+
+/// An RFC 6902 JSON Patch body (`application/json-patch+json`).
+pub struct JsonPatchBody(pub json_patch::Patch);
+
+impl<S: Send + Sync> FromRequest<S> for JsonPatchBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match content_type(req.headers()).as_deref() {
+            Some("application/json-patch+json") | Some("application/json") => {}
+            other => {
+                return Err(ApiError::not_supported(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!(
+                        "Content-Type {} is not supported for PATCH; send a JSON Patch (RFC 6902) as application/json-patch+json",
+                        other.unwrap_or("(missing)")
+                    ),
+                ))
+            }
+        }
+        let bytes = body_bytes(req, state).await?;
+        Ok(JsonPatchBody(parse_json(
+            &bytes,
+            "JSON Patch (an array of operations)",
+        )?))
+    }
+}
+
+/// The public base of the FHIR API (`https://host/fhir`), for links and `Location`.
+pub struct FhirBase(pub String);
+
+impl<S> FromRequestParts<S> for FhirBase
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let app = AppState::from_ref(state);
+        Ok(FhirBase(fhir_base(&app, &parts.headers)))
+    }
+}
+
+/// `BOX_WEB_BASE_URL` + `/fhir`, or `http://<Host>/fhir`.
+pub fn fhir_base(app: &AppState, headers: &HeaderMap) -> String {
+    match &app.settings.base_url {
+        Some(base) => format!("{base}/fhir"),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+                .unwrap_or("localhost");
+            format!("http://{host}/fhir")
+        }
+    }
+}
+
+fn acceptable(media: &str) -> bool {
+    matches!(
+        media,
+        "*/*"
+            | "application/*"
+            | "application/fhir+json"
+            | "application/json"
+            | "application/json-patch+json"
+    )
+}
+
+/// Refuses requests that ask for a format other than JSON (406).
+pub async fn negotiate(req: Request, next: Next) -> Response {
+    if let Some(format) = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("_format=")))
+    {
+        let format = format
+            .replace("%2B", "+")
+            .replace("%2b", "+")
+            .replace("%2F", "/")
+            .replace("%2f", "/");
+        if !matches!(
+            format.as_str(),
+            "json" | "application/json" | "application/fhir+json" | "application/fhir json"
+        ) {
+            return ApiError::not_supported(
+                StatusCode::NOT_ACCEPTABLE,
+                format!("_format={format} is not supported; this server speaks JSON only (_format=json)"),
+            )
+            .into_response();
+        }
+    } else if let Some(accept) = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+    {
+        if !accept.split(',').map(media_type).any(|m| acceptable(&m)) {
+            return ApiError::not_supported(
+                StatusCode::NOT_ACCEPTABLE,
+                format!(
+                    "Accept {accept} cannot be served; this server returns application/fhir+json"
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}

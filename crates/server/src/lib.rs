@@ -1,0 +1,18 @@
+//! The fhirbox server: settings, the axum application, and the FHIR REST API.
+
+pub mod app;
+mod bundle;
+mod bundle_out;
+pub mod capability;
+pub mod error;
+pub mod extract;
+mod fhir_api;
+mod health;
+pub mod logging;
+pub mod resource;
+pub mod response;
+pub mod search;
+pub mod settings;
+
+pub use app::{build_app, run, serve, App, AppState};
+pub use settings::Settings;

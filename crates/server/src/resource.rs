@@ -1,0 +1,244 @@
+//! The one write pipeline every path goes through (single interactions, batch
+//! and transaction entries): check the type and id, validate the body, and
+//! turn the request into a store `WriteOp`.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use fhirbox_fhir::{is_known_resource_type, is_valid_id, IssueType};
+use fhirbox_store::{BoxError, StoredResource, WriteKind, WriteOp};
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// Rejects unknown resource types in a URL (404: there is no such endpoint).
+pub fn check_type(resource_type: &str) -> Result<(), ApiError> {
+    if is_known_resource_type(resource_type) {
+        Ok(())
+    } else {
+        Err(ApiError::not_supported(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{resource_type:?} is not a resource type this server knows; use an R4 type such as Patient, or one of the server types (Client, AccessPolicy, …)"
+            ),
+        ))
+    }
+}
+
+/// Rejects an id that breaks the FHIR id rule.
+pub fn check_id(id: &str) -> Result<(), ApiError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{id:?} is not a valid FHIR id: use 1 to 64 characters from A-Z, a-z, 0-9, '-' and '.'"
+        )))
+    }
+}
+
+/// How the body's `id` relates to the request.
+#[derive(Debug, Clone, Copy)]
+pub enum IdRule<'a> {
+    /// Create: the server assigns the id; one in the body is ignored.
+    ServerAssigned,
+    /// Update: the body must carry exactly this id.
+    MustEqual(&'a str),
+}
+
+/// Structural checks every stored resource passes.
+pub fn validate_body(
+    body: &Value,
+    resource_type: &str,
+    id_rule: IdRule<'_>,
+) -> Result<(), ApiError> {
+    let Some(fields) = body.as_object() else {
+        return Err(ApiError::bad_request(
+            "the body must be a JSON object holding one FHIR resource",
+        ));
+    };
+    match fields.get("resourceType") {
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "resourceType is missing; add \"resourceType\": \"{resource_type}\""
+            ))
+            .at("resourceType"))
+        }
+        Some(Value::String(rt)) if rt == resource_type => {}
+        Some(Value::String(rt)) if !is_known_resource_type(rt) => {
+            return Err(
+                ApiError::bad_request(format!("{rt:?} is not a known resource type"))
+                    .at("resourceType"),
+            )
+        }
+        Some(Value::String(rt)) => {
+            return Err(ApiError::bad_request(format!(
+                "resourceType {rt:?} does not match the URL, which names {resource_type:?}"
+            ))
+            .at("resourceType"))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request("resourceType must be a string").at("resourceType"))
+        }
+    }
+    if let IdRule::MustEqual(url_id) = id_rule {
+        match fields.get("id") {
+            Some(Value::String(id)) if id == url_id => {}
+            Some(Value::String(id)) => {
+                return Err(ApiError::bad_request(format!(
+                    "the resource id {id:?} does not match the id in the URL ({url_id:?})"
+                ))
+                .at(format!("{resource_type}.id")))
+            }
+            Some(_) => return Err(ApiError::bad_request("id must be a string").at(format!("{resource_type}.id"))),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "the resource has no id; an update must carry \"id\": \"{url_id}\", the id in the URL"
+                ))
+                .at(format!("{resource_type}.id")))
+            }
+        }
+    }
+    if let Some(meta) = fields.get("meta") {
+        if !meta.is_object() {
+            return Err(ApiError::bad_request("meta must be a JSON object")
+                .at(format!("{resource_type}.meta")));
+        }
+    }
+    Ok(())
+}
+
+/// A new server-assigned id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Create (`POST /{type}`) with a server-assigned id.
+pub fn prepare_create(resource_type: &str, id: String, body: Value) -> Result<WriteOp, ApiError> {
+    check_type(resource_type)?;
+    validate_body(&body, resource_type, IdRule::ServerAssigned)?;
+    Ok(WriteOp {
+        resource_type: resource_type.to_owned(),
+        id,
+        kind: WriteKind::Create(body),
+        if_match: None,
+    })
+}
+
+/// Update or create with the client's id (`PUT /{type}/{id}`).
+pub fn prepare_update(
+    resource_type: &str,
+    id: &str,
+    body: Value,
+    if_match: Option<i64>,
+) -> Result<WriteOp, ApiError> {
+    check_type(resource_type)?;
+    check_id(id)?;
+    validate_body(&body, resource_type, IdRule::MustEqual(id))?;
+    Ok(WriteOp {
+        resource_type: resource_type.to_owned(),
+        id: id.to_owned(),
+        kind: WriteKind::Put(body),
+        if_match,
+    })
+}
+
+/// JSON Patch (`PATCH /{type}/{id}`): applied to the current version inside
+/// the write transaction, then validated like an update.
+pub fn prepare_patch(
+    resource_type: &str,
+    id: &str,
+    patch: json_patch::Patch,
+    if_match: Option<i64>,
+) -> Result<WriteOp, ApiError> {
+    check_type(resource_type)?;
+    check_id(id)?;
+    let rt = resource_type.to_owned();
+    let url_id = id.to_owned();
+    let transform = move |current: &StoredResource| -> Result<Value, BoxError> {
+        let mut doc: Value = serde_json::from_str(&current.body)?;
+        json_patch::patch(&mut doc, &patch).map_err(|e| {
+            Box::new(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                IssueType::Processing,
+                format!(
+                    "the JSON Patch cannot be applied to {rt}/{url_id} version {}: {e}",
+                    current.version_id
+                ),
+            )) as BoxError
+        })?;
+        validate_body(&doc, &rt, IdRule::MustEqual(&url_id)).map_err(|mut e| {
+            e.status = StatusCode::UNPROCESSABLE_ENTITY;
+            e.message = format!("after the patch, {}", e.message);
+            Box::new(e) as BoxError
+        })?;
+        Ok(doc)
+    };
+    Ok(WriteOp {
+        resource_type: resource_type.to_owned(),
+        id: id.to_owned(),
+        kind: WriteKind::Modify(Arc::new(transform)),
+        if_match,
+    })
+}
+
+/// Delete (`DELETE /{type}/{id}`).
+pub fn prepare_delete(
+    resource_type: &str,
+    id: &str,
+    if_match: Option<i64>,
+) -> Result<WriteOp, ApiError> {
+    check_type(resource_type)?;
+    check_id(id)?;
+    Ok(WriteOp {
+        resource_type: resource_type.to_owned(),
+        id: id.to_owned(),
+        kind: WriteKind::Delete,
+        if_match,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn body_must_name_the_url_type_and_id() {
+        let ok = json!({"resourceType": "Patient", "id": "a"});
+        assert!(validate_body(&ok, "Patient", IdRule::MustEqual("a")).is_ok());
+        let e = validate_body(&ok, "Observation", IdRule::ServerAssigned).unwrap_err();
+        assert!(
+            e.message.contains("does not match the URL"),
+            "{}",
+            e.message
+        );
+        let e = validate_body(&ok, "Patient", IdRule::MustEqual("b")).unwrap_err();
+        assert!(e.message.contains("does not match the id in the URL"));
+        let e = validate_body(
+            &json!({"resourceType": "Patient"}),
+            "Patient",
+            IdRule::MustEqual("a"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("has no id"));
+        let e = validate_body(&json!([1]), "Patient", IdRule::ServerAssigned).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let e = validate_body(
+            &json!({"resourceType": "Patient", "meta": 1}),
+            "Patient",
+            IdRule::ServerAssigned,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("meta"));
+    }
+
+    #[test]
+    fn unknown_types_are_not_found() {
+        assert_eq!(
+            check_type("Nope").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+        assert!(check_type("Client").is_ok());
+        assert_eq!(check_id("a/b").unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,377 @@
+//! Typed settings from the environment (SPEC section 4). A value that is
+//! present but malformed is an error naming the variable, never a default.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Where settings come from: the process environment in production, a map in tests.
+pub trait Env {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn get(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+/// A setting that could not be used.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{variable}: {problem}")]
+pub struct SettingsError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+fn err(variable: &'static str, problem: impl Into<String>) -> SettingsError {
+    SettingsError {
+        variable,
+        problem: problem.into(),
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A database URL whose password never reaches `Display` or `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> DatabaseUrl {
+        DatabaseUrl(url.into())
+    }
+
+    /// The full URL, for the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.0.starts_with("sqlite:")
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn masked(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://") else {
+            return url.clone();
+        };
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                let masked_userinfo = if userinfo.contains(':') {
+                    format!("{user}:***")
+                } else {
+                    user.to_owned()
+                };
+                format!(
+                    "{}://{}@{}{}",
+                    &url[..scheme_end],
+                    masked_userinfo,
+                    &authority[at + 1..],
+                    &rest[authority_end..]
+                )
+            }
+            None => url.clone(),
+        }
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.masked())
+    }
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub port: u16,
+    pub database: DatabaseUrl,
+    pub log_format: LogFormat,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Public base URL (`BOX_WEB_BASE_URL`); derived from the Host header when unset.
+    pub base_url: Option<String>,
+}
+
+/// Default SQLite file, relative to the working directory.
+pub const DEFAULT_SQLITE_PATH: &str = "data/fhirbox.db";
+const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+impl Settings {
+    /// Reads settings from `env`.
+    pub fn from_env(env: &impl Env) -> Result<Settings, SettingsError> {
+        let port = match non_empty(env, "BOX_WEB_PORT") {
+            Some(v) => v.parse::<u16>().map_err(|_| {
+                err(
+                    "BOX_WEB_PORT",
+                    format!("{v:?} is not a port number (0-65535)"),
+                )
+            })?,
+            None => 8080,
+        };
+        let log_format = match non_empty(env, "BOX_LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(err(
+                    "BOX_LOG_FORMAT",
+                    format!("{other:?} is not a log format; use \"text\" or \"json\""),
+                ))
+            }
+        };
+        let max_body_bytes = match non_empty(env, "BOX_MAX_BODY_BYTES") {
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1024)
+                .ok_or_else(|| {
+                    err(
+                        "BOX_MAX_BODY_BYTES",
+                        format!("{v:?} is not a byte count of at least 1024"),
+                    )
+                })?,
+            None => DEFAULT_MAX_BODY_BYTES,
+        };
+        let base_url = match non_empty(env, "BOX_WEB_BASE_URL") {
+            Some(v) if v.starts_with("http://") || v.starts_with("https://") => {
+                Some(v.trim_end_matches('/').to_owned())
+            }
+            Some(v) => {
+                return Err(err(
+                    "BOX_WEB_BASE_URL",
+                    format!("{v:?} must be an absolute http:// or https:// URL"),
+                ))
+            }
+            None => None,
+        };
+        Ok(Settings {
+            port,
+            database: database_url(env)?,
+            log_format,
+            max_body_bytes,
+            base_url,
+        })
+    }
+}
+
+fn non_empty(env: &impl Env, name: &str) -> Option<String> {
+    env.get(name).filter(|v| !v.is_empty())
+}
+
+/// Reads a secret setting from `NAME` or from the file named by `NAME_FILE`
+/// (one trailing newline removed, as files written with `echo` have one).
+pub fn secret_setting(
+    env: &impl Env,
+    name: &'static str,
+    file_name: &'static str,
+) -> Result<Option<String>, SettingsError> {
+    match (non_empty(env, name), non_empty(env, file_name)) {
+        (Some(_), Some(_)) => Err(err(
+            file_name,
+            format!("set either {name} or {file_name}, not both"),
+        )),
+        (Some(value), None) => Ok(Some(value)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(PathBuf::from(&path))
+                .map_err(|e| err(file_name, format!("cannot read {path}: {e}")))?;
+            let value = strip_one_newline(&text);
+            if value.is_empty() {
+                return Err(err(file_name, format!("{path} is empty")));
+            }
+            Ok(Some(value.to_owned()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Removes exactly one trailing `\n` or `\r\n`.
+pub fn strip_one_newline(text: &str) -> &str {
+    text.strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(text)
+}
+
+fn database_url(env: &impl Env) -> Result<DatabaseUrl, SettingsError> {
+    if let Some(url) = non_empty(env, "BOX_DB_URL") {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            if path.is_empty() || path == ":memory:" {
+                return Err(err(
+                    "BOX_DB_URL",
+                    "sqlite: needs a file path, e.g. sqlite:data/fhirbox.db",
+                ));
+            }
+            return Ok(DatabaseUrl::new(url));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::new(url));
+        }
+        return Err(err(
+            "BOX_DB_URL",
+            format!(
+                "{} is not a database URL; use sqlite:<path> or postgres://user@host:port/db",
+                DatabaseUrl::new(url.clone()).masked()
+            ),
+        ));
+    }
+    let Some(host) = non_empty(env, "BOX_DB_HOST") else {
+        for name in ["BOX_DB_PORT", "BOX_DB_DATABASE", "BOX_DB_USER"] {
+            if non_empty(env, name).is_some() {
+                return Err(err(
+                    "BOX_DB_HOST",
+                    format!("{name} is set but BOX_DB_HOST is not; set BOX_DB_HOST for PostgreSQL"),
+                ));
+            }
+        }
+        return Ok(DatabaseUrl::new(format!("sqlite:{DEFAULT_SQLITE_PATH}")));
+    };
+    let port = match non_empty(env, "BOX_DB_PORT") {
+        Some(v) => v
+            .parse::<u16>()
+            .map_err(|_| err("BOX_DB_PORT", format!("{v:?} is not a port number")))?,
+        None => 5432,
+    };
+    let database = non_empty(env, "BOX_DB_DATABASE").unwrap_or_else(|| "fhirbox".into());
+    let user = non_empty(env, "BOX_DB_USER").unwrap_or_else(|| "postgres".into());
+    let password = secret_setting(env, "BOX_DB_PASSWORD", "BOX_DB_PASSWORD_FILE")?;
+    let userinfo = match password {
+        Some(p) => format!("{}:{}", percent_encode(&user), percent_encode(&p)),
+        None => percent_encode(&user),
+    };
+    Ok(DatabaseUrl::new(format!(
+        "postgres://{userinfo}@{host}:{port}/{}",
+        percent_encode(&database)
+    )))
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_to_sqlite_under_data_and_port_8080() {
+        let s = Settings::from_env(&[("UNRELATED", "x")]).unwrap();
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.database.expose(), "sqlite:data/fhirbox.db");
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        let e = Settings::from_env(&[("BOX_WEB_PORT", "80a")]).unwrap_err();
+        assert_eq!(e.variable, "BOX_WEB_PORT");
+        let e = Settings::from_env(&[("BOX_LOG_FORMAT", "xml")]).unwrap_err();
+        assert_eq!(e.variable, "BOX_LOG_FORMAT");
+        let e = Settings::from_env(&[("BOX_DB_URL", "mysql://u:pw@h/db")]).unwrap_err();
+        assert_eq!(e.variable, "BOX_DB_URL");
+        assert!(!e.to_string().contains("pw"), "{e}");
+        let e = Settings::from_env(&[("BOX_DB_PORT", "5432")]).unwrap_err();
+        assert_eq!(e.variable, "BOX_DB_HOST");
+    }
+
+    #[test]
+    fn builds_postgres_url_from_aidbox_style_parts_with_encoded_password() {
+        let s = Settings::from_env(&[
+            ("BOX_DB_HOST", "db.internal"),
+            ("BOX_DB_PORT", "6543"),
+            ("BOX_DB_DATABASE", "fhir"),
+            ("BOX_DB_USER", "app"),
+            ("BOX_DB_PASSWORD", "p@ss:w/rd"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.database.expose(),
+            "postgres://app:p%40ss%3Aw%2Frd@db.internal:6543/fhir"
+        );
+        assert_eq!(
+            s.database.to_string(),
+            "postgres://app:***@db.internal:6543/fhir"
+        );
+        assert!(!format!("{:?}", s).contains("p%40ss"));
+    }
+
+    #[test]
+    fn password_file_is_read_and_one_newline_stripped() {
+        let dir = std::env::temp_dir().join(format!("fhirbox-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let path = file.to_str().unwrap().to_owned();
+        let s = Settings::from_env(&[
+            ("BOX_DB_HOST", "h"),
+            ("BOX_DB_PASSWORD_FILE", path.as_str()),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.database.expose(),
+            "postgres://postgres:from-file@h:5432/fhirbox"
+        );
+        let both = Settings::from_env(&[
+            ("BOX_DB_HOST", "h"),
+            ("BOX_DB_PASSWORD", "x"),
+            ("BOX_DB_PASSWORD_FILE", path.as_str()),
+        ])
+        .unwrap_err();
+        assert_eq!(both.variable, "BOX_DB_PASSWORD_FILE");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn masks_password_in_explicit_urls() {
+        let url = DatabaseUrl::new("postgres://u:secret@h:1/db?sslmode=require");
+        assert_eq!(url.masked(), "postgres://u:***@h:1/db?sslmode=require");
+        assert_eq!(
+            DatabaseUrl::new("postgres://u@h/db").masked(),
+            "postgres://u@h/db"
+        );
+        assert_eq!(DatabaseUrl::new("sqlite:x.db").masked(), "sqlite:x.db");
+    }
+
+    #[test]
+    fn strips_exactly_one_newline() {
+        assert_eq!(strip_one_newline("a\n"), "a");
+        assert_eq!(strip_one_newline("a\r\n"), "a");
+        assert_eq!(strip_one_newline("a\n\n"), "a\n");
+        assert_eq!(strip_one_newline("a"), "a");
+    }
+}

@@ -1,0 +1,161 @@
+//! Resource storage for fhirbox. Small traits split by capability (read, write,
+//! history, search), one module per backend with the same layout, and one error
+//! enum: no driver type crosses this crate's boundary.
+
+mod cursor;
+mod error;
+pub mod instant;
+mod migrate;
+mod model;
+mod postgres;
+mod query;
+mod sql;
+mod sqlite;
+
+use std::future::Future;
+
+pub use cursor::Cursor;
+pub use error::{BoxError, StoreError};
+pub use model::{
+    HistoryPage, HistoryQuery, HistoryScope, SearchPage, SearchQuery, SortKey, StoredResource,
+    TimeBound, Transform, WriteKind, WriteOp, WriteOutcome,
+};
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Reading single resources.
+pub trait ResourceRead {
+    /// The current version, including a tombstone when the resource is deleted.
+    fn read(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> impl Future<Output = StoreResult<Option<StoredResource>>> + Send;
+
+    /// One specific version (a deleted version comes back with `deleted = true`).
+    fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version_id: i64,
+    ) -> impl Future<Output = StoreResult<Option<StoredResource>>> + Send;
+}
+
+/// Creating, updating and deleting resources.
+pub trait ResourceWrite {
+    /// One write, in its own database transaction.
+    fn write(&self, op: WriteOp) -> impl Future<Output = StoreResult<WriteOutcome>> + Send;
+
+    /// Several writes, all or nothing (FHIR transaction bundles).
+    fn write_all(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> impl Future<Output = StoreResult<Vec<WriteOutcome>>> + Send;
+}
+
+/// Version history (instance, type and system level).
+pub trait ResourceHistory {
+    fn history(&self, query: HistoryQuery)
+        -> impl Future<Output = StoreResult<HistoryPage>> + Send;
+}
+
+/// Search over current versions.
+pub trait ResourceSearch {
+    fn search(&self, query: SearchQuery) -> impl Future<Output = StoreResult<SearchPage>> + Send;
+}
+
+/// Liveness of the database connection.
+pub trait StoreHealth {
+    fn ping(&self) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+/// The configured backend. An enum rather than a trait object: both backends
+/// are known at compile time and calls stay statically dispatched.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl Store {
+    /// Opens the database named by `url` (`sqlite:<path>` or `postgres://…`)
+    /// and applies the embedded migrations.
+    pub async fn open(url: &str) -> StoreResult<Store> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            Ok(Store::Sqlite(SqliteStore::open(path).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(PostgresStore::open(url).await?))
+        } else {
+            Err(StoreError::Config(
+                "database URL must start with sqlite: or postgres://".into(),
+            ))
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// Closes every pooled connection; used at shutdown.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call.await,
+            Store::Postgres($s) => $call.await,
+        }
+    };
+}
+
+impl ResourceRead for Store {
+    async fn read(&self, resource_type: &str, id: &str) -> StoreResult<Option<StoredResource>> {
+        delegate!(self, s => s.read(resource_type, id))
+    }
+    async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version_id: i64,
+    ) -> StoreResult<Option<StoredResource>> {
+        delegate!(self, s => s.vread(resource_type, id, version_id))
+    }
+}
+
+impl ResourceWrite for Store {
+    async fn write(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+        delegate!(self, s => s.write(op))
+    }
+    async fn write_all(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
+        delegate!(self, s => s.write_all(ops))
+    }
+}
+
+impl ResourceHistory for Store {
+    async fn history(&self, query: HistoryQuery) -> StoreResult<HistoryPage> {
+        delegate!(self, s => s.history(query))
+    }
+}
+
+impl ResourceSearch for Store {
+    async fn search(&self, query: SearchQuery) -> StoreResult<SearchPage> {
+        delegate!(self, s => s.search(query))
+    }
+}
+
+impl StoreHealth for Store {
+    async fn ping(&self) -> StoreResult<()> {
+        delegate!(self, s => s.ping())
+    }
+}

@@ -1,0 +1,39 @@
+//! PostgreSQL backend: one pool for reads and writes; rows are locked with
+//! `FOR UPDATE` during a write so concurrent updates never lose a version.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgConnection, PgPool, Postgres};
+
+crate::sql::sql_backend!(PostgresStore, Postgres, PgConnection, "FOR UPDATE");
+
+/// Resources in a PostgreSQL database.
+#[derive(Clone)]
+pub struct PostgresStore {
+    writer: PgPool,
+    reader: PgPool,
+}
+
+const MAX_CONNECTIONS: u32 = 16;
+/// Serialises migrations when several instances start at once.
+const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7262890113)";
+
+impl PostgresStore {
+    /// Connects to `url`, creating a pool, and migrates the schema.
+    pub async fn open(url: &str) -> StoreResult<PostgresStore> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        {
+            let mut conn = pool.acquire().await?;
+            run_migrations(&mut conn, crate::migrate::POSTGRES, Some(MIGRATION_LOCK)).await?;
+        }
+        Ok(PostgresStore {
+            writer: pool.clone(),
+            reader: pool,
+        })
+    }
+}

@@ -1,0 +1,404 @@
+//! The SQL store logic, written once and instantiated for each sqlx backend by
+//! `sql_backend!`. Both backends run the same statements; what differs (row
+//! locking, migration locking, pool set-up) is passed in by the backend module.
+
+/// Generates the storage trait implementations for `$store`, a struct with
+/// `reader` and `writer` pools of database `$db` and connection type `$conn`.
+/// `$lock` is the row-locking clause appended to the read-for-update query.
+macro_rules! sql_backend {
+    ($store:ident, $db:ty, $conn:ty, $lock:literal) => {
+        use sqlx::Row as _;
+
+        use crate::error::StoreError;
+        use crate::model::*;
+        use crate::query::{self, Bind};
+        use crate::{
+            ResourceHistory, ResourceRead, ResourceSearch, ResourceWrite, StoreHealth, StoreResult,
+        };
+
+        type Query<'q> = sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>;
+
+        fn bind_all(mut q: Query<'_>, binds: Vec<Bind>) -> Query<'_> {
+            for b in binds {
+                q = match b {
+                    Bind::Text(s) => q.bind(s),
+                    Bind::Int(i) => q.bind(i),
+                };
+            }
+            q
+        }
+
+        fn row_to_resource(row: &<$db as sqlx::Database>::Row) -> StoreResult<StoredResource> {
+            Ok(StoredResource {
+                resource_type: row.try_get("resource_type")?,
+                id: row.try_get("id")?,
+                version_id: row.try_get("version_id")?,
+                last_updated: row.try_get("last_updated")?,
+                deleted: row.try_get("deleted")?,
+                body: row.try_get("body")?,
+            })
+        }
+
+        /// Sets `id` and `meta.versionId`/`meta.lastUpdated`, keeping every other
+        /// meta element, with `resourceType`, `id` and `meta` first.
+        fn finalize_body(
+            resource_type: &str,
+            id: &str,
+            version_id: i64,
+            last_updated: i64,
+            body: serde_json::Value,
+        ) -> StoreResult<String> {
+            let serde_json::Value::Object(mut fields) = body else {
+                return Err(StoreError::Corrupt("resource body is not a JSON object".into()));
+            };
+            let mut meta = match fields.shift_remove("meta") {
+                Some(serde_json::Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            meta.shift_remove("versionId");
+            meta.shift_remove("lastUpdated");
+            let mut ordered_meta = serde_json::Map::new();
+            ordered_meta.insert("versionId".into(), version_id.to_string().into());
+            ordered_meta.insert(
+                "lastUpdated".into(),
+                crate::instant::format_micros(last_updated).into(),
+            );
+            ordered_meta.extend(meta);
+            fields.shift_remove("resourceType");
+            fields.shift_remove("id");
+            let mut out = serde_json::Map::with_capacity(fields.len() + 3);
+            out.insert("resourceType".into(), resource_type.into());
+            out.insert("id".into(), id.into());
+            out.insert("meta".into(), serde_json::Value::Object(ordered_meta));
+            out.extend(fields);
+            serde_json::to_string(&serde_json::Value::Object(out))
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        }
+
+        async fn select_current(
+            conn: &mut $conn,
+            resource_type: &str,
+            id: &str,
+        ) -> StoreResult<Option<StoredResource>> {
+            let row = sqlx::query(concat!(
+                "SELECT resource_type, id, version_id, last_updated, deleted, body FROM resource ",
+                "WHERE resource_type = $1 AND id = $2 ",
+                $lock
+            ))
+            .bind(resource_type)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            row.as_ref().map(row_to_resource).transpose()
+        }
+
+        async fn insert_history(conn: &mut $conn, r: &StoredResource) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&r.resource_type)
+            .bind(&r.id)
+            .bind(r.version_id)
+            .bind(r.last_updated)
+            .bind(r.deleted)
+            .bind(&r.body)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
+        /// Applies one write inside an open transaction.
+        async fn apply(conn: &mut $conn, op: &WriteOp) -> StoreResult<WriteOutcome> {
+            let rt = op.resource_type.as_str();
+            let id = op.id.as_str();
+            loop {
+                let current = select_current(conn, rt, id).await?;
+                if let Some(expected) = op.if_match {
+                    let live_version = current.as_ref().filter(|c| !c.deleted).map(|c| c.version_id);
+                    if live_version != Some(expected) {
+                        return Err(StoreError::VersionConflict {
+                            resource_type: rt.into(),
+                            id: id.into(),
+                            expected,
+                            current: current.as_ref().map(|c| c.version_id),
+                        });
+                    }
+                }
+                let live = current.as_ref().filter(|c| !c.deleted);
+                let next_version = current.as_ref().map_or(1, |c| c.version_id + 1);
+                let now = crate::instant::now_micros()
+                    .max(current.as_ref().map_or(0, |c| c.last_updated));
+                let (deleted, body) = match &op.kind {
+                    WriteKind::Create(body) => {
+                        if live.is_some() {
+                            return Err(StoreError::AlreadyExists {
+                                resource_type: rt.into(),
+                                id: id.into(),
+                            });
+                        }
+                        (false, finalize_body(rt, id, next_version, now, body.clone())?)
+                    }
+                    WriteKind::Put(body) => {
+                        (false, finalize_body(rt, id, next_version, now, body.clone())?)
+                    }
+                    WriteKind::Modify(transform) => {
+                        let existing = match &current {
+                            None => {
+                                return Err(StoreError::NotFound {
+                                    resource_type: rt.into(),
+                                    id: id.into(),
+                                })
+                            }
+                            Some(c) if c.deleted => {
+                                return Err(StoreError::Gone {
+                                    resource_type: rt.into(),
+                                    id: id.into(),
+                                    version_id: c.version_id,
+                                })
+                            }
+                            Some(c) => c,
+                        };
+                        let body = transform(existing).map_err(StoreError::Rejected)?;
+                        (false, finalize_body(rt, id, next_version, now, body)?)
+                    }
+                    WriteKind::Delete => match &current {
+                        None => {
+                            return Err(StoreError::NotFound {
+                                resource_type: rt.into(),
+                                id: id.into(),
+                            })
+                        }
+                        Some(c) if c.deleted => {
+                            return Ok(WriteOutcome {
+                                resource: c.clone(),
+                                created: false,
+                                changed: false,
+                            })
+                        }
+                        Some(_) => (true, String::new()),
+                    },
+                };
+                let record = StoredResource {
+                    resource_type: rt.into(),
+                    id: id.into(),
+                    version_id: next_version,
+                    last_updated: now,
+                    deleted,
+                    body,
+                };
+                if current.is_none() {
+                    let inserted = sqlx::query(
+                        "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, body) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (resource_type, id) DO NOTHING",
+                    )
+                    .bind(rt)
+                    .bind(id)
+                    .bind(record.version_id)
+                    .bind(record.last_updated)
+                    .bind(record.deleted)
+                    .bind(&record.body)
+                    .execute(&mut *conn)
+                    .await?;
+                    if inserted.rows_affected() == 0 {
+                        // A concurrent transaction created the same id first; the
+                        // locking read now waits for it and takes the update path.
+                        continue;
+                    }
+                } else {
+                    sqlx::query(
+                        "UPDATE resource SET version_id = $3, last_updated = $4, deleted = $5, body = $6 \
+                         WHERE resource_type = $1 AND id = $2",
+                    )
+                    .bind(rt)
+                    .bind(id)
+                    .bind(record.version_id)
+                    .bind(record.last_updated)
+                    .bind(record.deleted)
+                    .bind(&record.body)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                insert_history(conn, &record).await?;
+                return Ok(WriteOutcome {
+                    created: live.is_none() && !deleted,
+                    changed: true,
+                    resource: record,
+                });
+            }
+        }
+
+        /// Retries a whole write set a few times when the database reports contention.
+        const CONTENTION_RETRIES: usize = 3;
+
+        impl $store {
+            async fn write_set(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let result: StoreResult<Vec<WriteOutcome>> = async {
+                        let mut tx = self.writer.begin().await?;
+                        let mut outcomes = Vec::with_capacity(ops.len());
+                        for op in ops {
+                            outcomes.push(apply(&mut tx, op).await?);
+                        }
+                        tx.commit().await?;
+                        Ok(outcomes)
+                    }
+                    .await;
+                    match result {
+                        Err(StoreError::Contention) if attempt < CONTENTION_RETRIES => {
+                            tracing::debug!(attempt, "write contention; retrying");
+                        }
+                        other => return other,
+                    }
+                }
+            }
+
+            /// Closes both pools.
+            pub async fn close(&self) {
+                self.writer.close().await;
+                self.reader.close().await;
+            }
+        }
+
+        impl ResourceRead for $store {
+            async fn read(&self, resource_type: &str, id: &str) -> StoreResult<Option<StoredResource>> {
+                let row = sqlx::query(
+                    "SELECT resource_type, id, version_id, last_updated, deleted, body FROM resource \
+                     WHERE resource_type = $1 AND id = $2",
+                )
+                .bind(resource_type)
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+                row.as_ref().map(row_to_resource).transpose()
+            }
+
+            async fn vread(
+                &self,
+                resource_type: &str,
+                id: &str,
+                version_id: i64,
+            ) -> StoreResult<Option<StoredResource>> {
+                let row = sqlx::query(
+                    "SELECT resource_type, id, version_id, last_updated, deleted, body FROM resource_history \
+                     WHERE resource_type = $1 AND id = $2 AND version_id = $3",
+                )
+                .bind(resource_type)
+                .bind(id)
+                .bind(version_id)
+                .fetch_optional(&self.reader)
+                .await?;
+                row.as_ref().map(row_to_resource).transpose()
+            }
+        }
+
+        impl ResourceWrite for $store {
+            async fn write(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+                let mut outcomes = self.write_set(std::slice::from_ref(&op)).await?;
+                outcomes
+                    .pop()
+                    .ok_or_else(|| StoreError::Corrupt("write produced no outcome".into()))
+            }
+
+            async fn write_all(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
+                self.write_set(&ops).await
+            }
+        }
+
+        impl ResourceSearch for $store {
+            async fn search(&self, q: SearchQuery) -> StoreResult<SearchPage> {
+                let plan = query::search(&q)?;
+                let rows = bind_all(sqlx::query(&plan.select.text), plan.select.binds)
+                    .fetch_all(&self.reader)
+                    .await?;
+                let rows = rows.iter().map(row_to_resource).collect::<StoreResult<Vec<_>>>()?;
+                let total = match plan.count {
+                    Some(count) => {
+                        let row = bind_all(sqlx::query(&count.text), count.binds)
+                            .fetch_one(&self.reader)
+                            .await?;
+                        Some(row.try_get::<i64, _>(0)?)
+                    }
+                    None => None,
+                };
+                Ok(query::search_page(&q, plan.backwards, rows, total))
+            }
+        }
+
+        impl ResourceHistory for $store {
+            async fn history(&self, q: HistoryQuery) -> StoreResult<HistoryPage> {
+                let (select, count) = query::history(&q)?;
+                let rows = bind_all(sqlx::query(&select.text), select.binds)
+                    .fetch_all(&self.reader)
+                    .await?;
+                let mut entries = Vec::with_capacity(rows.len());
+                let mut last_seq = None;
+                for row in rows.iter().take(q.count as usize) {
+                    entries.push(row_to_resource(row)?);
+                    last_seq = Some(row.try_get::<i64, _>("seq")?);
+                }
+                let next = if rows.len() > q.count as usize {
+                    last_seq.map(query::history_cursor)
+                } else {
+                    None
+                };
+                let total_row = bind_all(sqlx::query(&count.text), count.binds)
+                    .fetch_one(&self.reader)
+                    .await?;
+                Ok(HistoryPage {
+                    entries,
+                    total: Some(total_row.try_get::<i64, _>(0)?),
+                    next,
+                })
+            }
+        }
+
+        impl StoreHealth for $store {
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query("SELECT 1").execute(&self.reader).await?;
+                Ok(())
+            }
+        }
+
+        /// Applies the migrations in `list` that are not yet recorded.
+        async fn run_migrations(
+            conn: &mut $conn,
+            list: &[(i64, &[&str])],
+            lock: Option<&str>,
+        ) -> StoreResult<()> {
+            sqlx::query(crate::migrate::CREATE_SCHEMA_TABLE)
+                .execute(&mut *conn)
+                .await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            if let Some(lock) = lock {
+                sqlx::query(lock).execute(&mut *tx).await?;
+            }
+            let applied: Vec<i64> = sqlx::query("SELECT version FROM fhirbox_schema")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<Result<_, _>>()?;
+            for (version, statements) in list {
+                if applied.contains(version) {
+                    continue;
+                }
+                for statement in *statements {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                sqlx::query("INSERT INTO fhirbox_schema (version, applied_at) VALUES ($1, $2)")
+                    .bind(*version)
+                    .bind(crate::instant::now_micros())
+                    .execute(&mut *tx)
+                    .await?;
+                tracing::info!(version, "applied schema migration");
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+    };
+}
+
+pub(crate) use sql_backend;
