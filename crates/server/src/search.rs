@@ -52,6 +52,7 @@ fn unknown(name: &str, strict: bool, supported: &str) -> Result<(), ApiError> {
 }
 
 /// A parsed search and the parameters to repeat in its links.
+#[derive(Debug)]
 pub struct SearchRequest {
     pub query: SearchQuery,
     /// The parameters that were applied, in order, without `_cursor`.

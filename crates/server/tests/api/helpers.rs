@@ -1,0 +1,312 @@
+//! The test harness: `TestApp` starts the real server on port 0 with a fresh
+//! database (a temporary SQLite file, or a new PostgreSQL database when
+//! `FHIRBOX_TEST_POSTGRES_URL` is set) and offers typed request helpers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fhirbox_server::settings::{DatabaseUrl, LogFormat, Settings};
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use sqlx::Connection;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each listed test body once per backend: `sqlite` always, `postgres`
+/// when `FHIRBOX_TEST_POSTGRES_URL` is set.
+#[macro_export]
+macro_rules! backend_tests {
+    ($(async fn $name:ident($app:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn run($app: $crate::helpers::TestApp) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let app = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await.unwrap();
+                    run(app).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    match $crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres).await {
+                        Some(app) => run(app).await,
+                        None => eprintln!("FHIRBOX_TEST_POSTGRES_URL is not set; PostgreSQL variant skipped"),
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// A database that exists for one test and is removed afterwards.
+pub enum TestDb {
+    Sqlite { dir: PathBuf },
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDb {
+    async fn create(backend: Backend) -> Option<TestDb> {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("fhirbox-test-{unique}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                Some(TestDb::Sqlite { dir })
+            }
+            Backend::Postgres => {
+                let admin_url = std::env::var("FHIRBOX_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty())?;
+                let name = format!("fhirbox_test_{unique}");
+                let mut conn = sqlx::PgConnection::connect(&admin_url)
+                    .await
+                    .expect("FHIRBOX_TEST_POSTGRES_URL must point at a reachable PostgreSQL server");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+                conn.close().await.ok();
+                Some(TestDb::Postgres { admin_url, name })
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            TestDb::Sqlite { dir } => format!("sqlite:{}", dir.join("fhirbox.db").display()),
+            TestDb::Postgres { admin_url, name } => with_database(admin_url, name),
+        }
+    }
+}
+
+/// Replaces the database name in a PostgreSQL URL.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    format!("{host_part}/{name}{query}")
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match self {
+            TestDb::Sqlite { dir } => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            TestDb::Postgres { admin_url, name } => {
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                // Drop runs outside async context; a short-lived runtime on its own thread does the DROP.
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    rt.block_on(async {
+                        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&mut conn)
+                                .await;
+                        }
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an OperationOutcome whose first diagnostics contain `needle`.
+    pub fn assert_outcome(&self, status: u16, needle: &str) {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        let v = self.json();
+        assert_eq!(v["resourceType"], "OperationOutcome", "{}", self.text);
+        let diagnostics = v["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+        assert!(
+            diagnostics.contains(needle),
+            "diagnostics {diagnostics:?} should mention {needle:?}"
+        );
+    }
+}
+
+/// A running server and a client for it.
+pub struct TestApp {
+    pub addr: String,
+    pub backend: Backend,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+    pub state: fhirbox_server::AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+/// Request bodies above this size get 413 in tests.
+pub const TEST_MAX_BODY: usize = 256 * 1024;
+
+impl TestApp {
+    /// Starts a server on a fresh database; `None` when the backend is not configured.
+    pub async fn spawn(backend: Backend) -> Option<TestApp> {
+        let db = TestDb::create(backend).await?;
+        Some(Self::start(backend, db).await)
+    }
+
+    async fn start(backend: Backend, db: TestDb) -> TestApp {
+        let settings = Settings {
+            port: 0,
+            database: DatabaseUrl::new(db.url()),
+            log_format: LogFormat::Text,
+            max_body_bytes: TEST_MAX_BODY,
+            base_url: None,
+        };
+        let app = fhirbox_server::build_app(settings).await.expect("the app builds");
+        let state = app.state.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            fhirbox_server::serve(listener, app, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestApp {
+            addr,
+            backend,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            db,
+            state,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server gracefully and starts a new one on the same database.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        let db = std::mem::replace(&mut self.db, TestDb::Sqlite { dir: PathBuf::from("/nonexistent-fhirbox-test") });
+        Self::start(self.backend, db).await
+    }
+
+    async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.addr, path)
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
+        let res = req.send().await.expect("request is sent");
+        Resp {
+            status: res.status().as_u16(),
+            headers: res.headers().clone(),
+            text: res.text().await.unwrap(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.send(self.client.delete(self.url(path))).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Resp {
+        self.send(self.fhir(self.client.put(self.url(path)), body)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Resp {
+        self.send(self.fhir(self.client.post(self.url(path)), body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Resp {
+        self.send(
+            self.client
+                .patch(self.url(path))
+                .header("content-type", "application/json-patch+json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// A request with a FHIR JSON body.
+    pub fn fhir(&self, req: reqwest::RequestBuilder, body: &Value) -> reqwest::RequestBuilder {
+        req.header("content-type", "application/fhir+json").body(body.to_string())
+    }
+
+    /// Creates a Patient with the given id and family name; returns the stored JSON.
+    pub async fn put_patient(&self, id: &str, family: &str) -> Value {
+        let r = self
+            .put(
+                &format!("/fhir/Patient/{id}"),
+                &serde_json::json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]}),
+            )
+            .await;
+        assert!(r.status == 200 || r.status == 201, "PUT Patient/{id}: {} {}", r.status, r.text);
+        r.json()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Ids of the resources in a searchset or history bundle, in order.
+pub fn entry_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The URL of a bundle link, made relative to the server.
+pub fn link(bundle: &Value, relation: &str) -> Option<String> {
+    bundle["link"].as_array()?.iter().find(|l| l["relation"] == relation).map(|l| {
+        let url = l["url"].as_str().unwrap();
+        let after_scheme = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
+        after_scheme[after_scheme.find('/').unwrap_or(0)..].to_owned()
+    })
+}
