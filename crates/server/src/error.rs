@@ -173,19 +173,46 @@ mod tests {
     #[test]
     fn store_errors_map_to_fhir_statuses() {
         let (t, i) = ("Patient".to_owned(), "a".to_owned());
-        assert_eq!(status_of(StoreError::NotFound { resource_type: t.clone(), id: i.clone() }), StatusCode::NOT_FOUND);
         assert_eq!(
-            status_of(StoreError::Gone { resource_type: t.clone(), id: i.clone(), version_id: 2 }),
+            status_of(StoreError::NotFound {
+                resource_type: t.clone(),
+                id: i.clone()
+            }),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status_of(StoreError::Gone {
+                resource_type: t.clone(),
+                id: i.clone(),
+                version_id: 2
+            }),
             StatusCode::GONE
         );
         assert_eq!(
-            status_of(StoreError::VersionConflict { resource_type: t.clone(), id: i.clone(), expected: 1, current: Some(2) }),
+            status_of(StoreError::VersionConflict {
+                resource_type: t.clone(),
+                id: i.clone(),
+                expected: 1,
+                current: Some(2)
+            }),
             StatusCode::PRECONDITION_FAILED
         );
-        assert_eq!(status_of(StoreError::AlreadyExists { resource_type: t, id: i }), StatusCode::CONFLICT);
+        assert_eq!(
+            status_of(StoreError::AlreadyExists {
+                resource_type: t,
+                id: i
+            }),
+            StatusCode::CONFLICT
+        );
         assert_eq!(status_of(StoreError::Contention), StatusCode::CONFLICT);
-        assert_eq!(status_of(StoreError::InvalidCursor), StatusCode::BAD_REQUEST);
-        assert_eq!(status_of(StoreError::Unavailable(sqlx_pool_closed())), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            status_of(StoreError::InvalidCursor),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status_of(StoreError::Unavailable(sqlx_pool_closed())),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         let rejected = StoreError::Rejected(Box::new(ApiError::unprocessable("nope")));
         assert_eq!(status_of(rejected), StatusCode::UNPROCESSABLE_ENTITY);
     }

@@ -37,7 +37,7 @@ pub enum StoreError {
     #[error("the change was refused: {0}")]
     Rejected(BoxError),
     /// The database could not be reached.
-    #[error("the database is unavailable")]
+    #[error("the database is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     /// Bad store configuration (URL, file path).
     #[error("{0}")]

@@ -11,7 +11,9 @@ fn transaction(entries: Value) -> Value {
 }
 
 async fn patient_total(app: &TestApp) -> i64 {
-    app.get("/fhir/Patient?_total=accurate").await.json()["total"].as_i64().unwrap()
+    app.get("/fhir/Patient?_total=accurate").await.json()["total"]
+        .as_i64()
+        .unwrap()
 }
 
 backend_tests! {

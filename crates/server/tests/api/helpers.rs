@@ -64,12 +64,17 @@ impl TestDb {
                 Some(TestDb::Sqlite { dir })
             }
             Backend::Postgres => {
-                let admin_url = std::env::var("FHIRBOX_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty())?;
+                let admin_url = std::env::var("FHIRBOX_TEST_POSTGRES_URL")
+                    .ok()
+                    .filter(|u| !u.is_empty())?;
                 let name = format!("fhirbox_test_{unique}");
-                let mut conn = sqlx::PgConnection::connect(&admin_url)
+                let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect(
+                    "FHIRBOX_TEST_POSTGRES_URL must point at a reachable PostgreSQL server",
+                );
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
                     .await
-                    .expect("FHIRBOX_TEST_POSTGRES_URL must point at a reachable PostgreSQL server");
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+                    .unwrap();
                 conn.close().await.ok();
                 Some(TestDb::Postgres { admin_url, name })
             }
@@ -108,12 +113,17 @@ impl Drop for TestDb {
                 let (admin_url, name) = (admin_url.clone(), name.clone());
                 // Drop runs outside async context; a short-lived runtime on its own thread does the DROP.
                 let _ = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
                     rt.block_on(async {
                         if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                                .execute(&mut conn)
-                                .await;
+                            let _ = sqlx::query(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .execute(&mut conn)
+                            .await;
                         }
                     });
                 })
@@ -133,7 +143,8 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text))
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -142,7 +153,11 @@ impl Resp {
 
     /// Asserts an OperationOutcome whose first diagnostics contain `needle`.
     pub fn assert_outcome(&self, status: u16, needle: &str) {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
         let v = self.json();
         assert_eq!(v["resourceType"], "OperationOutcome", "{}", self.text);
         let diagnostics = v["issue"][0]["diagnostics"].as_str().unwrap_or_default();
@@ -182,7 +197,9 @@ impl TestApp {
             max_body_bytes: TEST_MAX_BODY,
             base_url: None,
         };
-        let app = fhirbox_server::build_app(settings).await.expect("the app builds");
+        let app = fhirbox_server::build_app(settings)
+            .await
+            .expect("the app builds");
         let state = app.state.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
@@ -197,7 +214,10 @@ impl TestApp {
         TestApp {
             addr,
             backend,
-            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
             db,
             state,
             shutdown: Some(tx),
@@ -208,7 +228,12 @@ impl TestApp {
     /// Stops the server gracefully and starts a new one on the same database.
     pub async fn restart(mut self) -> TestApp {
         self.stop().await;
-        let db = std::mem::replace(&mut self.db, TestDb::Sqlite { dir: PathBuf::from("/nonexistent-fhirbox-test") });
+        let db = std::mem::replace(
+            &mut self.db,
+            TestDb::Sqlite {
+                dir: PathBuf::from("/nonexistent-fhirbox-test"),
+            },
+        );
         Self::start(self.backend, db).await
     }
 
@@ -243,11 +268,13 @@ impl TestApp {
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> Resp {
-        self.send(self.fhir(self.client.put(self.url(path)), body)).await
+        self.send(self.fhir(self.client.put(self.url(path)), body))
+            .await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Resp {
-        self.send(self.fhir(self.client.post(self.url(path)), body)).await
+        self.send(self.fhir(self.client.post(self.url(path)), body))
+            .await
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> Resp {
@@ -262,7 +289,8 @@ impl TestApp {
 
     /// A request with a FHIR JSON body.
     pub fn fhir(&self, req: reqwest::RequestBuilder, body: &Value) -> reqwest::RequestBuilder {
-        req.header("content-type", "application/fhir+json").body(body.to_string())
+        req.header("content-type", "application/fhir+json")
+            .body(body.to_string())
     }
 
     /// Creates a Patient with the given id and family name; returns the stored JSON.
@@ -273,7 +301,12 @@ impl TestApp {
                 &serde_json::json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]}),
             )
             .await;
-        assert!(r.status == 200 || r.status == 201, "PUT Patient/{id}: {} {}", r.status, r.text);
+        assert!(
+            r.status == 200 || r.status == 201,
+            "PUT Patient/{id}: {} {}",
+            r.status,
+            r.text
+        );
         r.json()
     }
 }
@@ -304,9 +337,13 @@ pub fn entry_ids(bundle: &Value) -> Vec<String> {
 
 /// The URL of a bundle link, made relative to the server.
 pub fn link(bundle: &Value, relation: &str) -> Option<String> {
-    bundle["link"].as_array()?.iter().find(|l| l["relation"] == relation).map(|l| {
-        let url = l["url"].as_str().unwrap();
-        let after_scheme = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
-        after_scheme[after_scheme.find('/').unwrap_or(0)..].to_owned()
-    })
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == relation)
+        .map(|l| {
+            let url = l["url"].as_str().unwrap();
+            let after_scheme = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
+            after_scheme[after_scheme.find('/').unwrap_or(0)..].to_owned()
+        })
 }

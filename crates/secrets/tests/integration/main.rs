@@ -1,0 +1,12 @@
+//! Integration tests of fhirbox-secrets: real files, real inotify, and rotations replayed
+//! with the Kubernetes atomic writer (SPEC 1.5, STYLE 11). Nothing waits on a bare sleep:
+//! every timing assertion polls a condition against a deadline.
+
+mod common;
+
+mod concurrency;
+mod config_reload;
+mod file_faults;
+mod leaks;
+mod rotation;
+mod values_and_scope;
