@@ -10,12 +10,14 @@ use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, MethodRouter};
 use axum::Router;
-use fhirbox_store::Store;
+use fhirbox_store::{ResourceWrite, Store, StoreResult, WriteOp, WriteOutcome};
 use tokio::net::TcpListener;
 
+use crate::auth::AuthService;
 use crate::capability::{capability_statement, Interactions, Level};
+use crate::metrics::Metrics;
 use crate::settings::Settings;
-use crate::{bundle, fhir_api, health, logging};
+use crate::{auth, bundle, fhir_api, health, logging};
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -25,6 +27,37 @@ pub struct AppState {
     pub started: Instant,
     /// Rendered once at start from the registered interactions.
     pub capability: Arc<String>,
+    pub auth: Arc<AuthService>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Stores one write, then refreshes caches that depend on what was written.
+    pub async fn write(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+        let outcome = self.store.write(op).await?;
+        self.after_writes(std::slice::from_ref(&outcome)).await;
+        Ok(outcome)
+    }
+
+    /// Stores several writes atomically, then refreshes caches.
+    pub async fn write_all(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
+        let outcomes = self.store.write_all(ops).await?;
+        self.after_writes(&outcomes).await;
+        Ok(outcomes)
+    }
+
+    /// A changed Client or AccessPolicy takes effect on this instance before
+    /// the write is answered (other instances pick it up on their re-check).
+    async fn after_writes(&self, outcomes: &[WriteOutcome]) {
+        let touches_auth = outcomes
+            .iter()
+            .any(|o| o.changed && auth::AUTH_TYPES.contains(&o.resource.resource_type.as_str()));
+        if touches_auth {
+            if let Err(e) = self.auth.reload(&self.store).await {
+                tracing::error!(error = %e, "could not reload clients and policies after a write");
+            }
+        }
+    }
 }
 
 /// A built application, not yet listening.
@@ -48,6 +81,8 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("BOX_INIT_BUNDLE {path}: {message}")]
+    InitBundle { path: String, message: String },
 }
 
 /// Registers routes and the interactions they implement, so the
@@ -131,19 +166,42 @@ async fn metadata(State(app): State<AppState>) -> Response {
     crate::response::fhir_json(StatusCode::OK, app.capability.as_str().to_owned())
 }
 
-/// Opens the store and builds the router.
+/// Opens the store, loads clients and policies, applies the init bundle and
+/// builds the router. Nothing listens yet.
 pub async fn build_app(settings: Settings) -> Result<App, StartupError> {
+    let database_error = |source| StartupError::Database {
+        url: settings.database.masked(),
+        source,
+    };
     let store = Store::open(settings.database.expose())
         .await
-        .map_err(|source| StartupError::Database {
-            url: settings.database.masked(),
-            source,
-        })?;
-    Ok(assemble(settings, store))
+        .map_err(database_error)?;
+    let root = settings
+        .root_client
+        .as_ref()
+        .map(|r| (r.id.as_str(), &r.secret));
+    let auth = AuthService::start(&store, root, settings.token_signing_key.as_ref())
+        .await
+        .map_err(database_error)?;
+    let app = assemble(settings, store, auth);
+    if let Some(path) = app.state.settings.init_bundle.clone() {
+        crate::init_bundle::apply(&app.state, &path)
+            .await
+            .map_err(|message| StartupError::InitBundle {
+                path: path.display().to_string(),
+                message,
+            })?;
+    }
+    auth::spawn_recheck(
+        &app.state.auth,
+        app.state.store.clone(),
+        app.state.settings.auth_recheck,
+    );
+    Ok(app)
 }
 
-/// Builds the router around an open store.
-pub fn assemble(settings: Settings, store: Store) -> App {
+/// Builds the router around an open store and a loaded authenticator.
+fn assemble(settings: Settings, store: Store, auth: AuthService) -> App {
     let (api, interactions) = fhir_routes();
     let capability = capability_statement(&interactions, settings.base_url.as_deref());
     let state = AppState {
@@ -151,21 +209,35 @@ pub fn assemble(settings: Settings, store: Store) -> App {
         settings: Arc::new(settings),
         started: Instant::now(),
         capability: Arc::new(capability),
+        auth: Arc::new(auth),
+        metrics: Arc::new(Metrics::new()),
     };
-    // Everything in `api` will sit behind authentication; metadata and health stay public.
+    let api = api.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::layer::require_auth,
+    ));
+    // Metadata, health, metrics and the token endpoint answer without credentials.
     let public = Router::new()
         .route(
             "/fhir/metadata",
             get(metadata).fallback(fhir_api::method_not_allowed),
         )
         .route("/health", get(health::live))
-        .route("/health/ready", get(health::ready));
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(crate::metrics::expose))
+        .route(
+            "/auth/token",
+            axum::routing::post(auth::endpoint::token).fallback(fhir_api::method_not_allowed),
+        );
     let router = public
         .merge(api)
         .fallback(fhir_api::unknown_route)
         .layer(middleware::from_fn(crate::extract::negotiate))
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
-        .layer(middleware::from_fn(logging::log_request))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            logging::log_request,
+        ))
         .with_state(state.clone());
     App { state, router }
 }

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine;
-use fhirbox_store::{ResourceWrite, StoredResource, WriteOp, WriteOutcome};
+use fhirbox_store::{StoredResource, WriteOp, WriteOutcome};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
@@ -63,6 +63,34 @@ pub async fn process(
     FhirJson(body): FhirJson,
 ) -> Result<Response, ApiError> {
     let preference = Prefer::from_headers(&headers).return_;
+    let applied = apply(&app, &base, &body).await?;
+    Ok(fhir_json(
+        StatusCode::OK,
+        render(applied.response_type, &base, applied.results, preference),
+    ))
+}
+
+/// A processed bundle.
+pub struct Applied {
+    response_type: &'static str,
+    results: Vec<EntryResult>,
+}
+
+impl Applied {
+    /// Entries that failed (a batch keeps going past them), with their errors.
+    pub fn failures(&self) -> impl Iterator<Item = (usize, &ApiError)> {
+        self.results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                EntryResult::Failed(e) => Some((i, e)),
+                _ => None,
+            })
+    }
+}
+
+/// Validates and runs a batch or transaction bundle.
+pub async fn apply(app: &AppState, base: &str, body: &Value) -> Result<Applied, ApiError> {
     if body.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ApiError::bad_request(
             "POST to the base URL takes a Bundle of type batch or transaction",
@@ -90,26 +118,25 @@ pub async fn process(
     let parsed: Vec<Result<Entry, ApiError>> = raw_entries
         .iter()
         .enumerate()
-        .map(|(i, e)| parse_entry(e, &base).map_err(|err| err.at(format!("Bundle.entry[{i}]"))))
+        .map(|(i, e)| parse_entry(e, base).map_err(|err| err.at(format!("Bundle.entry[{i}]"))))
         .collect();
     let results = if transaction {
         let mut entries = Vec::with_capacity(parsed.len());
         for entry in parsed {
             entries.push(entry.map_err(|e| prefix(e, "the transaction was not applied"))?);
         }
-        run_transaction(&app, &base, entries).await?
+        run_transaction(app, base, entries).await?
     } else {
-        run_batch(&app, &base, parsed).await
+        run_batch(app, base, parsed).await
     };
-    let response_type = if transaction {
-        "transaction-response"
-    } else {
-        "batch-response"
-    };
-    Ok(fhir_json(
-        StatusCode::OK,
-        render(response_type, &base, results, preference),
-    ))
+    Ok(Applied {
+        response_type: if transaction {
+            "transaction-response"
+        } else {
+            "batch-response"
+        },
+        results,
+    })
 }
 
 fn prefix(mut e: ApiError, text: &str) -> ApiError {
@@ -364,8 +391,7 @@ async fn run_transaction(
     let outcomes = if ops.is_empty() {
         Vec::new()
     } else {
-        app.store
-            .write_all(ops)
+        app.write_all(ops)
             .await
             .map_err(|e| prefix(ApiError::from(e), "the transaction was not applied"))?
     };
@@ -398,7 +424,7 @@ async fn run_batch(
             Ok(entry) if entry.method == Method::Get => run_read(app, base, &entry).await,
             Ok(entry) => match write_op(&entry, None) {
                 Err(e) => EntryResult::Failed(e),
-                Ok(op) => match app.store.write(op).await {
+                Ok(op) => match app.write(op).await {
                     Ok(outcome) => EntryResult::Written(outcome, entry.method),
                     Err(e) => EntryResult::Failed(e.into()),
                 },
@@ -444,7 +470,7 @@ fn render(
                 let include = method != Method::Delete && preference == ReturnPreference::Representation;
                 bundle.entry(
                     json!({"fullUrl": format!("{base}/{}/{}", r.resource_type, r.id), "response": response}),
-                    include.then_some(r.body.as_str()),
+                    include.then(|| crate::hooks::public_body(r)).as_deref(),
                 );
             }
             EntryResult::Read(r) => bundle.entry(
@@ -452,7 +478,7 @@ fn render(
                     "fullUrl": format!("{base}/{}/{}", r.resource_type, r.id),
                     "response": {"status": status_text(StatusCode::OK), "etag": etag(r.version_id), "lastModified": r.last_updated_text()},
                 }),
-                Some(&r.body),
+                Some(&crate::hooks::public_body(&r)),
             ),
             EntryResult::Searched(searchset) => {
                 bundle.entry(json!({"response": {"status": status_text(StatusCode::OK)}}), Some(&searchset))

@@ -7,8 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fhirbox_store::{
-    HistoryPage, HistoryScope, ResourceHistory, ResourceRead, ResourceSearch, ResourceWrite,
-    StoredResource,
+    HistoryPage, HistoryScope, ResourceHistory, ResourceRead, ResourceSearch, StoredResource,
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -135,7 +134,7 @@ pub async fn create(
     FhirJson(body): FhirJson,
 ) -> Result<Response, ApiError> {
     let op = resource::prepare_create(&resource_type, resource::new_id(), body)?;
-    let outcome = app.store.write(op).await?;
+    let outcome = app.write(op).await?;
     let stored = &outcome.resource;
     Ok(resource_response(
         StatusCode::CREATED,
@@ -154,7 +153,7 @@ pub async fn update(
     FhirJson(body): FhirJson,
 ) -> Result<Response, ApiError> {
     let op = resource::prepare_update(&resource_type, &id, body, parse_if_match(&headers)?)?;
-    let outcome = app.store.write(op).await?;
+    let outcome = app.write(op).await?;
     let stored = &outcome.resource;
     let (status, loc) = if outcome.created {
         (StatusCode::CREATED, Some(location(&base, stored)))
@@ -180,7 +179,7 @@ pub async fn patch(
     JsonPatchBody(patch): JsonPatchBody,
 ) -> Result<Response, ApiError> {
     let op = resource::prepare_patch(&resource_type, &id, patch, parse_if_match(&headers)?)?;
-    let outcome = app.store.write(op).await?;
+    let outcome = app.write(op).await?;
     let stored = &outcome.resource;
     Ok(resource_response(
         StatusCode::OK,
@@ -200,7 +199,7 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let op = resource::prepare_delete(&resource_type, &id, parse_if_match(&headers)?)?;
-    let outcome = app.store.write(op).await?;
+    let outcome = app.write(op).await?;
     let message = if outcome.changed {
         format!("deleted {resource_type}/{id}")
     } else {
@@ -294,7 +293,7 @@ pub async fn run_search(
     for r in &page.resources {
         bundle.entry(
             json!({"fullUrl": format!("{base}/{}/{}", r.resource_type, r.id), "search": {"mode": "match"}}),
-            Some(&r.body),
+            Some(&crate::hooks::public_body(r)),
         );
     }
     Ok(bundle.finish())
@@ -393,7 +392,7 @@ async fn history(
                 "request": {"method": method, "url": url},
                 "response": {"status": status, "etag": etag(r.version_id), "lastModified": r.last_updated_text()},
             }),
-            Some(&r.body),
+            Some(&crate::hooks::public_body(r)),
         );
     }
     Ok(crate::response::fhir_json(StatusCode::OK, bundle.finish()))

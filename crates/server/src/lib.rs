@@ -1,6 +1,7 @@
 //! The fhirbox server: settings, the axum application, and the FHIR REST API.
 
 pub mod app;
+pub mod auth;
 mod bundle;
 mod bundle_out;
 pub mod capability;
@@ -8,7 +9,10 @@ pub mod error;
 pub mod extract;
 mod fhir_api;
 mod health;
+pub mod hooks;
+mod init_bundle;
 pub mod logging;
+pub mod metrics;
 pub mod resource;
 pub mod response;
 pub mod search;

@@ -2,11 +2,12 @@
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing_subscriber::EnvFilter;
 
+use crate::app::AppState;
 use crate::settings::LogFormat;
 
 /// Installs the global subscriber (`RUST_LOG` filters, default `info`).
@@ -25,8 +26,8 @@ pub fn init(format: LogFormat) {
 }
 
 /// Logs method, path (never the query string: it may carry search values),
-/// route, status and duration of every request.
-pub async fn log_request(req: Request, next: Next) -> Response {
+/// route, status and duration of every request, and counts it in the metrics.
+pub async fn log_request(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -34,10 +35,13 @@ pub async fn log_request(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
-        .unwrap_or_default();
+        .unwrap_or_else(|| "unmatched".to_owned());
     let response = next.run(req).await;
     let status = response.status().as_u16();
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let seconds = started.elapsed().as_secs_f64();
+    app.metrics
+        .request(method.as_str(), &route, status, seconds);
+    let duration_ms = seconds * 1000.0;
     if status >= 500 {
         tracing::error!(%method, %path, %route, status, duration_ms, "request");
     } else {

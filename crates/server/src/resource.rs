@@ -10,6 +10,7 @@ use fhirbox_store::{BoxError, StoredResource, WriteKind, WriteOp};
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::hooks;
 
 /// Rejects unknown resource types in a URL (404: there is no such endpoint).
 pub fn check_type(resource_type: &str) -> Result<(), ApiError> {
@@ -121,6 +122,7 @@ pub fn prepare_create(resource_type: &str, id: String, body: Value) -> Result<Wr
         id,
         kind: WriteKind::Create(body),
         if_match: None,
+        finalize: hooks::finalizer(resource_type),
     })
 }
 
@@ -139,6 +141,7 @@ pub fn prepare_update(
         id: id.to_owned(),
         kind: WriteKind::Put(body),
         if_match,
+        finalize: hooks::finalizer(resource_type),
     })
 }
 
@@ -178,6 +181,7 @@ pub fn prepare_patch(
         id: id.to_owned(),
         kind: WriteKind::Modify(Arc::new(transform)),
         if_match,
+        finalize: hooks::finalizer(resource_type),
     })
 }
 
@@ -194,6 +198,7 @@ pub fn prepare_delete(
         id: id.to_owned(),
         kind: WriteKind::Delete,
         if_match,
+        finalize: None,
     })
 }
 

@@ -124,7 +124,9 @@ pub fn resource_response(
     outcome_text: &str,
 ) -> Response {
     let mut response = match preference {
-        ReturnPreference::Representation => fhir_json(status, stored.body.clone()),
+        ReturnPreference::Representation => {
+            fhir_json(status, crate::hooks::public_body(stored).into_owned())
+        }
         ReturnPreference::OperationOutcome => fhir_json(
             status,
             OperationOutcome::information(outcome_text)

@@ -3,6 +3,9 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
 
 /// Where settings come from: the process environment in production, a map in tests.
 pub trait Env {
@@ -109,8 +112,15 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
+/// The built-in root client (SPEC section 3).
+#[derive(Debug)]
+pub struct RootClient {
+    pub id: String,
+    pub secret: SecretString,
+}
+
 /// Everything the server needs to start.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Settings {
     pub port: u16,
     pub database: DatabaseUrl,
@@ -119,11 +129,42 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Public base URL (`BOX_WEB_BASE_URL`); derived from the Host header when unset.
     pub base_url: Option<String>,
+    /// `BOX_ROOT_CLIENT_ID` / `BOX_ROOT_CLIENT_SECRET(_FILE)`; `None` means no root client.
+    pub root_client: Option<RootClient>,
+    /// Key that signs the server's access tokens (`BOX_SECURITY_AUTH_KEYS_SECRET(_FILE)`);
+    /// `None` means a random key per process.
+    pub token_signing_key: Option<SecretString>,
+    /// `BOX_INIT_BUNDLE`: a bundle applied at start, before the port opens.
+    pub init_bundle: Option<PathBuf>,
+    /// How often cached clients and policies are compared with the database,
+    /// to pick up changes made through other instances (`BOX_AUTH_RECHECK_MS`).
+    pub auth_recheck: Duration,
+}
+
+impl Settings {
+    /// Settings for a server on `database` with every optional feature off;
+    /// the starting point of tests and embedders.
+    pub fn for_database(database: DatabaseUrl) -> Settings {
+        Settings {
+            port: 0,
+            database,
+            log_format: LogFormat::Text,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            base_url: None,
+            root_client: None,
+            token_signing_key: None,
+            init_bundle: None,
+            auth_recheck: DEFAULT_AUTH_RECHECK,
+        }
+    }
 }
 
 /// Default SQLite file, relative to the working directory.
 pub const DEFAULT_SQLITE_PATH: &str = "data/fhirbox.db";
 const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+const DEFAULT_AUTH_RECHECK: Duration = Duration::from_secs(2);
+/// Shortest secret accepted for the token signing key (HS256 wants >= 256 bits).
+const MIN_SIGNING_KEY_BYTES: usize = 32;
 
 impl Settings {
     /// Reads settings from `env`.
@@ -172,12 +213,70 @@ impl Settings {
             }
             None => None,
         };
+        let root_id = non_empty(env, "BOX_ROOT_CLIENT_ID").unwrap_or_else(|| "root".into());
+        if !fhirbox_fhir::is_valid_id(&root_id) {
+            return Err(err(
+                "BOX_ROOT_CLIENT_ID",
+                format!("{root_id:?} is not a valid client id"),
+            ));
+        }
+        let root_client =
+            secret_setting(env, "BOX_ROOT_CLIENT_SECRET", "BOX_ROOT_CLIENT_SECRET_FILE")?.map(
+                |secret| RootClient {
+                    id: root_id,
+                    secret: SecretString::from(secret),
+                },
+            );
+        let token_signing_key =
+            match secret_setting(
+                env,
+                "BOX_SECURITY_AUTH_KEYS_SECRET",
+                "BOX_SECURITY_AUTH_KEYS_SECRET_FILE",
+            )? {
+                Some(key) if key.len() < MIN_SIGNING_KEY_BYTES => return Err(err(
+                    "BOX_SECURITY_AUTH_KEYS_SECRET",
+                    format!(
+                        "the token signing key must be at least {MIN_SIGNING_KEY_BYTES} bytes long"
+                    ),
+                )),
+                other => other.map(SecretString::from),
+            };
+        let init_bundle = match non_empty(env, "BOX_INIT_BUNDLE") {
+            Some(v) => match v.strip_prefix("file://") {
+                Some(path) if path.starts_with('/') => Some(PathBuf::from(path)),
+                _ => {
+                    return Err(err(
+                        "BOX_INIT_BUNDLE",
+                        format!("{v:?} must be a file:// URL with an absolute path, e.g. file:///etc/fhirbox/init.json"),
+                    ))
+                }
+            },
+            None => None,
+        };
+        let auth_recheck = match non_empty(env, "BOX_AUTH_RECHECK_MS") {
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms >= 10)
+                .map(Duration::from_millis)
+                .ok_or_else(|| {
+                    err(
+                        "BOX_AUTH_RECHECK_MS",
+                        format!("{v:?} is not a number of milliseconds (at least 10)"),
+                    )
+                })?,
+            None => DEFAULT_AUTH_RECHECK,
+        };
         Ok(Settings {
             port,
             database: database_url(env)?,
             log_format,
             max_body_bytes,
             base_url,
+            root_client,
+            token_signing_key,
+            init_bundle,
+            auth_recheck,
         })
     }
 }
@@ -365,6 +464,38 @@ mod tests {
             "postgres://u@h/db"
         );
         assert_eq!(DatabaseUrl::new("sqlite:x.db").masked(), "sqlite:x.db");
+    }
+
+    #[test]
+    fn root_client_and_init_bundle_are_read_and_checked() {
+        use secrecy::ExposeSecret;
+        let s = Settings::from_env(&[
+            ("BOX_ROOT_CLIENT_SECRET", "rootpw"),
+            ("BOX_INIT_BUNDLE", "file:///etc/fhirbox/init.json"),
+        ])
+        .unwrap();
+        let root = s.root_client.as_ref().unwrap();
+        assert_eq!(root.id, "root");
+        assert_eq!(root.secret.expose_secret(), "rootpw");
+        assert!(!format!("{s:?}").contains("rootpw"));
+        assert_eq!(
+            s.init_bundle.unwrap().to_str(),
+            Some("/etc/fhirbox/init.json")
+        );
+        assert!(Settings::from_env(&[("UNRELATED", "")])
+            .unwrap()
+            .root_client
+            .is_none());
+        let e = Settings::from_env(&[("BOX_INIT_BUNDLE", "/etc/init.json")]).unwrap_err();
+        assert_eq!(e.variable, "BOX_INIT_BUNDLE");
+        let e = Settings::from_env(&[("BOX_SECURITY_AUTH_KEYS_SECRET", "short")]).unwrap_err();
+        assert_eq!(e.variable, "BOX_SECURITY_AUTH_KEYS_SECRET");
+        let e = Settings::from_env(&[
+            ("BOX_ROOT_CLIENT_ID", "a b"),
+            ("BOX_ROOT_CLIENT_SECRET", "x"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.variable, "BOX_ROOT_CLIENT_ID");
     }
 
     #[test]

@@ -17,8 +17,8 @@ use std::future::Future;
 pub use cursor::Cursor;
 pub use error::{BoxError, StoreError};
 pub use model::{
-    HistoryPage, HistoryQuery, HistoryScope, SearchPage, SearchQuery, SortKey, StoredResource,
-    TimeBound, Transform, WriteKind, WriteOp, WriteOutcome,
+    Finalize, HistoryPage, HistoryQuery, HistoryScope, SearchPage, SearchQuery, SortKey,
+    StoredResource, TimeBound, Transform, WriteKind, WriteOp, WriteOutcome,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -64,6 +64,16 @@ pub trait ResourceHistory {
 /// Search over current versions.
 pub trait ResourceSearch {
     fn search(&self, query: SearchQuery) -> impl Future<Output = StoreResult<SearchPage>> + Send;
+}
+
+/// A cheap marker that changes whenever resources of some types change, so
+/// caches (clients, policies) can notice writes made by other instances.
+pub trait ChangeMarker {
+    /// The newest history position among `resource_types` (0 when none).
+    fn latest_change(
+        &self,
+        resource_types: &[&str],
+    ) -> impl Future<Output = StoreResult<i64>> + Send;
 }
 
 /// Liveness of the database connection.
@@ -151,6 +161,12 @@ impl ResourceHistory for Store {
 impl ResourceSearch for Store {
     async fn search(&self, query: SearchQuery) -> StoreResult<SearchPage> {
         delegate!(self, s => s.search(query))
+    }
+}
+
+impl ChangeMarker for Store {
+    async fn latest_change(&self, resource_types: &[&str]) -> StoreResult<i64> {
+        delegate!(self, s => s.latest_change(resource_types))
     }
 }
 

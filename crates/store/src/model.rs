@@ -33,6 +33,14 @@ impl StoredResource {
 /// store retries after contention, so it must not have side effects.
 pub type Transform = Arc<dyn Fn(&StoredResource) -> Result<Value, BoxError> + Send + Sync>;
 
+/// Last look at a body before it is stored, inside the write transaction:
+/// receives the new body and the current live version (if any) and returns
+/// the body to store. The server uses it for rules that need the previous
+/// version (keeping a hashed secret, validating references). Like
+/// `Transform`, it may run more than once and must not have side effects.
+pub type Finalize =
+    Arc<dyn Fn(Value, Option<&StoredResource>) -> Result<Value, BoxError> + Send + Sync>;
+
 /// What a write does.
 #[derive(Clone)]
 pub enum WriteKind {
@@ -58,13 +66,26 @@ impl std::fmt::Debug for WriteKind {
 }
 
 /// One write of one resource.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WriteOp {
     pub resource_type: String,
     pub id: String,
     pub kind: WriteKind,
     /// `If-Match`: the version the client expects to be current.
     pub if_match: Option<i64>,
+    /// Applied to every body this op stores (not to deletions).
+    pub finalize: Option<Finalize>,
+}
+
+impl std::fmt::Debug for WriteOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteOp")
+            .field("resource_type", &self.resource_type)
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("if_match", &self.if_match)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The result of one write.

@@ -13,7 +13,8 @@ macro_rules! sql_backend {
         use crate::model::*;
         use crate::query::{self, Bind};
         use crate::{
-            ResourceHistory, ResourceRead, ResourceSearch, ResourceWrite, StoreHealth, StoreResult,
+            ChangeMarker, ResourceHistory, ResourceRead, ResourceSearch, ResourceWrite, StoreHealth,
+            StoreResult,
         };
 
         type Query<'q> = sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>;
@@ -129,6 +130,13 @@ macro_rules! sql_backend {
                 let next_version = current.as_ref().map_or(1, |c| c.version_id + 1);
                 let now = crate::instant::now_micros()
                     .max(current.as_ref().map_or(0, |c| c.last_updated));
+                let finish = |body: serde_json::Value| -> StoreResult<String> {
+                    let body = match &op.finalize {
+                        Some(f) => f(body, live).map_err(StoreError::Rejected)?,
+                        None => body,
+                    };
+                    finalize_body(rt, id, next_version, now, body)
+                };
                 let (deleted, body) = match &op.kind {
                     WriteKind::Create(body) => {
                         if live.is_some() {
@@ -137,11 +145,9 @@ macro_rules! sql_backend {
                                 id: id.into(),
                             });
                         }
-                        (false, finalize_body(rt, id, next_version, now, body.clone())?)
+                        (false, finish(body.clone())?)
                     }
-                    WriteKind::Put(body) => {
-                        (false, finalize_body(rt, id, next_version, now, body.clone())?)
-                    }
+                    WriteKind::Put(body) => (false, finish(body.clone())?),
                     WriteKind::Modify(transform) => {
                         let existing = match &current {
                             None => {
@@ -160,7 +166,7 @@ macro_rules! sql_backend {
                             Some(c) => c,
                         };
                         let body = transform(existing).map_err(StoreError::Rejected)?;
-                        (false, finalize_body(rt, id, next_version, now, body)?)
+                        (false, finish(body)?)
                     }
                     WriteKind::Delete => match &current {
                         None => {
@@ -352,6 +358,27 @@ macro_rules! sql_backend {
                     total: Some(total_row.try_get::<i64, _>(0)?),
                     next,
                 })
+            }
+        }
+
+        impl ChangeMarker for $store {
+            async fn latest_change(&self, resource_types: &[&str]) -> StoreResult<i64> {
+                let mut sql = String::from(
+                    "SELECT COALESCE(MAX(seq), 0) FROM resource_history WHERE resource_type IN (",
+                );
+                for i in 0..resource_types.len() {
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("${}", i + 1));
+                }
+                sql.push(')');
+                let mut q = sqlx::query(&sql);
+                for t in resource_types {
+                    q = q.bind(*t);
+                }
+                let row = q.fetch_one(&self.reader).await?;
+                Ok(row.try_get::<i64, _>(0)?)
             }
         }
 

@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fhirbox_server::settings::{DatabaseUrl, LogFormat, Settings};
+use base64::Engine;
+use fhirbox_server::settings::{DatabaseUrl, RootClient, Settings};
 use reqwest::header::HeaderMap;
+use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::Connection;
 use tokio::sync::oneshot;
@@ -172,12 +174,18 @@ impl Resp {
 pub struct TestApp {
     pub addr: String,
     pub backend: Backend,
+    /// Sends root's credentials unless a request sets its own Authorization.
     pub client: reqwest::Client,
+    /// Sends no credentials.
+    pub anon: reqwest::Client,
     pub db: TestDb,
     pub state: fhirbox_server::AppState,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
+
+/// The root client's secret in every test server.
+pub const ROOT_SECRET: &str = "root-secret-for-tests-only";
 
 /// Request bodies above this size get 413 in tests.
 pub const TEST_MAX_BODY: usize = 256 * 1024;
@@ -190,13 +198,30 @@ impl TestApp {
     }
 
     async fn start(backend: Backend, db: TestDb) -> TestApp {
-        let settings = Settings {
-            port: 0,
-            database: DatabaseUrl::new(db.url()),
-            log_format: LogFormat::Text,
-            max_body_bytes: TEST_MAX_BODY,
-            base_url: None,
-        };
+        Self::start_with(backend, db, |_| {}).await
+    }
+
+    /// Starts a server on a fresh database with adjusted settings.
+    pub async fn spawn_with(
+        backend: Backend,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Option<TestApp> {
+        let db = TestDb::create(backend).await?;
+        Some(Self::start_with(backend, db, adjust).await)
+    }
+
+    async fn start_with(
+        backend: Backend,
+        db: TestDb,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> TestApp {
+        let mut settings = Settings::for_database(DatabaseUrl::new(db.url()));
+        settings.max_body_bytes = TEST_MAX_BODY;
+        settings.root_client = Some(RootClient {
+            id: "root".into(),
+            secret: SecretString::from(ROOT_SECRET),
+        });
+        adjust(&mut settings);
         let app = fhirbox_server::build_app(settings)
             .await
             .expect("the app builds");
@@ -211,10 +236,19 @@ impl TestApp {
             .await
             .unwrap();
         });
+        let mut root_auth = HeaderMap::new();
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("root:{ROOT_SECRET}"));
+        root_auth.insert("authorization", format!("Basic {encoded}").parse().unwrap());
         TestApp {
             addr,
             backend,
             client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .default_headers(root_auth)
+                .build()
+                .unwrap(),
+            anon: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),

@@ -1,0 +1,37 @@
+//! `BOX_INIT_BUNDLE`: a batch or transaction bundle applied at start, before
+//! the port opens — the declarative way to create Clients and AccessPolicies.
+//! A failed transaction or an unreadable file stops the start; a batch logs
+//! each failed entry and carries on.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::app::AppState;
+
+/// Base URL used for entries and references while no request is in flight.
+const INIT_BASE: &str = "http://localhost/fhir";
+
+pub async fn apply(app: &AppState, path: &Path) -> Result<(), String> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    let body: Value = serde_json::from_str(&text).map_err(|e| format!("is not valid JSON: {e}"))?;
+    let base = app
+        .settings
+        .base_url
+        .as_ref()
+        .map(|b| format!("{b}/fhir"))
+        .unwrap_or_else(|| INIT_BASE.to_owned());
+    let applied = crate::bundle::apply(app, &base, &body)
+        .await
+        .map_err(|e| e.message)?;
+    let mut failed = 0;
+    for (index, error) in applied.failures() {
+        failed += 1;
+        tracing::error!(entry = index, status = error.status.as_u16(), problem = %error.message, "init bundle entry failed");
+    }
+    let kind = body.get("type").and_then(Value::as_str).unwrap_or("bundle");
+    tracing::info!(path = %path.display(), kind, failed, "init bundle applied");
+    Ok(())
+}
