@@ -155,7 +155,7 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"fhirbox\", Bearer realm=\"fhirbox\""),
+                HeaderValue::from_static("Basic realm=\"fhirbox\""),
             );
         }
         response

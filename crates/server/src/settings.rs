@@ -227,20 +227,21 @@ impl Settings {
                     secret: SecretString::from(secret),
                 },
             );
-        let token_signing_key =
-            match secret_setting(
-                env,
-                "BOX_SECURITY_AUTH_KEYS_SECRET",
-                "BOX_SECURITY_AUTH_KEYS_SECRET_FILE",
-            )? {
-                Some(key) if key.len() < MIN_SIGNING_KEY_BYTES => return Err(err(
+        let token_signing_key = match secret_setting(
+            env,
+            "BOX_SECURITY_AUTH_KEYS_SECRET",
+            "BOX_SECURITY_AUTH_KEYS_SECRET_FILE",
+        )? {
+            Some(key) if key.len() < MIN_SIGNING_KEY_BYTES => {
+                return Err(err(
                     "BOX_SECURITY_AUTH_KEYS_SECRET",
                     format!(
                         "the token signing key must be at least {MIN_SIGNING_KEY_BYTES} bytes long"
                     ),
-                )),
-                other => other.map(SecretString::from),
-            };
+                ))
+            }
+            other => other.map(SecretString::from),
+        };
         let init_bundle = match non_empty(env, "BOX_INIT_BUNDLE") {
             Some(v) => match v.strip_prefix("file://") {
                 Some(path) if path.starts_with('/') => Some(PathBuf::from(path)),

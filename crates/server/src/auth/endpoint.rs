@@ -35,7 +35,8 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 }
 
 /// The token request's fields, from either body encoding.
-fn body_fields(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, Response> {
+/// Errors are `invalid_request` descriptions.
+fn body_fields(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, &'static str> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -48,45 +49,30 @@ fn body_fields(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>
         })
         .unwrap_or_default();
     match content_type.as_str() {
-        "application/x-www-form-urlencoded" => serde_urlencoded::from_bytes(body).map_err(|_| {
-            oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "the form body cannot be decoded",
-            )
-        }),
+        "application/x-www-form-urlencoded" => {
+            serde_urlencoded::from_bytes(body).map_err(|_| "the form body cannot be decoded")
+        }
         "application/json" => {
-            let value: Value = serde_json::from_slice(body).map_err(|_| {
-                oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "the JSON body cannot be parsed",
-                )
-            })?;
+            let value: Value =
+                serde_json::from_slice(body).map_err(|_| "the JSON body cannot be parsed")?;
             let Value::Object(fields) = value else {
-                return Err(oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "the JSON body must be an object",
-                ));
+                return Err("the JSON body must be an object");
             };
             Ok(fields
                 .into_iter()
                 .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
                 .collect())
         }
-        _ => Err(oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "send application/x-www-form-urlencoded or application/json",
-        )),
+        _ => Err("send application/x-www-form-urlencoded or application/json"),
     }
 }
 
 pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let fields = match body_fields(&headers, &body) {
         Ok(f) => f,
-        Err(response) => return response,
+        Err(description) => {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
+        }
     };
     let field = |name: &str| {
         fields

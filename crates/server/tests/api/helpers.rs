@@ -52,8 +52,19 @@ macro_rules! backend_tests {
 
 /// A database that exists for one test and is removed afterwards.
 pub enum TestDb {
-    Sqlite { dir: PathBuf },
-    Postgres { admin_url: String, name: String },
+    Sqlite {
+        dir: PathBuf,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
+    /// Another server's database, borrowed (never dropped by this one).
+    Shared {
+        url: String,
+        sqlite: Option<PathBuf>,
+        postgres_name: Option<String>,
+    },
 }
 
 impl TestDb {
@@ -87,6 +98,33 @@ impl TestDb {
         match self {
             TestDb::Sqlite { dir } => format!("sqlite:{}", dir.join("fhirbox.db").display()),
             TestDb::Postgres { admin_url, name } => with_database(admin_url, name),
+            TestDb::Shared { url, .. } => url.clone(),
+        }
+    }
+
+    /// The SQLite file, for tests that inspect what is on disk.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        match self {
+            TestDb::Sqlite { dir } => Some(dir.join("fhirbox.db")),
+            TestDb::Shared { sqlite, .. } => sqlite.clone(),
+            TestDb::Postgres { .. } => None,
+        }
+    }
+
+    /// The PostgreSQL database name, for `pg_dump`.
+    pub fn postgres_name(&self) -> Option<String> {
+        match self {
+            TestDb::Postgres { name, .. } => Some(name.clone()),
+            TestDb::Shared { postgres_name, .. } => postgres_name.clone(),
+            TestDb::Sqlite { .. } => None,
+        }
+    }
+
+    fn share(&self) -> TestDb {
+        TestDb::Shared {
+            url: self.url(),
+            sqlite: self.sqlite_path(),
+            postgres_name: self.postgres_name(),
         }
     }
 }
@@ -111,6 +149,7 @@ impl Drop for TestDb {
             TestDb::Sqlite { dir } => {
                 let _ = std::fs::remove_dir_all(dir);
             }
+            TestDb::Shared { .. } => {}
             TestDb::Postgres { admin_url, name } => {
                 let (admin_url, name) = (admin_url.clone(), name.clone());
                 // Drop runs outside async context; a short-lived runtime on its own thread does the DROP.
@@ -271,6 +310,11 @@ impl TestApp {
         Self::start(self.backend, db).await
     }
 
+    /// A second server on the same database (another instance of a deployment).
+    pub async fn sibling(&self, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        Self::start_with(self.backend, self.db.share(), adjust).await
+    }
+
     async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -325,6 +369,46 @@ impl TestApp {
     pub fn fhir(&self, req: reqwest::RequestBuilder, body: &Value) -> reqwest::RequestBuilder {
         req.header("content-type", "application/fhir+json")
             .body(body.to_string())
+    }
+
+    /// Stores a Client with a literal secret and the given grants.
+    pub async fn put_client(&self, id: &str, secret: &str, grants: &[&str]) -> Resp {
+        let r = self
+            .put(
+                &format!("/fhir/Client/{id}"),
+                &serde_json::json!({"resourceType": "Client", "id": id, "secret": secret, "grant_types": grants}),
+            )
+            .await;
+        assert!(
+            r.status == 200 || r.status == 201,
+            "PUT Client/{id}: {} {}",
+            r.status,
+            r.text
+        );
+        r
+    }
+
+    /// Stores an `allow` AccessPolicy linked to one client.
+    pub async fn allow_client(&self, policy_id: &str, client_id: &str) {
+        let r = self
+            .put(
+                &format!("/fhir/AccessPolicy/{policy_id}"),
+                &serde_json::json!({"resourceType": "AccessPolicy", "id": policy_id, "engine": "allow",
+                                    "link": [{"reference": format!("Client/{client_id}")}]}),
+            )
+            .await;
+        assert!(
+            r.status == 200 || r.status == 201,
+            "PUT AccessPolicy/{policy_id}: {} {}",
+            r.status,
+            r.text
+        );
+    }
+
+    /// GET with HTTP Basic credentials instead of root's.
+    pub async fn get_as(&self, path: &str, id: &str, secret: &str) -> Resp {
+        self.send(self.anon.get(self.url(path)).basic_auth(id, Some(secret)))
+            .await
     }
 
     /// Creates a Patient with the given id and family name; returns the stored JSON.

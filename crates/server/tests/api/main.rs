@@ -3,6 +3,8 @@
 
 mod helpers;
 
+mod auth;
+
 mod bundles;
 mod concurrency;
 mod crud;
