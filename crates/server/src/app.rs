@@ -183,7 +183,7 @@ pub async fn build_app(settings: Settings) -> Result<App, StartupError> {
     let auth = AuthService::start(&store, root, settings.token_signing_key.as_ref())
         .await
         .map_err(database_error)?;
-    let app = assemble(settings, store, auth);
+    let app = assemble(settings, store, auth, Guard::Authenticated);
     if let Some(path) = app.state.settings.init_bundle.clone() {
         crate::init_bundle::apply(&app.state, &path)
             .await
@@ -200,8 +200,38 @@ pub async fn build_app(settings: Settings) -> Result<App, StartupError> {
     Ok(app)
 }
 
+/// Whether the API routes sit behind authentication. Only benchmark builds
+/// (feature `bench-baseline`) can ask for `Open`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    Authenticated,
+    #[cfg_attr(not(feature = "bench-baseline"), allow(dead_code))]
+    Open,
+}
+
+/// The same application with the authentication layer left out, for the
+/// benchmark baseline that authenticated throughput is divided by. It exists
+/// only in builds with the `bench-baseline` feature, which the `fhirbox`
+/// binary never has: there is no runtime switch that turns security off.
+#[cfg(feature = "bench-baseline")]
+pub async fn build_app_without_auth_for_benchmarks(
+    settings: Settings,
+) -> Result<App, StartupError> {
+    let database_error = |source| StartupError::Database {
+        url: settings.database.masked(),
+        source,
+    };
+    let store = Store::open(settings.database.expose())
+        .await
+        .map_err(database_error)?;
+    let auth = AuthService::start(&store, None, None)
+        .await
+        .map_err(database_error)?;
+    Ok(assemble(settings, store, auth, Guard::Open))
+}
+
 /// Builds the router around an open store and a loaded authenticator.
-fn assemble(settings: Settings, store: Store, auth: AuthService) -> App {
+fn assemble(settings: Settings, store: Store, auth: AuthService, guard: Guard) -> App {
     let (api, interactions) = fhir_routes();
     let capability = capability_statement(&interactions, settings.base_url.as_deref());
     let state = AppState {
@@ -212,10 +242,13 @@ fn assemble(settings: Settings, store: Store, auth: AuthService) -> App {
         auth: Arc::new(auth),
         metrics: Arc::new(Metrics::new()),
     };
-    let api = api.route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        auth::layer::require_auth,
-    ));
+    let api = match guard {
+        Guard::Authenticated => api.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::layer::require_auth,
+        )),
+        Guard::Open => api,
+    };
     // Metadata, health, metrics and the token endpoint answer without credentials.
     let public = Router::new()
         .route(
