@@ -29,6 +29,8 @@ pub struct AppState {
     pub capability: Arc<String>,
     pub auth: Arc<AuthService>,
     pub metrics: Arc<Metrics>,
+    /// External secrets (SPEC section 1); `None` when `BOX_VAULT_CONFIG` is unset.
+    pub vault: Option<fhirbox_secrets::SecretResolver>,
 }
 
 impl AppState {
@@ -81,6 +83,8 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("BOX_VAULT_CONFIG: {0}")]
+    Vault(#[from] fhirbox_secrets::ConfigError),
     #[error("BOX_INIT_BUNDLE {path}: {message}")]
     InitBundle { path: String, message: String },
 }
@@ -176,14 +180,13 @@ pub async fn build_app(settings: Settings) -> Result<App, StartupError> {
     let store = Store::open(settings.database.expose())
         .await
         .map_err(database_error)?;
-    let root = settings
-        .root_client
-        .as_ref()
-        .map(|r| (r.id.as_str(), &r.secret));
-    let auth = AuthService::start(&store, root, settings.token_signing_key.as_ref())
+    let metrics = Metrics::new();
+    let vault = crate::vault::start(&settings, &metrics)?;
+    let root = settings.root_client.as_ref().map(|r| (r.id.as_str(), &r.secret));
+    let auth = AuthService::start(&store, root, settings.token_signing_key.as_ref(), vault.clone())
         .await
         .map_err(database_error)?;
-    let app = assemble(settings, store, auth, Guard::Authenticated);
+    let app = assemble(settings, store, auth, metrics, vault, Guard::Authenticated);
     if let Some(path) = app.state.settings.init_bundle.clone() {
         crate::init_bundle::apply(&app.state, &path)
             .await
@@ -231,7 +234,14 @@ pub async fn build_app_without_auth_for_benchmarks(
 }
 
 /// Builds the router around an open store and a loaded authenticator.
-fn assemble(settings: Settings, store: Store, auth: AuthService, guard: Guard) -> App {
+fn assemble(
+    settings: Settings,
+    store: Store,
+    auth: AuthService,
+    metrics: Metrics,
+    vault: Option<fhirbox_secrets::SecretResolver>,
+    guard: Guard,
+) -> App {
     let (api, interactions) = fhir_routes();
     let capability = capability_statement(&interactions, settings.base_url.as_deref());
     let state = AppState {
@@ -240,8 +250,14 @@ fn assemble(settings: Settings, store: Store, auth: AuthService, guard: Guard) -
         started: Instant::now(),
         capability: Arc::new(capability),
         auth: Arc::new(auth),
-        metrics: Arc::new(Metrics::new()),
+        metrics: Arc::new(metrics),
+        vault,
     };
+    // Operator endpoints sit behind authentication like the API; the handler requires root.
+    let api = api.route(
+        "/admin/secrets",
+        get(crate::vault::admin_secrets).fallback(fhir_api::method_not_allowed),
+    );
     let api = match guard {
         Guard::Authenticated => api.route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -273,21 +273,25 @@ fn patch_from_binary(resource: &Value) -> Result<json_patch::Patch, ApiError> {
 }
 
 /// Builds the store write for a write entry.
-fn write_op(entry: &Entry, assigned_id: Option<&str>) -> Result<WriteOp, ApiError> {
+fn write_op(
+    entry: &Entry,
+    assigned_id: Option<&str>,
+    vault: Option<&fhirbox_secrets::SecretResolver>,
+) -> Result<WriteOp, ApiError> {
     let body = || entry.resource.clone().unwrap_or(Value::Null);
     match (&entry.method, &entry.target) {
         (Method::Post, Target::Type(t)) => {
             let id = assigned_id
                 .map(str::to_owned)
                 .unwrap_or_else(resource::new_id);
-            resource::prepare_create(t, id, body())
+            resource::prepare_create(t, id, body(), vault)
         }
         (Method::Put, Target::Instance(t, id)) => {
-            resource::prepare_update(t, id, body(), entry.if_match)
+            resource::prepare_update(t, id, body(), entry.if_match, vault)
         }
         (Method::Patch, Target::Instance(t, id)) => {
             let patch = patch_from_binary(entry.resource.as_ref().unwrap_or(&Value::Null))?;
-            resource::prepare_patch(t, id, patch, entry.if_match)
+            resource::prepare_patch(t, id, patch, entry.if_match, vault)
         }
         (Method::Delete, Target::Instance(t, id)) => {
             resource::prepare_delete(t, id, entry.if_match)
@@ -380,7 +384,7 @@ async fn run_transaction(
     order.sort_by_key(|i| rank(entries[*i].method));
     let mut ops = Vec::with_capacity(order.len());
     for &i in &order {
-        let op = write_op(&entries[i], assigned.get(&i).map(String::as_str)).map_err(|e| {
+        let op = write_op(&entries[i], assigned.get(&i).map(String::as_str), app.vault.as_ref()).map_err(|e| {
             prefix(
                 e.at(format!("Bundle.entry[{i}]")),
                 "the transaction was not applied",
@@ -422,7 +426,7 @@ async fn run_batch(
         let result = match entry {
             Err(e) => EntryResult::Failed(e),
             Ok(entry) if entry.method == Method::Get => run_read(app, base, &entry).await,
-            Ok(entry) => match write_op(&entry, None) {
+            Ok(entry) => match write_op(&entry, None, app.vault.as_ref()) {
                 Err(e) => EntryResult::Failed(e),
                 Ok(op) => match app.write(op).await {
                     Ok(outcome) => EntryResult::Written(outcome, entry.method),

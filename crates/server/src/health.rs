@@ -47,10 +47,20 @@ pub async fn live(State(app): State<AppState>) -> Response {
     )
 }
 
-/// Readiness: 503 with the reason while the database cannot be reached.
+/// Readiness: 503 with the reason while the database cannot be reached. A
+/// vault config that failed to load stops the server at start; a later bad
+/// edit leaves the last good config in force, reported here as `warn`.
 pub async fn ready(State(app): State<AppState>) -> Response {
+    let vault_warning = app
+        .vault
+        .as_ref()
+        .and_then(|v| v.config_status().last_error)
+        .map(|e| format!("vault config reload failed; the last good config stays in force: {}", e.message));
     match app.store.ping().await {
-        Ok(()) => health_json(StatusCode::OK, json!({"status": "pass"})),
+        Ok(()) => match vault_warning {
+            None => health_json(StatusCode::OK, json!({"status": "pass"})),
+            Some(output) => health_json(StatusCode::OK, json!({"status": "warn", "output": output})),
+        },
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             health_json(

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use fhirbox_secrets::SecretResolver;
 use fhirbox_store::{BoxError, Finalize, StoredResource};
 use serde_json::Value;
 
@@ -13,13 +14,21 @@ use crate::auth::policy::Policy;
 use crate::auth::secret_hash;
 use crate::error::ApiError;
 
-/// The finalizer for `resource_type`, if it has rules.
-pub fn finalizer(resource_type: &str) -> Option<Finalize> {
-    match resource_type {
-        "Client" => Some(Arc::new(finalize_client)),
-        "AccessPolicy" => Some(Arc::new(finalize_policy)),
-        _ => None,
-    }
+/// The finalizer for a write of `resource_type/id`: the secret-reference
+/// rules of SPEC 1.2 for every type, then the type's own rules.
+pub fn finalizer(resource_type: &str, id: &str, vault: Option<&SecretResolver>) -> Finalize {
+    let resource_type = resource_type.to_owned();
+    let id = id.to_owned();
+    let vault = vault.cloned();
+    Arc::new(move |body: Value, current: Option<&StoredResource>| {
+        crate::vault::check_references(&resource_type, &id, &body, vault.as_ref())
+            .map_err(|e| Box::new(e) as BoxError)?;
+        match resource_type.as_str() {
+            "Client" => finalize_client(body, current),
+            "AccessPolicy" => finalize_policy(body, current),
+            _ => Ok(body),
+        }
+    })
 }
 
 fn refuse(message: String, at: &str) -> BoxError {

@@ -17,6 +17,7 @@ pub mod resource;
 pub mod response;
 pub mod search;
 pub mod settings;
+pub mod vault;
 
 pub use app::{build_app, run, serve, App, AppState};
 pub use settings::Settings;

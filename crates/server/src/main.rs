@@ -1,5 +1,6 @@
 //! The `fhirbox` binary: parse the command line and settings, then serve.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,26 @@ struct Cli {
 enum Command {
     /// Start the server (the default). Settings come from BOX_* environment variables.
     Serve,
+    /// External secrets: check a vault config and the files it names.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Validate a vault config and every secret file it names (exists, readable,
+    /// regular, non-empty, size) and print names, paths, scopes and states —
+    /// never values. Exit code 0 only when everything is good.
+    Check {
+        /// The vault config; defaults to BOX_VAULT_CONFIG (or AIDBOX_VAULT_CONFIG).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -27,6 +48,27 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve().await,
+        Command::Vault {
+            command: VaultCommand::Check { config, json },
+        } => vault_check(config, json),
+    }
+}
+
+fn vault_check(config: Option<PathBuf>, json: bool) -> ExitCode {
+    let config = config.or_else(|| match Settings::from_env(&ProcessEnv) {
+        Ok(settings) => settings.vault_config,
+        Err(e) => {
+            eprintln!("fhirbox: invalid setting {e}");
+            None
+        }
+    });
+    let Some(config) = config else {
+        eprintln!("fhirbox vault check: name the vault config with --config PATH or BOX_VAULT_CONFIG");
+        return ExitCode::from(2);
+    };
+    match fhirbox_server::vault::check_command(&config, json) {
+        0 => ExitCode::SUCCESS,
+        code => ExitCode::from(u8::try_from(code).unwrap_or(1)),
     }
 }
 

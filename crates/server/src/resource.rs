@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::hooks;
+use fhirbox_secrets::SecretResolver;
 
 /// Rejects unknown resource types in a URL (404: there is no such endpoint).
 pub fn check_type(resource_type: &str) -> Result<(), ApiError> {
@@ -114,15 +115,20 @@ pub fn new_id() -> String {
 }
 
 /// Create (`POST /{type}`) with a server-assigned id.
-pub fn prepare_create(resource_type: &str, id: String, body: Value) -> Result<WriteOp, ApiError> {
+pub fn prepare_create(
+    resource_type: &str,
+    id: String,
+    body: Value,
+    vault: Option<&SecretResolver>,
+) -> Result<WriteOp, ApiError> {
     check_type(resource_type)?;
     validate_body(&body, resource_type, IdRule::ServerAssigned)?;
     Ok(WriteOp {
         resource_type: resource_type.to_owned(),
+        finalize: Some(hooks::finalizer(resource_type, &id, vault)),
         id,
         kind: WriteKind::Create(body),
         if_match: None,
-        finalize: hooks::finalizer(resource_type),
     })
 }
 
@@ -132,6 +138,7 @@ pub fn prepare_update(
     id: &str,
     body: Value,
     if_match: Option<i64>,
+    vault: Option<&SecretResolver>,
 ) -> Result<WriteOp, ApiError> {
     check_type(resource_type)?;
     check_id(id)?;
@@ -141,7 +148,7 @@ pub fn prepare_update(
         id: id.to_owned(),
         kind: WriteKind::Put(body),
         if_match,
-        finalize: hooks::finalizer(resource_type),
+        finalize: Some(hooks::finalizer(resource_type, id, vault)),
     })
 }
 
@@ -152,6 +159,7 @@ pub fn prepare_patch(
     id: &str,
     patch: json_patch::Patch,
     if_match: Option<i64>,
+    vault: Option<&SecretResolver>,
 ) -> Result<WriteOp, ApiError> {
     check_type(resource_type)?;
     check_id(id)?;
@@ -181,7 +189,7 @@ pub fn prepare_patch(
         id: id.to_owned(),
         kind: WriteKind::Modify(Arc::new(transform)),
         if_match,
-        finalize: hooks::finalizer(resource_type),
+        finalize: Some(hooks::finalizer(resource_type, id, vault)),
     })
 }
 

@@ -139,6 +139,12 @@ pub struct Settings {
     /// How often cached clients and policies are compared with the database,
     /// to pick up changes made through other instances (`BOX_AUTH_RECHECK_MS`).
     pub auth_recheck: Duration,
+    /// `BOX_VAULT_CONFIG` (alias `AIDBOX_VAULT_CONFIG`): the vault config; `None` = feature off.
+    pub vault_config: Option<PathBuf>,
+    /// Stat-based re-read interval of the vault config and secret files (`BOX_VAULT_POLL_MS`).
+    pub vault_poll: Duration,
+    /// Directory watch with inotify (`BOX_VAULT_WATCH`, default on); off leaves only the poll.
+    pub vault_watch: bool,
 }
 
 impl Settings {
@@ -155,6 +161,9 @@ impl Settings {
             token_signing_key: None,
             init_bundle: None,
             auth_recheck: DEFAULT_AUTH_RECHECK,
+            vault_config: None,
+            vault_poll: DEFAULT_VAULT_POLL,
+            vault_watch: true,
         }
     }
 }
@@ -163,6 +172,7 @@ impl Settings {
 pub const DEFAULT_SQLITE_PATH: &str = "data/fhirbox.db";
 const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 const DEFAULT_AUTH_RECHECK: Duration = Duration::from_secs(2);
+const DEFAULT_VAULT_POLL: Duration = Duration::from_secs(1);
 /// Shortest secret accepted for the token signing key (HS256 wants >= 256 bits).
 const MIN_SIGNING_KEY_BYTES: usize = 32;
 
@@ -268,7 +278,34 @@ impl Settings {
                 })?,
             None => DEFAULT_AUTH_RECHECK,
         };
+        let vault_config = match (non_empty(env, "BOX_VAULT_CONFIG"), non_empty(env, "AIDBOX_VAULT_CONFIG")) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(err(
+                    "BOX_VAULT_CONFIG",
+                    format!("BOX_VAULT_CONFIG ({a}) and its alias AIDBOX_VAULT_CONFIG ({b}) disagree; set one of them"),
+                ))
+            }
+            (Some(path), _) | (None, Some(path)) => Some(PathBuf::from(path)),
+            (None, None) => None,
+        };
+        let vault_poll = match non_empty(env, "BOX_VAULT_POLL_MS") {
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| (10..=60_000).contains(ms))
+                .map(Duration::from_millis)
+                .ok_or_else(|| err("BOX_VAULT_POLL_MS", format!("{v:?} is not a number of milliseconds between 10 and 60000")))?,
+            None => DEFAULT_VAULT_POLL,
+        };
+        let vault_watch = match non_empty(env, "BOX_VAULT_WATCH").as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => return Err(err("BOX_VAULT_WATCH", format!("{other:?} must be true or false"))),
+        };
         Ok(Settings {
+            vault_config,
+            vault_poll,
+            vault_watch,
             port,
             database: database_url(env)?,
             log_format,
@@ -497,6 +534,19 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(e.variable, "BOX_ROOT_CLIENT_ID");
+    }
+
+    #[test]
+    fn vault_config_accepts_the_aidbox_alias() {
+        let s = Settings::from_env(&[("AIDBOX_VAULT_CONFIG", "/etc/a.json")]).unwrap();
+        assert_eq!(s.vault_config.unwrap().to_str(), Some("/etc/a.json"));
+        let s = Settings::from_env(&[("BOX_VAULT_CONFIG", "/etc/b.json"), ("AIDBOX_VAULT_CONFIG", "/etc/b.json")]).unwrap();
+        assert_eq!(s.vault_config.unwrap().to_str(), Some("/etc/b.json"));
+        let e = Settings::from_env(&[("BOX_VAULT_CONFIG", "/etc/b.json"), ("AIDBOX_VAULT_CONFIG", "/etc/c.json")]).unwrap_err();
+        assert_eq!(e.variable, "BOX_VAULT_CONFIG");
+        assert!(Settings::from_env(&[("BOX_VAULT_CONFIG", "")]).unwrap().vault_config.is_none());
+        assert_eq!(Settings::from_env(&[("BOX_VAULT_WATCH", "no")]).unwrap_err().variable, "BOX_VAULT_WATCH");
+        assert_eq!(Settings::from_env(&[("BOX_VAULT_POLL_MS", "5")]).unwrap_err().variable, "BOX_VAULT_POLL_MS");
     }
 
     #[test]

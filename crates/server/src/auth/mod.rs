@@ -117,6 +117,7 @@ pub struct AuthService {
     verified: Mutex<HashMap<[u8; 32], Instant>>,
     kdf_slots: Semaphore,
     reload: tokio::sync::Mutex<()>,
+    vault: Option<fhirbox_secrets::SecretResolver>,
 }
 
 impl AuthService {
@@ -125,6 +126,7 @@ impl AuthService {
         store: &Store,
         root: Option<(&str, &SecretString)>,
         signing_key: Option<&SecretString>,
+        vault: Option<fhirbox_secrets::SecretResolver>,
     ) -> Result<AuthService, StoreError> {
         let signer = match signing_key {
             Some(key) => TokenSigner::new(key.expose_secret().as_bytes().to_vec()),
@@ -152,6 +154,7 @@ impl AuthService {
             verified: Mutex::new(HashMap::new()),
             kdf_slots: Semaphore::new(KDF_SLOTS),
             reload: tokio::sync::Mutex::new(()),
+            vault,
         };
         service.reload(store).await?;
         Ok(service)
@@ -251,8 +254,7 @@ impl AuthService {
         }
         match &client.secret {
             ClientSecret::None => Err(AuthFailure::NoSecret),
-            // Vault-backed secrets arrive with the external-secrets feature.
-            ClientSecret::Reference(_) => Err(AuthFailure::SecretUnavailable),
+            ClientSecret::Reference(name) => self.verify_vault_secret(&client.id, name, presented),
             ClientSecret::Hash(phc) => {
                 let key = sha256(&[id.as_bytes(), &client.version_id.to_be_bytes(), presented]);
                 if self.recently_verified(&key) {
@@ -279,6 +281,24 @@ impl AuthService {
                 Ok(Identity::Client {
                     id: client.id.clone(),
                 })
+            }
+        }
+    }
+
+    /// Checks a presented secret against the vault secret `name`, resolved now
+    /// for `Client/<id>` (scope is checked at every use, SPEC 1.2). The resolver
+    /// compares SHA-256 digests in constant time and honours `rotation_grace`.
+    fn verify_vault_secret(&self, id: &str, name: &str, presented: &[u8]) -> Result<Identity, AuthFailure> {
+        let Some(vault) = &self.vault else {
+            tracing::warn!(client = id, secret = name, reason = "vault_disabled", "client refers to an external secret but external secrets are off");
+            return Err(AuthFailure::SecretUnavailable);
+        };
+        match vault.verify_client_secret(name, &fhirbox_secrets::Requester::new("Client", id), presented) {
+            Ok(true) => Ok(Identity::Client { id: id.to_owned() }),
+            Ok(false) => Err(AuthFailure::WrongSecret),
+            Err(e) => {
+                tracing::warn!(client = id, secret = name, reason = e.reason(), problem = %e, "external secret unusable");
+                Err(AuthFailure::SecretUnavailable)
             }
         }
     }
