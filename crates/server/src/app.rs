@@ -182,10 +182,18 @@ pub async fn build_app(settings: Settings) -> Result<App, StartupError> {
         .map_err(database_error)?;
     let metrics = Metrics::new();
     let vault = crate::vault::start(&settings, &metrics)?;
-    let root = settings.root_client.as_ref().map(|r| (r.id.as_str(), &r.secret));
-    let auth = AuthService::start(&store, root, settings.token_signing_key.as_ref(), vault.clone())
-        .await
-        .map_err(database_error)?;
+    let root = settings
+        .root_client
+        .as_ref()
+        .map(|r| (r.id.as_str(), &r.secret));
+    let auth = AuthService::start(
+        &store,
+        root,
+        settings.token_signing_key.as_ref(),
+        vault.clone(),
+    )
+    .await
+    .map_err(database_error)?;
     let app = assemble(settings, store, auth, metrics, vault, Guard::Authenticated);
     if let Some(path) = app.state.settings.init_bundle.clone() {
         crate::init_bundle::apply(&app.state, &path)
@@ -227,10 +235,12 @@ pub async fn build_app_without_auth_for_benchmarks(
     let store = Store::open(settings.database.expose())
         .await
         .map_err(database_error)?;
-    let auth = AuthService::start(&store, None, None)
+    let metrics = Metrics::new();
+    let vault = crate::vault::start(&settings, &metrics)?;
+    let auth = AuthService::start(&store, None, None, vault.clone())
         .await
         .map_err(database_error)?;
-    Ok(assemble(settings, store, auth, Guard::Open))
+    Ok(assemble(settings, store, auth, metrics, vault, Guard::Open))
 }
 
 /// Builds the router around an open store and a loaded authenticator.

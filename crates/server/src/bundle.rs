@@ -384,7 +384,12 @@ async fn run_transaction(
     order.sort_by_key(|i| rank(entries[*i].method));
     let mut ops = Vec::with_capacity(order.len());
     for &i in &order {
-        let op = write_op(&entries[i], assigned.get(&i).map(String::as_str), app.vault.as_ref()).map_err(|e| {
+        let op = write_op(
+            &entries[i],
+            assigned.get(&i).map(String::as_str),
+            app.vault.as_ref(),
+        )
+        .map_err(|e| {
             prefix(
                 e.at(format!("Bundle.entry[{i}]")),
                 "the transaction was not applied",

@@ -133,7 +133,8 @@ pub async fn create(
     headers: HeaderMap,
     FhirJson(body): FhirJson,
 ) -> Result<Response, ApiError> {
-    let op = resource::prepare_create(&resource_type, resource::new_id(), body, app.vault.as_ref())?;
+    let op =
+        resource::prepare_create(&resource_type, resource::new_id(), body, app.vault.as_ref())?;
     let outcome = app.write(op).await?;
     let stored = &outcome.resource;
     Ok(resource_response(
@@ -152,7 +153,13 @@ pub async fn update(
     headers: HeaderMap,
     FhirJson(body): FhirJson,
 ) -> Result<Response, ApiError> {
-    let op = resource::prepare_update(&resource_type, &id, body, parse_if_match(&headers)?, app.vault.as_ref())?;
+    let op = resource::prepare_update(
+        &resource_type,
+        &id,
+        body,
+        parse_if_match(&headers)?,
+        app.vault.as_ref(),
+    )?;
     let outcome = app.write(op).await?;
     let stored = &outcome.resource;
     let (status, loc) = if outcome.created {
@@ -178,7 +185,13 @@ pub async fn patch(
     headers: HeaderMap,
     JsonPatchBody(patch): JsonPatchBody,
 ) -> Result<Response, ApiError> {
-    let op = resource::prepare_patch(&resource_type, &id, patch, parse_if_match(&headers)?, app.vault.as_ref())?;
+    let op = resource::prepare_patch(
+        &resource_type,
+        &id,
+        patch,
+        parse_if_match(&headers)?,
+        app.vault.as_ref(),
+    )?;
     let outcome = app.write(op).await?;
     let stored = &outcome.resource;
     Ok(resource_response(

@@ -55,11 +55,18 @@ pub async fn ready(State(app): State<AppState>) -> Response {
         .vault
         .as_ref()
         .and_then(|v| v.config_status().last_error)
-        .map(|e| format!("vault config reload failed; the last good config stays in force: {}", e.message));
+        .map(|e| {
+            format!(
+                "vault config reload failed; the last good config stays in force: {}",
+                e.message
+            )
+        });
     match app.store.ping().await {
         Ok(()) => match vault_warning {
             None => health_json(StatusCode::OK, json!({"status": "pass"})),
-            Some(output) => health_json(StatusCode::OK, json!({"status": "warn", "output": output})),
+            Some(output) => {
+                health_json(StatusCode::OK, json!({"status": "warn", "output": output}))
+            }
         },
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

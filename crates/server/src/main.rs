@@ -63,7 +63,9 @@ fn vault_check(config: Option<PathBuf>, json: bool) -> ExitCode {
         }
     });
     let Some(config) = config else {
-        eprintln!("fhirbox vault check: name the vault config with --config PATH or BOX_VAULT_CONFIG");
+        eprintln!(
+            "fhirbox vault check: name the vault config with --config PATH or BOX_VAULT_CONFIG"
+        );
         return ExitCode::from(2);
     };
     match fhirbox_server::vault::check_command(&config, json) {

@@ -294,13 +294,23 @@ impl Settings {
                 .ok()
                 .filter(|ms| (10..=60_000).contains(ms))
                 .map(Duration::from_millis)
-                .ok_or_else(|| err("BOX_VAULT_POLL_MS", format!("{v:?} is not a number of milliseconds between 10 and 60000")))?,
+                .ok_or_else(|| {
+                    err(
+                        "BOX_VAULT_POLL_MS",
+                        format!("{v:?} is not a number of milliseconds between 10 and 60000"),
+                    )
+                })?,
             None => DEFAULT_VAULT_POLL,
         };
         let vault_watch = match non_empty(env, "BOX_VAULT_WATCH").as_deref() {
             None | Some("true") => true,
             Some("false") => false,
-            Some(other) => return Err(err("BOX_VAULT_WATCH", format!("{other:?} must be true or false"))),
+            Some(other) => {
+                return Err(err(
+                    "BOX_VAULT_WATCH",
+                    format!("{other:?} must be true or false"),
+                ))
+            }
         };
         Ok(Settings {
             vault_config,
@@ -540,13 +550,34 @@ mod tests {
     fn vault_config_accepts_the_aidbox_alias() {
         let s = Settings::from_env(&[("AIDBOX_VAULT_CONFIG", "/etc/a.json")]).unwrap();
         assert_eq!(s.vault_config.unwrap().to_str(), Some("/etc/a.json"));
-        let s = Settings::from_env(&[("BOX_VAULT_CONFIG", "/etc/b.json"), ("AIDBOX_VAULT_CONFIG", "/etc/b.json")]).unwrap();
+        let s = Settings::from_env(&[
+            ("BOX_VAULT_CONFIG", "/etc/b.json"),
+            ("AIDBOX_VAULT_CONFIG", "/etc/b.json"),
+        ])
+        .unwrap();
         assert_eq!(s.vault_config.unwrap().to_str(), Some("/etc/b.json"));
-        let e = Settings::from_env(&[("BOX_VAULT_CONFIG", "/etc/b.json"), ("AIDBOX_VAULT_CONFIG", "/etc/c.json")]).unwrap_err();
+        let e = Settings::from_env(&[
+            ("BOX_VAULT_CONFIG", "/etc/b.json"),
+            ("AIDBOX_VAULT_CONFIG", "/etc/c.json"),
+        ])
+        .unwrap_err();
         assert_eq!(e.variable, "BOX_VAULT_CONFIG");
-        assert!(Settings::from_env(&[("BOX_VAULT_CONFIG", "")]).unwrap().vault_config.is_none());
-        assert_eq!(Settings::from_env(&[("BOX_VAULT_WATCH", "no")]).unwrap_err().variable, "BOX_VAULT_WATCH");
-        assert_eq!(Settings::from_env(&[("BOX_VAULT_POLL_MS", "5")]).unwrap_err().variable, "BOX_VAULT_POLL_MS");
+        assert!(Settings::from_env(&[("BOX_VAULT_CONFIG", "")])
+            .unwrap()
+            .vault_config
+            .is_none());
+        assert_eq!(
+            Settings::from_env(&[("BOX_VAULT_WATCH", "no")])
+                .unwrap_err()
+                .variable,
+            "BOX_VAULT_WATCH"
+        );
+        assert_eq!(
+            Settings::from_env(&[("BOX_VAULT_POLL_MS", "5")])
+                .unwrap_err()
+                .variable,
+            "BOX_VAULT_POLL_MS"
+        );
     }
 
     #[test]

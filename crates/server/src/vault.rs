@@ -11,13 +11,13 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fhirbox_fhir::secret_fields::{
-    fields_of, secret_capable_types, FieldLocation, SecretField, DATA_ABSENT_REASON_URL, SECRET_FIELDS,
-    SECRET_REFERENCE_URL,
+    fields_of, secret_capable_types, FieldLocation, SecretField, DATA_ABSENT_REASON_URL,
+    SECRET_FIELDS, SECRET_REFERENCE_URL,
 };
 use fhirbox_fhir::IssueType;
 use fhirbox_secrets::{
-    read_secret_file, ConfigError, Requester, ResolverOptions, SecretError, SecretEvents, SecretResolver,
-    SecretState, VaultConfig, DEFAULT_MAX_FILE_SIZE,
+    read_secret_file, ConfigError, Requester, ResolverOptions, SecretError, SecretEvents,
+    SecretResolver, SecretState, VaultConfig, DEFAULT_MAX_FILE_SIZE,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -57,7 +57,11 @@ struct SecretMetrics {
 
 impl SecretEvents for SecretMetrics {
     fn resolution(&self, name: &str, reason: &'static str) {
-        let secret = if reason == "unknown_secret" { "(unknown)" } else { name };
+        let secret = if reason == "unknown_secret" {
+            "(unknown)"
+        } else {
+            name
+        };
         self.resolutions
             .get_or_create(&ResolutionLabels {
                 secret: secret.to_owned(),
@@ -67,17 +71,28 @@ impl SecretEvents for SecretMetrics {
     }
 
     fn rotation(&self, name: &str) {
-        self.rotations.get_or_create(&SecretLabel { secret: name.to_owned() }).inc();
+        self.rotations
+            .get_or_create(&SecretLabel {
+                secret: name.to_owned(),
+            })
+            .inc();
     }
 
     fn config_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
-        self.reloads.get_or_create(&ResultLabel { result: result.to_owned() }).inc();
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 }
 
 /// Starts the resolver when `BOX_VAULT_CONFIG` is set.
-pub fn start(settings: &Settings, metrics: &Metrics) -> Result<Option<SecretResolver>, ConfigError> {
+pub fn start(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<Option<SecretResolver>, ConfigError> {
     let Some(path) = &settings.vault_config else {
         return Ok(None);
     };
@@ -87,9 +102,21 @@ pub fn start(settings: &Settings, metrics: &Metrics) -> Result<Option<SecretReso
         reloads: Family::default(),
     };
     metrics.with_registry(|registry| {
-        registry.register("secret_resolutions", "Uses of external secrets by secret and result", events.resolutions.clone());
-        registry.register("secret_rotations", "Observed changes of external secret values", events.rotations.clone());
-        registry.register("vault_config_reloads", "Vault config loads by result", events.reloads.clone());
+        registry.register(
+            "secret_resolutions",
+            "Uses of external secrets by secret and result",
+            events.resolutions.clone(),
+        );
+        registry.register(
+            "secret_rotations",
+            "Observed changes of external secret values",
+            events.rotations.clone(),
+        );
+        registry.register(
+            "vault_config_reloads",
+            "Vault config loads by result",
+            events.reloads.clone(),
+        );
     });
     let mut options = ResolverOptions::new(secret_capable_types());
     options.poll_interval = settings.vault_poll;
@@ -125,10 +152,13 @@ fn display_path(resource_type: &str, path: &[Seg]) -> String {
 fn find_references(value: &Value, path: &mut Vec<Seg>, found: &mut Vec<Vec<Seg>>) {
     match value {
         Value::Object(fields) => {
-            let has_reference = fields.get("extension").and_then(Value::as_array).is_some_and(|list| {
-                list.iter()
-                    .any(|e| e.get("url").and_then(Value::as_str) == Some(SECRET_REFERENCE_URL))
-            });
+            let has_reference = fields
+                .get("extension")
+                .and_then(Value::as_array)
+                .is_some_and(|list| {
+                    list.iter()
+                        .any(|e| e.get("url").and_then(Value::as_str) == Some(SECRET_REFERENCE_URL))
+                });
             if has_reference {
                 found.push(path.clone());
             }
@@ -155,23 +185,33 @@ fn field_at(body: &Value, resource_type: &str, path: &[Seg]) -> Option<&'static 
         FieldLocation::Path(keys) => {
             path.len() == keys.len()
                 && keys.iter().zip(path).enumerate().all(|(i, (key, seg))| {
-                    let expected = if i + 1 == keys.len() { format!("_{key}") } else { (*key).to_owned() };
+                    let expected = if i + 1 == keys.len() {
+                        format!("_{key}")
+                    } else {
+                        (*key).to_owned()
+                    };
                     *seg == Seg::Key(expected)
                 })
         }
         FieldLocation::ArrayItem { array, field: name } => {
             path.len() == array.len() + 2
-                && array.iter().zip(path).all(|(key, seg)| *seg == Seg::Key((*key).to_owned()))
+                && array
+                    .iter()
+                    .zip(path)
+                    .all(|(key, seg)| *seg == Seg::Key((*key).to_owned()))
                 && matches!(path[array.len()], Seg::Index(_))
                 && path[array.len() + 1] == Seg::Key(format!("_{name}"))
         }
         FieldLocation::NamedParameter { name } => match path {
-            [Seg::Key(p), Seg::Index(i), Seg::Key(v)] if p == "parameter" && v == "_valueString" => body
-                .get("parameter")
-                .and_then(|params| params.get(*i))
-                .and_then(|param| param.get("name"))
-                .and_then(Value::as_str)
-                == Some(name),
+            [Seg::Key(p), Seg::Index(i), Seg::Key(v)]
+                if p == "parameter" && v == "_valueString" =>
+            {
+                body.get("parameter")
+                    .and_then(|params| params.get(*i))
+                    .and_then(|param| param.get("name"))
+                    .and_then(Value::as_str)
+                    == Some(name)
+            }
             _ => false,
         },
     })
@@ -193,7 +233,10 @@ fn all_fields_text() -> String {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The SPEC 1.2 write rules for every secret reference in `body`.
@@ -215,7 +258,11 @@ pub fn check_references(
             .at(at));
         };
         let element = value_at(body, &path).unwrap_or(&Value::Null);
-        let extensions = element.get("extension").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+        let extensions = element
+            .get("extension")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let mut literal_path = path.clone();
         if let Some(Seg::Key(last)) = literal_path.last_mut() {
             *last = last.trim_start_matches('_').to_owned();
@@ -288,13 +335,23 @@ fn time_text(t: Option<SystemTime>) -> Value {
 }
 
 /// `GET /admin/secrets` (root only): names, paths, scopes, states and times — never values.
-pub async fn admin_secrets(State(app): State<AppState>, identity: Option<Extension<Identity>>) -> Response {
+pub async fn admin_secrets(
+    State(app): State<AppState>,
+    identity: Option<Extension<Identity>>,
+) -> Response {
     if !matches!(identity.as_deref(), Some(Identity::Root { .. })) {
-        return ApiError::new(StatusCode::FORBIDDEN, IssueType::Forbidden, "only the root client may read /admin/secrets")
-            .into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            IssueType::Forbidden,
+            "only the root client may read /admin/secrets",
+        )
+        .into_response();
     }
     let Some(vault) = &app.vault else {
-        return axum::Json(json!({"enabled": false, "hint": "set BOX_VAULT_CONFIG to turn external secrets on"})).into_response();
+        return axum::Json(
+            json!({"enabled": false, "hint": "set BOX_VAULT_CONFIG to turn external secrets on"}),
+        )
+        .into_response();
     };
     let config = vault.config_status();
     let secrets: Vec<Value> = vault
@@ -303,14 +360,18 @@ pub async fn admin_secrets(State(app): State<AppState>, identity: Option<Extensi
         .map(|s| {
             let (state, reason, message) = match &s.state {
                 SecretState::Ok => ("ok", None, None),
-                SecretState::Retrying { reason, message } => ("retrying", Some(*reason), Some(message.clone())),
-                SecretState::Error { reason, message } => ("error", Some(*reason), Some(message.clone())),
+                SecretState::Retrying { reason, message } => {
+                    ("retrying", Some(*reason), Some(message.clone()))
+                }
+                SecretState::Error { reason, message } => {
+                    ("error", Some(*reason), Some(message.clone()))
+                }
             };
             json!({
                 "name": s.name,
                 "path": s.path.display().to_string(),
                 "scope": s.scope,
-                "rotationGrace": s.rotation_grace.map(|d| humantime_text(d)),
+                "rotationGraceSeconds": s.rotation_grace.map(|d| d.as_secs_f64()),
                 "state": state,
                 "reason": reason,
                 "message": message,
@@ -333,10 +394,6 @@ pub async fn admin_secrets(State(app): State<AppState>, identity: Option<Extensi
     .into_response()
 }
 
-fn humantime_text(d: std::time::Duration) -> String {
-    format!("{}s", d.as_secs_f64())
-}
-
 /// One row of `fhirbox vault check`.
 struct CheckRow {
     name: String,
@@ -354,7 +411,10 @@ pub fn check_command(config: &Path, as_json: bool) -> i32 {
         Ok(c) => c,
         Err(e) => {
             if as_json {
-                println!("{}", json!({"ok": false, "config": config.display().to_string(), "error": e.to_string()}));
+                println!(
+                    "{}",
+                    json!({"ok": false, "config": config.display().to_string(), "error": e.to_string()})
+                );
             } else {
                 eprintln!("vault config is invalid: {e}");
             }
@@ -387,18 +447,29 @@ pub fn check_command(config: &Path, as_json: bool) -> i32 {
             .iter()
             .map(|r| json!({"name": r.name, "path": r.path, "scope": r.scope, "state": r.state, "sizeBytes": r.size}))
             .collect();
-        println!("{}", json!({"ok": ok, "config": config.display().to_string(), "secrets": secrets}));
+        println!(
+            "{}",
+            json!({"ok": ok, "config": config.display().to_string(), "secrets": secrets})
+        );
     } else {
-        let width = |f: &dyn Fn(&CheckRow) -> usize, title: &str| rows.iter().map(f).max().unwrap_or(0).max(title.len());
+        let width = |f: &dyn Fn(&CheckRow) -> usize, title: &str| {
+            rows.iter().map(f).max().unwrap_or(0).max(title.len())
+        };
         let (wn, wp, ws) = (
             width(&|r| r.name.len(), "NAME"),
             width(&|r| r.path.len(), "PATH"),
             width(&|r| r.scope.len(), "SCOPE"),
         );
-        println!("{:wn$}  {:wp$}  {:ws$}  {:>6}  STATE", "NAME", "PATH", "SCOPE", "BYTES");
+        println!(
+            "{:wn$}  {:wp$}  {:ws$}  {:>6}  STATE",
+            "NAME", "PATH", "SCOPE", "BYTES"
+        );
         for r in &rows {
             let size = r.size.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
-            println!("{:wn$}  {:wp$}  {:ws$}  {:>6}  {}", r.name, r.path, r.scope, size, r.state);
+            println!(
+                "{:wn$}  {:wp$}  {:ws$}  {:>6}  {}",
+                r.name, r.path, r.scope, size, r.state
+            );
         }
         println!(
             "{}: {} secret(s) in {}",
@@ -429,12 +500,21 @@ mod tests {
     fn recognises_all_nine_locations() {
         let bodies = [
             ("Client", json!({"_secret": reference("a")})),
-            ("IdentityProvider", json!({"client": {"_secret": reference("a"), "_private-key": reference("a"), "_certificate": reference("a")}})),
-            ("TokenIntrospector", json!({"jwt": {"_secret": reference("a"), "keys": [{"kty": "OCT"}, {"_k": reference("a")}]},
-                                         "introspection_endpoint": {"_authorization": reference("a")}})),
-            ("AidboxTopicDestination", json!({"parameter": [
+            (
+                "IdentityProvider",
+                json!({"client": {"_secret": reference("a"), "_private-key": reference("a"), "_certificate": reference("a")}}),
+            ),
+            (
+                "TokenIntrospector",
+                json!({"jwt": {"_secret": reference("a"), "keys": [{"kty": "OCT"}, {"_k": reference("a")}]},
+                                         "introspection_endpoint": {"_authorization": reference("a")}}),
+            ),
+            (
+                "AidboxTopicDestination",
+                json!({"parameter": [
                 {"name": "saslJaasConfig", "_valueString": reference("a")},
-                {"name": "sslKeystoreKey", "_valueString": reference("a")}]})),
+                {"name": "sslKeystoreKey", "_valueString": reference("a")}]}),
+            ),
         ];
         let mut total = 0;
         for (rt, body) in bodies {
@@ -446,25 +526,58 @@ mod tests {
             total += found.len();
             // With no vault, each is refused for that reason (and not as a wrong field).
             let e = check_references(rt, "x", &body, None).unwrap_err();
-            assert!(e.message.contains("external secrets are off"), "{}", e.message);
+            assert!(
+                e.message.contains("external secrets are off"),
+                "{}",
+                e.message
+            );
         }
         assert_eq!(total, 9);
     }
 
     #[test]
     fn refuses_references_elsewhere_and_malformed_ones() {
-        let e = check_references("Patient", "p", &json!({"_birthDate": reference("a")}), None).unwrap_err();
-        assert!(e.message.contains("Patient.birthDate cannot refer"), "{}", e.message);
-        assert!(e.message.contains("Client.secret"));
-        let e = check_references("AidboxTopicDestination", "d", &json!({"parameter": [{"name": "other", "_valueString": reference("a")}]}), None)
+        let e = check_references("Patient", "p", &json!({"_birthDate": reference("a")}), None)
             .unwrap_err();
+        assert!(
+            e.message.contains("Patient.birthDate cannot refer"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("Client.secret"));
+        let e = check_references(
+            "AidboxTopicDestination",
+            "d",
+            &json!({"parameter": [{"name": "other", "_valueString": reference("a")}]}),
+            None,
+        )
+        .unwrap_err();
         assert!(e.message.contains("cannot refer"));
-        let e = check_references("Client", "c", &json!({"secret": "x", "_secret": reference("a")}), None).unwrap_err();
-        assert!(e.message.contains("both a value and a secret reference"), "{}", e.message);
-        let only_ref = json!({"_secret": {"extension": [{"url": SECRET_REFERENCE_URL, "valueString": "a"}]}});
-        assert!(check_references("Client", "c", &only_ref, None).unwrap_err().message.contains("exactly two extensions"));
+        let e = check_references(
+            "Client",
+            "c",
+            &json!({"secret": "x", "_secret": reference("a")}),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("both a value and a secret reference"),
+            "{}",
+            e.message
+        );
+        let only_ref =
+            json!({"_secret": {"extension": [{"url": SECRET_REFERENCE_URL, "valueString": "a"}]}});
+        assert!(check_references("Client", "c", &only_ref, None)
+            .unwrap_err()
+            .message
+            .contains("exactly two extensions"));
         let bad_name = json!({"_secret": reference("../etc/passwd")});
-        assert!(check_references("Client", "c", &bad_name, None).unwrap_err().message.contains("not a secret name"));
-        assert!(check_references("Patient", "p", &json!({"name": [{"family": "x"}]}), None).is_ok());
+        assert!(check_references("Client", "c", &bad_name, None)
+            .unwrap_err()
+            .message
+            .contains("not a secret name"));
+        assert!(
+            check_references("Patient", "p", &json!({"name": [{"family": "x"}]}), None).is_ok()
+        );
     }
 }

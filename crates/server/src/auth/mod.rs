@@ -288,12 +288,26 @@ impl AuthService {
     /// Checks a presented secret against the vault secret `name`, resolved now
     /// for `Client/<id>` (scope is checked at every use, SPEC 1.2). The resolver
     /// compares SHA-256 digests in constant time and honours `rotation_grace`.
-    fn verify_vault_secret(&self, id: &str, name: &str, presented: &[u8]) -> Result<Identity, AuthFailure> {
+    fn verify_vault_secret(
+        &self,
+        id: &str,
+        name: &str,
+        presented: &[u8],
+    ) -> Result<Identity, AuthFailure> {
         let Some(vault) = &self.vault else {
-            tracing::warn!(client = id, secret = name, reason = "vault_disabled", "client refers to an external secret but external secrets are off");
+            tracing::warn!(
+                client = id,
+                secret = name,
+                reason = "vault_disabled",
+                "client refers to an external secret but external secrets are off"
+            );
             return Err(AuthFailure::SecretUnavailable);
         };
-        match vault.verify_client_secret(name, &fhirbox_secrets::Requester::new("Client", id), presented) {
+        match vault.verify_client_secret(
+            name,
+            &fhirbox_secrets::Requester::new("Client", id),
+            presented,
+        ) {
             Ok(true) => Ok(Identity::Client { id: id.to_owned() }),
             Ok(false) => Err(AuthFailure::WrongSecret),
             Err(e) => {

@@ -223,6 +223,41 @@ pub struct TestApp {
     server: Option<JoinHandle<()>>,
 }
 
+/// Everything the servers in this test binary logged (one global subscriber).
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+static LOGGING: std::sync::Once = std::sync::Once::new();
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    LOGGING.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(|| LogSink)
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "info,fhirbox_secrets=debug,sqlx=warn",
+            ))
+            .try_init();
+    });
+}
+
+/// The log output captured so far, from every server in this test binary.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+}
+
 /// The root client's secret in every test server.
 pub const ROOT_SECRET: &str = "root-secret-for-tests-only";
 
@@ -254,6 +289,7 @@ impl TestApp {
         db: TestDb,
         adjust: impl FnOnce(&mut Settings),
     ) -> TestApp {
+        capture_logs();
         let mut settings = Settings::for_database(DatabaseUrl::new(db.url()));
         settings.max_body_bytes = TEST_MAX_BODY;
         settings.root_client = Some(RootClient {

@@ -12,3 +12,4 @@ mod errors;
 mod history;
 mod operations;
 mod search;
+mod vault;
