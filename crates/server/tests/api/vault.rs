@@ -344,7 +344,7 @@ vault_tests! {
         let flaky_link = vault.mount.path_of("flaky");
 
         // Each fault: the flaky client fails safely (401), the good one keeps working.
-        let faults: Vec<(&str, Box<dyn Fn()>)> = vec![
+        let faults: Vec<(&str, Fault)> = vec![
             ("empty", Box::new(|| vault.rotate("flaky", b""))),
             ("whitespace-only", Box::new(|| vault.rotate("flaky", b"  \n"))),
             ("too large", Box::new(|| vault.rotate("flaky", "x".repeat(70 * 1024).as_bytes()))),
@@ -560,6 +560,9 @@ vault_tests! {
         }
     }
 }
+
+/// A way to break a secret file.
+type Fault<'a> = Box<dyn Fn() + 'a>;
 
 async fn database_bytes(app: &TestApp) -> Vec<u8> {
     match app.backend {
