@@ -13,7 +13,12 @@ WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 ROOT_SECRET="bench-root-secret"
-BOX_WEB_PORT=18181 BOX_DB_URL="sqlite:$WORK/db/fhirbox.db" BOX_ROOT_CLIENT_SECRET="$ROOT_SECRET" \
+# A CSI-style mount (atomic-writer layout) and a vault config for the vault-backed client.
+python3 -c "import sys; sys.path.insert(0, 'bench'); import csi; csi.write('$WORK/run/vault-secrets', {'client-secret': 'bench-vault-secret'})"
+cat >"$WORK/vault-config.json" <<JSON
+{"secret": {"client-secret": {"path": "$WORK/run/vault-secrets/client-secret", "scope": ["Client/vaulted"]}}}
+JSON
+BOX_VAULT_CONFIG="$WORK/vault-config.json" BOX_WEB_PORT=18181 BOX_DB_URL="sqlite:$WORK/db/fhirbox.db" BOX_ROOT_CLIENT_SECRET="$ROOT_SECRET" \
   BOX_SECURITY_AUTH_KEYS_SECRET="bench-signing-key-0123456789abcdef" RUST_LOG=warn \
   target/release/fhirbox >"$WORK/fhirbox.log" 2>&1 &
 for _ in $(seq 1 100); do curl -sf localhost:18181/health/ready >/dev/null && break; sleep 0.1; done
@@ -31,12 +36,15 @@ for chunk in range(10):
     call("POST", "/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": entries})
 call("PUT", "/fhir/Client/bench", {"resourceType": "Client", "id": "bench", "secret": "bench-client-secret",
                                    "grant_types": ["basic", "client_credentials"]})
+ref = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "masked"},
+                     {"url": "http://health-samurai.io/fhir/secret-reference", "valueString": "client-secret"}]}
+call("PUT", "/fhir/Client/vaulted", {"resourceType": "Client", "id": "vaulted", "_secret": ref, "grant_types": ["basic"]})
 call("PUT", "/fhir/AccessPolicy/bench", {"resourceType": "AccessPolicy", "id": "bench", "engine": "allow",
-                                         "link": [{"reference": "Client/bench"}]})
+                                         "link": [{"reference": "Client/bench"}, {"reference": "Client/vaulted"}]})
 PY
 TOKEN="$(curl -sf -u bench:bench-client-secret -d grant_type=client_credentials localhost:18181/auth/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
 
-BOX_WEB_PORT=18182 BOX_DB_URL="sqlite:$WORK/db/fhirbox.db" RUST_LOG=warn \
+BOX_VAULT_CONFIG="$WORK/vault-config.json" BOX_WEB_PORT=18182 BOX_DB_URL="sqlite:$WORK/db/fhirbox.db" RUST_LOG=warn \
   target/release/baseline-server >"$WORK/baseline.log" 2>&1 &
 for _ in $(seq 1 100); do curl -sf localhost:18182/health/ready >/dev/null && break; sleep 0.1; done
 
@@ -53,8 +61,10 @@ run() { # name port header
   echo "$1 $rps ${non2xx:-0}"
 }
 BASIC="Authorization: Basic $(printf 'bench:bench-client-secret' | base64)"
+VAULTED="Authorization: Basic $(printf 'vaulted:bench-vault-secret' | base64)"
 {
   run baseline 18182 ""
+  run basic-vault 18181 "$VAULTED"
   run basic-literal 18181 "$BASIC"
   run bearer 18181 "Authorization: Bearer $TOKEN"
   run baseline-again 18182 ""
@@ -62,7 +72,7 @@ BASIC="Authorization: Basic $(printf 'bench:bench-client-secret' | base64)"
 python3 - "$WORK/results" "$CONNECTIONS" "$DURATION" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1])]
-base = (float(rows[0][1]) + float(rows[3][1])) / 2
+base = (float(rows[0][1]) + float(rows[-1][1])) / 2
 print(f"GET /fhir/Patient/{{id}} on SQLite, wrk -c{sys.argv[2]} -d{sys.argv[3]}s, 1000 patients")
 print("| scenario | req/s | ratio to no-auth baseline | non-2xx |")
 print("|---|---|---|---|")
