@@ -2,6 +2,7 @@
 //! interactions the router registered, so it cannot claim more than exists.
 
 use fhirbox_fhir::resource_types::all_resource_types;
+use fhirbox_fhir::secret_fields::{fields_of, SECRET_REFERENCE_URL};
 use serde_json::{json, Value};
 
 use crate::search::SEARCH_PARAMETERS;
@@ -65,6 +66,13 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
             });
             if interactions.has(Level::Type, "search-type") {
                 resource["searchParam"] = Value::Array(search_params.clone());
+            }
+            let secret_fields: Vec<String> = fields_of(rt).map(|f| format!("{} ({})", f.display, f.purpose)).collect();
+            if !secret_fields.is_empty() {
+                resource["documentation"] = json!(format!(
+                    "Secret-capable fields: {}. Each may hold, instead of a value, a reference to an external secret of the vault config: the _<field> element carries the data-absent-reason extension (masked) and {SECRET_REFERENCE_URL} with the secret name.",
+                    secret_fields.join("; ")
+                ));
             }
             resource
         })

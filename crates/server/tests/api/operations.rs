@@ -19,7 +19,12 @@ backend_tests! {
         assert_eq!(codes, ["search-type", "create", "history-type", "read", "update", "patch", "delete", "history-instance", "vread"]);
         let params: Vec<&str> = patient["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
         assert_eq!(params, ["_id", "_lastUpdated"]);
-        assert!(rest["resource"].as_array().unwrap().iter().any(|r| r["type"] == "Client"));
+        let client = rest["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Client").unwrap();
+        let doc = client["documentation"].as_str().unwrap();
+        assert!(doc.contains("secret (HTTP Basic") && doc.contains("secret-reference"), "{doc}");
+        let introspector = rest["resource"].as_array().unwrap().iter().find(|r| r["type"] == "TokenIntrospector").unwrap();
+        assert!(introspector["documentation"].as_str().unwrap().contains("jwt.keys[].k"));
+        assert!(patient.get("documentation").is_none());
         assert_eq!(rest["resource"].as_array().unwrap().len(), 146 + 6);
     }
 
