@@ -14,7 +14,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 ROOT_SECRET="bench-root-secret"
 # A CSI-style mount (atomic-writer layout) and a vault config for the vault-backed client.
-python3 -c "import sys; sys.path.insert(0, 'bench'); import csi; csi.write('$WORK/run/vault-secrets', {'client-secret': 'bench-vault-secret'})"
+python3 -c "import sys; sys.path.insert(0, 'scripts'); import csi; csi.write('$WORK/run/vault-secrets', {'client-secret': 'bench-vault-secret'})"
 cat >"$WORK/vault-config.json" <<JSON
 {"secret": {"client-secret": {"path": "$WORK/run/vault-secrets/client-secret", "scope": ["Client/vaulted"]}}}
 JSON

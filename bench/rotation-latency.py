@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'scripts'))
 import csi  # noqa: E402
 
 SWAPS = int(sys.argv[1]) if len(sys.argv) > 1 else 50
