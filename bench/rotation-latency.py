@@ -17,8 +17,11 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'scripts'))
 import csi  # noqa: E402
 
-SWAPS = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+SWAPS = int(ARGS[0]) if ARGS else 50
+AS_JSON = "--json" in sys.argv
 PORT = 18191
+
 BASE = f"http://127.0.0.1:{PORT}"
 ROOT = "rotation-root-secret"
 
@@ -81,6 +84,10 @@ def main():
             for t in loaders:
                 t.join()
             results[mode] = samples
+        if AS_JSON:
+            print(json.dumps({mode: {"swaps": len(s), "median_ms": statistics.median(s), "p90_ms": sorted(s)[max(0, int(len(s) * 0.9) - 1)],
+                                     "max_ms": max(s)} for mode, s in results.items()}))
+            return
         print(f"Rotation latency (swap -> first 200 with the new value), {SWAPS} swaps each, SQLite, release build")
         print("| mode | median ms | p90 ms | max ms |")
         print("|---|---|---|---|")

@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""fhirbox benchmarks side by side (issue 6). One entry point: bench/run.sh.
+
+Builds nothing itself (run.sh does); starts the servers, seeds data, drives
+load with wrk (Debian package) and bench's own crud-load (for the ordered CRUD
+chain), and writes bench/results/latest.{md,json}: date, commit, machine and
+every figure. Speeds are reported as ratios against baselines measured in the
+same run (the no-auth router, nginx, Helios) because this machine is shared.
+"""
+import argparse
+import base64
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import csi  # noqa: E402
+
+RELEASE = os.path.join(ROOT, "target/release")
+PG_ADMIN = os.environ.get("FHIRBOX_BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432")
+ROOT_SECRET = "bench-root-secret"
+SIGNING_KEY = "bench-signing-key-0123456789abcdef"
+LITERAL = ("literal", "bench-literal-secret")
+VAULTED = ("vaulted", "bench-vault-secret")
+REF = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "masked"},
+                     {"url": "http://health-samurai.io/fhir/secret-reference", "valueString": "client-secret"}]}
+
+
+def basic(user):
+    return "Basic " + base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
+
+
+def http(port, method, path, body=None, auth=None, content_type="application/fhir+json"):
+    headers = {"content-type": content_type}
+    if auth:
+        headers["authorization"] = auth
+    data = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, b""
+
+
+def rss_mib(pid):
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            fields[k] = v.strip()
+    return {"rss": int(fields["VmRSS"].split()[0]) / 1024, "peak": int(fields["VmHWM"].split()[0]) / 1024}
+
+
+class Server:
+    def __init__(self, name, cmd, env, port, ready_path="/health/ready"):
+        self.name, self.port = name, port
+        started = time.perf_counter()
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        while http(port, "GET", ready_path)[0] != 200:
+            if self.proc.poll() is not None or time.perf_counter() - started > 120:
+                self.log.seek(0)
+                raise RuntimeError(f"{name} did not become ready: {self.log.read()[-2000:].decode(errors='replace')}")
+            time.sleep(0.002)
+        self.ready_ms = (time.perf_counter() - started) * 1000
+
+    def memory(self):
+        return rss_mib(self.proc.pid)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def wrk(port, path, concurrency, seconds, script, auth=None):
+    lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    lua.write(script)
+    lua.close()
+    cmd = ["wrk", "--latency", f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{seconds}s", "-s", lua.name]
+    if auth:
+        cmd += ["-H", f"Authorization: {auth}"]
+    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
+    os.unlink(lua.name)
+
+    def ms(label):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return None
+        return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if sock:
+        errors += sum(int(x) for x in sock.groups())
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50_ms": ms("50"), "p99_ms": ms("99"), "errors": errors}
+
+
+def lua(kind, n):
+    patient = '{"resourceType":"Patient","name":[{"family":"Bench","given":["Load"]}],"gender":"female"}'
+    if kind == "read":
+        return f'math.randomseed(os.time())\nrequest = function() return wrk.format("GET", "/fhir/Patient/p" .. math.random(0, {n - 1})) end\n'
+    if kind == "create":
+        return f'wrk.method = "POST"\nwrk.body = \'{patient}\'\nwrk.headers["Content-Type"] = "application/fhir+json"\nrequest = function() return wrk.format(nil, "/fhir/Patient") end\n'
+    if kind == "update":
+        return ('math.randomseed(os.time())\nwrk.headers["Content-Type"] = "application/fhir+json"\nrequest = function()\n'
+                '  local id = "p" .. math.random(0, %d)\n'
+                '  return wrk.format("PUT", "/fhir/Patient/" .. id, nil, '
+                '\'{"resourceType":"Patient","id":"\' .. id .. \'","gender":"other"}\')\nend\n') % (n - 1)
+    if kind == "search":
+        return 'request = function() return wrk.format("GET", "/fhir/Patient?_count=50") end\n'
+    if kind == "transaction":
+        entries = ",".join([f'{{"resource":{patient},"request":{{"method":"POST","url":"Patient"}}}}'] * 10)
+        bundle = f'{{"resourceType":"Bundle","type":"transaction","entry":[{entries}]}}'
+        return f'wrk.headers["Content-Type"] = "application/fhir+json"\nrequest = function() return wrk.format("POST", "/fhir", nil, \'{bundle}\') end\n'
+    raise ValueError(kind)
+
+
+def seed(port, n, auth):
+    for start in range(0, n, 500):
+        entries = [{"resource": {"resourceType": "Patient", "id": f"p{i}", "name": [{"family": f"Seed{i}"}], "gender": "female"},
+                    "request": {"method": "PUT", "url": f"Patient/p{i}"}} for i in range(start, min(n, start + 500))]
+        status, body = http(port, "POST", "/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": entries}, auth)
+        if status != 200:
+            raise RuntimeError(f"seeding failed: {status} {body[:300]}")
+
+
+def fresh_pg(name):
+    for sql in (f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"):
+        subprocess.run(["psql", f"{PG_ADMIN}/postgres", "-qc", sql], check=True, capture_output=True)
+    return f"{PG_ADMIN}/{name}"
+
+
+def run_fhirbox(db, cfg, work, results, footprint):
+    mount = os.path.join(work, f"{db}-secrets")
+    csi.write(mount, {"client-secret": VAULTED[1]})
+    vault_config = os.path.join(work, f"{db}-vault.json")
+    with open(vault_config, "w") as f:
+        json.dump({"secret": {"client-secret": {"path": os.path.join(mount, "client-secret"), "scope": ["Client/vaulted"]}}}, f)
+    url = f"sqlite:{work}/{db}/fhirbox.db" if db == "sqlite" else fresh_pg("fhirbox_bench")
+    env = dict(os.environ, BOX_DB_URL=url, BOX_VAULT_CONFIG=vault_config, BOX_ROOT_CLIENT_SECRET=ROOT_SECRET,
+               BOX_SECURITY_AUTH_KEYS_SECRET=SIGNING_KEY, RUST_LOG="warn")
+    server = Server(f"fhirbox-{db}", [f"{RELEASE}/fhirbox"], dict(env, BOX_WEB_PORT="18401"), 18401)
+    fp = {"start_to_ready_ms": round(server.ready_ms, 1), "idle_rss_mib": round(server.memory()["rss"], 1)}
+    root = basic(("root", ROOT_SECRET))
+    seed(server.port, cfg["patients"], root)
+    for body in ({"resourceType": "Client", "id": LITERAL[0], "secret": LITERAL[1], "grant_types": ["basic", "client_credentials"]},
+                 {"resourceType": "Client", "id": VAULTED[0], "_secret": REF, "grant_types": ["basic"]},
+                 {"resourceType": "AccessPolicy", "id": "bench", "engine": "allow",
+                  "link": [{"reference": "Client/literal"}, {"reference": "Client/vaulted"}]}):
+        assert http(server.port, "PUT", f"/fhir/{body['resourceType']}/{body['id']}", body, root)[0] in (200, 201)
+    status, token = http(server.port, "POST", "/auth/token", b"grant_type=client_credentials", basic(LITERAL),
+                         "application/x-www-form-urlencoded")
+    bearer = "Bearer " + json.loads(token)["access_token"]
+    baseline = Server(f"baseline-{db}", [f"{RELEASE}/baseline-server"], dict(env, BOX_WEB_PORT="18402"), 18402)
+    n = cfg["patients"]
+    reads = [("no auth (baseline)", baseline.port, None), ("Basic, vault secret", server.port, basic(VAULTED)),
+             ("Basic, literal secret", server.port, basic(LITERAL)), ("Bearer token", server.port, bearer)]
+    for c in cfg["concurrency"]:
+        for auth_name, port, header in reads:
+            r = wrk(port, "/", c, cfg["seconds"], lua("read", n), header)
+            results.append(dict(server="fhirbox", db=db, scenario="read", auth=auth_name, concurrency=c, **r))
+    fp["rss_after_read_mib"] = round(server.memory()["rss"], 1)
+    auth = basic(LITERAL)
+    for c in cfg["concurrency"]:
+        for kind in ("create", "update", "search", "transaction"):
+            r = wrk(server.port, "/", c, cfg["seconds"], lua(kind, n), auth)
+            results.append(dict(server="fhirbox", db=db, scenario=kind, auth="Basic, literal secret", concurrency=c, **r))
+        r = crud(server.port, c, cfg["seconds"], auth)
+        results.append(dict(server="fhirbox", db=db, scenario="crud chain", auth="Basic, literal secret", concurrency=c, **r))
+    fp["peak_rss_mib"] = round(server.memory()["peak"], 1)
+    footprint[db] = fp
+    baseline.stop()
+    server.stop()
+
+
+def crud(port, users, seconds, auth):
+    cmd = [f"{RELEASE}/crud-load", f"http://127.0.0.1:{port}", str(users), str(seconds)]
+    if auth:
+        cmd.append(auth)
+    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    return {"rps": out["rps"], "p50_ms": out["p50_ms"], "p99_ms": out["p99_ms"], "errors": out["errors"]}
+
+
+def run_nginx(cfg, work, results, notes):
+    if not shutil.which("nginx"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], capture_output=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not nginx:
+        notes.append("nginx could not be installed from Debian here; the nginx ceiling is missing.")
+        return
+    site = os.path.join(work, "nginx")
+    os.makedirs(os.path.join(site, "www"), exist_ok=True)
+    with open(os.path.join(site, "www/patient.json"), "w") as f:
+        json.dump({"resourceType": "Patient", "id": "p1", "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z"},
+                   "name": [{"family": "Seed1"}], "gender": "female"}, f)
+    hashed = subprocess.run(["openssl", "passwd", "-apr1", LITERAL[1]], capture_output=True, text=True, check=True).stdout.strip()
+    with open(os.path.join(site, "htpasswd"), "w") as f:
+        f.write(f"{LITERAL[0]}:{hashed}\n")
+    with open(os.path.join(site, "nginx.conf"), "w") as f:
+        f.write(f"""daemon off; worker_processes auto; pid {site}/nginx.pid; error_log {site}/error.log;
+events {{ worker_connections 1024; }}
+http {{ access_log off; client_body_temp_path {site}; proxy_temp_path {site}; fastcgi_temp_path {site};
+  uwsgi_temp_path {site}; scgi_temp_path {site};
+  server {{ listen 127.0.0.1:18403; location / {{ auth_basic "fhirbox-bench"; auth_basic_user_file {site}/htpasswd;
+    default_type application/fhir+json; alias {site}/www/patient.json; }} location = /ready {{ return 200; }} }} }}
+""")
+    server = Server("nginx", [nginx, "-c", os.path.join(site, "nginx.conf"), "-p", site], os.environ, 18403, "/ready")
+    for c in cfg["concurrency"]:
+        r = wrk(18403, "/", c, cfg["seconds"], lua("read", cfg["patients"]), basic(LITERAL))
+        results.append(dict(server="nginx (static file, auth_basic)", db="-", scenario="read", auth="Basic (htpasswd)", concurrency=c, **r))
+    server.stop()
+
+
+def helios_binary():
+    path = os.path.join(HERE, ".tools/helios/bin/hfs")
+    return path if os.path.exists(path) else None
+
+
+def run_helios(db, cfg, work, results, notes):
+    binary = helios_binary()
+    if not binary:
+        notes.append("Helios (helios-hfs) is not built in bench/.tools; run `bench/run.sh --with-helios` once to build it (it takes a long time on 2 cores).")
+        return
+    port = 18404
+    env = dict(os.environ, HFS_SERVER_PORT=str(port), HFS_SERVER_HOST="127.0.0.1", RUST_LOG="warn")
+    if db == "sqlite":
+        env["HFS_DATABASE_URL"] = os.path.join(work, "helios.db")
+        env["HFS_STORAGE_BACKEND"] = "sqlite"
+    else:
+        env["HFS_DATABASE_URL"] = fresh_pg("helios_bench")
+        env["HFS_STORAGE_BACKEND"] = "postgres"
+    try:
+        server = Server(f"helios-{db}", [binary], env, port, "/health")
+    except RuntimeError as e:
+        notes.append(f"Helios on {db} did not start: {str(e)[:300]}")
+        return
+    try:
+        seed(port, cfg["patients"], None)
+    except RuntimeError as e:
+        notes.append(f"Helios on {db}: seeding failed ({str(e)[:200]}); Helios figures skipped")
+        server.stop()
+        return
+    n = cfg["patients"]
+    for c in cfg["concurrency"]:
+        r = wrk(port, "/", c, cfg["seconds"], lua("read", n))
+        results.append(dict(server="helios", db=db, scenario="read", auth="none (Helios default)", concurrency=c, **r))
+        for kind in ("create", "search"):
+            r = wrk(port, "/", c, cfg["seconds"], lua(kind, n))
+            results.append(dict(server="helios", db=db, scenario=kind, auth="none (Helios default)", concurrency=c, **r))
+        r = crud(port, c, cfg["seconds"], None)
+        results.append(dict(server="helios", db=db, scenario="crud chain", auth="none (Helios default)", concurrency=c, **r))
+    server.stop()
+
+
+def micro(quick):
+    args = ["cargo", "bench", "-q", "-p", "fhirbox-bench", "--bench", "micro", "--"]
+    args += ["--warm-up-time", "0.2", "--measurement-time", "0.3"] if quick else ["--warm-up-time", "1", "--measurement-time", "3"]
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True).stdout
+    figures = {}
+    for name, value, unit in re.findall(r"^(\S.*?)\s*\n?\s+time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", out, re.M):
+        figures[name.strip()] = float(value) * {"ps": 0.001, "ns": 1, "µs": 1000, "us": 1000, "ms": 1e6}[unit]
+    return figures
+
+
+def rotation(swaps):
+    out = subprocess.run([sys.executable, os.path.join(HERE, "rotation-latency.py"), str(swaps), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def table(rows, columns):
+    lines = ["| " + " | ".join(c for c, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(f(r) for _, f in columns) + " |")
+    return "\n".join(lines)
+
+
+def fmt(v, digits=1):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="1-minute smoke run")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = parser.parse_args()
+    cfg = ({"patients": 1000, "seconds": 1, "concurrency": [16], "swaps": 5} if args.quick
+           else {"patients": 10000, "seconds": 3, "concurrency": [1, 16, 64], "swaps": 50})
+    started = time.time()
+    work = tempfile.mkdtemp(prefix="fhirbox-bench-")
+    results, footprint, notes = [], {}, []
+    try:
+        for db in ("sqlite", "postgres"):
+            run_fhirbox(db, cfg, work, results, footprint)
+        if not args.quick:
+            run_nginx(cfg, work, results, notes)
+            for db in ("sqlite", "postgres"):
+                run_helios(db, cfg, work, results, notes)
+        rot = rotation(cfg["swaps"])
+        micro_ns = micro(args.quick)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def find(server, db, scenario, c, auth=None):
+        for r in results:
+            if r["server"] == server and r["db"] == db and r["scenario"] == scenario and r["concurrency"] == c and (auth is None or r["auth"] == auth):
+                return r
+        return None
+
+    ratios = []
+    c_ref = 16 if 16 in cfg["concurrency"] else cfg["concurrency"][0]
+    for db in ("sqlite", "postgres"):
+        base = find("fhirbox", db, "read", c_ref, "no auth (baseline)")
+        for auth in ("Basic, vault secret", "Basic, literal secret", "Bearer token"):
+            r = find("fhirbox", db, "read", c_ref, auth)
+            if base and r and base["rps"]:
+                ratios.append({"what": f"{db}: read with {auth} / no-auth baseline (c={c_ref})", "ratio": r["rps"] / base["rps"], "target": ">= 0.95" if "vault" in auth else ""})
+        nginx = find("nginx (static file, auth_basic)", "-", "read", c_ref)
+        r = find("fhirbox", db, "read", c_ref, "Basic, vault secret")
+        if nginx and r and nginx["rps"]:
+            ratios.append({"what": f"{db}: read with vault Basic / nginx static auth_basic (c={c_ref})", "ratio": r["rps"] / nginx["rps"], "target": ">= 0.5"})
+        for scenario in ("read", "create", "search", "crud chain"):
+            for c in cfg["concurrency"]:
+                h = find("helios", db, scenario, c)
+                f = find("fhirbox", db, scenario, c, "Basic, vault secret" if scenario == "read" else None)
+                if h and f and h["rps"]:
+                    ratios.append({"what": f"{db}: {scenario} fhirbox / Helios (c={c})", "ratio": f["rps"] / h["rps"], "target": "> 1"})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    mem_kib = int(open("/proc/meminfo").readline().split()[1])
+    report = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit, "mode": "quick" if args.quick else "default",
+        "machine": {"cores": os.cpu_count(), "memory_gib": round(mem_kib / 1024 / 1024, 1), "kernel": platform.release()},
+        "load_generators": {"wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip(),
+                            "crud-load": "bench/src/bin/crud-load.rs (ordered CRUD chain per virtual user)"},
+        "config": cfg, "results": results, "ratios": ratios, "footprint": footprint,
+        "rotation_latency_ms": rot, "micro_ns_per_op": micro_ns, "notes": notes,
+        "elapsed_s": round(time.time() - started, 1),
+    }
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "latest.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    md = [f"# fhirbox benchmark results ({report['mode']})", "",
+          f"{report['date']}, commit `{commit}`, {report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, "
+          f"kernel {report['machine']['kernel']}; {report['load_generators']['wrk']} on the same machine; "
+          f"{cfg['patients']} seeded Patients; {cfg['seconds']} s per run; took {report['elapsed_s']} s.", "",
+          "## Ratios (same run)", "", table(ratios, [("comparison", lambda r: r["what"]), ("ratio", lambda r: f"{r['ratio']:.2f}"), ("target", lambda r: r["target"])]), "",
+          "## Throughput and latency", "",
+          table(results, [("server", lambda r: r["server"]), ("db", lambda r: r["db"]), ("scenario", lambda r: r["scenario"]),
+                          ("auth", lambda r: r["auth"]), ("c", lambda r: str(r["concurrency"])), ("req/s", lambda r: f"{r['rps']:.0f}"),
+                          ("p50 ms", lambda r: fmt(r["p50_ms"], 2)), ("p99 ms", lambda r: fmt(r["p99_ms"], 2)), ("errors", lambda r: str(r["errors"]))]), "",
+          "## Footprint", "",
+          table([dict(db=k, **v) for k, v in footprint.items()], [("db", lambda r: r["db"]), ("start to ready ms", lambda r: fmt(r["start_to_ready_ms"])),
+                 ("idle RSS MiB", lambda r: fmt(r["idle_rss_mib"])), ("RSS after reads MiB", lambda r: fmt(r["rss_after_read_mib"])), ("peak RSS MiB", lambda r: fmt(r["peak_rss_mib"]))]), "",
+          "## Rotation latency (atomic-writer swap to first 200 with the new value)", "",
+          table([dict(mode=k, **v) for k, v in rot.items()], [("mode", lambda r: r["mode"]), ("swaps", lambda r: str(r["swaps"])),
+                 ("median ms", lambda r: fmt(r["median_ms"], 2)), ("max ms", lambda r: fmt(r["max_ms"], 2))]), "",
+          "## Micro-benchmarks (criterion, ns/op)", "",
+          table([{"name": k, "ns": v} for k, v in micro_ns.items()], [("benchmark", lambda r: r["name"]), ("ns/op", lambda r: f"{r['ns']:.0f}")]), ""]
+    if notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    with open(os.path.join(args.out, "latest.md"), "w") as f:
+        f.write("\n".join(md))
+    print("\n".join(md))
+    errors = sum(r["errors"] for r in results)
+    if errors:
+        print(f"{errors} request errors across scenarios", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

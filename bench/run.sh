@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# fhirbox benchmarks side by side: one command, results in bench/results/latest.{md,json}.
+#   bench/run.sh                 default run (under 10 minutes on 2 cores once tools are built)
+#   bench/run.sh --quick         1-minute smoke run (what CI runs; CI does not judge speed)
+#   bench/run.sh --with-helios   also build the Helios FHIR server into bench/.tools first (slow, once)
+# Load generator: wrk from Debian (installed when missing), plus bench's own crud-load
+# for the ordered create/read/update/delete chain. PostgreSQL at 127.0.0.1:5432
+# (user postgres, trust auth), or FHIRBOX_BENCH_POSTGRES.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ARGS=()
+for arg in "$@"; do
+  case "$arg" in
+    --with-helios)
+      if [ ! -x bench/.tools/helios/bin/hfs ]; then
+        CARGO_TARGET_DIR=bench/.tools/helios-target cargo install helios-hfs --version 0.2.7 \
+          --no-default-features --features R4,sqlite,postgres --root bench/.tools/helios \
+          || echo "Helios could not be built here; the run carries on without it"
+      fi ;;
+    *) ARGS+=("$arg") ;;
+  esac
+done
+if ! command -v wrk >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+fi
+cargo build --release -q -p fhirbox-server -p fhirbox-bench
+python3 bench/run.py "${ARGS[@]}"
