@@ -114,31 +114,32 @@ def wrk(port, path, concurrency, seconds, script, auth=None):
     return {"rps": float(rps.group(1)) if rps else 0.0, "p50_ms": ms("50"), "p99_ms": ms("99"), "errors": errors}
 
 
-def lua(kind, n):
+def lua(kind, n, base="/fhir"):
     patient = '{"resourceType":"Patient","name":[{"family":"Bench","given":["Load"]}],"gender":"female"}'
     if kind == "read":
-        return f'math.randomseed(os.time())\nrequest = function() return wrk.format("GET", "/fhir/Patient/p" .. math.random(0, {n - 1})) end\n'
+        return f'math.randomseed(os.time())\nrequest = function() return wrk.format("GET", "{base}/Patient/p" .. math.random(0, {n - 1})) end\n'
     if kind == "create":
-        return f'wrk.method = "POST"\nwrk.body = \'{patient}\'\nwrk.headers["Content-Type"] = "application/fhir+json"\nrequest = function() return wrk.format(nil, "/fhir/Patient") end\n'
+        return f'wrk.method = "POST"\nwrk.body = \'{patient}\'\nwrk.headers["Content-Type"] = "application/fhir+json"\nrequest = function() return wrk.format(nil, "{base}/Patient") end\n'
     if kind == "update":
         return ('math.randomseed(os.time())\nwrk.headers["Content-Type"] = "application/fhir+json"\nrequest = function()\n'
                 '  local id = "p" .. math.random(0, %d)\n'
-                '  return wrk.format("PUT", "/fhir/Patient/" .. id, nil, '
-                '\'{"resourceType":"Patient","id":"\' .. id .. \'","gender":"other"}\')\nend\n') % (n - 1)
+                '  return wrk.format("PUT", "%s/Patient/" .. id, nil, '
+                '\'{"resourceType":"Patient","id":"\' .. id .. \'","gender":"other"}\')\nend\n') % (n - 1, base)
     if kind == "search":
-        return 'request = function() return wrk.format("GET", "/fhir/Patient?_count=50") end\n'
+        return f'request = function() return wrk.format("GET", "{base}/Patient?_count=50") end\n'
     if kind == "transaction":
         entries = ",".join([f'{{"resource":{patient},"request":{{"method":"POST","url":"Patient"}}}}'] * 10)
         bundle = f'{{"resourceType":"Bundle","type":"transaction","entry":[{entries}]}}'
-        return f'wrk.headers["Content-Type"] = "application/fhir+json"\nrequest = function() return wrk.format("POST", "/fhir", nil, \'{bundle}\') end\n'
+        post_path = base or "/"
+        return f'wrk.headers["Content-Type"] = "application/fhir+json"\nrequest = function() return wrk.format("POST", "{post_path}", nil, \'{bundle}\') end\n'
     raise ValueError(kind)
 
 
-def seed(port, n, auth):
+def seed(port, n, auth, base="/fhir"):
     for start in range(0, n, 500):
         entries = [{"resource": {"resourceType": "Patient", "id": f"p{i}", "name": [{"family": f"Seed{i}"}], "gender": "female"},
                     "request": {"method": "PUT", "url": f"Patient/p{i}"}} for i in range(start, min(n, start + 500))]
-        status, body = http(port, "POST", "/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": entries}, auth)
+        status, body = http(port, "POST", base or "/", {"resourceType": "Bundle", "type": "transaction", "entry": entries}, auth)
         if status != 200:
             raise RuntimeError(f"seeding failed: {status} {body[:300]}")
 
@@ -192,8 +193,8 @@ def run_fhirbox(db, cfg, work, results, footprint):
     server.stop()
 
 
-def crud(port, users, seconds, auth):
-    cmd = [f"{RELEASE}/crud-load", f"http://127.0.0.1:{port}", str(users), str(seconds)]
+def crud(port, users, seconds, auth, base="/fhir"):
+    cmd = [f"{RELEASE}/crud-load", f"http://127.0.0.1:{port}{base}", str(users), str(seconds)]
     if auth:
         cmd.append(auth)
     out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
@@ -255,19 +256,19 @@ def run_helios(db, cfg, work, results, notes):
         notes.append(f"Helios on {db} did not start: {str(e)[:300]}")
         return
     try:
-        seed(port, cfg["patients"], None)
+        seed(port, cfg["patients"], None, "")
     except RuntimeError as e:
         notes.append(f"Helios on {db}: seeding failed ({str(e)[:200]}); Helios figures skipped")
         server.stop()
         return
     n = cfg["patients"]
     for c in cfg["concurrency"]:
-        r = wrk(port, "/", c, cfg["seconds"], lua("read", n))
+        r = wrk(port, "/", c, cfg["seconds"], lua("read", n, ""))
         results.append(dict(server="helios", db=db, scenario="read", auth="none (Helios default)", concurrency=c, **r))
         for kind in ("create", "search"):
-            r = wrk(port, "/", c, cfg["seconds"], lua(kind, n))
+            r = wrk(port, "/", c, cfg["seconds"], lua(kind, n, ""))
             results.append(dict(server="helios", db=db, scenario=kind, auth="none (Helios default)", concurrency=c, **r))
-        r = crud(port, c, cfg["seconds"], None)
+        r = crud(port, c, cfg["seconds"], None, "")
         results.append(dict(server="helios", db=db, scenario="crud chain", auth="none (Helios default)", concurrency=c, **r))
     server.stop()
 

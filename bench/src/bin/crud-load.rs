@@ -4,7 +4,8 @@
 //! this small generator does. Prints one JSON line with requests/s, p50, p99
 //! and the error count.
 //!
-//! Usage: crud-load URL USERS SECONDS [AUTHORIZATION-HEADER]
+//! Usage: crud-load FHIR-BASE-URL USERS SECONDS [AUTHORIZATION-HEADER]
+//! (the FHIR base, e.g. http://127.0.0.1:8080/fhir)
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,7 @@ async fn user(
     let body = json!({"resourceType": "Patient", "name": [{"family": "Chain", "given": ["Crud"]}], "gender": "other"});
     while Instant::now() < until {
         let started = Instant::now();
-        let created = with_auth(client.post(format!("{base}/fhir/Patient")))
+        let created = with_auth(client.post(format!("{base}/Patient")))
             .header("content-type", "application/fhir+json")
             .body(body.to_string())
             .send()
@@ -50,7 +51,7 @@ async fn user(
             tally.errors += 1;
             continue;
         }
-        let url = format!("{base}/fhir/Patient/{id}");
+        let url = format!("{base}/Patient/{id}");
         let mut updated = body.clone();
         updated["id"] = json!(id);
         updated["gender"] = json!("unknown");
@@ -90,7 +91,7 @@ async fn user(
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        eprintln!("usage: crud-load URL USERS SECONDS [AUTHORIZATION-HEADER]");
+        eprintln!("usage: crud-load FHIR-BASE-URL USERS SECONDS [AUTHORIZATION-HEADER]");
         std::process::exit(2);
     }
     let base = args[1].trim_end_matches('/').to_owned();
