@@ -173,6 +173,26 @@ async fn metadata(State(app): State<AppState>) -> Response {
 /// Opens the store, loads clients and policies, applies the init bundle and
 /// builds the router. Nothing listens yet.
 pub async fn build_app(settings: Settings) -> Result<App, StartupError> {
+    let app = open(settings, Guard::Authenticated).await?;
+    if let Some(path) = app.state.settings.init_bundle.clone() {
+        crate::init_bundle::apply(&app.state, &path)
+            .await
+            .map_err(|message| StartupError::InitBundle {
+                path: path.display().to_string(),
+                message,
+            })?;
+    }
+    auth::spawn_recheck(
+        &app.state.auth,
+        app.state.store.clone(),
+        app.state.settings.auth_recheck,
+    );
+    Ok(app)
+}
+
+/// Opens the store, starts the vault resolver and the authenticator, and
+/// assembles the router.
+async fn open(settings: Settings, guard: Guard) -> Result<App, StartupError> {
     let database_error = |source| StartupError::Database {
         url: settings.database.masked(),
         source,
@@ -194,21 +214,7 @@ pub async fn build_app(settings: Settings) -> Result<App, StartupError> {
     )
     .await
     .map_err(database_error)?;
-    let app = assemble(settings, store, auth, metrics, vault, Guard::Authenticated);
-    if let Some(path) = app.state.settings.init_bundle.clone() {
-        crate::init_bundle::apply(&app.state, &path)
-            .await
-            .map_err(|message| StartupError::InitBundle {
-                path: path.display().to_string(),
-                message,
-            })?;
-    }
-    auth::spawn_recheck(
-        &app.state.auth,
-        app.state.store.clone(),
-        app.state.settings.auth_recheck,
-    );
-    Ok(app)
+    Ok(assemble(settings, store, auth, metrics, vault, guard))
 }
 
 /// Whether the API routes sit behind authentication. Only benchmark builds
@@ -228,19 +234,7 @@ enum Guard {
 pub async fn build_app_without_auth_for_benchmarks(
     settings: Settings,
 ) -> Result<App, StartupError> {
-    let database_error = |source| StartupError::Database {
-        url: settings.database.masked(),
-        source,
-    };
-    let store = Store::open(settings.database.expose())
-        .await
-        .map_err(database_error)?;
-    let metrics = Metrics::new();
-    let vault = crate::vault::start(&settings, &metrics)?;
-    let auth = AuthService::start(&store, None, None, vault.clone())
-        .await
-        .map_err(database_error)?;
-    Ok(assemble(settings, store, auth, metrics, vault, Guard::Open))
+    open(settings, Guard::Open).await
 }
 
 /// Builds the router around an open store and a loaded authenticator.

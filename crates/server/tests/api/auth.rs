@@ -282,36 +282,10 @@ backend_tests! {
     }
 }
 
-/// Scans the SQLite file (and its WAL) or a `pg_dump` for `needle`.
+/// Scans what the database holds on disk for `needle` and its base64 form.
 async fn assert_no_plaintext_in_database(app: &TestApp, needle: &str) {
     let encoded = base64::engine::general_purpose::STANDARD.encode(needle);
-    let haystack: Vec<u8> = match app.backend {
-        Backend::Sqlite => {
-            let path = app.db.sqlite_path().unwrap();
-            let mut bytes = std::fs::read(&path).unwrap();
-            let wal = path.with_extension("db-wal");
-            if let Ok(more) = std::fs::read(wal) {
-                bytes.extend(more);
-            }
-            assert!(bytes.len() > 4096, "the database file holds data");
-            bytes
-        }
-        Backend::Postgres => {
-            let url = app.db.url();
-            let out = std::process::Command::new("pg_dump")
-                .arg("--dbname")
-                .arg(&url)
-                .output()
-                .expect("pg_dump runs");
-            assert!(
-                out.status.success(),
-                "pg_dump failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(String::from_utf8_lossy(&out.stdout).contains("resource_history"));
-            out.stdout
-        }
-    };
+    let haystack = crate::helpers::database_bytes(app);
     for form in [needle, encoded.as_str()] {
         assert!(
             !haystack.windows(form.len()).any(|w| w == form.as_bytes()),

@@ -501,3 +501,33 @@ pub fn link(bundle: &Value, relation: &str) -> Option<String> {
             after_scheme[after_scheme.find('/').unwrap_or(0)..].to_owned()
         })
 }
+
+/// Everything the database holds on disk: the SQLite file and its WAL, or a
+/// `pg_dump` of the test database. For scans that prove a value is absent.
+pub fn database_bytes(app: &TestApp) -> Vec<u8> {
+    match app.backend {
+        Backend::Sqlite => {
+            let path = app.db.sqlite_path().unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            if let Ok(wal) = std::fs::read(path.with_extension("db-wal")) {
+                bytes.extend(wal);
+            }
+            assert!(bytes.len() > 4096, "the database file holds data");
+            bytes
+        }
+        Backend::Postgres => {
+            let out = std::process::Command::new("pg_dump")
+                .arg("--dbname")
+                .arg(app.db.url())
+                .output()
+                .expect("pg_dump runs");
+            assert!(
+                out.status.success(),
+                "pg_dump failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains("resource_history"));
+            out.stdout
+        }
+    }
+}

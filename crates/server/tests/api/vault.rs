@@ -544,7 +544,7 @@ vault_tests! {
         vault.remove("client-secret");
         assert!(within(Duration::from_secs(4), || async { status_as(&app, "basic", second).await == 401 }).await.is_some());
         bodies.push(app.get("/admin/secrets").await.text);
-        let db = database_bytes(&app).await;
+        let db = crate::helpers::database_bytes(&app);
         let logs = captured_logs();
         assert!(logs.contains("secret rotated"), "logs were captured");
         let b64 = base64::engine::general_purpose::STANDARD;
@@ -563,28 +563,6 @@ vault_tests! {
 
 /// A way to break a secret file.
 type Fault<'a> = Box<dyn Fn() + 'a>;
-
-async fn database_bytes(app: &TestApp) -> Vec<u8> {
-    match app.backend {
-        Backend::Sqlite => {
-            let path = app.db.sqlite_path().unwrap();
-            let mut bytes = std::fs::read(&path).unwrap();
-            if let Ok(wal) = std::fs::read(path.with_extension("db-wal")) {
-                bytes.extend(wal);
-            }
-            bytes
-        }
-        Backend::Postgres => {
-            let out = std::process::Command::new("pg_dump")
-                .arg("--dbname")
-                .arg(app.db.url())
-                .output()
-                .unwrap();
-            assert!(out.status.success());
-            out.stdout
-        }
-    }
-}
 
 backend_tests! {
     async fn admin_secrets_is_for_root_only(app) {
