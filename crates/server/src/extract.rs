@@ -158,8 +158,12 @@ fn acceptable(media: &str) -> bool {
     )
 }
 
-/// Refuses requests that ask for a format other than JSON (406).
+/// Refuses FHIR requests that ask for a format other than JSON (406). Health,
+/// metrics and the token endpoint speak their own media types and are left alone.
 pub async fn negotiate(req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with("/fhir") {
+        return next.run(req).await;
+    }
     if let Some(format) = req
         .uri()
         .query()

@@ -72,6 +72,10 @@ backend_tests! {
         for public in ["/fhir/metadata", "/health", "/health/ready", "/metrics"] {
             assert_eq!(app.send(app.anon.get(app.url(public))).await.status, 200, "{public}");
         }
+        // A scraper that accepts only the Prometheus text format still gets its metrics.
+        let scrape = app.send(app.anon.get(app.url("/metrics")).header("accept", "text/plain;version=0.0.4")).await;
+        assert_eq!(scrape.status, 200);
+        assert!(scrape.text.contains("fhirbox_http_requests_total"));
     }
 
     async fn every_authentication_failure_is_the_same_401(app) {
