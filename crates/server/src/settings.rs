@@ -367,7 +367,8 @@ pub fn strip_one_newline(text: &str) -> &str {
 }
 
 fn database_url(env: &impl Env) -> Result<DatabaseUrl, SettingsError> {
-    if let Some(url) = non_empty(env, "BOX_DB_URL") {
+    // The URL may carry a password, so it has a _FILE variant like every secret setting.
+    if let Some(url) = secret_setting(env, "BOX_DB_URL", "BOX_DB_URL_FILE")? {
         if let Some(path) = url.strip_prefix("sqlite:") {
             if path.is_empty() || path == ":memory:" {
                 return Err(err(
@@ -500,6 +501,17 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(both.variable, "BOX_DB_PASSWORD_FILE");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn database_url_can_come_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("fhirbox-settings-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("url");
+        std::fs::write(&file, "postgres://u:pw@h:5432/db\n").unwrap();
+        let s = Settings::from_env(&[("BOX_DB_URL_FILE", file.to_str().unwrap())]).unwrap();
+        assert_eq!(s.database.expose(), "postgres://u:pw@h:5432/db");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
