@@ -222,8 +222,10 @@ def run_nginx(cfg, work, results, notes):
 events {{ worker_connections 1024; }}
 http {{ access_log off; client_body_temp_path {site}; proxy_temp_path {site}; fastcgi_temp_path {site};
   uwsgi_temp_path {site}; scgi_temp_path {site};
-  server {{ listen 127.0.0.1:18403; location / {{ auth_basic "fhirbox-bench"; auth_basic_user_file {site}/htpasswd;
-    default_type application/fhir+json; alias {site}/www/patient.json; }} location = /ready {{ return 200; }} }} }}
+  server {{ listen 127.0.0.1:18403; root {site}/www;
+    location / {{ auth_basic "fhirbox-bench"; auth_basic_user_file {site}/htpasswd;
+      default_type application/fhir+json; try_files /patient.json =404; }}
+    location = /ready {{ return 200; }} }} }}
 """)
     server = Server("nginx", [nginx, "-c", os.path.join(site, "nginx.conf"), "-p", site], os.environ, 18403, "/ready")
     for c in cfg["concurrency"]:
@@ -243,7 +245,7 @@ def run_helios(db, cfg, work, results, notes):
         notes.append("Helios (helios-hfs) is not built in bench/.tools; run `bench/run.sh --with-helios` once to build it (it takes a long time on 2 cores).")
         return
     port = 18404
-    env = dict(os.environ, HFS_SERVER_PORT=str(port), HFS_SERVER_HOST="127.0.0.1", RUST_LOG="warn")
+    env = dict(os.environ, HFS_SERVER_PORT=str(port), HFS_SERVER_HOST="127.0.0.1", HFS_BASE_URL=f"http://127.0.0.1:{port}", RUST_LOG="warn")
     if db == "sqlite":
         env["HFS_DATABASE_URL"] = os.path.join(work, "helios.db")
         env["HFS_STORAGE_BACKEND"] = "sqlite"

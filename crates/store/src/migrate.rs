@@ -2,10 +2,11 @@
 //! Each entry is applied once, in order, inside a transaction.
 
 /// (version, statements) for SQLite.
-pub(crate) const SQLITE: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE resource (
+pub(crate) const SQLITE: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE resource (
             resource_type TEXT NOT NULL,
             id TEXT NOT NULL,
             version_id INTEGER NOT NULL,
@@ -14,9 +15,9 @@ pub(crate) const SQLITE: &[(i64, &[&str])] = &[(
             body TEXT NOT NULL,
             PRIMARY KEY (resource_type, id)
         )",
-        "CREATE INDEX resource_by_updated ON resource (resource_type, last_updated, id)",
-        "CREATE INDEX resource_by_id ON resource (id, resource_type)",
-        "CREATE TABLE resource_history (
+            "CREATE INDEX resource_by_updated ON resource (resource_type, last_updated, id)",
+            "CREATE INDEX resource_by_id ON resource (id, resource_type)",
+            "CREATE TABLE resource_history (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
             resource_type TEXT NOT NULL,
             id TEXT NOT NULL,
@@ -26,15 +27,23 @@ pub(crate) const SQLITE: &[(i64, &[&str])] = &[(
             body TEXT NOT NULL,
             UNIQUE (resource_type, id, version_id)
         )",
-        "CREATE INDEX resource_history_by_type ON resource_history (resource_type, seq)",
-    ],
-)];
+            "CREATE INDEX resource_history_by_type ON resource_history (resource_type, seq)",
+        ],
+    ),
+    (
+        2,
+        // Live rows of a type in id order: covers the search page and its count
+        // without reading resource bodies.
+        &["CREATE INDEX resource_live_by_id ON resource (resource_type, deleted, id)"],
+    ),
+];
 
 /// (version, statements) for PostgreSQL.
-pub(crate) const POSTGRES: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE resource (
+pub(crate) const POSTGRES: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE resource (
             resource_type TEXT NOT NULL,
             id TEXT NOT NULL,
             version_id BIGINT NOT NULL,
@@ -43,9 +52,9 @@ pub(crate) const POSTGRES: &[(i64, &[&str])] = &[(
             body TEXT NOT NULL,
             PRIMARY KEY (resource_type, id)
         )",
-        "CREATE INDEX resource_by_updated ON resource (resource_type, last_updated, id)",
-        "CREATE INDEX resource_by_id ON resource (id, resource_type)",
-        "CREATE TABLE resource_history (
+            "CREATE INDEX resource_by_updated ON resource (resource_type, last_updated, id)",
+            "CREATE INDEX resource_by_id ON resource (id, resource_type)",
+            "CREATE TABLE resource_history (
             seq BIGSERIAL PRIMARY KEY,
             resource_type TEXT NOT NULL,
             id TEXT NOT NULL,
@@ -55,9 +64,16 @@ pub(crate) const POSTGRES: &[(i64, &[&str])] = &[(
             body TEXT NOT NULL,
             UNIQUE (resource_type, id, version_id)
         )",
-        "CREATE INDEX resource_history_by_type ON resource_history (resource_type, seq)",
-    ],
-)];
+            "CREATE INDEX resource_history_by_type ON resource_history (resource_type, seq)",
+        ],
+    ),
+    (
+        2,
+        // Live rows of a type in id order: covers the search page and its count
+        // without reading resource bodies.
+        &["CREATE INDEX resource_live_by_id ON resource (resource_type, deleted, id)"],
+    ),
+];
 
 /// Bookkeeping table, the same on both backends.
 pub(crate) const CREATE_SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS fhirbox_schema (

@@ -267,6 +267,14 @@ impl AuthService {
                     .acquire()
                     .await
                     .map_err(|_| AuthFailure::WrongSecret)?;
+                // Checked again with a slot held: when many requests miss at once
+                // (a cold start, an expired entry), the first verification serves
+                // the rest instead of each running the KDF.
+                if self.recently_verified(&key) {
+                    return Ok(Identity::Client {
+                        id: client.id.clone(),
+                    });
+                }
                 let phc = phc.clone();
                 let candidate = secret.clone();
                 let ok = tokio::task::spawn_blocking(move || {
