@@ -211,12 +211,16 @@ def run_nginx(cfg, work, results, notes):
         return
     site = os.path.join(work, "nginx")
     os.makedirs(os.path.join(site, "www"), exist_ok=True)
+    # nginx workers run as an unprivileged user: they must be able to read the site.
+    for path in (work, site, os.path.join(site, "www")):
+        os.chmod(path, 0o755)
     with open(os.path.join(site, "www/patient.json"), "w") as f:
         json.dump({"resourceType": "Patient", "id": "p1", "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z"},
                    "name": [{"family": "Seed1"}], "gender": "female"}, f)
     hashed = subprocess.run(["openssl", "passwd", "-apr1", LITERAL[1]], capture_output=True, text=True, check=True).stdout.strip()
     with open(os.path.join(site, "htpasswd"), "w") as f:
         f.write(f"{LITERAL[0]}:{hashed}\n")
+    os.chmod(os.path.join(site, "htpasswd"), 0o644)
     with open(os.path.join(site, "nginx.conf"), "w") as f:
         f.write(f"""daemon off; worker_processes auto; pid {site}/nginx.pid; error_log {site}/error.log;
 events {{ worker_connections 1024; }}
