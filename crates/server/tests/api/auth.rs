@@ -330,19 +330,27 @@ mod init_bundle {
         result
     }
 
-    #[tokio::test]
-    async fn a_transaction_creates_clients_before_the_port_opens() {
-        let path = write_bundle(&tutorial_bundle("transaction"));
+    /// Starts a server whose init bundle is `bundle` and checks that the
+    /// tutorial client works as soon as the port is open.
+    async fn started_with(bundle: &Value) -> TestApp {
+        let path = write_bundle(bundle);
         let app = TestApp::spawn_with(Backend::Sqlite, |s| s.init_bundle = Some(path.clone()))
             .await
             .unwrap();
+        std::fs::remove_file(path).unwrap();
         assert_eq!(
             app.get_as("/fhir/Patient", "basic", TUTORIAL_SECRET)
                 .await
                 .status,
             200
         );
-        std::fs::remove_file(path).unwrap();
+        app
+    }
+
+    #[tokio::test]
+    async fn a_transaction_creates_clients_before_the_port_opens() {
+        let app = started_with(&tutorial_bundle("transaction")).await;
+        drop(app);
     }
 
     #[tokio::test]
@@ -377,19 +385,9 @@ mod init_bundle {
             json!({"resource": {"resourceType": "AccessPolicy", "id": "bad", "engine": "nonsense"},
             "request": {"method": "PUT", "url": "AccessPolicy/bad"}}),
         );
-        let path = write_bundle(&batch);
-        let app = TestApp::spawn_with(Backend::Sqlite, |s| s.init_bundle = Some(path.clone()))
-            .await
-            .unwrap();
-        assert_eq!(
-            app.get_as("/fhir/Patient", "basic", TUTORIAL_SECRET)
-                .await
-                .status,
-            200
-        );
+        let app = started_with(&batch).await;
         app.get("/fhir/AccessPolicy/bad")
             .await
             .assert_outcome(404, "does not exist");
-        std::fs::remove_file(path).unwrap();
     }
 }
