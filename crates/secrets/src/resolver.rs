@@ -880,18 +880,7 @@ mod tests {
     use super::*;
     use std::fs;
 
-    fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            if cond() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
+    use crate::atomic_writer::wait_until;
 
     #[test]
     fn own_reads_do_not_wake_the_watcher_in_a_loop() {

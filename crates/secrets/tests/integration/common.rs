@@ -3,8 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fhirbox_secrets::atomic_writer::AtomicWriterDir;
 use fhirbox_secrets::{Requester, ResolverOptions, SecretEvents, SecretResolver, SecretStatus};
@@ -18,19 +17,7 @@ pub const TYPES: [&str; 4] = [
     "AidboxTopicDestination",
 ];
 
-/// Polls `cond` every few milliseconds until it holds or `within` has passed.
-pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
-}
+pub use fhirbox_secrets::atomic_writer::wait_until;
 
 /// Options for tests that must prove the directory watcher works: the poll is so slow that
 /// it can never be what picked a change up.
