@@ -4,6 +4,7 @@
 
 pub mod datetime;
 pub mod id;
+pub mod json;
 pub mod outcome;
 pub mod resource_types;
 pub mod secret_fields;

@@ -115,9 +115,112 @@ pub fn secret_capable_types() -> Vec<&'static str> {
     types
 }
 
+/// One place in a resource body where a secret-capable field's value sits:
+/// the object that holds it (a JSON pointer) and its key there. The primitive
+/// value is `parent[key]`, its extension element `parent["_" + key]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldSlot {
+    pub field: &'static SecretField,
+    /// JSON pointer (RFC 6901) to the object holding the field.
+    pub parent: String,
+    pub key: &'static str,
+    /// Identifies the slot across two versions of a resource: the field plus
+    /// the array index (`jwt.keys[2].k`) or the parameter name.
+    pub ident: String,
+}
+
+/// Every slot of every secret-capable field present in `body`.
+pub fn field_slots(resource_type: &str, body: &serde_json::Value) -> Vec<FieldSlot> {
+    use serde_json::Value;
+    let mut slots = Vec::new();
+    for field in fields_of(resource_type) {
+        match field.location {
+            FieldLocation::Path(keys) => {
+                let Some((key, parents)) = keys.split_last() else {
+                    continue;
+                };
+                let parent: String = parents.iter().map(|k| format!("/{k}")).collect();
+                if body.pointer(&parent).is_some_and(Value::is_object) {
+                    slots.push(FieldSlot {
+                        field,
+                        parent,
+                        key,
+                        ident: field.display.to_owned(),
+                    });
+                }
+            }
+            FieldLocation::ArrayItem { array, field: key } => {
+                let at: String = array.iter().map(|k| format!("/{k}")).collect();
+                if let Some(items) = body.pointer(&at).and_then(Value::as_array) {
+                    for (i, item) in items.iter().enumerate() {
+                        if item.is_object() {
+                            slots.push(FieldSlot {
+                                field,
+                                parent: format!("{at}/{i}"),
+                                key,
+                                ident: format!("{}[{i}]", field.display),
+                            });
+                        }
+                    }
+                }
+            }
+            FieldLocation::NamedParameter { name } => {
+                if let Some(items) = body.get("parameter").and_then(Value::as_array) {
+                    for (i, item) in items.iter().enumerate() {
+                        if item.get("name").and_then(Value::as_str) == Some(name) {
+                            slots.push(FieldSlot {
+                                field,
+                                parent: format!("/parameter/{i}"),
+                                key: "valueString",
+                                ident: field.display.to_owned(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    slots
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_slots_of_all_nine_fields() {
+        let body = serde_json::json!({
+            "client": {"secret": "a", "private-key": "b"},
+            "jwt": {"secret": "c", "keys": [{"k": "d"}, "not an object", {"kid": "x"}]},
+            "introspection_endpoint": {},
+            "parameter": [{"name": "other"}, {"name": "sslKeystoreKey", "valueString": "e"}],
+        });
+        let idents = |t| {
+            field_slots(t, &body)
+                .into_iter()
+                .map(|s| format!("{}{}", s.parent, s.key))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            idents("IdentityProvider"),
+            ["/clientsecret", "/clientprivate-key", "/clientcertificate"]
+        );
+        assert_eq!(
+            idents("TokenIntrospector"),
+            [
+                "/jwtsecret",
+                "/jwt/keys/0k",
+                "/jwt/keys/2k",
+                "/introspection_endpointauthorization"
+            ]
+        );
+        assert_eq!(
+            idents("AidboxTopicDestination"),
+            ["/parameter/1valueString"]
+        );
+        assert_eq!(idents("Client"), ["secret"]);
+        assert!(idents("Patient").is_empty());
+    }
 
     #[test]
     fn nine_fields_on_four_types() {

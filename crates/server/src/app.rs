@@ -267,7 +267,10 @@ fn assemble(
             state.clone(),
             auth::layer::require_auth,
         )),
-        Guard::Open => api,
+        // The baseline acts as root: handlers that need a caller still get one.
+        Guard::Open => api.layer(axum::Extension(auth::Identity::Root {
+            id: "(benchmark baseline)".to_owned(),
+        })),
     };
     // Metadata, health, metrics and the token endpoint answer without credentials.
     let public = Router::new()

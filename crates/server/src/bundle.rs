@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine;
@@ -13,6 +13,9 @@ use fhirbox_store::{StoredResource, WriteOp, WriteOutcome};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
+use crate::auth::access::RequestFacts;
+use crate::auth::layer::denial_error;
+use crate::auth::Identity;
 use crate::bundle_out::BundleWriter;
 use crate::error::ApiError;
 use crate::extract::{FhirBase, FhirJson};
@@ -58,12 +61,13 @@ enum EntryResult {
 
 pub async fn process(
     State(app): State<AppState>,
+    Extension(identity): Extension<Identity>,
     FhirBase(base): FhirBase,
     headers: HeaderMap,
     FhirJson(body): FhirJson,
 ) -> Result<Response, ApiError> {
     let preference = Prefer::from_headers(&headers).return_;
-    let applied = apply(&app, &base, &body).await?;
+    let applied = apply(&app, &base, &body, &identity).await?;
     Ok(fhir_json(
         StatusCode::OK,
         render(applied.response_type, &base, applied.results, preference),
@@ -89,8 +93,14 @@ impl Applied {
     }
 }
 
-/// Validates and runs a batch or transaction bundle.
-pub async fn apply(app: &AppState, base: &str, body: &Value) -> Result<Applied, ApiError> {
+/// Validates, authorizes and runs a batch or transaction bundle on behalf of
+/// `identity`. Every entry is authorized as if it were its own request.
+pub async fn apply(
+    app: &AppState,
+    base: &str,
+    body: &Value,
+    identity: &Identity,
+) -> Result<Applied, ApiError> {
     if body.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ApiError::bad_request(
             "POST to the base URL takes a Bundle of type batch or transaction",
@@ -115,10 +125,15 @@ pub async fn apply(app: &AppState, base: &str, body: &Value) -> Result<Applied, 
             return Err(ApiError::bad_request("Bundle.entry must be an array").at("Bundle.entry"))
         }
     };
+    check_unique_full_urls(&raw_entries)?;
     let parsed: Vec<Result<Entry, ApiError>> = raw_entries
         .iter()
         .enumerate()
-        .map(|(i, e)| parse_entry(e, base).map_err(|err| err.at(format!("Bundle.entry[{i}]"))))
+        .map(|(i, e)| {
+            parse_entry(e, base)
+                .and_then(|entry| authorize(app, identity, entry))
+                .map_err(|err| err.at(format!("Bundle.entry[{i}]")))
+        })
         .collect();
     let results = if transaction {
         let mut entries = Vec::with_capacity(parsed.len());
@@ -137,6 +152,58 @@ pub async fn apply(app: &AppState, base: &str, body: &Value) -> Result<Applied, 
         },
         results,
     })
+}
+
+/// An entry is authorized exactly like the request it stands for: same
+/// method, route facts, query and caller (`auth::access`).
+fn authorize(app: &AppState, identity: &Identity, entry: Entry) -> Result<Entry, ApiError> {
+    let method = match entry.method {
+        Method::Get => "get",
+        Method::Post => "post",
+        Method::Put => "put",
+        Method::Patch => "patch",
+        Method::Delete => "delete",
+    };
+    let (resource_type, id, version) = match &entry.target {
+        Target::Type(t) => (t.as_str(), None, None),
+        Target::Instance(t, id) => (t.as_str(), Some(id.as_str()), None),
+        Target::Version(t, id, v) => (t.as_str(), Some(id.as_str()), Some(v.as_str())),
+    };
+    let query = search::parse_query(entry.query.as_deref())?;
+    let facts = RequestFacts::new(
+        method,
+        Some(resource_type),
+        id,
+        version,
+        entry.query.as_deref(),
+        query,
+    );
+    match app.auth.authorize(identity, &facts) {
+        Ok(()) => Ok(entry),
+        Err(denial) => {
+            app.metrics.auth_failure(denial.reason());
+            tracing::info!(client = identity.id(), method, uri = %facts.uri, reason = denial.reason(), "bundle entry denied by access control");
+            Err(denial_error(&denial))
+        }
+    }
+}
+
+/// `fullUrl` identifies an entry, so it may appear once per bundle (R4
+/// Bundle invariant bdl-7); two entries with one `fullUrl` would make
+/// `urn:uuid:` references ambiguous.
+fn check_unique_full_urls(entries: &[Value]) -> Result<(), ApiError> {
+    let mut seen = HashSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if let Some(url) = entry.get("fullUrl").and_then(Value::as_str) {
+            if !seen.insert(url) {
+                return Err(ApiError::bad_request(format!(
+                    "fullUrl {url:?} appears more than once; every entry needs a fullUrl of its own"
+                ))
+                .at(format!("Bundle.entry[{i}].fullUrl")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn prefix(mut e: ApiError, text: &str) -> ApiError {

@@ -85,7 +85,21 @@ impl<S: Send + Sync> FromRequest<S> for FhirJson {
             }
         }
         let bytes = body_bytes(req, state).await?;
-        Ok(FhirJson(parse_json(&bytes, "JSON")?))
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::bad_request(
+                "the request body is empty; send JSON",
+            ));
+        }
+        // Duplicate keys are refused (fhirbox_fhir::json explains why).
+        fhirbox_fhir::json::from_slice_strict(&bytes)
+            .map(FhirJson)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    IssueType::Structure,
+                    format!("the request body is not valid JSON: {e}"),
+                )
+            })
     }
 }
 

@@ -1,13 +1,16 @@
 //! Per-type rules applied to every stored body, inside the write transaction
 //! (store `Finalize`): literal Client secrets become salted hashes (SPEC 1.3),
-//! Client and AccessPolicy shapes are checked so the authenticator can trust
-//! what it loads.
+//! masked literals sent back are kept, Client and AccessPolicy shapes are
+//! checked so the authenticator can trust what it loads. And the other way:
+//! the one view of a stored body a client may see (`public_body`).
 
 use std::sync::Arc;
 
 use fhirbox_secrets::SecretResolver;
 use fhirbox_store::{BoxError, Finalize, StoredResource};
 use serde_json::Value;
+
+use fhirbox_fhir::secret_fields::{field_slots, fields_of, DATA_ABSENT_REASON_URL};
 
 use crate::auth::clients::ClientRecord;
 use crate::auth::policy::Policy;
@@ -26,7 +29,7 @@ pub fn finalizer(resource_type: &str, id: &str, vault: Option<&SecretResolver>) 
         match resource_type.as_str() {
             "Client" => finalize_client(body, current),
             "AccessPolicy" => finalize_policy(body, current),
-            _ => Ok(body),
+            other => Ok(carry_over_literals(other, body, current)),
         }
     })
 }
@@ -88,21 +91,111 @@ fn finalize_policy(body: Value, _current: Option<&StoredResource>) -> Result<Val
     Ok(body)
 }
 
-/// The body a client may see: the stored body minus the private hash extension.
+/// The element a literal secret value is shown as (SPEC 1.3).
+fn masked_element() -> Value {
+    serde_json::json!({"extension": [
+        {"url": DATA_ABSENT_REASON_URL, "valueCode": "masked"}
+    ]})
+}
+
+/// Hides server-held secret material in a body: the private hash of a
+/// literal `Client.secret`, and the literal value of every other
+/// secret-capable field, which is replaced by the masked extension (SPEC 1.3).
+/// Returns true when something was hidden.
+pub fn mask_secrets(resource_type: &str, body: &mut Value) -> bool {
+    let mut changed = false;
+    if resource_type == "Client" {
+        if let Some(fields) = body.as_object_mut() {
+            changed |= secret_hash::strip_hash(fields);
+        }
+    }
+    for slot in field_slots(resource_type, body) {
+        let Some(parent) = body
+            .pointer_mut(&slot.parent)
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        if parent.get(slot.key).is_some_and(|v| !v.is_null()) {
+            parent.remove(slot.key);
+            parent.insert(format!("_{}", slot.key), masked_element());
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// A literal secret value a client sent back masked, as a read showed it,
+/// is kept from the current version: the client never saw it, so it cannot
+/// send it (PATCH works on the masked view for the same reason).
+fn carry_over_literals(
+    resource_type: &str,
+    mut body: Value,
+    current: Option<&StoredResource>,
+) -> Value {
+    let slots = field_slots(resource_type, &body);
+    if slots.is_empty() {
+        return body;
+    }
+    let Some(previous) = current.and_then(|c| serde_json::from_str::<Value>(&c.body).ok()) else {
+        return body;
+    };
+    let previous_slots = field_slots(resource_type, &previous);
+    for slot in slots {
+        let Some(parent) = body
+            .pointer_mut(&slot.parent)
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        let element_key = format!("_{}", slot.key);
+        let element = parent.get(&element_key);
+        if parent.get(slot.key).is_some_and(|v| !v.is_null())
+            || !secret_hash::is_masked(element)
+            || secret_hash::referenced_name(element).is_some()
+        {
+            continue;
+        }
+        let kept = previous_slots
+            .iter()
+            .find(|p| p.ident == slot.ident)
+            .and_then(|p| previous.pointer(&p.parent).and_then(|o| o.get(p.key)))
+            .filter(|v| !v.is_null());
+        if let Some(value) = kept {
+            parent.insert(slot.key.to_owned(), value.clone());
+            parent.remove(&element_key);
+        }
+    }
+    body
+}
+
+/// The body a client may see (`mask_secrets` applied); borrowed when there
+/// is nothing to hide.
 pub fn public_body(stored: &StoredResource) -> std::borrow::Cow<'_, str> {
-    if stored.resource_type != "Client" || !stored.body.contains(secret_hash::SECRET_HASH_URL) {
+    let rt = stored.resource_type.as_str();
+    if fields_of(rt).next().is_none()
+        || (rt == "Client" && !stored.body.contains(secret_hash::SECRET_HASH_URL))
+    {
         return std::borrow::Cow::Borrowed(&stored.body);
     }
     match serde_json::from_str::<Value>(&stored.body) {
         Ok(mut v) => {
-            if let Some(fields) = v.as_object_mut() {
-                secret_hash::strip_hash(fields);
+            if mask_secrets(rt, &mut v) {
+                std::borrow::Cow::Owned(v.to_string())
+            } else {
+                std::borrow::Cow::Borrowed(&stored.body)
             }
-            std::borrow::Cow::Owned(v.to_string())
         }
-        // A body we cannot parse is not shown at all rather than shown with its hash.
+        // A body we cannot parse is not shown at all rather than shown unmasked.
         Err(_) => std::borrow::Cow::Borrowed("{}"),
     }
+}
+
+/// The stored body as a client sees it, parsed: what a PATCH applies to.
+pub fn public_value(stored: &StoredResource) -> Result<Value, serde_json::Error> {
+    let mut v: Value = serde_json::from_str(&stored.body)?;
+    mask_secrets(&stored.resource_type, &mut v);
+    Ok(v)
 }
 
 #[cfg(test)]

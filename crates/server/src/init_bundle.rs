@@ -16,14 +16,19 @@ pub async fn apply(app: &AppState, path: &Path) -> Result<(), String> {
     let text = tokio::fs::read_to_string(path)
         .await
         .map_err(|e| format!("cannot be read: {e}"))?;
-    let body: Value = serde_json::from_str(&text).map_err(|e| format!("is not valid JSON: {e}"))?;
+    let body: Value = fhirbox_fhir::json::from_str_strict(&text)
+        .map_err(|e| format!("is not valid JSON: {e}"))?;
     let base = app
         .settings
         .base_url
         .as_ref()
         .map(|b| format!("{b}/fhir"))
         .unwrap_or_else(|| INIT_BASE.to_owned());
-    let applied = crate::bundle::apply(app, &base, &body)
+    // The init bundle is the operator's own configuration: it acts as root.
+    let operator = crate::auth::Identity::Root {
+        id: "(init bundle)".to_owned(),
+    };
+    let applied = crate::bundle::apply(app, &base, &body, &operator)
         .await
         .map_err(|e| e.message)?;
     let mut failed = 0;

@@ -101,9 +101,75 @@ pub fn validate_body(
         }
     }
     if let Some(meta) = fields.get("meta") {
-        if !meta.is_object() {
-            return Err(ApiError::bad_request("meta must be a JSON object")
-                .at(format!("{resource_type}.meta")));
+        validate_meta(meta).map_err(|(message, at)| {
+            ApiError::bad_request(message).at(format!("{resource_type}.meta{at}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// `meta` as R4 defines it (Meta, §2.24.0.1): security labels and tags decide
+/// who may see a resource, so their shape must be right before they are stored.
+/// Errors are (message, location below `meta`).
+fn validate_meta(meta: &Value) -> Result<(), (String, String)> {
+    let Some(fields) = meta.as_object() else {
+        return Err(("meta must be a JSON object".into(), String::new()));
+    };
+    for (key, value) in fields {
+        let at = format!(".{key}");
+        let ok = match key.as_str() {
+            "id" | "versionId" | "lastUpdated" | "source" => value.is_string(),
+            "profile" => value
+                .as_array()
+                .is_some_and(|items| items.iter().all(Value::is_string)),
+            "security" | "tag" => {
+                let Some(items) = value.as_array() else {
+                    return Err((format!("meta.{key} must be an array of Codings"), at));
+                };
+                for (i, coding) in items.iter().enumerate() {
+                    validate_coding(coding)
+                        .map_err(|m| (format!("meta.{key}[{i}]: {m}"), format!("{at}[{i}]")))?;
+                }
+                true
+            }
+            "extension" => value
+                .as_array()
+                .is_some_and(|items| items.iter().all(Value::is_object)),
+            _ => {
+                return Err((
+                    format!("meta.{key} is not an element of Meta; use versionId, lastUpdated, source, profile, security or tag"),
+                    at,
+                ))
+            }
+        };
+        if !ok {
+            let expected = match key.as_str() {
+                "profile" => "an array of canonical URLs",
+                "extension" => "an array of Extension objects",
+                _ => "a string",
+            };
+            return Err((format!("meta.{key} must be {expected}"), at));
+        }
+    }
+    Ok(())
+}
+
+/// A Coding (R4 §2.24.0.6): an object of these strings and `userSelected`.
+fn validate_coding(coding: &Value) -> Result<(), String> {
+    let Some(fields) = coding.as_object() else {
+        return Err(
+            "a Coding must be a JSON object such as {\"system\": \"…\", \"code\": \"…\"}".into(),
+        );
+    };
+    for (key, value) in fields {
+        let ok = match key.as_str() {
+            "id" | "system" | "version" | "code" | "display" => value.is_string(),
+            "userSelected" => value.is_boolean(),
+            "extension" => value.is_array(),
+            _ => return Err(format!("{key} is not an element of Coding; use system, version, code, display or userSelected")),
+        };
+        if !ok {
+            return Err(format!("Coding.{key} has the wrong type"));
         }
     }
     Ok(())
@@ -166,7 +232,10 @@ pub fn prepare_patch(
     let rt = resource_type.to_owned();
     let url_id = id.to_owned();
     let transform = move |current: &StoredResource| -> Result<Value, BoxError> {
-        let mut doc: Value = serde_json::from_str(&current.body)?;
+        // The patch sees what a read shows, never server-held secret
+        // material; a masked secret it leaves alone is carried over by the
+        // finalizer.
+        let mut doc = hooks::public_value(current)?;
         json_patch::patch(&mut doc, &patch).map_err(|e| {
             Box::new(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -243,6 +312,33 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("meta"));
+    }
+
+    #[test]
+    fn meta_security_and_tags_must_be_codings() {
+        let check = |meta: Value| {
+            validate_body(
+                &json!({"resourceType": "Patient", "meta": meta}),
+                "Patient",
+                IdRule::ServerAssigned,
+            )
+        };
+        assert!(check(json!({"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}],
+                              "tag": [{"code": "x", "userSelected": true}], "profile": ["http://x"], "source": "s"}))
+        .is_ok());
+        let e = check(json!({"security": "R"})).unwrap_err();
+        assert!(e.message.contains("array of Codings"), "{}", e.message);
+        let e = check(json!({"security": [{"code": 5}]})).unwrap_err();
+        assert_eq!(e.expression.as_deref(), Some("Patient.meta.security[0]"));
+        assert!(check(json!({"security": ["R"]})).is_err());
+        assert!(check(json!({"tag": [{"cod": "x"}]})).is_err());
+        assert!(check(json!({"profile": "http://x"})).is_err());
+        let e = check(json!({"securty": []})).unwrap_err();
+        assert!(
+            e.message.contains("not an element of Meta"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

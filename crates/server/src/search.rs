@@ -26,13 +26,36 @@ pub const MAX_COUNT: u32 = 1000;
 
 pub type Params = Vec<(String, String)>;
 
-/// Parses a query string into pairs; malformed encoding is a 400.
+/// Most parameters one query string may carry.
+pub const MAX_PARAMETERS: usize = 64;
+/// Most comma-separated values one parameter may carry.
+pub const MAX_VALUES: usize = 100;
+
+/// Parses a query string into pairs; malformed encoding is a 400, and so is
+/// a query above `MAX_PARAMETERS` parameters or `MAX_VALUES` values in one
+/// parameter, so no request can ask for unbounded work.
 pub fn parse_query(raw: Option<&str>) -> Result<Params, ApiError> {
-    match raw {
-        None | Some("") => Ok(Vec::new()),
-        Some(q) => serde_urlencoded::from_str(q)
-            .map_err(|e| ApiError::bad_request(format!("the query string cannot be decoded: {e}"))),
+    let params: Params = match raw {
+        None | Some("") => return Ok(Vec::new()),
+        Some(q) => serde_urlencoded::from_str(q).map_err(|e| {
+            ApiError::bad_request(format!("the query string cannot be decoded: {e}"))
+        })?,
+    };
+    if params.len() > MAX_PARAMETERS {
+        return Err(ApiError::bad_request(format!(
+            "the query has {} parameters; at most {MAX_PARAMETERS} are accepted",
+            params.len()
+        )));
     }
+    for (name, value) in &params {
+        let values = value.split(',').count();
+        if values > MAX_VALUES {
+            return Err(ApiError::bad_request(format!(
+                "the parameter {name:?} has {values} values; at most {MAX_VALUES} are accepted in one parameter"
+            )));
+        }
+    }
+    Ok(params)
 }
 
 fn parse_count(value: &str) -> Result<u32, ApiError> {
@@ -86,7 +109,10 @@ pub fn parse_search(
                 }
                 // Repeated _id parameters are ANDed: keep ids present in both.
                 query.ids = Some(match query.ids.take() {
-                    Some(prev) => prev.into_iter().filter(|id| ids.contains(id)).collect(),
+                    Some(prev) => {
+                        let now: std::collections::HashSet<&String> = ids.iter().collect();
+                        prev.into_iter().filter(|id| now.contains(id)).collect()
+                    }
                     None => ids,
                 });
             }

@@ -1,17 +1,20 @@
-//! The middleware that guards the API: authenticate, then authorize against
-//! access policies, then hand the identity to the handler.
+//! The middleware that guards the API: authenticate, describe the request
+//! from trusted parts (`access::RequestFacts`), authorize it, then hand the
+//! identity to the handler.
 
-use axum::extract::{FromRequestParts, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use fhirbox_fhir::IssueType;
-use serde_json::{json, Map, Value};
 
+use super::access::{Denial, RequestFacts};
 use super::credentials::{self, Credentials, HeaderProblem};
 use super::{AuthFailure, Grant, Identity};
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::resource::{check_id, check_type};
 
 /// The 401 every authentication failure gets: it never says which part was wrong.
 pub fn unauthorized(app: &AppState, failure: AuthFailure, client_id: Option<&str>) -> Response {
@@ -36,41 +39,78 @@ pub fn unauthorized(app: &AppState, failure: AuthFailure, client_id: Option<&str
     response
 }
 
-fn forbidden() -> Response {
+/// The 403 of a refused request; the reason is logged and counted.
+pub fn forbidden(
+    app: &AppState,
+    identity: &Identity,
+    facts: &RequestFacts,
+    denial: &Denial,
+) -> Response {
+    app.metrics.auth_failure(denial.reason());
+    tracing::info!(client = identity.id(), method = %facts.method, uri = %facts.uri, reason = denial.reason(), "request denied by access control");
+    denial_error(denial).into_response()
+}
+
+/// The error a refused request (or bundle entry) gets.
+pub fn denial_error(denial: &Denial) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
         IssueType::Forbidden,
-        "no access policy allows this request for this client; link an AccessPolicy to the client that allows it",
+        denial.message(),
     )
-    .into_response()
 }
 
-/// The request as matcho policies see it (Aidbox's request keys).
-fn request_context(req: &Request, route_params: &[(String, String)], identity: &Identity) -> Value {
-    let mut params = Map::new();
-    if let Some(query) = req.uri().query() {
-        if let Ok(pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(query) {
-            for (k, v) in pairs {
-                params.entry(k).or_insert(Value::String(v));
-            }
+/// The request as access policies see it: route facts from the matched
+/// route and its decoded parameters (checked before any policy runs), the
+/// query decoded once, the way the handlers decode it.
+async fn request_facts(parts: &mut Parts) -> Result<RequestFacts, ApiError> {
+    let template = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| parts.uri.path().to_owned());
+    let raw = RawPathParams::from_request_parts(parts, &())
+        .await
+        .map_err(|e| ApiError::bad_request(format!("the URL path is not valid: {e}")))?;
+    let param = |name: &str| {
+        raw.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    };
+    let (resource_type, id, version) = (param("type"), param("id"), param("vid"));
+    if let Some(t) = &resource_type {
+        check_type(t)?;
+    }
+    if let Some(id) = &id {
+        check_id(id)?;
+    }
+    if let Some(v) = &version {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::bad_request(format!(
+                "{v:?} is not a version id; versions are whole numbers from 1"
+            )));
         }
     }
-    for (name, value) in route_params {
-        let key = match name.as_str() {
-            "type" => "resource/type".to_owned(),
-            "id" => "resource/id".to_owned(),
-            "vid" => "resource/version".to_owned(),
-            other => other.to_owned(),
-        };
-        params.insert(key, Value::String(value.clone()));
+    let mut uri = template;
+    for (placeholder, value) in [
+        ("{type}", &resource_type),
+        ("{id}", &id),
+        ("{vid}", &version),
+    ] {
+        if let Some(value) = value {
+            uri = uri.replace(placeholder, value);
+        }
     }
-    json!({
-        "request-method": req.method().as_str().to_ascii_lowercase(),
-        "uri": req.uri().path(),
-        "query-string": req.uri().query().unwrap_or(""),
-        "params": params,
-        "client": {"id": identity.id(), "resourceType": "Client"},
-    })
+    let query = crate::search::parse_query(parts.uri.query())?;
+    Ok(RequestFacts::new(
+        parts.method.as_str(),
+        resource_type.as_deref(),
+        id.as_deref(),
+        version.as_deref(),
+        parts.uri.query(),
+        query,
+    )
+    .with_uri(uri))
 }
 
 /// Authenticates and authorizes every request it wraps.
@@ -93,22 +133,14 @@ pub async fn require_auth(State(app): State<AppState>, req: Request, next: Next)
         Err(failure) => return unauthorized(&app, failure, client_id.as_deref()),
     };
     let (mut parts, body) = req.into_parts();
-    let route_params: Vec<(String, String)> =
-        match RawPathParams::from_request_parts(&mut parts, &()).await {
-            Ok(raw) => raw
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-    let mut req = Request::from_parts(parts, body);
-    if !app.auth.authorize(&identity, || {
-        request_context(&req, &route_params, &identity)
-    }) {
-        app.metrics.auth_failure("forbidden");
-        tracing::info!(client = identity.id(), method = %req.method(), path = req.uri().path(), "request denied by access policies");
-        return forbidden();
+    let facts = match request_facts(&mut parts).await {
+        Ok(facts) => facts,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(denial) = app.auth.authorize(&identity, &facts) {
+        return forbidden(&app, &identity, &facts, &denial);
     }
+    let mut req = Request::from_parts(parts, body);
     req.extensions_mut().insert(identity);
     next.run(req).await
 }

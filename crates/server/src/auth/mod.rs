@@ -4,12 +4,14 @@
 //! path neither hits the database nor runs the KDF for a credential it has
 //! recently verified.
 
+pub mod access;
 pub mod clients;
 pub mod credentials;
 pub mod endpoint;
 pub mod layer;
 pub mod policy;
 pub mod secret_hash;
+pub mod throttle;
 pub mod token;
 
 use std::collections::HashMap;
@@ -22,10 +24,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
 
 use clients::{ClientRecord, ClientSecret, Grant};
-use policy::{Engine, Policy};
+use policy::Policy;
 use token::TokenSigner;
 
 /// Resource types whose changes invalidate the snapshot.
@@ -35,8 +36,18 @@ pub const AUTH_TYPES: &[&str] = &["Client", "AccessPolicy"];
 const VERIFIED_TTL: Duration = Duration::from_secs(30);
 /// Bound on remembered verifications; the map is cleared when it is full.
 const VERIFIED_MAX: usize = 10_000;
-/// KDF runs allowed at once, so wrong-secret floods cannot take every core.
-const KDF_SLOTS: usize = 2;
+/// How long one KDF run takes here, measured once at start: the time every
+/// failed secret check is padded to until real runs refine it.
+async fn measure_kdf() -> std::time::Duration {
+    tokio::task::spawn_blocking(|| {
+        let started = Instant::now();
+        let _ = secret_hash::hash(b"fhirbox: calibrating the KDF");
+        started.elapsed()
+    })
+    .await
+    .unwrap_or(std::time::Duration::from_millis(50))
+}
+
 /// Page size when loading clients and policies.
 const LOAD_PAGE: u32 = 1000;
 
@@ -66,6 +77,7 @@ pub enum AuthFailure {
     GrantNotAllowed,
     NoSecret,
     SecretUnavailable,
+    Throttled,
     Token(token::TokenError),
 }
 
@@ -80,6 +92,7 @@ impl AuthFailure {
             AuthFailure::GrantNotAllowed => "grant_not_allowed",
             AuthFailure::NoSecret => "no_secret",
             AuthFailure::SecretUnavailable => "secret_unavailable",
+            AuthFailure::Throttled => "throttled",
             AuthFailure::Token(e) => e.reason(),
         }
     }
@@ -115,7 +128,7 @@ pub struct AuthService {
     marker: AtomicI64,
     /// Digest of (client, version, secret) -> when the verification expires.
     verified: Mutex<HashMap<[u8; 32], Instant>>,
-    kdf_slots: Semaphore,
+    kdf: throttle::KdfGate,
     reload: tokio::sync::Mutex<()>,
     vault: Option<fhirbox_secrets::SecretResolver>,
 }
@@ -152,7 +165,7 @@ impl AuthService {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             marker: AtomicI64::new(-1),
             verified: Mutex::new(HashMap::new()),
-            kdf_slots: Semaphore::new(KDF_SLOTS),
+            kdf: throttle::KdfGate::new(measure_kdf().await),
             reload: tokio::sync::Mutex::new(()),
             vault,
         };
@@ -203,10 +216,9 @@ impl AuthService {
         }
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
         self.marker.store(marker, Ordering::SeqCst);
-        self.verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        // Verified entries stay: each is keyed by the client's version, so a
+        // changed or re-created client never matches an old entry, and an
+        // unrelated write does not send every client back to the KDF.
         Ok(())
     }
 
@@ -220,21 +232,46 @@ impl AuthService {
         Ok(true)
     }
 
-    /// Checks an id and secret for `grant`.
+    /// Checks an id and secret for `grant`. Credentials are checked before
+    /// anything else about the client, and every failure takes about one
+    /// KDF run (`throttle`), so neither the answer nor its timing tells an
+    /// unknown id from a known one.
     pub async fn verify_secret(
         &self,
         id: &str,
         secret: &SecretString,
         grant: Grant,
     ) -> Result<Identity, AuthFailure> {
+        let started = Instant::now();
+        let result = self.check_secret(id, secret).await;
+        let result = result.and_then(|client| match client {
+            None => Ok(Identity::Root { id: id.to_owned() }),
+            Some(client) if !client.active => Err(AuthFailure::InactiveClient),
+            Some(client) if !client.allows(grant) => Err(AuthFailure::GrantNotAllowed),
+            Some(client) => Ok(Identity::Client {
+                id: client.id.clone(),
+            }),
+        });
+        if let Err(failure) = result {
+            if failure != AuthFailure::GrantNotAllowed {
+                self.kdf.pad(started).await;
+            }
+        }
+        result
+    }
+
+    /// Checks the secret alone; `Ok(None)` is root, `Ok(Some)` a client.
+    async fn check_secret(
+        &self,
+        id: &str,
+        secret: &SecretString,
+    ) -> Result<Option<Arc<ClientRecord>>, AuthFailure> {
         let presented = secret.expose_secret().as_bytes();
         if let Some(root) = &self.root {
             if root.id == id {
                 let digest = sha256(&[presented]);
                 return if bool::from(digest.ct_eq(&root.digest)) {
-                    Ok(Identity::Root {
-                        id: root.id.clone(),
-                    })
+                    Ok(None)
                 } else {
                     Err(AuthFailure::WrongSecret)
                 };
@@ -246,49 +283,42 @@ impl AuthService {
             .get(id)
             .cloned()
             .ok_or(AuthFailure::UnknownClient)?;
-        if !client.active {
-            return Err(AuthFailure::InactiveClient);
-        }
-        if !client.allows(grant) {
-            return Err(AuthFailure::GrantNotAllowed);
-        }
         match &client.secret {
             ClientSecret::None => Err(AuthFailure::NoSecret),
-            ClientSecret::Reference(name) => self.verify_vault_secret(&client.id, name, presented),
+            ClientSecret::Reference(name) => self
+                .verify_vault_secret(&client.id, name, presented)
+                .map(|()| Some(client.clone())),
             ClientSecret::Hash(phc) => {
                 let key = sha256(&[id.as_bytes(), &client.version_id.to_be_bytes(), presented]);
                 if self.recently_verified(&key) {
-                    return Ok(Identity::Client {
-                        id: client.id.clone(),
-                    });
+                    return Ok(Some(client));
                 }
-                let _slot = self
-                    .kdf_slots
-                    .acquire()
-                    .await
-                    .map_err(|_| AuthFailure::WrongSecret)?;
+                let id_key = sha256(&[id.as_bytes()]);
+                let Some(_permit) = self.kdf.admit(&id_key).await else {
+                    return Err(AuthFailure::Throttled);
+                };
                 // Checked again with a slot held: when many requests miss at once
                 // (a cold start, an expired entry), the first verification serves
                 // the rest instead of each running the KDF.
                 if self.recently_verified(&key) {
-                    return Ok(Identity::Client {
-                        id: client.id.clone(),
-                    });
+                    return Ok(Some(client));
                 }
                 let phc = phc.clone();
                 let candidate = secret.clone();
+                let kdf_started = Instant::now();
                 let ok = tokio::task::spawn_blocking(move || {
                     secret_hash::verify(candidate.expose_secret().as_bytes(), &phc)
                 })
                 .await
                 .unwrap_or(false);
+                self.kdf.observe(kdf_started.elapsed());
                 if !ok {
+                    self.kdf.record_failure(id_key);
                     return Err(AuthFailure::WrongSecret);
                 }
+                self.kdf.clear(&id_key);
                 self.remember(key);
-                Ok(Identity::Client {
-                    id: client.id.clone(),
-                })
+                Ok(Some(client))
             }
         }
     }
@@ -301,7 +331,7 @@ impl AuthService {
         id: &str,
         name: &str,
         presented: &[u8],
-    ) -> Result<Identity, AuthFailure> {
+    ) -> Result<(), AuthFailure> {
         let Some(vault) = &self.vault else {
             tracing::warn!(
                 client = id,
@@ -316,7 +346,7 @@ impl AuthService {
             &fhirbox_secrets::Requester::new("Client", id),
             presented,
         ) {
-            Ok(true) => Ok(Identity::Client { id: id.to_owned() }),
+            Ok(true) => Ok(()),
             Ok(false) => Err(AuthFailure::WrongSecret),
             Err(e) => {
                 tracing::warn!(client = id, secret = name, reason = e.reason(), problem = %e, "external secret unusable");
@@ -340,14 +370,28 @@ impl AuthService {
         verified.insert(key, Instant::now() + VERIFIED_TTL);
     }
 
-    /// Checks a Bearer token issued by this server.
+    /// Root's token generation: a fingerprint of its secret, so root's
+    /// tokens die when the secret changes.
+    fn root_generation(root: &RootCredential) -> String {
+        let digest = sha256(&[b"fhirbox root token generation", &root.digest]);
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Checks a Bearer token issued by this server. The token names the
+    /// generation of its client; a changed, deleted or re-created client
+    /// has another one.
     pub fn verify_token(&self, token: &str) -> Result<Identity, AuthFailure> {
         let claims = self.signer.verify(token).map_err(AuthFailure::Token)?;
+        let stale = AuthFailure::Token(token::TokenError::Revoked);
         if let Some(root) = &self.root {
             if root.id == claims.sub {
-                return Ok(Identity::Root {
-                    id: root.id.clone(),
-                });
+                return if claims.gen == Self::root_generation(root) {
+                    Ok(Identity::Root {
+                        id: root.id.clone(),
+                    })
+                } else {
+                    Err(stale)
+                };
             }
         }
         let client = self
@@ -356,6 +400,9 @@ impl AuthService {
             .get(&claims.sub)
             .cloned()
             .ok_or(AuthFailure::UnknownClient)?;
+        if claims.gen != client.version_id.to_string() {
+            return Err(stale);
+        }
         if !client.active {
             return Err(AuthFailure::InactiveClient);
         }
@@ -369,48 +416,24 @@ impl AuthService {
 
     /// Issues an access token; returns (token, expires_in seconds).
     pub fn issue_token(&self, identity: &Identity) -> (String, u64) {
-        let lifetime = match identity {
-            Identity::Root { .. } => clients::DEFAULT_TOKEN_LIFETIME,
+        let (generation, lifetime) = match identity {
+            Identity::Root { .. } => (
+                self.root
+                    .as_ref()
+                    .map(Self::root_generation)
+                    .unwrap_or_default(),
+                clients::DEFAULT_TOKEN_LIFETIME,
+            ),
             Identity::Client { id } => self
                 .snapshot()
                 .clients
                 .get(id)
-                .map_or(clients::DEFAULT_TOKEN_LIFETIME, |c| c.token_lifetime),
+                .map_or((String::new(), clients::DEFAULT_TOKEN_LIFETIME), |c| {
+                    (c.version_id.to_string(), c.token_lifetime)
+                }),
         };
-        let (token, _) = self.signer.issue(identity.id(), lifetime);
+        let (token, _) = self.signer.issue(identity.id(), &generation, lifetime);
         (token, lifetime)
-    }
-
-    /// Decides whether `identity` may make the request described by `context`
-    /// (built lazily: `allow` policies never need it). Policies are OR-ed.
-    pub fn authorize(&self, identity: &Identity, context: impl FnOnce() -> Value) -> bool {
-        let Identity::Client { id } = identity else {
-            return true;
-        };
-        let snapshot = self.snapshot();
-        let mut applicable = snapshot
-            .policies
-            .iter()
-            .filter(|p| p.applies_to(id))
-            .peekable();
-        if applicable.peek().is_none() {
-            return false;
-        }
-        let mut context_value = None;
-        let mut context = Some(context);
-        for policy in applicable {
-            match &policy.engine {
-                Engine::Allow => return true,
-                Engine::Matcho(pattern) => {
-                    let value = context_value
-                        .get_or_insert_with(|| (context.take().expect("built once"))());
-                    if pattern.matches(Some(value)) {
-                        return true;
-                    }
-                }
-            }
-        }
-        false
     }
 }
 

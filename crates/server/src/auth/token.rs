@@ -27,6 +27,11 @@ pub struct Claims {
     pub iat: u64,
     pub exp: u64,
     pub jti: String,
+    /// The generation of the client the token was issued to (its version,
+    /// or a fingerprint of root's secret): a token dies when its client is
+    /// changed, deleted or re-created.
+    #[serde(default)]
+    pub gen: String,
 }
 
 /// Why a token was refused (logged and counted, never sent in detail).
@@ -37,6 +42,8 @@ pub enum TokenError {
     Signature,
     Expired,
     Issuer,
+    /// Well signed, but its client changed since it was issued.
+    Revoked,
 }
 
 impl TokenError {
@@ -47,6 +54,7 @@ impl TokenError {
             TokenError::Signature => "token_signature",
             TokenError::Expired => "token_expired",
             TokenError::Issuer => "token_issuer",
+            TokenError::Revoked => "token_revoked",
         }
     }
 }
@@ -82,7 +90,7 @@ impl TokenSigner {
     }
 
     /// Issues a token for `client_id` valid for `lifetime_secs`.
-    pub fn issue(&self, client_id: &str, lifetime_secs: u64) -> (String, Claims) {
+    pub fn issue(&self, client_id: &str, generation: &str, lifetime_secs: u64) -> (String, Claims) {
         let iat = now_seconds();
         let claims = Claims {
             iss: ISSUER.to_owned(),
@@ -90,6 +98,7 @@ impl TokenSigner {
             iat,
             exp: iat.saturating_add(lifetime_secs),
             jti: uuid::Uuid::new_v4().to_string(),
+            gen: generation.to_owned(),
         };
         let payload = serde_json::to_vec(&claims).unwrap_or_default();
         let signing_input = format!(
@@ -153,14 +162,14 @@ mod tests {
 
     #[test]
     fn issued_tokens_verify() {
-        let (token, claims) = signer().issue("basic", 60);
+        let (token, claims) = signer().issue("basic", "1", 60);
         assert_eq!(signer().verify(&token).unwrap(), claims);
         assert_eq!(claims.sub, "basic");
     }
 
     #[test]
     fn tampering_other_keys_and_algorithms_are_refused() {
-        let (token, _) = signer().issue("basic", 60);
+        let (token, _) = signer().issue("basic", "1", 60);
         let parts: Vec<&str> = token.split('.').collect();
         let forged_payload = URL_SAFE_NO_PAD
             .encode(br#"{"iss":"fhirbox","sub":"root","iat":0,"exp":99999999999,"jti":"x"}"#);
@@ -187,7 +196,7 @@ mod tests {
 
     #[test]
     fn expired_tokens_are_refused() {
-        let (token, _) = signer().issue("basic", 0);
+        let (token, _) = signer().issue("basic", "1", 0);
         assert_eq!(signer().verify(&token), Err(TokenError::Expired));
     }
 }
