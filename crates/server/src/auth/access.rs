@@ -55,11 +55,9 @@ impl RequestFacts {
         query: Vec<(String, String)>,
     ) -> RequestFacts {
         let mut uri = String::from("/fhir");
-        for part in [resource_type, id] {
-            if let Some(p) = part {
-                uri.push('/');
-                uri.push_str(p);
-            }
+        for part in [resource_type, id].into_iter().flatten() {
+            uri.push('/');
+            uri.push_str(part);
         }
         if let Some(v) = version {
             uri.push_str("/_history/");

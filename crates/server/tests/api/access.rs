@@ -201,6 +201,13 @@ backend_tests! {
         assert_eq!(app.get_as("/fhir/Patient", "victim", "victim-secret").await.status, 200);
         assert_eq!(get_as(&app, "/fhir/Client/victim", "admin-ish").await.status, 200);
         assert_eq!(send_as(&app, reqwest::Method::PUT, "/fhir/Patient/ok", "admin-ish", Some(&json!({"resourceType": "Patient", "id": "ok"}))).await.status, 201);
+        // A secret reference on an ordinary field tells a client nothing about the config.
+        let probe = json!({"resourceType": "Patient", "id": "probe", "_birthDate": {"extension": [
+            {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "masked"},
+            {"url": "http://health-samurai.io/fhir/secret-reference", "valueString": "client-secret"}]}});
+        let r = send_as(&app, reqwest::Method::PUT, "/fhir/Patient/probe", "admin-ish", Some(&probe)).await;
+        r.assert_outcome(422, "cannot refer to an external secret");
+        assert!(!r.text.contains("vault config") && !r.text.contains("scope"), "{}", r.text);
         // Root still may.
         assert_eq!(app.put("/fhir/Client/victim", &json!({"resourceType": "Client", "id": "victim", "secret": "new", "grant_types": ["basic"]})).await.status, 200);
     }
