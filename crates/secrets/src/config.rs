@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::file::read_bounded;
+use crate::file::{read_bounded, refused_location};
 use crate::scope::{Requester, ScopeRule};
 
 /// The vault config file is small; anything above this is a mistake (or not the config).
@@ -70,7 +70,8 @@ impl SecretEntry {
 impl VaultConfig {
     /// Parses and validates a vault config.
     ///
-    /// `source` is only used in error messages. `secret_capable_types` is the list of
+    /// `source` is only used in error messages. Secret paths that exist are resolved through
+    /// their symlinks to refuse those that lead under `/proc`, `/sys` or `/dev`. `secret_capable_types` is the list of
     /// resource types that have a secret-capable field (SPEC 1.2); a scope naming any other
     /// type is an error. Every problem found is reported, not just the first.
     pub fn parse(
@@ -369,6 +370,25 @@ impl Validator<'_> {
                 Some(name),
                 &at,
                 format!("path {path:?} names a directory; it must name a file"),
+            );
+            return None;
+        }
+        // System trees are never secrets: /proc/self/environ holds the server's own
+        // environment, root secret included (docs/external-secrets.md, "Refused paths").
+        // The path is checked as written and, where it exists, through its symlinks; reads
+        // check again, since a symlink can be re-pointed after the config is loaded.
+        if let Some((root, resolved)) = refused_location(Path::new(path)) {
+            let how = match resolved {
+                Some(real) => format!("resolves to {}, which is", real.display()),
+                None => "is".to_string(),
+            };
+            self.problem(
+                Some(name),
+                &at,
+                format!(
+                    "path {path:?} {how} under {root}; secrets are never read from /proc, /sys or /dev \
+                     (system files, such as /proc/self/environ with the server's own environment)"
+                ),
             );
             return None;
         }
@@ -794,6 +814,26 @@ mod tests {
                 "\"..\" segment",
             ),
             (
+                r#"{"secret": {"a": {"path": "/proc/self/environ", "scope": ["Client"]}}}"#,
+                "/secret/a/path",
+                "is under /proc; secrets are never read from /proc, /sys or /dev",
+            ),
+            (
+                r#"{"secret": {"a": {"path": "//proc/1/environ", "scope": ["Client"]}}}"#,
+                "/secret/a/path",
+                "under /proc",
+            ),
+            (
+                r#"{"secret": {"a": {"path": "/sys/class/x", "scope": ["Client"]}}}"#,
+                "/secret/a/path",
+                "under /sys",
+            ),
+            (
+                r#"{"secret": {"a": {"path": "/dev/shm/s", "scope": ["Client"]}}}"#,
+                "/secret/a/path",
+                "under /dev",
+            ),
+            (
                 r#"{"secret": {"a": {"path": "/run/", "scope": ["Client"]}}}"#,
                 "/secret/a/path",
                 "directory",
@@ -979,6 +1019,33 @@ mod tests {
         let err = parse(r#"{"secret": {"a": {"path": "/a", "scope": ["Client"]}, "a": {"path": "/b", "scope": ["Client"]}}}"#).unwrap_err();
         assert!(err.to_string().contains("duplicate key \"a\""), "{err}");
         assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn a_path_that_leads_into_proc_through_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("client-secret");
+        std::os::unix::fs::symlink("/proc/self/environ", &link).unwrap();
+        let json = format!(
+            r#"{{"secret": {{"client-secret": {{"path": "{}", "scope": ["Client"]}}}}}}"#,
+            link.display()
+        );
+        let text = one_line(&json);
+        assert!(
+            text.starts_with(&format!(
+                "{FILE}: secret \"client-secret\": /secret/client-secret/path: path \"{}\" resolves to /proc/",
+                link.display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("which is under /proc"), "{text}");
+        // A path that does not exist yet is judged as written.
+        let later = dir.path().join("not-yet");
+        let json = format!(
+            r#"{{"secret": {{"s": {{"path": "{}", "scope": ["Client"]}}}}}}"#,
+            later.display()
+        );
+        assert!(parse(&json).is_ok());
     }
 
     #[test]

@@ -75,6 +75,29 @@ pub enum SecretError {
         /// The operating system's error message (never file content).
         detail: String,
     },
+    /// The path, as written or once resolved through symlinks, lies under `/proc`, `/sys` or
+    /// `/dev`: system files (`/proc/self/environ` holds the server's own environment,
+    /// including its root secret) are never read as secrets.
+    #[error("secret {name:?}: {} {}under {root}; secrets are never read from /proc, /sys or /dev (system files, such as /proc/self/environ with the server's own environment)", path.display(), resolved_text(resolved.as_deref()))]
+    RefusedPath {
+        /// Secret name.
+        name: String,
+        /// Path from the vault config.
+        path: PathBuf,
+        /// Where the path leads through symlinks, when that is what lies under `root`.
+        resolved: Option<PathBuf>,
+        /// The refused tree: `/proc`, `/sys` or `/dev`.
+        root: &'static str,
+    },
+    /// The content changed between every pair of re-reads for the whole settle limit: the
+    /// file is being rewritten in place and no complete value could be told apart.
+    #[error("secret {name:?}: file {} kept changing while it was read; no value was adopted", path.display())]
+    Unsettled {
+        /// Secret name.
+        name: String,
+        /// Path from the vault config.
+        path: PathBuf,
+    },
     /// The value is not acceptable for the way it is being used, e.g. a byte outside
     /// VSCHAR for an OAuth client secret (RFC 6749 appendix A).
     #[error("secret {name:?}: the value {requirement}")]
@@ -88,7 +111,8 @@ pub enum SecretError {
 
 impl SecretError {
     /// A short stable label for metrics and logs: `unknown_secret`, `not_in_scope`,
-    /// `missing`, `empty`, `too_large`, `not_regular`, `unreadable`, `invalid_characters`.
+    /// `missing`, `empty`, `too_large`, `not_regular`, `unreadable`, `refused_path`,
+    /// `unsettled`, `invalid_characters`.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::UnknownSecret { .. } => "unknown_secret",
@@ -98,6 +122,8 @@ impl SecretError {
             Self::TooLarge { .. } => "too_large",
             Self::NotRegular { .. } => "not_regular",
             Self::Unreadable { .. } => "unreadable",
+            Self::RefusedPath { .. } => "refused_path",
+            Self::Unsettled { .. } => "unsettled",
             Self::InvalidCharacters { .. } => "invalid_characters",
         }
     }
@@ -112,7 +138,16 @@ impl SecretError {
             | Self::TooLarge { name, .. }
             | Self::NotRegular { name, .. }
             | Self::Unreadable { name, .. }
+            | Self::RefusedPath { name, .. }
+            | Self::Unsettled { name, .. }
             | Self::InvalidCharacters { name, .. } => name,
         }
+    }
+}
+
+fn resolved_text(resolved: Option<&std::path::Path>) -> String {
+    match resolved {
+        Some(real) => format!("resolves to {}, which is ", real.display()),
+        None => "is ".to_string(),
     }
 }

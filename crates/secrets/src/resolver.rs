@@ -15,7 +15,10 @@ use subtle::Choice;
 
 use crate::config::{ConfigError, SecretEntry, VaultConfig, MAX_CONFIG_SIZE};
 use crate::error::SecretError;
-use crate::file::{read_bounded, read_secret_file, DEFAULT_MAX_FILE_SIZE};
+use crate::file::{
+    read_bounded, read_settled, FileId, FileRead, SettleRequest, SettleRule, DEFAULT_CHANGE_SETTLE,
+    DEFAULT_MAX_FILE_SIZE,
+};
 use crate::scope::Requester;
 use crate::value::{invalid_client_secret, Digest, SecretValue};
 use crate::watcher::{saturating_add, DirWatcher, Signal};
@@ -67,6 +70,12 @@ pub struct ResolverOptions {
     pub settle_window: Duration,
     /// Retry cadence during the settle window. Default 100 ms.
     pub settle_retry_interval: Duration,
+    /// How long a value that changed *inside* the file it was read from (an in-place writer:
+    /// truncate, write, write more) must read the same before it is adopted; until then the
+    /// cached value stays in force. A value in a new file (the atomic writer's swap) is
+    /// adopted as soon as two reads agree. Re-reading stops after ten times this (at least
+    /// 20 ms). Default 10 ms; at most 100 ms. See docs/external-secrets.md, "Settle rule".
+    pub change_settle: Duration,
     /// Metrics hooks. Default: [`NoopEvents`].
     pub events: Arc<dyn SecretEvents>,
 }
@@ -85,6 +94,7 @@ impl ResolverOptions {
             watch_events: true,
             settle_window: Duration::from_secs(1),
             settle_retry_interval: Duration::from_millis(100),
+            change_settle: DEFAULT_CHANGE_SETTLE,
             events: Arc::new(NoopEvents),
         }
     }
@@ -99,6 +109,7 @@ impl fmt::Debug for ResolverOptions {
             .field("watch_events", &self.watch_events)
             .field("settle_window", &self.settle_window)
             .field("settle_retry_interval", &self.settle_retry_interval)
+            .field("change_settle", &self.change_settle)
             .finish_non_exhaustive()
     }
 }
@@ -227,11 +238,22 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn new(value: SecretValue) -> Self {
+    fn new(read: FileRead) -> Self {
         Self {
-            digest: Digest::of(value.expose_bytes()),
-            client_secret_ok: value.is_valid_client_secret(),
-            value,
+            client_secret_ok: read.value.is_valid_client_secret(),
+            digest: read.digest,
+            value: read.value,
+        }
+    }
+
+    /// A 1-byte value is almost certainly not the credential that was meant (a stray
+    /// character, a file cut short): say so, by name only, whenever one is taken into use.
+    fn warn_if_one_byte(&self, name: &str) {
+        if self.value.len() == 1 {
+            tracing::warn!(
+                secret = name,
+                "secret value is 1 byte long; check that its file holds the whole credential"
+            );
         }
     }
 }
@@ -263,6 +285,9 @@ struct Slot {
     /// Digest of the last value ever served, kept across failures so that a file coming
     /// back with other content counts as a rotation and the same content does not.
     last_digest: Option<Digest>,
+    /// The file `last_digest` was last read from: a different value in the same file means
+    /// an in-place writer, which the settle rule waits out (docs/external-secrets.md).
+    last_file: Option<FileId>,
     last_loaded: Option<SystemTime>,
     last_rotated: Option<SystemTime>,
 }
@@ -305,6 +330,8 @@ impl SecretResolver {
         options.poll_interval = options.poll_interval.max(Duration::from_millis(10));
         options.settle_retry_interval =
             options.settle_retry_interval.max(Duration::from_millis(10));
+        // Bounds the time one reload pass may spend re-reading (ten times this).
+        options.change_settle = options.change_settle.min(Duration::from_millis(100));
 
         let types: Vec<&str> = options
             .secret_capable_types
@@ -588,8 +615,23 @@ impl Inner {
         // came from a file the config no longer names.
         let mut slots = std::mem::take(&mut st.slots);
         slots.retain(|name, slot| config.get(name).is_some_and(|e| e.path() == slot.path));
-        for entry in config.secrets() {
-            let read = read_secret_file(entry.name(), entry.path(), self.options.max_file_size);
+        let requests: Vec<SettleRequest<'_>> = config
+            .secrets()
+            .map(|entry| SettleRequest {
+                name: entry.name(),
+                path: entry.path(),
+                cached: slots
+                    .get(entry.name())
+                    .and_then(|slot| Some((slot.last_digest.as_ref()?, slot.last_file))),
+            })
+            .collect();
+        let reads = read_settled(
+            &requests,
+            self.options.max_file_size,
+            SettleRule::new(self.options.change_settle),
+        );
+        drop(requests);
+        for (entry, read) in config.secrets().zip(reads) {
             match slots.get_mut(entry.name()) {
                 Some(slot) => retry_soon |= self.apply_read(slot, entry, read, now, wall),
                 None => {
@@ -707,14 +749,15 @@ impl Inner {
         &self,
         slot: &mut Slot,
         entry: &SecretEntry,
-        read: Result<SecretValue, SecretError>,
+        read: Result<FileRead, SecretError>,
         now: Instant,
         wall: SystemTime,
     ) -> bool {
         let name = entry.name();
         match read {
-            Ok(value) => {
-                let fresh = Loaded::new(value);
+            Ok(read) => {
+                slot.last_file = Some(read.file);
+                let fresh = Loaded::new(read);
                 let rotated = slot
                     .last_digest
                     .as_ref()
@@ -725,6 +768,9 @@ impl Inner {
                         previous_reason = err.reason(),
                         "secret readable again"
                     );
+                    if !rotated {
+                        fresh.warn_if_one_byte(name);
+                    }
                 }
                 if rotated {
                     // Grace applies only to a value that was being served right up to now: a
@@ -739,6 +785,7 @@ impl Inner {
                     slot.last_rotated = Some(wall);
                     self.options.events.rotation(name);
                     tracing::info!(secret = name, "secret rotated");
+                    fresh.warn_if_one_byte(name);
                     slot.last_digest = Some(fresh.digest.clone());
                     slot.state = SlotState::Good(fresh);
                 } else {
@@ -798,20 +845,23 @@ impl Inner {
     }
 }
 
-fn first_read(
-    entry: &SecretEntry,
-    read: Result<SecretValue, SecretError>,
-    wall: SystemTime,
-) -> Slot {
-    let (state, last_digest, last_loaded) = match read {
-        Ok(value) => {
-            let loaded = Loaded::new(value);
+fn first_read(entry: &SecretEntry, read: Result<FileRead, SecretError>, wall: SystemTime) -> Slot {
+    let (state, last_digest, last_file, last_loaded) = match read {
+        Ok(read) => {
+            let file = read.file;
+            let loaded = Loaded::new(read);
+            loaded.warn_if_one_byte(entry.name());
             let digest = loaded.digest.clone();
-            (SlotState::Good(loaded), Some(digest), Some(wall))
+            (
+                SlotState::Good(loaded),
+                Some(digest),
+                Some(file),
+                Some(wall),
+            )
         }
         Err(error) => {
             tracing::warn!(secret = entry.name(), reason = error.reason(), error = %error, "secret unavailable");
-            (SlotState::Failed(error), None, None)
+            (SlotState::Failed(error), None, None, None)
         }
     };
     Slot {
@@ -819,6 +869,7 @@ fn first_read(
         state,
         previous: None,
         last_digest,
+        last_file,
         last_loaded,
         last_rotated: None,
     }

@@ -1,14 +1,15 @@
 //! Captured log output during rotations and failures never contains a secret value
-//! (STYLE 6). A binary of its own: it installs a process-wide subscriber, which is the only
-//! reliable way to capture the reload thread's events while other tests run in parallel
-//! (tracing caches per-callsite interest across scoped dispatchers).
+//! (STYLE 6), and the warnings that name a secret carry its name only. A binary of its own:
+//! it installs a process-wide subscriber, which is the only reliable way to capture the
+//! reload thread's events while other tests run in parallel (tracing caches per-callsite
+//! interest across scoped dispatchers). Its tests share that one subscriber.
 
 #[allow(dead_code)]
 #[path = "integration/common.rs"]
 mod common;
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::json;
@@ -28,15 +29,30 @@ impl io::Write for Captured {
     }
 }
 
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// The process-wide capture, installed by whichever test asks first.
+fn capture() -> &'static Captured {
+    static CAPTURED: OnceLock<Captured> = OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::TRACE)
+            .init();
+        captured
+    })
+}
+
 #[test]
 fn logs_during_rotations_and_failures_hold_no_value() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::TRACE)
-        .init();
+    let captured = capture();
 
     let fx = Fixture::new();
     fx.mount
@@ -89,7 +105,7 @@ fn logs_during_rotations_and_failures_hold_no_value() {
         VALUES[1].as_bytes()
     );
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     // The capture works and the events are there, by name...
     for expected in [
         "secret rotated",
@@ -103,4 +119,63 @@ fn logs_during_rotations_and_failures_hold_no_value() {
     }
     // ...but never a value.
     assert_clean("log output", &logs);
+}
+
+#[test]
+fn a_one_byte_value_is_warned_about_by_name_and_never_shown() {
+    let captured = capture();
+    let fx = Fixture::new();
+    fx.mount
+        .write(&[
+            ("tiny-secret", b"~\n"),
+            ("usual-secret", b"usual-length-value"),
+        ])
+        .unwrap();
+    fx.write_config(&config(&[
+        (
+            "tiny-secret",
+            &fx.mount.path_of("tiny-secret"),
+            json!(["Client"]),
+        ),
+        (
+            "usual-secret",
+            &fx.mount.path_of("usual-secret"),
+            json!(["Client"]),
+        ),
+    ]));
+    let r = fx.start(events_only());
+    let who = client("x");
+    assert_eq!(current(&r, "tiny-secret", &who).unwrap(), b"~");
+
+    // A rotation to another 1-byte value is warned about again; re-reads of it are not.
+    fx.mount
+        .write(&[
+            ("tiny-secret", b"^"),
+            ("usual-secret", b"usual-length-value"),
+        ])
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(1), || current(
+        &r,
+        "tiny-secret",
+        &who
+    )
+    .as_deref()
+        == Some(&b"^"[..])));
+    r.reload_now().unwrap();
+
+    let logs = captured.text();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("1 byte long"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        2,
+        "one warning per value taken into use:\n{logs}"
+    );
+    for line in warnings {
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains("secret=\"tiny-secret\""), "{line}");
+        assert!(!line.contains('~') && !line.contains('^'), "{line}");
+    }
 }

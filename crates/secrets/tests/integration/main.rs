@@ -7,6 +7,7 @@ mod common;
 mod concurrency;
 mod config_reload;
 mod file_faults;
+mod in_place_writers;
 mod leaks;
 mod rotation;
 mod values_and_scope;

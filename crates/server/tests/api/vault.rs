@@ -674,3 +674,83 @@ fn vault_check_reports_states_and_exit_codes_without_values() {
         .unwrap();
     assert_eq!(no_config.status.code(), Some(2));
 }
+
+#[test]
+fn vault_check_counts_failures_exactly_and_explains_a_refused_path() {
+    let vault = Vault::new(&[
+        ("good-1", "first-good-value"),
+        ("good-2", "second-good-value"),
+        ("tiny", "x"),
+    ]);
+    let mut secrets = serde_json::Map::new();
+    for name in ["good-1", "good-2", "tiny"] {
+        secrets.insert(
+            name.into(),
+            json!({"path": vault.secret_path(name), "scope": ["Client"]}),
+        );
+    }
+    for n in 1..=4 {
+        let name = format!("missing-{n}");
+        secrets.insert(
+            name.clone(),
+            json!({"path": vault.secret_path(&name), "scope": ["Client"]}),
+        );
+    }
+    vault.write_config(&json!({ "secret": secrets }));
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fhirbox"))
+            .args(["vault", "check", "--config"])
+            .arg(vault.config_path())
+            .args(args)
+            // The child's own environment holds a probe that must never be printed.
+            .env("FHIRBOX_ENVIRON_PROBE", "LEAKPROBE-environ-4d9b1")
+            .env_remove("BOX_VAULT_CONFIG")
+            .output()
+            .unwrap()
+    };
+
+    let out = run(&[]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAILED: 4 of 7 secret(s) failed in ") && text.contains(", 1 with a warning"),
+        "{text}"
+    );
+    assert!(text.contains("ok (warning: value is 1 byte long"), "{text}");
+    let report: Value = serde_json::from_slice(&run(&["--json"]).stdout).unwrap();
+    assert_eq!(
+        (&report["total"], &report["failed"], &report["warnings"]),
+        (&json!(7), &json!(4), &json!(1))
+    );
+    let failed_rows = report["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"].as_str().unwrap().starts_with("error"))
+        .count();
+    assert_eq!(failed_rows, 4);
+
+    // /proc/self/environ holds the server's own environment: refused, with the reason.
+    vault.write_config(&json!({"secret": {
+        "env": {"path": "/proc/self/environ", "scope": ["Client"]},
+        "good-1": {"path": vault.secret_path("good-1"), "scope": ["Client"]}}}));
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "secret \"env\": /secret/env/path: path \"/proc/self/environ\" is under /proc; \
+             secrets are never read from /proc, /sys or /dev"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("FAILED: 1 problem(s) in 1 secret(s)"), "{err}");
+    let out = run(&["--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["problems"][0]["secret"], "env");
+    assert_eq!(report["problems"][0]["location"], "/secret/env/path");
+    for output in [&out.stdout, &out.stderr] {
+        assert!(!String::from_utf8_lossy(output).contains("LEAKPROBE-environ"));
+    }
+}
