@@ -192,7 +192,7 @@ pub(crate) struct SettleRule {
 }
 
 /// Default for [`SettleRule::in_place`] and `ResolverOptions::change_settle`.
-pub(crate) const DEFAULT_CHANGE_SETTLE: Duration = Duration::from_millis(10);
+pub(crate) const DEFAULT_CHANGE_SETTLE: Duration = Duration::from_millis(50);
 
 impl SettleRule {
     pub(crate) fn new(in_place: Duration) -> Self {

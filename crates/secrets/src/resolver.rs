@@ -74,7 +74,7 @@ pub struct ResolverOptions {
     /// truncate, write, write more) must read the same before it is adopted; until then the
     /// cached value stays in force. A value in a new file (the atomic writer's swap) is
     /// adopted as soon as two reads agree. Re-reading stops after ten times this (at least
-    /// 20 ms). Default 10 ms; at most 100 ms. See docs/external-secrets.md, "Settle rule".
+    /// 20 ms). Default 50 ms; at most 100 ms. See docs/external-secrets.md, "Settle rule".
     pub change_settle: Duration,
     /// Metrics hooks. Default: [`NoopEvents`].
     pub events: Arc<dyn SecretEvents>,

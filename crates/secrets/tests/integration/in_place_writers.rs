@@ -35,11 +35,9 @@ fn rewrite_in_place(path: &Path, value: &[u8], pause: Duration) -> Duration {
 
 /// The writer pauses 1 ms between its halves, but on a busy machine it can be descheduled
 /// for longer, and no rule can tell a writer stalled that long from one that has finished.
-/// The settle time here (default 10 ms) leaves room for such stalls; the rule is the same.
+/// The default settle time (50 ms) leaves room for such stalls; these tests run with it.
 fn in_place_options() -> ResolverOptions {
-    let mut options = events_only();
-    options.change_settle = Duration::from_millis(50);
-    options
+    events_only()
 }
 
 fn plain_secret(fx: &Fixture, value: &[u8]) -> PathBuf {
