@@ -2,6 +2,7 @@
 //! real HTTP, on SQLite always and on PostgreSQL when configured.
 
 mod helpers;
+mod raw_http;
 
 mod auth;
 
@@ -9,7 +10,11 @@ mod bundles;
 mod concurrency;
 mod crud;
 mod errors;
+mod first_run;
 mod history;
 mod operations;
+mod operator_surface;
 mod search;
+mod token_endpoint;
+mod transport;
 mod vault;
