@@ -257,11 +257,14 @@ fn assemble(
         metrics: Arc::new(metrics),
         vault,
     };
-    // Operator endpoints sit behind authentication like the API; the handler requires root.
-    let api = api.route(
-        "/admin/secrets",
-        get(crate::vault::admin_secrets).fallback(fhir_api::method_not_allowed),
-    );
+    // Operator endpoints sit behind authentication like the API: /admin/secrets
+    // requires root; /metrics (which names secrets) whoever a policy allows.
+    let api = api
+        .route(
+            "/admin/secrets",
+            get(crate::vault::admin_secrets).fallback(fhir_api::method_not_allowed),
+        )
+        .route("/metrics", get(crate::metrics::expose));
     let api = match guard {
         Guard::Authenticated => api.route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -272,7 +275,7 @@ fn assemble(
             id: "(benchmark baseline)".to_owned(),
         })),
     };
-    // Metadata, health, metrics and the token endpoint answer without credentials.
+    // Metadata, health and the token endpoint answer without credentials.
     let public = Router::new()
         .route(
             "/fhir/metadata",
@@ -280,7 +283,6 @@ fn assemble(
         )
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
-        .route("/metrics", get(crate::metrics::expose))
         .route(
             "/auth/token",
             axum::routing::post(auth::endpoint::token).fallback(fhir_api::method_not_allowed),
@@ -299,16 +301,16 @@ fn assemble(
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets in-flight
-/// requests finish.
+/// requests finish. Connections are capped and timed as `settings.connections`
+/// says (see `transport`).
 pub async fn serve(
     listener: TcpListener,
     app: App,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store = app.state.store.clone();
-    let result = axum::serve(listener, app.router)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = app.state.settings.connections.clone();
+    let result = crate::transport::serve(listener, app.router, limits, shutdown).await;
     store.close().await;
     result
 }
@@ -336,16 +338,51 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
 
-/// Starts the server from settings and runs until a shutdown signal.
-pub async fn run(settings: Settings) -> Result<(), StartupError> {
+/// Starts the server from settings and runs until a shutdown signal. Without
+/// a configured root secret, the first run generates one (see `root_secret`).
+pub async fn run(mut settings: Settings) -> Result<(), StartupError> {
     let port = settings.port;
     tracing::info!(database = %settings.database, port, "starting fhirbox");
+    crate::root_secret::ensure_root_client(&mut settings);
     let app = build_app(settings).await?;
     let listener = TcpListener::bind(("0.0.0.0", port))
         .await
         .map_err(|source| StartupError::Listen { port, source })?;
+    // One signal stops both listeners.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let metrics_server = match app.state.settings.metrics_port {
+        Some(metrics_port) => {
+            let metrics_listener =
+                TcpListener::bind(("0.0.0.0", metrics_port))
+                    .await
+                    .map_err(|source| StartupError::Listen {
+                        port: metrics_port,
+                        source,
+                    })?;
+            tracing::info!(
+                port = metrics_port,
+                "metrics port: GET /metrics without credentials"
+            );
+            Some(tokio::spawn(crate::transport::serve(
+                metrics_listener,
+                crate::metrics::scrape_router(app.state.clone()),
+                app.state.settings.connections.clone(),
+                stopped(stopping.clone()),
+            )))
+        }
+        None => None,
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
     tracing::info!(port, "listening");
-    serve(listener, app, shutdown_signal())
-        .await
-        .map_err(|source| StartupError::Listen { port, source })
+    let result = serve(listener, app, stopped(stopping)).await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
+    result.map_err(|source| StartupError::Listen { port, source })
 }

@@ -15,8 +15,10 @@ pub mod logging;
 pub mod metrics;
 pub mod resource;
 pub mod response;
+pub mod root_secret;
 pub mod search;
 pub mod settings;
+pub mod transport;
 pub mod vault;
 
 pub use app::{build_app, run, serve, App, AppState};

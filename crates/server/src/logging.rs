@@ -10,6 +10,18 @@ use tracing_subscriber::EnvFilter;
 use crate::app::AppState;
 use crate::settings::LogFormat;
 
+/// Longest client-supplied value written to a log line, in characters.
+pub const LOG_VALUE_MAX_CHARS: usize = 64;
+
+/// A client-supplied value (a client id, say) cut to [`LOG_VALUE_MAX_CHARS`]
+/// characters plus `…`, so that a huge header cannot flood the log.
+pub fn truncate_for_log(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.char_indices().nth(LOG_VALUE_MAX_CHARS) {
+        None => std::borrow::Cow::Borrowed(value),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &value[..end])),
+    }
+}
+
 /// Installs the global subscriber (`RUST_LOG` filters, default `info`).
 pub fn init(format: LogFormat) {
     let filter =
@@ -48,4 +60,20 @@ pub async fn log_request(State(app): State<AppState>, req: Request, next: Next) 
         tracing::info!(%method, %path, %route, status, duration_ms, "request");
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate_for_log("basic"), "basic");
+        let exact = "a".repeat(LOG_VALUE_MAX_CHARS);
+        assert_eq!(truncate_for_log(&exact), exact.as_str());
+        let long = "é".repeat(50_000);
+        let cut = truncate_for_log(&long);
+        assert_eq!(cut.chars().count(), LOG_VALUE_MAX_CHARS + 1);
+        assert!(cut.ends_with('…'));
+    }
 }

@@ -121,6 +121,14 @@ impl Metrics {
     }
 }
 
+/// `GET /metrics` alone, without authentication: what `BOX_METRICS_PORT`
+/// serves. On the main port the same handler sits behind authentication.
+pub fn scrape_router(app: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(expose))
+        .with_state(app)
+}
+
 pub async fn expose(State(app): State<AppState>) -> Response {
     let mut response = (StatusCode::OK, app.metrics.render()).into_response();
     response.headers_mut().insert(

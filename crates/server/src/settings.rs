@@ -123,6 +123,9 @@ pub struct RootClient {
 #[derive(Debug)]
 pub struct Settings {
     pub port: u16,
+    /// `BOX_METRICS_PORT`: a second port that serves only `GET /metrics`, without
+    /// credentials, for scrapers inside the cluster; `None` = no such port.
+    pub metrics_port: Option<u16>,
     pub database: DatabaseUrl,
     pub log_format: LogFormat,
     /// Largest request body accepted, in bytes.
@@ -131,6 +134,8 @@ pub struct Settings {
     pub base_url: Option<String>,
     /// `BOX_ROOT_CLIENT_ID` / `BOX_ROOT_CLIENT_SECRET(_FILE)`; `None` means no root client.
     pub root_client: Option<RootClient>,
+    /// `BOX_ROOT_CLIENT_ID`, kept for a root secret generated on first run.
+    pub root_client_id: String,
     /// Key that signs the server's access tokens (`BOX_SECURITY_AUTH_KEYS_SECRET(_FILE)`);
     /// `None` means a random key per process.
     pub token_signing_key: Option<SecretString>,
@@ -145,6 +150,38 @@ pub struct Settings {
     pub vault_poll: Duration,
     /// Directory watch with inotify (`BOX_VAULT_WATCH`, default on); off leaves only the poll.
     pub vault_watch: bool,
+    /// Limits of the HTTP transport (`BOX_*_TIMEOUT_MS`, `BOX_MAX_CONNECTIONS`, `BOX_MAX_HEADER_BYTES`).
+    pub connections: ConnectionLimits,
+}
+
+/// How long and how many connections the server holds (see `transport`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From accepting a connection, or from the first byte after an idle
+    /// keep-alive period, until the request head is complete (`BOX_HEADER_READ_TIMEOUT_MS`).
+    pub header_read_timeout: Duration,
+    /// From a complete request head until its whole body has arrived (`BOX_BODY_READ_TIMEOUT_MS`).
+    pub body_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request (`BOX_KEEP_ALIVE_TIMEOUT_MS`).
+    pub keep_alive_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog (`BOX_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// Longest request target, and largest total of header fields (`BOX_MAX_HEADER_BYTES`).
+    pub max_header_bytes: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            // Longer than the 60 s idle timeout of common load balancers, so
+            // the balancer, not fhirbox, closes an idle connection first.
+            keep_alive_timeout: Duration::from_secs(75),
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
+        }
+    }
 }
 
 impl Settings {
@@ -153,21 +190,28 @@ impl Settings {
     pub fn for_database(database: DatabaseUrl) -> Settings {
         Settings {
             port: 0,
+            metrics_port: None,
             database,
             log_format: LogFormat::Text,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             base_url: None,
             root_client: None,
+            root_client_id: DEFAULT_ROOT_CLIENT_ID.to_owned(),
             token_signing_key: None,
             init_bundle: None,
             auth_recheck: DEFAULT_AUTH_RECHECK,
             vault_config: None,
             vault_poll: DEFAULT_VAULT_POLL,
             vault_watch: true,
+            connections: ConnectionLimits::default(),
         }
     }
 }
 
+/// The root client's id unless `BOX_ROOT_CLIENT_ID` says otherwise.
+pub const DEFAULT_ROOT_CLIENT_ID: &str = "root";
+/// Name of the file that holds a root secret generated on first run.
+pub const GENERATED_ROOT_SECRET_FILE: &str = "root-secret";
 /// Default SQLite file, relative to the working directory.
 pub const DEFAULT_SQLITE_PATH: &str = "data/fhirbox.db";
 const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -187,6 +231,24 @@ impl Settings {
                 )
             })?,
             None => 8080,
+        };
+        let metrics_port = match non_empty(env, "BOX_METRICS_PORT") {
+            Some(v) => match v.parse::<u16>() {
+                Ok(p) if p != 0 && p != port => Some(p),
+                Ok(_) => {
+                    return Err(err(
+                        "BOX_METRICS_PORT",
+                        format!("{v:?} must be a port other than 0 and BOX_WEB_PORT ({port})"),
+                    ))
+                }
+                Err(_) => {
+                    return Err(err(
+                        "BOX_METRICS_PORT",
+                        format!("{v:?} is not a port number (1-65535)"),
+                    ))
+                }
+            },
+            None => None,
         };
         let log_format = match non_empty(env, "BOX_LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
@@ -223,7 +285,8 @@ impl Settings {
             }
             None => None,
         };
-        let root_id = non_empty(env, "BOX_ROOT_CLIENT_ID").unwrap_or_else(|| "root".into());
+        let root_id =
+            non_empty(env, "BOX_ROOT_CLIENT_ID").unwrap_or_else(|| DEFAULT_ROOT_CLIENT_ID.into());
         if !fhirbox_fhir::is_valid_id(&root_id) {
             return Err(err(
                 "BOX_ROOT_CLIENT_ID",
@@ -233,7 +296,7 @@ impl Settings {
         let root_client =
             secret_setting(env, "BOX_ROOT_CLIENT_SECRET", "BOX_ROOT_CLIENT_SECRET_FILE")?.map(
                 |secret| RootClient {
-                    id: root_id,
+                    id: root_id.clone(),
                     secret: SecretString::from(secret),
                 },
             );
@@ -312,16 +375,45 @@ impl Settings {
                 ))
             }
         };
+        let defaults = ConnectionLimits::default();
+        let connections = ConnectionLimits {
+            header_read_timeout: millis(
+                env,
+                "BOX_HEADER_READ_TIMEOUT_MS",
+                defaults.header_read_timeout,
+            )?,
+            body_read_timeout: millis(env, "BOX_BODY_READ_TIMEOUT_MS", defaults.body_read_timeout)?,
+            keep_alive_timeout: millis(
+                env,
+                "BOX_KEEP_ALIVE_TIMEOUT_MS",
+                defaults.keep_alive_timeout,
+            )?,
+            max_connections: count(
+                env,
+                "BOX_MAX_CONNECTIONS",
+                defaults.max_connections,
+                1..=1_000_000,
+            )?,
+            max_header_bytes: count(
+                env,
+                "BOX_MAX_HEADER_BYTES",
+                defaults.max_header_bytes,
+                1024..=1024 * 1024,
+            )?,
+        };
         Ok(Settings {
+            connections,
             vault_config,
             vault_poll,
             vault_watch,
             port,
+            metrics_port,
             database: database_url(env)?,
             log_format,
             max_body_bytes,
             base_url,
             root_client,
+            root_client_id: root_id,
             token_signing_key,
             init_bundle,
             auth_recheck,
@@ -331,6 +423,54 @@ impl Settings {
 
 fn non_empty(env: &impl Env, name: &str) -> Option<String> {
     env.get(name).filter(|v| !v.is_empty())
+}
+
+/// A duration in milliseconds between 10 ms and one hour.
+fn millis(
+    env: &impl Env,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, SettingsError> {
+    match non_empty(env, name) {
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| (10..=3_600_000).contains(ms))
+            .map(Duration::from_millis)
+            .ok_or_else(|| {
+                err(
+                    name,
+                    format!("{v:?} is not a number of milliseconds between 10 and 3600000"),
+                )
+            }),
+        None => Ok(default),
+    }
+}
+
+/// A whole number within `range`.
+fn count(
+    env: &impl Env,
+    name: &'static str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, SettingsError> {
+    match non_empty(env, name) {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                err(
+                    name,
+                    format!(
+                        "{v:?} is not a whole number between {} and {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            }),
+        None => Ok(default),
+    }
 }
 
 /// Reads a secret setting from `NAME` or from the file named by `NAME_FILE`
@@ -590,6 +730,55 @@ mod tests {
                 .variable,
             "BOX_VAULT_POLL_MS"
         );
+    }
+
+    #[test]
+    fn connection_limits_are_read_and_checked() {
+        let s = Settings::from_env(&[
+            ("BOX_HEADER_READ_TIMEOUT_MS", "2500"),
+            ("BOX_BODY_READ_TIMEOUT_MS", "30000"),
+            ("BOX_KEEP_ALIVE_TIMEOUT_MS", "5000"),
+            ("BOX_MAX_CONNECTIONS", "64"),
+            ("BOX_MAX_HEADER_BYTES", "8192"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.connections,
+            ConnectionLimits {
+                header_read_timeout: Duration::from_millis(2500),
+                body_read_timeout: Duration::from_secs(30),
+                keep_alive_timeout: Duration::from_secs(5),
+                max_connections: 64,
+                max_header_bytes: 8192,
+            }
+        );
+        let defaults = Settings::from_env(&[("UNRELATED", "")])
+            .unwrap()
+            .connections;
+        assert_eq!(
+            Settings::from_env(&[("BOX_METRICS_PORT", "9090")])
+                .unwrap()
+                .metrics_port,
+            Some(9090)
+        );
+        for bad in ["0", "8080", "http"] {
+            let e = Settings::from_env(&[("BOX_METRICS_PORT", bad)]).unwrap_err();
+            assert_eq!(e.variable, "BOX_METRICS_PORT");
+        }
+        assert_eq!(defaults, ConnectionLimits::default());
+        assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
+        for (name, bad) in [
+            ("BOX_HEADER_READ_TIMEOUT_MS", "0"),
+            ("BOX_BODY_READ_TIMEOUT_MS", "1s"),
+            ("BOX_KEEP_ALIVE_TIMEOUT_MS", "-1"),
+            ("BOX_KEEP_ALIVE_TIMEOUT_MS", "3600001"),
+            ("BOX_MAX_CONNECTIONS", "0"),
+            ("BOX_MAX_HEADER_BYTES", "100"),
+        ] {
+            let e = Settings::from_env(&[(name, bad)]).unwrap_err();
+            assert_eq!(e.variable, name);
+            assert!(e.problem.contains(bad), "{e}");
+        }
     }
 
     #[test]

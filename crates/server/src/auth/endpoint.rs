@@ -1,19 +1,33 @@
 //! `POST /auth/token`: the OAuth 2.0 `client_credentials` grant (RFC 6749
 //! §4.4), with credentials in a Basic header or in the body (form or JSON).
 //! Errors follow RFC 6749 §5.2.
+//!
+//! A token request is a few short fields, so its body is capped far below the
+//! API's (`TOKEN_BODY_LIMIT`), and credentials in a Basic header are checked
+//! before the body is read at all.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use super::credentials::{self, Credentials, HeaderProblem};
-use super::{AuthFailure, Grant};
+use super::{AuthFailure, Grant, Identity};
 use crate::app::AppState;
+use crate::logging::truncate_for_log;
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+/// The route of the token endpoint.
+pub const TOKEN_PATH: &str = "/auth/token";
+
+/// Largest token request body: the form or JSON object of RFC 6749 §4.4.2 with
+/// a client id and secret fits many times over.
+pub const TOKEN_BODY_LIMIT: usize = 8 * 1024;
+
+/// An RFC 6749 §5.2 error response.
+pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     let mut response = (
         status,
         json!({"error": error, "error_description": description}).to_string(),
@@ -67,7 +81,74 @@ fn body_fields(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>
     }
 }
 
-pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+fn too_large() -> Response {
+    oauth_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request",
+        "the token request body is larger than 8 KiB",
+    )
+}
+
+/// Reads at most [`TOKEN_BODY_LIMIT`] bytes of the body.
+async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, Response> {
+    use hyper::body::Body as _;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > TOKEN_BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    loop {
+        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+            None => return Ok(bytes),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if bytes.len() + data.len() > TOKEN_BODY_LIMIT {
+                        return Err(too_large());
+                    }
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            Some(Err(_)) => {
+                return Err(oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the request body could not be read",
+                ))
+            }
+        }
+    }
+}
+
+pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    // Credentials in the header are checked first: a request that fails them
+    // costs no body read and no parse, whatever it sends.
+    let header_credentials = match credentials::from_headers(&headers) {
+        Ok(Credentials::Basic { id, secret }) => Some((id, secret)),
+        Ok(Credentials::Bearer(_)) | Err(HeaderProblem::Malformed) => {
+            app.metrics
+                .auth_failure(AuthFailure::MalformedHeader.reason());
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            );
+        }
+        Err(HeaderProblem::Missing) => None,
+    };
+    let verified = match &header_credentials {
+        Some((id, secret)) => match verify(&app, id, secret).await {
+            Ok(identity) => Some(identity),
+            Err(response) => return response,
+        },
+        None => None,
+    };
+    let body = match read_body(&headers, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let fields = match body_fields(&headers, &body) {
         Ok(f) => f,
         Err(description) => {
@@ -97,19 +178,15 @@ pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
             )
         }
     }
-    let (id, secret) = match credentials::from_headers(&headers) {
-        Ok(Credentials::Basic { id, secret }) => (id, secret),
-        Ok(Credentials::Bearer(_)) | Err(HeaderProblem::Malformed) => {
-            app.metrics
-                .auth_failure(AuthFailure::MalformedHeader.reason());
-            return oauth_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "client authentication failed",
-            );
-        }
-        Err(HeaderProblem::Missing) => match (field("client_id"), field("client_secret")) {
-            (Some(id), Some(secret)) => (id, SecretString::from(secret)),
+    let identity = match verified {
+        Some(identity) => identity,
+        None => match (field("client_id"), field("client_secret")) {
+            (Some(id), Some(secret)) => {
+                match verify(&app, &id, &SecretString::from(secret)).await {
+                    Ok(identity) => identity,
+                    Err(response) => return response,
+                }
+            }
             _ => {
                 return oauth_error(
                     StatusCode::BAD_REQUEST,
@@ -119,40 +196,43 @@ pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Bytes)
             }
         },
     };
+    let (access_token, expires_in) = app.auth.issue_token(&identity);
+    let mut response = Json(
+        json!({"token_type": "Bearer", "access_token": access_token, "expires_in": expires_in}),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Checks a client's credentials for the `client_credentials` grant.
+async fn verify(app: &AppState, id: &str, secret: &SecretString) -> Result<Identity, Response> {
     match app
         .auth
-        .verify_secret(&id, &secret, Grant::ClientCredentials)
+        .verify_secret(id, secret, Grant::ClientCredentials)
         .await
     {
-        Ok(identity) => {
-            let (access_token, expires_in) = app.auth.issue_token(&identity);
-            let mut response =
-                Json(json!({"token_type": "Bearer", "access_token": access_token, "expires_in": expires_in})).into_response();
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
+        Ok(identity) => Ok(identity),
         Err(AuthFailure::GrantNotAllowed) => {
             app.metrics
                 .auth_failure(AuthFailure::GrantNotAllowed.reason());
-            tracing::warn!(client = %id, reason = "grant_not_allowed", "token request refused");
-            oauth_error(
+            tracing::warn!(client = %truncate_for_log(id), reason = "grant_not_allowed", "token request refused");
+            Err(oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unauthorized_client",
                 "this client may not use the client_credentials grant",
-            )
+            ))
         }
         Err(failure) => {
             app.metrics.auth_failure(failure.reason());
-            tracing::warn!(client = %id, reason = failure.reason(), "token request refused");
-            oauth_error(
+            tracing::warn!(client = %truncate_for_log(id), reason = failure.reason(), "token request refused");
+            Err(oauth_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "client authentication failed",
-            )
+            ))
         }
     }
 }
-
-use axum::Json;

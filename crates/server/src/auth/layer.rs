@@ -21,7 +21,7 @@ pub fn unauthorized(app: &AppState, failure: AuthFailure, client_id: Option<&str
     app.metrics.auth_failure(failure.reason());
     tracing::warn!(
         reason = failure.reason(),
-        client = client_id.unwrap_or(""),
+        client = %crate::logging::truncate_for_log(client_id.unwrap_or("")),
         "authentication failed"
     );
     let mut response = ApiError::new(

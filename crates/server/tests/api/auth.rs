@@ -65,15 +65,17 @@ backend_tests! {
         assert_unauthorized(&app.get_as("/fhir/Patient", "basic", "wrong-password").await);
     }
 
-    async fn only_metadata_health_metrics_and_token_are_public(app) {
+    async fn only_metadata_health_and_token_are_public(app) {
         assert_unauthorized(&app.send(app.anon.get(app.url("/fhir/Patient"))).await);
         assert_unauthorized(&app.send(app.anon.post(app.url("/fhir")).header("content-type", "application/fhir+json").body("{}")).await);
         assert_unauthorized(&app.send(app.anon.get(app.url("/fhir/_history"))).await);
-        for public in ["/fhir/metadata", "/health", "/health/ready", "/metrics"] {
+        // Metrics name secrets and clients' failure reasons: credentials required.
+        assert_unauthorized(&app.send(app.anon.get(app.url("/metrics"))).await);
+        for public in ["/fhir/metadata", "/health", "/health/ready"] {
             assert_eq!(app.send(app.anon.get(app.url(public))).await.status, 200, "{public}");
         }
         // A scraper that accepts only the Prometheus text format still gets its metrics.
-        let scrape = app.send(app.anon.get(app.url("/metrics")).header("accept", "text/plain;version=0.0.4")).await;
+        let scrape = app.send(app.client.get(app.url("/metrics")).header("accept", "text/plain;version=0.0.4")).await;
         assert_eq!(scrape.status, 200);
         assert!(scrape.text.contains("fhirbox_http_requests_total"));
     }
@@ -103,7 +105,7 @@ backend_tests! {
         let encoded = base64::engine::general_purpose::STANDARD.encode(format!("basic:{TUTORIAL_SECRET}"));
         let lower = app.send(app.anon.get(app.url("/fhir/Patient")).header("authorization", format!("basic {encoded}"))).await;
         assert_eq!(lower.status, 200);
-        let metrics = app.send(app.anon.get(app.url("/metrics"))).await.text;
+        let metrics = app.get("/metrics").await.text;
         for reason in ["unknown_client", "wrong_secret", "inactive_client", "grant_not_allowed", "no_secret", "malformed_header"] {
             assert!(metrics.contains(&format!("reason=\"{reason}\"")), "metrics lack {reason}");
         }

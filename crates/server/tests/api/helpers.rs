@@ -351,6 +351,33 @@ impl TestApp {
         Self::start_with(self.backend, self.db.share(), adjust).await
     }
 
+    /// Signals the server to stop (as SIGTERM does) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Whether the server task ended within `limit` (after `begin_shutdown`).
+    pub async fn stopped_within(&mut self, limit: Duration) -> bool {
+        match self.server.as_mut() {
+            Some(server) => match tokio::time::timeout(limit, server).await {
+                Ok(result) => {
+                    result.unwrap();
+                    self.server = None;
+                    true
+                }
+                Err(_) => false,
+            },
+            None => true,
+        }
+    }
+
+    /// `host:port` of the server, for raw TCP clients.
+    pub fn socket_addr(&self) -> String {
+        self.addr.trim_start_matches("http://").to_owned()
+    }
+
     async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

@@ -2,6 +2,7 @@
 //! real HTTP, on SQLite always and on PostgreSQL when configured.
 
 mod helpers;
+mod raw_http;
 
 mod access;
 mod auth;
@@ -10,7 +11,11 @@ mod bundles;
 mod concurrency;
 mod crud;
 mod errors;
+mod first_run;
 mod history;
 mod operations;
+mod operator_surface;
 mod search;
+mod token_endpoint;
+mod transport;
 mod vault;

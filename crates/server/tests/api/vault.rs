@@ -206,7 +206,7 @@ vault_tests! {
             assert_eq!(status_as(&app, "basic", &old).await, 401, "the old value must stop working (no grace)");
             old = new;
         }
-        let metrics = app.send(app.anon.get(app.url("/metrics"))).await.text;
+        let metrics = app.get("/metrics").await.text;
         assert!(metrics.contains("fhirbox_secret_rotations_total{secret=\"client-secret\"} 4"), "{metrics}");
         assert!(metrics.contains("fhirbox_secret_resolutions_total{secret=\"client-secret\",result=\"ok\"}"));
         assert!(metrics.contains("fhirbox_vault_config_reloads_total{result=\"ok\"}"));
@@ -469,8 +469,22 @@ vault_tests! {
         let ready = app.get("/health/ready").await;
         assert_eq!(ready.status, 200);
         assert_eq!(ready.json()["status"], "warn");
-        let metrics = app.send(app.anon.get(app.url("/metrics"))).await.text;
+        let metrics = app.get("/metrics").await.text;
         assert!(metrics.contains("fhirbox_vault_config_reloads_total{result=\"failed\"}"));
+
+        // A bad value: root sees it at /admin/secrets; the public readiness
+        // probe says only that the reload failed, never the path or the value.
+        vault.write_config(&json!({"secret": {"client-secret": {"path": "relative/leak-probe-7c1", "scope": ["Client/basic"]}}}));
+        let detailed = within(Duration::from_secs(3), || async {
+            app.get("/admin/secrets").await.text.contains("leak-probe-7c1")
+        }).await;
+        assert!(detailed.is_some(), "root sees the detail");
+        let ready = app.send(app.anon.get(app.url("/health/ready"))).await;
+        assert_eq!(ready.json()["status"], "warn");
+        let config_dir = vault.config_path().parent().unwrap().to_str().unwrap().to_owned();
+        for leak in ["leak-probe-7c1", config_dir.as_str(), "client-secret"] {
+            assert!(!ready.text.contains(leak), "readiness reveals {leak}: {}", ready.text);
+        }
 
         // Fix it again: the error clears.
         vault.write_config(&vault.tutorial_config(json!(["Client/basic"])));
@@ -535,7 +549,7 @@ vault_tests! {
         for path in ["/fhir/Client/basic", "/fhir/Client/basic/_history", "/fhir/Client?_id=basic", "/fhir/_history", "/admin/secrets", "/health", "/health/ready"] {
             bodies.push(app.get(path).await.text);
         }
-        bodies.push(app.send(app.anon.get(app.url("/metrics"))).await.text);
+        bodies.push(app.get("/metrics").await.text);
         bodies.push(app.get_as("/fhir/Patient", "basic", "wrong").await.text);
         bodies.push(app.send(app.anon.post(app.url("/auth/token")).basic_auth("basic", Some(first))
             .header("content-type", "application/x-www-form-urlencoded").body("grant_type=client_credentials")).await.text);
