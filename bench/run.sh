@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# fhirbox benchmarks side by side: one command, results in bench/results/latest.{md,json}.
+# fhirbox benchmarks side by side: one command, results in bench/results/latest.{md,json}
+# and bench/results/auth-attack-latest.{md,json}.
 #   bench/run.sh                 default run (under 10 minutes on 2 cores once tools are built)
 #   bench/run.sh --quick         1-minute smoke run (what CI runs; CI does not judge speed)
 #   bench/run.sh --with-helios   also build the Helios FHIR server into bench/.tools first (slow, once)
@@ -9,8 +10,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARGS=()
+ATTACK=()                # bench/auth-attack.py gets --quick and the same --out directory as run.py
+OUT=bench/results
+prev=""
 for arg in "$@"; do
+  [ "$prev" = "--out" ] && OUT="$arg"
+  prev="$arg"
   case "$arg" in
+    --quick) ATTACK+=(--quick); ARGS+=("$arg") ;;
+    --out=*) OUT="${arg#--out=}"; ARGS+=("$arg") ;;
     --with-helios)
       if [ ! -x bench/.tools/helios/bin/hfs ]; then
         CARGO_TARGET_DIR=bench/.tools/helios-target cargo install helios-hfs --version 0.2.7 \
@@ -26,3 +34,4 @@ if ! command -v wrk >/dev/null; then
 fi
 cargo build --release -q -p fhirbox-server -p fhirbox-bench
 python3 bench/run.py "${ARGS[@]}"
+python3 bench/auth-attack.py "${ATTACK[@]}" --out "$OUT"
