@@ -298,9 +298,10 @@ backend_tests! {
 
     async fn queries_are_bounded(app) {
         app.put_patient("p1", "One").await;
-        let many_dates = vec!["_lastUpdated=gt2000-01-01"; 999].join("&");
+        // (A 999-parameter query is longer than BOX_MAX_HEADER_BYTES and gets 414 first.)
+        let many_dates = vec!["_lastUpdated=gt2000-01-01"; 100].join("&");
         app.get(&format!("/fhir/Patient?{many_dates}")).await.assert_outcome(400, "at most 64 are accepted");
-        let ids: Vec<String> = (0..5000).map(|i| format!("id{i}")).collect();
+        let ids: Vec<String> = (0..1000).map(|i| format!("id{i}")).collect();
         app.get(&format!("/fhir/Patient?_id={}", ids.join(","))).await.assert_outcome(400, "at most 100 are accepted");
         app.get(&format!("/fhir?_id={}", ids.join(","))).await.assert_outcome(400, "at most 100 are accepted");
         app.get(&format!("/fhir/_history?{many_dates}")).await.assert_outcome(400, "at most 64");
