@@ -332,11 +332,13 @@ fn patch_from_binary(resource: &Value) -> Result<json_patch::Patch, ApiError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)
         .map_err(|_| bad())?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the PATCH entry's data is not a valid JSON Patch: {e}"
-        ))
-    })
+    fhirbox_fhir::json::from_slice_strict(&bytes)
+        .and_then(serde_json::from_value)
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "the PATCH entry's data is not a valid JSON Patch: {e}"
+            ))
+        })
 }
 
 /// Builds the store write for a write entry.

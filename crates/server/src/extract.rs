@@ -53,13 +53,17 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Resul
             "the request body is empty; send {what}"
         )));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            IssueType::Structure,
-            format!("the request body is not valid {what}: {e}"),
-        )
-    })
+    // Parsed strictly first (duplicate keys refused, see fhirbox_fhir::json),
+    // then read as the expected shape.
+    fhirbox_fhir::json::from_slice_strict(bytes)
+        .and_then(serde_json::from_value)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueType::Structure,
+                format!("the request body is not valid {what}: {e}"),
+            )
+        })
 }
 
 /// A JSON body sent as `application/fhir+json` or `application/json`.

@@ -67,8 +67,9 @@ fn body_fields(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>
             serde_urlencoded::from_bytes(body).map_err(|_| "the form body cannot be decoded")
         }
         "application/json" => {
-            let value: Value =
-                serde_json::from_slice(body).map_err(|_| "the JSON body cannot be parsed")?;
+            // Strict: a repeated client_id or client_secret is refused, not "last wins".
+            let value: Value = fhirbox_fhir::json::from_slice_strict(body)
+                .map_err(|_| "the JSON body cannot be parsed (or repeats a key)")?;
             let Value::Object(fields) = value else {
                 return Err("the JSON body must be an object");
             };

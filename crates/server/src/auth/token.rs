@@ -123,7 +123,7 @@ impl TokenSigner {
         let header_json: serde_json::Value = URL_SAFE_NO_PAD
             .decode(header)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .and_then(|b| fhirbox_fhir::json::from_slice_strict(&b).ok())
             .ok_or(TokenError::Malformed)?;
         if header_json.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
             return Err(TokenError::Algorithm);
@@ -140,7 +140,8 @@ impl TokenSigner {
         let claims: Claims = URL_SAFE_NO_PAD
             .decode(payload)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .and_then(|b| fhirbox_fhir::json::from_slice_strict(&b).ok())
+            .and_then(|v| serde_json::from_value(v).ok())
             .ok_or(TokenError::Malformed)?;
         if claims.iss != ISSUER {
             return Err(TokenError::Issuer);
@@ -188,6 +189,12 @@ mod tests {
             Err(TokenError::Algorithm)
         );
         assert_eq!(signer().verify("a.b"), Err(TokenError::Malformed));
+        // A header that names its algorithm twice is not a token of ours.
+        let twice = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","alg":"HS256"}"#);
+        assert_eq!(
+            signer().verify(&format!("{twice}.{}.{}", parts[1], parts[2])),
+            Err(TokenError::Malformed)
+        );
         assert_eq!(
             signer().verify(&format!("{token}.x")),
             Err(TokenError::Malformed)

@@ -322,6 +322,14 @@ backend_tests! {
             .body(r#"{"resourceType":"Patient","id":"d","name":[{"family":"a","family":"b"}]}"#)).await;
         nested.assert_outcome(400, "appears twice");
         assert_eq!(app.get("/fhir/Patient/d").await.status, 404);
+        app.put_patient("pd", "Dup").await;
+        let patch = app.send(app.client.patch(app.url("/fhir/Patient/pd")).header("content-type", "application/json-patch+json")
+            .body(r#"[{"op":"add","path":"/name/0","value":{"family":"x","family":"y"}}]"#)).await;
+        patch.assert_outcome(400, "appears twice");
+        assert_eq!(app.get("/fhir/Patient/pd").await.json()["meta"]["versionId"], "1");
+        let token = app.send(app.anon.post(app.url("/auth/token")).header("content-type", "application/json")
+            .body(r#"{"grant_type":"client_credentials","client_id":"nobody","client_id":"root","client_secret":"x"}"#)).await;
+        assert_eq!((token.status, token.json()["error"].clone()), (400, json!("invalid_request")), "{}", token.text);
         let twice = bundle("transaction", json!([
             {"fullUrl": "urn:uuid:a", "request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}},
             {"fullUrl": "urn:uuid:a", "request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}},
