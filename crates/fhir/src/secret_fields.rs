@@ -124,9 +124,14 @@ pub struct FieldSlot {
     /// JSON pointer (RFC 6901) to the object holding the field.
     pub parent: String,
     pub key: &'static str,
-    /// Identifies the slot across two versions of a resource: the field plus
-    /// the array index (`jwt.keys[2].k`) or the parameter name.
+    /// Identifies the slot across two versions of a resource: the field
+    /// plus the key's `kid` (`jwt.keys[kid=a].k`) or, without one, its
+    /// position (`jwt.keys[#2].k`); the parameter name for parameters.
     pub ident: String,
+    /// JSON pointer to what must be unchanged between two versions for the
+    /// slot to be the same one (the key entry, or the whole key array when
+    /// entries have no `kid`); `None` when the ident alone is enough.
+    pub context: Option<String>,
 }
 
 /// Every slot of every secret-capable field present in `body`.
@@ -146,6 +151,7 @@ pub fn field_slots(resource_type: &str, body: &serde_json::Value) -> Vec<FieldSl
                         parent,
                         key,
                         ident: field.display.to_owned(),
+                        context: None,
                     });
                 }
             }
@@ -154,11 +160,19 @@ pub fn field_slots(resource_type: &str, body: &serde_json::Value) -> Vec<FieldSl
                 if let Some(items) = body.pointer(&at).and_then(Value::as_array) {
                     for (i, item) in items.iter().enumerate() {
                         if item.is_object() {
+                            let parent = format!("{at}/{i}");
+                            let (ident, context) = match item.get("kid").and_then(Value::as_str) {
+                                Some(kid) => {
+                                    (format!("{}[kid={kid}]", field.display), parent.clone())
+                                }
+                                None => (format!("{}[#{i}]", field.display), at.clone()),
+                            };
                             slots.push(FieldSlot {
                                 field,
-                                parent: format!("{at}/{i}"),
+                                parent,
                                 key,
-                                ident: format!("{}[{i}]", field.display),
+                                ident,
+                                context: Some(context),
                             });
                         }
                     }
@@ -168,9 +182,11 @@ pub fn field_slots(resource_type: &str, body: &serde_json::Value) -> Vec<FieldSl
                 if let Some(items) = body.get("parameter").and_then(Value::as_array) {
                     for (i, item) in items.iter().enumerate() {
                         if item.get("name").and_then(Value::as_str) == Some(name) {
+                            let parent = format!("/parameter/{i}");
                             slots.push(FieldSlot {
                                 field,
-                                parent: format!("/parameter/{i}"),
+                                context: Some(parent.clone()),
+                                parent,
                                 key: "valueString",
                                 ident: field.display.to_owned(),
                             });

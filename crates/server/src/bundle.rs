@@ -125,6 +125,13 @@ pub async fn apply(
             return Err(ApiError::bad_request("Bundle.entry must be an array").at("Bundle.entry"))
         }
     };
+    if raw_entries.len() > MAX_BUNDLE_ENTRIES {
+        return Err(ApiError::bad_request(format!(
+            "the bundle has {} entries; at most {MAX_BUNDLE_ENTRIES} are accepted, so split it",
+            raw_entries.len()
+        ))
+        .at("Bundle.entry"));
+    }
     check_unique_full_urls(&raw_entries)?;
     let parsed: Vec<Result<Entry, ApiError>> = raw_entries
         .iter()
@@ -169,7 +176,14 @@ fn authorize(app: &AppState, identity: &Identity, entry: Entry) -> Result<Entry,
         Target::Instance(t, id) => (t.as_str(), Some(id.as_str()), None),
         Target::Version(t, id, v) => (t.as_str(), Some(id.as_str()), Some(v.as_str())),
     };
-    let query = search::parse_query(entry.query.as_deref())?;
+    let kind = match (entry.method, &entry.target) {
+        (Method::Get, Target::Type(_)) => search::QueryUse::Search,
+        _ => search::QueryUse::Nothing,
+    };
+    let query = search::parse_query(entry.query.as_deref())?
+        .into_iter()
+        .filter(|(name, _)| search::acted_on(kind, name))
+        .collect();
     let facts = RequestFacts::new(
         method,
         Some(resource_type),
@@ -342,11 +356,9 @@ fn patch_from_binary(resource: &Value) -> Result<json_patch::Patch, ApiError> {
 }
 
 /// Builds the store write for a write entry.
-fn write_op(
-    entry: &Entry,
-    assigned_id: Option<&str>,
-    vault: Option<&fhirbox_secrets::SecretResolver>,
-) -> Result<WriteOp, ApiError> {
+fn write_op(app: &AppState, entry: &Entry, assigned_id: Option<&str>) -> Result<WriteOp, ApiError> {
+    let vault = app.vault.as_ref();
+    let max_bytes = app.settings.max_body_bytes;
     let body = || entry.resource.clone().unwrap_or(Value::Null);
     match (&entry.method, &entry.target) {
         (Method::Post, Target::Type(t)) => {
@@ -360,7 +372,7 @@ fn write_op(
         }
         (Method::Patch, Target::Instance(t, id)) => {
             let patch = patch_from_binary(entry.resource.as_ref().unwrap_or(&Value::Null))?;
-            resource::prepare_patch(t, id, patch, entry.if_match, vault)
+            resource::prepare_patch(t, id, patch, entry.if_match, vault, max_bytes)
         }
         (Method::Delete, Target::Instance(t, id)) => {
             resource::prepare_delete(t, id, entry.if_match)
@@ -369,7 +381,50 @@ fn write_op(
     }
 }
 
-async fn run_read(app: &AppState, base: &str, entry: &Entry) -> EntryResult {
+/// Most entries one bundle may carry.
+pub const MAX_BUNDLE_ENTRIES: usize = 10_000;
+/// Most bytes of resources the read and search entries of one bundle may
+/// return together; later read entries fail instead of growing the response.
+pub const MAX_BUNDLE_READ_BYTES: usize = 64 * 1024 * 1024;
+
+/// What the read entries of one bundle have returned so far.
+struct ReadBudget {
+    used: usize,
+}
+
+impl ReadBudget {
+    fn new() -> ReadBudget {
+        ReadBudget { used: 0 }
+    }
+
+    /// Counts a read entry's result; a result past the budget becomes a
+    /// failure that says how to get the data.
+    fn charge(&mut self, result: EntryResult) -> EntryResult {
+        let size = match &result {
+            EntryResult::Read(r) => r.body.len(),
+            EntryResult::Searched(page) => page.len(),
+            _ => 0,
+        };
+        if self.used.saturating_add(size) > MAX_BUNDLE_READ_BYTES {
+            return EntryResult::Failed(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                fhirbox_fhir::IssueType::TooLong,
+                format!(
+                    "the read entries of this bundle would return more than {MAX_BUNDLE_READ_BYTES} bytes; read the rest in another request"
+                ),
+            ));
+        }
+        self.used += size;
+        result
+    }
+}
+
+async fn run_read(
+    app: &AppState,
+    base: &str,
+    entry: &Entry,
+    budget: &mut ReadBudget,
+) -> EntryResult {
     let result = match &entry.target {
         Target::Instance(t, id) => read_current(app, t, id).await.map(EntryResult::Read),
         Target::Version(t, id, v) => read_version(app, t, id, v).await.map(EntryResult::Read),
@@ -380,7 +435,7 @@ async fn run_read(app: &AppState, base: &str, entry: &Entry) -> EntryResult {
             Err(e) => Err(e),
         },
     };
-    result.unwrap_or_else(EntryResult::Failed)
+    budget.charge(result.unwrap_or_else(EntryResult::Failed))
 }
 
 /// Replaces every `reference` equal to a key of `map` (R4 §3.1.0.11.2).
@@ -453,12 +508,7 @@ async fn run_transaction(
     order.sort_by_key(|i| rank(entries[*i].method));
     let mut ops = Vec::with_capacity(order.len());
     for &i in &order {
-        let op = write_op(
-            &entries[i],
-            assigned.get(&i).map(String::as_str),
-            app.vault.as_ref(),
-        )
-        .map_err(|e| {
+        let op = write_op(app, &entries[i], assigned.get(&i).map(String::as_str)).map_err(|e| {
             prefix(
                 e.at(format!("Bundle.entry[{i}]")),
                 "the transaction was not applied",
@@ -477,9 +527,10 @@ async fn run_transaction(
     for (&i, outcome) in order.iter().zip(outcomes) {
         results[i] = Some(EntryResult::Written(outcome, entries[i].method));
     }
+    let mut budget = ReadBudget::new();
     for (i, entry) in entries.iter().enumerate() {
         if entry.method == Method::Get {
-            results[i] = Some(run_read(app, base, entry).await);
+            results[i] = Some(run_read(app, base, entry, &mut budget).await);
         }
     }
     Ok(results
@@ -496,11 +547,14 @@ async fn run_batch(
     entries: Vec<Result<Entry, ApiError>>,
 ) -> Vec<EntryResult> {
     let mut results = Vec::with_capacity(entries.len());
+    let mut budget = ReadBudget::new();
     for entry in entries {
         let result = match entry {
             Err(e) => EntryResult::Failed(e),
-            Ok(entry) if entry.method == Method::Get => run_read(app, base, &entry).await,
-            Ok(entry) => match write_op(&entry, None, app.vault.as_ref()) {
+            Ok(entry) if entry.method == Method::Get => {
+                run_read(app, base, &entry, &mut budget).await
+            }
+            Ok(entry) => match write_op(app, &entry, None) {
                 Err(e) => EntryResult::Failed(e),
                 Ok(op) => match app.write(op).await {
                     Ok(outcome) => EntryResult::Written(outcome, entry.method),

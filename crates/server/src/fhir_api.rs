@@ -191,6 +191,7 @@ pub async fn patch(
         patch,
         parse_if_match(&headers)?,
         app.vault.as_ref(),
+        app.settings.max_body_bytes,
     )?;
     let outcome = app.write(op).await?;
     let stored = &outcome.resource;

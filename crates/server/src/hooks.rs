@@ -29,7 +29,7 @@ pub fn finalizer(resource_type: &str, id: &str, vault: Option<&SecretResolver>) 
         match resource_type.as_str() {
             "Client" => finalize_client(body, current),
             "AccessPolicy" => finalize_policy(body, current),
-            other => Ok(carry_over_literals(other, body, current)),
+            other => carry_over_literals(other, body, current),
         }
     })
 }
@@ -127,25 +127,30 @@ pub fn mask_secrets(resource_type: &str, body: &mut Value) -> bool {
 
 /// A literal secret value a client sent back masked, as a read showed it,
 /// is kept from the current version: the client never saw it, so it cannot
-/// send it (PATCH works on the masked view for the same reason).
+/// send it (PATCH works on the masked view for the same reason). The value
+/// goes back only to the same slot — same field, same key `kid` (or, without
+/// one, an unchanged key array), same parameter — and only when that slot
+/// is otherwise unchanged; a masked slot that cannot be matched so is a 422
+/// rather than a guess that could revive a removed key under another entry.
 fn carry_over_literals(
     resource_type: &str,
     mut body: Value,
     current: Option<&StoredResource>,
-) -> Value {
+) -> Result<Value, BoxError> {
     let slots = field_slots(resource_type, &body);
     if slots.is_empty() {
-        return body;
+        return Ok(body);
     }
     let Some(previous) = current.and_then(|c| serde_json::from_str::<Value>(&c.body).ok()) else {
-        return body;
+        return Ok(body);
     };
     let previous_slots = field_slots(resource_type, &previous);
-    for slot in slots {
-        let Some(parent) = body
-            .pointer_mut(&slot.parent)
-            .and_then(Value::as_object_mut)
-        else {
+    let mut shown_previous = previous.clone();
+    mask_secrets(resource_type, &mut shown_previous);
+    let mut shown_new = body.clone();
+    mask_secrets(resource_type, &mut shown_new);
+    for slot in &slots {
+        let Some(parent) = body.pointer(&slot.parent).and_then(Value::as_object) else {
             continue;
         };
         let element_key = format!("_{}", slot.key);
@@ -156,17 +161,46 @@ fn carry_over_literals(
         {
             continue;
         }
-        let kept = previous_slots
+        let same: Vec<_> = previous_slots
             .iter()
-            .find(|p| p.ident == slot.ident)
-            .and_then(|p| previous.pointer(&p.parent).and_then(|o| o.get(p.key)))
-            .filter(|v| !v.is_null());
+            .filter(|p| p.ident == slot.ident)
+            .collect();
+        let [kept_slot] = same.as_slice() else {
+            if same.is_empty() {
+                continue;
+            }
+            return Err(refuse(
+                format!("{resource_type}.{}: several stored entries match this masked value, so it cannot be kept; send the value again or a secret reference", slot.field.display),
+                &format!("{resource_type}.{}", slot.field.display),
+            ));
+        };
+        let unchanged = match (&slot.context, &kept_slot.context) {
+            (Some(now), Some(before)) => shown_new.pointer(now) == shown_previous.pointer(before),
+            _ => true,
+        };
+        let duplicated = slots.iter().filter(|s| s.ident == slot.ident).count() > 1;
+        if !unchanged || duplicated {
+            return Err(refuse(
+                format!("{resource_type}.{}: the masked value's entry changed (or repeats), so the stored value cannot be matched to it; send the value again or a secret reference", slot.field.display),
+                &format!("{resource_type}.{}", slot.field.display),
+            ));
+        }
+        let kept = previous
+            .pointer(&kept_slot.parent)
+            .and_then(|o| o.get(kept_slot.key))
+            .filter(|v| !v.is_null())
+            .cloned();
         if let Some(value) = kept {
-            parent.insert(slot.key.to_owned(), value.clone());
-            parent.remove(&element_key);
+            if let Some(parent) = body
+                .pointer_mut(&slot.parent)
+                .and_then(Value::as_object_mut)
+            {
+                parent.insert(slot.key.to_owned(), value);
+                parent.remove(&element_key);
+            }
         }
     }
-    body
+    Ok(body)
 }
 
 /// The body a client may see (`mask_secrets` applied); borrowed when there
@@ -245,6 +279,58 @@ mod tests {
         ));
         let planted = finalize_client(json!({"id": "c", "_secret": {"extension": [{"url": secret_hash::SECRET_HASH_URL, "valueString": "x"}]}}), None).unwrap();
         assert_eq!(secret_hash::stored_hash(planted.get("_secret")), None);
+    }
+
+    fn stored_as(resource_type: &str, body: &Value) -> StoredResource {
+        StoredResource {
+            resource_type: resource_type.into(),
+            ..stored(body)
+        }
+    }
+
+    #[test]
+    fn masked_keys_go_back_to_their_own_entry_or_are_refused() {
+        let before = json!({"resourceType": "TokenIntrospector", "jwt": {"keys": [
+            {"kid": "a", "k": "SECRET-A"}, {"kid": "b", "k": "SECRET-B"}]}});
+        let current = stored_as("TokenIntrospector", &before);
+        let mut shown = before.clone();
+        assert!(mask_secrets("TokenIntrospector", &mut shown));
+        assert!(!shown.to_string().contains("SECRET"));
+        // Revoking key a keeps b's value with b, never a's.
+        let mut revoked = shown.clone();
+        revoked["jwt"]["keys"].as_array_mut().unwrap().remove(0);
+        let kept = carry_over_literals("TokenIntrospector", revoked, Some(&current)).unwrap();
+        assert_eq!(kept["jwt"]["keys"], json!([{"kid": "b", "k": "SECRET-B"}]));
+        // Unchanged: both come back.
+        let kept = carry_over_literals("TokenIntrospector", shown.clone(), Some(&current)).unwrap();
+        assert_eq!(kept, before);
+        // An entry changed beside its masked value cannot be matched.
+        let mut changed = shown.clone();
+        changed["jwt"]["keys"][1]["alg"] = json!("HS512");
+        assert!(carry_over_literals("TokenIntrospector", changed, Some(&current)).is_err());
+        // Without kids, only an unchanged key array is matched by position.
+        let before = json!({"jwt": {"keys": [{"k": "SECRET-A"}, {"k": "SECRET-B"}]}});
+        let current = stored_as("TokenIntrospector", &before);
+        let mut shown = before.clone();
+        mask_secrets("TokenIntrospector", &mut shown);
+        assert_eq!(
+            carry_over_literals("TokenIntrospector", shown.clone(), Some(&current)).unwrap(),
+            before
+        );
+        shown["jwt"]["keys"].as_array_mut().unwrap().remove(0);
+        assert!(carry_over_literals("TokenIntrospector", shown, Some(&current)).is_err());
+        // A parameter repeated cannot be matched either.
+        let before = json!({"parameter": [{"name": "saslJaasConfig", "valueString": "JAAS"}]});
+        let current = stored_as("AidboxTopicDestination", &before);
+        let mut shown = before.clone();
+        mask_secrets("AidboxTopicDestination", &mut shown);
+        let twice =
+            json!({"parameter": [shown["parameter"][0].clone(), shown["parameter"][0].clone()]});
+        assert!(carry_over_literals("AidboxTopicDestination", twice, Some(&current)).is_err());
+        assert_eq!(
+            carry_over_literals("AidboxTopicDestination", shown, Some(&current)).unwrap(),
+            before
+        );
     }
 
     #[test]

@@ -123,8 +123,23 @@ fn read_or_create(path: &Path) -> Result<(SecretString, bool), String> {
     }
 }
 
-/// The secret in an existing file; `None` when there is no file.
+/// The secret in an existing file; `None` when there is no file. The file
+/// must be a regular file of its own (not a symlink) that only its owner can
+/// read or write: one another user could read was already leaked, and one
+/// another user could write (or plant, in a shared directory) would choose
+/// root's secret.
 fn read(path: &Path) -> Result<Option<SecretString>, String> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Ok(meta) if !meta.file_type().is_file() => {
+            return Err(format!(
+                "{} is not a regular file (a symlink or a directory); delete it to generate a new root secret",
+                path.display()
+            ))
+        }
+        Ok(meta) => check_private(path, &meta)?,
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -137,22 +152,25 @@ fn read(path: &Path) -> Result<Option<SecretString>, String> {
             path.display()
         ));
     }
-    warn_if_readable_by_others(path);
     Ok(Some(SecretString::from(value.to_owned())))
 }
 
 #[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
+fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "the root secret file is readable by other users; chmod 600 it");
-        }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} can be read or written by other users, so its secret cannot be trusted; delete it to generate a new one (or set BOX_ROOT_CLIENT_SECRET_FILE)",
+            path.display()
+        ));
     }
+    Ok(())
 }
 
 #[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
+fn check_private(_path: &Path, _meta: &std::fs::Metadata) -> Result<(), String> {
+    Ok(())
+}
 
 fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
@@ -304,12 +322,44 @@ mod tests {
     #[test]
     fn an_empty_secret_file_is_not_an_empty_password() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("root-secret"), "\n").unwrap();
+        write_private(&dir.path().join("root-secret"), "").unwrap();
         let mut s = settings_in(dir.path());
         assert!(matches!(
             ensure_root_client(&mut s),
             RootSecretSource::Unavailable(_)
         ));
         assert!(s.root_client.is_none());
+    }
+
+    #[test]
+    fn a_file_others_can_read_or_a_symlink_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root-secret");
+        std::fs::write(&path, "planted-by-someone-else\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut s = settings_in(dir.path());
+        assert!(matches!(
+            ensure_root_client(&mut s),
+            RootSecretSource::Unavailable(_)
+        ));
+        assert!(s.root_client.is_none());
+
+        let linked = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        write_private(&target, "via-a-link").unwrap();
+        std::os::unix::fs::symlink(&target, linked.path().join("root-secret")).unwrap();
+        let mut s = settings_in(linked.path());
+        assert!(matches!(
+            ensure_root_client(&mut s),
+            RootSecretSource::Unavailable(_)
+        ));
+        // The legitimate path: a private regular file is reused.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut s = settings_in(dir.path());
+        assert!(matches!(
+            ensure_root_client(&mut s),
+            RootSecretSource::Reused(_)
+        ));
     }
 }

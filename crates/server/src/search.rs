@@ -26,6 +26,34 @@ pub const MAX_COUNT: u32 = 1000;
 
 pub type Params = Vec<(String, String)>;
 
+/// Parameters history applies.
+pub const HISTORY_PARAMETERS: &[&str] = &["_count", "_since", "_cursor", "_format", "_pretty"];
+
+/// What a route does with its query string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryUse {
+    /// Type or system search.
+    Search,
+    /// Instance, type or system history.
+    History,
+    /// Read, vread, writes and bundles: no parameter selects data.
+    Nothing,
+}
+
+/// True when a route of this kind applies the query parameter `name`.
+/// Access policies see only these (docs/security.md), so a policy can never
+/// pin a parameter the handler would ignore.
+pub fn acted_on(kind: QueryUse, name: &str) -> bool {
+    match kind {
+        QueryUse::Search => {
+            SEARCH_PARAMETERS.iter().any(|(p, _, _)| *p == name)
+                || RESULT_PARAMETERS.contains(&name)
+        }
+        QueryUse::History => HISTORY_PARAMETERS.contains(&name),
+        QueryUse::Nothing => false,
+    }
+}
+
 /// Most parameters one query string may carry.
 pub const MAX_PARAMETERS: usize = 64;
 /// Most comma-separated values one parameter may carry.

@@ -72,10 +72,10 @@ pub async fn serve(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection failed; retrying shortly");
                     drop(permit);
@@ -88,6 +88,7 @@ pub async fn serve(
         };
         tokio::spawn(connection(
             stream,
+            peer,
             router.clone(),
             limits.clone(),
             stopping.clone(),
@@ -113,6 +114,7 @@ fn head_buffer_bytes(limits: &ConnectionLimits) -> usize {
 
 async fn connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     router: Router,
     limits: Arc<ConnectionLimits>,
     mut stopping: watch::Receiver<bool>,
@@ -125,6 +127,7 @@ async fn connection(
     });
     let service = RequestService {
         router,
+        peer,
         limits: limits.clone(),
         activity: activity.clone(),
     };
@@ -315,6 +318,8 @@ impl AsyncWrite for ObservedStream {
 /// hyper's view of the router for one connection.
 #[derive(Clone)]
 struct RequestService {
+    /// The peer's address, for handlers and the authenticator (`ConnectInfo`).
+    peer: std::net::SocketAddr,
     router: Router,
     limits: Arc<ConnectionLimits>,
     activity: Arc<Activity>,
@@ -325,7 +330,9 @@ impl hyper::service::Service<Request<Incoming>> for RequestService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let in_flight = self.activity.request_started();
         let router = self.router.clone();
         let limits = self.limits.clone();

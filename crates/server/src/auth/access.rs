@@ -5,9 +5,11 @@
 //! policies match against is documented in `docs/security.md`.
 //!
 //! Route facts (resource type, id, version) come from the routed path only.
-//! The caller's query values live in `query`, and are copied into `params`
-//! (where Aidbox policies look for them) only under names that can never be a
-//! route fact, so a query can neither supply nor shadow one.
+//! The query values the route acts on live in `query`, and are copied into
+//! `params` (where Aidbox policies look for them) only under names that can
+//! never be a route fact, so a query can neither supply nor shadow one. A
+//! parameter the handler ignores is not shown at all: a policy that pins it
+//! can never be satisfied by a request the handler reads differently.
 
 use serde_json::{json, Map, Value};
 
@@ -40,7 +42,7 @@ pub struct RequestFacts {
     pub version: Option<String>,
     /// The query string as sent.
     pub query_string: String,
-    /// Decoded query parameters, in order.
+    /// Decoded query parameters the route acts on (`search::acted_on`), in order.
     pub query: Vec<(String, String)>,
 }
 

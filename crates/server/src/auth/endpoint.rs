@@ -6,16 +6,19 @@
 //! API's (`TOKEN_BODY_LIMIT`), and credentials in a Basic header are checked
 //! before the body is read at all.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use super::credentials::{self, Credentials, HeaderProblem};
-use super::{AuthFailure, Grant, Identity};
+use super::{AuthFailure, Grant, Verified};
 use crate::app::AppState;
 use crate::logging::truncate_for_log;
 
@@ -123,7 +126,13 @@ async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, Respo
     }
 }
 
-pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn token(
+    State(app): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
     // Credentials in the header are checked first: a request that fails them
     // costs no body read and no parse, whatever it sends.
     let header_credentials = match credentials::from_headers(&headers) {
@@ -140,7 +149,7 @@ pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Body) 
         Err(HeaderProblem::Missing) => None,
     };
     let verified = match &header_credentials {
-        Some((id, secret)) => match verify(&app, id, secret).await {
+        Some((id, secret)) => match verify(&app, id, secret, peer).await {
             Ok(identity) => Some(identity),
             Err(response) => return response,
         },
@@ -179,11 +188,11 @@ pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Body) 
             )
         }
     }
-    let identity = match verified {
+    let verified_caller = match verified {
         Some(identity) => identity,
         None => match (field("client_id"), field("client_secret")) {
             (Some(id), Some(secret)) => {
-                match verify(&app, &id, &SecretString::from(secret)).await {
+                match verify(&app, &id, &SecretString::from(secret), peer).await {
                     Ok(identity) => identity,
                     Err(response) => return response,
                 }
@@ -197,7 +206,7 @@ pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Body) 
             }
         },
     };
-    let (access_token, expires_in) = app.auth.issue_token(&identity);
+    let (access_token, expires_in) = app.auth.issue_token(&verified_caller);
     let mut response = Json(
         json!({"token_type": "Bearer", "access_token": access_token, "expires_in": expires_in}),
     )
@@ -209,13 +218,18 @@ pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Body) 
 }
 
 /// Checks a client's credentials for the `client_credentials` grant.
-async fn verify(app: &AppState, id: &str, secret: &SecretString) -> Result<Identity, Response> {
+async fn verify(
+    app: &AppState,
+    id: &str,
+    secret: &SecretString,
+    peer: Option<IpAddr>,
+) -> Result<Verified, Response> {
     match app
         .auth
-        .verify_secret(id, secret, Grant::ClientCredentials)
+        .verify_secret(id, secret, Grant::ClientCredentials, peer)
         .await
     {
-        Ok(identity) => Ok(identity),
+        Ok(verified) => Ok(verified),
         Err(AuthFailure::GrantNotAllowed) => {
             app.metrics
                 .auth_failure(AuthFailure::GrantNotAllowed.reason());

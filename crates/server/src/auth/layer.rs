@@ -2,7 +2,7 @@
 //! from trusted parts (`access::RequestFacts`), authorize it, then hand the
 //! identity to the handler.
 
-use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -15,6 +15,7 @@ use super::{AuthFailure, Grant, Identity};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::resource::{check_id, check_type};
+use crate::search::QueryUse;
 
 /// The 401 every authentication failure gets: it never says which part was wrong.
 pub fn unauthorized(app: &AppState, failure: AuthFailure, client_id: Option<&str>) -> Response {
@@ -91,7 +92,7 @@ async fn request_facts(parts: &mut Parts) -> Result<RequestFacts, ApiError> {
             )));
         }
     }
-    let mut uri = template;
+    let mut uri = template.clone();
     for (placeholder, value) in [
         ("{type}", &resource_type),
         ("{id}", &id),
@@ -101,7 +102,15 @@ async fn request_facts(parts: &mut Parts) -> Result<RequestFacts, ApiError> {
             uri = uri.replace(placeholder, value);
         }
     }
-    let query = crate::search::parse_query(parts.uri.query())?;
+    let kind = match (parts.method.as_str(), template.as_str()) {
+        ("GET" | "HEAD", "/fhir" | "/fhir/{type}") => QueryUse::Search,
+        ("GET" | "HEAD", t) if t.ends_with("/_history") => QueryUse::History,
+        _ => QueryUse::Nothing,
+    };
+    let query = crate::search::parse_query(parts.uri.query())?
+        .into_iter()
+        .filter(|(name, _)| crate::search::acted_on(kind, name))
+        .collect();
     Ok(RequestFacts::new(
         parts.method.as_str(),
         resource_type.as_deref(),
@@ -115,6 +124,10 @@ async fn request_facts(parts: &mut Parts) -> Result<RequestFacts, ApiError> {
 
 /// Authenticates and authorizes every request it wraps.
 pub async fn require_auth(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
     let (identity, client_id) = match credentials::from_headers(req.headers()) {
         Err(HeaderProblem::Missing) => {
             return unauthorized(&app, AuthFailure::MissingCredentials, None)
@@ -123,7 +136,10 @@ pub async fn require_auth(State(app): State<AppState>, req: Request, next: Next)
             return unauthorized(&app, AuthFailure::MalformedHeader, None)
         }
         Ok(Credentials::Basic { id, secret }) => (
-            app.auth.verify_secret(&id, &secret, Grant::Basic).await,
+            app.auth
+                .verify_secret(&id, &secret, Grant::Basic, peer)
+                .await
+                .map(|v| v.identity),
             Some(id),
         ),
         Ok(Credentials::Bearer(token)) => (app.auth.verify_token(&token), None),

@@ -32,7 +32,7 @@ use token::TokenSigner;
 /// Resource types whose changes invalidate the snapshot.
 pub const AUTH_TYPES: &[&str] = &["Client", "AccessPolicy"];
 
-/// How long a verified (client, secret) pair is trusted without the KDF.
+/// How long a verified (client, version, secret) triple is trusted without the KDF after its last use.
 const VERIFIED_TTL: Duration = Duration::from_secs(30);
 /// Bound on remembered verifications; the map is cleared when it is full.
 const VERIFIED_MAX: usize = 10_000;
@@ -64,6 +64,14 @@ impl Identity {
             Identity::Root { id } | Identity::Client { id } => id,
         }
     }
+}
+
+/// A caller whose secret was just checked, with what its tokens are bound to.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub identity: Identity,
+    generation: String,
+    lifetime: u64,
 }
 
 /// Why authentication failed; the reason is logged and counted, never sent.
@@ -128,7 +136,7 @@ pub struct AuthService {
     marker: AtomicI64,
     /// Digest of (client, version, secret) -> when the verification expires.
     verified: Mutex<HashMap<[u8; 32], Instant>>,
-    kdf: throttle::KdfGate,
+    kdf: Arc<throttle::KdfGate>,
     reload: tokio::sync::Mutex<()>,
     vault: Option<fhirbox_secrets::SecretResolver>,
 }
@@ -165,7 +173,7 @@ impl AuthService {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             marker: AtomicI64::new(-1),
             verified: Mutex::new(HashMap::new()),
-            kdf: throttle::KdfGate::new(measure_kdf().await),
+            kdf: Arc::new(throttle::KdfGate::new(measure_kdf().await)),
             reload: tokio::sync::Mutex::new(()),
             vault,
         };
@@ -232,95 +240,127 @@ impl AuthService {
         Ok(true)
     }
 
-    /// Checks an id and secret for `grant`. Credentials are checked before
-    /// anything else about the client, and every failure takes about one
-    /// KDF run (`throttle`), so neither the answer nor its timing tells an
-    /// unknown id from a known one.
+    /// Checks an id and secret for `grant`, presented from `peer`.
+    /// Credentials are checked before anything else about the client, and
+    /// every failure costs what a KDF run costs (`throttle`), so neither
+    /// the answer nor its timing tells an unknown id from a known one.
     pub async fn verify_secret(
         &self,
         id: &str,
         secret: &SecretString,
         grant: Grant,
-    ) -> Result<Identity, AuthFailure> {
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Verified, AuthFailure> {
         let started = Instant::now();
-        let result = self.check_secret(id, secret).await;
-        let result = result.and_then(|client| match client {
-            None => Ok(Identity::Root { id: id.to_owned() }),
+        let keys = throttle::Keys::new(id, peer);
+        let (checked, kdf_ran) = self.check_secret(id, secret, &keys).await;
+        let result = checked.and_then(|client| match client {
+            None => Ok(Verified {
+                identity: Identity::Root { id: id.to_owned() },
+                generation: self.root_generation(),
+                lifetime: clients::DEFAULT_TOKEN_LIFETIME,
+            }),
             Some(client) if !client.active => Err(AuthFailure::InactiveClient),
             Some(client) if !client.allows(grant) => Err(AuthFailure::GrantNotAllowed),
-            Some(client) => Ok(Identity::Client {
-                id: client.id.clone(),
+            // The generation is the version whose secret was just checked, so
+            // a token can never outlive a change made during the check.
+            Some(client) => Ok(Verified {
+                identity: Identity::Client {
+                    id: client.id.clone(),
+                },
+                generation: client.version_id.to_string(),
+                lifetime: client.token_lifetime,
             }),
         });
-        if let Err(failure) = result {
-            if failure != AuthFailure::GrantNotAllowed {
-                self.kdf.pad(started).await;
+        match result {
+            // Only a caller holding the right secret learns about grants.
+            Ok(_) | Err(AuthFailure::GrantNotAllowed) => {
+                if !kdf_ran {
+                    self.kdf.record_success(&keys);
+                }
+            }
+            Err(AuthFailure::Throttled) => self.kdf.pad(started).await,
+            Err(_) if kdf_ran => {}
+            Err(_) => {
+                if !self.kdf.stand_in(&keys).await {
+                    self.kdf.pad(started).await;
+                    self.kdf.record_failure(&keys);
+                    return Err(AuthFailure::Throttled);
+                }
+                self.kdf.record_failure(&keys);
             }
         }
         result
     }
 
     /// Checks the secret alone; `Ok(None)` is root, `Ok(Some)` a client.
+    /// The flag says whether a KDF run (and its bookkeeping) happened.
     async fn check_secret(
         &self,
         id: &str,
         secret: &SecretString,
-    ) -> Result<Option<Arc<ClientRecord>>, AuthFailure> {
+        keys: &throttle::Keys,
+    ) -> (Result<Option<Arc<ClientRecord>>, AuthFailure>, bool) {
         let presented = secret.expose_secret().as_bytes();
         if let Some(root) = &self.root {
             if root.id == id {
                 let digest = sha256(&[presented]);
                 return if bool::from(digest.ct_eq(&root.digest)) {
-                    Ok(None)
+                    (Ok(None), false)
                 } else {
-                    Err(AuthFailure::WrongSecret)
+                    (Err(AuthFailure::WrongSecret), false)
                 };
             }
         }
-        let client = self
-            .snapshot()
-            .clients
-            .get(id)
-            .cloned()
-            .ok_or(AuthFailure::UnknownClient)?;
-        match &client.secret {
-            ClientSecret::None => Err(AuthFailure::NoSecret),
-            ClientSecret::Reference(name) => self
-                .verify_vault_secret(&client.id, name, presented)
-                .map(|()| Some(client.clone())),
-            ClientSecret::Hash(phc) => {
-                let key = sha256(&[id.as_bytes(), &client.version_id.to_be_bytes(), presented]);
-                if self.recently_verified(&key) {
-                    return Ok(Some(client));
-                }
-                let id_key = sha256(&[id.as_bytes()]);
-                let Some(_permit) = self.kdf.admit(&id_key).await else {
-                    return Err(AuthFailure::Throttled);
-                };
-                // Checked again with a slot held: when many requests miss at once
-                // (a cold start, an expired entry), the first verification serves
-                // the rest instead of each running the KDF.
-                if self.recently_verified(&key) {
-                    return Ok(Some(client));
-                }
-                let phc = phc.clone();
-                let candidate = secret.clone();
-                let kdf_started = Instant::now();
-                let ok = tokio::task::spawn_blocking(move || {
-                    secret_hash::verify(candidate.expose_secret().as_bytes(), &phc)
-                })
-                .await
-                .unwrap_or(false);
-                self.kdf.observe(kdf_started.elapsed());
-                if !ok {
-                    self.kdf.record_failure(id_key);
-                    return Err(AuthFailure::WrongSecret);
-                }
-                self.kdf.clear(&id_key);
-                self.remember(key);
-                Ok(Some(client))
+        let Some(client) = self.snapshot().clients.get(id).cloned() else {
+            return (Err(AuthFailure::UnknownClient), false);
+        };
+        let phc = match &client.secret {
+            ClientSecret::None => return (Err(AuthFailure::NoSecret), false),
+            ClientSecret::Reference(name) => {
+                let checked = self.verify_vault_secret(&client.id, name, presented);
+                return (checked.map(|()| Some(client.clone())), false);
             }
+            ClientSecret::Hash(phc) => phc.clone(),
+        };
+        let key = sha256(&[id.as_bytes(), &client.version_id.to_be_bytes(), presented]);
+        if self.recently_verified(&key) {
+            return (Ok(Some(client)), true);
         }
+        let Some(permit) = self.kdf.admit(keys).await else {
+            return (Err(AuthFailure::Throttled), true);
+        };
+        // Checked again with a slot held: when many requests miss at once
+        // (a cold start, an expired entry), the first verification serves
+        // the rest instead of each running the KDF.
+        if self.recently_verified(&key) {
+            return (Ok(Some(client)), true);
+        }
+        let candidate = secret.clone();
+        let gate = self.kdf.clone();
+        let keys = *keys;
+        // The permit and the bookkeeping move into the blocking task, so a
+        // request that goes away mid-run neither frees its slot early nor
+        // skips counting its failure.
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let started = Instant::now();
+            let ok = secret_hash::verify(candidate.expose_secret().as_bytes(), &phc);
+            gate.observe(started.elapsed());
+            if ok {
+                gate.record_success(&keys);
+            } else {
+                gate.record_failure(&keys);
+            }
+            ok
+        })
+        .await
+        .unwrap_or(false);
+        if !ok {
+            return (Err(AuthFailure::WrongSecret), true);
+        }
+        self.remember(key);
+        (Ok(Some(client)), true)
     }
 
     /// Checks a presented secret against the vault secret `name`, resolved now
@@ -355,11 +395,19 @@ impl AuthService {
         }
     }
 
+    /// True when this (client, version, secret) was verified lately; a hit
+    /// extends the entry, so a client in use never falls back to the KDF
+    /// (and into a queue an attacker may be filling).
     fn recently_verified(&self, key: &[u8; 32]) -> bool {
-        let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        verified
-            .get(key)
-            .is_some_and(|expires| *expires > Instant::now())
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match verified.get_mut(key) {
+            Some(expires) if *expires > now => {
+                *expires = now + VERIFIED_TTL;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn remember(&self, key: [u8; 32]) {
@@ -372,9 +420,15 @@ impl AuthService {
 
     /// Root's token generation: a fingerprint of its secret, so root's
     /// tokens die when the secret changes.
-    fn root_generation(root: &RootCredential) -> String {
-        let digest = sha256(&[b"fhirbox root token generation", &root.digest]);
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    /// Keyed with the signing key, so a leaked root token gives no way to
+    /// test guesses of the root secret offline.
+    fn root_generation(&self) -> String {
+        match &self.root {
+            Some(root) => self
+                .signer
+                .fingerprint(&[b"root token generation", &root.digest]),
+            None => String::new(),
+        }
     }
 
     /// Checks a Bearer token issued by this server. The token names the
@@ -385,7 +439,7 @@ impl AuthService {
         let stale = AuthFailure::Token(token::TokenError::Revoked);
         if let Some(root) = &self.root {
             if root.id == claims.sub {
-                return if claims.gen == Self::root_generation(root) {
+                return if claims.gen == self.root_generation() {
                     Ok(Identity::Root {
                         id: root.id.clone(),
                     })
@@ -414,26 +468,15 @@ impl AuthService {
         })
     }
 
-    /// Issues an access token; returns (token, expires_in seconds).
-    pub fn issue_token(&self, identity: &Identity) -> (String, u64) {
-        let (generation, lifetime) = match identity {
-            Identity::Root { .. } => (
-                self.root
-                    .as_ref()
-                    .map(Self::root_generation)
-                    .unwrap_or_default(),
-                clients::DEFAULT_TOKEN_LIFETIME,
-            ),
-            Identity::Client { id } => self
-                .snapshot()
-                .clients
-                .get(id)
-                .map_or((String::new(), clients::DEFAULT_TOKEN_LIFETIME), |c| {
-                    (c.version_id.to_string(), c.token_lifetime)
-                }),
-        };
-        let (token, _) = self.signer.issue(identity.id(), &generation, lifetime);
-        (token, lifetime)
+    /// Issues an access token for a verified caller; returns (token,
+    /// expires_in seconds).
+    pub fn issue_token(&self, verified: &Verified) -> (String, u64) {
+        let (token, _) = self.signer.issue(
+            verified.identity.id(),
+            &verified.generation,
+            verified.lifetime,
+        );
+        (token, verified.lifetime)
     }
 }
 

@@ -90,6 +90,19 @@ impl TokenSigner {
     }
 
     /// Issues a token for `client_id` valid for `lifetime_secs`.
+    /// A short keyed fingerprint (HMAC-SHA256, first 8 bytes in hex).
+    pub fn fingerprint(&self, parts: &[&[u8]]) -> String {
+        let mut mac = self.mac();
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     pub fn issue(&self, client_id: &str, generation: &str, lifetime_secs: u64) -> (String, Claims) {
         let iat = now_seconds();
         let claims = Claims {

@@ -109,12 +109,18 @@ backend_tests! {
         forbidden(&get_as(&app, "/fhir/Patient/p2?resource/id=p1", "one").await);
         forbidden(&get_as(&app, "/fhir/Patient/p2/_history/1?resource/id=p1", "one").await);
 
-        // Query values stay usable, under params (Aidbox) and query.
-        client_with_matcho(&app, "pinned", json!({"request-method": "get", "params": {"resource/type": "Observation", "patient": "p1"}})).await;
-        assert_eq!(get_as(&app, "/fhir/Observation?patient=p1", "pinned").await.status, 200);
-        forbidden(&get_as(&app, "/fhir/Observation?patient=p2", "pinned").await);
-        forbidden(&get_as(&app, "/fhir/Observation?patient=p1&patient=p2", "pinned").await);
-        forbidden(&get_as(&app, "/fhir/Observation", "pinned").await);
+        // Query values the handler applies stay usable, under params (Aidbox) and query.
+        client_with_matcho(&app, "pinned", json!({"request-method": "get", "params": {"resource/type": "Patient", "_id": "p1"}})).await;
+        assert_eq!(crate::helpers::entry_ids(&get_as(&app, "/fhir/Patient?_id=p1", "pinned").await.json()), ["p1"]);
+        forbidden(&get_as(&app, "/fhir/Patient?_id=p2", "pinned").await);
+        forbidden(&get_as(&app, "/fhir/Patient?_id=p1&_id=p2", "pinned").await);
+        forbidden(&get_as(&app, "/fhir/Patient", "pinned").await);
+        // A read ignores _id, so a read of another patient cannot borrow the pin.
+        forbidden(&get_as(&app, "/fhir/Patient/p2?_id=p1", "pinned").await);
+        // A parameter search does not apply is never shown to policies: a pin on
+        // it fails closed instead of passing a request that returns everything.
+        client_with_matcho(&app, "by-patient", json!({"request-method": "get", "params": {"resource/type": "Observation", "patient": "p1"}})).await;
+        forbidden(&get_as(&app, "/fhir/Observation?patient=p1", "by-patient").await);
         client_with_matcho(&app, "by-query", json!({"query": {"_id": "p2"}, "uri": "/fhir/Patient"})).await;
         assert_eq!(crate::helpers::entry_ids(&get_as(&app, "/fhir/Patient?_id=p2", "by-query").await.json()), ["p2"]);
         forbidden(&get_as(&app, "/fhir/Patient?_id=p1", "by-query").await);
@@ -388,5 +394,30 @@ backend_tests! {
         }
         // The flooded client itself still gets in with its real secret.
         assert_eq!(app.get_as("/fhir/Patient", "target", "target-secret").await.status, 200);
+    }
+
+    async fn patches_and_bundles_are_bounded(app) {
+        app.put_patient("grow", "Grow").await;
+        let doubling: Vec<Value> = (0..40).map(|i| json!({"op": "copy", "from": "", "path": format!("/x{i}")})).collect();
+        let r = app.patch("/fhir/Patient/grow", &Value::Array(doubling)).await;
+        r.assert_outcome(422, "larger than");
+        let mut nesting = vec![json!({"op": "add", "path": "/n", "value": {}})];
+        for _ in 0..150 {
+            nesting.push(json!({"op": "add", "path": "/w", "value": {}}));
+            nesting.push(json!({"op": "move", "from": "/n", "path": "/w/n"}));
+            nesting.push(json!({"op": "move", "from": "/w", "path": "/n"}));
+        }
+        app.patch("/fhir/Patient/grow", &Value::Array(nesting)).await.assert_outcome(422, "deeper than 128");
+        let many: Vec<Value> = (0..1001).map(|_| json!({"op": "test", "path": "/id", "value": "grow"})).collect();
+        app.patch("/fhir/Patient/grow", &Value::Array(many)).await.assert_outcome(400, "at most 1000");
+        assert_eq!(app.get("/fhir/Patient/grow").await.json()["meta"]["versionId"], "1", "nothing was stored");
+        // An ordinary patch still applies.
+        let ok = app.patch("/fhir/Patient/grow", &json!([{"op": "copy", "from": "/name/0", "path": "/name/1"}])).await;
+        assert_eq!(ok.status, 200, "{}", ok.text);
+
+        let entries: Vec<Value> = (0..10_001).map(|_| json!({"request": {"method": "GET", "url": "Patient/grow"}})).collect();
+        // (The test servers accept 256 KiB bodies; this bundle needs a roomier one.)
+        let roomy = app.sibling(|s| s.max_body_bytes = 4 << 20).await;
+        roomy.post("/fhir", &bundle("batch", Value::Array(entries))).await.assert_outcome(400, "at most 10000");
     }
 }
