@@ -77,6 +77,17 @@ async fn bearer(app: &TestApp, token: &str) -> Resp {
         .await
 }
 
+/// The count of `fhirbox_auth_failures_total{reason}` (read as root).
+async fn auth_failures(app: &TestApp, reason: &str) -> u64 {
+    let prefix = format!("fhirbox_auth_failures_total{{reason=\"{reason}\"}} ");
+    app.get("/metrics")
+        .await
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
 backend_tests! {
     async fn query_parameters_cannot_supply_or_shadow_route_facts(app) {
         app.put_patient("p1", "One").await;
@@ -360,38 +371,55 @@ backend_tests! {
     }
 
     async fn a_wrong_secret_flood_does_not_starve_legitimate_clients(app) {
-        const FLOOD: usize = 48;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        const FLOODERS: usize = 48;
         app.put_client("target", "target-secret", &["basic"]).await;
         app.put_client("legit", "legit-secret", &["basic"]).await;
         app.allow_client("legit-allow", "legit").await;
         assert_eq!(app.get_as("/fhir/Patient", "legit", "legit-secret").await.status, 200);
-        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // The flood comes from another address (127.0.0.2 is loopback too),
+        // wrong secrets for one existing client, until told to stop.
+        let flooder = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let (stop, answered) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
         let mut flood = Vec::new();
-        for i in 0..FLOOD {
-            let (anon, url, answered) = (app.anon.clone(), app.url("/fhir/Patient"), answered.clone());
+        for i in 0..FLOODERS {
+            let (client, url, stop, answered) = (flooder.clone(), app.url("/fhir/Patient"), stop.clone(), answered.clone());
             flood.push(tokio::spawn(async move {
-                let r = anon.get(url).basic_auth("target", Some(format!("wrong-{i}"))).send().await.unwrap();
-                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                r.status().as_u16()
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let r = client.get(&url).basic_auth("target", Some(format!("wrong-{i}"))).send().await.unwrap();
+                    statuses.push(r.status().as_u16());
+                    answered.fetch_add(1, Ordering::SeqCst);
+                }
+                statuses
             }));
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while answered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        while answered.load(Ordering::SeqCst) < FLOODERS {
             assert!(std::time::Instant::now() < deadline, "the flood is answered");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         // A write to the auth types used to send every client back to the KDF.
         app.allow_client("unrelated", "target").await;
         assert_eq!(app.get_as("/fhir/Patient", "legit", "legit-secret").await.status, 200);
-        // A client never verified before needs the KDF, and gets a slot of its own.
+        // A client never verified before needs the KDF. How many flood checks
+        // ran while it waited tells whether it queued behind the flood.
         app.put_client("cold", "cold-secret", &["basic"]).await;
         app.allow_client("cold-allow", "cold").await;
+        let checked_before = auth_failures(&app, "wrong_secret").await;
         assert_eq!(app.get_as("/fhir/Patient", "cold", "cold-secret").await.status, 200);
-        let when_served = answered.load(std::sync::atomic::Ordering::SeqCst);
-        assert!(when_served < FLOOD, "legitimate clients waited for the whole flood ({when_served} of {FLOOD} answered first)");
+        let checked_meanwhile = auth_failures(&app, "wrong_secret").await - checked_before;
+        stop.store(true, Ordering::SeqCst);
         for request in flood {
-            assert_eq!(request.await.unwrap(), 401);
+            assert!(request.await.unwrap().iter().all(|s| *s == 401));
         }
+        assert!(checked_meanwhile <= 6, "the new client waited behind {checked_meanwhile} flood checks");
+        assert!(auth_failures(&app, "throttled").await > 0, "the flood was throttled");
         // The flooded client itself still gets in with its real secret.
         assert_eq!(app.get_as("/fhir/Patient", "target", "target-secret").await.status, 200);
     }
