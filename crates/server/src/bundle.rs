@@ -20,6 +20,7 @@ use crate::bundle_out::BundleWriter;
 use crate::error::ApiError;
 use crate::extract::{FhirBase, FhirJson};
 use crate::fhir_api::{read_current, read_version, run_search};
+use crate::hooks::Prehashed;
 use crate::resource::{self, check_id, check_type};
 use crate::response::{etag, fhir_json, parse_version_tag, Prefer, ReturnPreference};
 use crate::search;
@@ -355,8 +356,13 @@ fn patch_from_binary(resource: &Value) -> Result<json_patch::Patch, ApiError> {
         })
 }
 
-/// Builds the store write for a write entry.
-fn write_op(app: &AppState, entry: &Entry, assigned_id: Option<&str>) -> Result<WriteOp, ApiError> {
+/// Builds the store write for a write entry (hashing a literal client
+/// secret first, outside the write transaction).
+async fn write_op(
+    app: &AppState,
+    entry: &Entry,
+    assigned_id: Option<&str>,
+) -> Result<WriteOp, ApiError> {
     let vault = app.vault.as_ref();
     let max_bytes = app.settings.max_body_bytes;
     let body = || entry.resource.clone().unwrap_or(Value::Null);
@@ -365,14 +371,19 @@ fn write_op(app: &AppState, entry: &Entry, assigned_id: Option<&str>) -> Result<
             let id = assigned_id
                 .map(str::to_owned)
                 .unwrap_or_else(resource::new_id);
-            resource::prepare_create(t, id, body(), vault)
+            let prehashed =
+                Prehashed::for_body(t, entry.resource.as_ref().unwrap_or(&Value::Null)).await?;
+            resource::prepare_create(t, id, body(), vault, prehashed)
         }
         (Method::Put, Target::Instance(t, id)) => {
-            resource::prepare_update(t, id, body(), entry.if_match, vault)
+            let prehashed =
+                Prehashed::for_body(t, entry.resource.as_ref().unwrap_or(&Value::Null)).await?;
+            resource::prepare_update(t, id, body(), entry.if_match, vault, prehashed)
         }
         (Method::Patch, Target::Instance(t, id)) => {
             let patch = patch_from_binary(entry.resource.as_ref().unwrap_or(&Value::Null))?;
-            resource::prepare_patch(t, id, patch, entry.if_match, vault, max_bytes)
+            let prehashed = Prehashed::for_patch(t, &patch).await?;
+            resource::prepare_patch(t, id, patch, entry.if_match, vault, prehashed, max_bytes)
         }
         (Method::Delete, Target::Instance(t, id)) => {
             resource::prepare_delete(t, id, entry.if_match)
@@ -508,12 +519,14 @@ async fn run_transaction(
     order.sort_by_key(|i| rank(entries[*i].method));
     let mut ops = Vec::with_capacity(order.len());
     for &i in &order {
-        let op = write_op(app, &entries[i], assigned.get(&i).map(String::as_str)).map_err(|e| {
-            prefix(
-                e.at(format!("Bundle.entry[{i}]")),
-                "the transaction was not applied",
-            )
-        })?;
+        let op = write_op(app, &entries[i], assigned.get(&i).map(String::as_str))
+            .await
+            .map_err(|e| {
+                prefix(
+                    e.at(format!("Bundle.entry[{i}]")),
+                    "the transaction was not applied",
+                )
+            })?;
         ops.push(op);
     }
     let outcomes = if ops.is_empty() {
@@ -554,7 +567,7 @@ async fn run_batch(
             Ok(entry) if entry.method == Method::Get => {
                 run_read(app, base, &entry, &mut budget).await
             }
-            Ok(entry) => match write_op(app, &entry, None) {
+            Ok(entry) => match write_op(app, &entry, None).await {
                 Err(e) => EntryResult::Failed(e),
                 Ok(op) => match app.write(op).await {
                     Ok(outcome) => EntryResult::Written(outcome, entry.method),

@@ -4,7 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fhirbox_fhir::{IssueSeverity, IssueType, OperationOutcome};
-use fhirbox_store::StoreError;
+use fhirbox_store::{Refusal, RefusalKind, StoreError};
 
 use crate::response::fhir_json;
 
@@ -115,10 +115,22 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidCursor => ApiError::bad_request(
                 "the _cursor parameter is not valid for this query; start again from the first page",
             ),
-            StoreError::Rejected(inner) => match inner.downcast::<ApiError>() {
-                Ok(api) => *api,
-                Err(other) => ApiError::unprocessable(other.to_string()),
-            },
+            StoreError::Rejected(refusal) => {
+                let error = match refusal.kind {
+                    RefusalKind::Invalid => ApiError::unprocessable(refusal.message),
+                    RefusalKind::NotSupported => ApiError::not_supported(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        refusal.message,
+                    ),
+                    // A corrupt stored body or a failed hash is the server's
+                    // fault: logged, and a 500 for the caller.
+                    RefusalKind::Internal => return ApiError::internal(&refusal.message),
+                };
+                match refusal.location {
+                    Some(at) => error.at(at),
+                    None => error,
+                }
+            }
             StoreError::Unavailable(e) => {
                 tracing::error!(error = %e, "database unavailable");
                 ApiError::new(
@@ -130,6 +142,26 @@ impl From<StoreError> for ApiError {
             e @ (StoreError::Database(_) | StoreError::Config(_) | StoreError::Corrupt(_)) => {
                 ApiError::internal(&DisplayChain(&e))
             }
+        }
+    }
+}
+
+/// A rule a write hook enforces, on its way through the store: a server
+/// error is `Internal` (its message stays in the log), a refused feature
+/// `NotSupported`, anything else the caller's to fix (`Invalid`, 422).
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Refusal {
+        let kind = if e.status.is_server_error() {
+            RefusalKind::Internal
+        } else if e.code == IssueType::NotSupported {
+            RefusalKind::NotSupported
+        } else {
+            RefusalKind::Invalid
+        };
+        Refusal {
+            kind,
+            message: e.message,
+            location: e.expression,
         }
     }
 }
@@ -210,11 +242,33 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            status_of(StoreError::Unavailable(sqlx_pool_closed())),
+            status_of(StoreError::Unavailable(Box::new(std::io::Error::other(
+                "closed"
+            )))),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        let rejected = StoreError::Rejected(Box::new(ApiError::unprocessable("nope")));
+        let rejected = StoreError::Rejected(ApiError::unprocessable("nope").into());
         assert_eq!(status_of(rejected), StatusCode::UNPROCESSABLE_ENTITY);
+        // A refusal that is the server's fault (e.g. a corrupt stored body) is a 500.
+        let corrupt =
+            StoreError::Rejected(fhirbox_store::Refusal::internal("stored body is not JSON"));
+        let api = ApiError::from(corrupt);
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !api.message.contains("not JSON"),
+            "the detail stays in the log"
+        );
+        let off = StoreError::Rejected(
+            ApiError::not_supported(StatusCode::UNPROCESSABLE_ENTITY, "off")
+                .at("Client.secret")
+                .into(),
+        );
+        let api = ApiError::from(off);
+        assert_eq!(
+            (api.status, api.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, IssueType::NotSupported)
+        );
+        assert_eq!(api.expression.as_deref(), Some("Client.secret"));
     }
 
     #[test]
@@ -222,9 +276,5 @@ mod tests {
         let e = ApiError::from(StoreError::Corrupt("secret table layout".into()));
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!e.message.contains("secret table layout"));
-    }
-
-    fn sqlx_pool_closed() -> sqlx::Error {
-        sqlx::Error::PoolClosed
     }
 }

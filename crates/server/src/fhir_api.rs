@@ -133,8 +133,14 @@ pub async fn create(
     headers: HeaderMap,
     FhirJson(body): FhirJson,
 ) -> Result<Response, ApiError> {
-    let op =
-        resource::prepare_create(&resource_type, resource::new_id(), body, app.vault.as_ref())?;
+    let prehashed = crate::hooks::Prehashed::for_body(&resource_type, &body).await?;
+    let op = resource::prepare_create(
+        &resource_type,
+        resource::new_id(),
+        body,
+        app.vault.as_ref(),
+        prehashed,
+    )?;
     let outcome = app.write(op).await?;
     let stored = &outcome.resource;
     Ok(resource_response(
@@ -153,12 +159,14 @@ pub async fn update(
     headers: HeaderMap,
     FhirJson(body): FhirJson,
 ) -> Result<Response, ApiError> {
+    let prehashed = crate::hooks::Prehashed::for_body(&resource_type, &body).await?;
     let op = resource::prepare_update(
         &resource_type,
         &id,
         body,
         parse_if_match(&headers)?,
         app.vault.as_ref(),
+        prehashed,
     )?;
     let outcome = app.write(op).await?;
     let stored = &outcome.resource;
@@ -185,12 +193,14 @@ pub async fn patch(
     headers: HeaderMap,
     JsonPatchBody(patch): JsonPatchBody,
 ) -> Result<Response, ApiError> {
+    let prehashed = crate::hooks::Prehashed::for_patch(&resource_type, &patch).await?;
     let op = resource::prepare_patch(
         &resource_type,
         &id,
         patch,
         parse_if_match(&headers)?,
         app.vault.as_ref(),
+        prehashed,
         app.settings.max_body_bytes,
     )?;
     let outcome = app.write(op).await?;

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use fhirbox_fhir::{is_known_resource_type, is_valid_id, IssueType};
-use fhirbox_store::{BoxError, StoredResource, WriteKind, WriteOp};
+use fhirbox_fhir::{is_known_resource_type, is_valid_id};
+use fhirbox_store::{Refusal, StoredResource, WriteKind, WriteOp};
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -186,12 +186,13 @@ pub fn prepare_create(
     id: String,
     body: Value,
     vault: Option<&SecretResolver>,
+    prehashed: hooks::Prehashed,
 ) -> Result<WriteOp, ApiError> {
     check_type(resource_type)?;
     validate_body(&body, resource_type, IdRule::ServerAssigned)?;
     Ok(WriteOp {
         resource_type: resource_type.to_owned(),
-        finalize: Some(hooks::finalizer(resource_type, &id, vault)),
+        finalize: Some(hooks::finalizer(resource_type, &id, vault, prehashed)),
         id,
         kind: WriteKind::Create(body),
         if_match: None,
@@ -205,6 +206,7 @@ pub fn prepare_update(
     body: Value,
     if_match: Option<i64>,
     vault: Option<&SecretResolver>,
+    prehashed: hooks::Prehashed,
 ) -> Result<WriteOp, ApiError> {
     check_type(resource_type)?;
     check_id(id)?;
@@ -214,7 +216,7 @@ pub fn prepare_update(
         id: id.to_owned(),
         kind: WriteKind::Put(body),
         if_match,
-        finalize: Some(hooks::finalizer(resource_type, id, vault)),
+        finalize: Some(hooks::finalizer(resource_type, id, vault, prehashed)),
     })
 }
 
@@ -226,6 +228,7 @@ pub fn prepare_patch(
     patch: json_patch::Patch,
     if_match: Option<i64>,
     vault: Option<&SecretResolver>,
+    prehashed: hooks::Prehashed,
     max_bytes: usize,
 ) -> Result<WriteOp, ApiError> {
     check_type(resource_type)?;
@@ -238,25 +241,29 @@ pub fn prepare_patch(
     }
     let rt = resource_type.to_owned();
     let url_id = id.to_owned();
-    let transform = move |current: &StoredResource| -> Result<Value, BoxError> {
+    let transform = move |current: &StoredResource| -> Result<Value, Refusal> {
         // The patch sees what a read shows, never server-held secret
         // material; a masked secret it leaves alone is carried over by the
-        // finalizer.
-        let mut doc = hooks::public_value(current)?;
-        apply_bounded(&mut doc, &patch, current.body.len(), max_bytes).map_err(|problem| {
-            Box::new(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                IssueType::Processing,
-                format!(
-                    "the JSON Patch cannot be applied to {rt}/{url_id} version {}: {problem}",
-                    current.version_id
-                ),
-            )) as BoxError
+        // finalizer. A stored body that does not parse is the server's
+        // problem (500, logged), not the caller's.
+        let mut doc = hooks::public_value(current).map_err(|e| {
+            Refusal::internal(format!(
+                "stored body of {rt}/{url_id} version {} is not JSON: {e}",
+                current.version_id
+            ))
         })?;
-        validate_body(&doc, &rt, IdRule::MustEqual(&url_id)).map_err(|mut e| {
-            e.status = StatusCode::UNPROCESSABLE_ENTITY;
-            e.message = format!("after the patch, {}", e.message);
-            Box::new(e) as BoxError
+        apply_bounded(&mut doc, &patch, current.body.len(), max_bytes).map_err(|problem| {
+            Refusal::invalid(format!(
+                "the JSON Patch cannot be applied to {rt}/{url_id} version {}: {problem}",
+                current.version_id
+            ))
+        })?;
+        validate_body(&doc, &rt, IdRule::MustEqual(&url_id)).map_err(|e| {
+            let refusal = Refusal::invalid(format!("after the patch, {}", e.message));
+            match e.expression {
+                Some(at) => refusal.at(at),
+                None => refusal,
+            }
         })?;
         Ok(doc)
     };
@@ -265,7 +272,7 @@ pub fn prepare_patch(
         id: id.to_owned(),
         kind: WriteKind::Modify(Arc::new(transform)),
         if_match,
-        finalize: Some(hooks::finalizer(resource_type, id, vault)),
+        finalize: Some(hooks::finalizer(resource_type, id, vault, prehashed)),
     })
 }
 

@@ -101,7 +101,7 @@ fn read_or_create(path: &Path) -> Result<(SecretString, bool), String> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let secret = random_secret();
+    let secret = random_secret()?;
     // Written whole under a temporary name, then linked into place: another
     // process starting at the same moment sees either no file or all of it,
     // and link() refuses to replace a file that already exists.
@@ -188,11 +188,11 @@ fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
 
 /// 256 random bits as 43 URL-safe base64 characters (printable ASCII, so a
 /// valid client secret under RFC 6749 appendix A and safe in `curl -u`).
-fn random_secret() -> String {
-    use argon2::password_hash::rand_core::{OsRng, RngCore};
+fn random_secret() -> Result<String, String> {
     let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    getrandom::fill(&mut bytes)
+        .map_err(|e| format!("the operating system's random generator failed: {e}"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 #[cfg(test)]

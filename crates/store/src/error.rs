@@ -1,8 +1,56 @@
 //! The store's own error enum. Driver errors are classified here, inside the
 //! crate, so no handler ever matches on a database message.
 
-/// Error type a write transform may return; the server downcasts it back.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// The source of a driver error, boxed so no driver type is part of this
+/// crate's public API.
+pub type ErrorSource = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What kind of refusal a write transform or finalizer made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The resource (or the change to it) breaks a rule the caller can fix.
+    Invalid,
+    /// The resource asks for something this server does not offer (as
+    /// configured), e.g. a secret reference while external secrets are off.
+    NotSupported,
+    /// The server could not do its part (a corrupt stored body, a failed
+    /// hash): not the caller's fault; logged, never detailed to the caller.
+    Internal,
+}
+
+/// Why a write transform or finalizer refused to store a resource. Nothing
+/// is written when one is returned.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+    /// Where in the resource the problem is (`Client.secret`), if known.
+    pub location: Option<String>,
+}
+
+impl Refusal {
+    pub fn invalid(message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: RefusalKind::Invalid,
+            message: message.into(),
+            location: None,
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: RefusalKind::Internal,
+            message: message.into(),
+            location: None,
+        }
+    }
+
+    pub fn at(mut self, location: impl Into<String>) -> Refusal {
+        self.location = Some(location.into());
+        self
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,18 +81,18 @@ pub enum StoreError {
     /// A paging cursor that this store did not issue, or issued for another query.
     #[error("the paging cursor is not valid for this query")]
     InvalidCursor,
-    /// A write transform (e.g. a JSON Patch) refused the resource.
+    /// A write transform (e.g. a JSON Patch) or finalizer refused the resource.
     #[error("the change was refused: {0}")]
-    Rejected(BoxError),
+    Rejected(Refusal),
     /// The database could not be reached.
     #[error("the database is unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] ErrorSource),
     /// Bad store configuration (URL, file path).
     #[error("{0}")]
     Config(String),
     /// Anything else the database reported; logged, never shown to clients.
     #[error("database error")]
-    Database(#[source] sqlx::Error),
+    Database(#[source] ErrorSource),
     /// A stored body that is not valid JSON, or similar corruption.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -57,7 +105,7 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Box::new(err)),
             sqlx::Error::Database(db) => {
                 // SQLSTATE 40001 serialization_failure, 40P01 deadlock_detected (PostgreSQL);
                 // SQLITE_BUSY (5) and SQLITE_LOCKED (6) (SQLite).
@@ -67,12 +115,12 @@ impl From<sqlx::Error> for StoreError {
                     }
                     // 57P01 admin_shutdown, 57P03 cannot_connect_now, 08xxx connection exceptions.
                     Some(code) if code.starts_with("08") || code == "57P01" || code == "57P03" => {
-                        StoreError::Unavailable(err)
+                        StoreError::Unavailable(Box::new(err))
                     }
-                    _ => StoreError::Database(err),
+                    _ => StoreError::Database(Box::new(err)),
                 }
             }
-            _ => StoreError::Database(err),
+            _ => StoreError::Database(Box::new(err)),
         }
     }
 }

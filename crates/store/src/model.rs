@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::cursor::Cursor;
-use crate::error::BoxError;
+use crate::error::Refusal;
 
 /// One version of a resource as stored. `body` is the full JSON text including
 /// `id` and `meta`, so the read path can send it without re-serialising.
@@ -31,7 +31,7 @@ impl StoredResource {
 /// Computes a new body from the current version inside the write transaction
 /// (JSON Patch, server-side rewriting). It may be called more than once if the
 /// store retries after contention, so it must not have side effects.
-pub type Transform = Arc<dyn Fn(&StoredResource) -> Result<Value, BoxError> + Send + Sync>;
+pub type Transform = Arc<dyn Fn(&StoredResource) -> Result<Value, Refusal> + Send + Sync>;
 
 /// Last look at a body before it is stored, inside the write transaction:
 /// receives the new body and the current live version (if any) and returns
@@ -39,7 +39,7 @@ pub type Transform = Arc<dyn Fn(&StoredResource) -> Result<Value, BoxError> + Se
 /// version (keeping a hashed secret, validating references). Like
 /// `Transform`, it may run more than once and must not have side effects.
 pub type Finalize =
-    Arc<dyn Fn(Value, Option<&StoredResource>) -> Result<Value, BoxError> + Send + Sync>;
+    Arc<dyn Fn(Value, Option<&StoredResource>) -> Result<Value, Refusal> + Send + Sync>;
 
 /// What a write does.
 #[derive(Clone)]

@@ -152,9 +152,8 @@ impl AuthService {
         let signer = match signing_key {
             Some(key) => TokenSigner::new(key.expose_secret().as_bytes().to_vec()),
             None => {
-                use argon2::password_hash::rand_core::{OsRng, RngCore};
                 let mut key = vec![0u8; 32];
-                OsRng.fill_bytes(&mut key);
+                getrandom::fill(&mut key).expect("the operating system's random generator works");
                 tracing::warn!(
                     "BOX_SECURITY_AUTH_KEYS_SECRET is not set: access tokens are signed with a random key and will not survive a restart or work across instances"
                 );

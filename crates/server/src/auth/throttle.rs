@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -261,7 +260,7 @@ impl KdfGate {
     /// Sleeps until about one KDF run (±10%) has passed since `since`.
     pub async fn pad(&self, since: Instant) {
         let estimate = self.estimate_micros.load(Ordering::Relaxed);
-        let jitter = u64::from(OsRng.next_u32()) % (estimate / 5 + 1);
+        let jitter = getrandom::u64().unwrap_or(0) % (estimate / 5 + 1);
         let target = Duration::from_micros(estimate - estimate / 10 + jitter);
         tokio::time::sleep_until((since + target).into()).await;
     }
