@@ -115,22 +115,7 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidCursor => ApiError::bad_request(
                 "the _cursor parameter is not valid for this query; start again from the first page",
             ),
-            StoreError::Rejected(refusal) => {
-                let error = match refusal.kind {
-                    RefusalKind::Invalid => ApiError::unprocessable(refusal.message),
-                    RefusalKind::NotSupported => ApiError::not_supported(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        refusal.message,
-                    ),
-                    // A corrupt stored body or a failed hash is the server's
-                    // fault: logged, and a 500 for the caller.
-                    RefusalKind::Internal => return ApiError::internal(&refusal.message),
-                };
-                match refusal.location {
-                    Some(at) => error.at(at),
-                    None => error,
-                }
-            }
+            StoreError::Rejected(refusal) => refusal.into(),
             StoreError::Unavailable(e) => {
                 tracing::error!(error = %e, "database unavailable");
                 ApiError::new(
@@ -142,6 +127,25 @@ impl From<StoreError> for ApiError {
             e @ (StoreError::Database(_) | StoreError::Config(_) | StoreError::Corrupt(_)) => {
                 ApiError::internal(&DisplayChain(&e))
             }
+        }
+    }
+}
+
+/// A refusal of a write rule, as the caller sees it.
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        let error = match refusal.kind {
+            RefusalKind::Invalid => ApiError::unprocessable(refusal.message),
+            RefusalKind::NotSupported => {
+                ApiError::not_supported(StatusCode::UNPROCESSABLE_ENTITY, refusal.message)
+            }
+            // A corrupt stored body or a failed hash is the server's fault:
+            // logged, and a 500 for the caller.
+            RefusalKind::Internal => return ApiError::internal(&refusal.message),
+        };
+        match refusal.location {
+            Some(at) => error.at(at),
+            None => error,
         }
     }
 }

@@ -4,10 +4,7 @@
 //! checked so the authenticator can trust what it loads. And the other way:
 //! the one view of a stored body a client may see (`public_body`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
-
-use sha2::{Digest, Sha256};
 
 use fhirbox_secrets::SecretResolver;
 use fhirbox_store::{Finalize, Refusal, StoredResource};
@@ -15,83 +12,8 @@ use serde_json::Value;
 
 use fhirbox_fhir::secret_fields::{field_slots, fields_of, DATA_ABSENT_REASON_URL};
 
-use crate::auth::clients::ClientRecord;
-use crate::auth::policy::Policy;
-use crate::auth::secret_hash;
-use crate::error::ApiError;
-
-/// Hashes of the literal `Client.secret` values a write carries, computed
-/// before the write transaction on the blocking pool (keyed by the SHA-256
-/// of the secret), so the KDF never runs while the store holds its writer —
-/// SQLite's only one — nor again on a retry.
-#[derive(Clone, Default)]
-pub struct Prehashed(Arc<HashMap<[u8; 32], String>>);
-
-impl Prehashed {
-    fn key(secret: &str) -> [u8; 32] {
-        Sha256::digest(secret.as_bytes()).into()
-    }
-
-    async fn of(secrets: Vec<String>) -> Result<Prehashed, ApiError> {
-        if secrets.is_empty() {
-            return Ok(Prehashed::default());
-        }
-        let hashed = tokio::task::spawn_blocking(move || {
-            secrets
-                .into_iter()
-                .map(|secret| Ok((Self::key(&secret), secret_hash::hash(secret.as_bytes())?)))
-                .collect::<Result<HashMap<_, _>, String>>()
-        })
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(|e| ApiError::internal(&e))?;
-        Ok(Prehashed(Arc::new(hashed)))
-    }
-
-    /// For a create or update body.
-    pub async fn for_body(resource_type: &str, body: &Value) -> Result<Prehashed, ApiError> {
-        let literal = (resource_type == "Client")
-            .then(|| body.get("secret").and_then(Value::as_str))
-            .flatten()
-            .filter(|s| !s.is_empty());
-        Self::of(literal.map(str::to_owned).into_iter().collect()).await
-    }
-
-    /// For a JSON Patch: the values it writes to `/secret` directly (a
-    /// secret that arrives any other way is hashed in the finalizer).
-    pub async fn for_patch(
-        resource_type: &str,
-        patch: &json_patch::Patch,
-    ) -> Result<Prehashed, ApiError> {
-        use json_patch::PatchOperation;
-        if resource_type != "Client" {
-            return Ok(Prehashed::default());
-        }
-        let mut secrets = Vec::new();
-        for op in &patch.0 {
-            let (path, value) = match op {
-                PatchOperation::Add(json_patch::AddOperation { path, value })
-                | PatchOperation::Replace(json_patch::ReplaceOperation { path, value }) => {
-                    (path.as_str(), value)
-                }
-                _ => continue,
-            };
-            let secret = match path {
-                "/secret" => value.as_str(),
-                "" => value.get("secret").and_then(Value::as_str),
-                _ => None,
-            };
-            if let Some(secret) = secret.filter(|s| !s.is_empty()) {
-                secrets.push(secret.to_owned());
-            }
-        }
-        Self::of(secrets).await
-    }
-
-    fn get(&self, secret: &str) -> Option<&str> {
-        self.0.get(&Self::key(secret)).map(String::as_str)
-    }
-}
+use fhirbox_auth::secret_hash;
+pub use fhirbox_auth::write_rules::{self, Prehashed};
 
 /// The finalizer for a write of `resource_type/id`: the secret-reference
 /// rules (docs/external-secrets.md, "Rules on write") for every type, then
@@ -109,8 +31,8 @@ pub fn finalizer(
         crate::vault::check_references(&resource_type, &id, &body, vault.as_ref())
             .map_err(Refusal::from)?;
         match resource_type.as_str() {
-            "Client" => finalize_client(body, current, &prehashed),
-            "AccessPolicy" => finalize_policy(body, current),
+            "Client" => write_rules::finalize_client(body, current, &prehashed),
+            "AccessPolicy" => write_rules::finalize_policy(body, current),
             other => carry_over_literals(other, body, current),
         }
     })
@@ -118,67 +40,6 @@ pub fn finalizer(
 
 fn refuse(message: String, at: &str) -> Refusal {
     Refusal::invalid(message).at(at)
-}
-
-fn finalize_client(
-    mut body: Value,
-    current: Option<&StoredResource>,
-    prehashed: &Prehashed,
-) -> Result<Value, Refusal> {
-    let Some(fields) = body.as_object_mut() else {
-        return Ok(body);
-    };
-    // A client may never plant a hash of its own choosing.
-    secret_hash::strip_hash(fields);
-    match fields.remove("secret") {
-        Some(Value::String(secret)) => {
-            if secret_hash::referenced_name(fields.get("_secret")).is_some() {
-                return Err(refuse(
-                    "Client.secret has both a literal value and a secret reference in _secret; keep one of them".into(),
-                    "Client.secret",
-                ));
-            }
-            if secret.is_empty() {
-                return Err(refuse(
-                    "Client.secret must not be empty".into(),
-                    "Client.secret",
-                ));
-            }
-            let phc = match prehashed.get(&secret) {
-                Some(phc) => phc.to_owned(),
-                // Only a secret that reached `secret` another way (a patch
-                // `copy` or `move`) is hashed here, inside the transaction.
-                None => secret_hash::hash(secret.as_bytes()).map_err(Refusal::internal)?,
-            };
-            fields.insert("_secret".into(), secret_hash::masked_with_hash(&phc));
-        }
-        Some(_) => {
-            return Err(refuse(
-                "Client.secret must be a string".into(),
-                "Client.secret",
-            ))
-        }
-        None => {
-            // The masked form a read returned, sent back unchanged: keep the stored hash.
-            let element = fields.get("_secret");
-            if secret_hash::is_masked(element) && secret_hash::referenced_name(element).is_none() {
-                let previous = current.and_then(|c| serde_json::from_str::<Value>(&c.body).ok());
-                if let Some(phc) = previous
-                    .as_ref()
-                    .and_then(|p| secret_hash::stored_hash(p.get("_secret")))
-                {
-                    fields.insert("_secret".into(), secret_hash::masked_with_hash(phc));
-                }
-            }
-        }
-    }
-    ClientRecord::from_body(&body, 0).map_err(|e| refuse(format!("Client: {e}"), "Client"))?;
-    Ok(body)
-}
-
-fn finalize_policy(body: Value, _current: Option<&StoredResource>) -> Result<Value, Refusal> {
-    Policy::parse(&body).map_err(|e| refuse(format!("AccessPolicy: {e}"), "AccessPolicy"))?;
-    Ok(body)
 }
 
 /// The element a literal secret value is shown as (SPEC 1.3).
@@ -338,69 +199,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn literal_secret_becomes_a_hash_that_is_never_shown() {
-        let out = finalize_client(
-            json!({"resourceType": "Client", "id": "c", "secret": "s3cr3t-value"}),
-            None,
-            &Prehashed::default(),
-        )
-        .unwrap();
-        assert!(out.get("secret").is_none());
-        let text = out.to_string();
-        assert!(!text.contains("s3cr3t-value"));
-        assert!(secret_hash::verify(
-            b"s3cr3t-value",
-            secret_hash::stored_hash(out.get("_secret")).unwrap()
-        ));
-        let public = public_body(&stored(&out)).into_owned();
-        assert!(!public.contains("argon2"), "{public}");
-        assert!(public.contains("masked"));
-    }
-
-    #[tokio::test]
-    async fn a_prehashed_secret_is_used_as_it_is() {
-        let body = json!({"resourceType": "Client", "id": "c", "secret": "pre-hashed-value"});
-        let prehashed = Prehashed::for_body("Client", &body).await.unwrap();
-        let phc = prehashed.get("pre-hashed-value").unwrap().to_owned();
-        let out = finalize_client(body, None, &prehashed).unwrap();
-        assert_eq!(
-            secret_hash::stored_hash(out.get("_secret")),
-            Some(phc.as_str())
-        );
-        assert!(secret_hash::verify(b"pre-hashed-value", &phc));
-        let patch: json_patch::Patch = serde_json::from_value(
-            json!([{"op": "replace", "path": "/secret", "value": "from-a-patch"}]),
-        )
-        .unwrap();
-        let from_patch = Prehashed::for_patch("Client", &patch).await.unwrap();
-        assert!(from_patch.get("from-a-patch").is_some());
-        assert!(Prehashed::for_patch("Patient", &patch)
-            .await
-            .unwrap()
-            .get("from-a-patch")
-            .is_none());
-    }
-
-    #[test]
-    fn masked_round_trip_keeps_the_hash_and_planted_hashes_are_dropped() {
-        let first = finalize_client(
-            json!({"id": "c", "secret": "keep-me"}),
-            None,
-            &Prehashed::default(),
-        )
-        .unwrap();
-        let current = stored(&first);
-        let read_back: Value = serde_json::from_str(&public_body(&current)).unwrap();
-        let second = finalize_client(read_back, Some(&current), &Prehashed::default()).unwrap();
-        assert!(secret_hash::verify(
-            b"keep-me",
-            secret_hash::stored_hash(second.get("_secret")).unwrap()
-        ));
-        let planted = finalize_client(json!({"id": "c", "_secret": {"extension": [{"url": secret_hash::SECRET_HASH_URL, "valueString": "x"}]}}), None, &Prehashed::default()).unwrap();
-        assert_eq!(secret_hash::stored_hash(planted.get("_secret")), None);
-    }
-
     fn stored_as(resource_type: &str, body: &Value) -> StoredResource {
         StoredResource {
             resource_type: resource_type.into(),
@@ -451,22 +249,5 @@ mod tests {
             carry_over_literals("AidboxTopicDestination", shown, Some(&current)).unwrap(),
             before
         );
-    }
-
-    #[test]
-    fn refuses_literal_plus_reference_and_bad_shapes() {
-        let both = json!({"id": "c", "secret": "x", "_secret": {"extension": [
-            {"url": fhirbox_fhir::secret_fields::SECRET_REFERENCE_URL, "valueString": "client-secret"}]}});
-        assert!(finalize_client(both, None, &Prehashed::default()).is_err());
-        assert!(
-            finalize_client(json!({"id": "c", "secret": 5}), None, &Prehashed::default()).is_err()
-        );
-        assert!(finalize_client(
-            json!({"id": "c", "grant_types": "basic"}),
-            None,
-            &Prehashed::default()
-        )
-        .is_err());
-        assert!(finalize_policy(json!({"engine": "magic"}), None).is_err());
     }
 }

@@ -17,8 +17,9 @@ use axum::Json;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
+use super::clients::Grant;
 use super::credentials::{self, Credentials, HeaderProblem};
-use super::{AuthFailure, Grant, Verified};
+use super::{AuthFailure, Verified};
 use crate::app::AppState;
 use crate::logging::truncate_for_log;
 

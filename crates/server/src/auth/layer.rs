@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use fhirbox_fhir::IssueType;
 
 use super::access::{Denial, RequestFacts};
+use super::clients::Grant;
 use super::credentials::{self, Credentials, HeaderProblem};
-use super::{AuthFailure, Grant, Identity};
+use super::{AuthFailure, Identity};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::resource::{check_id, check_type};

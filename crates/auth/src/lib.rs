@@ -1,0 +1,494 @@
+//! Authentication and authorization (SPEC section 3): the root client,
+//! `Client` resources (HTTP Basic, `client_credentials` tokens) and
+//! `AccessPolicy` resources, all served from an in-memory snapshot so the hot
+//! path neither hits the database nor runs the KDF for a credential it has
+//! recently verified.
+
+pub mod access;
+pub mod clients;
+pub mod policy;
+pub mod secret_hash;
+pub mod throttle;
+pub mod token;
+pub mod write_rules;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use fhirbox_store::{ChangeMarker, ResourceSearch, SearchQuery, Store, StoreError};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use clients::{ClientRecord, ClientSecret, Grant};
+use policy::Policy;
+use token::TokenSigner;
+
+/// Resource types whose changes invalidate the snapshot.
+pub const AUTH_TYPES: &[&str] = &["Client", "AccessPolicy"];
+
+/// How long a verified (client, version, secret) triple is trusted without the KDF after its last use.
+const VERIFIED_TTL: Duration = Duration::from_secs(30);
+/// Bound on remembered verifications; the map is cleared when it is full.
+const VERIFIED_MAX: usize = 10_000;
+/// How long one KDF run takes here, measured once at start: the time every
+/// failed secret check is padded to until real runs refine it.
+async fn measure_kdf() -> std::time::Duration {
+    tokio::task::spawn_blocking(|| {
+        let started = Instant::now();
+        let _ = secret_hash::hash(b"fhirbox: calibrating the KDF");
+        started.elapsed()
+    })
+    .await
+    .unwrap_or(std::time::Duration::from_millis(50))
+}
+
+/// Page size when loading clients and policies.
+const LOAD_PAGE: u32 = 1000;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Root { id: String },
+    Client { id: String },
+}
+
+impl Identity {
+    pub fn id(&self) -> &str {
+        match self {
+            Identity::Root { id } | Identity::Client { id } => id,
+        }
+    }
+}
+
+/// A caller whose secret was just checked, with what its tokens are bound to.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub identity: Identity,
+    generation: String,
+    lifetime: u64,
+}
+
+/// Why authentication failed; the reason is logged and counted, never sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    MissingCredentials,
+    MalformedHeader,
+    UnknownClient,
+    WrongSecret,
+    InactiveClient,
+    GrantNotAllowed,
+    NoSecret,
+    SecretUnavailable,
+    Throttled,
+    Token(token::TokenError),
+}
+
+impl AuthFailure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::MissingCredentials => "missing_credentials",
+            AuthFailure::MalformedHeader => "malformed_header",
+            AuthFailure::UnknownClient => "unknown_client",
+            AuthFailure::WrongSecret => "wrong_secret",
+            AuthFailure::InactiveClient => "inactive_client",
+            AuthFailure::GrantNotAllowed => "grant_not_allowed",
+            AuthFailure::NoSecret => "no_secret",
+            AuthFailure::SecretUnavailable => "secret_unavailable",
+            AuthFailure::Throttled => "throttled",
+            AuthFailure::Token(e) => e.reason(),
+        }
+    }
+}
+
+/// Clients and policies as last loaded.
+#[derive(Default)]
+struct Snapshot {
+    clients: HashMap<String, Arc<ClientRecord>>,
+    policies: Vec<Policy>,
+}
+
+struct RootCredential {
+    id: String,
+    digest: [u8; 32],
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+/// The authenticator and authorizer of one server.
+pub struct AuthService {
+    root: Option<RootCredential>,
+    signer: TokenSigner,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// History position the snapshot reflects.
+    marker: AtomicI64,
+    /// Digest of (client, version, secret) -> when the verification expires.
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    kdf: Arc<throttle::KdfGate>,
+    reload: tokio::sync::Mutex<()>,
+    vault: Option<fhirbox_secrets::SecretResolver>,
+}
+
+impl AuthService {
+    /// Builds the service and loads clients and policies from `store`.
+    pub async fn start(
+        store: &Store,
+        root: Option<(&str, &SecretString)>,
+        signing_key: Option<&SecretString>,
+        vault: Option<fhirbox_secrets::SecretResolver>,
+    ) -> Result<AuthService, StoreError> {
+        let signer = match signing_key {
+            Some(key) => TokenSigner::new(key.expose_secret().as_bytes().to_vec()),
+            None => {
+                let mut key = vec![0u8; 32];
+                getrandom::fill(&mut key).expect("the operating system's random generator works");
+                tracing::warn!(
+                    "BOX_SECURITY_AUTH_KEYS_SECRET is not set: access tokens are signed with a random key and will not survive a restart or work across instances"
+                );
+                TokenSigner::new(key)
+            }
+        };
+        if root.is_none() {
+            tracing::warn!("no root client: set BOX_ROOT_CLIENT_SECRET or BOX_ROOT_CLIENT_SECRET_FILE to create one");
+        }
+        let service = AuthService {
+            root: root.map(|(id, secret)| RootCredential {
+                id: id.to_owned(),
+                digest: sha256(&[secret.expose_secret().as_bytes()]),
+            }),
+            signer,
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            marker: AtomicI64::new(-1),
+            verified: Mutex::new(HashMap::new()),
+            kdf: Arc::new(throttle::KdfGate::new(measure_kdf().await)),
+            reload: tokio::sync::Mutex::new(()),
+            vault,
+        };
+        service.reload(store).await?;
+        Ok(service)
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads every Client and AccessPolicy and swaps the snapshot whole.
+    pub async fn reload(&self, store: &Store) -> Result<(), StoreError> {
+        let _guard = self.reload.lock().await;
+        let marker = store.latest_change(AUTH_TYPES).await?;
+        let mut snapshot = Snapshot::default();
+        for resource_type in AUTH_TYPES {
+            let mut query = SearchQuery {
+                resource_type: Some((*resource_type).to_owned()),
+                count: LOAD_PAGE,
+                ..Default::default()
+            };
+            loop {
+                let page = store.search(query.clone()).await?;
+                for stored in &page.resources {
+                    let Ok(body) = serde_json::from_str::<Value>(&stored.body) else {
+                        tracing::error!(resource_type, id = %stored.id, "stored body is not JSON; ignored");
+                        continue;
+                    };
+                    let parsed = match *resource_type {
+                        "Client" => ClientRecord::from_body(&body, stored.version_id).map(|c| {
+                            snapshot.clients.insert(c.id.clone(), Arc::new(c));
+                        }),
+                        _ => Policy::parse(&body).map(|p| snapshot.policies.push(p)),
+                    };
+                    if let Err(problem) = parsed {
+                        tracing::warn!(resource_type, id = %stored.id, %problem, "stored resource cannot be used for access control; ignored");
+                    }
+                }
+                match page.next {
+                    Some(next) => query.cursor = Some(next),
+                    None => break,
+                }
+            }
+        }
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+        self.marker.store(marker, Ordering::SeqCst);
+        // Verified entries stay: each is keyed by the client's version, so a
+        // changed or re-created client never matches an old entry, and an
+        // unrelated write does not send every client back to the KDF.
+        Ok(())
+    }
+
+    /// Reloads when another instance changed clients or policies.
+    pub async fn reload_if_changed(&self, store: &Store) -> Result<bool, StoreError> {
+        let latest = store.latest_change(AUTH_TYPES).await?;
+        if latest == self.marker.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.reload(store).await?;
+        Ok(true)
+    }
+
+    /// Checks an id and secret for `grant`, presented from `peer`.
+    /// Credentials are checked before anything else about the client, and
+    /// every failure costs what a KDF run costs (`throttle`), so neither
+    /// the answer nor its timing tells an unknown id from a known one.
+    pub async fn verify_secret(
+        &self,
+        id: &str,
+        secret: &SecretString,
+        grant: Grant,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Verified, AuthFailure> {
+        let started = Instant::now();
+        let keys = throttle::Keys::new(id, peer);
+        let (checked, kdf_ran) = self.check_secret(id, secret, &keys).await;
+        let result = checked.and_then(|client| match client {
+            None => Ok(Verified {
+                identity: Identity::Root { id: id.to_owned() },
+                generation: self.root_generation(),
+                lifetime: clients::DEFAULT_TOKEN_LIFETIME,
+            }),
+            Some(client) if !client.active => Err(AuthFailure::InactiveClient),
+            Some(client) if !client.allows(grant) => Err(AuthFailure::GrantNotAllowed),
+            // The generation is the version whose secret was just checked, so
+            // a token can never outlive a change made during the check.
+            Some(client) => Ok(Verified {
+                identity: Identity::Client {
+                    id: client.id.clone(),
+                },
+                generation: client.version_id.to_string(),
+                lifetime: client.token_lifetime,
+            }),
+        });
+        match result {
+            // Only a caller holding the right secret learns about grants.
+            Ok(_) | Err(AuthFailure::GrantNotAllowed) => {
+                if !kdf_ran {
+                    self.kdf.record_success(&keys);
+                }
+            }
+            Err(AuthFailure::Throttled) => self.kdf.pad(started).await,
+            Err(_) if kdf_ran => {}
+            Err(_) => {
+                if !self.kdf.stand_in(&keys).await {
+                    self.kdf.pad(started).await;
+                    self.kdf.record_failure(&keys);
+                    return Err(AuthFailure::Throttled);
+                }
+                self.kdf.record_failure(&keys);
+            }
+        }
+        result
+    }
+
+    /// Checks the secret alone; `Ok(None)` is root, `Ok(Some)` a client.
+    /// The flag says whether a KDF run (and its bookkeeping) happened.
+    async fn check_secret(
+        &self,
+        id: &str,
+        secret: &SecretString,
+        keys: &throttle::Keys,
+    ) -> (Result<Option<Arc<ClientRecord>>, AuthFailure>, bool) {
+        let presented = secret.expose_secret().as_bytes();
+        if let Some(root) = &self.root {
+            if root.id == id {
+                let digest = sha256(&[presented]);
+                return if bool::from(digest.ct_eq(&root.digest)) {
+                    (Ok(None), false)
+                } else {
+                    (Err(AuthFailure::WrongSecret), false)
+                };
+            }
+        }
+        let Some(client) = self.snapshot().clients.get(id).cloned() else {
+            return (Err(AuthFailure::UnknownClient), false);
+        };
+        let phc = match &client.secret {
+            ClientSecret::None => return (Err(AuthFailure::NoSecret), false),
+            ClientSecret::Reference(name) => {
+                let checked = self.verify_vault_secret(&client.id, name, presented);
+                return (checked.map(|()| Some(client.clone())), false);
+            }
+            ClientSecret::Hash(phc) => phc.clone(),
+        };
+        let key = sha256(&[id.as_bytes(), &client.version_id.to_be_bytes(), presented]);
+        if self.recently_verified(&key) {
+            return (Ok(Some(client)), true);
+        }
+        let Some(permit) = self.kdf.admit(keys).await else {
+            return (Err(AuthFailure::Throttled), true);
+        };
+        // Checked again with a slot held: when many requests miss at once
+        // (a cold start, an expired entry), the first verification serves
+        // the rest instead of each running the KDF.
+        if self.recently_verified(&key) {
+            return (Ok(Some(client)), true);
+        }
+        let candidate = secret.clone();
+        let gate = self.kdf.clone();
+        let keys = *keys;
+        // The permit and the bookkeeping move into the blocking task, so a
+        // request that goes away mid-run neither frees its slot early nor
+        // skips counting its failure.
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let started = Instant::now();
+            let ok = secret_hash::verify(candidate.expose_secret().as_bytes(), &phc);
+            gate.observe(started.elapsed());
+            if ok {
+                gate.record_success(&keys);
+            } else {
+                gate.record_failure(&keys);
+            }
+            ok
+        })
+        .await
+        .unwrap_or(false);
+        if !ok {
+            return (Err(AuthFailure::WrongSecret), true);
+        }
+        self.remember(key);
+        (Ok(Some(client)), true)
+    }
+
+    /// Checks a presented secret against the vault secret `name`, resolved now
+    /// for `Client/<id>` (scope is checked at every use, SPEC 1.2). The resolver
+    /// compares SHA-256 digests in constant time and honours `rotation_grace`.
+    fn verify_vault_secret(
+        &self,
+        id: &str,
+        name: &str,
+        presented: &[u8],
+    ) -> Result<(), AuthFailure> {
+        let Some(vault) = &self.vault else {
+            tracing::warn!(
+                client = id,
+                secret = name,
+                reason = "vault_disabled",
+                "client refers to an external secret but external secrets are off"
+            );
+            return Err(AuthFailure::SecretUnavailable);
+        };
+        match vault.verify_client_secret(
+            name,
+            &fhirbox_secrets::Requester::new("Client", id),
+            presented,
+        ) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AuthFailure::WrongSecret),
+            Err(e) => {
+                tracing::warn!(client = id, secret = name, reason = e.reason(), problem = %e, "external secret unusable");
+                Err(AuthFailure::SecretUnavailable)
+            }
+        }
+    }
+
+    /// True when this (client, version, secret) was verified lately; a hit
+    /// extends the entry, so a client in use never falls back to the KDF
+    /// (and into a queue an attacker may be filling).
+    fn recently_verified(&self, key: &[u8; 32]) -> bool {
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match verified.get_mut(key) {
+            Some(expires) if *expires > now => {
+                *expires = now + VERIFIED_TTL;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn remember(&self, key: [u8; 32]) {
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_MAX {
+            verified.clear();
+        }
+        verified.insert(key, Instant::now() + VERIFIED_TTL);
+    }
+
+    /// Root's token generation: a fingerprint of its secret, so root's
+    /// tokens die when the secret changes.
+    /// Keyed with the signing key, so a leaked root token gives no way to
+    /// test guesses of the root secret offline.
+    fn root_generation(&self) -> String {
+        match &self.root {
+            Some(root) => self
+                .signer
+                .fingerprint(&[b"root token generation", &root.digest]),
+            None => String::new(),
+        }
+    }
+
+    /// Checks a Bearer token issued by this server. The token names the
+    /// generation of its client; a changed, deleted or re-created client
+    /// has another one.
+    pub fn verify_token(&self, token: &str) -> Result<Identity, AuthFailure> {
+        let claims = self.signer.verify(token).map_err(AuthFailure::Token)?;
+        let stale = AuthFailure::Token(token::TokenError::Revoked);
+        if let Some(root) = &self.root {
+            if root.id == claims.sub {
+                return if claims.gen == self.root_generation() {
+                    Ok(Identity::Root {
+                        id: root.id.clone(),
+                    })
+                } else {
+                    Err(stale)
+                };
+            }
+        }
+        let client = self
+            .snapshot()
+            .clients
+            .get(&claims.sub)
+            .cloned()
+            .ok_or(AuthFailure::UnknownClient)?;
+        if claims.gen != client.version_id.to_string() {
+            return Err(stale);
+        }
+        if !client.active {
+            return Err(AuthFailure::InactiveClient);
+        }
+        if !client.allows(Grant::ClientCredentials) {
+            return Err(AuthFailure::GrantNotAllowed);
+        }
+        Ok(Identity::Client {
+            id: client.id.clone(),
+        })
+    }
+
+    /// Issues an access token for a verified caller; returns (token,
+    /// expires_in seconds).
+    pub fn issue_token(&self, verified: &Verified) -> (String, u64) {
+        let (token, _) = self.signer.issue(
+            verified.identity.id(),
+            &verified.generation,
+            verified.lifetime,
+        );
+        (token, verified.lifetime)
+    }
+}
+
+/// Keeps the snapshot in step with changes made through other instances.
+pub fn spawn_recheck(auth: &Arc<AuthService>, store: Store, every: Duration) {
+    let weak = Arc::downgrade(auth);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(auth) = weak.upgrade() else { break };
+            if let Err(e) = auth.reload_if_changed(&store).await {
+                tracing::warn!(error = %e, "could not re-check clients and policies");
+            }
+        }
+    });
+}
