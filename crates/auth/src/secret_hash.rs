@@ -4,7 +4,7 @@
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use fhirbox_fhir::secret_fields::{DATA_ABSENT_REASON_URL, SECRET_REFERENCE_URL};
+use fhirbox_fhir::secret_fields::DATA_ABSENT_REASON_URL;
 use serde_json::{json, Map, Value};
 
 /// Private extension that carries the hash in storage; removed from every response.
@@ -52,22 +52,7 @@ pub fn stored_hash(element: Option<&Value>) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-/// The vault secret name a `_secret` element refers to, if any.
-pub fn referenced_name(element: Option<&Value>) -> Option<&str> {
-    extensions(element)
-        .iter()
-        .find(|e| e.get("url").and_then(Value::as_str) == Some(SECRET_REFERENCE_URL))
-        .and_then(|e| e.get("valueString"))
-        .and_then(Value::as_str)
-}
-
-/// True when the element says the value is masked.
-pub fn is_masked(element: Option<&Value>) -> bool {
-    extensions(element).iter().any(|e| {
-        e.get("url").and_then(Value::as_str) == Some(DATA_ABSENT_REASON_URL)
-            && e.get("valueCode").and_then(Value::as_str) == Some("masked")
-    })
-}
+pub use fhirbox_fhir::secret_refs::{is_masked, referenced_name};
 
 /// Removes the hash extension from a `_secret` element held in `fields`.
 pub fn strip_hash(fields: &mut Map<String, Value>) -> bool {

@@ -8,6 +8,7 @@ pub mod json;
 pub mod outcome;
 pub mod resource_types;
 pub mod secret_fields;
+pub mod secret_refs;
 
 pub use id::is_valid_id;
 pub use outcome::{IssueSeverity, IssueType, OperationOutcome};

@@ -586,7 +586,7 @@ impl Validator<'_> {
 }
 
 /// Secret names: `[A-Za-z0-9._-]+` (SPEC 1.1).
-pub(crate) fn is_valid_secret_name(name: &str) -> bool {
+pub fn is_valid_secret_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

@@ -34,7 +34,7 @@ mod watcher;
 #[cfg(feature = "test-support")]
 pub mod atomic_writer;
 
-pub use config::{ConfigError, ConfigProblem, SecretEntry, VaultConfig};
+pub use config::{is_valid_secret_name, ConfigError, ConfigProblem, SecretEntry, VaultConfig};
 pub use error::SecretError;
 pub use file::{read_secret_file, DEFAULT_MAX_FILE_SIZE};
 pub use resolver::{
