@@ -33,7 +33,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const DATA_DIR: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
@@ -41,22 +41,6 @@ const DATA_TMP: &str = "..data_tmp";
 /// Makes timestamped directory names unique within the process even within one
 /// nanosecond-resolution clock tick; `create_dir` failing on a collision covers the rest.
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-
-/// Polls `cond` every few milliseconds until it holds or `within` has passed;
-/// tests of anything that follows such a mount wait on a condition with a
-/// deadline rather than sleeping.
-pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 /// What a [`AtomicWriterDir::write`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

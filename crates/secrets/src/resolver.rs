@@ -931,7 +931,7 @@ mod tests {
     use super::*;
     use std::fs;
 
-    use crate::atomic_writer::wait_until;
+    use fhirbox_test_support::wait_until;
 
     #[test]
     fn own_reads_do_not_wake_the_watcher_in_a_loop() {

@@ -248,15 +248,10 @@ impl DirWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fhirbox_test_support::wait_until;
 
     fn wait_for_change(signal: &Signal, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if signal.wait(deadline - Instant::now()).changed {
-                return true;
-            }
-        }
-        false
+        wait_until(within, || signal.wait(Duration::from_millis(50)).changed)
     }
 
     #[test]
@@ -362,12 +357,12 @@ mod tests {
 
         // Deleting the watched directory itself asks for a re-arm (its watch is dead).
         fs::remove_dir_all(&dir).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut rearm = false;
-        while !rearm && Instant::now() < deadline {
-            rearm = signal.wait(Duration::from_millis(50)).rearm;
-        }
-        assert!(rearm, "deleting a watched directory must request a re-arm");
+        assert!(
+            wait_until(Duration::from_secs(5), || signal
+                .wait(Duration::from_millis(50))
+                .rearm),
+            "deleting a watched directory must request a re-arm"
+        );
         assert!(
             !w.sync(&wanted, true),
             "nothing to arm while the directory is gone"

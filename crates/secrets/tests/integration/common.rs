@@ -17,7 +17,7 @@ pub const TYPES: [&str; 4] = [
     "AidboxTopicDestination",
 ];
 
-pub use fhirbox_secrets::atomic_writer::wait_until;
+pub use fhirbox_test_support::wait_until;
 
 /// Options for tests that must prove the directory watcher works: the poll is so slow that
 /// it can never be what picked a change up.

@@ -3,139 +3,258 @@
 use serde_json::json;
 
 use crate::backend_tests;
+use crate::helpers::TestApp;
 
-backend_tests! {
-    async fn create_assigns_an_id_and_answers_201_with_location_and_etag(app) {
-        let r = app.post("/fhir/Patient", &json!({"resourceType": "Patient", "id": "ignored", "gender": "female"})).await;
-        assert_eq!(r.status, 201, "{}", r.text);
-        let body = r.json();
-        let id = body["id"].as_str().unwrap().to_owned();
-        assert_ne!(id, "ignored");
-        assert_eq!(body["meta"]["versionId"], "1");
-        assert!(body["meta"]["lastUpdated"].as_str().unwrap().ends_with('Z'));
-        assert_eq!(r.header("etag"), Some("W/\"1\""));
-        let location = r.header("location").unwrap();
-        assert!(location.ends_with(&format!("/fhir/Patient/{id}/_history/1")), "{location}");
-        assert!(r.header("content-type").unwrap().starts_with("application/fhir+json"));
+backend_tests!(
+    create_assigns_an_id_and_answers_201_with_location_and_etag,
+    update_creates_then_versions_and_vread_returns_each_version,
+    update_keeps_client_meta_elements_but_owns_version_and_time,
+    patch_applies_a_json_patch_and_guards_the_id,
+    delete_makes_read_answer_410_and_update_brings_it_back,
+    prefer_return_chooses_the_response_body,
+    if_match_guards_update_patch_and_delete,
+    server_types_are_stored_like_fhir_types
+);
 
-        let read = app.get(&format!("/fhir/Patient/{id}")).await;
-        assert_eq!(read.status, 200);
-        assert_eq!(read.json(), body);
-        assert_eq!(read.header("etag"), Some("W/\"1\""));
-        assert!(read.header("last-modified").unwrap().ends_with("GMT"));
-    }
+async fn create_assigns_an_id_and_answers_201_with_location_and_etag(app: TestApp) {
+    let r = app
+        .post(
+            "/fhir/Patient",
+            &json!({"resourceType": "Patient", "id": "ignored", "gender": "female"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let body = r.json();
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_ne!(id, "ignored");
+    assert_eq!(body["meta"]["versionId"], "1");
+    assert!(body["meta"]["lastUpdated"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(r.header("etag"), Some("W/\"1\""));
+    let location = r.header("location").unwrap();
+    assert!(
+        location.ends_with(&format!("/fhir/Patient/{id}/_history/1")),
+        "{location}"
+    );
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/fhir+json"));
 
-    async fn update_creates_then_versions_and_vread_returns_each_version(app) {
-        let first = app.put("/fhir/Patient/p1", &json!({"resourceType": "Patient", "id": "p1", "gender": "male"})).await;
-        assert_eq!(first.status, 201);
-        assert!(first.header("location").is_some());
-        let second = app.put("/fhir/Patient/p1", &json!({"resourceType": "Patient", "id": "p1", "gender": "female"})).await;
-        assert_eq!(second.status, 200);
-        assert_eq!(second.json()["meta"]["versionId"], "2");
-        assert_eq!(second.header("etag"), Some("W/\"2\""));
+    let read = app.get(&format!("/fhir/Patient/{id}")).await;
+    assert_eq!(read.status, 200);
+    assert_eq!(read.json(), body);
+    assert_eq!(read.header("etag"), Some("W/\"1\""));
+    assert!(read.header("last-modified").unwrap().ends_with("GMT"));
+}
 
-        let v1 = app.get("/fhir/Patient/p1/_history/1").await;
-        assert_eq!(v1.status, 200);
-        assert_eq!(v1.json()["gender"], "male");
-        assert_eq!(app.get("/fhir/Patient/p1/_history/2").await.json()["gender"], "female");
-        app.get("/fhir/Patient/p1/_history/3").await.assert_outcome(404, "no version 3");
-        app.get("/fhir/Patient/p1/_history/x").await.assert_outcome(400, "not a version id");
-    }
+async fn update_creates_then_versions_and_vread_returns_each_version(app: TestApp) {
+    let first = app
+        .put(
+            "/fhir/Patient/p1",
+            &json!({"resourceType": "Patient", "id": "p1", "gender": "male"}),
+        )
+        .await;
+    assert_eq!(first.status, 201);
+    assert!(first.header("location").is_some());
+    let second = app
+        .put(
+            "/fhir/Patient/p1",
+            &json!({"resourceType": "Patient", "id": "p1", "gender": "female"}),
+        )
+        .await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.json()["meta"]["versionId"], "2");
+    assert_eq!(second.header("etag"), Some("W/\"2\""));
 
-    async fn update_keeps_client_meta_elements_but_owns_version_and_time(app) {
-        let r = app.put("/fhir/Patient/m", &json!({
-            "resourceType": "Patient", "id": "m",
-            "meta": {"versionId": "99", "lastUpdated": "2000-01-01T00:00:00Z", "profile": ["http://example.org/p"]}
-        })).await;
-        let body = r.json();
-        assert_eq!(body["meta"]["versionId"], "1");
-        assert_ne!(body["meta"]["lastUpdated"], "2000-01-01T00:00:00Z");
-        assert_eq!(body["meta"]["profile"][0], "http://example.org/p");
-    }
+    let v1 = app.get("/fhir/Patient/p1/_history/1").await;
+    assert_eq!(v1.status, 200);
+    assert_eq!(v1.json()["gender"], "male");
+    assert_eq!(
+        app.get("/fhir/Patient/p1/_history/2").await.json()["gender"],
+        "female"
+    );
+    app.get("/fhir/Patient/p1/_history/3")
+        .await
+        .assert_outcome(404, "no version 3");
+    app.get("/fhir/Patient/p1/_history/x")
+        .await
+        .assert_outcome(400, "not a version id");
+}
 
-    async fn patch_applies_a_json_patch_and_guards_the_id(app) {
-        app.put_patient("pp", "Before").await;
-        let r = app.patch("/fhir/Patient/pp", &json!([{"op": "replace", "path": "/name/0/family", "value": "After"}])).await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(r.json()["name"][0]["family"], "After");
-        assert_eq!(r.json()["meta"]["versionId"], "2");
+async fn update_keeps_client_meta_elements_but_owns_version_and_time(app: TestApp) {
+    let r = app.put("/fhir/Patient/m", &json!({
+        "resourceType": "Patient", "id": "m",
+        "meta": {"versionId": "99", "lastUpdated": "2000-01-01T00:00:00Z", "profile": ["http://example.org/p"]}
+    })).await;
+    let body = r.json();
+    assert_eq!(body["meta"]["versionId"], "1");
+    assert_ne!(body["meta"]["lastUpdated"], "2000-01-01T00:00:00Z");
+    assert_eq!(body["meta"]["profile"][0], "http://example.org/p");
+}
 
-        app.patch("/fhir/Patient/pp", &json!([{"op": "replace", "path": "/id", "value": "other"}]))
-            .await
-            .assert_outcome(422, "does not match the id in the URL");
-        app.patch("/fhir/Patient/pp", &json!([{"op": "test", "path": "/name/0/family", "value": "Nope"}]))
-            .await
-            .assert_outcome(422, "cannot be applied");
-        app.patch("/fhir/Patient/pp", &json!({"op": "replace"}))
-            .await
-            .assert_outcome(400, "not valid JSON Patch");
-        app.patch("/fhir/Patient/missing", &json!([])).await.assert_outcome(404, "does not exist");
-        // Nothing of the failed patches was stored.
-        assert_eq!(app.get("/fhir/Patient/pp").await.json()["meta"]["versionId"], "2");
-    }
+async fn patch_applies_a_json_patch_and_guards_the_id(app: TestApp) {
+    app.put_patient("pp", "Before").await;
+    let r = app
+        .patch(
+            "/fhir/Patient/pp",
+            &json!([{"op": "replace", "path": "/name/0/family", "value": "After"}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["name"][0]["family"], "After");
+    assert_eq!(r.json()["meta"]["versionId"], "2");
 
-    async fn delete_makes_read_answer_410_and_update_brings_it_back(app) {
-        app.put_patient("d1", "Gone").await;
-        let r = app.delete("/fhir/Patient/d1").await;
-        assert_eq!(r.status, 204);
-        assert_eq!(r.header("etag"), Some("W/\"2\""));
-        app.get("/fhir/Patient/d1").await.assert_outcome(410, "deleted");
-        // Deleting again changes nothing and still succeeds.
-        assert_eq!(app.delete("/fhir/Patient/d1").await.status, 204);
-        app.get("/fhir/Patient/d1/_history/2").await.assert_outcome(410, "deletion");
-        assert_eq!(app.get("/fhir/Patient/d1/_history/1").await.status, 200);
-        app.delete("/fhir/Patient/never").await.assert_outcome(404, "does not exist");
+    app.patch(
+        "/fhir/Patient/pp",
+        &json!([{"op": "replace", "path": "/id", "value": "other"}]),
+    )
+    .await
+    .assert_outcome(422, "does not match the id in the URL");
+    app.patch(
+        "/fhir/Patient/pp",
+        &json!([{"op": "test", "path": "/name/0/family", "value": "Nope"}]),
+    )
+    .await
+    .assert_outcome(422, "cannot be applied");
+    app.patch("/fhir/Patient/pp", &json!({"op": "replace"}))
+        .await
+        .assert_outcome(400, "not valid JSON Patch");
+    app.patch("/fhir/Patient/missing", &json!([]))
+        .await
+        .assert_outcome(404, "does not exist");
+    // Nothing of the failed patches was stored.
+    assert_eq!(
+        app.get("/fhir/Patient/pp").await.json()["meta"]["versionId"],
+        "2"
+    );
+}
 
-        let back = app.put("/fhir/Patient/d1", &json!({"resourceType": "Patient", "id": "d1"})).await;
-        assert_eq!(back.status, 201);
-        assert_eq!(back.json()["meta"]["versionId"], "3");
-    }
+async fn delete_makes_read_answer_410_and_update_brings_it_back(app: TestApp) {
+    app.put_patient("d1", "Gone").await;
+    let r = app.delete("/fhir/Patient/d1").await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("etag"), Some("W/\"2\""));
+    app.get("/fhir/Patient/d1")
+        .await
+        .assert_outcome(410, "deleted");
+    // Deleting again changes nothing and still succeeds.
+    assert_eq!(app.delete("/fhir/Patient/d1").await.status, 204);
+    app.get("/fhir/Patient/d1/_history/2")
+        .await
+        .assert_outcome(410, "deletion");
+    assert_eq!(app.get("/fhir/Patient/d1/_history/1").await.status, 200);
+    app.delete("/fhir/Patient/never")
+        .await
+        .assert_outcome(404, "does not exist");
 
-    async fn prefer_return_chooses_the_response_body(app) {
-        let minimal = app
-            .send(app.fhir(app.client.post(app.url("/fhir/Patient")), &json!({"resourceType": "Patient"})).header("prefer", "return=minimal"))
-            .await;
-        assert_eq!(minimal.status, 201);
-        assert!(minimal.text.is_empty());
-        assert!(minimal.header("location").is_some());
-        let oo = app
-            .send(app.fhir(app.client.put(app.url("/fhir/Patient/o")), &json!({"resourceType": "Patient", "id": "o"})).header("prefer", "return=OperationOutcome"))
-            .await;
-        assert_eq!(oo.status, 201);
-        assert_eq!(oo.json()["resourceType"], "OperationOutcome");
-        assert_eq!(oo.json()["issue"][0]["severity"], "information");
-        let deleted = app
-            .send(app.client.delete(app.url("/fhir/Patient/o")).header("prefer", "return=OperationOutcome"))
-            .await;
-        assert_eq!(deleted.status, 200);
-        assert_eq!(deleted.json()["resourceType"], "OperationOutcome");
-    }
+    let back = app
+        .put(
+            "/fhir/Patient/d1",
+            &json!({"resourceType": "Patient", "id": "d1"}),
+        )
+        .await;
+    assert_eq!(back.status, 201);
+    assert_eq!(back.json()["meta"]["versionId"], "3");
+}
 
-    async fn if_match_guards_update_patch_and_delete(app) {
-        app.put_patient("v", "One").await;
-        app.put_patient("v", "Two").await;
-        let stale = app
-            .send(app.fhir(app.client.put(app.url("/fhir/Patient/v")), &json!({"resourceType": "Patient", "id": "v"})).header("if-match", "W/\"1\""))
-            .await;
-        stale.assert_outcome(412, "current version is 2");
-        let fresh = app
-            .send(app.fhir(app.client.put(app.url("/fhir/Patient/v")), &json!({"resourceType": "Patient", "id": "v", "gender": "other"})).header("if-match", "W/\"2\""))
-            .await;
-        assert_eq!(fresh.status, 200);
-        let patch_stale = app
-            .send(app.client.patch(app.url("/fhir/Patient/v")).header("content-type", "application/json-patch+json").header("if-match", "W/\"2\"").body("[]"))
-            .await;
-        patch_stale.assert_outcome(412, "version 2 was expected");
-        let delete_stale = app.send(app.client.delete(app.url("/fhir/Patient/v")).header("if-match", "W/\"1\"")).await;
-        delete_stale.assert_outcome(412, "version 1 was expected");
-        let malformed = app.send(app.client.delete(app.url("/fhir/Patient/v")).header("if-match", "yesterday")).await;
-        malformed.assert_outcome(400, "If-Match");
-        assert_eq!(app.get("/fhir/Patient/v").await.json()["gender"], "other");
-    }
+async fn prefer_return_chooses_the_response_body(app: TestApp) {
+    let minimal = app
+        .send(
+            app.fhir(
+                app.client.post(app.url("/fhir/Patient")),
+                &json!({"resourceType": "Patient"}),
+            )
+            .header("prefer", "return=minimal"),
+        )
+        .await;
+    assert_eq!(minimal.status, 201);
+    assert!(minimal.text.is_empty());
+    assert!(minimal.header("location").is_some());
+    let oo = app
+        .send(
+            app.fhir(
+                app.client.put(app.url("/fhir/Patient/o")),
+                &json!({"resourceType": "Patient", "id": "o"}),
+            )
+            .header("prefer", "return=OperationOutcome"),
+        )
+        .await;
+    assert_eq!(oo.status, 201);
+    assert_eq!(oo.json()["resourceType"], "OperationOutcome");
+    assert_eq!(oo.json()["issue"][0]["severity"], "information");
+    let deleted = app
+        .send(
+            app.client
+                .delete(app.url("/fhir/Patient/o"))
+                .header("prefer", "return=OperationOutcome"),
+        )
+        .await;
+    assert_eq!(deleted.status, 200);
+    assert_eq!(deleted.json()["resourceType"], "OperationOutcome");
+}
 
-    async fn server_types_are_stored_like_fhir_types(app) {
-        let r = app.put("/fhir/AccessPolicy/ap1", &json!({"resourceType": "AccessPolicy", "id": "ap1", "engine": "allow"})).await;
-        assert_eq!(r.status, 201, "{}", r.text);
-        assert_eq!(app.get("/fhir/AccessPolicy/ap1").await.json()["engine"], "allow");
-    }
+async fn if_match_guards_update_patch_and_delete(app: TestApp) {
+    app.put_patient("v", "One").await;
+    app.put_patient("v", "Two").await;
+    let stale = app
+        .send(
+            app.fhir(
+                app.client.put(app.url("/fhir/Patient/v")),
+                &json!({"resourceType": "Patient", "id": "v"}),
+            )
+            .header("if-match", "W/\"1\""),
+        )
+        .await;
+    stale.assert_outcome(412, "current version is 2");
+    let fresh = app
+        .send(
+            app.fhir(
+                app.client.put(app.url("/fhir/Patient/v")),
+                &json!({"resourceType": "Patient", "id": "v", "gender": "other"}),
+            )
+            .header("if-match", "W/\"2\""),
+        )
+        .await;
+    assert_eq!(fresh.status, 200);
+    let patch_stale = app
+        .send(
+            app.client
+                .patch(app.url("/fhir/Patient/v"))
+                .header("content-type", "application/json-patch+json")
+                .header("if-match", "W/\"2\"")
+                .body("[]"),
+        )
+        .await;
+    patch_stale.assert_outcome(412, "version 2 was expected");
+    let delete_stale = app
+        .send(
+            app.client
+                .delete(app.url("/fhir/Patient/v"))
+                .header("if-match", "W/\"1\""),
+        )
+        .await;
+    delete_stale.assert_outcome(412, "version 1 was expected");
+    let malformed = app
+        .send(
+            app.client
+                .delete(app.url("/fhir/Patient/v"))
+                .header("if-match", "yesterday"),
+        )
+        .await;
+    malformed.assert_outcome(400, "If-Match");
+    assert_eq!(app.get("/fhir/Patient/v").await.json()["gender"], "other");
+}
+
+async fn server_types_are_stored_like_fhir_types(app: TestApp) {
+    let r = app
+        .put(
+            "/fhir/AccessPolicy/ap1",
+            &json!({"resourceType": "AccessPolicy", "id": "ap1", "engine": "allow"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(
+        app.get("/fhir/AccessPolicy/ap1").await.json()["engine"],
+        "allow"
+    );
 }

@@ -16,8 +16,7 @@ async fn a_first_run_generates_a_private_root_secret_and_later_runs_reuse_it() {
             RootSecretSource::Generated(_)
         ));
     })
-    .await
-    .unwrap();
+    .await;
     let path = first
         .db
         .sqlite_path()

@@ -1,6 +1,6 @@
 //! The test harness: `TestApp` starts the real server on port 0 with a fresh
-//! database (a temporary SQLite file, or a new PostgreSQL database when
-//! `FHIRBOX_TEST_POSTGRES_URL` is set) and offers typed request helpers.
+//! database (a temporary SQLite file, or a new PostgreSQL database on the
+//! server named by `FHIRBOX_TEST_POSTGRES_URL`) and offers typed request helpers.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,43 +10,25 @@ use fhirbox_server::settings::{DatabaseUrl, RootClient, Settings};
 use reqwest::header::HeaderMap;
 use secrecy::SecretString;
 use serde_json::Value;
-use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+use fhirbox_test_support::postgres::TestDatabase;
+pub use fhirbox_test_support::Backend;
 
-/// Runs each listed test body once per backend: `sqlite` always, `postgres`
-/// when `FHIRBOX_TEST_POSTGRES_URL` is set.
+/// Runs each listed `async fn name(app: TestApp)` of the calling module once
+/// per backend, as `name::sqlite` and `name::postgres`, each on a fresh
+/// database. The PostgreSQL variant shows as ignored unless
+/// `FHIRBOX_TEST_POSTGRES_URL` is set, and fails under CI when it is not.
+/// `backend_tests!(per_backend: name, ..)` passes the `Backend` instead, for
+/// tests that start their servers themselves.
 #[macro_export]
 macro_rules! backend_tests {
-    ($(async fn $name:ident($app:ident) $body:block)*) => {
-        $(
-            mod $name {
-                #[allow(unused_imports)]
-                use super::*;
-
-                async fn run($app: $crate::helpers::TestApp) $body
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let app = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await.unwrap();
-                    run(app).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    match $crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres).await {
-                        Some(app) => run(app).await,
-                        None => eprintln!("FHIRBOX_TEST_POSTGRES_URL is not set; PostgreSQL variant skipped"),
-                    }
-                }
-            }
-        )*
+    (per_backend: $($name:ident),* $(,)?) => {
+        fhirbox_test_support::backend_variants!($($name),*);
+    };
+    ($($name:ident),* $(,)?) => {
+        fhirbox_test_support::backend_variants!(setup = $crate::helpers::TestApp::spawn; $($name),*);
     };
 }
 
@@ -55,10 +37,7 @@ pub enum TestDb {
     Sqlite {
         dir: PathBuf,
     },
-    Postgres {
-        admin_url: String,
-        name: String,
-    },
+    Postgres(TestDatabase),
     /// Another server's database, borrowed (never dropped by this one).
     Shared {
         url: String,
@@ -68,36 +47,22 @@ pub enum TestDb {
 }
 
 impl TestDb {
-    async fn create(backend: Backend) -> Option<TestDb> {
-        let unique = uuid::Uuid::new_v4().simple().to_string();
+    async fn create(backend: Backend) -> TestDb {
         match backend {
             Backend::Sqlite => {
+                let unique = uuid::Uuid::new_v4().simple().to_string();
                 let dir = std::env::temp_dir().join(format!("fhirbox-test-{unique}"));
                 std::fs::create_dir_all(&dir).unwrap();
-                Some(TestDb::Sqlite { dir })
+                TestDb::Sqlite { dir }
             }
-            Backend::Postgres => {
-                let admin_url = std::env::var("FHIRBOX_TEST_POSTGRES_URL")
-                    .ok()
-                    .filter(|u| !u.is_empty())?;
-                let name = format!("fhirbox_test_{unique}");
-                let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect(
-                    "FHIRBOX_TEST_POSTGRES_URL must point at a reachable PostgreSQL server",
-                );
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                conn.close().await.ok();
-                Some(TestDb::Postgres { admin_url, name })
-            }
+            Backend::Postgres => TestDb::Postgres(TestDatabase::create().await),
         }
     }
 
     pub fn url(&self) -> String {
         match self {
             TestDb::Sqlite { dir } => format!("sqlite:{}", dir.join("fhirbox.db").display()),
-            TestDb::Postgres { admin_url, name } => with_database(admin_url, name),
+            TestDb::Postgres(db) => db.url(),
             TestDb::Shared { url, .. } => url.clone(),
         }
     }
@@ -107,14 +72,14 @@ impl TestDb {
         match self {
             TestDb::Sqlite { dir } => Some(dir.join("fhirbox.db")),
             TestDb::Shared { sqlite, .. } => sqlite.clone(),
-            TestDb::Postgres { .. } => None,
+            TestDb::Postgres(_) => None,
         }
     }
 
     /// The PostgreSQL database name, for `pg_dump`.
     pub fn postgres_name(&self) -> Option<String> {
         match self {
-            TestDb::Postgres { name, .. } => Some(name.clone()),
+            TestDb::Postgres(db) => Some(db.name().to_owned()),
             TestDb::Shared { postgres_name, .. } => postgres_name.clone(),
             TestDb::Sqlite { .. } => None,
         }
@@ -129,47 +94,11 @@ impl TestDb {
     }
 }
 
-/// Replaces the database name in a PostgreSQL URL.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_part = match base[scheme_end..].find('/') {
-        Some(slash) => &base[..scheme_end + slash],
-        None => base,
-    };
-    format!("{host_part}/{name}{query}")
-}
-
 impl Drop for TestDb {
     fn drop(&mut self) {
-        match self {
-            TestDb::Sqlite { dir } => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            TestDb::Shared { .. } => {}
-            TestDb::Postgres { admin_url, name } => {
-                let (admin_url, name) = (admin_url.clone(), name.clone());
-                // Drop runs outside async context; a short-lived runtime on its own thread does the DROP.
-                let _ = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    rt.block_on(async {
-                        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                            let _ = sqlx::query(&format!(
-                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                            ))
-                            .execute(&mut conn)
-                            .await;
-                        }
-                    });
-                })
-                .join();
-            }
+        // A PostgreSQL database drops itself (TestDatabase); a shared one belongs to another server.
+        if let TestDb::Sqlite { dir } = self {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -265,10 +194,11 @@ pub const ROOT_SECRET: &str = "root-secret-for-tests-only";
 pub const TEST_MAX_BODY: usize = 256 * 1024;
 
 impl TestApp {
-    /// Starts a server on a fresh database; `None` when the backend is not configured.
-    pub async fn spawn(backend: Backend) -> Option<TestApp> {
-        let db = TestDb::create(backend).await?;
-        Some(Self::start(backend, db).await)
+    /// Starts a server on a fresh database. For PostgreSQL this needs
+    /// `FHIRBOX_TEST_POSTGRES_URL` and panics, naming it, when it is missing.
+    pub async fn spawn(backend: Backend) -> TestApp {
+        let db = TestDb::create(backend).await;
+        Self::start(backend, db).await
     }
 
     async fn start(backend: Backend, db: TestDb) -> TestApp {
@@ -276,12 +206,9 @@ impl TestApp {
     }
 
     /// Starts a server on a fresh database with adjusted settings.
-    pub async fn spawn_with(
-        backend: Backend,
-        adjust: impl FnOnce(&mut Settings),
-    ) -> Option<TestApp> {
-        let db = TestDb::create(backend).await?;
-        Some(Self::start_with(backend, db, adjust).await)
+    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let db = TestDb::create(backend).await;
+        Self::start_with(backend, db, adjust).await
     }
 
     async fn start_with(

@@ -1,138 +1,229 @@
 //! Search: _id, _lastUpdated, _sort, _count, _total, paging, strict handling.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
+use fhirbox_test_support::wait_until_async;
 use serde_json::json;
 
 use crate::backend_tests;
-use crate::helpers::{entry_ids, link};
+use crate::helpers::{entry_ids, link, TestApp};
 
-backend_tests! {
-    async fn search_by_id_returns_matches_and_excludes_deleted(app) {
-        for id in ["a", "b", "c"] {
-            app.put_patient(id, id).await;
-        }
-        app.delete("/fhir/Patient/c").await;
-        let r = app.get("/fhir/Patient?_id=a,c").await;
-        assert_eq!(r.status, 200);
-        let bundle = r.json();
-        assert_eq!(bundle["type"], "searchset");
-        assert_eq!(bundle["total"], 1);
-        assert_eq!(entry_ids(&bundle), ["a"]);
-        assert_eq!(bundle["entry"][0]["search"]["mode"], "match");
-        assert!(bundle["entry"][0]["fullUrl"].as_str().unwrap().ends_with("/fhir/Patient/a"));
-        let all = app.get("/fhir/Patient").await.json();
-        assert_eq!(entry_ids(&all), ["a", "b"]);
-        let none = app.get("/fhir/Patient?_id=zzz").await.json();
-        assert_eq!(none["total"], 0);
-        assert!(none.get("entry").is_none());
-    }
+backend_tests!(
+    search_by_id_returns_matches_and_excludes_deleted,
+    last_updated_prefixes_select_time_ranges,
+    sort_orders_by_id_or_last_updated_in_both_directions,
+    total_can_be_switched_off,
+    pages_link_next_and_previous,
+    paging_stays_correct_while_rows_are_inserted,
+    unknown_parameters_are_ignored_or_refused_when_strict,
+    system_search_spans_types
+);
 
-    async fn last_updated_prefixes_select_time_ranges(app) {
-        app.put_patient("early", "E").await;
-        let early_time = app.get("/fhir/Patient/early").await.json()["meta"]["lastUpdated"].as_str().unwrap().to_owned();
-        // Wait until the clock has moved past the first write's millisecond.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            app.put_patient("late", "L").await;
-            let late_time = app.get("/fhir/Patient/late").await.json()["meta"]["lastUpdated"].as_str().unwrap().to_owned();
-            if late_time > early_time { break; }
-            assert!(std::time::Instant::now() < deadline, "clock did not advance");
-        }
-        let q = |prefix: &str| format!("/fhir/Patient?_lastUpdated={prefix}{}&_sort=_id", early_time.replace('+', "%2B"));
-        assert_eq!(entry_ids(&app.get(&q("eq")).await.json()), ["early"]);
-        assert_eq!(entry_ids(&app.get(&q("gt")).await.json()), ["late"]);
-        assert_eq!(entry_ids(&app.get(&q("ge")).await.json()), ["early", "late"]);
-        assert!(entry_ids(&app.get(&q("lt")).await.json()).is_empty());
-        assert_eq!(entry_ids(&app.get(&q("le")).await.json()), ["early"]);
-        let year = &early_time[..4];
-        assert_eq!(entry_ids(&app.get(&format!("/fhir/Patient?_lastUpdated={year}")).await.json()).len(), 2);
-        app.get("/fhir/Patient?_lastUpdated=ne2024").await.assert_outcome(400, "prefix");
-        app.get("/fhir/Patient?_lastUpdated=soon").await.assert_outcome(400, "not a FHIR dateTime");
+async fn search_by_id_returns_matches_and_excludes_deleted(app: TestApp) {
+    for id in ["a", "b", "c"] {
+        app.put_patient(id, id).await;
     }
+    app.delete("/fhir/Patient/c").await;
+    let r = app.get("/fhir/Patient?_id=a,c").await;
+    assert_eq!(r.status, 200);
+    let bundle = r.json();
+    assert_eq!(bundle["type"], "searchset");
+    assert_eq!(bundle["total"], 1);
+    assert_eq!(entry_ids(&bundle), ["a"]);
+    assert_eq!(bundle["entry"][0]["search"]["mode"], "match");
+    assert!(bundle["entry"][0]["fullUrl"]
+        .as_str()
+        .unwrap()
+        .ends_with("/fhir/Patient/a"));
+    let all = app.get("/fhir/Patient").await.json();
+    assert_eq!(entry_ids(&all), ["a", "b"]);
+    let none = app.get("/fhir/Patient?_id=zzz").await.json();
+    assert_eq!(none["total"], 0);
+    assert!(none.get("entry").is_none());
+}
 
-    async fn sort_orders_by_id_or_last_updated_in_both_directions(app) {
-        for id in ["m", "z", "a"] {
-            app.put_patient(id, id).await;
-        }
-        assert_eq!(entry_ids(&app.get("/fhir/Patient?_sort=_id").await.json()), ["a", "m", "z"]);
-        assert_eq!(entry_ids(&app.get("/fhir/Patient?_sort=-_id").await.json()), ["z", "m", "a"]);
-        assert_eq!(entry_ids(&app.get("/fhir/Patient?_sort=_lastUpdated").await.json()), ["m", "z", "a"]);
-        assert_eq!(entry_ids(&app.get("/fhir/Patient?_sort=-_lastUpdated").await.json()), ["a", "z", "m"]);
-        app.get("/fhir/Patient?_sort=name").await.assert_outcome(400, "_sort=name");
-    }
+async fn last_updated_prefixes_select_time_ranges(app: TestApp) {
+    app.put_patient("early", "E").await;
+    let early_time = app.get("/fhir/Patient/early").await.json()["meta"]["lastUpdated"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Wait until the clock has moved past the first write's millisecond.
+    let advanced = wait_until_async(Duration::from_secs(5), || async {
+        app.put_patient("late", "L").await;
+        let late = app.get("/fhir/Patient/late").await.json();
+        late["meta"]["lastUpdated"].as_str().unwrap() > early_time.as_str()
+    })
+    .await;
+    assert!(advanced, "clock did not advance");
+    let q = |prefix: &str| {
+        format!(
+            "/fhir/Patient?_lastUpdated={prefix}{}&_sort=_id",
+            early_time.replace('+', "%2B")
+        )
+    };
+    assert_eq!(entry_ids(&app.get(&q("eq")).await.json()), ["early"]);
+    assert_eq!(entry_ids(&app.get(&q("gt")).await.json()), ["late"]);
+    assert_eq!(
+        entry_ids(&app.get(&q("ge")).await.json()),
+        ["early", "late"]
+    );
+    assert!(entry_ids(&app.get(&q("lt")).await.json()).is_empty());
+    assert_eq!(entry_ids(&app.get(&q("le")).await.json()), ["early"]);
+    let year = &early_time[..4];
+    assert_eq!(
+        entry_ids(
+            &app.get(&format!("/fhir/Patient?_lastUpdated={year}"))
+                .await
+                .json()
+        )
+        .len(),
+        2
+    );
+    app.get("/fhir/Patient?_lastUpdated=ne2024")
+        .await
+        .assert_outcome(400, "prefix");
+    app.get("/fhir/Patient?_lastUpdated=soon")
+        .await
+        .assert_outcome(400, "not a FHIR dateTime");
+}
 
-    async fn total_can_be_switched_off(app) {
-        app.put_patient("t", "T").await;
-        assert_eq!(app.get("/fhir/Patient?_total=accurate").await.json()["total"], 1);
-        assert!(app.get("/fhir/Patient?_total=none").await.json().get("total").is_none());
-        app.get("/fhir/Patient?_total=maybe").await.assert_outcome(400, "_total=maybe");
+async fn sort_orders_by_id_or_last_updated_in_both_directions(app: TestApp) {
+    for id in ["m", "z", "a"] {
+        app.put_patient(id, id).await;
     }
+    assert_eq!(
+        entry_ids(&app.get("/fhir/Patient?_sort=_id").await.json()),
+        ["a", "m", "z"]
+    );
+    assert_eq!(
+        entry_ids(&app.get("/fhir/Patient?_sort=-_id").await.json()),
+        ["z", "m", "a"]
+    );
+    assert_eq!(
+        entry_ids(&app.get("/fhir/Patient?_sort=_lastUpdated").await.json()),
+        ["m", "z", "a"]
+    );
+    assert_eq!(
+        entry_ids(&app.get("/fhir/Patient?_sort=-_lastUpdated").await.json()),
+        ["a", "z", "m"]
+    );
+    app.get("/fhir/Patient?_sort=name")
+        .await
+        .assert_outcome(400, "_sort=name");
+}
 
-    async fn pages_link_next_and_previous(app) {
-        for i in 0..7 {
-            app.put_patient(&format!("p{i}"), "Page").await;
-        }
-        let first = app.get("/fhir/Patient?_count=3").await.json();
-        assert_eq!(entry_ids(&first), ["p0", "p1", "p2"]);
-        assert_eq!(first["total"], 7);
-        assert!(link(&first, "previous").is_none());
-        assert!(link(&first, "self").unwrap().contains("_count=3"));
-        let second = app.get(&link(&first, "next").unwrap()).await.json();
-        assert_eq!(entry_ids(&second), ["p3", "p4", "p5"]);
-        let third = app.get(&link(&second, "next").unwrap()).await.json();
-        assert_eq!(entry_ids(&third), ["p6"]);
-        assert!(link(&third, "next").is_none());
-        let back = app.get(&link(&third, "previous").unwrap()).await.json();
-        assert_eq!(entry_ids(&back), ["p3", "p4", "p5"]);
-        let front = app.get(&link(&back, "previous").unwrap()).await.json();
-        assert_eq!(entry_ids(&front), ["p0", "p1", "p2"]);
-        assert!(link(&front, "previous").is_none());
-        app.get("/fhir/Patient?_cursor=garbage").await.assert_outcome(400, "_cursor");
-    }
+async fn total_can_be_switched_off(app: TestApp) {
+    app.put_patient("t", "T").await;
+    assert_eq!(
+        app.get("/fhir/Patient?_total=accurate").await.json()["total"],
+        1
+    );
+    assert!(app
+        .get("/fhir/Patient?_total=none")
+        .await
+        .json()
+        .get("total")
+        .is_none());
+    app.get("/fhir/Patient?_total=maybe")
+        .await
+        .assert_outcome(400, "_total=maybe");
+}
 
-    async fn paging_stays_correct_while_rows_are_inserted(app) {
-        for i in 0..10 {
-            app.put_patient(&format!("k{i:02}"), "Orig").await;
-        }
-        let mut seen = Vec::new();
-        let mut next = Some("/fhir/Patient?_count=3&_sort=_id".to_owned());
-        let mut round = 0;
-        while let Some(url) = next {
-            let page = app.get(&url).await.json();
-            seen.extend(entry_ids(&page));
-            // Insert rows both before and after the cursor position between pages.
-            app.put_patient(&format!("a-new{round}"), "New").await;
-            app.put_patient(&format!("z-new{round}"), "New").await;
-            round += 1;
-            next = link(&page, "next");
-            assert!(round < 20, "paging did not terminate");
-        }
-        let originals: Vec<_> = seen.iter().filter(|id| id.starts_with('k')).cloned().collect();
-        let expected: Vec<String> = (0..10).map(|i| format!("k{i:02}")).collect();
-        assert_eq!(originals, expected, "every original row exactly once, in order");
-        let unique: HashSet<_> = seen.iter().collect();
-        assert_eq!(unique.len(), seen.len(), "no row twice");
-        assert!(!seen.iter().any(|id| id.starts_with("a-new")), "rows inserted before the cursor are not revisited");
+async fn pages_link_next_and_previous(app: TestApp) {
+    for i in 0..7 {
+        app.put_patient(&format!("p{i}"), "Page").await;
     }
+    let first = app.get("/fhir/Patient?_count=3").await.json();
+    assert_eq!(entry_ids(&first), ["p0", "p1", "p2"]);
+    assert_eq!(first["total"], 7);
+    assert!(link(&first, "previous").is_none());
+    assert!(link(&first, "self").unwrap().contains("_count=3"));
+    let second = app.get(&link(&first, "next").unwrap()).await.json();
+    assert_eq!(entry_ids(&second), ["p3", "p4", "p5"]);
+    let third = app.get(&link(&second, "next").unwrap()).await.json();
+    assert_eq!(entry_ids(&third), ["p6"]);
+    assert!(link(&third, "next").is_none());
+    let back = app.get(&link(&third, "previous").unwrap()).await.json();
+    assert_eq!(entry_ids(&back), ["p3", "p4", "p5"]);
+    let front = app.get(&link(&back, "previous").unwrap()).await.json();
+    assert_eq!(entry_ids(&front), ["p0", "p1", "p2"]);
+    assert!(link(&front, "previous").is_none());
+    app.get("/fhir/Patient?_cursor=garbage")
+        .await
+        .assert_outcome(400, "_cursor");
+}
 
-    async fn unknown_parameters_are_ignored_or_refused_when_strict(app) {
-        app.put_patient("u", "U").await;
-        let lenient = app.get("/fhir/Patient?family=U&_count=5").await;
-        assert_eq!(lenient.status, 200);
-        let self_link = link(&lenient.json(), "self").unwrap();
-        assert!(!self_link.contains("family"), "ignored parameters are left out of the self link: {self_link}");
-        let strict = app.send(app.client.get(app.url("/fhir/Patient?family=U")).header("prefer", "handling=strict")).await;
-        strict.assert_outcome(400, "\"family\" is not supported");
+async fn paging_stays_correct_while_rows_are_inserted(app: TestApp) {
+    for i in 0..10 {
+        app.put_patient(&format!("k{i:02}"), "Orig").await;
     }
+    let mut seen = Vec::new();
+    let mut next = Some("/fhir/Patient?_count=3&_sort=_id".to_owned());
+    let mut round = 0;
+    while let Some(url) = next {
+        let page = app.get(&url).await.json();
+        seen.extend(entry_ids(&page));
+        // Insert rows both before and after the cursor position between pages.
+        app.put_patient(&format!("a-new{round}"), "New").await;
+        app.put_patient(&format!("z-new{round}"), "New").await;
+        round += 1;
+        next = link(&page, "next");
+        assert!(round < 20, "paging did not terminate");
+    }
+    let originals: Vec<_> = seen
+        .iter()
+        .filter(|id| id.starts_with('k'))
+        .cloned()
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("k{i:02}")).collect();
+    assert_eq!(
+        originals, expected,
+        "every original row exactly once, in order"
+    );
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no row twice");
+    assert!(
+        !seen.iter().any(|id| id.starts_with("a-new")),
+        "rows inserted before the cursor are not revisited"
+    );
+}
 
-    async fn system_search_spans_types(app) {
-        app.put_patient("s1", "S").await;
-        app.put("/fhir/Observation/s1", &json!({"resourceType": "Observation", "id": "s1", "status": "final"})).await;
-        let bundle = app.get("/fhir?_id=s1").await.json();
-        assert_eq!(bundle["total"], 2);
-        let mut types: Vec<_> = bundle["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].as_str().unwrap().to_owned()).collect();
-        types.sort();
-        assert_eq!(types, ["Observation", "Patient"]);
-    }
+async fn unknown_parameters_are_ignored_or_refused_when_strict(app: TestApp) {
+    app.put_patient("u", "U").await;
+    let lenient = app.get("/fhir/Patient?family=U&_count=5").await;
+    assert_eq!(lenient.status, 200);
+    let self_link = link(&lenient.json(), "self").unwrap();
+    assert!(
+        !self_link.contains("family"),
+        "ignored parameters are left out of the self link: {self_link}"
+    );
+    let strict = app
+        .send(
+            app.client
+                .get(app.url("/fhir/Patient?family=U"))
+                .header("prefer", "handling=strict"),
+        )
+        .await;
+    strict.assert_outcome(400, "\"family\" is not supported");
+}
+
+async fn system_search_spans_types(app: TestApp) {
+    app.put_patient("s1", "S").await;
+    app.put(
+        "/fhir/Observation/s1",
+        &json!({"resourceType": "Observation", "id": "s1", "status": "final"}),
+    )
+    .await;
+    let bundle = app.get("/fhir?_id=s1").await.json();
+    assert_eq!(bundle["total"], 2);
+    let mut types: Vec<_> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap().to_owned())
+        .collect();
+    types.sort();
+    assert_eq!(types, ["Observation", "Patient"]);
 }

@@ -11,7 +11,7 @@ use crate::helpers::{Backend, TestApp};
 use crate::raw_http::{closed_after, connect, read_response, root_basic, DEADLINE};
 
 async fn app_with(adjust: impl FnOnce(&mut fhirbox_server::Settings)) -> TestApp {
-    TestApp::spawn_with(Backend::Sqlite, adjust).await.unwrap()
+    TestApp::spawn_with(Backend::Sqlite, adjust).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use fhirbox_secrets::atomic_writer::AtomicWriterDir;
+use fhirbox_test_support::wait_until_async;
 use serde_json::{json, Value};
 
 use crate::backend_tests;
@@ -95,7 +96,7 @@ impl Vault {
     }
 }
 
-async fn spawn_with_vault(backend: Backend, vault: &Vault) -> Option<TestApp> {
+async fn spawn_with_vault(backend: Backend, vault: &Vault) -> TestApp {
     let path = vault.config_path();
     TestApp::spawn_with(backend, move |s| s.vault_config = Some(path)).await
 }
@@ -118,28 +119,10 @@ async fn status_as(app: &TestApp, id: &str, secret: &str) -> u16 {
         .status
 }
 
-/// Waits for a condition with a deadline; returns how long it took.
-async fn within<F, Fut>(deadline: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn tutorial_app(backend: Backend, scope: Value) -> Option<(Vault, TestApp)> {
+async fn tutorial_app(backend: Backend, scope: Value) -> (Vault, TestApp) {
     let vault = Vault::new(&[("client-secret", TUTORIAL_SECRET)]);
     vault.write_config(&vault.tutorial_config(scope));
-    let app = spawn_with_vault(backend, &vault).await?;
+    let app = spawn_with_vault(backend, &vault).await;
     let r = put_vault_client(
         &app,
         "basic",
@@ -149,428 +132,654 @@ async fn tutorial_app(backend: Backend, scope: Value) -> Option<(Vault, TestApp)
     .await;
     assert_eq!(r.status, 201, "{}", r.text);
     app.allow_client("basic-allow", "basic").await;
-    Some((vault, app))
+    (vault, app)
 }
 
-macro_rules! vault_tests {
-    ($(async fn $name:ident($backend:ident) $body:block)*) => {
-        $(
-            mod $name {
-                #[allow(unused_imports)]
-                use super::*;
+backend_tests!(per_backend: tutorial_runs_with_every_scope_form, four_rotations_in_a_row_each_apply_within_a_second, rotation_grace_keeps_the_previous_value_for_a_while, the_poll_alone_picks_up_a_rotation, scope_is_checked_on_write_and_at_every_use, bad_references_are_refused_with_what_to_fix, references_are_refused_while_the_feature_is_off, all_nine_fields_are_stored_as_references_and_read_back_unchanged, file_faults_fail_only_that_secret_and_never_replace_a_good_value, a_transient_bad_read_never_replaces_the_good_value, one_trailing_newline_is_stripped_and_inner_newlines_refused_for_clients, config_changes_apply_without_a_restart_and_a_broken_config_keeps_the_last_good, parallel_requests_during_rotations_see_only_200_or_401, secret_values_appear_nowhere);
 
-                async fn run($backend: Backend) $body
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    run(Backend::Sqlite).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    if std::env::var("FHIRBOX_TEST_POSTGRES_URL").map_or(true, |u| u.is_empty()) {
-                        eprintln!("FHIRBOX_TEST_POSTGRES_URL is not set; PostgreSQL variant skipped");
-                        return;
-                    }
-                    run(Backend::Postgres).await;
-                }
-            }
-        )*
-    };
+async fn tutorial_runs_with_every_scope_form(backend: Backend) {
+    for scope in [
+        json!(["Client/basic"]),
+        json!({"resource_type": "Client", "id": "basic"}),
+        json!([{"resource_type": "Client"}]),
+    ] {
+        let (_vault, app) = tutorial_app(backend, scope.clone()).await;
+        let read = app.get("/fhir/Client/basic").await.json();
+        assert_eq!(
+            read["_secret"],
+            reference("client-secret"),
+            "scope form {scope}"
+        );
+        assert!(read.get("secret").is_none());
+        assert_eq!(
+            status_as(&app, "basic", TUTORIAL_SECRET).await,
+            200,
+            "scope form {scope}"
+        );
+        let wrong = app.get_as("/fhir/Patient", "basic", "wrong-password").await;
+        wrong.assert_outcome(401, "authentication failed");
+        let token = app
+            .send(
+                app.anon
+                    .post(app.url("/auth/token"))
+                    .basic_auth("basic", Some(TUTORIAL_SECRET))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body("grant_type=client_credentials"),
+            )
+            .await;
+        assert_eq!(token.status, 200, "{}", token.text);
+    }
 }
 
-vault_tests! {
-    async fn tutorial_runs_with_every_scope_form(backend) {
-        for scope in [json!(["Client/basic"]), json!({"resource_type": "Client", "id": "basic"}), json!([{"resource_type": "Client"}])] {
-            let (_vault, app) = tutorial_app(backend, scope.clone()).await.unwrap();
-            let read = app.get("/fhir/Client/basic").await.json();
-            assert_eq!(read["_secret"], reference("client-secret"), "scope form {scope}");
-            assert!(read.get("secret").is_none());
-            assert_eq!(status_as(&app, "basic", TUTORIAL_SECRET).await, 200, "scope form {scope}");
-            let wrong = app.get_as("/fhir/Patient", "basic", "wrong-password").await;
-            wrong.assert_outcome(401, "authentication failed");
-            let token = app.send(app.anon.post(app.url("/auth/token")).basic_auth("basic", Some(TUTORIAL_SECRET))
-                .header("content-type", "application/x-www-form-urlencoded").body("grant_type=client_credentials")).await;
-            assert_eq!(token.status, 200, "{}", token.text);
-        }
+async fn four_rotations_in_a_row_each_apply_within_a_second(backend: Backend) {
+    let (vault, app) = tutorial_app(backend, json!(["Client/basic"])).await;
+    let mut old = TUTORIAL_SECRET.to_owned();
+    for round in 1..=4 {
+        let new = format!("rotated-value-{round}");
+        vault.rotate("client-secret", new.as_bytes());
+        let took = wait_until_async(Duration::from_secs(1), || async {
+            status_as(&app, "basic", &new).await == 200
+        })
+        .await;
+        assert!(took, "rotation {round} was not picked up within 1 s");
+        assert_eq!(
+            status_as(&app, "basic", &old).await,
+            401,
+            "the old value must stop working (no grace)"
+        );
+        old = new;
     }
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics.contains("fhirbox_secret_rotations_total{secret=\"client-secret\"} 4"),
+        "{metrics}"
+    );
+    assert!(metrics
+        .contains("fhirbox_secret_resolutions_total{secret=\"client-secret\",result=\"ok\"}"));
+    assert!(metrics.contains("fhirbox_vault_config_reloads_total{result=\"ok\"}"));
+}
 
-    async fn four_rotations_in_a_row_each_apply_within_a_second(backend) {
-        let (vault, app) = tutorial_app(backend, json!(["Client/basic"])).await.unwrap();
-        let mut old = TUTORIAL_SECRET.to_owned();
-        for round in 1..=4 {
-            let new = format!("rotated-value-{round}");
-            vault.rotate("client-secret", new.as_bytes());
-            let took = within(Duration::from_secs(1), || async { status_as(&app, "basic", &new).await == 200 }).await;
-            assert!(took.is_some(), "rotation {round} was not picked up within 1 s");
-            assert_eq!(status_as(&app, "basic", &old).await, 401, "the old value must stop working (no grace)");
-            old = new;
-        }
-        let metrics = app.get("/metrics").await.text;
-        assert!(metrics.contains("fhirbox_secret_rotations_total{secret=\"client-secret\"} 4"), "{metrics}");
-        assert!(metrics.contains("fhirbox_secret_resolutions_total{secret=\"client-secret\",result=\"ok\"}"));
-        assert!(metrics.contains("fhirbox_vault_config_reloads_total{result=\"ok\"}"));
-    }
-
-    async fn rotation_grace_keeps_the_previous_value_for_a_while(backend) {
-        let vault = Vault::new(&[("client-secret", TUTORIAL_SECRET)]);
-        vault.write_config(&json!({"secret": {"client-secret": {"path": vault.secret_path("client-secret"),
-            "scope": ["Client/basic"], "rotation_grace": "1500ms"}}}));
-        let app = spawn_with_vault(backend, &vault).await.unwrap();
-        put_vault_client(&app, "basic", "client-secret", &["basic"]).await;
-        app.allow_client("basic-allow", "basic").await;
-        vault.rotate("client-secret", b"graceful-new");
-        assert!(within(Duration::from_secs(1), || async { status_as(&app, "basic", "graceful-new").await == 200 }).await.is_some());
-        let rotated_at = Instant::now();
-        assert_eq!(status_as(&app, "basic", TUTORIAL_SECRET).await, 200, "the previous value works during the grace");
-        let ended = within(Duration::from_secs(4), || async { status_as(&app, "basic", TUTORIAL_SECRET).await == 401 }).await;
-        assert!(ended.is_some(), "the previous value must stop working after the grace");
-        assert!(rotated_at.elapsed() >= Duration::from_millis(1000), "the grace ended too early");
-        assert_eq!(status_as(&app, "basic", "graceful-new").await, 200);
-    }
-
-    async fn the_poll_alone_picks_up_a_rotation(backend) {
-        let vault = Vault::new(&[("client-secret", TUTORIAL_SECRET)]);
-        vault.write_config(&vault.tutorial_config(json!(["Client/basic"])));
-        let path = vault.config_path();
-        let app = TestApp::spawn_with(backend, move |s| {
-            s.vault_config = Some(path);
-            s.vault_watch = false;
-            s.vault_poll = Duration::from_millis(200);
+async fn rotation_grace_keeps_the_previous_value_for_a_while(backend: Backend) {
+    let vault = Vault::new(&[("client-secret", TUTORIAL_SECRET)]);
+    vault.write_config(
+        &json!({"secret": {"client-secret": {"path": vault.secret_path("client-secret"),
+        "scope": ["Client/basic"], "rotation_grace": "1500ms"}}}),
+    );
+    let app = spawn_with_vault(backend, &vault).await;
+    put_vault_client(&app, "basic", "client-secret", &["basic"]).await;
+    app.allow_client("basic-allow", "basic").await;
+    vault.rotate("client-secret", b"graceful-new");
+    assert!(
+        wait_until_async(Duration::from_secs(1), || async {
+            status_as(&app, "basic", "graceful-new").await == 200
         })
         .await
-        .unwrap();
-        put_vault_client(&app, "basic", "client-secret", &["basic"]).await;
-        app.allow_client("basic-allow", "basic").await;
-        assert_eq!(status_as(&app, "basic", TUTORIAL_SECRET).await, 200);
-        vault.rotate("client-secret", b"polled-value");
-        let took = within(Duration::from_secs(2), || async { status_as(&app, "basic", "polled-value").await == 200 }).await;
-        assert!(took.is_some(), "the poll did not pick up the rotation");
-    }
+    );
+    let rotated_at = Instant::now();
+    assert_eq!(
+        status_as(&app, "basic", TUTORIAL_SECRET).await,
+        200,
+        "the previous value works during the grace"
+    );
+    let ended = wait_until_async(Duration::from_secs(4), || async {
+        status_as(&app, "basic", TUTORIAL_SECRET).await == 401
+    })
+    .await;
+    assert!(
+        ended,
+        "the previous value must stop working after the grace"
+    );
+    assert!(
+        rotated_at.elapsed() >= Duration::from_millis(1000),
+        "the grace ended too early"
+    );
+    assert_eq!(status_as(&app, "basic", "graceful-new").await, 200);
+}
 
-    async fn scope_is_checked_on_write_and_at_every_use(backend) {
-        let (vault, app) = tutorial_app(backend, json!(["Client/basic"])).await.unwrap();
-        let other = put_vault_client(&app, "other", "client-secret", &["basic"]).await;
-        other.assert_outcome(422, "Client/other is not in the scope of secret \"client-secret\"");
-        assert!(other.text.contains("Client/basic"), "the message names the scope: {}", other.text);
-        app.get("/fhir/Client/other").await.assert_outcome(404, "does not exist");
-        // The config changes afterwards: basic falls out of scope, its use fails safely.
-        vault.write_config(&vault.tutorial_config(json!(["Client/someone-else"])));
-        let denied = within(Duration::from_secs(3), || async { status_as(&app, "basic", TUTORIAL_SECRET).await == 401 }).await;
-        assert!(denied.is_some(), "an out-of-scope use must fail");
-        let logs = captured_logs();
-        assert!(
-            logs.lines().any(|l| l.contains("secret=\"client-secret\"") && l.contains("not_in_scope")),
-            "a log line names the secret and the reason"
+async fn the_poll_alone_picks_up_a_rotation(backend: Backend) {
+    let vault = Vault::new(&[("client-secret", TUTORIAL_SECRET)]);
+    vault.write_config(&vault.tutorial_config(json!(["Client/basic"])));
+    let path = vault.config_path();
+    let app = TestApp::spawn_with(backend, move |s| {
+        s.vault_config = Some(path);
+        s.vault_watch = false;
+        s.vault_poll = Duration::from_millis(200);
+    })
+    .await;
+    put_vault_client(&app, "basic", "client-secret", &["basic"]).await;
+    app.allow_client("basic-allow", "basic").await;
+    assert_eq!(status_as(&app, "basic", TUTORIAL_SECRET).await, 200);
+    vault.rotate("client-secret", b"polled-value");
+    let took = wait_until_async(Duration::from_secs(2), || async {
+        status_as(&app, "basic", "polled-value").await == 200
+    })
+    .await;
+    assert!(took, "the poll did not pick up the rotation");
+}
+
+async fn scope_is_checked_on_write_and_at_every_use(backend: Backend) {
+    let (vault, app) = tutorial_app(backend, json!(["Client/basic"])).await;
+    let other = put_vault_client(&app, "other", "client-secret", &["basic"]).await;
+    other.assert_outcome(
+        422,
+        "Client/other is not in the scope of secret \"client-secret\"",
+    );
+    assert!(
+        other.text.contains("Client/basic"),
+        "the message names the scope: {}",
+        other.text
+    );
+    app.get("/fhir/Client/other")
+        .await
+        .assert_outcome(404, "does not exist");
+    // The config changes afterwards: basic falls out of scope, its use fails safely.
+    vault.write_config(&vault.tutorial_config(json!(["Client/someone-else"])));
+    let denied = wait_until_async(Duration::from_secs(3), || async {
+        status_as(&app, "basic", TUTORIAL_SECRET).await == 401
+    })
+    .await;
+    assert!(denied, "an out-of-scope use must fail");
+    let logs = captured_logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("secret=\"client-secret\"") && l.contains("not_in_scope")),
+        "a log line names the secret and the reason"
+    );
+}
+
+async fn bad_references_are_refused_with_what_to_fix(backend: Backend) {
+    let (_vault, app) = tutorial_app(backend, json!(["Client"])).await;
+    put_vault_client(&app, "c1", "no-such-secret", &["basic"])
+        .await
+        .assert_outcome(
+            422,
+            "secret \"no-such-secret\" is not defined in the vault config",
         );
+    app.put("/fhir/Client/c2", &json!({"resourceType": "Client", "id": "c2", "secret": "literal", "_secret": reference("client-secret")}))
+        .await
+        .assert_outcome(422, "both a value and a secret reference");
+    app.put("/fhir/Patient/p", &json!({"resourceType": "Patient", "id": "p", "_birthDate": reference("client-secret")}))
+        .await
+        .assert_outcome(422, "Patient.birthDate cannot refer to an external secret; the secret-capable fields are: Client.secret");
+    // Every write path applies the rules: patch, batch and transaction too.
+    app.patch("/fhir/Client/basic", &json!([{"op": "replace", "path": "/_secret/extension/1/valueString", "value": "no-such-secret"}]))
+        .await
+        .assert_outcome(422, "not defined in the vault config");
+    let tx = app.post("/fhir", &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Client", "id": "c3", "_secret": reference("nope")}, "request": {"method": "PUT", "url": "Client/c3"}}]})).await;
+    tx.assert_outcome(422, "not defined in the vault config");
+    let batch = app.post("/fhir", &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Client", "id": "c4", "_secret": reference("nope")}, "request": {"method": "PUT", "url": "Client/c4"}}]})).await;
+    assert_eq!(
+        batch.json()["entry"][0]["response"]["status"],
+        "422 Unprocessable Entity"
+    );
+    // Nothing of it was stored, and basic still works.
+    assert_eq!(status_as(&app, "basic", TUTORIAL_SECRET).await, 200);
+}
+
+async fn references_are_refused_while_the_feature_is_off(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    put_vault_client(&app, "basic", "client-secret", &["basic"])
+        .await
+        .assert_outcome(
+            422,
+            "external secrets are off on this server; set BOX_VAULT_CONFIG",
+        );
+    let admin = app.get("/admin/secrets").await.json();
+    assert_eq!(admin["enabled"], false);
+}
+
+async fn all_nine_fields_are_stored_as_references_and_read_back_unchanged(backend: Backend) {
+    let vault = Vault::new(&[
+        ("shared", "shared-value"),
+        ("pem", "-----BEGIN KEY-----\nabc\n-----END KEY-----\n"),
+    ]);
+    vault.write_config(&json!({"secret": {
+        "shared": {"path": vault.secret_path("shared"), "scope": ["IdentityProvider", "TokenIntrospector", "AidboxTopicDestination/kafka"]},
+        "pem": {"path": vault.secret_path("pem"), "scope": [{"resource_type": "IdentityProvider", "id": "idp"}]}
+    }}));
+    let app = spawn_with_vault(backend, &vault).await;
+    let bodies = [
+        json!({"resourceType": "IdentityProvider", "id": "idp", "client": {"id": "x", "_secret": reference("shared"),
+               "_private-key": reference("pem"), "_certificate": reference("pem")}}),
+        json!({"resourceType": "TokenIntrospector", "id": "ti", "type": "jwt",
+               "jwt": {"_secret": reference("shared"), "keys": [{"kty": "OCT", "_k": reference("shared")}]},
+               "introspection_endpoint": {"url": "http://idp.local/introspect", "_authorization": reference("shared")}}),
+        json!({"resourceType": "AidboxTopicDestination", "id": "kafka", "kind": "kafka-at-least-once", "parameter": [
+               {"name": "saslJaasConfig", "_valueString": reference("shared")},
+               {"name": "sslKeystoreKey", "_valueString": reference("shared")}]}),
+    ];
+    for body in bodies {
+        let path = format!(
+            "/fhir/{}/{}",
+            body["resourceType"].as_str().unwrap(),
+            body["id"].as_str().unwrap()
+        );
+        let r = app.put(&path, &body).await;
+        assert_eq!(r.status, 201, "{path}: {}", r.text);
+        let mut read = app.get(&path).await.json();
+        read.as_object_mut().unwrap().remove("meta");
+        assert_eq!(read, body, "{path} reads back unchanged");
+        assert!(!app.get(&path).await.text.contains("shared-value"));
     }
+    // Scope still applies per instance.
+    app.put(
+        "/fhir/AidboxTopicDestination/other",
+        &json!({"resourceType": "AidboxTopicDestination", "id": "other",
+        "parameter": [{"name": "saslJaasConfig", "_valueString": reference("shared")}]}),
+    )
+    .await
+    .assert_outcome(422, "not in the scope");
+}
 
-    async fn bad_references_are_refused_with_what_to_fix(backend) {
-        let (_vault, app) = tutorial_app(backend, json!(["Client"])).await.unwrap();
-        put_vault_client(&app, "c1", "no-such-secret", &["basic"]).await
-            .assert_outcome(422, "secret \"no-such-secret\" is not defined in the vault config");
-        app.put("/fhir/Client/c2", &json!({"resourceType": "Client", "id": "c2", "secret": "literal", "_secret": reference("client-secret")}))
-            .await
-            .assert_outcome(422, "both a value and a secret reference");
-        app.put("/fhir/Patient/p", &json!({"resourceType": "Patient", "id": "p", "_birthDate": reference("client-secret")}))
-            .await
-            .assert_outcome(422, "Patient.birthDate cannot refer to an external secret; the secret-capable fields are: Client.secret");
-        // Every write path applies the rules: patch, batch and transaction too.
-        app.patch("/fhir/Client/basic", &json!([{"op": "replace", "path": "/_secret/extension/1/valueString", "value": "no-such-secret"}]))
-            .await
-            .assert_outcome(422, "not defined in the vault config");
-        let tx = app.post("/fhir", &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"resource": {"resourceType": "Client", "id": "c3", "_secret": reference("nope")}, "request": {"method": "PUT", "url": "Client/c3"}}]})).await;
-        tx.assert_outcome(422, "not defined in the vault config");
-        let batch = app.post("/fhir", &json!({"resourceType": "Bundle", "type": "batch", "entry": [
-            {"resource": {"resourceType": "Client", "id": "c4", "_secret": reference("nope")}, "request": {"method": "PUT", "url": "Client/c4"}}]})).await;
-        assert_eq!(batch.json()["entry"][0]["response"]["status"], "422 Unprocessable Entity");
-        // Nothing of it was stored, and basic still works.
-        assert_eq!(status_as(&app, "basic", TUTORIAL_SECRET).await, 200);
-    }
+async fn file_faults_fail_only_that_secret_and_never_replace_a_good_value(backend: Backend) {
+    let vault = Vault::new(&[("good", "good-value"), ("flaky", "flaky-value")]);
+    vault.write_config(&json!({"secret": {
+        "good": {"path": vault.secret_path("good"), "scope": ["Client/good"]},
+        "flaky": {"path": vault.secret_path("flaky"), "scope": ["Client/flaky"]}
+    }}));
+    let app = spawn_with_vault(backend, &vault).await;
+    put_vault_client(&app, "good", "good", &["basic"]).await;
+    put_vault_client(&app, "flaky", "flaky", &["basic"]).await;
+    app.put(
+        "/fhir/AccessPolicy/all",
+        &json!({"resourceType": "AccessPolicy", "id": "all", "engine": "allow"}),
+    )
+    .await;
+    assert_eq!(status_as(&app, "flaky", "flaky-value").await, 200);
+    let flaky_link = vault.mount.path_of("flaky");
 
-    async fn references_are_refused_while_the_feature_is_off(backend) {
-        let app = TestApp::spawn(backend).await.unwrap();
-        put_vault_client(&app, "basic", "client-secret", &["basic"]).await
-            .assert_outcome(422, "external secrets are off on this server; set BOX_VAULT_CONFIG");
-        let admin = app.get("/admin/secrets").await.json();
-        assert_eq!(admin["enabled"], false);
-    }
-
-    async fn all_nine_fields_are_stored_as_references_and_read_back_unchanged(backend) {
-        let vault = Vault::new(&[("shared", "shared-value"), ("pem", "-----BEGIN KEY-----\nabc\n-----END KEY-----\n")]);
-        vault.write_config(&json!({"secret": {
-            "shared": {"path": vault.secret_path("shared"), "scope": ["IdentityProvider", "TokenIntrospector", "AidboxTopicDestination/kafka"]},
-            "pem": {"path": vault.secret_path("pem"), "scope": [{"resource_type": "IdentityProvider", "id": "idp"}]}
-        }}));
-        let app = spawn_with_vault(backend, &vault).await.unwrap();
-        let bodies = [
-            json!({"resourceType": "IdentityProvider", "id": "idp", "client": {"id": "x", "_secret": reference("shared"),
-                   "_private-key": reference("pem"), "_certificate": reference("pem")}}),
-            json!({"resourceType": "TokenIntrospector", "id": "ti", "type": "jwt",
-                   "jwt": {"_secret": reference("shared"), "keys": [{"kty": "OCT", "_k": reference("shared")}]},
-                   "introspection_endpoint": {"url": "http://idp.local/introspect", "_authorization": reference("shared")}}),
-            json!({"resourceType": "AidboxTopicDestination", "id": "kafka", "kind": "kafka-at-least-once", "parameter": [
-                   {"name": "saslJaasConfig", "_valueString": reference("shared")},
-                   {"name": "sslKeystoreKey", "_valueString": reference("shared")}]}),
-        ];
-        for body in bodies {
-            let path = format!("/fhir/{}/{}", body["resourceType"].as_str().unwrap(), body["id"].as_str().unwrap());
-            let r = app.put(&path, &body).await;
-            assert_eq!(r.status, 201, "{path}: {}", r.text);
-            let mut read = app.get(&path).await.json();
-            read.as_object_mut().unwrap().remove("meta");
-            assert_eq!(read, body, "{path} reads back unchanged");
-            assert!(!app.get(&path).await.text.contains("shared-value"));
-        }
-        // Scope still applies per instance.
-        app.put("/fhir/AidboxTopicDestination/other", &json!({"resourceType": "AidboxTopicDestination", "id": "other",
-            "parameter": [{"name": "saslJaasConfig", "_valueString": reference("shared")}]}))
-            .await
-            .assert_outcome(422, "not in the scope");
-    }
-
-    async fn file_faults_fail_only_that_secret_and_never_replace_a_good_value(backend) {
-        let vault = Vault::new(&[("good", "good-value"), ("flaky", "flaky-value")]);
-        vault.write_config(&json!({"secret": {
-            "good": {"path": vault.secret_path("good"), "scope": ["Client/good"]},
-            "flaky": {"path": vault.secret_path("flaky"), "scope": ["Client/flaky"]}
-        }}));
-        let app = spawn_with_vault(backend, &vault).await.unwrap();
-        put_vault_client(&app, "good", "good", &["basic"]).await;
-        put_vault_client(&app, "flaky", "flaky", &["basic"]).await;
-        app.put("/fhir/AccessPolicy/all", &json!({"resourceType": "AccessPolicy", "id": "all", "engine": "allow"})).await;
-        assert_eq!(status_as(&app, "flaky", "flaky-value").await, 200);
-        let flaky_link = vault.mount.path_of("flaky");
-
-        // Each fault: the flaky client fails safely (401), the good one keeps working.
-        let faults: Vec<(&str, Fault)> = vec![
-            ("empty", Box::new(|| vault.rotate("flaky", b""))),
-            ("whitespace-only", Box::new(|| vault.rotate("flaky", b"  \n"))),
-            ("too large", Box::new(|| vault.rotate("flaky", "x".repeat(70 * 1024).as_bytes()))),
-            ("missing", Box::new(|| vault.remove("flaky"))),
-            ("dangling symlink", Box::new(|| {
+    // Each fault: the flaky client fails safely (401), the good one keeps working.
+    let faults: Vec<(&str, Fault)> = vec![
+        ("empty", Box::new(|| vault.rotate("flaky", b""))),
+        (
+            "whitespace-only",
+            Box::new(|| vault.rotate("flaky", b"  \n")),
+        ),
+        (
+            "too large",
+            Box::new(|| vault.rotate("flaky", "x".repeat(70 * 1024).as_bytes())),
+        ),
+        ("missing", Box::new(|| vault.remove("flaky"))),
+        (
+            "dangling symlink",
+            Box::new(|| {
                 let _ = std::fs::remove_file(&flaky_link);
                 std::os::unix::fs::symlink("..data/does-not-exist", &flaky_link).unwrap();
-            })),
-            ("a directory", Box::new(|| {
+            }),
+        ),
+        (
+            "a directory",
+            Box::new(|| {
                 let _ = std::fs::remove_file(&flaky_link);
                 std::fs::create_dir(&flaky_link).unwrap();
-            })),
-            ("a FIFO", Box::new(|| {
+            }),
+        ),
+        (
+            "a FIFO",
+            Box::new(|| {
                 let _ = std::fs::remove_dir(&flaky_link);
                 let _ = std::fs::remove_file(&flaky_link);
-                assert!(std::process::Command::new("mkfifo").arg(&flaky_link).status().unwrap().success());
-            })),
-            ("a path through a regular file (ENOTDIR, unreadable even for root)", Box::new(|| {
+                assert!(std::process::Command::new("mkfifo")
+                    .arg(&flaky_link)
+                    .status()
+                    .unwrap()
+                    .success());
+            }),
+        ),
+        (
+            "a path through a regular file (ENOTDIR, unreadable even for root)",
+            Box::new(|| {
                 let _ = std::fs::remove_file(&flaky_link);
                 let blocker = flaky_link.with_file_name("blocker");
                 std::fs::write(&blocker, b"flaky-66").unwrap();
                 std::os::unix::fs::symlink("blocker/flaky", &flaky_link).unwrap();
-            })),
-        ];
-        for (label, fault) in faults {
-            // Start every fault from a working state.
-            let _ = std::fs::remove_dir(&flaky_link);
-            let _ = std::fs::remove_file(&flaky_link);
-            vault.rotate("flaky", format!("flaky-{}", label.len()).as_bytes());
-            vault.mount.write_even_if_unchanged(&[("good", b"good-value"), ("flaky", format!("flaky-{}", label.len()).as_bytes())]).unwrap();
-            let value = format!("flaky-{}", label.len());
-            assert!(within(Duration::from_secs(3), || async { status_as(&app, "flaky", &value).await == 200 }).await.is_some(), "{label}: setup");
-            fault();
-            let failed = within(Duration::from_secs(4), || async { status_as(&app, "flaky", &value).await == 401 }).await;
-            assert!(failed.is_some(), "{label}: the secret must fail safely");
-            assert_eq!(status_as(&app, "flaky", "").await, 401, "{label}: never an empty secret");
-            assert_eq!(status_as(&app, "good", "good-value").await, 200, "{label}: other secrets keep working");
-            assert!(!app.get("/fhir/metadata").await.text.is_empty());
-        }
-        let flaky_state = || async {
-            let admin = app.get("/admin/secrets").await.json();
-            admin["secrets"].as_array().unwrap().iter().find(|s| s["name"] == "flaky").unwrap().clone()
-        };
-        let shown = within(Duration::from_secs(3), || async { flaky_state().await["state"] == "error" }).await;
-        assert!(shown.is_some(), "{}", flaky_state().await);
-        assert_eq!(flaky_state().await["reason"], "unreadable");
+            }),
+        ),
+    ];
+    for (label, fault) in faults {
+        // Start every fault from a working state.
+        let _ = std::fs::remove_dir(&flaky_link);
+        let _ = std::fs::remove_file(&flaky_link);
+        vault.rotate("flaky", format!("flaky-{}", label.len()).as_bytes());
+        vault
+            .mount
+            .write_even_if_unchanged(&[
+                ("good", b"good-value"),
+                ("flaky", format!("flaky-{}", label.len()).as_bytes()),
+            ])
+            .unwrap();
+        let value = format!("flaky-{}", label.len());
+        assert!(
+            wait_until_async(Duration::from_secs(3), || async {
+                status_as(&app, "flaky", &value).await == 200
+            })
+            .await,
+            "{label}: setup"
+        );
+        fault();
+        let failed = wait_until_async(Duration::from_secs(4), || async {
+            status_as(&app, "flaky", &value).await == 401
+        })
+        .await;
+        assert!(failed, "{label}: the secret must fail safely");
+        assert_eq!(
+            status_as(&app, "flaky", "").await,
+            401,
+            "{label}: never an empty secret"
+        );
+        assert_eq!(
+            status_as(&app, "good", "good-value").await,
+            200,
+            "{label}: other secrets keep working"
+        );
+        assert!(!app.get("/fhir/metadata").await.text.is_empty());
     }
+    let flaky_state = || async {
+        let admin = app.get("/admin/secrets").await.json();
+        admin["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "flaky")
+            .unwrap()
+            .clone()
+    };
+    let shown = wait_until_async(Duration::from_secs(3), || async {
+        flaky_state().await["state"] == "error"
+    })
+    .await;
+    assert!(shown, "{}", flaky_state().await);
+    assert_eq!(flaky_state().await["reason"], "unreadable");
+}
 
-    async fn a_transient_bad_read_never_replaces_the_good_value(backend) {
-        // An in-place writer (not the atomic writer): truncate, then write the new value later.
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("plain-secret");
-        std::fs::write(&file, "in-place-old").unwrap();
-        let config = dir.path().join("vault.json");
-        std::fs::write(&config, json!({"secret": {"plain": {"path": file.display().to_string(), "scope": ["Client/plain"]}}}).to_string()).unwrap();
-        let app = TestApp::spawn_with(backend, {
-            let config = config.clone();
-            move |s| s.vault_config = Some(config)
+async fn a_transient_bad_read_never_replaces_the_good_value(backend: Backend) {
+    // An in-place writer (not the atomic writer): truncate, then write the new value later.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-secret");
+    std::fs::write(&file, "in-place-old").unwrap();
+    let config = dir.path().join("vault.json");
+    std::fs::write(&config, json!({"secret": {"plain": {"path": file.display().to_string(), "scope": ["Client/plain"]}}}).to_string()).unwrap();
+    let app = TestApp::spawn_with(backend, {
+        let config = config.clone();
+        move |s| s.vault_config = Some(config)
+    })
+    .await;
+    put_vault_client(&app, "plain", "plain", &["basic"]).await;
+    app.allow_client("plain-allow", "plain").await;
+    std::fs::write(&file, "").unwrap();
+    // Inside the settle window the last good value is still served.
+    assert_eq!(status_as(&app, "plain", "in-place-old").await, 200);
+    assert_eq!(status_as(&app, "plain", "").await, 401);
+    std::fs::write(&file, "in-place-new").unwrap();
+    assert!(
+        wait_until_async(Duration::from_secs(2), || async {
+            status_as(&app, "plain", "in-place-new").await == 200
         })
         .await
-        .unwrap();
-        put_vault_client(&app, "plain", "plain", &["basic"]).await;
-        app.allow_client("plain-allow", "plain").await;
-        std::fs::write(&file, "").unwrap();
-        // Inside the settle window the last good value is still served.
-        assert_eq!(status_as(&app, "plain", "in-place-old").await, 200);
-        assert_eq!(status_as(&app, "plain", "").await, 401);
-        std::fs::write(&file, "in-place-new").unwrap();
-        assert!(within(Duration::from_secs(2), || async { status_as(&app, "plain", "in-place-new").await == 200 }).await.is_some());
+    );
+}
+
+async fn one_trailing_newline_is_stripped_and_inner_newlines_refused_for_clients(backend: Backend) {
+    let vault = Vault::new(&[
+        ("lf", "echoed\n"),
+        ("crlf", "windows\r\n"),
+        ("inner", "two\nlines"),
+    ]);
+    vault.write_config(&json!({"secret": {
+        "lf": {"path": vault.secret_path("lf"), "scope": ["Client"]},
+        "crlf": {"path": vault.secret_path("crlf"), "scope": ["Client"]},
+        "inner": {"path": vault.secret_path("inner"), "scope": ["Client"]}
+    }}));
+    let app = spawn_with_vault(backend, &vault).await;
+    for name in ["lf", "crlf", "inner"] {
+        put_vault_client(&app, name, name, &["basic"]).await;
+    }
+    app.put(
+        "/fhir/AccessPolicy/all",
+        &json!({"resourceType": "AccessPolicy", "id": "all", "engine": "allow"}),
+    )
+    .await;
+    assert_eq!(status_as(&app, "lf", "echoed").await, 200);
+    assert_eq!(status_as(&app, "lf", "echoed\n").await, 401);
+    assert_eq!(status_as(&app, "crlf", "windows").await, 200);
+    // A client secret must be printable ASCII (RFC 6749 appendix A): an inner newline makes it unusable.
+    assert_eq!(status_as(&app, "inner", "two\nlines").await, 401);
+    assert_eq!(status_as(&app, "inner", "two").await, 401);
+}
+
+async fn config_changes_apply_without_a_restart_and_a_broken_config_keeps_the_last_good(
+    backend: Backend,
+) {
+    let vault = Vault::new(&[
+        ("client-secret", TUTORIAL_SECRET),
+        ("second", "second-value"),
+        ("third", "third-value"),
+    ]);
+    vault.write_config(&vault.tutorial_config(json!(["Client/basic"])));
+    let app = spawn_with_vault(backend, &vault).await;
+    put_vault_client(&app, "basic", "client-secret", &["basic"]).await;
+    app.put(
+        "/fhir/AccessPolicy/all",
+        &json!({"resourceType": "AccessPolicy", "id": "all", "engine": "allow"}),
+    )
+    .await;
+    put_vault_client(&app, "late", "second", &["basic"])
+        .await
+        .assert_outcome(422, "not defined");
+
+    // Add a secret.
+    vault.write_config(&json!({"secret": {
+        "client-secret": {"path": vault.secret_path("client-secret"), "scope": ["Client/basic"]},
+        "second": {"path": vault.secret_path("second"), "scope": ["Client/late"]}}}));
+    let added = wait_until_async(Duration::from_secs(3), || async {
+        put_vault_client(&app, "late", "second", &["basic"])
+            .await
+            .status
+            == 201
+    })
+    .await;
+    assert!(added, "the new secret was never accepted");
+    assert_eq!(status_as(&app, "late", "second-value").await, 200);
+
+    // Change a path: the client follows the new file.
+    vault.write_config(&json!({"secret": {
+        "client-secret": {"path": vault.secret_path("client-secret"), "scope": ["Client/basic"]},
+        "second": {"path": vault.secret_path("third"), "scope": ["Client/late"]}}}));
+    assert!(
+        wait_until_async(Duration::from_secs(3), || async {
+            status_as(&app, "late", "third-value").await == 200
+        })
+        .await
+    );
+
+    // Break the JSON: the last good config stays in force and the error is visible.
+    vault.write_raw_config("{\"secret\": {\"client-secret\": ");
+    let reported = wait_until_async(Duration::from_secs(3), || async {
+        !app.get("/admin/secrets").await.json()["config"]["lastError"].is_null()
+    })
+    .await;
+    assert!(reported, "the failed reload is reported");
+    assert_eq!(status_as(&app, "basic", TUTORIAL_SECRET).await, 200);
+    assert_eq!(status_as(&app, "late", "third-value").await, 200);
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["status"], "warn");
+    let metrics = app.get("/metrics").await.text;
+    assert!(metrics.contains("fhirbox_vault_config_reloads_total{result=\"failed\"}"));
+
+    // A bad value: root sees it at /admin/secrets; the public readiness
+    // probe says only that the reload failed, never the path or the value.
+    vault.write_config(&json!({"secret": {"client-secret": {"path": "relative/leak-probe-7c1", "scope": ["Client/basic"]}}}));
+    let detailed = wait_until_async(Duration::from_secs(3), || async {
+        app.get("/admin/secrets")
+            .await
+            .text
+            .contains("leak-probe-7c1")
+    })
+    .await;
+    assert!(detailed, "root sees the detail");
+    let ready = app.send(app.anon.get(app.url("/health/ready"))).await;
+    assert_eq!(ready.json()["status"], "warn");
+    let config_dir = vault
+        .config_path()
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for leak in ["leak-probe-7c1", config_dir.as_str(), "client-secret"] {
+        assert!(
+            !ready.text.contains(leak),
+            "readiness reveals {leak}: {}",
+            ready.text
+        );
     }
 
-    async fn one_trailing_newline_is_stripped_and_inner_newlines_refused_for_clients(backend) {
-        let vault = Vault::new(&[("lf", "echoed\n"), ("crlf", "windows\r\n"), ("inner", "two\nlines")]);
-        vault.write_config(&json!({"secret": {
-            "lf": {"path": vault.secret_path("lf"), "scope": ["Client"]},
-            "crlf": {"path": vault.secret_path("crlf"), "scope": ["Client"]},
-            "inner": {"path": vault.secret_path("inner"), "scope": ["Client"]}
-        }}));
-        let app = spawn_with_vault(backend, &vault).await.unwrap();
-        for name in ["lf", "crlf", "inner"] {
-            put_vault_client(&app, name, name, &["basic"]).await;
-        }
-        app.put("/fhir/AccessPolicy/all", &json!({"resourceType": "AccessPolicy", "id": "all", "engine": "allow"})).await;
-        assert_eq!(status_as(&app, "lf", "echoed").await, 200);
-        assert_eq!(status_as(&app, "lf", "echoed\n").await, 401);
-        assert_eq!(status_as(&app, "crlf", "windows").await, 200);
-        // A client secret must be printable ASCII (RFC 6749 appendix A): an inner newline makes it unusable.
-        assert_eq!(status_as(&app, "inner", "two\nlines").await, 401);
-        assert_eq!(status_as(&app, "inner", "two").await, 401);
-    }
+    // Fix it again: the error clears.
+    vault.write_config(&vault.tutorial_config(json!(["Client/basic"])));
+    let cleared = wait_until_async(Duration::from_secs(3), || async {
+        app.get("/admin/secrets").await.json()["config"]["lastError"].is_null()
+    })
+    .await;
+    assert!(cleared);
+    assert!(
+        wait_until_async(Duration::from_secs(3), || async {
+            status_as(&app, "late", "third-value").await == 401
+        })
+        .await,
+        "the secret removed from the config stops working"
+    );
+}
 
-    async fn config_changes_apply_without_a_restart_and_a_broken_config_keeps_the_last_good(backend) {
-        let vault = Vault::new(&[("client-secret", TUTORIAL_SECRET), ("second", "second-value"), ("third", "third-value")]);
-        vault.write_config(&vault.tutorial_config(json!(["Client/basic"])));
-        let app = spawn_with_vault(backend, &vault).await.unwrap();
-        put_vault_client(&app, "basic", "client-secret", &["basic"]).await;
-        app.put("/fhir/AccessPolicy/all", &json!({"resourceType": "AccessPolicy", "id": "all", "engine": "allow"})).await;
-        put_vault_client(&app, "late", "second", &["basic"]).await.assert_outcome(422, "not defined");
-
-        // Add a secret.
-        vault.write_config(&json!({"secret": {
-            "client-secret": {"path": vault.secret_path("client-secret"), "scope": ["Client/basic"]},
-            "second": {"path": vault.secret_path("second"), "scope": ["Client/late"]}}}));
-        let added = within(Duration::from_secs(3), || async { put_vault_client(&app, "late", "second", &["basic"]).await.status == 201 }).await;
-        assert!(added.is_some(), "the new secret was never accepted");
-        assert_eq!(status_as(&app, "late", "second-value").await, 200);
-
-        // Change a path: the client follows the new file.
-        vault.write_config(&json!({"secret": {
-            "client-secret": {"path": vault.secret_path("client-secret"), "scope": ["Client/basic"]},
-            "second": {"path": vault.secret_path("third"), "scope": ["Client/late"]}}}));
-        assert!(within(Duration::from_secs(3), || async { status_as(&app, "late", "third-value").await == 200 }).await.is_some());
-
-        // Break the JSON: the last good config stays in force and the error is visible.
-        vault.write_raw_config("{\"secret\": {\"client-secret\": ");
-        let reported = within(Duration::from_secs(3), || async {
-            !app.get("/admin/secrets").await.json()["config"]["lastError"].is_null()
-        }).await;
-        assert!(reported.is_some(), "the failed reload is reported");
-        assert_eq!(status_as(&app, "basic", TUTORIAL_SECRET).await, 200);
-        assert_eq!(status_as(&app, "late", "third-value").await, 200);
-        let ready = app.get("/health/ready").await;
-        assert_eq!(ready.status, 200);
-        assert_eq!(ready.json()["status"], "warn");
-        let metrics = app.get("/metrics").await.text;
-        assert!(metrics.contains("fhirbox_vault_config_reloads_total{result=\"failed\"}"));
-
-        // A bad value: root sees it at /admin/secrets; the public readiness
-        // probe says only that the reload failed, never the path or the value.
-        vault.write_config(&json!({"secret": {"client-secret": {"path": "relative/leak-probe-7c1", "scope": ["Client/basic"]}}}));
-        let detailed = within(Duration::from_secs(3), || async {
-            app.get("/admin/secrets").await.text.contains("leak-probe-7c1")
-        }).await;
-        assert!(detailed.is_some(), "root sees the detail");
-        let ready = app.send(app.anon.get(app.url("/health/ready"))).await;
-        assert_eq!(ready.json()["status"], "warn");
-        let config_dir = vault.config_path().parent().unwrap().to_str().unwrap().to_owned();
-        for leak in ["leak-probe-7c1", config_dir.as_str(), "client-secret"] {
-            assert!(!ready.text.contains(leak), "readiness reveals {leak}: {}", ready.text);
-        }
-
-        // Fix it again: the error clears.
-        vault.write_config(&vault.tutorial_config(json!(["Client/basic"])));
-        let cleared = within(Duration::from_secs(3), || async {
-            app.get("/admin/secrets").await.json()["config"]["lastError"].is_null()
-        }).await;
-        assert!(cleared.is_some());
-        assert!(within(Duration::from_secs(3), || async { status_as(&app, "late", "third-value").await == 401 }).await.is_some(),
-            "the secret removed from the config stops working");
-    }
-
-    async fn parallel_requests_during_rotations_see_only_200_or_401(backend) {
-        let (vault, app) = tutorial_app(backend, json!(["Client/basic"])).await.unwrap();
-        let values: Vec<String> = (0..8).map(|i| format!("concurrent-value-{i}")).collect();
-        vault.rotate("client-secret", values[0].as_bytes());
-        assert!(within(Duration::from_secs(1), || async { status_as(&app, "basic", &values[0]).await == 200 }).await.is_some());
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut workers = Vec::new();
-        for w in 0..8 {
-            let client = app.anon.clone();
-            let url = app.url("/fhir/Patient?_count=1");
-            let values = values.clone();
-            let stop = stop.clone();
-            workers.push(tokio::spawn(async move {
-                let mut seen = (0u32, 0u32);
-                let mut i = w;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let value = &values[i % values.len()];
-                    i += 1;
-                    let status = client.get(&url).basic_auth("basic", Some(value)).send().await.unwrap().status().as_u16();
-                    match status {
-                        200 => seen.0 += 1,
-                        401 => seen.1 += 1,
-                        other => panic!("status {other} during rotation"),
-                    }
+async fn parallel_requests_during_rotations_see_only_200_or_401(backend: Backend) {
+    let (vault, app) = tutorial_app(backend, json!(["Client/basic"])).await;
+    let values: Vec<String> = (0..8).map(|i| format!("concurrent-value-{i}")).collect();
+    vault.rotate("client-secret", values[0].as_bytes());
+    assert!(
+        wait_until_async(Duration::from_secs(1), || async {
+            status_as(&app, "basic", &values[0]).await == 200
+        })
+        .await
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let client = app.anon.clone();
+        let url = app.url("/fhir/Patient?_count=1");
+        let values = values.clone();
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let mut seen = (0u32, 0u32);
+            let mut i = w;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let value = &values[i % values.len()];
+                i += 1;
+                let status = client
+                    .get(&url)
+                    .basic_auth("basic", Some(value))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                match status {
+                    200 => seen.0 += 1,
+                    401 => seen.1 += 1,
+                    other => panic!("status {other} during rotation"),
                 }
-                seen
-            }));
-        }
-        for value in values.iter().skip(1) {
-            vault.rotate("client-secret", value.as_bytes());
-            let took = within(Duration::from_secs(2), || async { status_as(&app, "basic", value).await == 200 }).await;
-            assert!(took.is_some());
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (mut ok, mut denied) = (0, 0);
-        for w in workers {
-            let (a, b) = w.await.unwrap();
-            ok += a;
-            denied += b;
-        }
-        assert!(ok > 0 && denied > 0, "both outcomes occur: {ok} ok, {denied} denied");
-    }
-
-    async fn secret_values_appear_nowhere(backend) {
-        let first = "leak-probe-Value-91f2c7";
-        let second = "leak-probe-Value-rotated-55ab";
-        let (vault, app) = tutorial_app(backend, json!(["Client/basic"])).await.unwrap();
-        vault.rotate("client-secret", first.as_bytes());
-        assert!(within(Duration::from_secs(1), || async { status_as(&app, "basic", first).await == 200 }).await.is_some());
-        let mut bodies = Vec::new();
-        for path in ["/fhir/Client/basic", "/fhir/Client/basic/_history", "/fhir/Client?_id=basic", "/fhir/_history", "/admin/secrets", "/health", "/health/ready"] {
-            bodies.push(app.get(path).await.text);
-        }
-        bodies.push(app.get("/metrics").await.text);
-        bodies.push(app.get_as("/fhir/Patient", "basic", "wrong").await.text);
-        bodies.push(app.send(app.anon.post(app.url("/auth/token")).basic_auth("basic", Some(first))
-            .header("content-type", "application/x-www-form-urlencoded").body("grant_type=client_credentials")).await.text);
-        vault.rotate("client-secret", second.as_bytes());
-        assert!(within(Duration::from_secs(1), || async { status_as(&app, "basic", second).await == 200 }).await.is_some());
-        vault.remove("client-secret");
-        assert!(within(Duration::from_secs(4), || async { status_as(&app, "basic", second).await == 401 }).await.is_some());
-        bodies.push(app.get("/admin/secrets").await.text);
-        let db = crate::helpers::database_bytes(&app);
-        let logs = captured_logs();
-        assert!(logs.contains("secret rotated"), "logs were captured");
-        let b64 = base64::engine::general_purpose::STANDARD;
-        for value in [first, second] {
-            let basic = b64.encode(format!("basic:{value}"));
-            for form in [value.to_owned(), b64.encode(value), basic] {
-                for body in &bodies {
-                    assert!(!body.contains(&form), "{form:?} in a response: {body}");
-                }
-                assert!(!logs.contains(&form), "{form:?} in the logs");
-                assert!(!db.windows(form.len()).any(|w| w == form.as_bytes()), "{form:?} in the database");
             }
+            seen
+        }));
+    }
+    for value in values.iter().skip(1) {
+        vault.rotate("client-secret", value.as_bytes());
+        let took = wait_until_async(Duration::from_secs(2), || async {
+            status_as(&app, "basic", value).await == 200
+        })
+        .await;
+        assert!(took);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut denied) = (0, 0);
+    for w in workers {
+        let (a, b) = w.await.unwrap();
+        ok += a;
+        denied += b;
+    }
+    assert!(
+        ok > 0 && denied > 0,
+        "both outcomes occur: {ok} ok, {denied} denied"
+    );
+}
+
+async fn secret_values_appear_nowhere(backend: Backend) {
+    let first = "leak-probe-Value-91f2c7";
+    let second = "leak-probe-Value-rotated-55ab";
+    let (vault, app) = tutorial_app(backend, json!(["Client/basic"])).await;
+    vault.rotate("client-secret", first.as_bytes());
+    assert!(
+        wait_until_async(Duration::from_secs(1), || async {
+            status_as(&app, "basic", first).await == 200
+        })
+        .await
+    );
+    let mut bodies = Vec::new();
+    for path in [
+        "/fhir/Client/basic",
+        "/fhir/Client/basic/_history",
+        "/fhir/Client?_id=basic",
+        "/fhir/_history",
+        "/admin/secrets",
+        "/health",
+        "/health/ready",
+    ] {
+        bodies.push(app.get(path).await.text);
+    }
+    bodies.push(app.get("/metrics").await.text);
+    bodies.push(app.get_as("/fhir/Patient", "basic", "wrong").await.text);
+    bodies.push(
+        app.send(
+            app.anon
+                .post(app.url("/auth/token"))
+                .basic_auth("basic", Some(first))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("grant_type=client_credentials"),
+        )
+        .await
+        .text,
+    );
+    vault.rotate("client-secret", second.as_bytes());
+    assert!(
+        wait_until_async(Duration::from_secs(1), || async {
+            status_as(&app, "basic", second).await == 200
+        })
+        .await
+    );
+    vault.remove("client-secret");
+    assert!(
+        wait_until_async(Duration::from_secs(4), || async {
+            status_as(&app, "basic", second).await == 401
+        })
+        .await
+    );
+    bodies.push(app.get("/admin/secrets").await.text);
+    let db = crate::helpers::database_bytes(&app);
+    let logs = captured_logs();
+    assert!(logs.contains("secret rotated"), "logs were captured");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for value in [first, second] {
+        let basic = b64.encode(format!("basic:{value}"));
+        for form in [value.to_owned(), b64.encode(value), basic] {
+            for body in &bodies {
+                assert!(!body.contains(&form), "{form:?} in a response: {body}");
+            }
+            assert!(!logs.contains(&form), "{form:?} in the logs");
+            assert!(
+                !db.windows(form.len()).any(|w| w == form.as_bytes()),
+                "{form:?} in the database"
+            );
         }
     }
 }
@@ -578,27 +787,37 @@ vault_tests! {
 /// A way to break a secret file.
 type Fault<'a> = Box<dyn Fn() + 'a>;
 
-backend_tests! {
-    async fn admin_secrets_is_for_root_only(app) {
-        app.put_client("plain", "plain-secret", &["basic"]).await;
-        app.put("/fhir/AccessPolicy/all", &json!({"resourceType": "AccessPolicy", "id": "all", "engine": "allow"})).await;
-        app.get_as("/admin/secrets", "plain", "plain-secret").await.assert_outcome(403, "only the root client");
-        assert_eq!(app.send(app.anon.get(app.url("/admin/secrets"))).await.status, 401);
-        assert_eq!(app.get("/admin/secrets").await.status, 200);
-    }
+backend_tests!(admin_secrets_is_for_root_only);
+
+async fn admin_secrets_is_for_root_only(app: TestApp) {
+    app.put_client("plain", "plain-secret", &["basic"]).await;
+    app.put(
+        "/fhir/AccessPolicy/all",
+        &json!({"resourceType": "AccessPolicy", "id": "all", "engine": "allow"}),
+    )
+    .await;
+    app.get_as("/admin/secrets", "plain", "plain-secret")
+        .await
+        .assert_outcome(403, "only the root client");
+    assert_eq!(
+        app.send(app.anon.get(app.url("/admin/secrets")))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(app.get("/admin/secrets").await.status, 200);
 }
 
 #[tokio::test]
 async fn admin_secrets_lists_names_paths_scopes_and_times() {
-    let (vault, app) = tutorial_app(Backend::Sqlite, json!(["Client/basic"]))
-        .await
-        .unwrap();
+    let (vault, app) = tutorial_app(Backend::Sqlite, json!(["Client/basic"])).await;
     vault.rotate("client-secret", b"admin-view-rotated");
-    assert!(within(Duration::from_secs(1), || async {
-        status_as(&app, "basic", "admin-view-rotated").await == 200
-    })
-    .await
-    .is_some());
+    assert!(
+        wait_until_async(Duration::from_secs(1), || async {
+            status_as(&app, "basic", "admin-view-rotated").await == 200
+        })
+        .await
+    );
     let r = app.get("/admin/secrets").await;
     assert_eq!(r.status, 200);
     let v = r.json();

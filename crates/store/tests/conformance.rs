@@ -1,0 +1,674 @@
+//! What every backend of the store must do, through the crate's public API
+//! only: read, write (create, update, modify, delete, version numbers,
+//! If-Match), history, search by `_id` and `_lastUpdated` with paging, and
+//! concurrent writers. Each test function runs on a fresh SQLite file always
+//! and on a fresh PostgreSQL database (dropped afterwards) when
+//! `FHIRBOX_TEST_POSTGRES_URL` is set; without it the PostgreSQL variants show
+//! as ignored, and under CI they fail instead. New search parameters add their
+//! cases here, so both backends keep answering alike.
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use fhirbox_store::{
+    ChangeMarker, HistoryQuery, HistoryScope, ResourceHistory, ResourceRead, ResourceSearch,
+    ResourceWrite, SearchQuery, SortKey, Store, StoreError, StoreHealth, StoredResource, TimeBound,
+    Transform, WriteKind, WriteOp, WriteOutcome,
+};
+use fhirbox_test_support::postgres::TestDatabase;
+use fhirbox_test_support::{backend_variants, Backend};
+use serde_json::{json, Value};
+
+backend_variants!(
+    setup = crate::open_store;
+    create_read_and_vread_return_each_version,
+    modify_transforms_the_current_version_and_a_refusal_stores_nothing,
+    delete_leaves_a_tombstone_and_an_update_brings_the_resource_back,
+    if_match_must_name_the_current_live_version,
+    write_all_is_all_or_nothing,
+    history_lists_versions_newest_first_and_pages,
+    search_by_id_and_last_updated_pages_through_current_versions,
+    concurrent_updates_with_the_same_if_match_have_exactly_one_winner,
+    concurrent_unconditional_updates_each_get_their_own_version,
+    the_change_marker_moves_with_every_write_of_its_types,
+);
+
+/// A store on a database of its own, removed when the test ends.
+struct TestStore {
+    store: Store,
+    _sqlite_dir: Option<tempfile::TempDir>,
+    _postgres: Option<TestDatabase>,
+}
+
+impl Deref for TestStore {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+async fn open_store(backend: Backend) -> TestStore {
+    let (url, sqlite_dir, postgres) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite:{}", dir.path().join("fhirbox.db").display());
+            (url, Some(dir), None)
+        }
+        Backend::Postgres => {
+            let db = TestDatabase::create().await;
+            (db.url(), None, Some(db))
+        }
+    };
+    let store = Store::open(&url)
+        .await
+        .expect("the store opens and migrates");
+    TestStore {
+        store,
+        _sqlite_dir: sqlite_dir,
+        _postgres: postgres,
+    }
+}
+
+fn op(resource_type: &str, id: &str, kind: WriteKind) -> WriteOp {
+    WriteOp {
+        resource_type: resource_type.into(),
+        id: id.into(),
+        kind,
+        if_match: None,
+        finalize: None,
+    }
+}
+
+fn if_match(version: i64, op: WriteOp) -> WriteOp {
+    WriteOp {
+        if_match: Some(version),
+        ..op
+    }
+}
+
+fn patient(id: &str, family: &str) -> Value {
+    json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]})
+}
+
+fn put(resource_type: &str, id: &str, family: &str) -> WriteOp {
+    let body = json!({"resourceType": resource_type, "id": id, "name": [{"family": family}]});
+    op(resource_type, id, WriteKind::Put(body))
+}
+
+fn body(resource: &StoredResource) -> Value {
+    serde_json::from_str(&resource.body).expect("a stored body is JSON")
+}
+
+fn ids(resources: &[StoredResource]) -> Vec<&str> {
+    resources.iter().map(|r| r.id.as_str()).collect()
+}
+
+fn versions(resources: &[StoredResource]) -> Vec<i64> {
+    resources.iter().map(|r| r.version_id).collect()
+}
+
+async fn write(store: &Store, op: WriteOp) -> WriteOutcome {
+    let what = format!("{op:?}");
+    store
+        .write(op)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+async fn create_read_and_vread_return_each_version(store: TestStore) {
+    let created = write(
+        &store,
+        op("Patient", "a", WriteKind::Create(patient("a", "One"))),
+    )
+    .await;
+    assert!(created.created && created.changed);
+    assert_eq!(created.resource.version_id, 1);
+    assert!(!created.resource.deleted);
+    let stored = body(&created.resource);
+    assert_eq!(stored["resourceType"], "Patient");
+    assert_eq!(stored["id"], "a");
+    assert_eq!(stored["meta"]["versionId"], "1");
+    assert_eq!(
+        stored["meta"]["lastUpdated"],
+        created.resource.last_updated_text()
+    );
+    assert_eq!(stored["name"][0]["family"], "One");
+
+    let updated = write(&store, put("Patient", "a", "Two")).await;
+    assert!(!updated.created && updated.changed);
+    assert_eq!(updated.resource.version_id, 2);
+    assert!(updated.resource.last_updated >= created.resource.last_updated);
+    assert_eq!(body(&updated.resource)["meta"]["versionId"], "2");
+
+    assert_eq!(
+        store.read("Patient", "a").await.unwrap(),
+        Some(updated.resource.clone())
+    );
+    assert_eq!(
+        store.vread("Patient", "a", 1).await.unwrap(),
+        Some(created.resource)
+    );
+    assert_eq!(
+        store.vread("Patient", "a", 2).await.unwrap(),
+        Some(updated.resource)
+    );
+    assert_eq!(store.vread("Patient", "a", 3).await.unwrap(), None);
+    assert_eq!(store.read("Patient", "missing").await.unwrap(), None);
+    assert_eq!(
+        store.read("Observation", "a").await.unwrap(),
+        None,
+        "ids are per type"
+    );
+
+    let again = store
+        .write(op("Patient", "a", WriteKind::Create(patient("a", "Three"))))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(
+        store
+            .read("Patient", "a")
+            .await
+            .unwrap()
+            .unwrap()
+            .version_id,
+        2
+    );
+}
+
+async fn modify_transforms_the_current_version_and_a_refusal_stores_nothing(store: TestStore) {
+    write(&store, put("Patient", "a", "Before")).await;
+    let rename: Transform = Arc::new(|current| {
+        let mut resource: Value = serde_json::from_str(&current.body)
+            .map_err(|e| fhirbox_store::Refusal::internal(e.to_string()))?;
+        resource["name"][0]["family"] = "After".into();
+        Ok(resource)
+    });
+    let renamed = write(
+        &store,
+        op("Patient", "a", WriteKind::Modify(rename.clone())),
+    )
+    .await;
+    assert_eq!(renamed.resource.version_id, 2);
+    assert_eq!(body(&renamed.resource)["name"][0]["family"], "After");
+
+    let refuse: Transform = Arc::new(|_| Err(fhirbox_store::Refusal::invalid("not this change")));
+    let refused = store
+        .write(op("Patient", "a", WriteKind::Modify(refuse)))
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Rejected(e)) if e.to_string() == "not this change"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.read("Patient", "a").await.unwrap(),
+        Some(renamed.resource)
+    );
+
+    let missing = store
+        .write(op("Patient", "missing", WriteKind::Modify(rename)))
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+}
+
+async fn delete_leaves_a_tombstone_and_an_update_brings_the_resource_back(store: TestStore) {
+    write(&store, put("Patient", "a", "Alive")).await;
+    let deleted = write(&store, op("Patient", "a", WriteKind::Delete)).await;
+    assert!(deleted.changed && !deleted.created);
+    assert!(deleted.resource.deleted);
+    assert_eq!(deleted.resource.version_id, 2);
+    assert_eq!(deleted.resource.body, "");
+    assert_eq!(
+        store.read("Patient", "a").await.unwrap(),
+        Some(deleted.resource.clone())
+    );
+
+    let again = write(&store, op("Patient", "a", WriteKind::Delete)).await;
+    assert!(
+        !again.changed,
+        "deleting a deleted resource changes nothing"
+    );
+    assert_eq!(again.resource, deleted.resource);
+
+    let rename: Transform = Arc::new(|current| Ok(body(current)));
+    let modify = store
+        .write(op("Patient", "a", WriteKind::Modify(rename)))
+        .await;
+    assert!(
+        matches!(modify, Err(StoreError::Gone { version_id: 2, .. })),
+        "{modify:?}"
+    );
+    let missing = store
+        .write(op("Patient", "missing", WriteKind::Delete))
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+
+    let back = write(&store, put("Patient", "a", "Back")).await;
+    assert!(
+        back.created,
+        "an update of a deleted resource creates it again"
+    );
+    assert_eq!(back.resource.version_id, 3);
+    assert!(
+        store
+            .vread("Patient", "a", 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .deleted
+    );
+}
+
+async fn if_match_must_name_the_current_live_version(store: TestStore) {
+    write(&store, put("Patient", "a", "One")).await;
+    let second = write(&store, if_match(1, put("Patient", "a", "Two"))).await;
+    assert_eq!(second.resource.version_id, 2);
+
+    let stale = store.write(if_match(1, put("Patient", "a", "Stale"))).await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::VersionConflict {
+                expected: 1,
+                current: Some(2),
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    let stale_delete = store
+        .write(if_match(1, op("Patient", "a", WriteKind::Delete)))
+        .await;
+    assert!(
+        matches!(stale_delete, Err(StoreError::VersionConflict { .. })),
+        "{stale_delete:?}"
+    );
+    assert_eq!(
+        store.read("Patient", "a").await.unwrap(),
+        Some(second.resource),
+        "a conflict writes nothing"
+    );
+
+    let missing = store
+        .write(if_match(1, put("Patient", "missing", "New")))
+        .await;
+    assert!(
+        matches!(
+            missing,
+            Err(StoreError::VersionConflict { current: None, .. })
+        ),
+        "{missing:?}"
+    );
+
+    let deleted = write(&store, if_match(2, op("Patient", "a", WriteKind::Delete))).await;
+    assert_eq!(deleted.resource.version_id, 3);
+    let on_tombstone = store.write(if_match(3, put("Patient", "a", "Back"))).await;
+    assert!(
+        matches!(on_tombstone, Err(StoreError::VersionConflict { .. })),
+        "a deleted resource has no live version to match: {on_tombstone:?}"
+    );
+}
+
+async fn write_all_is_all_or_nothing(store: TestStore) {
+    write(&store, put("Patient", "a", "One")).await;
+    let failed = store
+        .write_all(vec![
+            put("Patient", "b", "New"),
+            op("Patient", "a", WriteKind::Create(patient("a", "Again"))),
+        ])
+        .await;
+    assert!(
+        matches!(failed, Err(StoreError::AlreadyExists { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(
+        store.read("Patient", "b").await.unwrap(),
+        None,
+        "rolled back"
+    );
+
+    let outcomes = store
+        .write_all(vec![put("Patient", "b", "New"), put("Patient", "a", "Two")])
+        .await
+        .unwrap();
+    let written: Vec<_> = outcomes.iter().map(|o| &o.resource).cloned().collect();
+    assert_eq!(ids(&written), ["b", "a"]);
+    assert_eq!(versions(&written), [1, 2]);
+}
+
+fn history(scope: HistoryScope, count: u32) -> HistoryQuery {
+    HistoryQuery {
+        scope,
+        since: None,
+        count,
+        cursor: None,
+    }
+}
+
+fn instance(resource_type: &str, id: &str) -> HistoryScope {
+    HistoryScope::Instance {
+        resource_type: resource_type.into(),
+        id: id.into(),
+    }
+}
+
+async fn history_lists_versions_newest_first_and_pages(store: TestStore) {
+    let mut written = Vec::new();
+    written.push(write(&store, put("Patient", "a", "One")).await.resource);
+    written.push(write(&store, put("Patient", "a", "Two")).await.resource);
+    written.push(
+        write(&store, op("Patient", "a", WriteKind::Delete))
+            .await
+            .resource,
+    );
+    written.push(
+        write(&store, put("Observation", "b", "Other"))
+            .await
+            .resource,
+    );
+
+    let first = store
+        .history(history(instance("Patient", "a"), 2))
+        .await
+        .unwrap();
+    assert_eq!(versions(&first.entries), [3, 2]);
+    assert!(
+        first.entries[0].deleted,
+        "deletions are part of the history"
+    );
+    assert_eq!(first.total, Some(3));
+    let history_cursor = first.next.clone();
+    let rest = store
+        .history(HistoryQuery {
+            cursor: first.next.clone(),
+            ..history(instance("Patient", "a"), 2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(versions(&rest.entries), [1]);
+    assert_eq!(rest.entries[0], written[0]);
+    assert!(rest.next.is_none());
+
+    let of_type = HistoryScope::Type {
+        resource_type: "Patient".into(),
+    };
+    let of_type = store.history(history(of_type, 10)).await.unwrap();
+    assert_eq!(versions(&of_type.entries), [3, 2, 1]);
+    let system = store
+        .history(history(HistoryScope::System, 10))
+        .await
+        .unwrap();
+    let newest_first: Vec<_> = written.iter().rev().cloned().collect();
+    assert_eq!(system.entries, newest_first);
+    assert_eq!(system.total, Some(4));
+
+    let since = written[1].last_updated;
+    let recent = store
+        .history(HistoryQuery {
+            since: Some(since),
+            ..history(HistoryScope::System, 10)
+        })
+        .await
+        .unwrap();
+    let expected: Vec<_> = newest_first
+        .iter()
+        .filter(|r| r.last_updated >= since)
+        .cloned()
+        .collect();
+    assert_eq!(recent.entries, expected);
+
+    let in_search = store
+        .search(SearchQuery {
+            cursor: history_cursor,
+            ..patients(10)
+        })
+        .await;
+    assert!(
+        matches!(in_search, Err(StoreError::InvalidCursor)),
+        "a history cursor does not page a search: {in_search:?}"
+    );
+}
+
+fn patients(count: u32) -> SearchQuery {
+    SearchQuery {
+        resource_type: Some("Patient".into()),
+        count,
+        ..Default::default()
+    }
+}
+
+async fn search_by_id_and_last_updated_pages_through_current_versions(store: TestStore) {
+    // Patients p1..p5 (p4 deleted afterwards) and one Observation; the
+    // expectations below are computed from the timestamps the store gave.
+    let mut live = BTreeMap::new();
+    for i in 1..=5 {
+        let id = format!("p{i}");
+        let written = write(&store, put("Patient", &id, "Family")).await;
+        live.insert(id, written.resource.last_updated);
+    }
+    write(&store, op("Patient", "p4", WriteKind::Delete)).await;
+    live.remove("p4");
+    write(&store, put("Observation", "o1", "Other")).await;
+
+    let by_id = store
+        .search(SearchQuery {
+            ids: Some(vec!["p1".into(), "p3".into(), "p4".into(), "zz".into()]),
+            ..patients(10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&by_id.resources),
+        ["p1", "p3"],
+        "deleted and unknown ids are not found"
+    );
+    assert!(by_id
+        .resources
+        .iter()
+        .all(|r| !r.deleted && r.version_id == 1));
+
+    let first = store
+        .search(SearchQuery {
+            with_total: true,
+            ..patients(2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&first.resources), ["p1", "p2"]);
+    assert_eq!(first.total, Some(4));
+    assert!(first.previous.is_none());
+    let second = store
+        .search(SearchQuery {
+            cursor: first.next.clone(),
+            ..patients(2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&second.resources), ["p3", "p5"]);
+    assert!(second.next.is_none());
+    let back = store
+        .search(SearchQuery {
+            cursor: second.previous.clone(),
+            ..patients(2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&back.resources), ["p1", "p2"]);
+
+    let everything = store
+        .search(SearchQuery {
+            count: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&everything.resources), ["o1", "p1", "p2", "p3", "p5"]);
+
+    let t = live["p3"];
+    let matching = |keep: &dyn Fn(i64) -> bool| -> Vec<&str> {
+        live.iter()
+            .filter(|(_, updated)| keep(**updated))
+            .map(|(id, _)| id.as_str())
+            .collect()
+    };
+    for (bounds, expected) in [
+        (vec![TimeBound::AtOrAfter(t)], matching(&|u| u >= t)),
+        (vec![TimeBound::Before(t)], matching(&|u| u < t)),
+        (
+            vec![TimeBound::AtOrAfter(t), TimeBound::Before(t + 1_000)],
+            matching(&|u| u >= t && u < t + 1_000),
+        ),
+    ] {
+        let found = store
+            .search(SearchQuery {
+                last_updated: bounds.clone(),
+                ..patients(10)
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(&found.resources), expected, "{bounds:?}");
+    }
+
+    let newest_first = store
+        .search(SearchQuery {
+            sort: SortKey::LastUpdated,
+            descending: true,
+            ..patients(10)
+        })
+        .await
+        .unwrap();
+    let mut expected: Vec<(i64, &str)> = live.iter().map(|(id, u)| (*u, id.as_str())).collect();
+    expected.sort_by(|a, b| b.cmp(a));
+    let expected: Vec<&str> = expected.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids(&newest_first.resources), expected);
+
+    let other_sort = store
+        .search(SearchQuery {
+            sort: SortKey::LastUpdated,
+            cursor: first.next,
+            ..patients(2)
+        })
+        .await;
+    assert!(
+        matches!(other_sort, Err(StoreError::InvalidCursor)),
+        "a cursor is valid only for the query it came from"
+    );
+}
+
+const WRITERS: usize = 12;
+
+/// Runs `WRITERS` writes at once, each from its own task.
+async fn at_once(
+    store: &Store,
+    make: impl Fn(usize) -> WriteOp,
+) -> Vec<Result<WriteOutcome, StoreError>> {
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let (store, op) = (store.clone(), make(i));
+            tokio::spawn(async move { store.write(op).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(WRITERS);
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+async fn concurrent_updates_with_the_same_if_match_have_exactly_one_winner(store: TestStore) {
+    write(&store, put("Patient", "race", "Start")).await;
+    let results = at_once(&store, |i| {
+        if_match(1, put("Patient", "race", &format!("W{i}")))
+    })
+    .await;
+    let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert_eq!(winners[0].resource.version_id, 2);
+    for lost in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(
+                lost,
+                StoreError::VersionConflict {
+                    expected: 1,
+                    current: Some(2),
+                    ..
+                }
+            ),
+            "{lost:?}"
+        );
+    }
+    assert_eq!(
+        store.read("Patient", "race").await.unwrap().as_ref(),
+        Some(&winners[0].resource)
+    );
+}
+
+async fn concurrent_unconditional_updates_each_get_their_own_version(store: TestStore) {
+    let results = at_once(&store, |i| put("Patient", "busy", &format!("W{i}"))).await;
+    let outcomes: Vec<_> = results
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("unconditional writes all succeed");
+    let created: Vec<_> = outcomes.iter().filter(|o| o.created).collect();
+    assert_eq!(created.len(), 1, "exactly one write creates the resource");
+    assert_eq!(created[0].resource.version_id, 1);
+    let mut numbers: Vec<i64> = outcomes.iter().map(|o| o.resource.version_id).collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (1..=WRITERS as i64).collect::<Vec<_>>(),
+        "one winner per version"
+    );
+
+    let all = store
+        .history(history(instance("Patient", "busy"), 100))
+        .await
+        .unwrap();
+    assert_eq!(all.total, Some(WRITERS as i64));
+    let mut families: Vec<String> = all
+        .entries
+        .iter()
+        .map(|r| body(r)["name"][0]["family"].as_str().unwrap().to_owned())
+        .collect();
+    families.sort();
+    families.dedup();
+    assert_eq!(families.len(), WRITERS, "every write is kept in history");
+}
+
+async fn the_change_marker_moves_with_every_write_of_its_types(store: TestStore) {
+    store.ping().await.unwrap();
+    assert_eq!(store.latest_change(&["Client"]).await.unwrap(), 0);
+    write(&store, put("Client", "c", "One")).await;
+    let after_client = store.latest_change(&["Client"]).await.unwrap();
+    assert!(after_client > 0);
+    write(&store, put("Patient", "p", "One")).await;
+    assert_eq!(
+        store.latest_change(&["Client"]).await.unwrap(),
+        after_client,
+        "writes of other types do not move it"
+    );
+    assert!(store.latest_change(&["Client", "Patient"]).await.unwrap() > after_client);
+    write(&store, op("Client", "c", WriteKind::Delete)).await;
+    assert!(store.latest_change(&["Client"]).await.unwrap() > after_client);
+}
+
+#[tokio::test]
+async fn unsupported_database_urls_are_refused() {
+    for url in ["mysql://localhost/fhir", "sqlite:", "sqlite::memory:"] {
+        let opened = Store::open(url).await;
+        assert!(
+            matches!(opened, Err(StoreError::Config(_))),
+            "{url}: {:?}",
+            opened.err()
+        );
+    }
+}
