@@ -1,5 +1,6 @@
 //! Per-type rules applied to every stored body, inside the write transaction
-//! (store `Finalize`): literal Client secrets become salted hashes (SPEC 1.3),
+//! (store `Finalize`): literal Client secrets become salted hashes
+//! (docs/external-secrets.md, "Literal secrets"),
 //! masked literals sent back are kept, Client and AccessPolicy shapes are
 //! checked so the authenticator can trust what it loads. And the other way:
 //! the one view of a stored body a client may see (`public_body`).
@@ -18,7 +19,8 @@ use crate::auth::secret_hash;
 use crate::error::ApiError;
 
 /// The finalizer for a write of `resource_type/id`: the secret-reference
-/// rules of SPEC 1.2 for every type, then the type's own rules.
+/// rules of docs/external-secrets.md ("Rules on write") for every type, then
+/// the type's own rules.
 pub fn finalizer(resource_type: &str, id: &str, vault: Option<&SecretResolver>) -> Finalize {
     let resource_type = resource_type.to_owned();
     let id = id.to_owned();
@@ -91,7 +93,8 @@ fn finalize_policy(body: Value, _current: Option<&StoredResource>) -> Result<Val
     Ok(body)
 }
 
-/// The element a literal secret value is shown as (SPEC 1.3).
+/// The element a literal secret value is shown as (docs/external-secrets.md,
+/// "Literal secrets").
 fn masked_element() -> Value {
     serde_json::json!({"extension": [
         {"url": DATA_ABSENT_REASON_URL, "valueCode": "masked"}
@@ -100,7 +103,8 @@ fn masked_element() -> Value {
 
 /// Hides server-held secret material in a body: the private hash of a
 /// literal `Client.secret`, and the literal value of every other
-/// secret-capable field, which is replaced by the masked extension (SPEC 1.3).
+/// secret-capable field, which is replaced by the masked extension
+/// (docs/external-secrets.md, "Literal secrets").
 /// Returns true when something was hidden.
 pub fn mask_secrets(resource_type: &str, body: &mut Value) -> bool {
     let mut changed = false;

@@ -1,4 +1,4 @@
-//! Typed settings from the environment (SPEC section 4). A value that is
+//! Typed settings from the environment (README.md, "Settings"). A value that is
 //! present but malformed is an error naming the variable, never a default.
 
 use std::fmt;
@@ -112,7 +112,7 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// The built-in root client (SPEC section 3).
+/// The built-in root client (docs/security.md, "Who may do what" and "First run").
 #[derive(Debug)]
 pub struct RootClient {
     pub id: String,

@@ -1,4 +1,4 @@
-//! The external-secrets feature on the server side (SPEC section 1): starting
+//! The external-secrets feature on the server side (docs/external-secrets.md): starting
 //! the resolver, the write-time rules for secret references on the nine
 //! secret-capable fields, the root-only `/admin/secrets` table, metrics, and
 //! `fhirbox vault check`.
@@ -239,7 +239,8 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The SPEC 1.2 write rules for every secret reference in `body`.
+/// The write rules for every secret reference in `body` (docs/external-secrets.md,
+/// "Rules on write").
 pub fn check_references(
     resource_type: &str,
     id: &str,
@@ -481,8 +482,8 @@ impl CheckTotals {
 const ONE_BYTE_WARNING: &str =
     "value is 1 byte long; check that the file holds the whole credential";
 
-/// Reads every secret of `config` by the resolver's own rules (SPEC 1.4) and says what
-/// state each is in.
+/// Reads every secret of `config` by the resolver's own rules (docs/external-secrets.md,
+/// "Reading, caching and rotation") and says what state each is in.
 fn check_rows(config: &VaultConfig) -> Vec<CheckRow> {
     config
         .secrets()
