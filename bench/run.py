@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
 """fhirbox benchmarks side by side (issue 6). One entry point: bench/run.sh.
+`--read-only --db sqlite` runs just the read scenario (the three ways to
+authenticate against the no-auth baseline), e.g. before and after a change.
 
 Builds nothing itself (run.sh does); starts the servers, seeds data, drives
 load with wrk (Debian package) and bench's own crud-load (for the ordered CRUD
@@ -27,12 +29,14 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import csi  # noqa: E402
 
-RELEASE = os.path.join(ROOT, "target/release")
+RELEASE = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"), "release")
 PG_ADMIN = os.environ.get("FHIRBOX_BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432")
 ROOT_SECRET = "bench-root-secret"
 SIGNING_KEY = "bench-signing-key-0123456789abcdef"
 LITERAL = ("literal", "bench-literal-secret")
 VAULTED = ("vaulted", "bench-vault-secret")
+BASELINE = "no auth (baseline)"
+BASELINE_AGAIN = "no auth (baseline, again)"
 REF = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "masked"},
                      {"url": "http://health-samurai.io/fhir/secret-reference", "valueString": "client-secret"}]}
 
@@ -173,15 +177,18 @@ def run_fhirbox(db, cfg, work, results, footprint):
     bearer = "Bearer " + json.loads(token)["access_token"]
     baseline = Server(f"baseline-{db}", [f"{RELEASE}/baseline-server"], dict(env, BOX_WEB_PORT="18402"), 18402)
     n = cfg["patients"]
-    reads = [("no auth (baseline)", baseline.port, None), ("Basic, vault secret", server.port, basic(VAULTED)),
-             ("Basic, literal secret", server.port, basic(LITERAL)), ("Bearer token", server.port, bearer)]
+    # The baseline runs before and after the authenticated reads; ratios divide by the mean
+    # of the two, so drift on this shared machine during the runs cancels out.
+    reads = [(BASELINE, baseline.port, None), ("Basic, vault secret", server.port, basic(VAULTED)),
+             ("Basic, literal secret", server.port, basic(LITERAL)), ("Bearer token", server.port, bearer),
+             (BASELINE_AGAIN, baseline.port, None)]
     for c in cfg["concurrency"]:
         for auth_name, port, header in reads:
             r = wrk(port, "/", c, cfg["seconds"], lua("read", n), header)
             results.append(dict(server="fhirbox", db=db, scenario="read", auth=auth_name, concurrency=c, **r))
     fp["rss_after_read_mib"] = round(server.memory()["rss"], 1)
     auth = basic(LITERAL)
-    for c in cfg["concurrency"]:
+    for c in ([] if cfg["read_only"] else cfg["concurrency"]):
         for kind in ("create", "update", "search", "transaction"):
             r = wrk(server.port, "/", c, cfg["seconds"], lua(kind, n), auth)
             results.append(dict(server="fhirbox", db=db, scenario=kind, auth="Basic, literal secret", concurrency=c, **r))
@@ -309,22 +316,36 @@ def fmt(v, digits=1):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="1-minute smoke run")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--read-only", action="store_true",
+                        help="only the read scenario: the three ways to authenticate against the no-auth baseline")
+    parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 3; quick 1)")
+    parser.add_argument("--concurrency", help="comma-separated connection counts (default 1,16,64; quick 16)")
+    parser.add_argument("--out", help="report directory (default bench/results; a --read-only run writes no files unless given)")
     args = parser.parse_args()
     cfg = ({"patients": 1000, "seconds": 1, "concurrency": [16], "swaps": 5} if args.quick
            else {"patients": 10000, "seconds": 3, "concurrency": [1, 16, 64], "swaps": 50})
+    if args.seconds:
+        cfg["seconds"] = args.seconds
+    if args.concurrency:
+        cfg["concurrency"] = [int(c) for c in args.concurrency.split(",")]
+    cfg["read_only"] = args.read_only
+    out_dir = args.out or (None if args.read_only else os.path.join(HERE, "results"))
+    dbs = ("sqlite", "postgres") if args.db == "both" else (args.db,)
     started = time.time()
     work = tempfile.mkdtemp(prefix="fhirbox-bench-")
     results, footprint, notes = [], {}, []
+    rot, micro_ns = {}, {}
     try:
-        for db in ("sqlite", "postgres"):
+        for db in dbs:
             run_fhirbox(db, cfg, work, results, footprint)
-        if not args.quick:
+        if not args.quick and not args.read_only:
             run_nginx(cfg, work, results, notes)
-            for db in ("sqlite", "postgres"):
+            for db in dbs:
                 run_helios(db, cfg, work, results, notes)
-        rot = rotation(cfg["swaps"])
-        micro_ns = micro(args.quick)
+        if not args.read_only:
+            rot = rotation(cfg["swaps"])
+            micro_ns = micro(args.quick)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -336,12 +357,13 @@ def main():
 
     ratios = []
     c_ref = 16 if 16 in cfg["concurrency"] else cfg["concurrency"][0]
-    for db in ("sqlite", "postgres"):
-        base = find("fhirbox", db, "read", c_ref, "no auth (baseline)")
+    for db in dbs:
+        bases = [b for b in (find("fhirbox", db, "read", c_ref, BASELINE), find("fhirbox", db, "read", c_ref, BASELINE_AGAIN)) if b]
+        base_rps = statistics.mean(b["rps"] for b in bases) if bases else 0
         for auth in ("Basic, vault secret", "Basic, literal secret", "Bearer token"):
             r = find("fhirbox", db, "read", c_ref, auth)
-            if base and r and base["rps"]:
-                ratios.append({"what": f"{db}: read with {auth} / no-auth baseline (c={c_ref})", "ratio": r["rps"] / base["rps"], "target": ">= 0.95" if "vault" in auth else ""})
+            if r and base_rps:
+                ratios.append({"what": f"{db}: read with {auth} / no-auth baseline (c={c_ref})", "ratio": r["rps"] / base_rps, "target": ">= 0.95" if "vault" in auth else ""})
         nginx = find("nginx (static file, auth_basic)", "-", "read", c_ref)
         r = find("fhirbox", db, "read", c_ref, "Basic, vault secret")
         if nginx and r and nginx["rps"]:
@@ -355,7 +377,7 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     mem_kib = int(open("/proc/meminfo").readline().split()[1])
     report = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit, "mode": "quick" if args.quick else "default",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit, "mode": ("quick" if args.quick else "default") + (", read only" if args.read_only else ""),
         "machine": {"cores": os.cpu_count(), "memory_gib": round(mem_kib / 1024 / 1024, 1), "kernel": platform.release()},
         "load_generators": {"wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip(),
                             "crud-load": "bench/src/bin/crud-load.rs (ordered CRUD chain per virtual user)"},
@@ -363,9 +385,6 @@ def main():
         "rotation_latency_ms": rot, "micro_ns_per_op": micro_ns, "notes": notes,
         "elapsed_s": round(time.time() - started, 1),
     }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "latest.json"), "w") as f:
-        json.dump(report, f, indent=2)
     md = [f"# fhirbox benchmark results ({report['mode']})", "",
           f"{report['date']}, commit `{commit}`, {report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, "
           f"kernel {report['machine']['kernel']}; {report['load_generators']['wrk']} on the same machine; "
@@ -377,16 +396,22 @@ def main():
                           ("p50 ms", lambda r: fmt(r["p50_ms"], 2)), ("p99 ms", lambda r: fmt(r["p99_ms"], 2)), ("errors", lambda r: str(r["errors"]))]), "",
           "## Footprint", "",
           table([dict(db=k, **v) for k, v in footprint.items()], [("db", lambda r: r["db"]), ("start to ready ms", lambda r: fmt(r["start_to_ready_ms"])),
-                 ("idle RSS MiB", lambda r: fmt(r["idle_rss_mib"])), ("RSS after reads MiB", lambda r: fmt(r["rss_after_read_mib"])), ("peak RSS MiB", lambda r: fmt(r["peak_rss_mib"]))]), "",
-          "## Rotation latency (atomic-writer swap to first 200 with the new value)", "",
-          table([dict(mode=k, **v) for k, v in rot.items()], [("mode", lambda r: r["mode"]), ("swaps", lambda r: str(r["swaps"])),
-                 ("median ms", lambda r: fmt(r["median_ms"], 2)), ("max ms", lambda r: fmt(r["max_ms"], 2))]), "",
-          "## Micro-benchmarks (criterion, ns/op)", "",
-          table([{"name": k, "ns": v} for k, v in micro_ns.items()], [("benchmark", lambda r: r["name"]), ("ns/op", lambda r: f"{r['ns']:.0f}")]), ""]
+                 ("idle RSS MiB", lambda r: fmt(r["idle_rss_mib"])), ("RSS after reads MiB", lambda r: fmt(r["rss_after_read_mib"])), ("peak RSS MiB", lambda r: fmt(r["peak_rss_mib"]))]), ""]
+    if rot:
+        md += ["## Rotation latency (atomic-writer swap to first 200 with the new value)", "",
+               table([dict(mode=k, **v) for k, v in rot.items()], [("mode", lambda r: r["mode"]), ("swaps", lambda r: str(r["swaps"])),
+                      ("median ms", lambda r: fmt(r["median_ms"], 2)), ("max ms", lambda r: fmt(r["max_ms"], 2))]), ""]
+    if micro_ns:
+        md += ["## Micro-benchmarks (criterion, ns/op)", "",
+               table([{"name": k, "ns": v} for k, v in micro_ns.items()], [("benchmark", lambda r: r["name"]), ("ns/op", lambda r: f"{r['ns']:.0f}")]), ""]
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    with open(os.path.join(args.out, "latest.md"), "w") as f:
-        f.write("\n".join(md))
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "latest.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        with open(os.path.join(out_dir, "latest.md"), "w") as f:
+            f.write("\n".join(md))
     print("\n".join(md))
     errors = sum(r["errors"] for r in results)
     if errors:

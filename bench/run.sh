@@ -4,6 +4,8 @@
 #   bench/run.sh                 default run (under 10 minutes on 2 cores once tools are built)
 #   bench/run.sh --quick         1-minute smoke run (what CI runs; CI does not judge speed)
 #   bench/run.sh --with-helios   also build the Helios FHIR server into bench/.tools first (slow, once)
+#   bench/run.sh --read-only --db sqlite   only the read scenario (auth against the no-auth
+#                                baseline), printed, no files written; skips the credential attacks
 # Load generator: wrk from Debian (installed when missing), plus bench's own crud-load
 # for the ordered create/read/update/delete chain. PostgreSQL at 127.0.0.1:5432
 # (user postgres, trust auth), or FHIRBOX_BENCH_POSTGRES.
@@ -11,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ARGS=()
 ATTACK=()                # bench/auth-attack.py gets --quick and the same --out directory as run.py
+READ_ONLY=""
 OUT=bench/results
 prev=""
 for arg in "$@"; do
@@ -18,6 +21,7 @@ for arg in "$@"; do
   prev="$arg"
   case "$arg" in
     --quick) ATTACK+=(--quick); ARGS+=("$arg") ;;
+    --read-only) READ_ONLY=1; ARGS+=("$arg") ;;
     --out=*) OUT="${arg#--out=}"; ARGS+=("$arg") ;;
     --with-helios)
       if [ ! -x bench/.tools/helios/bin/hfs ]; then
@@ -34,4 +38,4 @@ if ! command -v wrk >/dev/null; then
 fi
 cargo build --release -q -p fhirbox-server -p fhirbox-bench
 python3 bench/run.py "${ARGS[@]}"
-python3 bench/auth-attack.py "${ATTACK[@]}" --out "$OUT"
+[ -n "$READ_ONLY" ] || python3 bench/auth-attack.py "${ATTACK[@]}" --out "$OUT"

@@ -1,4 +1,5 @@
-"""Replays the Kubernetes atomic writer (SPEC 1.5) for the benchmark scripts:
+"""Replays the Kubernetes atomic writer (pkg/volume/util/atomic_writer.go in
+https://github.com/kubernetes/kubernetes) for the benchmark scripts:
 timestamped directory, ..data_tmp symlink renamed over ..data, visible
 symlinks through ..data, old directory removed."""
 import os

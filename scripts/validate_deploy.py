@@ -10,8 +10,9 @@
   secret is ever mounted with subPath (a subPath mount never updates).
 - Each vault-config.json shipped in a ConfigMap passes `fhirbox vault check`
   with the files it names in place.
-- The Dockerfile is multi-stage, ends as a numeric non-root user, exposes 8080
-  and has no HEALTHCHECK.
+- The Dockerfile is multi-stage, ends as a numeric non-root user, exposes 8080,
+  has no HEALTHCHECK, and copies every workspace member's Cargo.toml into its
+  dependency layer before the first cargo build.
 Exits non-zero on the first class of failure, printing every problem found.
 """
 import argparse
@@ -132,6 +133,15 @@ def check_dockerfile():
         problem("Dockerfile: the final stage must EXPOSE 8080")
     if not os.path.exists(os.path.join(ROOT, ".dockerignore")):
         problem(".dockerignore is missing")
+    # The dependency layer builds the workspace from its manifests alone: every member's
+    # Cargo.toml must be copied in before the first `cargo build`.
+    first_build = text.find("cargo build")
+    workspace = open(os.path.join(ROOT, "Cargo.toml")).read()
+    members = re.search(r"(?m)^members\s*=\s*\[([^\]]*)\]", workspace)
+    for member in re.findall(r'"([^"]+)"', members.group(1) if members else ""):
+        copy = re.search(rf"(?m)^COPY\s+{re.escape(member)}/Cargo\.toml\s", text)
+        if not copy or copy.start() > first_build:
+            problem(f"Dockerfile: the dependency layer does not copy {member}/Cargo.toml before the first cargo build")
 
 
 def main():

@@ -11,7 +11,8 @@ pub enum ClientSecret {
     None,
     /// argon2id PHC hash of a literal secret.
     Hash(String),
-    /// Name of a secret in the vault config (SPEC 1.2).
+    /// Name of a secret in the vault config (docs/external-secrets.md,
+    /// "Referring to a secret from a resource").
     Reference(String),
 }
 

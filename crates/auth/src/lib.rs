@@ -1,4 +1,4 @@
-//! Authentication and authorization (SPEC section 3): the root client,
+//! Authentication and authorization (docs/security.md): the root client,
 //! `Client` resources (HTTP Basic, `client_credentials` tokens) and
 //! `AccessPolicy` resources, all served from an in-memory snapshot so the hot
 //! path neither hits the database nor runs the KDF for a credential it has
@@ -361,7 +361,7 @@ impl AuthService {
     }
 
     /// Checks a presented secret against the vault secret `name`, resolved now
-    /// for `Client/<id>` (scope is checked at every use, SPEC 1.2). The resolver
+    /// for `Client/<id>` (scope is checked at every use, docs/external-secrets.md, "At use"). The resolver
     /// compares SHA-256 digests in constant time and honours `rotation_grace`.
     fn verify_vault_secret(
         &self,

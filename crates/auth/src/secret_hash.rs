@@ -1,4 +1,5 @@
-//! Literal `Client.secret` values (SPEC 1.3): stored only as an argon2id hash
+//! Literal `Client.secret` values (docs/external-secrets.md, "Literal secrets"):
+//! stored only as an argon2id hash
 //! inside a private extension of `_secret`, never returned, never logged.
 
 use argon2::password_hash::rand_core::OsRng;

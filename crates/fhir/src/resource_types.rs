@@ -1,5 +1,5 @@
 //! The resource types fhirbox serves: every FHIR R4 (4.0.1) resource type plus
-//! the server's own types (SPEC section 2).
+//! the server's own types (README.md, "What it does today").
 
 /// Every resource type of FHIR R4 4.0.1, sorted.
 pub const RESOURCE_TYPES: &[&str] = &[

@@ -1,5 +1,6 @@
-//! The table of secret-capable fields (SPEC 1.2): the only places where a
-//! resource may carry a reference to an external secret instead of a value.
+//! The table of secret-capable fields (docs/external-secrets.md, "The
+//! secret-capable fields"): the only places where a resource may carry a reference
+//! to an external secret instead of a value.
 
 /// Extension URL naming the vault-config secret a field refers to.
 pub const SECRET_REFERENCE_URL: &str = "http://health-samurai.io/fhir/secret-reference";
@@ -32,7 +33,8 @@ pub struct SecretField {
     pub purpose: &'static str,
 }
 
-/// The published list (SPEC 1.2); all nine must work end to end.
+/// The published list (docs/external-secrets.md, "The secret-capable fields");
+/// all nine must work end to end.
 pub const SECRET_FIELDS: &[SecretField] = &[
     SecretField {
         resource_type: "Client",

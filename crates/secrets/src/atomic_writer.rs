@@ -1,6 +1,7 @@
-//! A replay of the Kubernetes atomic writer, the way the Secrets Store CSI Driver and
-//! ConfigMap volumes update files (SPEC 1.5), for tests of anything that follows such a
-//! mount. Enabled by the `test-support` feature.
+//! A replay of the Kubernetes atomic writer, the way the Secrets Store CSI Driver and ConfigMap
+//! volumes update files (`pkg/volume/util/atomic_writer.go` in
+//! https://github.com/kubernetes/kubernetes), for tests of anything that follows such a mount.
+//! Enabled by the `test-support` feature.
 //!
 //! Layout it maintains under `root`:
 //!

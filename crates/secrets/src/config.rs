@@ -1,5 +1,6 @@
-//! The vault config (SPEC 1.1): parsing, strict validation with errors that name the file,
-//! the secret and the JSON location, and the in-memory `VaultConfig` the resolver uses.
+//! The vault config (docs/external-secrets.md, "The vault config"): parsing, strict validation
+//! with errors that name the file, the secret and the JSON location, and the in-memory
+//! `VaultConfig` the resolver uses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -40,7 +41,8 @@ impl SecretEntry {
     }
 
     /// Absolute path of the file, as written in the config (not resolved through symlinks:
-    /// the visible path stays the same across rotations, SPEC 1.5).
+    /// the visible path stays the same across rotations, the Kubernetes atomic writer swaps
+    /// only the `..data` symlink behind it).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -51,12 +53,14 @@ impl SecretEntry {
     }
 
     /// How long the previous value keeps working for client authentication after a
-    /// rotation (SPEC 1.4). `None`: no grace.
+    /// rotation (`rotation_grace`, docs/external-secrets.md, "The vault config"). `None`: no
+    /// grace.
     pub fn rotation_grace(&self) -> Option<Duration> {
         self.rotation_grace
     }
 
-    /// Whether `requester` may use this secret (SPEC 1.2: `Type/id` or `Type`).
+    /// Whether `requester` may use this secret (`Type/id` or `Type`, docs/external-secrets.md,
+    /// "The vault config").
     pub fn allows(&self, requester: &Requester) -> bool {
         self.scope.iter().any(|rule| rule.allows(requester))
     }
@@ -71,9 +75,10 @@ impl VaultConfig {
     /// Parses and validates a vault config.
     ///
     /// `source` is only used in error messages. Secret paths that exist are resolved through
-    /// their symlinks to refuse those that lead under `/proc`, `/sys` or `/dev`. `secret_capable_types` is the list of
-    /// resource types that have a secret-capable field (SPEC 1.2); a scope naming any other
-    /// type is an error. Every problem found is reported, not just the first.
+    /// their symlinks to refuse those that lead under `/proc`, `/sys` or `/dev`.
+    /// `secret_capable_types` is the list of resource types that have a secret-capable field
+    /// (docs/external-secrets.md, "The secret-capable fields"); a scope naming any other type
+    /// is an error. Every problem found is reported, not just the first.
     pub fn parse(
         bytes: &[u8],
         source: &Path,
@@ -136,7 +141,8 @@ impl VaultConfig {
     }
 
     /// The directories that must be watched: the one holding the config file and the ones
-    /// holding each secret's visible path (SPEC 1.4: watch the directory, not the file).
+    /// holding each secret's visible path (docs/external-secrets.md, "Reading, caching and
+    /// rotation": watch the directory, not the file).
     pub(crate) fn watch_dirs(&self, config_path: &Path) -> BTreeSet<PathBuf> {
         std::iter::once(config_path)
             .chain(self.secrets.values().map(|e| e.path.as_path()))
@@ -395,8 +401,9 @@ impl Validator<'_> {
         Some(PathBuf::from(path))
     }
 
-    /// Accepts the three published forms (SPEC 1.1): an array of `"Type"`/`"Type/id"`
-    /// strings, one `{"resource_type", "id"?}` object, or an array of such objects.
+    /// Accepts the three published forms (docs/external-secrets.md, "The vault config"): an
+    /// array of `"Type"`/`"Type/id"` strings, one `{"resource_type", "id"?}` object, or an
+    /// array of such objects.
     fn scope(
         &mut self,
         name: &str,
@@ -585,7 +592,7 @@ impl Validator<'_> {
     }
 }
 
-/// Secret names: `[A-Za-z0-9._-]+` (SPEC 1.1).
+/// Secret names: `[A-Za-z0-9._-]+` (docs/external-secrets.md, "The vault config").
 pub fn is_valid_secret_name(name: &str) -> bool {
     !name.is_empty()
         && name

@@ -1,6 +1,6 @@
 //! `SecretError`: why one use of one secret failed, with a stable machine-readable reason
-//! for logs and metrics (SPEC 1.2 "logged and counted with the secret's name and the
-//! reason, never its value"). No variant can carry secret bytes.
+//! for logs and metrics (docs/external-secrets.md, "At use": logged and counted with the
+//! secret's name and a reason, never its value). No variant can carry secret bytes.
 
 use std::path::PathBuf;
 
@@ -36,8 +36,9 @@ pub enum SecretError {
         /// The path itself is a symlink whose target does not exist.
         dangling: bool,
     },
-    /// The file is empty, or holds only whitespace, after normalisation (SPEC 1.4: a read
-    /// never turns into an empty secret).
+    /// The file is empty, or holds only whitespace, after normalisation
+    /// (docs/external-secrets.md, "Reading, caching and rotation": a read never turns into
+    /// an empty secret).
     #[error("secret {name:?}: file {} is empty or holds only whitespace", path.display())]
     Empty {
         /// Secret name.

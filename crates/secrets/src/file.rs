@@ -1,7 +1,8 @@
-//! Reading one secret file by the rules of SPEC 1.4: follow symlinks (the CSI layout is
-//! symlinks by design, SPEC 1.5), refuse anything that is not a regular file without ever
-//! blocking on it, refuse system trees (`/proc`, `/sys`, `/dev`), never read more than the
-//! cap plus one byte, and turn every failure into a typed error that cannot contain file
+//! Reading one secret file by the rules of docs/external-secrets.md ("Reading, caching and
+//! rotation"): follow symlinks (the CSI layout is symlinks by design: the Kubernetes atomic writer
+//! swaps a `..data` symlink, see `atomic_writer`), refuse anything that is not a regular file
+//! without ever blocking on it, refuse system trees (`/proc`, `/sys`, `/dev`), never read more than
+//! the cap plus one byte, and turn every failure into a typed error that cannot contain file
 //! content.
 //!
 //! Every secret read goes through [`read_settled`], which also owns the settle rule of
@@ -22,8 +23,10 @@ use zeroize::Zeroizing;
 use crate::error::SecretError;
 use crate::value::{strip_one_trailing_newline, Digest, SecretValue};
 
-/// Default cap on a secret file: 64 KiB (SPEC 1.4). A Kubernetes Secret is at most 1 MiB
-/// and real credentials are far smaller; the cap bounds memory per read.
+/// Default cap on a secret file: 64 KiB (docs/external-secrets.md, "Reading, caching and
+/// rotation"). A Kubernetes Secret is at most 1 MiB
+/// (https://kubernetes.io/docs/concepts/configuration/secret/#restriction-data-size) and
+/// real credentials are far smaller; the cap bounds memory per read.
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 64 * 1024;
 
 /// Why a bounded read failed, before it is attached to a secret name (the vault config
@@ -152,8 +155,9 @@ pub(crate) struct FileRead {
     pub(crate) file: FileId,
 }
 
-/// Reads the secret `name` from `path` and normalises it (SPEC 1.4): one trailing `\n` or
-/// `\r\n` is removed, every other byte is kept. An empty or whitespace-only result is an
+/// Reads the secret `name` from `path` and normalises it (docs/external-secrets.md,
+/// "Reading, caching and rotation"): one trailing `\n` or `\r\n` is removed, every other
+/// byte is kept. An empty or whitespace-only result is an
 /// error, never an empty secret; so is a path under `/proc`, `/sys` or `/dev`. The file is
 /// re-read until two reads agree ([`read_settled`] with no cached value), so a file being
 /// rewritten in place is not reported half-written.

@@ -1,7 +1,9 @@
-//! File-delivered secrets for fhirbox: the vault config (SPEC 1.1), a resolver that caches
-//! values, enforces scope and compares client secrets in constant time (SPEC 1.2, 1.4), and
-//! a directory watcher that follows rotations done by the Kubernetes atomic writer
-//! (SPEC 1.5). No HTTP, no SQL, no async runtime: usable by any Rust service.
+//! File-delivered secrets for fhirbox: the vault config, a resolver that caches values,
+//! enforces scope and compares client secrets in constant time, and a directory watcher that
+//! follows rotations done by the Kubernetes atomic writer (`pkg/volume/util/atomic_writer.go`
+//! in https://github.com/kubernetes/kubernetes). The behaviour is described in
+//! docs/external-secrets.md ("The vault config", "At use", "Reading, caching and rotation").
+//! No HTTP, no SQL, no async runtime: usable by any Rust service.
 //!
 //! ```no_run
 //! use fhirbox_secrets::{Requester, ResolverOptions, SecretResolver};
@@ -13,7 +15,7 @@
 //! ```
 //!
 //! Secret values only ever exist inside [`SecretValue`], which cannot be printed or
-//! serialised and is wiped on drop (STYLE 6).
+//! serialised and is wiped on drop.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

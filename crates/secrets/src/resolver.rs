@@ -1,7 +1,8 @@
 //! `SecretResolver`: the in-memory cache of secret values, the scope check and constant-time
-//! verification at use (SPEC 1.2 "Rules at use", 1.4), rotation tracking with the optional
-//! grace, status for operators (SPEC 1.6), and the worker thread that reloads on watcher
-//! signals and on a timed poll that re-reads everything (STYLE 7, SPEC 1.4 fallback).
+//! verification at use, rotation tracking with the optional grace, status for operators, and
+//! the worker thread that reloads on watcher signals and on a timed poll that re-reads
+//! everything (the fallback for filesystems without events). See docs/external-secrets.md:
+//! "At use", "Reading, caching and rotation", "Operating it".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -23,10 +24,11 @@ use crate::scope::Requester;
 use crate::value::{invalid_client_secret, Digest, SecretValue};
 use crate::watcher::{saturating_add, DirWatcher, Signal};
 
-/// Hooks for the embedding service's metrics (SPEC 1.6), so that this crate needs no metrics
-/// library. Every method has a no-op default. Methods are called from the caller's thread
-/// (`resolution`) or the reload thread (`rotation`, `config_reload`); they must be quick and
-/// must not call back into [`SecretResolver::reload_now`].
+/// Hooks for the embedding service's metrics (docs/external-secrets.md, "Operating it"), so
+/// that this crate needs no metrics library. Every method has a no-op default. Methods are
+/// called from the caller's thread (`resolution`) or the reload thread (`rotation`,
+/// `config_reload`); they must be quick and must not call back into
+/// [`SecretResolver::reload_now`].
 pub trait SecretEvents: Send + Sync {
     /// A `resolve` or `verify_client_secret` finished: `reason` is `"ok"` or
     /// [`SecretError::reason`]. `name` is as asked for and may not exist in the config.
@@ -55,12 +57,15 @@ impl SecretEvents for NoopEvents {}
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ResolverOptions {
-    /// Resource types that have a secret-capable field (SPEC 1.2); scopes may name only these.
+    /// Resource types that have a secret-capable field (docs/external-secrets.md, "The
+    /// secret-capable fields"); scopes may name only these.
     pub secret_capable_types: Vec<String>,
-    /// Largest secret file accepted, in bytes. Default 64 KiB (SPEC 1.4).
+    /// Largest secret file accepted, in bytes. Default 64 KiB (docs/external-secrets.md,
+    /// "Reading, caching and rotation").
     pub max_file_size: u64,
     /// How often everything is re-read even without watcher events, for filesystems that
-    /// send none (NFS, some FUSE). Default 1 s, which is SPEC 1.4's upper bound.
+    /// send none (NFS, some FUSE). Default 1 s (`BOX_VAULT_POLL_MS`, docs/external-secrets.md,
+    /// "Turning it on"), so a change is seen within a second even without events.
     pub poll_interval: Duration,
     /// Watch directories with inotify (default `true`). With `false` only the poll runs.
     pub watch_events: bool,
@@ -114,7 +119,8 @@ impl fmt::Debug for ResolverOptions {
     }
 }
 
-/// What an operator may know about one secret (SPEC 1.6): never its value, nor a digest.
+/// What an operator may know about one secret (docs/external-secrets.md, "Operating it"):
+/// never its value, nor a digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretStatus {
     /// Secret name.
@@ -316,9 +322,10 @@ impl SecretResolver {
     /// Loads the vault config at `config_path`, reads every secret it names, arms the
     /// directory watches and starts the reload thread.
     ///
-    /// Fails only when the config itself cannot be used (SPEC 1.1: an invalid config at
-    /// startup stops the server). A secret whose file is bad at startup does not fail
-    /// `start`: it shows in [`status`](Self::status) and its uses fail until it is fixed.
+    /// Fails only when the config itself cannot be used (docs/external-secrets.md, "Turning it
+    /// on": an invalid config at startup stops the server). A secret whose file is bad at
+    /// startup does not fail `start`: it shows in [`status`](Self::status) and its uses fail
+    /// until it is fixed.
     pub fn start(
         config_path: impl AsRef<Path>,
         options: ResolverOptions,
@@ -421,7 +428,8 @@ impl SecretResolver {
     }
 
     /// The value of secret `name` for `requester`: the name must be in the config in force
-    /// now and the requester in its scope (SPEC 1.2). Served from memory; no file I/O.
+    /// now and the requester in its scope (docs/external-secrets.md, "At use"). Served from
+    /// memory; no file I/O.
     pub fn resolve(&self, name: &str, requester: &Requester) -> Result<SecretValue, SecretError> {
         let result = self.with_slot(name, requester, |slot| match slot.serving() {
             Ok(loaded) => Ok(loaded.value.clone()),
@@ -433,10 +441,10 @@ impl SecretResolver {
 
     /// Checks a presented OAuth client secret against secret `name` for `requester`.
     ///
-    /// `Ok(false)` means "wrong secret"; `Err` means the secret cannot be used at all
-    /// (unknown, out of scope, unreadable, or not VSCHAR: RFC 6749 appendix A). The
-    /// comparison is of SHA-256 digests in constant time (SPEC 1.4). During a configured
-    /// `rotation_grace` after a rotation the previous value matches too.
+    /// `Ok(false)` means "wrong secret"; `Err` means the secret cannot be used at all (unknown,
+    /// out of scope, unreadable, or not VSCHAR: RFC 6749 appendix A). The comparison is of
+    /// SHA-256 digests in constant time (docs/external-secrets.md, "At use"). During a
+    /// configured `rotation_grace` after a rotation the previous value matches too.
     pub fn verify_client_secret(
         &self,
         name: &str,
@@ -460,8 +468,9 @@ impl SecretResolver {
         result
     }
 
-    /// Write-time validation of a secret reference (SPEC 1.2): the name exists in the config
-    /// in force and `requester` is in its scope. Does not look at the file.
+    /// Write-time validation of a secret reference (docs/external-secrets.md, "Rules on
+    /// write"): the name exists in the config in force and `requester` is in its scope. Does
+    /// not look at the file.
     pub fn check_reference(&self, name: &str, requester: &Requester) -> Result<(), SecretError> {
         self.with_slot(name, requester, |_| Ok(()))
     }
@@ -600,7 +609,7 @@ impl fmt::Debug for SecretResolver {
 
 impl Inner {
     /// One full re-read: config, then every secret; then the new snapshot is swapped in
-    /// whole (STYLE 7). Serialised by the state lock.
+    /// whole. Serialised by the state lock.
     fn reload_pass(&self, force: bool) -> PassOutcome {
         self.passes.fetch_add(1, Ordering::Relaxed);
         let mut st = lock(&self.state);
@@ -684,8 +693,9 @@ impl Inner {
         let bytes = match read_bounded(&self.config_path, MAX_CONFIG_SIZE) {
             Ok(bytes) => bytes,
             Err(fault) => {
-                // A ConfigMap volume is swapped like a CSI one (SPEC 1.1, 1.5): a read can fail
-                // for an instant. Report only a failure that outlasts the settle window.
+                // A ConfigMap volume is swapped like a CSI one (docs/external-secrets.md, "Changing
+                // the config at run time"): a read can fail for an instant. Report only a failure
+                // that outlasts the settle window.
                 let err = ConfigError::Read {
                     path: self.config_path.clone(),
                     reason: fault.describe(),

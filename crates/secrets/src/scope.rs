@@ -1,12 +1,13 @@
 //! Who may use a secret: the requesting resource and the scope rules of the vault config
-//! (SPEC 1.1, "Type/id" means one resource, "Type" means every resource of that type).
+//! (docs/external-secrets.md, "The vault config": "Type/id" means one resource, "Type" means
+//! every resource of that type).
 
 use std::fmt;
 
 /// The resource that wants to use a secret, e.g. `Client/basic`.
 ///
 /// The caller builds it from the resource being authenticated or written; the resolver
-/// checks it against the secret's scope on every use (SPEC 1.2, "Rules at use").
+/// checks it against the secret's scope on every use (docs/external-secrets.md, "At use").
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Requester {
     /// FHIR resource type, e.g. `Client`.

@@ -1,6 +1,7 @@
 //! `SecretValue`, the only type that holds secret bytes: redacted in `Debug`, no `Display`,
-//! no `Serialize`, wiped on drop (STYLE 6). Also the normalisation and character rules of
-//! SPEC 1.4 and the fixed-length digests used for constant-time comparison.
+//! no `Serialize`, wiped on drop. Also the normalisation and character rules of
+//! docs/external-secrets.md ("Reading, caching and rotation") and the fixed-length digests
+//! used for constant-time comparison.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,8 +25,8 @@ pub struct SecretValue {
 }
 
 impl SecretValue {
-    /// Wraps already-normalised bytes. Crate-private so that every value in circulation
-    /// went through the file rules of SPEC 1.4.
+    /// Wraps already-normalised bytes. Crate-private so that every value in circulation went
+    /// through the file rules of docs/external-secrets.md, "Reading, caching and rotation".
     pub(crate) fn new(name: Arc<str>, bytes: Box<[u8]>) -> Self {
         Self {
             name,
@@ -50,7 +51,8 @@ impl SecretValue {
     }
 
     /// The raw bytes, for opaque uses: HMAC keys, PEM keys and certificates, JAAS configs.
-    /// Multi-line values are fine here (SPEC 1.4).
+    /// Multi-line values are fine here (docs/external-secrets.md, "Reading, caching and
+    /// rotation").
     pub fn expose_bytes(&self) -> &[u8] {
         self.bytes.expose_secret()
     }
@@ -99,8 +101,8 @@ pub(crate) fn invalid_client_secret(name: &str) -> SecretError {
     }
 }
 
-/// SPEC 1.4 normalisation: remove exactly one trailing `\r\n` or `\n` (files made with
-/// `echo`), keep every other byte as it is.
+/// Normalisation (docs/external-secrets.md, "Reading, caching and rotation"): remove exactly
+/// one trailing `\r\n` or `\n` (files made with `echo`), keep every other byte as it is.
 pub(crate) fn strip_one_trailing_newline(bytes: &[u8]) -> &[u8] {
     if let Some(rest) = bytes.strip_suffix(b"\r\n") {
         rest
@@ -116,9 +118,9 @@ pub(crate) fn is_vschar(bytes: &[u8]) -> bool {
     bytes.iter().all(|b| (0x20..=0x7e).contains(b))
 }
 
-/// SHA-256 of a value: fixed length, so comparing two of them in constant time reveals
-/// nothing about the lengths of the inputs (SPEC 1.4; `subtle`'s slice `ct_eq` returns
-/// early on a length mismatch, which is why raw slices are never compared).
+/// SHA-256 of a value: fixed length, so comparing two of them in constant time reveals nothing
+/// about the lengths of the inputs (docs/external-secrets.md, "At use"; `subtle`'s slice
+/// `ct_eq` returns early on a length mismatch, which is why raw slices are never compared).
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Digest(Zeroizing<[u8; 32]>);
 

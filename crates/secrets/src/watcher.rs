@@ -1,8 +1,10 @@
-//! The directory watcher. It only signals (STYLE 7): any event in a watched directory means
-//! "re-read everything and compare", whatever its kind (SPEC 1.4; event kinds differ between
-//! notify versions and debouncers). It watches the directories holding the config and the
-//! secrets' visible paths, never the files, because the Kubernetes atomic writer swaps
-//! `..data` by rename and deletes the old files, which kills any watch on a file (SPEC 1.5).
+//! The directory watcher. It only signals: any event in a watched directory means
+//! "re-read everything and compare", whatever its kind (docs/external-secrets.md, "Reading,
+//! caching and rotation"; event kinds differ between notify versions and debouncers). It
+//! watches the directories holding the config and the secrets' visible paths, never the
+//! files, because the Kubernetes atomic writer swaps `..data` by rename and deletes the old
+//! files, which kills any watch on a file (`pkg/volume/util/atomic_writer.go` in
+//! https://github.com/kubernetes/kubernetes).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -112,7 +114,8 @@ pub(crate) enum Reaction {
 }
 
 /// Maps a watcher callback to a reaction, deliberately without looking at what kind of
-/// change it was (SPEC 1.4; kinds differ between notify versions and debouncers).
+/// change it was (docs/external-secrets.md, "Reading, caching and rotation"; kinds differ
+/// between notify versions and debouncers).
 pub(crate) fn reaction(
     res: &notify::Result<notify::Event>,
     watched: &BTreeSet<PathBuf>,

@@ -1,8 +1,8 @@
-//! Captured log output during rotations and failures never contains a secret value
-//! (STYLE 6), and the warnings that name a secret carry its name only. A binary of its own:
-//! it installs a process-wide subscriber, which is the only reliable way to capture the
-//! reload thread's events while other tests run in parallel (tracing caches per-callsite
-//! interest across scoped dispatchers). Its tests share that one subscriber.
+//! Captured log output during rotations and failures never contains a secret value, and the
+//! warnings that name a secret carry its name only. A binary of its own: it installs a process-wide
+//! subscriber, which is the only reliable way to capture the reload thread's events while other
+//! tests run in parallel (tracing caches per-callsite interest across scoped dispatchers). Its
+//! tests share that one subscriber.
 
 #[allow(dead_code)]
 #[path = "integration/common.rs"]

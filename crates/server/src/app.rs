@@ -29,7 +29,7 @@ pub struct AppState {
     pub capability: Arc<String>,
     pub auth: Arc<AuthService>,
     pub metrics: Arc<Metrics>,
-    /// External secrets (SPEC section 1); `None` when `BOX_VAULT_CONFIG` is unset.
+    /// External secrets (docs/external-secrets.md); `None` when `BOX_VAULT_CONFIG` is unset.
     pub vault: Option<fhirbox_secrets::SecretResolver>,
 }
 

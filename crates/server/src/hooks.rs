@@ -1,5 +1,6 @@
 //! Per-type rules applied to every stored body, inside the write transaction
-//! (store `Finalize`): literal Client secrets become salted hashes (SPEC 1.3),
+//! (store `Finalize`): literal Client secrets become salted hashes
+//! (docs/external-secrets.md, "Literal secrets"),
 //! masked literals sent back are kept, Client and AccessPolicy shapes are
 //! checked so the authenticator can trust what it loads. And the other way:
 //! the one view of a stored body a client may see (`public_body`).
@@ -42,7 +43,8 @@ fn refuse(message: String, at: &str) -> Refusal {
     Refusal::invalid(message).at(at)
 }
 
-/// The element a literal secret value is shown as (SPEC 1.3).
+/// The element a literal secret value is shown as (docs/external-secrets.md,
+/// "Literal secrets").
 fn masked_element() -> Value {
     serde_json::json!({"extension": [
         {"url": DATA_ABSENT_REASON_URL, "valueCode": "masked"}
@@ -51,7 +53,8 @@ fn masked_element() -> Value {
 
 /// Hides server-held secret material in a body: the private hash of a
 /// literal `Client.secret`, and the literal value of every other
-/// secret-capable field, which is replaced by the masked extension (SPEC 1.3).
+/// secret-capable field, which is replaced by the masked extension
+/// (docs/external-secrets.md, "Literal secrets").
 /// Returns true when something was hidden.
 pub fn mask_secrets(resource_type: &str, body: &mut Value) -> bool {
     let mut changed = false;

@@ -1,8 +1,10 @@
-//! Typed settings from the environment (SPEC section 4). A value that is
+//! Typed settings from the environment (README.md, "Settings"). A value that is
 //! present but malformed is an error naming the variable, never a default.
 
 use std::fmt;
+use std::ops::{RangeBounds, RangeInclusive};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -112,7 +114,7 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// The built-in root client (SPEC section 3).
+/// The built-in root client (docs/security.md, "Who may do what" and "First run").
 #[derive(Debug)]
 pub struct RootClient {
     pub id: String,
@@ -223,76 +225,43 @@ const MIN_SIGNING_KEY_BYTES: usize = 32;
 impl Settings {
     /// Reads settings from `env`.
     pub fn from_env(env: &impl Env) -> Result<Settings, SettingsError> {
-        let port = match non_empty(env, "BOX_WEB_PORT") {
-            Some(v) => v.parse::<u16>().map_err(|_| {
-                err(
-                    "BOX_WEB_PORT",
-                    format!("{v:?} is not a port number (0-65535)"),
-                )
-            })?,
-            None => 8080,
-        };
-        let metrics_port = match non_empty(env, "BOX_METRICS_PORT") {
-            Some(v) => match v.parse::<u16>() {
-                Ok(p) if p != 0 && p != port => Some(p),
-                Ok(_) => {
-                    return Err(err(
-                        "BOX_METRICS_PORT",
-                        format!("{v:?} must be a port other than 0 and BOX_WEB_PORT ({port})"),
-                    ))
-                }
-                Err(_) => {
-                    return Err(err(
-                        "BOX_METRICS_PORT",
-                        format!("{v:?} is not a port number (1-65535)"),
-                    ))
-                }
-            },
-            None => None,
-        };
-        let log_format = match non_empty(env, "BOX_LOG_FORMAT").as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(err(
-                    "BOX_LOG_FORMAT",
-                    format!("{other:?} is not a log format; use \"text\" or \"json\""),
-                ))
+        let port =
+            number::<u16>(env, "BOX_WEB_PORT", .., "a port number (0-65535)")?.unwrap_or(8080);
+        let metrics_port = setting(env, "BOX_METRICS_PORT", |v| match v.parse::<u16>() {
+            Ok(p) if p != 0 && p != port => Ok(p),
+            Ok(_) => Err(format!(
+                "must be a port other than 0 and BOX_WEB_PORT ({port})"
+            )),
+            Err(_) => Err("is not a port number (1-65535)".into()),
+        })?;
+        let log_format = setting(env, "BOX_LOG_FORMAT", |v| match v {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(r#"is not a log format; use "text" or "json""#.into()),
+        })?
+        .unwrap_or(LogFormat::Text);
+        let max_body_bytes = number(
+            env,
+            "BOX_MAX_BODY_BYTES",
+            1024..,
+            "a byte count of at least 1024",
+        )?
+        .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let base_url = setting(env, "BOX_WEB_BASE_URL", |v| {
+            if v.starts_with("http://") || v.starts_with("https://") {
+                Ok(v.trim_end_matches('/').to_owned())
+            } else {
+                Err("must be an absolute http:// or https:// URL".into())
             }
-        };
-        let max_body_bytes = match non_empty(env, "BOX_MAX_BODY_BYTES") {
-            Some(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n >= 1024)
-                .ok_or_else(|| {
-                    err(
-                        "BOX_MAX_BODY_BYTES",
-                        format!("{v:?} is not a byte count of at least 1024"),
-                    )
-                })?,
-            None => DEFAULT_MAX_BODY_BYTES,
-        };
-        let base_url = match non_empty(env, "BOX_WEB_BASE_URL") {
-            Some(v) if v.starts_with("http://") || v.starts_with("https://") => {
-                Some(v.trim_end_matches('/').to_owned())
+        })?;
+        let root_id = setting(env, "BOX_ROOT_CLIENT_ID", |v| {
+            if fhirbox_fhir::is_valid_id(v) {
+                Ok(v.to_owned())
+            } else {
+                Err("is not a valid client id".into())
             }
-            Some(v) => {
-                return Err(err(
-                    "BOX_WEB_BASE_URL",
-                    format!("{v:?} must be an absolute http:// or https:// URL"),
-                ))
-            }
-            None => None,
-        };
-        let root_id =
-            non_empty(env, "BOX_ROOT_CLIENT_ID").unwrap_or_else(|| DEFAULT_ROOT_CLIENT_ID.into());
-        if !fhirbox_fhir::is_valid_id(&root_id) {
-            return Err(err(
-                "BOX_ROOT_CLIENT_ID",
-                format!("{root_id:?} is not a valid client id"),
-            ));
-        }
+        })?
+        .unwrap_or_else(|| DEFAULT_ROOT_CLIENT_ID.into());
         let root_client =
             secret_setting(env, "BOX_ROOT_CLIENT_SECRET", "BOX_ROOT_CLIENT_SECRET_FILE")?.map(
                 |secret| RootClient {
@@ -315,32 +284,21 @@ impl Settings {
             }
             other => other.map(SecretString::from),
         };
-        let init_bundle = match non_empty(env, "BOX_INIT_BUNDLE") {
-            Some(v) => match v.strip_prefix("file://") {
-                Some(path) if path.starts_with('/') => Some(PathBuf::from(path)),
-                _ => {
-                    return Err(err(
-                        "BOX_INIT_BUNDLE",
-                        format!("{v:?} must be a file:// URL with an absolute path, e.g. file:///etc/fhirbox/init.json"),
-                    ))
-                }
-            },
-            None => None,
-        };
-        let auth_recheck = match non_empty(env, "BOX_AUTH_RECHECK_MS") {
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|ms| *ms >= 10)
-                .map(Duration::from_millis)
-                .ok_or_else(|| {
-                    err(
-                        "BOX_AUTH_RECHECK_MS",
-                        format!("{v:?} is not a number of milliseconds (at least 10)"),
-                    )
-                })?,
-            None => DEFAULT_AUTH_RECHECK,
-        };
+        let init_bundle = setting(env, "BOX_INIT_BUNDLE", |v| {
+            match v.strip_prefix("file://") {
+                Some(path) if path.starts_with('/') => Ok(PathBuf::from(path)),
+                _ => Err("must be a file:// URL with an absolute path, \
+                      e.g. file:///etc/fhirbox/init.json"
+                    .into()),
+            }
+        })?;
+        let auth_recheck = number(
+            env,
+            "BOX_AUTH_RECHECK_MS",
+            10..,
+            "a number of milliseconds (at least 10)",
+        )?
+        .map_or(DEFAULT_AUTH_RECHECK, Duration::from_millis);
         let vault_config = match (non_empty(env, "BOX_VAULT_CONFIG"), non_empty(env, "AIDBOX_VAULT_CONFIG")) {
             (Some(a), Some(b)) if a != b => {
                 return Err(err(
@@ -351,30 +309,19 @@ impl Settings {
             (Some(path), _) | (None, Some(path)) => Some(PathBuf::from(path)),
             (None, None) => None,
         };
-        let vault_poll = match non_empty(env, "BOX_VAULT_POLL_MS") {
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|ms| (10..=60_000).contains(ms))
-                .map(Duration::from_millis)
-                .ok_or_else(|| {
-                    err(
-                        "BOX_VAULT_POLL_MS",
-                        format!("{v:?} is not a number of milliseconds between 10 and 60000"),
-                    )
-                })?,
-            None => DEFAULT_VAULT_POLL,
-        };
-        let vault_watch = match non_empty(env, "BOX_VAULT_WATCH").as_deref() {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(err(
-                    "BOX_VAULT_WATCH",
-                    format!("{other:?} must be true or false"),
-                ))
-            }
-        };
+        let vault_poll = number(
+            env,
+            "BOX_VAULT_POLL_MS",
+            10..=60_000,
+            "a number of milliseconds between 10 and 60000",
+        )?
+        .map_or(DEFAULT_VAULT_POLL, Duration::from_millis);
+        let vault_watch = setting(env, "BOX_VAULT_WATCH", |v| match v {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err("must be true or false".into()),
+        })?
+        .unwrap_or(true);
         let defaults = ConnectionLimits::default();
         let connections = ConnectionLimits {
             header_read_timeout: millis(
@@ -425,26 +372,51 @@ fn non_empty(env: &impl Env, name: &str) -> Option<String> {
     env.get(name).filter(|v| !v.is_empty())
 }
 
+/// The value of `name` as `parse` reads it; `None` when the variable is unset or
+/// empty. A value `parse` refuses is an error naming the variable: the value,
+/// quoted, followed by the complaint `parse` returned (`"80a" is not a port number`).
+fn setting<T>(
+    env: &impl Env,
+    name: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, SettingsError> {
+    match non_empty(env, name) {
+        Some(v) => parse(&v)
+            .map(Some)
+            .map_err(|complaint| err(name, format!("{v:?} {complaint}"))),
+        None => Ok(None),
+    }
+}
+
+/// A number within `range`; anything else is an error naming the variable:
+/// `"<value>" is not <expected>`.
+fn number<T: FromStr + PartialOrd>(
+    env: &impl Env,
+    name: &'static str,
+    range: impl RangeBounds<T>,
+    expected: &str,
+) -> Result<Option<T>, SettingsError> {
+    setting(env, name, |v| {
+        v.parse::<T>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| format!("is not {expected}"))
+    })
+}
+
 /// A duration in milliseconds between 10 ms and one hour.
 fn millis(
     env: &impl Env,
     name: &'static str,
     default: Duration,
 ) -> Result<Duration, SettingsError> {
-    match non_empty(env, name) {
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|ms| (10..=3_600_000).contains(ms))
-            .map(Duration::from_millis)
-            .ok_or_else(|| {
-                err(
-                    name,
-                    format!("{v:?} is not a number of milliseconds between 10 and 3600000"),
-                )
-            }),
-        None => Ok(default),
-    }
+    Ok(number(
+        env,
+        name,
+        10..=3_600_000,
+        "a number of milliseconds between 10 and 3600000",
+    )?
+    .map_or(default, Duration::from_millis))
 }
 
 /// A whole number within `range`.
@@ -452,25 +424,14 @@ fn count(
     env: &impl Env,
     name: &'static str,
     default: usize,
-    range: std::ops::RangeInclusive<usize>,
+    range: RangeInclusive<usize>,
 ) -> Result<usize, SettingsError> {
-    match non_empty(env, name) {
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| {
-                err(
-                    name,
-                    format!(
-                        "{v:?} is not a whole number between {} and {}",
-                        range.start(),
-                        range.end()
-                    ),
-                )
-            }),
-        None => Ok(default),
-    }
+    let expected = format!(
+        "a whole number between {} and {}",
+        range.start(),
+        range.end()
+    );
+    Ok(number(env, name, range, &expected)?.unwrap_or(default))
 }
 
 /// Reads a secret setting from `NAME` or from the file named by `NAME_FILE`
@@ -540,12 +501,7 @@ fn database_url(env: &impl Env) -> Result<DatabaseUrl, SettingsError> {
         }
         return Ok(DatabaseUrl::new(format!("sqlite:{DEFAULT_SQLITE_PATH}")));
     };
-    let port = match non_empty(env, "BOX_DB_PORT") {
-        Some(v) => v
-            .parse::<u16>()
-            .map_err(|_| err("BOX_DB_PORT", format!("{v:?} is not a port number")))?,
-        None => 5432,
-    };
+    let port = number::<u16>(env, "BOX_DB_PORT", .., "a port number")?.unwrap_or(5432);
     let database = non_empty(env, "BOX_DB_DATABASE").unwrap_or_else(|| "fhirbox".into());
     let user = non_empty(env, "BOX_DB_USER").unwrap_or_else(|| "postgres".into());
     let password = secret_setting(env, "BOX_DB_PASSWORD", "BOX_DB_PASSWORD_FILE")?;
@@ -779,6 +735,31 @@ mod tests {
             assert_eq!(e.variable, name);
             assert!(e.problem.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn setting_names_the_variable_and_quotes_the_value() {
+        let env = [("N", "80a"), ("EMPTY", "")];
+        let e = number::<u16>(&env, "N", .., "a port number").unwrap_err();
+        assert_eq!(
+            e,
+            SettingsError {
+                variable: "N",
+                problem: r#""80a" is not a port number"#.into(),
+            }
+        );
+        assert_eq!(e.to_string(), r#"N: "80a" is not a port number"#);
+        assert_eq!(number::<u16>(&env, "EMPTY", .., "-"), Ok(None));
+        assert_eq!(number::<u16>(&env, "UNSET", .., "-"), Ok(None));
+        assert_eq!(
+            number(&[("N", "9")], "N", 10..=20, "-")
+                .unwrap_err()
+                .problem,
+            r#""9" is not -"#
+        );
+        assert_eq!(number(&[("N", "20")], "N", 10..=20, "-"), Ok(Some(20u32)));
+        let e = setting(&env, "N", |_| Err::<(), _>("must be different".into())).unwrap_err();
+        assert_eq!(e.problem, r#""80a" must be different"#);
     }
 
     #[test]

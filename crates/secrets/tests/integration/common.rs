@@ -66,7 +66,7 @@ impl Fixture {
         self.config_volume.path_of("vault-config.json")
     }
 
-    /// Writes the config the way a ConfigMap volume is updated (SPEC 1.1: same swap).
+    /// Writes the config the way a ConfigMap volume is updated (the same swap as a CSI mount).
     pub fn write_config(&self, config: &Value) {
         let text = serde_json::to_vec_pretty(config).unwrap();
         self.config_volume
@@ -146,7 +146,7 @@ pub fn with_recorder(mut options: ResolverOptions) -> (ResolverOptions, Arc<Reco
     (options, rec)
 }
 
-// ---- leak probes (STYLE 6) ----
+// ---- leak probes ----
 
 /// Distinctive secret values whose appearance anywhere in output is a leak.
 pub const VALUES: [&str; 4] = [

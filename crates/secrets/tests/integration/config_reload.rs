@@ -1,4 +1,5 @@
-//! Hot reload of the vault config (SPEC 1.1): changes apply without restart, an invalid
+//! Hot reload of the vault config (docs/external-secrets.md, "Changing the config at run
+//! time"): changes apply without restart, an invalid
 //! config never replaces the last good one, and the error is visible until fixed.
 
 use std::time::Duration;

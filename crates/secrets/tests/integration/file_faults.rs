@@ -1,6 +1,6 @@
-//! File faults (SPEC 1.4): each is a typed error for that one secret, never an empty secret,
-//! never a blocked thread; a transient bad read never replaces a good cached value; a file
-//! gone for good stops working after the settle window.
+//! File faults (docs/external-secrets.md, "Reading, caching and rotation"): each is a typed error
+//! for that one secret, never an empty secret, never a blocked thread; a transient bad read never
+//! replaces a good cached value; a file gone for good stops working after the settle window.
 
 use std::fs;
 use std::os::unix::fs::symlink;

@@ -1,4 +1,4 @@
-//! No secret can be printed (STYLE 6): Debug and Display of every public type never contain
+//! No secret can be printed: Debug and Display of every public type never contain
 //! a value, in any common encoding. Log output is checked in `tests/log_leaks.rs`, a binary of
 //! its own because it needs a process-wide subscriber.
 

@@ -1,5 +1,5 @@
-//! Integration tests of fhirbox-secrets: real files, real inotify, and rotations replayed
-//! with the Kubernetes atomic writer (SPEC 1.5, STYLE 11). Nothing waits on a bare sleep:
+//! Integration tests of fhirbox-secrets: real files, real inotify, and rotations replayed with the
+//! Kubernetes atomic writer (`fhirbox_secrets::atomic_writer`). Nothing waits on a bare sleep:
 //! every timing assertion polls a condition against a deadline.
 
 mod common;

@@ -1,4 +1,5 @@
-//! Reading through the CSI layout and following rotations (SPEC 1.4, 1.5).
+//! Reading through the CSI layout and following rotations (docs/external-secrets.md,
+//! "Reading, caching and rotation").
 
 use std::fs;
 use std::time::{Duration, Instant, SystemTime};
@@ -107,7 +108,7 @@ fn without_events_the_poll_picks_a_rotation_up_within_its_interval() {
 
     fx.mount.write(&[("s", b"v2")]).unwrap();
     let written = Instant::now();
-    // One poll interval, plus scheduling slack; well inside SPEC 1.4's one second.
+    // One poll interval, plus scheduling slack; well inside the default poll's one second.
     assert!(wait_until(poll + Duration::from_millis(600), || current(
         &r,
         "s",

@@ -1,4 +1,5 @@
-//! Normalisation of values and scope checks at use (SPEC 1.2, 1.4).
+//! Normalisation of values and scope checks at use (docs/external-secrets.md, "At use" and
+//! "Reading, caching and rotation").
 
 use fhirbox_secrets::SecretError;
 use serde_json::json;

@@ -95,7 +95,7 @@ impl CheckTotals {
 const ONE_BYTE_WARNING: &str =
     "value is 1 byte long; check that the file holds the whole credential";
 
-/// Reads every secret of `config` by the resolver's own rules (SPEC 1.4) and says what
+/// Reads every secret of `config` by the resolver's own rules (docs/external-secrets.md, "Reading, caching and rotation") and says what
 /// state each is in.
 fn check_rows(config: &VaultConfig) -> Vec<CheckRow> {
     config

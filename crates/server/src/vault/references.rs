@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 
-/// The SPEC 1.2 write rules for every secret reference in `body`.
+/// The write rules for every secret reference in `body` (docs/external-secrets.md, "Rules on write").
 pub fn check_references(
     resource_type: &str,
     id: &str,

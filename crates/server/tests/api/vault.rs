@@ -1,7 +1,7 @@
-//! External secrets end to end (SPEC section 1): the tutorial, rotation by the
-//! atomic-writer replay, the poll fallback, scope, the write rules, file
-//! faults, normalisation, config hot reload, concurrency, leak proof, and
-//! `fhirbox vault check`.
+//! External secrets end to end (docs/external-secrets.md): the tutorial, rotation
+//! by the atomic-writer replay, the poll fallback, scope, the write rules, file
+//! faults, normalisation, config hot reload, concurrency, leak proof, and `fhirbox
+//! vault check`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
