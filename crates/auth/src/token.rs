@@ -1,13 +1,16 @@
 //! The server's own access tokens: compact JWTs (RFC 7519) signed with
-//! HMAC-SHA256 (RFC 7518 §3.2). Only `HS256` is ever accepted, so `none` and
-//! HS/RS confusion are impossible by construction; the signature is checked
-//! in constant time before any claim is read.
+//! HMAC-SHA256 (RFC 7518 §3.2), made and checked by `jsonwebtoken` (the same
+//! library external issuers' tokens will go through). Only `HS256` is ever
+//! accepted, so `none` and HS/RS confusion are impossible; the signature is
+//! checked before any claim is read.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretBox};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -16,7 +19,6 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// `iss` of every token this server issues.
 pub const ISSUER: &str = "fhirbox";
-const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
 /// Claims fhirbox puts in (and requires of) its tokens.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -89,7 +91,6 @@ impl TokenSigner {
         HmacSha256::new_from_slice(self.key.expose_secret()).expect("HMAC takes any key length")
     }
 
-    /// Issues a token for `client_id` valid for `lifetime_secs`.
     /// A short keyed fingerprint (HMAC-SHA256, first 8 bytes in hex).
     pub fn fingerprint(&self, parts: &[&[u8]]) -> String {
         let mut mac = self.mac();
@@ -103,6 +104,9 @@ impl TokenSigner {
             .collect()
     }
 
+    /// Issues a token for `client_id` valid for `lifetime_secs`. The keys
+    /// are made from the redacted secret at each use (a copy of 32 bytes),
+    /// so no long-lived copy of it sits outside `SecretBox`.
     pub fn issue(&self, client_id: &str, generation: &str, lifetime_secs: u64) -> (String, Claims) {
         let iat = now_seconds();
         let claims = Claims {
@@ -113,26 +117,18 @@ impl TokenSigner {
             jti: uuid::Uuid::new_v4().to_string(),
             gen: generation.to_owned(),
         };
-        let payload = serde_json::to_vec(&claims).unwrap_or_default();
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(HEADER),
-            URL_SAFE_NO_PAD.encode(payload)
-        );
-        let mut mac = self.mac();
-        mac.update(signing_input.as_bytes());
-        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        (format!("{signing_input}.{signature}"), claims)
+        let token = EncodingKey::from_secret(self.key.expose_secret())
+            .and_then(|key| jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key))
+            .unwrap_or_default();
+        (token, claims)
     }
 
     /// Verifies a token and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed);
-        };
+        // The header is read strictly first (one `alg`, and only HS256), so
+        // `none` and algorithm confusion are refused before the library is
+        // asked, with a reason of their own.
+        let header = token.split('.').next().unwrap_or_default();
         let header_json: serde_json::Value = URL_SAFE_NO_PAD
             .decode(header)
             .ok()
@@ -141,28 +137,25 @@ impl TokenSigner {
         if header_json.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
             return Err(TokenError::Algorithm);
         }
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac();
-        mac.update(header.as_bytes());
-        mac.update(b".");
-        mac.update(payload.as_bytes());
-        mac.verify_slice(&signature)
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.validate_aud = false;
+        // No leeway: the server checks its own clock. A token whose `exp` is
+        // now is already expired (RFC 7519 §4.1.4: "on or after").
+        validation.leeway = 0;
+        validation.reject_tokens_expiring_in_less_than = 1;
+        let key = DecodingKey::from_secret(self.key.expose_secret())
             .map_err(|_| TokenError::Signature)?;
-        let claims: Claims = URL_SAFE_NO_PAD
-            .decode(payload)
-            .ok()
-            .and_then(|b| fhirbox_fhir::json::from_slice_strict(&b).ok())
-            .and_then(|v| serde_json::from_value(v).ok())
-            .ok_or(TokenError::Malformed)?;
-        if claims.iss != ISSUER {
-            return Err(TokenError::Issuer);
-        }
-        if claims.exp <= now_seconds() {
-            return Err(TokenError::Expired);
-        }
-        Ok(claims)
+        jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => TokenError::Signature,
+                ErrorKind::InvalidAlgorithm => TokenError::Algorithm,
+                ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => TokenError::Expired,
+                ErrorKind::InvalidIssuer => TokenError::Issuer,
+                _ => TokenError::Malformed,
+            })
     }
 }
 
@@ -212,6 +205,29 @@ mod tests {
             signer().verify(&format!("{token}.x")),
             Err(TokenError::Malformed)
         );
+    }
+
+    #[test]
+    fn well_signed_tokens_with_wrong_claims_are_refused() {
+        let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef").unwrap();
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        let later = now_seconds() + 600;
+        let other_issuer = sign(
+            serde_json::json!({"iss": "someone-else", "sub": "basic", "iat": 0, "exp": later, "jti": "x", "gen": "1"}),
+        );
+        assert_eq!(signer().verify(&other_issuer), Err(TokenError::Issuer));
+        let no_subject =
+            sign(serde_json::json!({"iss": ISSUER, "iat": 0, "exp": later, "jti": "x"}));
+        assert_eq!(signer().verify(&no_subject), Err(TokenError::Malformed));
+        let no_expiry =
+            sign(serde_json::json!({"iss": ISSUER, "sub": "basic", "iat": 0, "jti": "x"}));
+        assert_eq!(signer().verify(&no_expiry), Err(TokenError::Malformed));
+        let fine = sign(
+            serde_json::json!({"iss": ISSUER, "sub": "basic", "iat": 0, "exp": later, "jti": "x", "gen": "1"}),
+        );
+        assert_eq!(signer().verify(&fine).unwrap().gen, "1");
     }
 
     #[test]
