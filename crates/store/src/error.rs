@@ -98,8 +98,22 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> Self {
+/// Driver results inside this crate: `.db()?` classifies a driver error
+/// into a `StoreError`. Not a public `From` impl, so no driver type is part
+/// of this crate's API.
+pub(crate) trait DbResult<T> {
+    fn db(self) -> Result<T, StoreError>;
+}
+
+impl<T> DbResult<T> for Result<T, sqlx::Error> {
+    fn db(self) -> Result<T, StoreError> {
+        self.map_err(classify)
+    }
+}
+
+/// Sorts a driver error into the store's kinds.
+pub(crate) fn classify(err: sqlx::Error) -> StoreError {
+    {
         match &err {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::error::DbResult;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool, Postgres};
 
@@ -26,9 +27,10 @@ impl PostgresStore {
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
-            .await?;
+            .await
+            .db()?;
         {
-            let mut conn = pool.acquire().await?;
+            let mut conn = pool.acquire().await.db()?;
             run_migrations(&mut conn, crate::migrate::POSTGRES, Some(MIGRATION_LOCK)).await?;
         }
         Ok(PostgresStore {

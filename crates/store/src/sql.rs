@@ -31,12 +31,12 @@ macro_rules! sql_backend {
 
         fn row_to_resource(row: &<$db as sqlx::Database>::Row) -> StoreResult<StoredResource> {
             Ok(StoredResource {
-                resource_type: row.try_get("resource_type")?,
-                id: row.try_get("id")?,
-                version_id: row.try_get("version_id")?,
-                last_updated: row.try_get("last_updated")?,
-                deleted: row.try_get("deleted")?,
-                body: row.try_get("body")?,
+                resource_type: row.try_get("resource_type").db()?,
+                id: row.try_get("id").db()?,
+                version_id: row.try_get("version_id").db()?,
+                last_updated: row.try_get("last_updated").db()?,
+                deleted: row.try_get("deleted").db()?,
+                body: row.try_get("body").db()?,
             })
         }
 
@@ -89,7 +89,7 @@ macro_rules! sql_backend {
             .bind(resource_type)
             .bind(id)
             .fetch_optional(&mut *conn)
-            .await?;
+            .await.db()?;
             row.as_ref().map(row_to_resource).transpose()
         }
 
@@ -105,7 +105,7 @@ macro_rules! sql_backend {
             .bind(r.deleted)
             .bind(&r.body)
             .execute(&mut *conn)
-            .await?;
+            .await.db()?;
             Ok(())
         }
 
@@ -205,7 +205,7 @@ macro_rules! sql_backend {
                     .bind(record.deleted)
                     .bind(&record.body)
                     .execute(&mut *conn)
-                    .await?;
+                    .await.db()?;
                     if inserted.rows_affected() == 0 {
                         // A concurrent transaction created the same id first; the
                         // locking read now waits for it and takes the update path.
@@ -223,7 +223,7 @@ macro_rules! sql_backend {
                     .bind(record.deleted)
                     .bind(&record.body)
                     .execute(&mut *conn)
-                    .await?;
+                    .await.db()?;
                 }
                 insert_history(conn, &record).await?;
                 return Ok(WriteOutcome {
@@ -243,12 +243,12 @@ macro_rules! sql_backend {
                 loop {
                     attempt += 1;
                     let result: StoreResult<Vec<WriteOutcome>> = async {
-                        let mut tx = self.writer.begin().await?;
+                        let mut tx = self.writer.begin().await.db()?;
                         let mut outcomes = Vec::with_capacity(ops.len());
                         for op in ops {
                             outcomes.push(apply(&mut tx, op).await?);
                         }
-                        tx.commit().await?;
+                        tx.commit().await.db()?;
                         Ok(outcomes)
                     }
                     .await;
@@ -277,7 +277,7 @@ macro_rules! sql_backend {
                 .bind(resource_type)
                 .bind(id)
                 .fetch_optional(&self.reader)
-                .await?;
+                .await.db()?;
                 row.as_ref().map(row_to_resource).transpose()
             }
 
@@ -295,7 +295,7 @@ macro_rules! sql_backend {
                 .bind(id)
                 .bind(version_id)
                 .fetch_optional(&self.reader)
-                .await?;
+                .await.db()?;
                 row.as_ref().map(row_to_resource).transpose()
             }
         }
@@ -318,14 +318,14 @@ macro_rules! sql_backend {
                 let plan = query::search(&q)?;
                 let rows = bind_all(sqlx::query(&plan.select.text), plan.select.binds)
                     .fetch_all(&self.reader)
-                    .await?;
+                    .await.db()?;
                 let rows = rows.iter().map(row_to_resource).collect::<StoreResult<Vec<_>>>()?;
                 let total = match plan.count {
                     Some(count) => {
                         let row = bind_all(sqlx::query(&count.text), count.binds)
                             .fetch_one(&self.reader)
-                            .await?;
-                        Some(row.try_get::<i64, _>(0)?)
+                            .await.db()?;
+                        Some(row.try_get::<i64, _>(0).db()?)
                     }
                     None => None,
                 };
@@ -338,12 +338,12 @@ macro_rules! sql_backend {
                 let (select, count) = query::history(&q)?;
                 let rows = bind_all(sqlx::query(&select.text), select.binds)
                     .fetch_all(&self.reader)
-                    .await?;
+                    .await.db()?;
                 let mut entries = Vec::with_capacity(rows.len());
                 let mut last_seq = None;
                 for row in rows.iter().take(q.count as usize) {
                     entries.push(row_to_resource(row)?);
-                    last_seq = Some(row.try_get::<i64, _>("seq")?);
+                    last_seq = Some(row.try_get::<i64, _>("seq").db()?);
                 }
                 let next = if rows.len() > q.count as usize {
                     last_seq.map(query::history_cursor)
@@ -352,10 +352,10 @@ macro_rules! sql_backend {
                 };
                 let total_row = bind_all(sqlx::query(&count.text), count.binds)
                     .fetch_one(&self.reader)
-                    .await?;
+                    .await.db()?;
                 Ok(HistoryPage {
                     entries,
-                    total: Some(total_row.try_get::<i64, _>(0)?),
+                    total: Some(total_row.try_get::<i64, _>(0).db()?),
                     next,
                 })
             }
@@ -377,14 +377,14 @@ macro_rules! sql_backend {
                 for t in resource_types {
                     q = q.bind(*t);
                 }
-                let row = q.fetch_one(&self.reader).await?;
-                Ok(row.try_get::<i64, _>(0)?)
+                let row = q.fetch_one(&self.reader).await.db()?;
+                row.try_get::<i64, _>(0).db()
             }
         }
 
         impl StoreHealth for $store {
             async fn ping(&self) -> StoreResult<()> {
-                sqlx::query("SELECT 1").execute(&self.reader).await?;
+                sqlx::query("SELECT 1").execute(&self.reader).await.db()?;
                 Ok(())
             }
         }
@@ -397,32 +397,32 @@ macro_rules! sql_backend {
         ) -> StoreResult<()> {
             sqlx::query(crate::migrate::CREATE_SCHEMA_TABLE)
                 .execute(&mut *conn)
-                .await?;
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                .await.db()?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await.db()?;
             if let Some(lock) = lock {
-                sqlx::query(lock).execute(&mut *tx).await?;
+                sqlx::query(lock).execute(&mut *tx).await.db()?;
             }
             let applied: Vec<i64> = sqlx::query("SELECT version FROM fhirbox_schema")
                 .fetch_all(&mut *tx)
-                .await?
+                .await.db()?
                 .iter()
                 .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<_, _>>().db()?;
             for (version, statements) in list {
                 if applied.contains(version) {
                     continue;
                 }
                 for statement in *statements {
-                    sqlx::query(statement).execute(&mut *tx).await?;
+                    sqlx::query(statement).execute(&mut *tx).await.db()?;
                 }
                 sqlx::query("INSERT INTO fhirbox_schema (version, applied_at) VALUES ($1, $2)")
                     .bind(*version)
                     .bind(crate::instant::now_micros())
                     .execute(&mut *tx)
-                    .await?;
+                    .await.db()?;
                 tracing::info!(version, "applied schema migration");
             }
-            tx.commit().await?;
+            tx.commit().await.db()?;
             Ok(())
         }
     };

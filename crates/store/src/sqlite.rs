@@ -6,6 +6,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::error::DbResult;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
@@ -52,16 +53,18 @@ impl SqliteStore {
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.clone())
-            .await?;
+            .await
+            .db()?;
         {
-            let mut conn = writer.acquire().await?;
+            let mut conn = writer.acquire().await.db()?;
             run_migrations(&mut conn, crate::migrate::SQLITE, None).await?;
         }
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.read_only(true))
-            .await?;
+            .await
+            .db()?;
         Ok(SqliteStore { writer, reader })
     }
 }
