@@ -36,14 +36,6 @@ pub fn masked_with_hash(phc: &str) -> Value {
     ]})
 }
 
-fn extensions(element: Option<&Value>) -> &[Value] {
-    element
-        .and_then(|e| e.get("extension"))
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-}
-
 /// The stored hash in a `_secret` element, if any.
 pub fn stored_hash(element: Option<&Value>) -> Option<&str> {
     extensions(element)
@@ -53,6 +45,7 @@ pub fn stored_hash(element: Option<&Value>) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+use fhirbox_fhir::secret_refs::extensions;
 pub use fhirbox_fhir::secret_refs::{is_masked, referenced_name};
 
 /// Removes the hash extension from a `_secret` element held in `fields`.

@@ -115,7 +115,8 @@ pub fn all_fields_text() -> String {
         .join(", ")
 }
 
-fn extensions(element: Option<&Value>) -> &[Value] {
+/// The `extension` list of a primitive's `_field` element (empty when absent).
+pub fn extensions(element: Option<&Value>) -> &[Value] {
     element
         .and_then(|e| e.get("extension"))
         .and_then(Value::as_array)
