@@ -6,15 +6,17 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
+use fhirbox_rest::reply::resource_reply;
+use fhirbox_rest::ReturnPreference;
 use fhirbox_secrets::{Requester, ResolverOptions, SecretResolver};
 use fhirbox_server::auth::clients::Grant;
 use fhirbox_server::auth::credentials::{self, Credentials};
 use fhirbox_server::auth::policy::{Engine as PolicyEngine, Policy};
 use fhirbox_server::auth::{secret_hash, AuthService};
-use fhirbox_server::response::{resource_response, ReturnPreference};
+use fhirbox_server::response::render;
 use fhirbox_store::{ResourceWrite, Store, StoredResource, WriteKind, WriteOp};
 use serde_json::json;
 
@@ -119,13 +121,13 @@ fn read_path(c: &mut Criterion) {
     });
     c.bench_function("JSON read path (stored bytes to response)", |b| {
         b.iter(|| {
-            resource_response(
-                StatusCode::OK,
+            render(resource_reply(
+                200,
                 black_box(&stored),
                 None,
                 ReturnPreference::Representation,
                 "",
-            )
+            ))
         })
     });
 }

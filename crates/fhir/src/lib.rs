@@ -4,7 +4,8 @@
 
 pub mod datetime;
 pub mod id;
-pub mod json;
+/// Strict JSON parsing (duplicate keys refused), shared with the secrets crate.
+pub use fhirbox_json as json;
 pub mod outcome;
 pub mod resource_types;
 pub mod secret_fields;

@@ -7,7 +7,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::file::{read_bounded, refused_location};
@@ -84,7 +83,9 @@ impl VaultConfig {
         source: &Path,
         secret_capable_types: &[&str],
     ) -> Result<Self, ConfigError> {
-        let StrictJson(root) = serde_json::from_slice(bytes).map_err(|e| ConfigError::Json {
+        // A repeated key is an error, so a copy-pasted secret entry cannot
+        // quietly replace another.
+        let root = fhirbox_json::from_slice_strict(bytes).map_err(|e| ConfigError::Json {
             path: source.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -628,69 +629,6 @@ fn pointer(tokens: &[&str]) -> String {
     tokens.iter().map(|t| format!("/{}", escape(t))).collect()
 }
 
-/// JSON parsed into a `serde_json::Value`, except that a key repeated within one object is
-/// an error: `serde_json` would otherwise keep the last one silently, and a copy-pasted
-/// secret entry must not quietly replace another.
-struct StrictJson(Value);
-
-impl<'de> Deserialize<'de> for StrictJson {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictJson)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(StrictJson(v)) = seq.next_element()? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
-            }
-            let StrictJson(v) = map.next_value()?;
-            out.insert(key, v);
-        }
-        Ok(Value::Object(out))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1024,7 +962,7 @@ mod tests {
             "{err}"
         );
         let err = parse(r#"{"secret": {"a": {"path": "/a", "scope": ["Client"]}, "a": {"path": "/b", "scope": ["Client"]}}}"#).unwrap_err();
-        assert!(err.to_string().contains("duplicate key \"a\""), "{err}");
+        assert!(err.to_string().contains("\"a\" appears twice"), "{err}");
         assert!(err.to_string().contains("line 1"), "{err}");
     }
 

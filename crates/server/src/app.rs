@@ -4,22 +4,27 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, MethodRouter};
 use axum::Router;
-use fhirbox_store::{ResourceWrite, Store, StoreResult, WriteOp, WriteOutcome};
+use fhirbox_rest::capability::{capability_statement, Interactions, Level};
+use fhirbox_rest::Rest;
+use fhirbox_store::Store;
 use tokio::net::TcpListener;
 
-use crate::auth::AuthService;
-use crate::capability::{capability_statement, Interactions, Level};
+use crate::auth::{AuthService, AuthState};
+use crate::extract::PublicBase;
+use crate::health::HealthState;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
-use crate::{auth, bundle, fhir_api, health, logging};
+use crate::{auth, fhir_api, health, logging};
 
-/// Shared state of every handler.
+/// The application's state. Handlers never take all of it: each takes the
+/// part it needs (`Rest`, `AuthState`, `HealthState`, `Arc<Metrics>`, …)
+/// through `FromRef`, so no handler module depends on this one.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
@@ -31,34 +36,51 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// External secrets (docs/external-secrets.md); `None` when `BOX_VAULT_CONFIG` is unset.
     pub vault: Option<fhirbox_secrets::SecretResolver>,
+    /// The FHIR interactions over `store`.
+    pub rest: Rest,
+    public_base: PublicBase,
 }
 
-impl AppState {
-    /// Stores one write, then refreshes caches that depend on what was written.
-    pub async fn write(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
-        let outcome = self.store.write(op).await?;
-        self.after_writes(std::slice::from_ref(&outcome)).await;
-        Ok(outcome)
+impl FromRef<AppState> for Rest {
+    fn from_ref(app: &AppState) -> Rest {
+        app.rest.clone()
     }
+}
 
-    /// Stores several writes atomically, then refreshes caches.
-    pub async fn write_all(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
-        let outcomes = self.store.write_all(ops).await?;
-        self.after_writes(&outcomes).await;
-        Ok(outcomes)
-    }
-
-    /// A changed Client or AccessPolicy takes effect on this instance before
-    /// the write is answered (other instances pick it up on their re-check).
-    async fn after_writes(&self, outcomes: &[WriteOutcome]) {
-        let touches_auth = outcomes
-            .iter()
-            .any(|o| o.changed && auth::AUTH_TYPES.contains(&o.resource.resource_type.as_str()));
-        if touches_auth {
-            if let Err(e) = self.auth.reload(&self.store).await {
-                tracing::error!(error = %e, "could not reload clients and policies after a write");
-            }
+impl FromRef<AppState> for AuthState {
+    fn from_ref(app: &AppState) -> AuthState {
+        AuthState {
+            auth: app.auth.clone(),
+            metrics: app.metrics.clone(),
         }
+    }
+}
+
+impl FromRef<AppState> for HealthState {
+    fn from_ref(app: &AppState) -> HealthState {
+        HealthState {
+            store: app.store.clone(),
+            started: app.started,
+            vault: app.vault.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for Arc<Metrics> {
+    fn from_ref(app: &AppState) -> Arc<Metrics> {
+        app.metrics.clone()
+    }
+}
+
+impl FromRef<AppState> for Option<fhirbox_secrets::SecretResolver> {
+    fn from_ref(app: &AppState) -> Option<fhirbox_secrets::SecretResolver> {
+        app.vault.clone()
+    }
+}
+
+impl FromRef<AppState> for PublicBase {
+    fn from_ref(app: &AppState) -> PublicBase {
+        app.public_base.clone()
     }
 }
 
@@ -120,7 +142,7 @@ fn fhir_routes() -> (Router<AppState>, Interactions) {
     }
     .route(
         "/fhir",
-        post(bundle::process).get(fhir_api::search_system),
+        post(fhir_api::bundle).get(fhir_api::search_system),
         Level::System,
         &["transaction", "batch", "search-system"],
     )
@@ -175,7 +197,8 @@ async fn metadata(State(app): State<AppState>) -> Response {
 pub async fn build_app(settings: Settings) -> Result<App, StartupError> {
     let app = open(settings, Guard::Authenticated).await?;
     if let Some(path) = app.state.settings.init_bundle.clone() {
-        crate::init_bundle::apply(&app.state, &path)
+        let base_url = app.state.settings.base_url.as_deref();
+        crate::init_bundle::apply(&app.state.rest, base_url, &path)
             .await
             .map_err(|message| StartupError::InitBundle {
                 path: path.display().to_string(),
@@ -248,14 +271,26 @@ fn assemble(
 ) -> App {
     let (api, interactions) = fhir_routes();
     let capability = capability_statement(&interactions, settings.base_url.as_deref());
+    let auth = Arc::new(auth);
+    let metrics = Arc::new(metrics);
+    let rest = Rest::new(
+        store.clone(),
+        auth.clone(),
+        vault.clone(),
+        settings.max_body_bytes,
+        metrics.clone(),
+    );
+    let public_base = PublicBase(settings.base_url.as_deref().map(Arc::from));
     let state = AppState {
         store,
         settings: Arc::new(settings),
         started: Instant::now(),
         capability: Arc::new(capability),
-        auth: Arc::new(auth),
-        metrics: Arc::new(metrics),
+        auth,
+        metrics,
         vault,
+        rest,
+        public_base,
     };
     // Operator endpoints sit behind authentication like the API: /admin/secrets
     // requires root; /metrics (which names secrets) whoever a policy allows.
@@ -368,7 +403,7 @@ pub async fn run(mut settings: Settings) -> Result<(), StartupError> {
             );
             Some(tokio::spawn(crate::transport::serve(
                 metrics_listener,
-                crate::metrics::scrape_router(app.state.clone()),
+                crate::metrics::scrape_router(app.state.metrics.clone()),
                 app.state.settings.connections.clone(),
                 stopped(stopping.clone()),
             )))

@@ -1,6 +1,7 @@
-//! Request plumbing owned by extractors and one middleware: JSON bodies whose
-//! rejections are OperationOutcomes, the public base URL, and content
-//! negotiation (FHIR R4 §3.1.0.1.10, JSON only).
+//! Request plumbing owned by extractors and one middleware: path parameters,
+//! query parameters and JSON bodies whose rejections are OperationOutcomes,
+//! the public base URL, and content negotiation (FHIR R4 §3.1.0.1.10, JSON
+//! only).
 
 use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
@@ -11,7 +12,13 @@ use axum::response::{IntoResponse, Response};
 use fhirbox_fhir::IssueType;
 use serde_json::Value;
 
-use crate::app::AppState;
+use std::sync::Arc;
+
+use fhirbox_rest::reply::parse_if_match;
+use fhirbox_rest::search::{parse_query, Params};
+use fhirbox_rest::Prefer;
+use serde::de::DeserializeOwned;
+
 use crate::error::ApiError;
 
 /// Media types fhirbox reads and writes.
@@ -134,25 +141,65 @@ impl<S: Send + Sync> FromRequest<S> for JsonPatchBody {
     }
 }
 
-/// The public base of the FHIR API (`https://host/fhir`), for links and `Location`.
-pub struct FhirBase(pub String);
+/// Path parameters whose rejection is an OperationOutcome.
+pub struct FhirPath<T>(pub T);
 
-impl<S> FromRequestParts<S> for FhirBase
+impl<T, S> FromRequestParts<S> for FhirPath<T>
 where
-    AppState: FromRef<S>,
+    T: DeserializeOwned + Send,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let app = AppState::from_ref(state);
-        Ok(FhirBase(fhir_base(&app, &parts.headers)))
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| FhirPath(p.0))
+            .map_err(|e| ApiError::bad_request(format!("the URL path is not valid: {e}")))
+    }
+}
+
+/// The query parameters of a request, decoded once: the authentication
+/// middleware decodes them to describe the request to access policies and
+/// leaves them here for the handler; without it (the benchmark baseline)
+/// they are decoded on the spot, the same way.
+#[derive(Debug, Clone)]
+pub struct FhirQuery(pub Params);
+
+impl<S: Send + Sync> FromRequestParts<S> for FhirQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(parsed) = parts.extensions.get::<FhirQuery>() {
+            return Ok(parsed.clone());
+        }
+        Ok(FhirQuery(parse_query(parts.uri.query())?))
+    }
+}
+
+/// `BOX_WEB_BASE_URL`, the public base URL the operator configured, if any.
+#[derive(Debug, Clone, Default)]
+pub struct PublicBase(pub Option<Arc<str>>);
+
+/// The public base of the FHIR API (`https://host/fhir`), for links and `Location`.
+pub struct FhirBase(pub String);
+
+impl<S> FromRequestParts<S> for FhirBase
+where
+    PublicBase: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let configured = PublicBase::from_ref(state);
+        Ok(FhirBase(fhir_base(&configured, &parts.headers)))
     }
 }
 
 /// `BOX_WEB_BASE_URL` + `/fhir`, or `http://<Host>/fhir`.
-pub fn fhir_base(app: &AppState, headers: &HeaderMap) -> String {
-    match &app.settings.base_url {
+pub fn fhir_base(configured: &PublicBase, headers: &HeaderMap) -> String {
+    match &configured.0 {
         Some(base) => format!("{base}/fhir"),
         None => {
             let host = headers
@@ -163,6 +210,25 @@ pub fn fhir_base(app: &AppState, headers: &HeaderMap) -> String {
             format!("http://{host}/fhir")
         }
     }
+}
+
+/// The `Prefer` headers of a request.
+pub fn prefer(headers: &HeaderMap) -> Prefer {
+    Prefer::parse(
+        headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+}
+
+/// The version `If-Match` names, if any; a value that is not text is as
+/// wrong as one that is not an ETag.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let value = headers
+        .get(header::IF_MATCH)
+        .map(|v| v.to_str().unwrap_or(""));
+    Ok(parse_if_match(value)?)
 }
 
 fn acceptable(media: &str) -> bool {
@@ -218,4 +284,27 @@ pub async fn negotiate(req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn reads_prefer_and_if_match_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "prefer",
+            HeaderValue::from_static("return=minimal, handling=strict"),
+        );
+        h.insert(header::IF_MATCH, HeaderValue::from_static("W/\"4\""));
+        let p = prefer(&h);
+        assert_eq!(p.return_, fhirbox_rest::ReturnPreference::Minimal);
+        assert!(p.strict);
+        assert_eq!(if_match(&h).unwrap(), Some(4));
+        h.insert(header::IF_MATCH, HeaderValue::from_static("four"));
+        assert_eq!(if_match(&h).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(if_match(&HeaderMap::new()).unwrap(), None);
+    }
 }

@@ -6,10 +6,17 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fhirbox_store::StoreHealth;
+use fhirbox_secrets::SecretResolver;
+use fhirbox_store::{Store, StoreHealth};
 use serde_json::json;
 
-use crate::app::AppState;
+/// What the health endpoints look at.
+#[derive(Clone)]
+pub struct HealthState {
+    pub store: Store,
+    pub started: Instant,
+    pub vault: Option<SecretResolver>,
+}
 
 fn health_json(status: StatusCode, body: serde_json::Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
@@ -22,7 +29,7 @@ fn health_json(status: StatusCode, body: serde_json::Value) -> Response {
 
 /// Liveness: the process answers. The database check is reported but does
 /// not fail liveness, so an outage does not make Kubernetes restart the pod.
-pub async fn live(State(app): State<AppState>) -> Response {
+pub async fn live(State(app): State<HealthState>) -> Response {
     let started = Instant::now();
     let ping = app.store.ping().await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -52,7 +59,7 @@ pub async fn live(State(app): State<AppState>) -> Response {
 /// good config in force, reported here as `warn`. The endpoint is public, so it
 /// says only which check failed: paths, values and error text go to the log
 /// and to root-only `GET /admin/secrets`.
-pub async fn ready(State(app): State<AppState>) -> Response {
+pub async fn ready(State(app): State<HealthState>) -> Response {
     let vault_failed = app
         .vault
         .as_ref()

@@ -5,36 +5,35 @@
 
 use std::path::Path;
 
+use fhirbox_auth::Identity;
+use fhirbox_rest::Rest;
 use serde_json::Value;
-
-use crate::app::AppState;
 
 /// Base URL used for entries and references while no request is in flight.
 const INIT_BASE: &str = "http://localhost/fhir";
 
-pub async fn apply(app: &AppState, path: &Path) -> Result<(), String> {
+/// Applies the bundle at `path`; `base_url` is `BOX_WEB_BASE_URL`.
+pub async fn apply(rest: &Rest, base_url: Option<&str>, path: &Path) -> Result<(), String> {
     let text = tokio::fs::read_to_string(path)
         .await
         .map_err(|e| format!("cannot be read: {e}"))?;
     let body: Value = fhirbox_fhir::json::from_str_strict(&text)
         .map_err(|e| format!("is not valid JSON: {e}"))?;
-    let base = app
-        .settings
-        .base_url
-        .as_ref()
+    let base = base_url
         .map(|b| format!("{b}/fhir"))
         .unwrap_or_else(|| INIT_BASE.to_owned());
     // The init bundle is the operator's own configuration: it acts as root.
-    let operator = crate::auth::Identity::Root {
+    let operator = Identity::Root {
         id: "(init bundle)".to_owned(),
     };
-    let applied = crate::bundle::apply(app, &base, &body, &operator)
+    let applied = rest
+        .apply_bundle(&base, &body, &operator)
         .await
         .map_err(|e| e.message)?;
     let mut failed = 0;
     for (index, error) in applied.failures() {
         failed += 1;
-        tracing::error!(entry = index, status = error.status.as_u16(), problem = %error.message, "init bundle entry failed");
+        tracing::error!(entry = index, status = error.kind.status(), problem = %error.message, "init bundle entry failed");
     }
     let kind = body.get("type").and_then(Value::as_str).unwrap_or("bundle");
     tracing::info!(path = %path.display(), kind, failed, "init bundle applied");

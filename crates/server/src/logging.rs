@@ -1,5 +1,6 @@
 //! Structured logs: subscriber set-up and one line per request.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -7,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing_subscriber::EnvFilter;
 
-use crate::app::AppState;
+use crate::metrics::Metrics;
 use crate::settings::LogFormat;
 
 /// Longest client-supplied value written to a log line, in characters.
@@ -39,7 +40,11 @@ pub fn init(format: LogFormat) {
 
 /// Logs method, path (never the query string: it may carry search values),
 /// route, status and duration of every request, and counts it in the metrics.
-pub async fn log_request(State(app): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn log_request(
+    State(metrics): State<Arc<Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -51,8 +56,7 @@ pub async fn log_request(State(app): State<AppState>, req: Request, next: Next) 
     let response = next.run(req).await;
     let status = response.status().as_u16();
     let seconds = started.elapsed().as_secs_f64();
-    app.metrics
-        .request(method.as_str(), &route, status, seconds);
+    metrics.request(method.as_str(), &route, status, seconds);
     let duration_ms = seconds * 1000.0;
     if status >= 500 {
         tracing::error!(%method, %path, %route, status, duration_ms, "request");

@@ -1,7 +1,7 @@
 //! Prometheus metrics (`GET /metrics`, text exposition format). Labels are
 //! route templates, methods, statuses and reason codes: never ids, secrets or tokens.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -11,8 +11,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-use crate::app::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -121,16 +119,23 @@ impl Metrics {
     }
 }
 
-/// `GET /metrics` alone, without authentication: what `BOX_METRICS_PORT`
-/// serves. On the main port the same handler sits behind authentication.
-pub fn scrape_router(app: AppState) -> axum::Router {
-    axum::Router::new()
-        .route("/metrics", axum::routing::get(expose))
-        .with_state(app)
+/// A bundle entry refused by access control counts like a refused request.
+impl fhirbox_rest::RestEvents for Metrics {
+    fn entry_denied(&self, reason: &'static str) {
+        self.auth_failure(reason);
+    }
 }
 
-pub async fn expose(State(app): State<AppState>) -> Response {
-    let mut response = (StatusCode::OK, app.metrics.render()).into_response();
+/// `GET /metrics` alone, without authentication: what `BOX_METRICS_PORT`
+/// serves. On the main port the same handler sits behind authentication.
+pub fn scrape_router(metrics: Arc<Metrics>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(expose))
+        .with_state(metrics)
+}
+
+pub async fn expose(State(metrics): State<Arc<Metrics>>) -> Response {
+    let mut response = (StatusCode::OK, metrics.render()).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

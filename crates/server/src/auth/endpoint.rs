@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 
 use super::clients::Grant;
 use super::credentials::{self, Credentials, HeaderProblem};
+use super::AuthState;
 use super::{AuthFailure, Verified};
-use crate::app::AppState;
 use crate::logging::truncate_for_log;
 
 /// The route of the token endpoint.
@@ -128,7 +128,7 @@ async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, Respo
 }
 
 pub async fn token(
-    State(app): State<AppState>,
+    State(app): State<AuthState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
@@ -220,7 +220,7 @@ pub async fn token(
 
 /// Checks a client's credentials for the `client_credentials` grant.
 async fn verify(
-    app: &AppState,
+    app: &AuthState,
     id: &str,
     secret: &SecretString,
     peer: Option<IpAddr>,

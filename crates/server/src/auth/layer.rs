@@ -12,14 +12,14 @@ use fhirbox_fhir::IssueType;
 use super::access::{Denial, RequestFacts};
 use super::clients::Grant;
 use super::credentials::{self, Credentials, HeaderProblem};
-use super::{AuthFailure, Identity};
-use crate::app::AppState;
+use super::{AuthFailure, AuthState, Identity};
 use crate::error::ApiError;
-use crate::resource::{check_id, check_type};
-use crate::search::QueryUse;
+use crate::extract::FhirQuery;
+use fhirbox_rest::resource::{check_id, check_type};
+use fhirbox_rest::search::{self, QueryUse};
 
 /// The 401 every authentication failure gets: it never says which part was wrong.
-pub fn unauthorized(app: &AppState, failure: AuthFailure, client_id: Option<&str>) -> Response {
+pub fn unauthorized(app: &AuthState, failure: AuthFailure, client_id: Option<&str>) -> Response {
     app.metrics.auth_failure(failure.reason());
     tracing::warn!(
         reason = failure.reason(),
@@ -43,7 +43,7 @@ pub fn unauthorized(app: &AppState, failure: AuthFailure, client_id: Option<&str
 
 /// The 403 of a refused request; the reason is logged and counted.
 pub fn forbidden(
-    app: &AppState,
+    app: &AuthState,
     identity: &Identity,
     facts: &RequestFacts,
     denial: &Denial,
@@ -64,8 +64,8 @@ pub fn denial_error(denial: &Denial) -> ApiError {
 
 /// The request as access policies see it: route facts from the matched
 /// route and its decoded parameters (checked before any policy runs), the
-/// query decoded once, the way the handlers decode it.
-async fn request_facts(parts: &mut Parts) -> Result<RequestFacts, ApiError> {
+/// query decoded once; the decoded query goes on to the handler.
+async fn request_facts(parts: &mut Parts) -> Result<(RequestFacts, FhirQuery), ApiError> {
     let template = parts
         .extensions
         .get::<MatchedPath>()
@@ -108,11 +108,13 @@ async fn request_facts(parts: &mut Parts) -> Result<RequestFacts, ApiError> {
         ("GET" | "HEAD", t) if t.ends_with("/_history") => QueryUse::History,
         _ => QueryUse::Nothing,
     };
-    let query = crate::search::parse_query(parts.uri.query())?
-        .into_iter()
-        .filter(|(name, _)| crate::search::acted_on(kind, name))
+    let params = search::parse_query(parts.uri.query())?;
+    let query = params
+        .iter()
+        .filter(|(name, _)| search::acted_on(kind, name))
+        .cloned()
         .collect();
-    Ok(RequestFacts::new(
+    let facts = RequestFacts::new(
         parts.method.as_str(),
         resource_type.as_deref(),
         id.as_deref(),
@@ -120,11 +122,12 @@ async fn request_facts(parts: &mut Parts) -> Result<RequestFacts, ApiError> {
         parts.uri.query(),
         query,
     )
-    .with_uri(uri))
+    .with_uri(uri);
+    Ok((facts, FhirQuery(params)))
 }
 
 /// Authenticates and authorizes every request it wraps.
-pub async fn require_auth(State(app): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn require_auth(State(app): State<AuthState>, req: Request, next: Next) -> Response {
     let peer = req
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -150,8 +153,8 @@ pub async fn require_auth(State(app): State<AppState>, req: Request, next: Next)
         Err(failure) => return unauthorized(&app, failure, client_id.as_deref()),
     };
     let (mut parts, body) = req.into_parts();
-    let facts = match request_facts(&mut parts).await {
-        Ok(facts) => facts,
+    let (facts, query) = match request_facts(&mut parts).await {
+        Ok(found) => found,
         Err(e) => return e.into_response(),
     };
     if let Err(denial) = app.auth.authorize(&identity, &facts) {
@@ -159,5 +162,6 @@ pub async fn require_auth(State(app): State<AppState>, req: Request, next: Next)
     }
     let mut req = Request::from_parts(parts, body);
     req.extensions_mut().insert(identity);
+    req.extensions_mut().insert(query);
     next.run(req).await
 }

@@ -8,3 +8,15 @@ pub use fhirbox_auth::*;
 pub mod credentials;
 pub mod endpoint;
 pub mod layer;
+
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+
+/// What the HTTP side of authentication needs of the application: the
+/// decisions and the failure counters.
+#[derive(Clone)]
+pub struct AuthState {
+    pub auth: Arc<AuthService>,
+    pub metrics: Arc<Metrics>,
+}

@@ -6,10 +6,9 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fhirbox_fhir::IssueType;
-use fhirbox_secrets::SecretState;
+use fhirbox_secrets::{SecretResolver, SecretState};
 use serde_json::{json, Value};
 
-use crate::app::AppState;
 use crate::auth::Identity;
 use crate::error::ApiError;
 
@@ -21,7 +20,7 @@ fn time_text(t: Option<SystemTime>) -> Value {
 
 /// `GET /admin/secrets` (root only): names, paths, scopes, states and times — never values.
 pub async fn admin_secrets(
-    State(app): State<AppState>,
+    State(vault): State<Option<SecretResolver>>,
     identity: Option<Extension<Identity>>,
 ) -> Response {
     if !matches!(identity.as_deref(), Some(Identity::Root { .. })) {
@@ -32,7 +31,7 @@ pub async fn admin_secrets(
         )
         .into_response();
     }
-    let Some(vault) = &app.vault else {
+    let Some(vault) = &vault else {
         return axum::Json(
             json!({"enabled": false, "hint": "set BOX_VAULT_CONFIG to turn external secrets on"}),
         )

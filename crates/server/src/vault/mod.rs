@@ -1,15 +1,14 @@
 //! The external-secrets feature on the server side (docs/external-secrets.md):
 //! starting the resolver and counting its events in metrics (here), the
-//! write-time rules for secret references (`references`), the root-only
-//! `/admin/secrets` table (`admin`), and `fhirbox vault check` (`check`).
+//! root-only `/admin/secrets` table (`admin`), and `fhirbox vault check`
+//! (`check`). The write-time rules for secret references are part of every
+//! write, in `fhirbox_rest::references`.
 
 mod admin;
 mod check;
-mod references;
 
 pub use admin::admin_secrets;
 pub use check::check_command;
-pub use references::check_references;
 
 use std::sync::Arc;
 

@@ -98,7 +98,7 @@ async fn the_metrics_port_serves_metrics_alone_without_credentials() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(fhirbox_server::transport::serve(
         listener,
-        fhirbox_server::metrics::scrape_router(app.state.clone()),
+        fhirbox_server::metrics::scrape_router(app.state.metrics.clone()),
         ConnectionLimits::default(),
         async {
             let _ = stopped.await;

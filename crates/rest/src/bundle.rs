@@ -5,25 +5,19 @@
 
 use std::collections::{HashMap, HashSet};
 
-use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use base64::Engine;
+use fhirbox_auth::access::RequestFacts;
+use fhirbox_auth::Identity;
 use fhirbox_store::{StoredResource, WriteOp, WriteOutcome};
 use serde_json::{json, Value};
 
-use crate::app::AppState;
-use crate::auth::access::RequestFacts;
-use crate::auth::layer::denial_error;
-use crate::auth::Identity;
 use crate::bundle_out::BundleWriter;
-use crate::error::ApiError;
-use crate::extract::{FhirBase, FhirJson};
-use crate::fhir_api::{read_current, read_version, run_search};
+use crate::error::{ErrorKind, RestError};
 use crate::hooks::Prehashed;
+use crate::reply::{etag, parse_version_tag, Reply, ReturnPreference};
 use crate::resource::{self, check_id, check_type};
-use crate::response::{etag, fhir_json, parse_version_tag, Prefer, ReturnPreference};
 use crate::search;
+use crate::Rest;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
@@ -57,22 +51,27 @@ enum EntryResult {
     Written(WriteOutcome, Method),
     Read(StoredResource),
     Searched(String),
-    Failed(ApiError),
+    Failed(RestError),
 }
 
-pub async fn process(
-    State(app): State<AppState>,
-    Extension(identity): Extension<Identity>,
-    FhirBase(base): FhirBase,
-    headers: HeaderMap,
-    FhirJson(body): FhirJson,
-) -> Result<Response, ApiError> {
-    let preference = Prefer::from_headers(&headers).return_;
-    let applied = apply(&app, &base, &body, &identity).await?;
-    Ok(fhir_json(
-        StatusCode::OK,
-        render(applied.response_type, &base, applied.results, preference),
-    ))
+impl Rest {
+    /// `POST /` with a batch or transaction Bundle, on behalf of `identity`:
+    /// the response Bundle.
+    pub async fn bundle(
+        &self,
+        base: &str,
+        body: &Value,
+        identity: &Identity,
+        preference: ReturnPreference,
+    ) -> Result<Reply, RestError> {
+        let applied = self.apply_bundle(base, body, identity).await?;
+        Ok(Reply::json(render(
+            applied.response_type,
+            base,
+            applied.results,
+            preference,
+        )))
+    }
 }
 
 /// A processed bundle.
@@ -83,7 +82,7 @@ pub struct Applied {
 
 impl Applied {
     /// Entries that failed (a batch keeps going past them), with their errors.
-    pub fn failures(&self) -> impl Iterator<Item = (usize, &ApiError)> {
+    pub fn failures(&self) -> impl Iterator<Item = (usize, &RestError)> {
         self.results
             .iter()
             .enumerate()
@@ -94,16 +93,27 @@ impl Applied {
     }
 }
 
-/// Validates, authorizes and runs a batch or transaction bundle on behalf of
-/// `identity`. Every entry is authorized as if it were its own request.
-pub async fn apply(
-    app: &AppState,
+impl Rest {
+    /// Validates, authorizes and runs a batch or transaction bundle on behalf
+    /// of `identity`. Every entry is authorized as if it were its own request.
+    pub async fn apply_bundle(
+        &self,
+        base: &str,
+        body: &Value,
+        identity: &Identity,
+    ) -> Result<Applied, RestError> {
+        apply(self, base, body, identity).await
+    }
+}
+
+async fn apply(
+    app: &Rest,
     base: &str,
     body: &Value,
     identity: &Identity,
-) -> Result<Applied, ApiError> {
+) -> Result<Applied, RestError> {
     if body.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-        return Err(ApiError::bad_request(
+        return Err(RestError::bad_request(
             "POST to the base URL takes a Bundle of type batch or transaction",
         )
         .at("resourceType"));
@@ -113,7 +123,7 @@ pub async fn apply(
         "transaction" => true,
         "batch" => false,
         other => {
-            return Err(ApiError::bad_request(format!(
+            return Err(RestError::bad_request(format!(
                 "Bundle.type {other:?} cannot be processed; send type \"batch\" or \"transaction\""
             ))
             .at("Bundle.type"))
@@ -123,18 +133,18 @@ pub async fn apply(
         None => Vec::new(),
         Some(Value::Array(entries)) => entries.clone(),
         Some(_) => {
-            return Err(ApiError::bad_request("Bundle.entry must be an array").at("Bundle.entry"))
+            return Err(RestError::bad_request("Bundle.entry must be an array").at("Bundle.entry"))
         }
     };
     if raw_entries.len() > MAX_BUNDLE_ENTRIES {
-        return Err(ApiError::bad_request(format!(
+        return Err(RestError::bad_request(format!(
             "the bundle has {} entries; at most {MAX_BUNDLE_ENTRIES} are accepted, so split it",
             raw_entries.len()
         ))
         .at("Bundle.entry"));
     }
     check_unique_full_urls(&raw_entries)?;
-    let parsed: Vec<Result<Entry, ApiError>> = raw_entries
+    let parsed: Vec<Result<Entry, RestError>> = raw_entries
         .iter()
         .enumerate()
         .map(|(i, e)| {
@@ -146,7 +156,7 @@ pub async fn apply(
     let results = if transaction {
         let mut entries = Vec::with_capacity(parsed.len());
         for entry in parsed {
-            entries.push(entry.map_err(|e| prefix(e, "the transaction was not applied"))?);
+            entries.push(entry.map_err(|e| e.prefixed("the transaction was not applied"))?);
         }
         run_transaction(app, base, entries).await?
     } else {
@@ -164,7 +174,7 @@ pub async fn apply(
 
 /// An entry is authorized exactly like the request it stands for: same
 /// method, route facts, query and caller (`auth::access`).
-fn authorize(app: &AppState, identity: &Identity, entry: Entry) -> Result<Entry, ApiError> {
+fn authorize(app: &Rest, identity: &Identity, entry: Entry) -> Result<Entry, RestError> {
     let method = match entry.method {
         Method::Get => "get",
         Method::Post => "post",
@@ -196,9 +206,9 @@ fn authorize(app: &AppState, identity: &Identity, entry: Entry) -> Result<Entry,
     match app.auth.authorize(identity, &facts) {
         Ok(()) => Ok(entry),
         Err(denial) => {
-            app.metrics.auth_failure(denial.reason());
+            app.events.entry_denied(denial.reason());
             tracing::info!(client = identity.id(), method, uri = %facts.uri, reason = denial.reason(), "bundle entry denied by access control");
-            Err(denial_error(&denial))
+            Err(RestError::forbidden(denial.message()))
         }
     }
 }
@@ -206,12 +216,12 @@ fn authorize(app: &AppState, identity: &Identity, entry: Entry) -> Result<Entry,
 /// `fullUrl` identifies an entry, so it may appear once per bundle (R4
 /// Bundle invariant bdl-7); two entries with one `fullUrl` would make
 /// `urn:uuid:` references ambiguous.
-fn check_unique_full_urls(entries: &[Value]) -> Result<(), ApiError> {
+fn check_unique_full_urls(entries: &[Value]) -> Result<(), RestError> {
     let mut seen = HashSet::new();
     for (i, entry) in entries.iter().enumerate() {
         if let Some(url) = entry.get("fullUrl").and_then(Value::as_str) {
             if !seen.insert(url) {
-                return Err(ApiError::bad_request(format!(
+                return Err(RestError::bad_request(format!(
                     "fullUrl {url:?} appears more than once; every entry needs a fullUrl of its own"
                 ))
                 .at(format!("Bundle.entry[{i}].fullUrl")));
@@ -221,14 +231,9 @@ fn check_unique_full_urls(entries: &[Value]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn prefix(mut e: ApiError, text: &str) -> ApiError {
-    e.message = format!("{text}: {}", e.message);
-    e
-}
-
-fn parse_entry(entry: &Value, base: &str) -> Result<Entry, ApiError> {
+fn parse_entry(entry: &Value, base: &str) -> Result<Entry, RestError> {
     let request = entry.get("request").ok_or_else(|| {
-        ApiError::bad_request("the entry has no request; add request.method and request.url")
+        RestError::bad_request("the entry has no request; add request.method and request.url")
     })?;
     let method = match request.get("method").and_then(Value::as_str) {
         Some("GET") => Method::Get,
@@ -237,27 +242,27 @@ fn parse_entry(entry: &Value, base: &str) -> Result<Entry, ApiError> {
         Some("PATCH") => Method::Patch,
         Some("DELETE") => Method::Delete,
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
+            return Err(RestError::bad_request(format!(
                 "request.method {other:?} is not supported; use GET, POST, PUT, PATCH or DELETE"
             )))
         }
-        None => return Err(ApiError::bad_request("request.method is missing")),
+        None => return Err(RestError::bad_request("request.method is missing")),
     };
     let url = request
         .get("url")
         .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("request.url is missing"))?;
+        .ok_or_else(|| RestError::bad_request("request.url is missing"))?;
     for conditional in ["ifNoneExist", "ifModifiedSince", "ifNoneMatch"] {
         if request.get(conditional).is_some() {
-            return Err(ApiError::not_supported(
-                StatusCode::BAD_REQUEST,
+            return Err(RestError::not_supported(
+                ErrorKind::BadRequest,
                 format!("request.{conditional} (conditional interactions) is not supported yet"),
             ));
         }
     }
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
         Some(tag) => Some(parse_version_tag(tag).ok_or_else(|| {
-            ApiError::bad_request(format!(
+            RestError::bad_request(format!(
                 "request.ifMatch {tag:?} is not an ETag such as W/\"3\""
             ))
         })?),
@@ -277,7 +282,7 @@ fn parse_entry(entry: &Value, base: &str) -> Result<Entry, ApiError> {
         [t, id] => Target::Instance((*t).to_owned(), (*id).to_owned()),
         [t, id, "_history", v] => Target::Version((*t).to_owned(), (*id).to_owned(), (*v).to_owned()),
         _ => {
-            return Err(ApiError::bad_request(format!(
+            return Err(RestError::bad_request(format!(
                 "request.url {url:?} is not supported in a bundle; use Type, Type/id or Type/id/_history/version"
             )))
         }
@@ -293,7 +298,7 @@ fn parse_entry(entry: &Value, base: &str) -> Result<Entry, ApiError> {
             )
     );
     if !allowed {
-        return Err(ApiError::bad_request(format!(
+        return Err(RestError::bad_request(format!(
             "{method:?} {url} is not supported in a bundle (conditional interactions are not supported yet)"
         )));
     }
@@ -306,7 +311,7 @@ fn parse_entry(entry: &Value, base: &str) -> Result<Entry, ApiError> {
     }
     let resource = entry.get("resource").cloned();
     if matches!(method, Method::Post | Method::Put | Method::Patch) && resource.is_none() {
-        return Err(ApiError::bad_request(format!(
+        return Err(RestError::bad_request(format!(
             "a {method:?} entry needs a resource"
         )));
     }
@@ -324,9 +329,9 @@ fn parse_entry(entry: &Value, base: &str) -> Result<Entry, ApiError> {
 }
 
 /// A PATCH entry carries its JSON Patch as a Binary resource (R4 §3.1.0.11.1).
-fn patch_from_binary(resource: &Value) -> Result<json_patch::Patch, ApiError> {
+fn patch_from_binary(resource: &Value) -> Result<json_patch::Patch, RestError> {
     let bad = || {
-        ApiError::bad_request(
+        RestError::bad_request(
             "a PATCH entry's resource must be a Binary with contentType application/json-patch+json and base64 data",
         )
     };
@@ -350,7 +355,7 @@ fn patch_from_binary(resource: &Value) -> Result<json_patch::Patch, ApiError> {
     fhirbox_fhir::json::from_slice_strict(&bytes)
         .and_then(serde_json::from_value)
         .map_err(|e| {
-            ApiError::bad_request(format!(
+            RestError::bad_request(format!(
                 "the PATCH entry's data is not a valid JSON Patch: {e}"
             ))
         })
@@ -359,12 +364,12 @@ fn patch_from_binary(resource: &Value) -> Result<json_patch::Patch, ApiError> {
 /// Builds the store write for a write entry (hashing a literal client
 /// secret first, outside the write transaction).
 async fn write_op(
-    app: &AppState,
+    app: &Rest,
     entry: &Entry,
     assigned_id: Option<&str>,
-) -> Result<WriteOp, ApiError> {
+) -> Result<WriteOp, RestError> {
     let vault = app.vault.as_ref();
-    let max_bytes = app.settings.max_body_bytes;
+    let max_bytes = app.max_body_bytes;
     let body = || entry.resource.clone().unwrap_or(Value::Null);
     match (&entry.method, &entry.target) {
         (Method::Post, Target::Type(t)) => {
@@ -388,7 +393,7 @@ async fn write_op(
         (Method::Delete, Target::Instance(t, id)) => {
             resource::prepare_delete(t, id, entry.if_match)
         }
-        _ => Err(ApiError::bad_request("this entry is not a write")),
+        _ => Err(RestError::bad_request("this entry is not a write")),
     }
 }
 
@@ -417,8 +422,8 @@ impl ReadBudget {
             _ => 0,
         };
         if self.used.saturating_add(size) > MAX_BUNDLE_READ_BYTES {
-            return EntryResult::Failed(ApiError::new(
-                StatusCode::BAD_REQUEST,
+            return EntryResult::Failed(RestError::new(
+                ErrorKind::BadRequest,
                 fhirbox_fhir::IssueType::TooLong,
                 format!(
                     "the read entries of this bundle would return more than {MAX_BUNDLE_READ_BYTES} bytes; read the rest in another request"
@@ -430,17 +435,13 @@ impl ReadBudget {
     }
 }
 
-async fn run_read(
-    app: &AppState,
-    base: &str,
-    entry: &Entry,
-    budget: &mut ReadBudget,
-) -> EntryResult {
+async fn run_read(app: &Rest, base: &str, entry: &Entry, budget: &mut ReadBudget) -> EntryResult {
     let result = match &entry.target {
-        Target::Instance(t, id) => read_current(app, t, id).await.map(EntryResult::Read),
-        Target::Version(t, id, v) => read_version(app, t, id, v).await.map(EntryResult::Read),
+        Target::Instance(t, id) => app.read_current(t, id).await.map(EntryResult::Read),
+        Target::Version(t, id, v) => app.read_version(t, id, v).await.map(EntryResult::Read),
         Target::Type(t) => match search::parse_query(entry.query.as_deref()) {
-            Ok(params) => run_search(app, base, Some(t), &params, false)
+            Ok(params) => app
+                .searchset(base, Some(t), &params, false)
                 .await
                 .map(EntryResult::Searched),
             Err(e) => Err(e),
@@ -469,10 +470,10 @@ fn rewrite_references(value: &mut Value, map: &HashMap<String, String>) {
 }
 
 async fn run_transaction(
-    app: &AppState,
+    app: &Rest,
     base: &str,
     mut entries: Vec<Entry>,
-) -> Result<Vec<EntryResult>, ApiError> {
+) -> Result<Vec<EntryResult>, RestError> {
     // Ids for created resources, and the fullUrl -> Type/id map for references.
     let mut assigned: HashMap<usize, String> = HashMap::new();
     let mut references: HashMap<String, String> = HashMap::new();
@@ -499,7 +500,7 @@ async fn run_transaction(
             (&entry.method, &entry.target)
         {
             if !touched.insert((t.clone(), id.clone())) {
-                return Err(ApiError::bad_request(format!(
+                return Err(RestError::bad_request(format!(
                     "the transaction was not applied: {t}/{id} is changed by more than one entry"
                 ))
                 .at(format!("Bundle.entry[{i}]")));
@@ -522,10 +523,8 @@ async fn run_transaction(
         let op = write_op(app, &entries[i], assigned.get(&i).map(String::as_str))
             .await
             .map_err(|e| {
-                prefix(
-                    e.at(format!("Bundle.entry[{i}]")),
-                    "the transaction was not applied",
-                )
+                e.at(format!("Bundle.entry[{i}]"))
+                    .prefixed("the transaction was not applied")
             })?;
         ops.push(op);
     }
@@ -534,7 +533,7 @@ async fn run_transaction(
     } else {
         app.write_all(ops)
             .await
-            .map_err(|e| prefix(ApiError::from(e), "the transaction was not applied"))?
+            .map_err(|e| RestError::from(e).prefixed("the transaction was not applied"))?
     };
     let mut results: Vec<Option<EntryResult>> = (0..entries.len()).map(|_| None).collect();
     for (&i, outcome) in order.iter().zip(outcomes) {
@@ -549,15 +548,15 @@ async fn run_transaction(
     Ok(results
         .into_iter()
         .map(|r| {
-            r.unwrap_or_else(|| EntryResult::Failed(ApiError::internal(&"entry without result")))
+            r.unwrap_or_else(|| EntryResult::Failed(RestError::internal(&"entry without result")))
         })
         .collect())
 }
 
 async fn run_batch(
-    app: &AppState,
+    app: &Rest,
     base: &str,
-    entries: Vec<Result<Entry, ApiError>>,
+    entries: Vec<Result<Entry, RestError>>,
 ) -> Vec<EntryResult> {
     let mut results = Vec::with_capacity(entries.len());
     let mut budget = ReadBudget::new();
@@ -580,12 +579,13 @@ async fn run_batch(
     results
 }
 
-fn status_text(status: StatusCode) -> String {
-    format!(
-        "{} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    )
+/// `response.status` of a successful entry.
+fn status_text(status: u16) -> &'static str {
+    match status {
+        201 => "201 Created",
+        204 => "204 No Content",
+        _ => "200 OK",
+    }
 }
 
 fn render(
@@ -600,16 +600,16 @@ fn render(
             EntryResult::Written(outcome, method) => {
                 let r = &outcome.resource;
                 let status = match method {
-                    Method::Delete => StatusCode::NO_CONTENT,
-                    _ if outcome.created => StatusCode::CREATED,
-                    _ => StatusCode::OK,
+                    Method::Delete => 204,
+                    _ if outcome.created => 201,
+                    _ => 200,
                 };
                 let mut response = json!({
                     "status": status_text(status),
                     "etag": etag(r.version_id),
                     "lastModified": r.last_updated_text(),
                 });
-                if status == StatusCode::CREATED {
+                if status == 201 {
                     response["location"] = json!(format!("{base}/{}/{}/_history/{}", r.resource_type, r.id, r.version_id));
                 }
                 let include = method != Method::Delete && preference == ReturnPreference::Representation;
@@ -621,15 +621,15 @@ fn render(
             EntryResult::Read(r) => bundle.entry(
                 json!({
                     "fullUrl": format!("{base}/{}/{}", r.resource_type, r.id),
-                    "response": {"status": status_text(StatusCode::OK), "etag": etag(r.version_id), "lastModified": r.last_updated_text()},
+                    "response": {"status": status_text(200), "etag": etag(r.version_id), "lastModified": r.last_updated_text()},
                 }),
                 Some(&crate::hooks::public_body(&r)),
             ),
             EntryResult::Searched(searchset) => {
-                bundle.entry(json!({"response": {"status": status_text(StatusCode::OK)}}), Some(&searchset))
+                bundle.entry(json!({"response": {"status": status_text(200)}}), Some(&searchset))
             }
             EntryResult::Failed(e) => bundle.entry(
-                json!({"response": {"status": status_text(e.status), "outcome": e.outcome().to_json()}}),
+                json!({"response": {"status": e.kind.status_text(), "outcome": e.outcome().to_json()}}),
                 None,
             ),
         }

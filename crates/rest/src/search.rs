@@ -6,7 +6,7 @@
 use fhirbox_fhir::datetime::parse_range;
 use fhirbox_store::{Cursor, HistoryQuery, HistoryScope, SearchQuery, SortKey, TimeBound};
 
-use crate::error::ApiError;
+use crate::error::RestError;
 
 /// Parameters every search supports, for the CapabilityStatement and errors.
 pub const SEARCH_PARAMETERS: &[(&str, &str, &str)] = &[
@@ -62,15 +62,15 @@ pub const MAX_VALUES: usize = 100;
 /// Parses a query string into pairs; malformed encoding is a 400, and so is
 /// a query above `MAX_PARAMETERS` parameters or `MAX_VALUES` values in one
 /// parameter, so no request can ask for unbounded work.
-pub fn parse_query(raw: Option<&str>) -> Result<Params, ApiError> {
+pub fn parse_query(raw: Option<&str>) -> Result<Params, RestError> {
     let params: Params = match raw {
         None | Some("") => return Ok(Vec::new()),
         Some(q) => serde_urlencoded::from_str(q).map_err(|e| {
-            ApiError::bad_request(format!("the query string cannot be decoded: {e}"))
+            RestError::bad_request(format!("the query string cannot be decoded: {e}"))
         })?,
     };
     if params.len() > MAX_PARAMETERS {
-        return Err(ApiError::bad_request(format!(
+        return Err(RestError::bad_request(format!(
             "the query has {} parameters; at most {MAX_PARAMETERS} are accepted",
             params.len()
         )));
@@ -78,7 +78,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<Params, ApiError> {
     for (name, value) in &params {
         let values = value.split(',').count();
         if values > MAX_VALUES {
-            return Err(ApiError::bad_request(format!(
+            return Err(RestError::bad_request(format!(
                 "the parameter {name:?} has {values} values; at most {MAX_VALUES} are accepted in one parameter"
             )));
         }
@@ -86,15 +86,15 @@ pub fn parse_query(raw: Option<&str>) -> Result<Params, ApiError> {
     Ok(params)
 }
 
-fn parse_count(value: &str) -> Result<u32, ApiError> {
+fn parse_count(value: &str) -> Result<u32, RestError> {
     value.parse::<u32>().map(|n| n.min(MAX_COUNT)).map_err(|_| {
-        ApiError::bad_request(format!("_count={value} is not a non-negative whole number"))
+        RestError::bad_request(format!("_count={value} is not a non-negative whole number"))
     })
 }
 
-fn unknown(name: &str, strict: bool, supported: &str) -> Result<(), ApiError> {
+fn unknown(name: &str, strict: bool, supported: &str) -> Result<(), RestError> {
     if strict {
-        Err(ApiError::bad_request(format!(
+        Err(RestError::bad_request(format!(
             "the search parameter {name:?} is not supported (Prefer: handling=strict); supported: {supported}"
         )))
     } else {
@@ -115,7 +115,7 @@ pub fn parse_search(
     resource_type: Option<&str>,
     params: &Params,
     strict: bool,
-) -> Result<SearchRequest, ApiError> {
+) -> Result<SearchRequest, RestError> {
     let mut query = SearchQuery {
         resource_type: resource_type.map(str::to_owned),
         count: DEFAULT_COUNT,
@@ -133,7 +133,7 @@ pub fn parse_search(
                     .filter(|s| !s.is_empty())
                     .collect();
                 if ids.is_empty() {
-                    return Err(ApiError::bad_request("_id needs at least one id"));
+                    return Err(RestError::bad_request("_id needs at least one id"));
                 }
                 // Repeated _id parameters are ANDed: keep ids present in both.
                 query.ids = Some(match query.ids.take() {
@@ -157,7 +157,7 @@ pub fn parse_search(
                     "_id" => SortKey::Id,
                     "_lastUpdated" => SortKey::LastUpdated,
                     other => {
-                        return Err(ApiError::bad_request(format!(
+                        return Err(RestError::bad_request(format!(
                             "_sort={other} is not supported; sort by _id or _lastUpdated (prefix - for descending)"
                         )))
                     }
@@ -169,7 +169,7 @@ pub fn parse_search(
                     "none" => false,
                     "estimate" | "accurate" => true,
                     other => {
-                        return Err(ApiError::bad_request(format!(
+                        return Err(RestError::bad_request(format!(
                             "_total={other} is not valid; use none, estimate or accurate"
                         )))
                     }
@@ -195,14 +195,14 @@ pub fn parse_search(
 }
 
 /// `_lastUpdated=[prefix]value` as store bounds.
-fn parse_date_bound(name: &str, value: &str) -> Result<Vec<TimeBound>, ApiError> {
+fn parse_date_bound(name: &str, value: &str) -> Result<Vec<TimeBound>, RestError> {
     let (prefix, date) =
         if value.len() > 2 && value.as_bytes()[..2].iter().all(u8::is_ascii_lowercase) {
             value.split_at(2)
         } else {
             ("eq", value)
         };
-    let range = parse_range(date).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))?;
+    let range = parse_range(date).map_err(|e| RestError::bad_request(format!("{name}: {e}")))?;
     Ok(match prefix {
         "eq" => vec![
             TimeBound::AtOrAfter(range.start),
@@ -213,7 +213,7 @@ fn parse_date_bound(name: &str, value: &str) -> Result<Vec<TimeBound>, ApiError>
         "lt" => vec![TimeBound::Before(range.start)],
         "le" => vec![TimeBound::Before(range.end)],
         other => {
-            return Err(ApiError::bad_request(format!(
+            return Err(RestError::bad_request(format!(
                 "{name}: the prefix {other:?} is not supported; use eq, gt, ge, lt or le"
             )))
         }
@@ -225,7 +225,7 @@ pub fn parse_history(
     scope: HistoryScope,
     params: &Params,
     strict: bool,
-) -> Result<(HistoryQuery, Params), ApiError> {
+) -> Result<(HistoryQuery, Params), RestError> {
     let mut query = HistoryQuery {
         scope,
         since: None,
@@ -238,7 +238,7 @@ pub fn parse_history(
             "_count" => query.count = parse_count(value)?,
             "_since" => {
                 let range = parse_range(value)
-                    .map_err(|e| ApiError::bad_request(format!("_since: {e}")))?;
+                    .map_err(|e| RestError::bad_request(format!("_since: {e}")))?;
                 query.since = Some(range.start);
             }
             "_cursor" => {

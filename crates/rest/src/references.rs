@@ -1,7 +1,6 @@
 //! The write-time rules for secret references on the nine secret-capable
 //! fields (docs/external-secrets.md, "Rules on write").
 
-use axum::http::StatusCode;
 use fhirbox_fhir::secret_fields::{DATA_ABSENT_REASON_URL, SECRET_REFERENCE_URL};
 use fhirbox_fhir::secret_refs::{
     all_fields_text, display_path, field_at, find_references, value_at, Seg,
@@ -10,7 +9,7 @@ use fhirbox_fhir::IssueType;
 use fhirbox_secrets::{Requester, SecretError, SecretResolver};
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ErrorKind, RestError};
 
 /// The write rules for every secret reference in `body` (docs/external-secrets.md, "Rules on write").
 pub fn check_references(
@@ -18,13 +17,13 @@ pub fn check_references(
     id: &str,
     body: &Value,
     vault: Option<&SecretResolver>,
-) -> Result<(), ApiError> {
+) -> Result<(), RestError> {
     let mut found = Vec::new();
     find_references(body, &mut Vec::new(), &mut found);
     for path in found {
         let at = display_path(resource_type, &path);
         let Some(field) = field_at(body, resource_type, &path) else {
-            return Err(ApiError::unprocessable(format!(
+            return Err(RestError::unprocessable(format!(
                 "{at} cannot refer to an external secret; the secret-capable fields are: {}",
                 all_fields_text()
             ))
@@ -41,7 +40,7 @@ pub fn check_references(
             *last = last.trim_start_matches('_').to_owned();
         }
         if value_at(body, &literal_path).is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::unprocessable(format!(
+            return Err(RestError::unprocessable(format!(
                 "{at} has both a value and a secret reference; remove the value and keep only the reference in _{}",
                 field.display.rsplit(['.', ']']).next().unwrap_or(field.display)
             ))
@@ -53,13 +52,13 @@ pub fn check_references(
             .filter_map(|e| e.get("valueString").and_then(Value::as_str))
             .collect();
         let [name] = names.as_slice() else {
-            return Err(ApiError::unprocessable(format!(
+            return Err(RestError::unprocessable(format!(
                 "{at}: the secret-reference extension needs exactly one valueString naming a secret of the vault config"
             ))
             .at(at));
         };
         if !fhirbox_secrets::is_valid_secret_name(name) {
-            return Err(ApiError::unprocessable(format!(
+            return Err(RestError::unprocessable(format!(
                 "{at}: {name:?} is not a secret name; names use A-Z, a-z, 0-9, '.', '_' and '-'"
             ))
             .at(at));
@@ -69,14 +68,14 @@ pub fn check_references(
                 && e.get("valueCode").and_then(Value::as_str) == Some("masked")
         });
         if !masked || extensions.len() != 2 {
-            return Err(ApiError::unprocessable(format!(
+            return Err(RestError::unprocessable(format!(
                 "{at}: a secret reference carries exactly two extensions, data-absent-reason with valueCode \"masked\" and secret-reference with the secret name"
             ))
             .at(at));
         }
         let Some(vault) = vault else {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(RestError::new(
+                ErrorKind::Unprocessable,
                 IssueType::NotSupported,
                 format!(
                     "{at} refers to the external secret {name:?}, but external secrets are off on this server; set BOX_VAULT_CONFIG to the path of a vault config that defines it and restart"
@@ -95,7 +94,7 @@ pub fn check_references(
                 }
                 _ => String::new(),
             };
-            return Err(ApiError::unprocessable(format!("{at}: {e}{hint}")).at(at));
+            return Err(RestError::unprocessable(format!("{at}: {e}{hint}")).at(at));
         }
     }
     Ok(())

@@ -4,22 +4,21 @@
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use fhirbox_fhir::{is_known_resource_type, is_valid_id};
 use fhirbox_store::{Refusal, StoredResource, WriteKind, WriteOp};
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ErrorKind, RestError};
 use crate::hooks;
 use fhirbox_secrets::SecretResolver;
 
 /// Rejects unknown resource types in a URL (404: there is no such endpoint).
-pub fn check_type(resource_type: &str) -> Result<(), ApiError> {
+pub fn check_type(resource_type: &str) -> Result<(), RestError> {
     if is_known_resource_type(resource_type) {
         Ok(())
     } else {
-        Err(ApiError::not_supported(
-            StatusCode::NOT_FOUND,
+        Err(RestError::not_supported(
+            ErrorKind::NotFound,
             format!(
                 "{resource_type:?} is not a resource type this server knows; use an R4 type such as Patient, or one of the server types (Client, AccessPolicy, …)"
             ),
@@ -28,11 +27,11 @@ pub fn check_type(resource_type: &str) -> Result<(), ApiError> {
 }
 
 /// Rejects an id that breaks the FHIR id rule.
-pub fn check_id(id: &str) -> Result<(), ApiError> {
+pub fn check_id(id: &str) -> Result<(), RestError> {
     if is_valid_id(id) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
+        Err(RestError::bad_request(format!(
             "{id:?} is not a valid FHIR id: use 1 to 64 characters from A-Z, a-z, 0-9, '-' and '.'"
         )))
     }
@@ -52,15 +51,15 @@ pub fn validate_body(
     body: &Value,
     resource_type: &str,
     id_rule: IdRule<'_>,
-) -> Result<(), ApiError> {
+) -> Result<(), RestError> {
     let Some(fields) = body.as_object() else {
-        return Err(ApiError::bad_request(
+        return Err(RestError::bad_request(
             "the body must be a JSON object holding one FHIR resource",
         ));
     };
     match fields.get("resourceType") {
         None => {
-            return Err(ApiError::bad_request(format!(
+            return Err(RestError::bad_request(format!(
                 "resourceType is missing; add \"resourceType\": \"{resource_type}\""
             ))
             .at("resourceType"))
@@ -68,32 +67,32 @@ pub fn validate_body(
         Some(Value::String(rt)) if rt == resource_type => {}
         Some(Value::String(rt)) if !is_known_resource_type(rt) => {
             return Err(
-                ApiError::bad_request(format!("{rt:?} is not a known resource type"))
+                RestError::bad_request(format!("{rt:?} is not a known resource type"))
                     .at("resourceType"),
             )
         }
         Some(Value::String(rt)) => {
-            return Err(ApiError::bad_request(format!(
+            return Err(RestError::bad_request(format!(
                 "resourceType {rt:?} does not match the URL, which names {resource_type:?}"
             ))
             .at("resourceType"))
         }
         Some(_) => {
-            return Err(ApiError::bad_request("resourceType must be a string").at("resourceType"))
+            return Err(RestError::bad_request("resourceType must be a string").at("resourceType"))
         }
     }
     if let IdRule::MustEqual(url_id) = id_rule {
         match fields.get("id") {
             Some(Value::String(id)) if id == url_id => {}
             Some(Value::String(id)) => {
-                return Err(ApiError::bad_request(format!(
+                return Err(RestError::bad_request(format!(
                     "the resource id {id:?} does not match the id in the URL ({url_id:?})"
                 ))
                 .at(format!("{resource_type}.id")))
             }
-            Some(_) => return Err(ApiError::bad_request("id must be a string").at(format!("{resource_type}.id"))),
+            Some(_) => return Err(RestError::bad_request("id must be a string").at(format!("{resource_type}.id"))),
             None => {
-                return Err(ApiError::bad_request(format!(
+                return Err(RestError::bad_request(format!(
                     "the resource has no id; an update must carry \"id\": \"{url_id}\", the id in the URL"
                 ))
                 .at(format!("{resource_type}.id")))
@@ -102,7 +101,7 @@ pub fn validate_body(
     }
     if let Some(meta) = fields.get("meta") {
         validate_meta(meta).map_err(|(message, at)| {
-            ApiError::bad_request(message).at(format!("{resource_type}.meta{at}"))
+            RestError::bad_request(message).at(format!("{resource_type}.meta{at}"))
         })?;
     }
     Ok(())
@@ -187,7 +186,7 @@ pub fn prepare_create(
     body: Value,
     vault: Option<&SecretResolver>,
     prehashed: hooks::Prehashed,
-) -> Result<WriteOp, ApiError> {
+) -> Result<WriteOp, RestError> {
     check_type(resource_type)?;
     validate_body(&body, resource_type, IdRule::ServerAssigned)?;
     Ok(WriteOp {
@@ -207,7 +206,7 @@ pub fn prepare_update(
     if_match: Option<i64>,
     vault: Option<&SecretResolver>,
     prehashed: hooks::Prehashed,
-) -> Result<WriteOp, ApiError> {
+) -> Result<WriteOp, RestError> {
     check_type(resource_type)?;
     check_id(id)?;
     validate_body(&body, resource_type, IdRule::MustEqual(id))?;
@@ -230,11 +229,11 @@ pub fn prepare_patch(
     vault: Option<&SecretResolver>,
     prehashed: hooks::Prehashed,
     max_bytes: usize,
-) -> Result<WriteOp, ApiError> {
+) -> Result<WriteOp, RestError> {
     check_type(resource_type)?;
     check_id(id)?;
     if patch.0.len() > MAX_PATCH_OPERATIONS {
-        return Err(ApiError::bad_request(format!(
+        return Err(RestError::bad_request(format!(
             "the JSON Patch has {} operations; at most {MAX_PATCH_OPERATIONS} are accepted",
             patch.0.len()
         )));
@@ -370,7 +369,7 @@ pub fn prepare_delete(
     resource_type: &str,
     id: &str,
     if_match: Option<i64>,
-) -> Result<WriteOp, ApiError> {
+) -> Result<WriteOp, RestError> {
     check_type(resource_type)?;
     check_id(id)?;
     Ok(WriteOp {
@@ -407,7 +406,7 @@ mod tests {
         .unwrap_err();
         assert!(e.message.contains("has no id"));
         let e = validate_body(&json!([1]), "Patient", IdRule::ServerAssigned).unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.kind, ErrorKind::BadRequest);
         let e = validate_body(
             &json!({"resourceType": "Patient", "meta": 1}),
             "Patient",
@@ -482,11 +481,8 @@ mod tests {
 
     #[test]
     fn unknown_types_are_not_found() {
-        assert_eq!(
-            check_type("Nope").unwrap_err().status,
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(check_type("Nope").unwrap_err().kind, ErrorKind::NotFound);
         assert!(check_type("Client").is_ok());
-        assert_eq!(check_id("a/b").unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(check_id("a/b").unwrap_err().kind, ErrorKind::BadRequest);
     }
 }

@@ -29,7 +29,7 @@ pub fn finalizer(
     let id = id.to_owned();
     let vault = vault.cloned();
     Arc::new(move |body: Value, current: Option<&StoredResource>| {
-        crate::vault::check_references(&resource_type, &id, &body, vault.as_ref())
+        crate::references::check_references(&resource_type, &id, &body, vault.as_ref())
             .map_err(Refusal::from)?;
         match resource_type.as_str() {
             "Client" => write_rules::finalize_client(body, current, &prehashed),

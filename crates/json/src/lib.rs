@@ -1,8 +1,12 @@
-//! Strict JSON for resource bodies: a key may appear once per object. RFC 8259
-//! §4 leaves duplicate names to the implementation, and "last one wins" would
-//! let `{"resourceType":"Observation","resourceType":"Patient"}` be read as a
-//! Patient by one reader and an Observation by another; FHIR JSON (R4
-//! §2.6.2) has one property per name, so a duplicate is refused.
+//! Strict JSON: a key may appear once per object. RFC 8259 §4 leaves
+//! duplicate names to the implementation, and serde_json keeps the last one
+//! silently. For fhirbox that would let
+//! `{"resourceType":"Observation","resourceType":"Patient"}` be read as a
+//! Patient by one reader and an Observation by another (FHIR JSON, R4
+//! §2.6.2, has one property per name), and let a copy-pasted entry of the
+//! vault config quietly replace another. Every JSON fhirbox accepts from
+//! outside — resource bodies, patches, bundles, the vault config — is parsed
+//! here.
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};

@@ -1,0 +1,353 @@
+//! The single-resource interactions and searches (R4 §3.1.0): read, vread,
+//! create, update, patch, delete, search and history. Each one checks its
+//! arguments, hands a write to the shared pipeline in `resource`, and
+//! answers with a `Reply`.
+
+use fhirbox_fhir::IssueType;
+use fhirbox_store::{
+    HistoryPage, HistoryScope, ResourceHistory, ResourceRead, ResourceSearch, StoreError,
+    StoredResource,
+};
+use serde_json::{json, Value};
+
+use crate::bundle_out::BundleWriter;
+use crate::error::{ErrorKind, RestError};
+use crate::hooks::{self, Prehashed};
+use crate::reply::{etag, resource_reply, Reply, ReturnPreference};
+use crate::resource::{self, check_id, check_type};
+use crate::search::{self, Params};
+use crate::Rest;
+
+/// `<base>/<type>/<id>/_history/<version>`: where a written version lives.
+pub(crate) fn location(base: &str, stored: &StoredResource) -> String {
+    format!(
+        "{base}/{}/{}/_history/{}",
+        stored.resource_type, stored.id, stored.version_id
+    )
+}
+
+impl Rest {
+    /// Loads the current version or explains why there is none (404 / 410).
+    pub async fn read_current(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<StoredResource, RestError> {
+        check_type(resource_type)?;
+        check_id(id)?;
+        match self.store.read(resource_type, id).await? {
+            None => Err(RestError::not_found(format!(
+                "{resource_type}/{id} does not exist"
+            ))),
+            Some(r) if r.deleted => Err(StoreError::Gone {
+                resource_type: resource_type.into(),
+                id: id.into(),
+                version_id: r.version_id,
+            }
+            .into()),
+            Some(r) => Ok(r),
+        }
+    }
+
+    /// Loads one version or explains why there is none.
+    pub async fn read_version(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<StoredResource, RestError> {
+        check_type(resource_type)?;
+        check_id(id)?;
+        let version_id = version
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| {
+                RestError::bad_request(format!(
+                    "{version:?} is not a version id; versions are whole numbers from 1"
+                ))
+            })?;
+        match self.store.vread(resource_type, id, version_id).await? {
+            None => Err(RestError::not_found(format!(
+                "{resource_type}/{id} has no version {version_id}"
+            ))),
+            Some(r) if r.deleted => Err(RestError::new(
+                ErrorKind::Gone,
+                IssueType::Deleted,
+                format!("version {version_id} of {resource_type}/{id} is a deletion"),
+            )),
+            Some(r) => Ok(r),
+        }
+    }
+
+    /// `GET /{type}/{id}`.
+    pub async fn read(&self, resource_type: &str, id: &str) -> Result<Reply, RestError> {
+        let stored = self.read_current(resource_type, id).await?;
+        Ok(resource_reply(
+            200,
+            &stored,
+            None,
+            ReturnPreference::Representation,
+            "",
+        ))
+    }
+
+    /// `GET /{type}/{id}/_history/{vid}`.
+    pub async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<Reply, RestError> {
+        let stored = self.read_version(resource_type, id, version).await?;
+        Ok(resource_reply(
+            200,
+            &stored,
+            None,
+            ReturnPreference::Representation,
+            "",
+        ))
+    }
+
+    /// `POST /{type}`: the server assigns the id.
+    pub async fn create(
+        &self,
+        base: &str,
+        resource_type: &str,
+        body: Value,
+        preference: ReturnPreference,
+    ) -> Result<Reply, RestError> {
+        let prehashed = Prehashed::for_body(resource_type, &body).await?;
+        let op = resource::prepare_create(
+            resource_type,
+            resource::new_id(),
+            body,
+            self.vault.as_ref(),
+            prehashed,
+        )?;
+        let outcome = self.write(op).await?;
+        let stored = &outcome.resource;
+        Ok(resource_reply(
+            201,
+            stored,
+            Some(location(base, stored)),
+            preference,
+            &format!("created {}/{}", stored.resource_type, stored.id),
+        ))
+    }
+
+    /// `PUT /{type}/{id}`: update, or create with the client's id.
+    pub async fn update(
+        &self,
+        base: &str,
+        resource_type: &str,
+        id: &str,
+        body: Value,
+        if_match: Option<i64>,
+        preference: ReturnPreference,
+    ) -> Result<Reply, RestError> {
+        let prehashed = Prehashed::for_body(resource_type, &body).await?;
+        let op = resource::prepare_update(
+            resource_type,
+            id,
+            body,
+            if_match,
+            self.vault.as_ref(),
+            prehashed,
+        )?;
+        let outcome = self.write(op).await?;
+        let stored = &outcome.resource;
+        let (status, loc) = if outcome.created {
+            (201, Some(location(base, stored)))
+        } else {
+            (200, None)
+        };
+        Ok(resource_reply(
+            status,
+            stored,
+            loc,
+            preference,
+            &format!(
+                "stored {}/{} version {}",
+                stored.resource_type, stored.id, stored.version_id
+            ),
+        ))
+    }
+
+    /// `PATCH /{type}/{id}` with a JSON Patch (RFC 6902).
+    pub async fn patch(
+        &self,
+        resource_type: &str,
+        id: &str,
+        patch: json_patch::Patch,
+        if_match: Option<i64>,
+        preference: ReturnPreference,
+    ) -> Result<Reply, RestError> {
+        let prehashed = Prehashed::for_patch(resource_type, &patch).await?;
+        let op = resource::prepare_patch(
+            resource_type,
+            id,
+            patch,
+            if_match,
+            self.vault.as_ref(),
+            prehashed,
+            self.max_body_bytes,
+        )?;
+        let outcome = self.write(op).await?;
+        let stored = &outcome.resource;
+        Ok(resource_reply(
+            200,
+            stored,
+            None,
+            preference,
+            &format!(
+                "patched {}/{} to version {}",
+                stored.resource_type, stored.id, stored.version_id
+            ),
+        ))
+    }
+
+    /// `DELETE /{type}/{id}`: 204, or 200 with an OperationOutcome when asked.
+    pub async fn delete(
+        &self,
+        resource_type: &str,
+        id: &str,
+        if_match: Option<i64>,
+        preference: ReturnPreference,
+    ) -> Result<Reply, RestError> {
+        let op = resource::prepare_delete(resource_type, id, if_match)?;
+        let outcome = self.write(op).await?;
+        let message = if outcome.changed {
+            format!("deleted {resource_type}/{id}")
+        } else {
+            format!("{resource_type}/{id} was already deleted")
+        };
+        let preference = match preference {
+            ReturnPreference::OperationOutcome => ReturnPreference::OperationOutcome,
+            _ => ReturnPreference::Minimal,
+        };
+        let status = if preference == ReturnPreference::Minimal {
+            204
+        } else {
+            200
+        };
+        Ok(resource_reply(
+            status,
+            &outcome.resource,
+            None,
+            preference,
+            &message,
+        ))
+    }
+
+    /// `GET /{type}?…` or `GET /?…`: a searchset Bundle.
+    pub async fn search(
+        &self,
+        base: &str,
+        resource_type: Option<&str>,
+        params: &Params,
+        strict: bool,
+    ) -> Result<Reply, RestError> {
+        if let Some(rt) = resource_type {
+            check_type(rt)?;
+        }
+        Ok(Reply::json(
+            self.searchset(base, resource_type, params, strict).await?,
+        ))
+    }
+
+    /// Runs a search and renders its searchset Bundle.
+    pub(crate) async fn searchset(
+        &self,
+        base: &str,
+        resource_type: Option<&str>,
+        params: &Params,
+        strict: bool,
+    ) -> Result<String, RestError> {
+        let request = search::parse_search(resource_type, params, strict)?;
+        let path = match resource_type {
+            Some(rt) => format!("{base}/{rt}"),
+            None => base.to_owned(),
+        };
+        let self_cursor = request.query.cursor.clone();
+        let page = self.store.search(request.query).await?;
+        let mut links = vec![(
+            "self",
+            search::link(&path, &request.applied, self_cursor.as_ref()),
+        )];
+        if let Some(prev) = &page.previous {
+            links.push((
+                "previous",
+                search::link(&path, &request.applied, Some(prev)),
+            ));
+        }
+        if let Some(next) = &page.next {
+            links.push(("next", search::link(&path, &request.applied, Some(next))));
+        }
+        let mut bundle = BundleWriter::new("searchset", page.total, &links);
+        for r in &page.resources {
+            bundle.entry(
+                json!({"fullUrl": format!("{base}/{}/{}", r.resource_type, r.id), "search": {"mode": "match"}}),
+                Some(&hooks::public_body(r)),
+            );
+        }
+        Ok(bundle.finish())
+    }
+
+    /// `GET /{type}/{id}/_history`, `/{type}/_history` or `/_history`.
+    pub async fn history(
+        &self,
+        base: &str,
+        scope: HistoryScope,
+        params: &Params,
+        strict: bool,
+    ) -> Result<Reply, RestError> {
+        let path = match &scope {
+            HistoryScope::Instance { resource_type, id } => {
+                check_type(resource_type)?;
+                check_id(id)?;
+                if self.store.read(resource_type, id).await?.is_none() {
+                    return Err(RestError::not_found(format!(
+                        "{resource_type}/{id} does not exist"
+                    )));
+                }
+                format!("{base}/{resource_type}/{id}/_history")
+            }
+            HistoryScope::Type { resource_type } => {
+                check_type(resource_type)?;
+                format!("{base}/{resource_type}/_history")
+            }
+            HistoryScope::System => format!("{base}/_history"),
+        };
+        let (query, applied) = search::parse_history(scope, params, strict)?;
+        let self_cursor = query.cursor.clone();
+        let page: HistoryPage = self.store.history(query).await?;
+        let mut links = vec![("self", search::link(&path, &applied, self_cursor.as_ref()))];
+        if let Some(next) = &page.next {
+            links.push(("next", search::link(&path, &applied, Some(next))));
+        }
+        let mut bundle = BundleWriter::new("history", page.total, &links);
+        for r in &page.entries {
+            let (method, url, status) = if r.deleted {
+                (
+                    "DELETE",
+                    format!("{}/{}", r.resource_type, r.id),
+                    "204 No Content",
+                )
+            } else if r.version_id == 1 {
+                ("POST", r.resource_type.clone(), "201 Created")
+            } else {
+                ("PUT", format!("{}/{}", r.resource_type, r.id), "200 OK")
+            };
+            bundle.entry(
+                json!({
+                    "fullUrl": format!("{base}/{}/{}", r.resource_type, r.id),
+                    "request": {"method": method, "url": url},
+                    "response": {"status": status, "etag": etag(r.version_id), "lastModified": r.last_updated_text()},
+                }),
+                Some(&hooks::public_body(r)),
+            );
+        }
+        Ok(Reply::json(bundle.finish()))
+    }
+}

@@ -1,0 +1,104 @@
+//! The FHIR RESTful API of fhirbox without HTTP (FHIR R4 §3.1.0): read,
+//! vread, create, update, patch, delete, search, history, batch and
+//! transaction bundles, the CapabilityStatement, the `Prefer`/ETag rules and
+//! the checks every stored body passes (secret references, the write rules
+//! of the auth types).
+//!
+//! The server parses HTTP into the arguments of [`Rest`]'s methods and
+//! renders a [`Reply`] or a [`RestError`] back; nothing here knows about
+//! axum, headers or sockets. See ARCHITECTURE.md.
+
+pub mod bundle;
+mod bundle_out;
+pub mod capability;
+pub mod error;
+pub mod hooks;
+mod interactions;
+pub mod references;
+pub mod reply;
+pub mod resource;
+pub mod search;
+
+use std::sync::Arc;
+
+use fhirbox_auth::AuthService;
+use fhirbox_secrets::SecretResolver;
+use fhirbox_store::{ResourceWrite, Store, StoreResult, WriteOp, WriteOutcome};
+
+pub use error::{ErrorKind, RestError};
+pub use reply::{Prefer, Reply, ReturnPreference};
+
+/// What the REST layer reports to the server's metrics.
+pub trait RestEvents: Send + Sync {
+    /// A bundle entry was refused by access control (`Denial::reason`).
+    fn entry_denied(&self, reason: &'static str);
+}
+
+/// Reports nothing.
+pub struct NoEvents;
+
+impl RestEvents for NoEvents {
+    fn entry_denied(&self, _reason: &'static str) {}
+}
+
+/// The FHIR interactions over one store: everything a handler needs, and
+/// nothing else of the server's state.
+#[derive(Clone)]
+pub struct Rest {
+    store: Store,
+    auth: Arc<AuthService>,
+    /// External secrets (docs/external-secrets.md); `None` when no vault config is set.
+    vault: Option<SecretResolver>,
+    /// The largest body the server accepts; a PATCH result may not outgrow it.
+    max_body_bytes: usize,
+    events: Arc<dyn RestEvents>,
+}
+
+impl Rest {
+    pub fn new(
+        store: Store,
+        auth: Arc<AuthService>,
+        vault: Option<SecretResolver>,
+        max_body_bytes: usize,
+        events: Arc<dyn RestEvents>,
+    ) -> Rest {
+        Rest {
+            store,
+            auth,
+            vault,
+            max_body_bytes,
+            events,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stores one write, then refreshes caches that depend on what was written.
+    pub async fn write(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+        let outcome = self.store.write(op).await?;
+        self.after_writes(std::slice::from_ref(&outcome)).await;
+        Ok(outcome)
+    }
+
+    /// Stores several writes atomically, then refreshes caches.
+    pub async fn write_all(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
+        let outcomes = self.store.write_all(ops).await?;
+        self.after_writes(&outcomes).await;
+        Ok(outcomes)
+    }
+
+    /// A changed Client or AccessPolicy takes effect on this instance before
+    /// the write is answered (other instances pick it up on their re-check).
+    async fn after_writes(&self, outcomes: &[WriteOutcome]) {
+        let touches_auth = outcomes.iter().any(|o| {
+            o.changed && fhirbox_auth::AUTH_TYPES.contains(&o.resource.resource_type.as_str())
+        });
+        if touches_auth {
+            if let Err(e) = self.auth.reload(&self.store).await {
+                tracing::error!(error = %e, "could not reload clients and policies after a write");
+            }
+        }
+    }
+}
