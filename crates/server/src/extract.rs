@@ -307,4 +307,37 @@ mod tests {
         assert_eq!(if_match(&h).unwrap_err().status, StatusCode::BAD_REQUEST);
         assert_eq!(if_match(&HeaderMap::new()).unwrap(), None);
     }
+
+    #[tokio::test]
+    async fn the_query_the_middleware_decoded_is_the_one_handlers_get() {
+        let request = axum::http::Request::get("/fhir/Patient?_id=a,b&_count=2")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = request.into_parts();
+        let FhirQuery(fresh) = FhirQuery::from_request_parts(&mut parts, &())
+            .await
+            .unwrap();
+        assert_eq!(
+            fresh,
+            vec![("_id".into(), "a,b".into()), ("_count".into(), "2".into())]
+        );
+        // Decoded once: what the middleware left is used as it is.
+        parts
+            .extensions
+            .insert(FhirQuery(vec![("_id".into(), "a".into())]));
+        let FhirQuery(kept) = FhirQuery::from_request_parts(&mut parts, &())
+            .await
+            .unwrap();
+        assert_eq!(kept, vec![("_id".to_owned(), "a".to_owned())]);
+        // Without the middleware, the same limits hold: too many parameters is a 400.
+        let many = vec!["_id=a"; 65].join("&");
+        let (mut bad, ()) = axum::http::Request::get(format!("/fhir/Patient?{many}"))
+            .body(())
+            .unwrap()
+            .into_parts();
+        let e = FhirQuery::from_request_parts(&mut bad, &())
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
 }
