@@ -12,7 +12,7 @@ pub mod secret_fields;
 pub mod secret_refs;
 
 pub use id::is_valid_id;
-pub use outcome::{IssueSeverity, IssueType, OperationOutcome};
+pub use outcome::{Issue, IssueSeverity, IssueType, OperationOutcome};
 pub use resource_types::{
     all_resource_types, is_known_resource_type, resource_kind, ResourceKind, RESOURCE_TYPES,
     SERVER_RESOURCE_TYPES,

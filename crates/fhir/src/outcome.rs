@@ -29,6 +29,7 @@ pub enum IssueType {
     Structure,
     Required,
     Value,
+    Invariant,
     Security,
     Login,
     Forbidden,
@@ -53,6 +54,7 @@ impl IssueType {
             IssueType::Structure => "structure",
             IssueType::Required => "required",
             IssueType::Value => "value",
+            IssueType::Invariant => "invariant",
             IssueType::Security => "security",
             IssueType::Login => "login",
             IssueType::Forbidden => "forbidden",
@@ -69,6 +71,33 @@ impl IssueType {
             IssueType::Informational => "informational",
             IssueType::Processing => "processing",
         }
+    }
+
+    /// The type whose `code()` is `code`.
+    pub fn from_code(code: &str) -> Option<IssueType> {
+        const ALL: &[IssueType] = &[
+            IssueType::Invalid,
+            IssueType::Structure,
+            IssueType::Required,
+            IssueType::Value,
+            IssueType::Invariant,
+            IssueType::Security,
+            IssueType::Login,
+            IssueType::Forbidden,
+            IssueType::NotSupported,
+            IssueType::Conflict,
+            IssueType::Duplicate,
+            IssueType::NotFound,
+            IssueType::Deleted,
+            IssueType::TooLong,
+            IssueType::CodeInvalid,
+            IssueType::BusinessRule,
+            IssueType::Exception,
+            IssueType::Transient,
+            IssueType::Informational,
+            IssueType::Processing,
+        ];
+        ALL.iter().copied().find(|t| t.code() == code)
     }
 }
 
@@ -160,6 +189,20 @@ mod tests {
         assert_eq!(v["issue"][0]["code"], "invalid");
         assert_eq!(v["issue"][0]["diagnostics"], "id is malformed");
         assert_eq!(v["issue"][0]["expression"][0], "Patient.id");
+    }
+
+    #[test]
+    fn issue_types_round_trip_through_their_codes() {
+        for code in [
+            "invalid",
+            "structure",
+            "invariant",
+            "code-invalid",
+            "processing",
+        ] {
+            assert_eq!(IssueType::from_code(code).map(IssueType::code), Some(code));
+        }
+        assert_eq!(IssueType::from_code("nope"), None);
     }
 
     #[test]

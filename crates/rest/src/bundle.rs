@@ -368,8 +368,7 @@ async fn write_op(
     entry: &Entry,
     assigned_id: Option<&str>,
 ) -> Result<WriteOp, RestError> {
-    let vault = app.vault.as_ref();
-    let max_bytes = app.max_body_bytes;
+    let checks = &app.checks;
     let body = || entry.resource.clone().unwrap_or(Value::Null);
     match (&entry.method, &entry.target) {
         (Method::Post, Target::Type(t)) => {
@@ -378,17 +377,17 @@ async fn write_op(
                 .unwrap_or_else(resource::new_id);
             let prehashed =
                 Prehashed::for_body(t, entry.resource.as_ref().unwrap_or(&Value::Null)).await?;
-            resource::prepare_create(t, id, body(), vault, prehashed)
+            resource::prepare_create(t, id, body(), checks, prehashed)
         }
         (Method::Put, Target::Instance(t, id)) => {
             let prehashed =
                 Prehashed::for_body(t, entry.resource.as_ref().unwrap_or(&Value::Null)).await?;
-            resource::prepare_update(t, id, body(), entry.if_match, vault, prehashed)
+            resource::prepare_update(t, id, body(), entry.if_match, checks, prehashed)
         }
         (Method::Patch, Target::Instance(t, id)) => {
             let patch = patch_from_binary(entry.resource.as_ref().unwrap_or(&Value::Null))?;
             let prehashed = Prehashed::for_patch(t, &patch).await?;
-            resource::prepare_patch(t, id, patch, entry.if_match, vault, prehashed, max_bytes)
+            resource::prepare_patch(t, id, patch, entry.if_match, checks, prehashed)
         }
         (Method::Delete, Target::Instance(t, id)) => {
             resource::prepare_delete(t, id, entry.if_match)

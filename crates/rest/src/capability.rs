@@ -20,6 +20,8 @@ pub enum Level {
 #[derive(Debug, Clone, Default)]
 pub struct Interactions {
     pub declared: Vec<(Level, &'static str)>,
+    /// Operations on every type (`validate` for `$validate`).
+    pub operations: Vec<String>,
 }
 
 impl Interactions {
@@ -39,6 +41,13 @@ impl Interactions {
             .collect()
     }
 
+    /// An operation every type offers (`$name`).
+    pub fn declare_operation(&mut self, name: &str) {
+        if !self.operations.iter().any(|o| o == name) {
+            self.operations.push(name.to_owned());
+        }
+    }
+
     pub fn has(&self, level: Level, code: &str) -> bool {
         self.declared.iter().any(|(l, c)| *l == level && *c == code)
     }
@@ -50,6 +59,12 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
     let search_params: Vec<Value> = SEARCH_PARAMETERS
         .iter()
         .map(|(name, kind, doc)| json!({"name": name, "type": kind, "documentation": doc}))
+        .collect();
+    // The operations HL7 defines on Resource (R4 §2.38 "Operations").
+    let operations: Vec<Value> = interactions
+        .operations
+        .iter()
+        .map(|name| json!({"name": name, "definition": format!("http://hl7.org/fhir/OperationDefinition/Resource-{name}")}))
         .collect();
     let resources: Vec<Value> = all_resource_types()
         .map(|rt| {
@@ -66,6 +81,9 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
             });
             if interactions.has(Level::Type, "search-type") {
                 resource["searchParam"] = Value::Array(search_params.clone());
+            }
+            if !operations.is_empty() {
+                resource["operation"] = Value::Array(operations.clone());
             }
             let secret_fields: Vec<String> = fields_of(rt).map(|f| format!("{} ({})", f.display, f.purpose)).collect();
             if !secret_fields.is_empty() {

@@ -3,8 +3,8 @@
 //! message for the caller and where in the request the problem is. Internal
 //! detail is logged here and never carried in the message.
 
-use fhirbox_fhir::{IssueSeverity, IssueType, OperationOutcome};
-use fhirbox_store::{Refusal, RefusalKind, StoreError};
+use fhirbox_fhir::{Issue, IssueSeverity, IssueType, OperationOutcome};
+use fhirbox_store::{Refusal, RefusalIssue, RefusalKind, StoreError};
 
 /// What went wrong, in the terms of the FHIR RESTful API (R4 §3.1.0.4):
 /// each kind has one HTTP status.
@@ -71,6 +71,9 @@ pub struct RestError {
     pub message: String,
     /// Where in the request the problem is (`Patient.id`, `Bundle.entry[2]`).
     pub expression: Option<String>,
+    /// Every problem, when there are several (a structural validation lists
+    /// each); the OperationOutcome then carries these instead of `message`.
+    pub issues: Vec<Issue>,
 }
 
 impl std::fmt::Display for RestError {
@@ -88,18 +91,38 @@ impl RestError {
             code,
             message: message.into(),
             expression: None,
+            issues: Vec::new(),
         }
     }
 
+    /// Where the problem is. An error that lists issues keeps each issue's
+    /// own location and adds this one after it (`Bundle.entry[2]`).
     pub fn at(mut self, expression: impl Into<String>) -> RestError {
-        self.expression = Some(expression.into());
+        let expression = expression.into();
+        for issue in &mut self.issues {
+            issue.expression.push(expression.clone());
+        }
+        self.expression = Some(expression);
         self
     }
 
-    /// Puts `text` before the message (`"the transaction was not applied: …"`).
+    /// Puts `text` before the message (`"the transaction was not applied: …"`),
+    /// and before the first issue's.
     pub fn prefixed(mut self, text: &str) -> RestError {
         self.message = format!("{text}: {}", self.message);
+        if let Some(first) = self.issues.first_mut() {
+            first.diagnostics = format!("{text}: {}", first.diagnostics);
+        }
         self
+    }
+
+    /// A request whose resource does not have the structure its type
+    /// defines (400): one issue per problem.
+    pub fn malformed(message: impl Into<String>, issues: Vec<Issue>) -> RestError {
+        RestError {
+            issues,
+            ..Self::new(ErrorKind::BadRequest, IssueType::Structure, message)
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> RestError {
@@ -134,6 +157,11 @@ impl RestError {
     }
 
     pub fn outcome(&self) -> OperationOutcome {
+        if !self.issues.is_empty() {
+            return OperationOutcome {
+                issues: self.issues.clone(),
+            };
+        }
         let severity = if self.kind.status() >= 500 {
             IssueSeverity::Fatal
         } else {
@@ -195,7 +223,18 @@ impl From<StoreError> for RestError {
 /// A refusal of a write rule, as the caller sees it.
 impl From<Refusal> for RestError {
     fn from(refusal: Refusal) -> RestError {
+        let issues: Vec<Issue> = refusal
+            .issues
+            .into_iter()
+            .map(|i| Issue {
+                severity: IssueSeverity::Error,
+                code: IssueType::from_code(&i.code).unwrap_or(IssueType::Processing),
+                diagnostics: i.message,
+                expression: i.location.into_iter().collect(),
+            })
+            .collect();
         let error = match refusal.kind {
+            RefusalKind::Malformed => RestError::malformed(refusal.message, Vec::new()),
             RefusalKind::Invalid => RestError::unprocessable(refusal.message),
             RefusalKind::NotSupported => {
                 RestError::not_supported(ErrorKind::Unprocessable, refusal.message)
@@ -204,6 +243,7 @@ impl From<Refusal> for RestError {
             // logged, and a 500 for the caller.
             RefusalKind::Internal => return RestError::internal(&refusal.message),
         };
+        let error = RestError { issues, ..error };
         match refusal.location {
             Some(at) => error.at(at),
             None => error,
@@ -218,15 +258,27 @@ impl From<RestError> for Refusal {
     fn from(e: RestError) -> Refusal {
         let kind = if e.kind.status() >= 500 {
             RefusalKind::Internal
+        } else if e.kind == ErrorKind::BadRequest {
+            RefusalKind::Malformed
         } else if e.code == IssueType::NotSupported {
             RefusalKind::NotSupported
         } else {
             RefusalKind::Invalid
         };
+        let issues = e
+            .issues
+            .into_iter()
+            .map(|i| RefusalIssue {
+                code: i.code.code().to_owned(),
+                message: i.diagnostics,
+                location: i.expression.into_iter().next(),
+            })
+            .collect();
         Refusal {
             kind,
             message: e.message,
             location: e.expression,
+            issues,
         }
     }
 }

@@ -122,7 +122,7 @@ impl Rest {
             resource_type,
             resource::new_id(),
             body,
-            self.vault.as_ref(),
+            &self.checks,
             prehashed,
         )?;
         let outcome = self.write(op).await?;
@@ -147,14 +147,8 @@ impl Rest {
         preference: ReturnPreference,
     ) -> Result<Reply, RestError> {
         let prehashed = Prehashed::for_body(resource_type, &body).await?;
-        let op = resource::prepare_update(
-            resource_type,
-            id,
-            body,
-            if_match,
-            self.vault.as_ref(),
-            prehashed,
-        )?;
+        let op =
+            resource::prepare_update(resource_type, id, body, if_match, &self.checks, prehashed)?;
         let outcome = self.write(op).await?;
         let stored = &outcome.resource;
         let (status, loc) = if outcome.created {
@@ -184,15 +178,8 @@ impl Rest {
         preference: ReturnPreference,
     ) -> Result<Reply, RestError> {
         let prehashed = Prehashed::for_patch(resource_type, &patch).await?;
-        let op = resource::prepare_patch(
-            resource_type,
-            id,
-            patch,
-            if_match,
-            self.vault.as_ref(),
-            prehashed,
-            self.max_body_bytes,
-        )?;
+        let op =
+            resource::prepare_patch(resource_type, id, patch, if_match, &self.checks, prehashed)?;
         let outcome = self.write(op).await?;
         let stored = &outcome.resource;
         Ok(resource_reply(

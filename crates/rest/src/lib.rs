@@ -18,15 +18,16 @@ pub mod references;
 pub mod reply;
 pub mod resource;
 pub mod search;
+mod validate;
 
 use std::sync::Arc;
 
 use fhirbox_auth::AuthService;
-use fhirbox_secrets::SecretResolver;
 use fhirbox_store::{ResourceWrite, Store, StoreResult, WriteOp, WriteOutcome};
 
 pub use error::{ErrorKind, RestError};
 pub use reply::{Prefer, Reply, ReturnPreference};
+pub use resource::WriteChecks;
 
 /// What the REST layer reports to the server's metrics.
 pub trait RestEvents: Send + Sync {
@@ -47,10 +48,8 @@ impl RestEvents for NoEvents {
 pub struct Rest {
     store: Store,
     auth: Arc<AuthService>,
-    /// External secrets (docs/external-secrets.md); `None` when no vault config is set.
-    vault: Option<SecretResolver>,
-    /// The largest body the server accepts; a PATCH result may not outgrow it.
-    max_body_bytes: usize,
+    /// What every write is checked against (secret references, structure, size).
+    checks: WriteChecks,
     events: Arc<dyn RestEvents>,
 }
 
@@ -58,15 +57,13 @@ impl Rest {
     pub fn new(
         store: Store,
         auth: Arc<AuthService>,
-        vault: Option<SecretResolver>,
-        max_body_bytes: usize,
+        checks: WriteChecks,
         events: Arc<dyn RestEvents>,
     ) -> Rest {
         Rest {
             store,
             auth,
-            vault,
-            max_body_bytes,
+            checks,
             events,
         }
     }

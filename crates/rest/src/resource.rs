@@ -8,9 +8,25 @@ use fhirbox_fhir::{is_known_resource_type, is_valid_id};
 use fhirbox_store::{Refusal, StoredResource, WriteKind, WriteOp};
 use serde_json::Value;
 
+use fhirbox_fhir::{Issue, IssueSeverity, IssueType};
+use fhirbox_secrets::SecretResolver;
+use fhirbox_validation::{Problems, Validator};
+
 use crate::error::{ErrorKind, RestError};
 use crate::hooks;
-use fhirbox_secrets::SecretResolver;
+
+/// What every write is checked against besides its type's own rules: the
+/// same for single interactions, bundle entries and the init bundle.
+#[derive(Clone, Default)]
+pub struct WriteChecks {
+    /// External secrets (docs/external-secrets.md); `None` when off.
+    pub vault: Option<SecretResolver>,
+    /// Structural validation (docs/validation.md); `None` when
+    /// `BOX_VALIDATION=off`.
+    pub structure: Option<Arc<Validator>>,
+    /// The largest body the server accepts; a PATCH result may not outgrow it.
+    pub max_body_bytes: usize,
+}
 
 /// Rejects unknown resource types in a URL (404: there is no such endpoint).
 pub fn check_type(resource_type: &str) -> Result<(), RestError> {
@@ -46,12 +62,67 @@ pub enum IdRule<'a> {
     MustEqual(&'a str),
 }
 
-/// Structural checks every stored resource passes.
+/// The checks every stored resource passes: it is one resource of the
+/// URL's type with the URL's id, and (unless validation is off) it has the
+/// structure its type defines.
 pub fn validate_body(
     body: &Value,
     resource_type: &str,
     id_rule: IdRule<'_>,
+    structure: Option<&Validator>,
 ) -> Result<(), RestError> {
+    check_identity(body, resource_type, id_rule)?;
+    if let Some(validator) = structure {
+        if let Err(problems) = validator.validate(resource_type, body) {
+            // On create the server assigns the id, so the body's is not checked.
+            let ignored = format!("{resource_type}.id");
+            let mut problems = problems;
+            if matches!(id_rule, IdRule::ServerAssigned) {
+                problems.listed.retain(|p| p.expression != ignored);
+            }
+            if !problems.is_empty() {
+                return Err(malformed(resource_type, problems));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The error of a body that breaks its type's structure: one issue per
+/// problem, and one more saying how many were not listed.
+pub fn malformed(resource_type: &str, problems: Problems) -> RestError {
+    let count = problems.listed.len() + problems.more;
+    let mut issues: Vec<Issue> = problems
+        .listed
+        .into_iter()
+        .map(|p| Issue {
+            severity: IssueSeverity::Error,
+            code: IssueType::from_code(p.kind.code()).unwrap_or(IssueType::Structure),
+            diagnostics: p.message,
+            expression: vec![p.expression],
+        })
+        .collect();
+    if problems.more > 0 {
+        issues.push(Issue {
+            severity: IssueSeverity::Information,
+            code: IssueType::Informational,
+            diagnostics: format!(
+                "{} more problems were found and not listed; fix these and send it again",
+                problems.more
+            ),
+            expression: Vec::new(),
+        });
+    }
+    RestError::malformed(
+        format!(
+            "the {resource_type} does not have the structure FHIR R4 defines ({count} problem(s))"
+        ),
+        issues,
+    )
+}
+
+/// The body is a JSON object naming the URL's type (and, on update, id).
+fn check_identity(body: &Value, resource_type: &str, id_rule: IdRule<'_>) -> Result<(), RestError> {
     let Some(fields) = body.as_object() else {
         return Err(RestError::bad_request(
             "the body must be a JSON object holding one FHIR resource",
@@ -184,14 +255,24 @@ pub fn prepare_create(
     resource_type: &str,
     id: String,
     body: Value,
-    vault: Option<&SecretResolver>,
+    checks: &WriteChecks,
     prehashed: hooks::Prehashed,
 ) -> Result<WriteOp, RestError> {
     check_type(resource_type)?;
-    validate_body(&body, resource_type, IdRule::ServerAssigned)?;
+    validate_body(
+        &body,
+        resource_type,
+        IdRule::ServerAssigned,
+        checks.structure.as_deref(),
+    )?;
     Ok(WriteOp {
         resource_type: resource_type.to_owned(),
-        finalize: Some(hooks::finalizer(resource_type, &id, vault, prehashed)),
+        finalize: Some(hooks::finalizer(
+            resource_type,
+            &id,
+            checks.vault.as_ref(),
+            prehashed,
+        )),
         id,
         kind: WriteKind::Create(body),
         if_match: None,
@@ -204,18 +285,28 @@ pub fn prepare_update(
     id: &str,
     body: Value,
     if_match: Option<i64>,
-    vault: Option<&SecretResolver>,
+    checks: &WriteChecks,
     prehashed: hooks::Prehashed,
 ) -> Result<WriteOp, RestError> {
     check_type(resource_type)?;
     check_id(id)?;
-    validate_body(&body, resource_type, IdRule::MustEqual(id))?;
+    validate_body(
+        &body,
+        resource_type,
+        IdRule::MustEqual(id),
+        checks.structure.as_deref(),
+    )?;
     Ok(WriteOp {
         resource_type: resource_type.to_owned(),
         id: id.to_owned(),
         kind: WriteKind::Put(body),
         if_match,
-        finalize: Some(hooks::finalizer(resource_type, id, vault, prehashed)),
+        finalize: Some(hooks::finalizer(
+            resource_type,
+            id,
+            checks.vault.as_ref(),
+            prehashed,
+        )),
     })
 }
 
@@ -226,9 +317,8 @@ pub fn prepare_patch(
     id: &str,
     patch: json_patch::Patch,
     if_match: Option<i64>,
-    vault: Option<&SecretResolver>,
+    checks: &WriteChecks,
     prehashed: hooks::Prehashed,
-    max_bytes: usize,
 ) -> Result<WriteOp, RestError> {
     check_type(resource_type)?;
     check_id(id)?;
@@ -240,6 +330,8 @@ pub fn prepare_patch(
     }
     let rt = resource_type.to_owned();
     let url_id = id.to_owned();
+    let max_bytes = checks.max_body_bytes;
+    let structure = checks.structure.clone();
     let transform = move |current: &StoredResource| -> Result<Value, Refusal> {
         // The patch sees what a read shows, never server-held secret
         // material; a masked secret it leaves alone is carried over by the
@@ -257,13 +349,15 @@ pub fn prepare_patch(
                 current.version_id
             ))
         })?;
-        validate_body(&doc, &rt, IdRule::MustEqual(&url_id)).map_err(|e| {
-            let refusal = Refusal::invalid(format!("after the patch, {}", e.message));
-            match e.expression {
-                Some(at) => refusal.at(at),
-                None => refusal,
-            }
-        })?;
+        // A result the patch made invalid is the patch's fault: 422 (the
+        // patch itself was well-formed), with every problem listed.
+        validate_body(&doc, &rt, IdRule::MustEqual(&url_id), structure.as_deref()).map_err(
+            |e| {
+                let mut e = e.prefixed("after the patch");
+                e.kind = ErrorKind::Unprocessable;
+                Refusal::from(e)
+            },
+        )?;
         Ok(doc)
     };
     Ok(WriteOp {
@@ -271,7 +365,12 @@ pub fn prepare_patch(
         id: id.to_owned(),
         kind: WriteKind::Modify(Arc::new(transform)),
         if_match,
-        finalize: Some(hooks::finalizer(resource_type, id, vault, prehashed)),
+        finalize: Some(hooks::finalizer(
+            resource_type,
+            id,
+            checks.vault.as_ref(),
+            prehashed,
+        )),
     })
 }
 
@@ -385,6 +484,47 @@ pub fn prepare_delete(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The identity and meta checks alone (structure is tested below).
+    fn validate_body(body: &Value, resource_type: &str, rule: IdRule<'_>) -> Result<(), RestError> {
+        super::validate_body(body, resource_type, rule, None)
+    }
+
+    #[test]
+    fn structure_problems_become_one_issue_each() {
+        let validator = Validator::shared(fhirbox_validation::UnknownElements::Refuse).unwrap();
+        let body = json!({"resourceType": "Patient", "id": "not valid!", "gender": 1, "foo": true});
+        let e = super::validate_body(&body, "Patient", IdRule::ServerAssigned, Some(&validator))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        let at: Vec<&str> = e.issues.iter().map(|i| i.expression[0].as_str()).collect();
+        // On create the body's id is the server's to replace, so it is not reported.
+        assert_eq!(at, ["Patient.gender", "Patient.foo"]);
+        assert_eq!(e.issues[0].code, IssueType::CodeInvalid);
+        assert_eq!(e.issues[1].code, IssueType::Structure);
+        let e = super::validate_body(
+            &body,
+            "Patient",
+            IdRule::MustEqual("not valid!"),
+            Some(&validator),
+        )
+        .unwrap_err();
+        assert_eq!(e.issues[0].expression[0], "Patient.id");
+        // Past the cap, one more issue says how many were left out.
+        let mut many = json!({"resourceType": "Patient"});
+        for i in 0..30 {
+            many[format!("x{i}")] = json!(1);
+        }
+        let e = super::validate_body(&many, "Patient", IdRule::ServerAssigned, Some(&validator))
+            .unwrap_err();
+        assert_eq!(e.issues.len(), fhirbox_validation::MAX_PROBLEMS + 1);
+        assert!(e.issues.last().unwrap().diagnostics.contains("10 more"));
+        let fine = json!({"resourceType": "Patient", "gender": "female"});
+        assert!(
+            super::validate_body(&fine, "Patient", IdRule::ServerAssigned, Some(&validator))
+                .is_ok()
+        );
+    }
 
     #[test]
     fn body_must_name_the_url_type_and_id() {

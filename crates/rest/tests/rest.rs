@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fhirbox_auth::{AuthService, Identity};
-use fhirbox_rest::{ErrorKind, Rest, RestEvents, ReturnPreference};
+use fhirbox_rest::{ErrorKind, Rest, RestEvents, ReturnPreference, WriteChecks};
 use fhirbox_store::Store;
 use fhirbox_test_support::postgres::TestDatabase;
 use fhirbox_test_support::{backend_variants, Backend};
+use fhirbox_validation::{UnknownElements, Validator};
 use serde_json::{json, Value};
 
 backend_variants!(
@@ -56,7 +57,12 @@ async fn open(backend: Backend) -> Fixture {
         .await
         .expect("the authenticator loads");
     let denials = Arc::new(Denials::default());
-    let rest = Rest::new(store, Arc::new(auth), None, 1 << 20, denials.clone());
+    let checks = WriteChecks {
+        vault: None,
+        structure: Some(Validator::shared(UnknownElements::Refuse).expect("the schema compiles")),
+        max_body_bytes: 1 << 20,
+    };
+    let rest = Rest::new(store, Arc::new(auth), checks, denials.clone());
     Fixture {
         rest,
         denials,

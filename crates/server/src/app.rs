@@ -11,7 +11,7 @@ use axum::response::Response;
 use axum::routing::{get, MethodRouter};
 use axum::Router;
 use fhirbox_rest::capability::{capability_statement, Interactions, Level};
-use fhirbox_rest::Rest;
+use fhirbox_rest::{Rest, WriteChecks};
 use fhirbox_store::Store;
 use tokio::net::TcpListener;
 
@@ -19,7 +19,7 @@ use crate::auth::{AuthService, AuthState};
 use crate::extract::PublicBase;
 use crate::health::HealthState;
 use crate::metrics::Metrics;
-use crate::settings::Settings;
+use crate::settings::{Settings, Validation};
 use crate::{auth, fhir_api, health, logging};
 
 /// The application's state. Handlers never take all of it: each takes the
@@ -107,6 +107,8 @@ pub enum StartupError {
     },
     #[error("BOX_VAULT_CONFIG: {0}")]
     Vault(#[from] fhirbox_secrets::ConfigError),
+    #[error("{0}")]
+    Validation(#[from] fhirbox_validation::SchemaError),
     #[error("BOX_INIT_BUNDLE {path}: {message}")]
     InitBundle { path: String, message: String },
 }
@@ -130,6 +132,17 @@ impl RouteTable {
             .router
             .route(path, methods.fallback(fhir_api::method_not_allowed));
         self.interactions.declare(level, codes);
+        self
+    }
+
+    /// An operation (`$name`) on every type; the CapabilityStatement lists it.
+    fn operation(mut self, path: &str, methods: MethodRouter<AppState>) -> Self {
+        self.router = self
+            .router
+            .route(path, methods.fallback(fhir_api::method_not_allowed));
+        if let Some(name) = path.rsplit('/').next().and_then(|s| s.strip_prefix('$')) {
+            self.interactions.declare_operation(name);
+        }
         self
     }
 }
@@ -184,6 +197,11 @@ fn fhir_routes() -> (Router<AppState>, Interactions) {
         get(fhir_api::vread),
         Level::Type,
         &["vread"],
+    )
+    .operation("/fhir/{type}/$validate", post(fhir_api::validate))
+    .operation(
+        "/fhir/{type}/{id}/$validate",
+        post(fhir_api::validate_instance),
     );
     (table.router, table.interactions)
 }
@@ -237,7 +255,30 @@ async fn open(settings: Settings, guard: Guard) -> Result<App, StartupError> {
     )
     .await
     .map_err(database_error)?;
-    Ok(assemble(settings, store, auth, metrics, vault, guard))
+    let structure = validator(settings.validation)?;
+    let checks = WriteChecks {
+        vault,
+        structure,
+        max_body_bytes: settings.max_body_bytes,
+    };
+    Ok(assemble(settings, store, auth, metrics, checks, guard))
+}
+
+/// The structural validator `BOX_VALIDATION` asks for (docs/validation.md).
+pub fn validator(
+    mode: Validation,
+) -> Result<Option<Arc<fhirbox_validation::Validator>>, fhirbox_validation::SchemaError> {
+    use fhirbox_validation::{UnknownElements, Validator};
+    match mode {
+        Validation::Strict => Validator::shared(UnknownElements::Refuse).map(Some),
+        Validation::AllowUnknownElements => Validator::shared(UnknownElements::Allow).map(Some),
+        Validation::Off => {
+            tracing::warn!(
+                "BOX_VALIDATION=off: resources are stored without structural validation"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Whether the API routes sit behind authentication. Only benchmark builds
@@ -266,20 +307,15 @@ fn assemble(
     store: Store,
     auth: AuthService,
     metrics: Metrics,
-    vault: Option<fhirbox_secrets::SecretResolver>,
+    checks: WriteChecks,
     guard: Guard,
 ) -> App {
     let (api, interactions) = fhir_routes();
     let capability = capability_statement(&interactions, settings.base_url.as_deref());
     let auth = Arc::new(auth);
     let metrics = Arc::new(metrics);
-    let rest = Rest::new(
-        store.clone(),
-        auth.clone(),
-        vault.clone(),
-        settings.max_body_bytes,
-        metrics.clone(),
-    );
+    let vault = checks.vault.clone();
+    let rest = Rest::new(store.clone(), auth.clone(), checks, metrics.clone());
     let public_base = PublicBase(settings.base_url.as_deref().map(Arc::from));
     let state = AppState {
         store,

@@ -5,7 +5,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fhirbox_fhir::{IssueSeverity, IssueType, OperationOutcome};
+use fhirbox_fhir::{Issue, IssueSeverity, IssueType, OperationOutcome};
 use fhirbox_rest::RestError;
 use fhirbox_store::StoreError;
 
@@ -20,6 +20,9 @@ pub struct ApiError {
     pub message: String,
     /// Where in the request the problem is (`Patient.id`, `Bundle.entry[2]`).
     pub expression: Option<String>,
+    /// Every problem, when there are several (a failed structural
+    /// validation); the OperationOutcome then lists these.
+    pub issues: Vec<Issue>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -37,6 +40,7 @@ impl ApiError {
             code,
             message: message.into(),
             expression: None,
+            issues: Vec::new(),
         }
     }
 
@@ -76,6 +80,11 @@ impl ApiError {
     }
 
     pub fn outcome(&self) -> OperationOutcome {
+        if !self.issues.is_empty() {
+            return OperationOutcome {
+                issues: self.issues.clone(),
+            };
+        }
         let severity = if self.status.is_server_error() {
             IssueSeverity::Fatal
         } else {
@@ -99,6 +108,7 @@ impl From<RestError> for ApiError {
             code: e.code,
             message: e.message,
             expression: e.expression,
+            issues: e.issues,
         }
     }
 }

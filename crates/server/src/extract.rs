@@ -114,6 +114,29 @@ impl<S: Send + Sync> FromRequest<S> for FhirJson {
     }
 }
 
+/// A JSON body that may be left out (`$validate?mode=delete`): `None` when
+/// the body is empty, otherwise read like `FhirJson`.
+pub struct OptionalFhirJson(pub Option<Value>);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalFhirJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let no_body = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0")
+            || (req.headers().get(header::CONTENT_LENGTH).is_none()
+                && req.headers().get(header::TRANSFER_ENCODING).is_none());
+        if no_body {
+            return Ok(OptionalFhirJson(None));
+        }
+        FhirJson::from_request(req, state)
+            .await
+            .map(|FhirJson(v)| OptionalFhirJson(Some(v)))
+    }
+}
+
 /// An RFC 6902 JSON Patch body (`application/json-patch+json`).
 pub struct JsonPatchBody(pub json_patch::Patch);
 

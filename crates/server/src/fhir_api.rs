@@ -11,7 +11,9 @@ use fhirbox_rest::Rest;
 use fhirbox_store::HistoryScope;
 
 use crate::error::ApiError;
-use crate::extract::{if_match, prefer, FhirBase, FhirJson, FhirPath, FhirQuery, JsonPatchBody};
+use crate::extract::{
+    if_match, prefer, FhirBase, FhirJson, FhirPath, FhirQuery, JsonPatchBody, OptionalFhirJson,
+};
 use crate::response::render;
 
 type Answer = Result<Response, ApiError>;
@@ -170,6 +172,40 @@ pub async fn bundle(
     Ok(render(
         rest.bundle(&base, &body, &identity, preference).await?,
     ))
+}
+
+/// The `mode` query parameter of `$validate`, if given.
+fn mode(params: &[(String, String)]) -> Option<&str> {
+    params
+        .iter()
+        .find(|(name, _)| name == "mode")
+        .map(|(_, value)| value.as_str())
+}
+
+/// `POST /fhir/{type}/$validate`.
+pub async fn validate(
+    State(rest): State<Rest>,
+    FhirPath(resource_type): FhirPath<String>,
+    FhirQuery(params): FhirQuery,
+    OptionalFhirJson(body): OptionalFhirJson,
+) -> Answer {
+    let reply = rest
+        .validate(&resource_type, None, body.as_ref(), mode(&params))
+        .await?;
+    Ok(render(reply))
+}
+
+/// `POST /fhir/{type}/{id}/$validate`.
+pub async fn validate_instance(
+    State(rest): State<Rest>,
+    FhirPath((resource_type, id)): FhirPath<(String, String)>,
+    FhirQuery(params): FhirQuery,
+    OptionalFhirJson(body): OptionalFhirJson,
+) -> Answer {
+    let reply = rest
+        .validate(&resource_type, Some(&id), body.as_ref(), mode(&params))
+        .await?;
+    Ok(render(reply))
 }
 
 /// Answers an unknown path with a 404 OperationOutcome.

@@ -46,6 +46,21 @@ fn err(variable: &'static str, problem: impl Into<String>) -> SettingsError {
     }
 }
 
+/// How strictly a written resource is checked against its type's
+/// structure (`BOX_VALIDATION`, docs/validation.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Validation {
+    /// Every write is validated; unknown elements are refused (`strict`).
+    #[default]
+    Strict,
+    /// Every write is validated, but unknown elements are kept
+    /// (`allow-unknown-elements`, for migrating data from a laxer server).
+    AllowUnknownElements,
+    /// No structural validation (`off`): for measuring its cost, never
+    /// for production; the server warns at start.
+    Off,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -154,6 +169,8 @@ pub struct Settings {
     pub vault_watch: bool,
     /// Limits of the HTTP transport (`BOX_*_TIMEOUT_MS`, `BOX_MAX_CONNECTIONS`, `BOX_MAX_HEADER_BYTES`).
     pub connections: ConnectionLimits,
+    /// Structural validation of every write (`BOX_VALIDATION`).
+    pub validation: Validation,
 }
 
 /// How long and how many connections the server holds (see `transport`).
@@ -205,6 +222,7 @@ impl Settings {
             vault_config: None,
             vault_poll: DEFAULT_VAULT_POLL,
             vault_watch: true,
+            validation: Validation::Strict,
             connections: ConnectionLimits::default(),
         }
     }
@@ -322,6 +340,16 @@ impl Settings {
             _ => Err("must be true or false".into()),
         })?
         .unwrap_or(true);
+        let validation = setting(env, "BOX_VALIDATION", |v| match v {
+            "strict" => Ok(Validation::Strict),
+            "allow-unknown-elements" => Ok(Validation::AllowUnknownElements),
+            "off" => Ok(Validation::Off),
+            _ => Err(
+                r#"is not a validation mode; use "strict", "allow-unknown-elements" or "off""#
+                    .into(),
+            ),
+        })?
+        .unwrap_or_default();
         let defaults = ConnectionLimits::default();
         let connections = ConnectionLimits {
             header_read_timeout: millis(
@@ -349,6 +377,7 @@ impl Settings {
             )?,
         };
         Ok(Settings {
+            validation,
             connections,
             vault_config,
             vault_poll,
@@ -538,6 +567,26 @@ mod tests {
         assert_eq!(s.port, 8080);
         assert_eq!(s.database.expose(), "sqlite:data/fhirbox.db");
         assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.validation, Validation::Strict);
+    }
+
+    #[test]
+    fn validation_modes_are_named() {
+        for (text, mode) in [
+            ("strict", Validation::Strict),
+            ("allow-unknown-elements", Validation::AllowUnknownElements),
+            ("off", Validation::Off),
+        ] {
+            let s = Settings::from_env(&[("BOX_VALIDATION", text)]).unwrap();
+            assert_eq!(s.validation, mode);
+        }
+        let e = Settings::from_env(&[("BOX_VALIDATION", "lenient")]).unwrap_err();
+        assert_eq!(e.variable, "BOX_VALIDATION");
+        assert!(
+            e.problem.contains("allow-unknown-elements"),
+            "{}",
+            e.problem
+        );
     }
 
     #[test]

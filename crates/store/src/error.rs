@@ -10,6 +10,10 @@ pub type ErrorSource = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub enum RefusalKind {
     /// The resource (or the change to it) breaks a rule the caller can fix.
     Invalid,
+    /// The resource does not have the structure its type defines (unknown
+    /// elements, wrong types, malformed values): the request was wrong as
+    /// sent (400 rather than 422).
+    Malformed,
     /// The resource asks for something this server does not offer (as
     /// configured), e.g. a secret reference while external secrets are off.
     NotSupported,
@@ -27,6 +31,18 @@ pub struct Refusal {
     pub message: String,
     /// Where in the resource the problem is (`Client.secret`), if known.
     pub location: Option<String>,
+    /// Every problem, when a check found several (a structural validation
+    /// lists each); empty when `message` says it all.
+    pub issues: Vec<RefusalIssue>,
+}
+
+/// One of several problems a refusal reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalIssue {
+    /// The OperationOutcome issue type code (`structure`, `value`, …).
+    pub code: String,
+    pub message: String,
+    pub location: Option<String>,
 }
 
 impl Refusal {
@@ -35,6 +51,7 @@ impl Refusal {
             kind: RefusalKind::Invalid,
             message: message.into(),
             location: None,
+            issues: Vec::new(),
         }
     }
 
@@ -43,6 +60,7 @@ impl Refusal {
             kind: RefusalKind::Internal,
             message: message.into(),
             location: None,
+            issues: Vec::new(),
         }
     }
 

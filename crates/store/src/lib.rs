@@ -15,7 +15,7 @@ mod sqlite;
 use std::future::Future;
 
 pub use cursor::Cursor;
-pub use error::{ErrorSource, Refusal, RefusalKind, StoreError};
+pub use error::{ErrorSource, Refusal, RefusalIssue, RefusalKind, StoreError};
 pub use model::{
     Finalize, HistoryPage, HistoryQuery, HistoryScope, SearchPage, SearchQuery, SortKey,
     StoredResource, TimeBound, Transform, WriteKind, WriteOp, WriteOutcome,

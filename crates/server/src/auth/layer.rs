@@ -71,6 +71,12 @@ async fn request_facts(parts: &mut Parts) -> Result<(RequestFacts, FhirQuery), A
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| parts.uri.path().to_owned());
+    // `$validate` stores nothing: policies see it as a read of what it
+    // names, `GET /fhir/{type}` or `GET /fhir/{type}/{id}` (docs/security.md).
+    let (method, template) = match template.strip_suffix("/$validate") {
+        Some(read) => ("GET".to_owned(), read.to_owned()),
+        None => (parts.method.as_str().to_owned(), template),
+    };
     let raw = RawPathParams::from_request_parts(parts, &())
         .await
         .map_err(|e| ApiError::bad_request(format!("the URL path is not valid: {e}")))?;
@@ -103,7 +109,7 @@ async fn request_facts(parts: &mut Parts) -> Result<(RequestFacts, FhirQuery), A
             uri = uri.replace(placeholder, value);
         }
     }
-    let kind = match (parts.method.as_str(), template.as_str()) {
+    let kind = match (method.as_str(), template.as_str()) {
         ("GET" | "HEAD", "/fhir" | "/fhir/{type}") => QueryUse::Search,
         ("GET" | "HEAD", t) if t.ends_with("/_history") => QueryUse::History,
         _ => QueryUse::Nothing,
@@ -115,7 +121,7 @@ async fn request_facts(parts: &mut Parts) -> Result<(RequestFacts, FhirQuery), A
         .cloned()
         .collect();
     let facts = RequestFacts::new(
-        parts.method.as_str(),
+        &method,
         resource_type.as_deref(),
         id.as_deref(),
         version.as_deref(),

@@ -263,12 +263,18 @@ async fn invalid_access_policies_are_refused_on_write(app: TestApp) {
     app.get("/fhir/AccessPolicy/x")
         .await
         .assert_outcome(404, "does not exist");
-    app.put(
-        "/fhir/Client/c",
-        &json!({"resourceType": "Client", "id": "c", "grant_types": "basic"}),
-    )
-    .await
-    .assert_outcome(422, "grant_types");
+    // A grant list that is not a list breaks the Client's structure (400).
+    let single = app
+        .put(
+            "/fhir/Client/c",
+            &json!({"resourceType": "Client", "id": "c", "grant_types": "basic"}),
+        )
+        .await;
+    single.assert_outcome(400, "must be a list");
+    assert_eq!(
+        single.json()["issue"][0]["expression"][0],
+        "Client.grant_types"
+    );
 }
 
 async fn client_credentials_tokens_are_issued_used_and_refused_when_bad(app: TestApp) {

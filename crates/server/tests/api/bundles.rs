@@ -31,7 +31,7 @@ async fn transaction_creates_and_rewrites_urn_uuid_references(app: TestApp) {
          "resource": {"resourceType": "Patient", "name": [{"family": "Tx"}]},
          "request": {"method": "POST", "url": "Patient"}},
         {"fullUrl": "urn:uuid:4f6a1e2e-0000-4000-8000-000000000002",
-         "resource": {"resourceType": "Observation", "status": "final",
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
                       "subject": {"reference": "urn:uuid:4f6a1e2e-0000-4000-8000-000000000001"}},
          "request": {"method": "POST", "url": "Observation"}},
         {"resource": {"resourceType": "Patient", "id": "fixed"},

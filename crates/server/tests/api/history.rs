@@ -36,7 +36,7 @@ async fn type_and_system_history_page_through_everything(app: TestApp) {
     app.put_patient("x", "2").await;
     app.put(
         "/fhir/Observation/o",
-        &json!({"resourceType": "Observation", "id": "o", "status": "final"}),
+        &json!({"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "pulse"}}),
     )
     .await;
 

@@ -213,7 +213,7 @@ async fn system_search_spans_types(app: TestApp) {
     app.put_patient("s1", "S").await;
     app.put(
         "/fhir/Observation/s1",
-        &json!({"resourceType": "Observation", "id": "s1", "status": "final"}),
+        &json!({"resourceType": "Observation", "id": "s1", "status": "final", "code": {"text": "pulse"}}),
     )
     .await;
     let bundle = app.get("/fhir?_id=s1").await.json();

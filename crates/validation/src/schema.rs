@@ -1,0 +1,164 @@
+//! Loading the two schemas, the few changes made to them (each one named in
+//! docs/validation.md), and compiling one validator per resource type.
+
+use serde_json::{json, Map, Value};
+
+use crate::keywords;
+use crate::messages::Hints;
+
+/// HL7's R4 JSON Schema, as published (CC0; see schema/README.md).
+const FHIR_SCHEMA: &str = include_str!("../schema/fhir.schema.json");
+/// The server's own resource types, in the same form.
+const FHIRBOX_SCHEMA: &str = include_str!("../schema/fhirbox.schema.json");
+/// The id the merged document is registered under.
+const BASE: &str = "http://hl7.org/fhir/json-schema/4.0";
+
+/// A schema that could not be read or compiled: a defect of the build, never
+/// of a request.
+#[derive(Debug, thiserror::Error)]
+#[error("the validation schema cannot be used: {0}")]
+pub struct SchemaError(String);
+
+/// The merged, adjusted definitions and what messages need to know of them.
+pub(crate) struct Loaded {
+    document: Value,
+    resource_types: Vec<String>,
+    pub(crate) hints: Hints,
+}
+
+pub(crate) fn load() -> Result<Loaded, SchemaError> {
+    let mut document: Value = serde_json::from_str(FHIR_SCHEMA)
+        .map_err(|e| SchemaError(format!("fhir.schema.json: {e}")))?;
+    let own: Value = serde_json::from_str(FHIRBOX_SCHEMA)
+        .map_err(|e| SchemaError(format!("fhirbox.schema.json: {e}")))?;
+    let mut resource_types: Vec<String> = document["discriminator"]["mapping"]
+        .as_object()
+        .ok_or_else(|| SchemaError("fhir.schema.json has no discriminator mapping".into()))?
+        .keys()
+        .cloned()
+        .collect();
+    let definitions = document
+        .get_mut("definitions")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| SchemaError("fhir.schema.json has no definitions".into()))?;
+    // Choice groups are read before descriptions are dropped: they are
+    // recognised by the description their variants share.
+    keywords::mark_choices(definitions);
+    let hints = Hints::from_definitions(definitions);
+    adjust(definitions)?;
+    let own_definitions = own
+        .get("definitions")
+        .and_then(Value::as_object)
+        .ok_or_else(|| SchemaError("fhirbox.schema.json has no definitions".into()))?;
+    for (name, definition) in own_definitions {
+        if definition.pointer("/properties/resourceType").is_some() {
+            resource_types.push(name.clone());
+        }
+        definitions.insert(name.clone(), definition.clone());
+    }
+    keywords::mark_primitives(definitions, &hints);
+    definitions.insert("ResourceList".into(), dispatch(&resource_types));
+    strip_descriptions(&mut document);
+    if let Some(root) = document.as_object_mut() {
+        // Only `ResourceList` is compiled; the root `oneOf` is not used.
+        root.remove("oneOf");
+        root.remove("discriminator");
+        root.insert("$id".into(), json!(BASE));
+        // Draft-07 is draft-06 plus `if`/`then` (json-schema.org, draft-07
+        // release notes), which `dispatch` needs.
+        root.insert(
+            "$schema".into(),
+            json!("http://json-schema.org/draft-07/schema#"),
+        );
+    }
+    Ok(Loaded {
+        document,
+        resource_types,
+        hints,
+    })
+}
+
+/// Any resource, by its `resourceType`: one `if`/`then` per type instead
+/// of HL7's `oneOf` of every type, so a resource is checked against its own
+/// definition only and errors point into it. Used for the resource itself
+/// and wherever a resource nests (contained, Bundle entries, Parameters).
+fn dispatch(resource_types: &[String]) -> Value {
+    let branches: Vec<Value> = resource_types
+        .iter()
+        .map(|t| {
+            json!({"if": {"properties": {"resourceType": {"const": t}}},
+                   "then": {"$ref": format!("#/definitions/{t}")}})
+        })
+        .collect();
+    json!({"type": "object", "required": ["resourceType"],
+           "properties": {"resourceType": {"enum": resource_types}},
+           "allOf": branches})
+}
+
+/// The changes made to HL7's definitions, where they are weaker than the
+/// specification or where fhirbox checks in code instead.
+fn adjust(definitions: &mut Map<String, Value>) -> Result<(), SchemaError> {
+    let mut set = |name: &str, value: Value| -> Result<(), SchemaError> {
+        let slot = definitions
+            .get_mut(name)
+            .ok_or_else(|| SchemaError(format!("fhir.schema.json has no definition {name}")))?;
+        *slot = value;
+        Ok(())
+    };
+    // Narrative.div is XHTML text (R4 §2.24.0.10 "xhtml"); the schema
+    // leaves it unconstrained.
+    set("xhtml", json!({"type": "string"}))?;
+    // base64Binary (R4 §2.24.0.1): base64 content, which the schema does not check.
+    set(
+        "base64Binary",
+        json!({"type": "string", "pattern": "^(\\s*([0-9a-zA-Z+/=]){4}\\s*)+$"}),
+    )?;
+    // Extension.url is required (R4 §2.24.0.19, cardinality 1..1).
+    let extension = definitions
+        .get_mut("Extension")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| SchemaError("fhir.schema.json has no definition Extension".into()))?;
+    extension.insert("required".into(), json!(["url"]));
+    Ok(())
+}
+
+/// Descriptions are for readers of the schema; the validators never need
+/// them, and dropping them keeps the registry small. Elements that are
+/// *named* `description` (keys of `properties`) stay, of course.
+fn strip_descriptions(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            fields.remove("description");
+            for (key, child) in fields.iter_mut() {
+                match (key.as_str(), child) {
+                    ("properties", Value::Object(properties)) => {
+                        properties.values_mut().for_each(strip_descriptions)
+                    }
+                    (_, child) => strip_descriptions(child),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_descriptions),
+        _ => {}
+    }
+}
+
+impl Loaded {
+    /// The one validator (`ResourceList` of the merged document), the
+    /// resource types it knows, and the message hints.
+    pub(crate) fn compile(
+        self,
+    ) -> Result<(jsonschema::Validator, Vec<String>, Hints), SchemaError> {
+        let registry = jsonschema::Registry::new()
+            .add(BASE, self.document)
+            .and_then(|r| r.prepare())
+            .map_err(|e| SchemaError(e.to_string()))?;
+        let root = json!({"$ref": format!("{BASE}#/definitions/ResourceList")});
+        let validator = keywords::register(jsonschema::options())
+            .with_draft(jsonschema::Draft::Draft7)
+            .with_registry(&registry)
+            .build(&root)
+            .map_err(|e| SchemaError(e.to_string()))?;
+        Ok((validator, self.resource_types, self.hints))
+    }
+}
