@@ -159,6 +159,7 @@ pub const SERVER_RESOURCE_TYPES: &[&str] = &[
     "Client",
     "IdentityProvider",
     "TokenIntrospector",
+    "User",
 ];
 
 /// Where a resource type comes from.

@@ -559,17 +559,18 @@ async fn run_batch(
 ) -> Vec<EntryResult> {
     let mut results = Vec::with_capacity(entries.len());
     let mut budget = ReadBudget::new();
-    for entry in entries {
+    for (i, entry) in entries.into_iter().enumerate() {
+        let at = || format!("Bundle.entry[{i}]");
         let result = match entry {
             Err(e) => EntryResult::Failed(e),
             Ok(entry) if entry.method == Method::Get => {
                 run_read(app, base, &entry, &mut budget).await
             }
             Ok(entry) => match write_op(app, &entry, None).await {
-                Err(e) => EntryResult::Failed(e),
+                Err(e) => EntryResult::Failed(e.at(at())),
                 Ok(op) => match app.write(op).await {
                     Ok(outcome) => EntryResult::Written(outcome, entry.method),
-                    Err(e) => EntryResult::Failed(e.into()),
+                    Err(e) => EntryResult::Failed(RestError::from(e).at(at())),
                 },
             },
         };

@@ -156,6 +156,23 @@ impl RestError {
         )
     }
 
+    /// The message with every issue, on one line: for logs and start-up
+    /// errors, where there is no OperationOutcome to carry the issues.
+    pub fn describe(&self) -> String {
+        if self.issues.is_empty() {
+            return self.message.clone();
+        }
+        let issues: Vec<String> = self
+            .issues
+            .iter()
+            .map(|i| match i.expression.first() {
+                Some(at) => format!("{at}: {}", i.diagnostics),
+                None => i.diagnostics.clone(),
+            })
+            .collect();
+        format!("{}: {}", self.message, issues.join("; "))
+    }
+
     pub fn outcome(&self) -> OperationOutcome {
         if !self.issues.is_empty() {
             return OperationOutcome {

@@ -500,7 +500,8 @@ mod tests {
         let at: Vec<&str> = e.issues.iter().map(|i| i.expression[0].as_str()).collect();
         // On create the body's id is the server's to replace, so it is not reported.
         assert_eq!(at, ["Patient.gender", "Patient.foo"]);
-        assert_eq!(e.issues[0].code, IssueType::CodeInvalid);
+        // A number is not a code at all (structure); an unknown element too.
+        assert_eq!(e.issues[0].code, IssueType::Structure);
         assert_eq!(e.issues[1].code, IssueType::Structure);
         let e = super::validate_body(
             &body,

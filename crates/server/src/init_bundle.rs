@@ -29,11 +29,11 @@ pub async fn apply(rest: &Rest, base_url: Option<&str>, path: &Path) -> Result<(
     let applied = rest
         .apply_bundle(&base, &body, &operator)
         .await
-        .map_err(|e| e.message)?;
+        .map_err(|e| e.describe())?;
     let mut failed = 0;
     for (index, error) in applied.failures() {
         failed += 1;
-        tracing::error!(entry = index, status = error.kind.status(), problem = %error.message, "init bundle entry failed");
+        tracing::error!(entry = index, status = error.kind.status(), problem = %error.describe(), "init bundle entry failed");
     }
     let kind = body.get("type").and_then(Value::as_str).unwrap_or("bundle");
     tracing::info!(path = %path.display(), kind, failed, "init bundle applied");

@@ -14,6 +14,7 @@ pub mod response;
 pub mod root_secret;
 pub mod settings;
 pub mod transport;
+pub mod validate_store;
 pub mod vault;
 
 pub use app::{build_app, run, serve, App, AppState};

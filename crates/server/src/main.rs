@@ -26,6 +26,11 @@ enum Command {
         #[command(subcommand)]
         command: VaultCommand,
     },
+    /// Check every stored resource against the structure FHIR R4 defines and
+    /// list those that fail, by type and id; changes nothing. Reads the
+    /// database from BOX_DB_URL (or BOX_DB_*). Exit code 0 when all pass, 1
+    /// when some fail, 2 when the database cannot be read.
+    ValidateStore,
 }
 
 #[derive(Subcommand)]
@@ -51,7 +56,21 @@ async fn main() -> ExitCode {
         Command::Vault {
             command: VaultCommand::Check { config, json },
         } => vault_check(config, json),
+        Command::ValidateStore => validate_store().await,
     }
+}
+
+async fn validate_store() -> ExitCode {
+    let settings = match Settings::from_env(&ProcessEnv) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fhirbox: invalid setting {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (code, text) = fhirbox_server::validate_store::validate_store_command(&settings).await;
+    print!("{text}");
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn vault_check(config: Option<PathBuf>, json: bool) -> ExitCode {

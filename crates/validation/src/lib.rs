@@ -165,13 +165,27 @@ impl Validator {
             return Err(problems);
         }
         if !self.schema.is_valid(body) {
+            let mut found: Vec<Problem> = Vec::new();
             for error in self.schema.iter_errors(body) {
                 for described in messages::describe(&error, resource_type, &self.hints) {
                     if self.unknown == UnknownElements::Allow && described.unknown_element {
                         continue;
                     }
-                    problems.push(described.problem);
+                    found.push(described.problem);
                 }
+            }
+            // A value of the wrong JSON type also fails its type's pattern
+            // (`"active": "yes"`); the type is the one thing to fix.
+            let wrong_type: HashSet<String> = found
+                .iter()
+                .filter(|p| p.kind == ProblemKind::Structure)
+                .map(|p| p.expression.clone())
+                .collect();
+            for problem in found {
+                if problem.kind == ProblemKind::Value && wrong_type.contains(&problem.expression) {
+                    continue;
+                }
+                problems.push(problem);
             }
         }
         rules::check_all(body, resource_type, &mut problems);

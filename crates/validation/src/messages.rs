@@ -152,10 +152,20 @@ pub(crate) fn describe(error: &ValidationError<'_>, prefix: &str, hints: &Hints)
                 .filter_map(Value::as_str)
                 .map(str::to_owned)
                 .collect();
-            one(ProblemKind::Code, if codes.len() <= 12 {
-                format!("is not a code of the required value set; use one of: {}", codes.join(", "))
+            let kind = if error.instance().is_string() {
+                ProblemKind::Code
             } else {
-                format!("is not a code of the required value set ({} codes, e.g. {})", codes.len(), codes[..5].join(", "))
+                ProblemKind::Structure
+            };
+            let prefix = if error.instance().is_string() {
+                "is not a code of the required value set"
+            } else {
+                "must be one code (a string) of the required value set"
+            };
+            one(kind, if codes.len() <= 12 {
+                format!("{prefix}; use one of: {}", codes.join(", "))
+            } else {
+                format!("{prefix} ({} codes, e.g. {})", codes.len(), codes[..5].join(", "))
             })
         }
         ValidationErrorKind::Required { property } => {

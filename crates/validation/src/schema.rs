@@ -44,8 +44,8 @@ pub(crate) fn load() -> Result<Loaded, SchemaError> {
     // Choice groups are read before descriptions are dropped: they are
     // recognised by the description their variants share.
     keywords::mark_choices(definitions);
-    let hints = Hints::from_definitions(definitions);
     adjust(definitions)?;
+    let hints = Hints::from_definitions(definitions);
     let own_definitions = own
         .get("definitions")
         .and_then(Value::as_object)
@@ -57,6 +57,7 @@ pub(crate) fn load() -> Result<Loaded, SchemaError> {
         definitions.insert(name.clone(), definition.clone());
     }
     keywords::mark_primitives(definitions, &hints);
+    require_objects(definitions);
     definitions.insert("ResourceList".into(), dispatch(&resource_types));
     strip_descriptions(&mut document);
     if let Some(root) = document.as_object_mut() {
@@ -120,6 +121,20 @@ fn adjust(definitions: &mut Map<String, Value>) -> Result<(), SchemaError> {
         .ok_or_else(|| SchemaError("fhir.schema.json has no definition Extension".into()))?;
     extension.insert("required".into(), json!(["url"]));
     Ok(())
+}
+
+/// Complex types, resources and their parts are JSON objects (R4 §2.6.2),
+/// but HL7's definitions give only `properties`, which a string or a number
+/// passes: without `"type": "object"`, `"name": ["Smith"]` would be a valid
+/// list of HumanNames.
+fn require_objects(definitions: &mut Map<String, Value>) {
+    for definition in definitions.values_mut() {
+        if let Some(fields) = definition.as_object_mut() {
+            if fields.contains_key("properties") && !fields.contains_key("type") {
+                fields.insert("type".into(), json!("object"));
+            }
+        }
+    }
 }
 
 /// Descriptions are for readers of the schema; the validators never need

@@ -211,11 +211,30 @@ impl TestApp {
         Self::start_with(backend, db, adjust).await
     }
 
+    /// Starts a server on a fresh database, or says why it would not start.
+    pub async fn try_spawn_with(
+        backend: Backend,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Result<TestApp, String> {
+        let db = TestDb::create(backend).await;
+        Self::try_start_with(backend, db, adjust).await
+    }
+
     async fn start_with(
         backend: Backend,
         db: TestDb,
         adjust: impl FnOnce(&mut Settings),
     ) -> TestApp {
+        Self::try_start_with(backend, db, adjust)
+            .await
+            .expect("the app builds")
+    }
+
+    async fn try_start_with(
+        backend: Backend,
+        db: TestDb,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Result<TestApp, String> {
         capture_logs();
         let mut settings = Settings::for_database(DatabaseUrl::new(db.url()));
         settings.max_body_bytes = TEST_MAX_BODY;
@@ -226,7 +245,7 @@ impl TestApp {
         adjust(&mut settings);
         let app = fhirbox_server::build_app(settings)
             .await
-            .expect("the app builds");
+            .map_err(|e| e.to_string())?;
         let state = app.state.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
@@ -242,7 +261,7 @@ impl TestApp {
         let encoded =
             base64::engine::general_purpose::STANDARD.encode(format!("root:{ROOT_SECRET}"));
         root_auth.insert("authorization", format!("Basic {encoded}").parse().unwrap());
-        TestApp {
+        Ok(TestApp {
             addr,
             backend,
             client: reqwest::Client::builder()
@@ -258,11 +277,21 @@ impl TestApp {
             state,
             shutdown: Some(tx),
             server: Some(server),
-        }
+        })
+    }
+
+    /// Settings for another program on this test's database (a command).
+    pub fn settings(&self) -> Settings {
+        Settings::for_database(DatabaseUrl::new(self.db.url()))
     }
 
     /// Stops the server gracefully and starts a new one on the same database.
-    pub async fn restart(mut self) -> TestApp {
+    pub async fn restart(self) -> TestApp {
+        self.restart_with(|_| {}).await
+    }
+
+    /// `restart` with adjusted settings.
+    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut Settings)) -> TestApp {
         self.stop().await;
         let db = std::mem::replace(
             &mut self.db,
@@ -270,7 +299,7 @@ impl TestApp {
                 dir: PathBuf::from("/nonexistent-fhirbox-test"),
             },
         );
-        Self::start(self.backend, db).await
+        Self::start_with(self.backend, db, adjust).await
     }
 
     /// A second server on the same database (another instance of a deployment).

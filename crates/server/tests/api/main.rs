@@ -18,4 +18,5 @@ mod operator_surface;
 mod search;
 mod token_endpoint;
 mod transport;
+mod validation;
 mod vault;

@@ -84,7 +84,9 @@ async fn metadata_lists_exactly_the_routed_interactions(app: TestApp) {
         .unwrap()
         .contains("jwt.keys[].k"));
     assert!(patient.get("documentation").is_none());
-    assert_eq!(rest["resource"].as_array().unwrap().len(), 146 + 6);
+    assert_eq!(rest["resource"].as_array().unwrap().len(), 146 + 7);
+    // $validate is routed for every type, so it is listed for every type.
+    assert_eq!(patient["operation"][0]["name"], "validate");
 }
 
 async fn health_reports_database_response_time(app: TestApp) {
