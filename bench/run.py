@@ -200,6 +200,62 @@ def run_fhirbox(db, cfg, work, results, footprint):
     server.stop()
 
 
+SYNTHEA = os.path.join(ROOT, "crates/server/tests/fixtures/synthea-style-transaction.json")
+
+
+def synthea_patient():
+    """The Patient of the Synthea-shaped fixture (US Core extensions,
+    identifiers, narrative): what a real create carries."""
+    with open(SYNTHEA) as f:
+        bundle = json.load(f)
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    patient = dict(patient)
+    patient.pop("id")
+    patient.pop("generalPractitioner")
+    patient.pop("managingOrganization")
+    return patient
+
+
+def validation_lua(kind, n):
+    body = json.dumps(synthea_patient(), separators=(",", ":"))
+    assert "]]" not in body
+    if kind == "create":
+        return (f'wrk.method = "POST"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = "application/fhir+json"\n'
+                'request = function() return wrk.format(nil, "/fhir/Patient") end\n')
+    head, tail = body[:1], body[1:]
+    return ('math.randomseed(os.time())\nwrk.headers["Content-Type"] = "application/fhir+json"\nrequest = function()\n'
+            f'  local id = "p" .. math.random(0, {n - 1})\n'
+            f'  return wrk.format("PUT", "/fhir/Patient/" .. id, nil, [[{head}"id":"]] .. id .. [[",{tail}]])\nend\n')
+
+
+def run_validation(db, cfg, work, results):
+    """Create and update of a Synthea-sized Patient with BOX_VALIDATION=strict
+    and =off: the same binary, two servers on two databases, measured in
+    turns (strict, off, off, strict) so drift on this shared machine cancels."""
+    servers = {}
+    for mode, port in (("strict", 18405), ("off", 18406)):
+        url = f"sqlite:{work}/validation-{mode}/fhirbox.db" if db == "sqlite" else fresh_pg(f"fhirbox_bench_{mode}")
+        env = dict(os.environ, BOX_DB_URL=url, BOX_ROOT_CLIENT_SECRET=ROOT_SECRET, BOX_VALIDATION=mode,
+                   BOX_WEB_PORT=str(port), RUST_LOG="warn")
+        servers[mode] = Server(f"fhirbox-{db}-validation-{mode}", [f"{RELEASE}/fhirbox"], env, port)
+        seed(port, cfg["patients"], basic(("root", ROOT_SECRET)))
+    root = basic(("root", ROOT_SECRET))
+    c = 16 if 16 in cfg["concurrency"] else cfg["concurrency"][0]
+    for kind in ("create", "update"):
+        runs = {"strict": [], "off": []}
+        for mode in ("strict", "off", "off", "strict"):
+            runs[mode].append(wrk(servers[mode].port, "/", c, cfg["seconds"], validation_lua(kind, cfg["patients"]), root))
+        for mode, rs in runs.items():
+            merged = {"rps": statistics.mean(r["rps"] for r in rs),
+                      "p50_ms": statistics.mean(r["p50_ms"] for r in rs if r["p50_ms"] is not None) if any(r["p50_ms"] is not None for r in rs) else None,
+                      "p99_ms": max((r["p99_ms"] for r in rs if r["p99_ms"] is not None), default=None),
+                      "errors": sum(r["errors"] for r in rs)}
+            results.append(dict(server="fhirbox", db=db, scenario=f"{kind} (Synthea Patient)",
+                                auth=f"root, BOX_VALIDATION={mode}", concurrency=c, **merged))
+    for server in servers.values():
+        server.stop()
+
+
 def crud(port, users, seconds, auth, base="/fhir"):
     cmd = [f"{RELEASE}/crud-load", f"http://127.0.0.1:{port}{base}", str(users), str(seconds)]
     if auth:
@@ -318,6 +374,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="1-minute smoke run")
     parser.add_argument("--read-only", action="store_true",
                         help="only the read scenario: the three ways to authenticate against the no-auth baseline")
+    parser.add_argument("--validation-only", action="store_true",
+                        help="only create and update with BOX_VALIDATION=strict against =off")
     parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 3; quick 1)")
     parser.add_argument("--concurrency", help="comma-separated connection counts (default 1,16,64; quick 16)")
@@ -330,7 +388,7 @@ def main():
     if args.concurrency:
         cfg["concurrency"] = [int(c) for c in args.concurrency.split(",")]
     cfg["read_only"] = args.read_only
-    out_dir = args.out or (None if args.read_only else os.path.join(HERE, "results"))
+    out_dir = args.out or (None if args.read_only or args.validation_only else os.path.join(HERE, "results"))
     dbs = ("sqlite", "postgres") if args.db == "both" else (args.db,)
     started = time.time()
     work = tempfile.mkdtemp(prefix="fhirbox-bench-")
@@ -338,12 +396,15 @@ def main():
     rot, micro_ns = {}, {}
     try:
         for db in dbs:
-            run_fhirbox(db, cfg, work, results, footprint)
-        if not args.quick and not args.read_only:
+            if not args.validation_only:
+                run_fhirbox(db, cfg, work, results, footprint)
+            if args.validation_only or not args.read_only:
+                run_validation(db, cfg, work, results)
+        if not args.quick and not args.read_only and not args.validation_only:
             run_nginx(cfg, work, results, notes)
             for db in dbs:
                 run_helios(db, cfg, work, results, notes)
-        if not args.read_only:
+        if not args.read_only and not args.validation_only:
             rot = rotation(cfg["swaps"])
             micro_ns = micro(args.quick)
     finally:
@@ -364,6 +425,11 @@ def main():
             r = find("fhirbox", db, "read", c_ref, auth)
             if r and base_rps:
                 ratios.append({"what": f"{db}: read with {auth} / no-auth baseline (c={c_ref})", "ratio": r["rps"] / base_rps, "target": ">= 0.95" if "vault" in auth else ""})
+        for kind in ("create", "update"):
+            on = find("fhirbox", db, f"{kind} (Synthea Patient)", c_ref, "root, BOX_VALIDATION=strict")
+            off = find("fhirbox", db, f"{kind} (Synthea Patient)", c_ref, "root, BOX_VALIDATION=off")
+            if on and off and off["rps"]:
+                ratios.append({"what": f"{db}: {kind} with validation / without (c={c_ref})", "ratio": on["rps"] / off["rps"], "target": ">= 0.9"})
         nginx = find("nginx (static file, auth_basic)", "-", "read", c_ref)
         r = find("fhirbox", db, "read", c_ref, "Basic, vault secret")
         if nginx and r and nginx["rps"]:

@@ -6,6 +6,8 @@
 #   bench/run.sh --with-helios   also build the Helios FHIR server into bench/.tools first (slow, once)
 #   bench/run.sh --read-only --db sqlite   only the read scenario (auth against the no-auth
 #                                baseline), printed, no files written; skips the credential attacks
+#   bench/run.sh --validation-only --db sqlite   only create/update with BOX_VALIDATION=strict
+#                                against =off, printed, no files written
 # Load generator: wrk from Debian (installed when missing), plus bench's own crud-load
 # for the ordered create/read/update/delete chain. PostgreSQL at 127.0.0.1:5432
 # (user postgres, trust auth), or FHIRBOX_BENCH_POSTGRES.
@@ -21,7 +23,7 @@ for arg in "$@"; do
   prev="$arg"
   case "$arg" in
     --quick) ATTACK+=(--quick); ARGS+=("$arg") ;;
-    --read-only) READ_ONLY=1; ARGS+=("$arg") ;;
+    --read-only|--validation-only) READ_ONLY=1; ARGS+=("$arg") ;;
     --out=*) OUT="${arg#--out=}"; ARGS+=("$arg") ;;
     --with-helios)
       if [ ! -x bench/.tools/helios/bin/hfs ]; then

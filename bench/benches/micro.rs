@@ -132,5 +132,62 @@ fn read_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, secret_resolution, basic_auth, matcho, read_path);
+/// Structural validation per resource (docs/validation.md): a Patient and an
+/// Observation of the Synthea-shaped fixture, and a transaction of 2,000
+/// entries (one validation per entry, as a transaction does).
+fn validation(c: &mut Criterion) {
+    use fhirbox_validation::{UnknownElements, Validator};
+    let validator = Validator::new(UnknownElements::Refuse).unwrap();
+    let bundle: serde_json::Value = serde_json::from_str(include_str!(
+        "../../crates/server/tests/fixtures/synthea-style-transaction.json"
+    ))
+    .unwrap();
+    let resources: Vec<serde_json::Value> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"].clone())
+        .collect();
+    let of_type = |t: &str| {
+        resources
+            .iter()
+            .find(|r| r["resourceType"] == t)
+            .unwrap()
+            .clone()
+    };
+    let patient = of_type("Patient");
+    let observation = resources[6].clone();
+    assert_eq!(observation["code"]["text"], "Blood Pressure");
+    c.bench_function("validate a Synthea Patient", |b| {
+        b.iter(|| validator.validate("Patient", black_box(&patient)).unwrap())
+    });
+    c.bench_function("validate a Synthea Observation (blood pressure)", |b| {
+        b.iter(|| {
+            validator
+                .validate("Observation", black_box(&observation))
+                .unwrap()
+        })
+    });
+    let entries: Vec<&serde_json::Value> = resources.iter().cycle().take(2000).collect();
+    c.bench_function("validate the entries of a 2,000-entry transaction", |b| {
+        b.iter(|| {
+            for resource in &entries {
+                let t = resource["resourceType"].as_str().unwrap();
+                validator.validate(t, black_box(resource)).unwrap();
+            }
+        })
+    });
+    c.bench_function("compile the validator of every type (once at start)", |b| {
+        b.iter(|| Validator::new(UnknownElements::Refuse).unwrap())
+    });
+}
+
+criterion_group!(
+    benches,
+    secret_resolution,
+    basic_auth,
+    matcho,
+    read_path,
+    validation
+);
 criterion_main!(benches);

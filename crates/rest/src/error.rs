@@ -244,7 +244,11 @@ impl From<Refusal> for RestError {
             .issues
             .into_iter()
             .map(|i| Issue {
-                severity: IssueSeverity::Error,
+                severity: if i.code == IssueType::Informational.code() {
+                    IssueSeverity::Information
+                } else {
+                    IssueSeverity::Error
+                },
                 code: IssueType::from_code(&i.code).unwrap_or(IssueType::Processing),
                 diagnostics: i.message,
                 expression: i.location.into_iter().collect(),
@@ -275,7 +279,7 @@ impl From<RestError> for Refusal {
     fn from(e: RestError) -> Refusal {
         let kind = if e.kind.status() >= 500 {
             RefusalKind::Internal
-        } else if e.kind == ErrorKind::BadRequest {
+        } else if e.kind == ErrorKind::BadRequest && !e.issues.is_empty() {
             RefusalKind::Malformed
         } else if e.code == IssueType::NotSupported {
             RefusalKind::NotSupported

@@ -69,10 +69,10 @@ fn arguments<'a>(
                 )
                 .at(at))
             }
-            other => {
-                return Err(RestError::bad_request(format!(
-                    "$validate has no parameter {other:?}; use resource and mode"
-                ))
+            _ => {
+                return Err(RestError::bad_request(
+                    "$validate has no parameter of this name; use resource and mode",
+                )
                 .at(at))
             }
         }
@@ -85,12 +85,17 @@ impl Rest {
     /// OperationOutcome (200) listing every problem, or saying there is
     /// none. A request that cannot be validated at all (unknown type, bad
     /// mode, no resource) is an error instead.
+    ///
+    /// Only root learns why a secret reference would be refused (the vault
+    /// config's names, paths and scopes, docs/security.md); anyone else who
+    /// may read the type learns that it would be.
     pub async fn validate(
         &self,
         resource_type: &str,
         id: Option<&str>,
         body: Option<&Value>,
         query_mode: Option<&str>,
+        caller_is_root: bool,
     ) -> Result<Reply, RestError> {
         check_type(resource_type)?;
         if let Some(id) = id {
@@ -101,10 +106,11 @@ impl Rest {
             (Some("create"), _) | (None, None) => Mode::Create,
             (Some("update"), _) | (None, Some(_)) => Mode::Update,
             (Some("delete"), _) => Mode::Delete,
-            (Some(other), _) => {
-                return Err(RestError::bad_request(format!(
-                    "mode {other:?} is not a $validate mode; use create, update or delete"
-                )))
+            (Some(_), _) => {
+                return Err(RestError::bad_request(
+                    "this is not a $validate mode; use create, update or delete",
+                )
+                .at("mode"))
             }
         };
         let outcome = match mode {
@@ -135,7 +141,8 @@ impl Rest {
                     }
                     _ => IdRule::ServerAssigned,
                 };
-                self.write_problems(resource_type, id, resource, rule).err()
+                self.write_problems(resource_type, id, resource, rule, caller_is_root)
+                    .err()
             }
         };
         let outcome = match outcome {
@@ -158,6 +165,7 @@ impl Rest {
         id: Option<&str>,
         resource: &Value,
         rule: IdRule<'_>,
+        caller_is_root: bool,
     ) -> Result<(), RestError> {
         validate_body(
             resource,
@@ -170,7 +178,16 @@ impl Rest {
             id.unwrap_or("(new)"),
             resource,
             self.checks.vault.as_ref(),
-        )?;
+        )
+        .map_err(|e| {
+            if caller_is_root {
+                e
+            } else {
+                RestError::unprocessable(
+                    "a secret reference in this resource would be refused; the root client can see why",
+                )
+            }
+        })?;
         if resource_type == "AccessPolicy" {
             fhirbox_auth::write_rules::finalize_policy(resource.clone(), None)?;
         }

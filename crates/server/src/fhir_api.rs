@@ -185,12 +185,14 @@ fn mode(params: &[(String, String)]) -> Option<&str> {
 /// `POST /fhir/{type}/$validate`.
 pub async fn validate(
     State(rest): State<Rest>,
+    Extension(identity): Extension<Identity>,
     FhirPath(resource_type): FhirPath<String>,
     FhirQuery(params): FhirQuery,
     OptionalFhirJson(body): OptionalFhirJson,
 ) -> Answer {
+    let root = matches!(identity, Identity::Root { .. });
     let reply = rest
-        .validate(&resource_type, None, body.as_ref(), mode(&params))
+        .validate(&resource_type, None, body.as_ref(), mode(&params), root)
         .await?;
     Ok(render(reply))
 }
@@ -198,12 +200,20 @@ pub async fn validate(
 /// `POST /fhir/{type}/{id}/$validate`.
 pub async fn validate_instance(
     State(rest): State<Rest>,
+    Extension(identity): Extension<Identity>,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
     FhirQuery(params): FhirQuery,
     OptionalFhirJson(body): OptionalFhirJson,
 ) -> Answer {
+    let root = matches!(identity, Identity::Root { .. });
     let reply = rest
-        .validate(&resource_type, Some(&id), body.as_ref(), mode(&params))
+        .validate(
+            &resource_type,
+            Some(&id),
+            body.as_ref(),
+            mode(&params),
+            root,
+        )
         .await?;
     Ok(render(reply))
 }

@@ -97,6 +97,28 @@ impl Problems {
     }
 }
 
+/// Resources with more JSON values than this get their first problem
+/// listed only (see `Validator::validate`).
+pub const FULL_REPORT_VALUES: usize = 50_000;
+
+/// The number of JSON values in `value`, counted up to just past `limit`.
+fn values_in(value: &Value, limit: usize) -> usize {
+    let mut count = 0;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        count += 1;
+        if count > limit {
+            break;
+        }
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(fields) => stack.extend(fields.values()),
+            _ => {}
+        }
+    }
+    count
+}
+
 /// The compiled validators of every resource type this server stores.
 pub struct Validator {
     schema: jsonschema::Validator,
@@ -166,7 +188,17 @@ impl Validator {
         }
         if !self.schema.is_valid(body) {
             let mut found: Vec<Problem> = Vec::new();
-            for error in self.schema.iter_errors(body) {
+            // The schema library gathers every error before returning any,
+            // one or more per faulty value: a large resource gets its first
+            // problem only, so a body of a million bad values costs no more
+            // memory than one.
+            let errors: Box<dyn Iterator<Item = jsonschema::ValidationError<'_>>> =
+                if values_in(body, FULL_REPORT_VALUES) > FULL_REPORT_VALUES {
+                    Box::new(self.schema.validate(body).err().into_iter())
+                } else {
+                    Box::new(self.schema.iter_errors(body))
+                };
+            for error in errors {
                 for described in messages::describe(&error, resource_type, &self.hints) {
                     if self.unknown == UnknownElements::Allow && described.unknown_element {
                         continue;

@@ -103,11 +103,19 @@ fn json_type_text(kind: &TypeKind) -> String {
     };
     match kind {
         TypeKind::Single(t) => name(t.to_string()),
-        TypeKind::Multiple(set) => set
-            .iter()
-            .map(|t| name(t.to_string()))
-            .collect::<Vec<_>>()
-            .join(" or "),
+        TypeKind::Multiple(set) => {
+            // A repeating primitive's items may be null (R4 §2.6.2); say so last.
+            let mut names: Vec<String> = set
+                .iter()
+                .map(|t| t.to_string())
+                .filter(|t| t != "null")
+                .map(name)
+                .collect();
+            if set.iter().any(|t| t.to_string() == "null") {
+                names.push("null (to keep a list aligned with its _element list)".into());
+            }
+            names.join(" or ")
+        }
     }
 }
 
@@ -131,10 +139,10 @@ pub(crate) fn describe(error: &ValidationError<'_>, prefix: &str, hints: &Hints)
                 problem: Problem {
                     kind: ProblemKind::Structure,
                     expression: format!("{at}.{name}"),
-                    message: if let Some(base) = name.strip_prefix('_') {
-                        format!("unknown element {name:?}: there is no primitive element {base:?} here for it to extend")
+                    message: if name.starts_with('_') {
+                        "unknown element: an _element extends the primitive element of the same name, and there is none here".to_owned()
                     } else {
-                        format!("unknown element {name:?}: the definition of {} has no such element (check the spelling and the FHIR version, R4)", at)
+                        "unknown element: the R4 definition has no element of this name here (check the spelling and the FHIR version)".to_owned()
                     },
                 },
                 unknown_element: true,

@@ -1,7 +1,10 @@
 //! Rules the JSON Schema cannot express, written by hand (each one tested):
 //! the constraints on contained resources and local references of R4
-//! DomainResource (§2.36: dom-2, dom-3, dom-4), and finding the resources
-//! nested in a resource so each is validated as its own type.
+//! DomainResource (§2.36.0.1: dom-2, dom-3, dom-4), and finding the
+//! resources nested in a resource so each is checked as its own.
+//!
+//! Messages name the element (in the expression) but never repeat an id or
+//! a reference the client sent.
 
 use std::collections::HashSet;
 
@@ -9,11 +12,23 @@ use serde_json::Value;
 
 use crate::{Problem, ProblemKind, Problems};
 
-/// The hand-written rules for `body` and every resource nested in it.
+/// The hand-written rules for `body` and every resource nested in it. A
+/// contained resource is checked as part of its container (its local
+/// references resolve against the container's `contained`, R4 ref-1), the
+/// others (Bundle entries, Parameters resources) on their own.
 pub(crate) fn check_all(body: &Value, path: &str, problems: &mut Problems) {
     check(body, path, problems);
+    nested_of(body, path, problems);
+}
+
+fn nested_of(body: &Value, path: &str, problems: &mut Problems) {
+    let contained_prefix = format!("{path}.contained[");
     for (nested_path, _, nested) in nested_resources(body, path) {
-        check_all(nested, &nested_path, problems);
+        if nested_path.starts_with(&contained_prefix) {
+            nested_of(nested, &nested_path, problems);
+        } else {
+            check_all(nested, &nested_path, problems);
+        }
     }
 }
 
@@ -52,118 +67,132 @@ pub(crate) fn nested_resources<'a>(body: &'a Value, path: &str) -> Vec<Nested<'a
     out
 }
 
-/// Local references (`#id`) found in the resource `value`, each with the
-/// index of the contained resource it sits in (`None`: in the container).
-/// Resources nested deeper (contained ones, Bundle entries) are not
-/// entered: their references are checked with them.
-fn local_references<'a>(
-    value: &'a Value,
-    inside: Option<usize>,
-    out: &mut Vec<(&'a str, Option<usize>)>,
-) {
-    fn walk<'a>(
-        value: &'a Value,
-        root: bool,
-        inside: Option<usize>,
-        out: &mut Vec<(&'a str, Option<usize>)>,
-    ) {
+/// The local references of one resource and its contained resources.
+#[derive(Default)]
+struct LocalReferences {
+    /// Every `#…` string (a `reference`, or a canonical/uri/url value):
+    /// what counts as referring to a contained resource (dom-3).
+    targets: HashSet<String>,
+    /// Each `reference` element holding `#id`, with its FHIRPath: these
+    /// must name a contained resource (R4 ref-1).
+    references: Vec<(String, String)>,
+    /// Contained resources (by index) that refer to their container (`#`).
+    refer_back: HashSet<usize>,
+}
+
+impl LocalReferences {
+    /// Collects from `value` at `path`; `inside` is the index of the
+    /// contained resource being walked (`None`: the container). Resources
+    /// nested deeper than the resource itself are not entered.
+    fn collect(&mut self, value: &Value, path: String, inside: Option<usize>, root: bool) {
         match value {
             Value::Object(fields) => {
                 if !root && fields.get("resourceType").is_some_and(Value::is_string) {
                     return;
                 }
-                if let Some(id) = fields
-                    .get("reference")
-                    .and_then(Value::as_str)
-                    .and_then(|r| r.strip_prefix('#'))
-                {
-                    out.push((id, inside));
+                for (key, child) in fields {
+                    let at = format!("{path}.{key}");
+                    if let Some(text) = child.as_str().filter(|t| t.starts_with('#')) {
+                        let target = &text[1..];
+                        if target.is_empty() {
+                            if let Some(i) = inside {
+                                self.refer_back.insert(i);
+                            }
+                        } else {
+                            self.targets.insert(target.to_owned());
+                            if key == "reference" {
+                                self.references.push((target.to_owned(), at.clone()));
+                            }
+                        }
+                    }
+                    self.collect(child, at, inside, false);
                 }
-                fields
-                    .values()
-                    .for_each(|child| walk(child, false, inside, out));
             }
-            Value::Array(items) => items.iter().for_each(|v| walk(v, false, inside, out)),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(text) = item.as_str().filter(|t| t.len() > 1 && t.starts_with('#'))
+                    {
+                        // A repeating canonical or uri (`instantiatesCanonical`).
+                        self.targets.insert(text[1..].to_owned());
+                    }
+                    self.collect(item, format!("{path}[{i}]"), inside, false);
+                }
+            }
             _ => {}
         }
     }
-    walk(value, true, inside, out);
 }
 
 /// The DomainResource rules on contained resources (R4 §2.36.0.1):
 /// - dom-2: a contained resource contains no resources;
-/// - dom-3: every contained resource is referred to from the container
-///   (or refers to it with `#`), and every `#id` reference names one;
-/// - dom-4: a contained resource has no `meta.versionId` or `meta.lastUpdated`.
+/// - dom-3: every contained resource is referred to from the resource (a
+///   reference, canonical, uri or url `#id`, its own included), or refers
+///   to its container with `#`;
+/// - dom-4: a contained resource has no `meta.versionId` or `meta.lastUpdated`;
+/// - and every `reference` of the form `#id` names a contained resource (ref-1).
 pub(crate) fn check(body: &Value, path: &str, problems: &mut Problems) {
     let contained: &[Value] = body
         .get("contained")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or(&[]);
-    let mut references = Vec::new();
-    local_references(body, None, &mut references);
+    let mut local = LocalReferences::default();
+    local.collect(body, path.to_owned(), None, true);
     for (i, resource) in contained.iter().enumerate() {
-        local_references(resource, Some(i), &mut references);
+        local.collect(resource, format!("{path}.contained[{i}]"), Some(i), true);
     }
+    let mut invariant = |expression: String, message: &str| {
+        problems.push(Problem {
+            kind: ProblemKind::Invariant,
+            expression,
+            message: message.to_owned(),
+        })
+    };
     let mut ids = HashSet::new();
     for (i, resource) in contained.iter().enumerate() {
+        if !resource.is_object() {
+            continue; // the schema reports it
+        }
         let at = format!("{path}.contained[{i}]");
         if resource.get("contained").is_some() {
-            problems.push(Problem {
-                kind: ProblemKind::Invariant,
-                expression: format!("{at}.contained"),
-                message: "a contained resource cannot contain resources itself; move them up to the container (dom-2)".into(),
-            });
+            invariant(
+                format!("{at}.contained"),
+                "a contained resource cannot contain resources itself; move them up to the container (dom-2)",
+            );
         }
         for key in ["versionId", "lastUpdated"] {
             if resource.pointer(&format!("/meta/{key}")).is_some() {
-                problems.push(Problem {
-                    kind: ProblemKind::Invariant,
-                    expression: format!("{at}.meta.{key}"),
-                    message: format!(
-                        "a contained resource has no meta.{key} of its own; remove it (dom-4)"
-                    ),
-                });
+                invariant(
+                    format!("{at}.meta.{key}"),
+                    "a contained resource has no version or update time of its own; remove it (dom-4)",
+                );
             }
         }
-        let Some(id) = resource.get("id").and_then(Value::as_str) else {
-            problems.push(Problem {
-                kind: ProblemKind::Invariant,
-                expression: format!("{at}.id"),
-                message: "a contained resource needs an id, so the container can refer to it as \"#<id>\"".into(),
-            });
-            continue;
-        };
-        if !ids.insert(id) {
-            problems.push(Problem {
-                kind: ProblemKind::Invariant,
-                expression: format!("{at}.id"),
-                message: format!(
-                    "another contained resource already has the id {id:?}; each needs its own"
-                ),
-            });
-            continue;
+        let id = resource.get("id").and_then(Value::as_str);
+        if let Some(id) = id {
+            if !ids.insert(id) {
+                invariant(
+                    format!("{at}.id"),
+                    "another contained resource already has this id; each needs its own",
+                );
+                continue;
+            }
         }
-        let referred = references.iter().any(|(target, from)| {
-            (*target == id && *from != Some(i)) || (target.is_empty() && *from == Some(i))
-        });
+        let referred =
+            id.is_some_and(|id| local.targets.contains(id)) || local.refer_back.contains(&i);
         if !referred {
-            problems.push(Problem {
-                kind: ProblemKind::Invariant,
-                expression: at,
-                message: format!("the contained resource #{id} is not referred to from the resource; refer to it with \"#{id}\", or leave it out (dom-3)"),
-            });
+            invariant(
+                at,
+                "this contained resource is not referred to from the resource: give it an id and refer to it as \"#\" followed by the id, or leave it out (dom-3)",
+            );
         }
     }
-    let mut reported = HashSet::new();
-    for (target, _) in &references {
-        if !target.is_empty() && !ids.contains(target) && reported.insert(*target) {
-            problems.push(Problem {
-                kind: ProblemKind::Invariant,
-                expression: path.to_owned(),
-                message: format!("the reference \"#{target}\" names no contained resource; add one with id {target:?} or refer to the resource by type and id"),
-            });
+    for (target, at) in &local.references {
+        if !ids.contains(target.as_str()) {
+            invariant(
+                at.clone(),
+                "this local reference names no contained resource; add one with that id, or refer to the resource by type and id",
+            );
         }
     }
 }
@@ -175,7 +204,7 @@ mod tests {
 
     fn problems_of(body: &Value) -> Vec<Problem> {
         let mut problems = Problems::default();
-        check(body, "Observation", &mut problems);
+        check_all(body, "Observation", &mut problems);
         problems.listed
     }
 
@@ -185,26 +214,37 @@ mod tests {
             "contained": [{"resourceType": "Patient", "id": "p"}],
             "subject": {"reference": "#p"}});
         assert!(problems_of(&ok).is_empty());
-        // A contained resource that refers back to its container is fine too.
+        // A contained resource that refers back to its container needs no id.
         let back = json!({"resourceType": "Observation",
-            "contained": [{"resourceType": "Provenance", "id": "v", "target": [{"reference": "#"}]}]});
+            "contained": [{"resourceType": "Provenance", "target": [{"reference": "#"}]}]});
         assert!(problems_of(&back).is_empty());
+        // Canonicals and uris refer too (a Questionnaire's answer value set).
+        let canonical = json!({"resourceType": "Questionnaire",
+            "contained": [{"resourceType": "ValueSet", "id": "vs", "status": "active"}],
+            "item": [{"linkId": "1", "type": "choice", "answerValueSet": "#vs"}]});
+        assert!(problems_of(&canonical).is_empty());
+        // Contained resources may refer to each other.
+        let siblings = json!({"resourceType": "MedicationRequest",
+            "contained": [{"resourceType": "Medication", "id": "m", "manufacturer": {"reference": "#org"}},
+                          {"resourceType": "Organization", "id": "org"}],
+            "medicationReference": {"reference": "#m"}});
+        assert!(problems_of(&siblings).is_empty());
         let orphan = json!({"contained": [{"resourceType": "Patient", "id": "p"}]});
         let found = problems_of(&orphan);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].expression, "Observation.contained[0]");
         assert!(found[0].message.contains("dom-3"));
-        // A contained resource referring to itself does not count.
-        let selfish = json!({"contained": [{"resourceType": "Patient", "id": "p", "link": [{"other": {"reference": "#p"}}]}]});
-        assert_eq!(problems_of(&selfish).len(), 1);
-        // References inside another nested resource are that resource's own.
-        let bundle = json!({"entry": [{"resource": {"resourceType": "Patient",
-            "managingOrganization": {"reference": "#o"}}}]});
-        assert!(problems_of(&bundle).is_empty());
         let dangling = json!({"subject": {"reference": "#nobody"}});
         let found = problems_of(&dangling);
         assert_eq!(found.len(), 1);
-        assert!(found[0].message.contains("#nobody"));
+        assert_eq!(found[0].expression, "Observation.subject.reference");
+        assert!(
+            !found[0].message.contains("nobody"),
+            "the value is not echoed"
+        );
+        // A markdown heading is not a reference.
+        let text = json!({"note": [{"text": "# Heading"}]});
+        assert!(problems_of(&text).is_empty());
     }
 
     #[test]
@@ -220,9 +260,39 @@ mod tests {
             [
                 "Observation.contained[0].contained",
                 "Observation.contained[0].meta.versionId",
-                "Observation.contained[1].id"
+                "Observation.contained[1]"
             ]
         );
+    }
+
+    #[test]
+    fn references_inside_other_nested_resources_are_their_own() {
+        let bundle = json!({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Patient",
+            "contained": [{"resourceType": "Organization", "id": "o"}],
+            "managingOrganization": {"reference": "#o"}}}]});
+        let mut problems = Problems::default();
+        check_all(&bundle, "Bundle", &mut problems);
+        assert!(problems.listed.is_empty(), "{:?}", problems.listed);
+        let broken = json!({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Patient",
+            "managingOrganization": {"reference": "#o"}}}]});
+        let mut problems = Problems::default();
+        check_all(&broken, "Bundle", &mut problems);
+        assert_eq!(
+            problems.listed[0].expression,
+            "Bundle.entry[0].resource.managingOrganization.reference"
+        );
+    }
+
+    #[test]
+    fn many_contained_resources_are_matched_by_set() {
+        let contained: Vec<Value> = (0..20_000)
+            .map(|i| json!({"resourceType": "Patient", "id": format!("p{i}")}))
+            .collect();
+        let refs: Vec<Value> = (0..20_000)
+            .map(|i| json!({"reference": format!("#p{i}")}))
+            .collect();
+        let body = json!({"contained": contained, "focus": refs});
+        assert!(problems_of(&body).is_empty());
     }
 
     #[test]

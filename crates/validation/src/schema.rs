@@ -58,6 +58,7 @@ pub(crate) fn load() -> Result<Loaded, SchemaError> {
     }
     keywords::mark_primitives(definitions, &hints);
     require_objects(definitions);
+    allow_null_items(definitions);
     definitions.insert("ResourceList".into(), dispatch(&resource_types));
     strip_descriptions(&mut document);
     if let Some(root) = document.as_object_mut() {
@@ -84,10 +85,14 @@ pub(crate) fn load() -> Result<Loaded, SchemaError> {
 /// definition only and errors point into it. Used for the resource itself
 /// and wherever a resource nests (contained, Bundle entries, Parameters).
 fn dispatch(resource_types: &[String]) -> Value {
+    // Each `if` holds only for an object that names its type: anything
+    // else (a number, an object without resourceType) fails the checks
+    // above once, instead of every type's definition 153 times.
     let branches: Vec<Value> = resource_types
         .iter()
         .map(|t| {
-            json!({"if": {"properties": {"resourceType": {"const": t}}},
+            json!({"if": {"type": "object", "required": ["resourceType"],
+                          "properties": {"resourceType": {"const": t}}},
                    "then": {"$ref": format!("#/definitions/{t}")}})
         })
         .collect();
@@ -134,6 +139,57 @@ fn require_objects(definitions: &mut Map<String, Value>) {
                 fields.insert("type".into(), json!("object"));
             }
         }
+    }
+}
+
+/// In a repeating primitive, `null` keeps the values and their `_element`
+/// extensions aligned: `"given": ["Ann", null], "_given": [null, {…}]`
+/// (R4 §2.6.2, "Repeating primitives"). Array items of a primitive or of
+/// `Element` get a twin definition (`<name>_item`) that also takes `null`.
+fn allow_null_items(definitions: &mut Map<String, Value>) {
+    let nullable =
+        |name: &str| name == "Element" || name.chars().next().is_some_and(char::is_lowercase);
+    let mut twins: Map<String, Value> = Map::new();
+    for definition in definitions.values_mut() {
+        let Some(properties) = definition
+            .get_mut("properties")
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        for property in properties.values_mut() {
+            if property.get("type").and_then(Value::as_str) != Some("array") {
+                continue;
+            }
+            let Some(target) = property
+                .pointer("/items/$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("#/definitions/"))
+                .filter(|t| nullable(t))
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            let twin = format!("{target}_item");
+            property["items"] = json!({"$ref": format!("#/definitions/{twin}")});
+            twins.entry(twin).or_insert(Value::String(target));
+        }
+    }
+    for (twin, target) in twins {
+        let Some(mut definition) = target.as_str().and_then(|t| definitions.get(t)).cloned() else {
+            continue;
+        };
+        if let Some(fields) = definition.as_object_mut() {
+            let kind = fields.get("type").cloned();
+            match kind {
+                Some(Value::String(t)) => {
+                    fields.insert("type".into(), json!([t, "null"]));
+                }
+                // Untyped (none left after `require_objects`, but kept safe).
+                _ => continue,
+            }
+        }
+        definitions.insert(twin, definition);
     }
 }
 
