@@ -132,7 +132,7 @@ pub(crate) fn register(options: ValidationOptions<'_>) -> ValidationOptions<'_> 
                     Some(ChoiceGroup { element, variants })
                 })
                 .collect();
-            Ok(Box::new(Choices(groups)) as Box<dyn for<'i> Keyword<'i>>)
+            Ok(Box::new(Choices::new(groups)) as Box<dyn for<'i> Keyword<'i>>)
         })
         .with_keyword(PRIMITIVE, |_, value: &Value, _: Location| {
             let kind = match value.as_str() {
@@ -153,26 +153,47 @@ struct ChoiceGroup {
 }
 
 /// At most one variant of each choice element.
-struct Choices(Vec<ChoiceGroup>);
+struct Choices {
+    groups: Vec<ChoiceGroup>,
+    /// variant name -> its group; an object is checked by its own keys
+    /// (a handful) rather than by every variant (Extension has 50).
+    group_of: std::collections::HashMap<String, usize>,
+}
 
 impl Choices {
+    fn new(groups: Vec<ChoiceGroup>) -> Choices {
+        let group_of = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, group)| group.variants.iter().map(move |v| (v.clone(), g)))
+            .collect();
+        Choices { groups, group_of }
+    }
+
     fn first_problem(&self, instance: &Value) -> Option<String> {
         let fields = instance.as_object()?;
-        self.0.iter().find_map(|group| {
-            let present: Vec<&str> = group
-                .variants
-                .iter()
-                .filter(|v| fields.contains_key(v.as_str()))
-                .map(String::as_str)
-                .collect();
-            (present.len() > 1).then(|| {
-                format!(
-                    "{}[x] is a choice: keep one of {}",
-                    group.element,
-                    present.join(", ")
-                )
-            })
-        })
+        let mut seen: Vec<usize> = Vec::new();
+        let repeated = fields.keys().find_map(|key| {
+            let group = *self.group_of.get(key)?;
+            if seen.contains(&group) {
+                Some(group)
+            } else {
+                seen.push(group);
+                None
+            }
+        })?;
+        let group = &self.groups[repeated];
+        let present: Vec<&str> = group
+            .variants
+            .iter()
+            .filter(|v| fields.contains_key(v.as_str()))
+            .map(String::as_str)
+            .collect();
+        Some(format!(
+            "{}[x] is a choice: keep one of {}",
+            group.element,
+            present.join(", ")
+        ))
     }
 }
 
@@ -324,7 +345,7 @@ mod tests {
             definitions["Thing"][CHOICES],
             json!([{"element": "value", "variants": ["valueString", "valueQuantity"]}])
         );
-        let choices = Choices(vec![ChoiceGroup {
+        let choices = Choices::new(vec![ChoiceGroup {
             element: "value".into(),
             variants: vec!["valueQuantity".into(), "valueString".into()],
         }]);

@@ -40,31 +40,85 @@ pub(crate) type Nested<'a> = (String, &'a str, &'a Value);
 /// with a `resourceType` on each path down from the root. Resources nested
 /// in those are found when they are checked in turn.
 pub(crate) fn nested_resources<'a>(body: &'a Value, path: &str) -> Vec<Nested<'a>> {
-    fn walk<'a>(value: &'a Value, path: String, root: bool, out: &mut Vec<Nested<'a>>) {
+    fn walk<'a>(value: &'a Value, at: &mut Segments<'a>, root: bool, out: &mut Vec<Nested<'a>>) {
         match value {
             Value::Object(fields) => {
                 if !root {
                     if let Some(resource_type) = fields.get("resourceType").and_then(Value::as_str)
                     {
-                        out.push((path, resource_type, value));
+                        out.push((at.render(), resource_type, value));
                         return;
                     }
                 }
                 for (key, child) in fields {
-                    walk(child, format!("{path}.{key}"), false, out);
+                    if child.is_object() || child.is_array() {
+                        at.push(Segment::Key(key));
+                        walk(child, at, false, out);
+                        at.pop();
+                    }
                 }
             }
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    walk(item, format!("{path}[{i}]"), false, out);
+                    if item.is_object() || item.is_array() {
+                        at.push(Segment::Index(i));
+                        walk(item, at, false, out);
+                        at.pop();
+                    }
                 }
             }
             _ => {}
         }
     }
     let mut out = Vec::new();
-    walk(body, path.to_owned(), true, &mut out);
+    walk(body, &mut Segments::new(path), true, &mut out);
     out
+}
+
+/// One step of a FHIRPath below a resource.
+#[derive(Clone, Copy)]
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The path being walked, rendered only when a problem needs it (a walk
+/// visits every value; formatting each path would cost more than the
+/// checks).
+struct Segments<'a> {
+    root: String,
+    steps: Vec<Segment<'a>>,
+}
+
+impl<'a> Segments<'a> {
+    fn new(root: &str) -> Segments<'a> {
+        Segments {
+            root: root.to_owned(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, step: Segment<'a>) {
+        self.steps.push(step);
+    }
+
+    fn pop(&mut self) {
+        self.steps.pop();
+    }
+
+    fn render(&self) -> String {
+        let mut out = self.root.clone();
+        for step in &self.steps {
+            match step {
+                Segment::Key(k) => {
+                    out.push('.');
+                    out.push_str(k);
+                }
+                Segment::Index(i) => out.push_str(&format!("[{i}]")),
+            }
+        }
+        out
+    }
 }
 
 /// The local references of one resource and its contained resources.
@@ -81,41 +135,65 @@ struct LocalReferences {
 }
 
 impl LocalReferences {
-    /// Collects from `value` at `path`; `inside` is the index of the
-    /// contained resource being walked (`None`: the container). Resources
-    /// nested deeper than the resource itself are not entered.
-    fn collect(&mut self, value: &Value, path: String, inside: Option<usize>, root: bool) {
+    /// Collects from the resource `value` at `path`; `inside` is the index
+    /// of the contained resource being walked (`None`: the container).
+    /// Resources nested deeper than the resource itself are not entered.
+    fn collect(&mut self, value: &Value, path: &str, inside: Option<usize>) {
+        self.walk(value, &mut Segments::new(path), inside, true);
+    }
+
+    fn walk<'a>(
+        &mut self,
+        value: &'a Value,
+        at: &mut Segments<'a>,
+        inside: Option<usize>,
+        root: bool,
+    ) {
         match value {
             Value::Object(fields) => {
                 if !root && fields.get("resourceType").is_some_and(Value::is_string) {
                     return;
                 }
                 for (key, child) in fields {
-                    let at = format!("{path}.{key}");
-                    if let Some(text) = child.as_str().filter(|t| t.starts_with('#')) {
-                        let target = &text[1..];
-                        if target.is_empty() {
-                            if let Some(i) = inside {
-                                self.refer_back.insert(i);
-                            }
-                        } else {
-                            self.targets.insert(target.to_owned());
-                            if key == "reference" {
-                                self.references.push((target.to_owned(), at.clone()));
+                    match child {
+                        Value::String(text) if text.starts_with('#') => {
+                            let target = &text[1..];
+                            if target.is_empty() {
+                                if let Some(i) = inside {
+                                    self.refer_back.insert(i);
+                                }
+                            } else {
+                                self.targets.insert(target.to_owned());
+                                if key == "reference" {
+                                    at.push(Segment::Key(key));
+                                    self.references.push((target.to_owned(), at.render()));
+                                    at.pop();
+                                }
                             }
                         }
+                        Value::Object(_) | Value::Array(_) => {
+                            at.push(Segment::Key(key));
+                            self.walk(child, at, inside, false);
+                            at.pop();
+                        }
+                        _ => {}
                     }
-                    self.collect(child, at, inside, false);
                 }
             }
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    if let Some(text) = item.as_str().filter(|t| t.len() > 1 && t.starts_with('#'))
-                    {
+                    match item {
                         // A repeating canonical or uri (`instantiatesCanonical`).
-                        self.targets.insert(text[1..].to_owned());
+                        Value::String(text) if text.len() > 1 && text.starts_with('#') => {
+                            self.targets.insert(text[1..].to_owned());
+                        }
+                        Value::Object(_) | Value::Array(_) => {
+                            at.push(Segment::Index(i));
+                            self.walk(item, at, inside, false);
+                            at.pop();
+                        }
+                        _ => {}
                     }
-                    self.collect(item, format!("{path}[{i}]"), inside, false);
                 }
             }
             _ => {}
@@ -137,9 +215,9 @@ pub(crate) fn check(body: &Value, path: &str, problems: &mut Problems) {
         .map(Vec::as_slice)
         .unwrap_or(&[]);
     let mut local = LocalReferences::default();
-    local.collect(body, path.to_owned(), None, true);
+    local.collect(body, path, None);
     for (i, resource) in contained.iter().enumerate() {
-        local.collect(resource, format!("{path}.contained[{i}]"), Some(i), true);
+        local.collect(resource, &format!("{path}.contained[{i}]"), Some(i));
     }
     let mut invariant = |expression: String, message: &str| {
         problems.push(Problem {

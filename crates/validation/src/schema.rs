@@ -59,7 +59,10 @@ pub(crate) fn load() -> Result<Loaded, SchemaError> {
     keywords::mark_primitives(definitions, &hints);
     require_objects(definitions);
     allow_null_items(definitions);
-    definitions.insert("ResourceList".into(), dispatch(&resource_types));
+    definitions.insert(
+        "ResourceList".into(),
+        dispatch(&resource_types, Dispatch::Report),
+    );
     strip_descriptions(&mut document);
     if let Some(root) = document.as_object_mut() {
         // Only `ResourceList` is compiled; the root `oneOf` is not used.
@@ -80,11 +83,35 @@ pub(crate) fn load() -> Result<Loaded, SchemaError> {
     })
 }
 
+/// What a compiled form of the dispatch is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dispatch {
+    /// Only whether a resource is valid: the fast path every write takes.
+    Check,
+    /// Every problem, with its place: taken when the check fails.
+    Report,
+}
+
 /// Any resource, by its `resourceType`: one `if`/`then` per type instead
 /// of HL7's `oneOf` of every type, so a resource is checked against its own
 /// definition only and errors point into it. Used for the resource itself
 /// and wherever a resource nests (contained, Bundle entries, Parameters).
-fn dispatch(resource_types: &[String]) -> Value {
+fn dispatch(resource_types: &[String], use_: Dispatch) -> Value {
+    if use_ == Dispatch::Check {
+        // `anyOf` branches that pin resourceType with `const`: the schema
+        // library jumps straight to the one branch that can match, but
+        // would report every branch's errors, hence the `Report` form.
+        let branches: Vec<Value> = resource_types
+            .iter()
+            .map(|t| {
+                json!({"required": ["resourceType"], "properties": {"resourceType": {"const": t}},
+                       "allOf": [{"$ref": format!("#/definitions/{t}")}]})
+            })
+            .collect();
+        return json!({"type": "object", "required": ["resourceType"],
+                      "properties": {"resourceType": {"enum": resource_types}},
+                      "anyOf": branches});
+    }
     // Each `if` holds only for an object that names its type: anything
     // else (a number, an object without resourceType) fails the checks
     // above once, instead of every type's definition 153 times.
@@ -215,21 +242,39 @@ fn strip_descriptions(value: &mut Value) {
 }
 
 impl Loaded {
-    /// The one validator (`ResourceList` of the merged document), the
-    /// resource types it knows, and the message hints.
+    /// The two validators (`Dispatch::Check` and `Dispatch::Report`, one
+    /// `ResourceList` each), the resource types they know, and the message
+    /// hints.
+    #[allow(clippy::type_complexity)]
     pub(crate) fn compile(
-        self,
-    ) -> Result<(jsonschema::Validator, Vec<String>, Hints), SchemaError> {
-        let registry = jsonschema::Registry::new()
-            .add(BASE, self.document)
-            .and_then(|r| r.prepare())
-            .map_err(|e| SchemaError(e.to_string()))?;
-        let root = json!({"$ref": format!("{BASE}#/definitions/ResourceList")});
-        let validator = keywords::register(jsonschema::options())
-            .with_draft(jsonschema::Draft::Draft7)
-            .with_registry(&registry)
-            .build(&root)
-            .map_err(|e| SchemaError(e.to_string()))?;
-        Ok((validator, self.resource_types, self.hints))
+        mut self,
+    ) -> Result<
+        (
+            jsonschema::Validator,
+            jsonschema::Validator,
+            Vec<String>,
+            Hints,
+        ),
+        SchemaError,
+    > {
+        let report = build(self.document.clone())?;
+        self.document["definitions"]["ResourceList"] =
+            dispatch(&self.resource_types, Dispatch::Check);
+        let check = build(self.document)?;
+        Ok((check, report, self.resource_types, self.hints))
     }
+}
+
+/// The validator of `ResourceList` in `document`.
+fn build(document: Value) -> Result<jsonschema::Validator, SchemaError> {
+    let registry = jsonschema::Registry::new()
+        .add(BASE, document)
+        .and_then(|r| r.prepare())
+        .map_err(|e| SchemaError(e.to_string()))?;
+    let root = json!({"$ref": format!("{BASE}#/definitions/ResourceList")});
+    keywords::register(jsonschema::options())
+        .with_draft(jsonschema::Draft::Draft7)
+        .with_registry(&registry)
+        .build(&root)
+        .map_err(|e| SchemaError(e.to_string()))
 }
