@@ -211,14 +211,52 @@ async fn each_kind_of_fault_is_refused_with_what_to_fix(app: TestApp) {
             "not a code",
         ),
     ];
-    for (body, code, expression, says) in faults {
+    let mut entries = Vec::new();
+    for (n, (body, code, expression, says)) in faults.into_iter().enumerate() {
         let resource_type = body["resourceType"].as_str().unwrap().to_owned();
+        // Create.
         let r = app.post(&format!("/fhir/{resource_type}"), &body).await;
         assert_one_issue(&r, code, expression, says);
         // The value sent is never repeated back.
         if let Some(v) = body.get("birthDate").and_then(Value::as_str) {
             assert!(!r.text.contains(v), "{}", r.text);
         }
+        // Update that would create, with the client's id.
+        let id = format!("f{n}");
+        let mut with_id = body.clone();
+        with_id["id"] = json!(id);
+        let r = app
+            .put(&format!("/fhir/{resource_type}/{id}"), &with_id)
+            .await;
+        assert_one_issue(&r, code, expression, says);
+        // A transaction of that one entry.
+        let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": body, "request": {"method": "POST", "url": resource_type}}]});
+        let r = app.post("/fhir", &transaction).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(
+            (issues(&r)[0].0.as_str(), issues(&r)[0].1.as_str()),
+            (code, expression)
+        );
+        entries.push((json!({"resource": with_id, "request": {"method": "PUT", "url": format!("{resource_type}/{id}")}}), code, expression));
+    }
+    // A batch of all of them: each entry fails on its own, with its issue.
+    let batch = json!({"resourceType": "Bundle", "type": "batch",
+        "entry": entries.iter().map(|(e, _, _)| e.clone()).collect::<Vec<_>>()});
+    let r = app.post("/fhir", &batch).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let answered = r.json()["entry"].clone();
+    for (i, (_, code, expression)) in entries.iter().enumerate() {
+        let entry = &answered[i]["response"];
+        assert_eq!(entry["status"], "400 Bad Request", "entry {i}: {entry}");
+        assert_eq!(
+            entry["outcome"]["issue"][0]["code"], *code,
+            "entry {i}: {entry}"
+        );
+        assert_eq!(
+            entry["outcome"]["issue"][0]["expression"][0], *expression,
+            "entry {i}"
+        );
     }
     assert_eq!(total(&app, "Patient").await, 0, "nothing was stored");
     assert_eq!(total(&app, "Observation").await, 0);
