@@ -19,7 +19,7 @@ use jsonschema::paths::Location;
 use jsonschema::{Keyword, ValidationError, ValidationOptions};
 use serde_json::{json, Map, Value};
 
-use crate::messages::Hints;
+use crate::hints::Hints;
 
 const CHOICES: &str = "fhirbox-choices";
 pub(crate) const PRIMITIVE: &str = "fhirbox-primitive";

@@ -11,6 +11,7 @@
 //! definition, with errors that point into it. Where the schema is weaker
 //! than the specification, a few rules are added (`keywords`, `rules`).
 
+mod hints;
 mod keywords;
 mod messages;
 mod rules;
@@ -126,7 +127,7 @@ pub struct Validator {
     /// Lists the problems of a resource the check refused.
     report: jsonschema::Validator,
     types: HashSet<String>,
-    hints: messages::Hints,
+    hints: hints::Hints,
     unknown: UnknownElements,
 }
 

@@ -3,8 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::hints::Hints;
 use crate::keywords;
-use crate::messages::Hints;
 
 /// HL7's R4 JSON Schema, as published (CC0; see schema/README.md).
 const FHIR_SCHEMA: &str = include_str!("../schema/fhir.schema.json");
