@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: the Rust workspace (SQLite always, PostgreSQL too when
 # FHIRBOX_TEST_POSTGRES_URL is set), the offline validation of the deployment
-# artifacts, and the local rehearsal of the Vault tutorial.
+# artifacts, the local rehearsal of the Vault tutorial, and a load of
+# generated Synthea patients under strict validation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
 scripts/validate-deploy.sh
 scripts/tutorial-local.sh
+python3 scripts/synthea_load.py target/release/fhirbox

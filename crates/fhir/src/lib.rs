@@ -1,6 +1,7 @@
 //! FHIR R4 vocabulary shared by every fhirbox crate: which resource types exist,
-//! what a valid id is, how an OperationOutcome is shaped, and which fields may
-//! carry a reference to an external secret.
+//! what a valid id is, how an OperationOutcome is shaped, which fields may
+//! carry a reference to an external secret, and the search parameters with
+//! the evaluator of their expressions (`search`).
 
 pub mod datetime;
 pub mod id;
@@ -8,6 +9,7 @@ pub mod id;
 pub use fhirbox_json as json;
 pub mod outcome;
 pub mod resource_types;
+pub mod search;
 pub mod secret_fields;
 pub mod secret_refs;
 
