@@ -65,6 +65,7 @@ fn basic_auth(c: &mut Criterion) {
                 kind: WriteKind::Put(body),
                 if_match: None,
                 finalize: None,
+                index: None,
             })
             .await
             .unwrap();

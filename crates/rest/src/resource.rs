@@ -273,6 +273,7 @@ pub fn prepare_create(
             checks.vault.as_ref(),
             prehashed,
         )),
+        index: Some(crate::indexing::indexer()),
         id,
         kind: WriteKind::Create(body),
         if_match: None,
@@ -307,6 +308,7 @@ pub fn prepare_update(
             checks.vault.as_ref(),
             prehashed,
         )),
+        index: Some(crate::indexing::indexer()),
     })
 }
 
@@ -371,6 +373,7 @@ pub fn prepare_patch(
             checks.vault.as_ref(),
             prehashed,
         )),
+        index: Some(crate::indexing::indexer()),
     })
 }
 
@@ -477,6 +480,7 @@ pub fn prepare_delete(
         kind: WriteKind::Delete,
         if_match,
         finalize: None,
+        index: None,
     })
 }
 

@@ -17,8 +17,9 @@ use std::future::Future;
 pub use cursor::Cursor;
 pub use error::{ErrorSource, Refusal, RefusalIssue, RefusalKind, StoreError};
 pub use model::{
-    Finalize, HistoryPage, HistoryQuery, HistoryScope, SearchPage, SearchQuery, SortKey,
-    StoredResource, TimeBound, Transform, WriteKind, WriteOp, WriteOutcome,
+    Condition, Filter, Finalize, HistoryPage, HistoryQuery, HistoryScope, IndexEntry, IndexKind,
+    Indexer, RangeOp, SearchPage, SearchQuery, SortKey, StoredResource, TimeBound, Transform,
+    UriOp, WriteKind, WriteOp, WriteOutcome,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -74,6 +75,26 @@ pub trait ChangeMarker {
         &self,
         resource_types: &[&str],
     ) -> impl Future<Output = StoreResult<i64>> + Send;
+}
+
+/// The search index outside of writes: rebuilding a resource's rows (after
+/// the definitions change, or for data stored before the index existed),
+/// and the version of the definitions the rows were built with.
+pub trait SearchIndex {
+    /// Replaces the index rows of the current version of `resource_type/id`;
+    /// `false` when there is no such live resource.
+    fn replace_index(
+        &self,
+        resource_type: &str,
+        id: &str,
+        entries: Vec<IndexEntry>,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// The version recorded by `set_index_version`, if any.
+    fn index_version(&self) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+    fn set_index_version(
+        &self,
+        version: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
 /// Liveness of the database connection.
@@ -167,6 +188,23 @@ impl ResourceSearch for Store {
 impl ChangeMarker for Store {
     async fn latest_change(&self, resource_types: &[&str]) -> StoreResult<i64> {
         delegate!(self, s => s.latest_change(resource_types))
+    }
+}
+
+impl SearchIndex for Store {
+    async fn replace_index(
+        &self,
+        resource_type: &str,
+        id: &str,
+        entries: Vec<IndexEntry>,
+    ) -> StoreResult<bool> {
+        delegate!(self, s => s.replace_index(resource_type, id, entries))
+    }
+    async fn index_version(&self) -> StoreResult<Option<String>> {
+        delegate!(self, s => s.index_version())
+    }
+    async fn set_index_version(&self, version: &str) -> StoreResult<()> {
+        delegate!(self, s => s.set_index_version(version))
     }
 }
 

@@ -75,6 +75,181 @@ pub struct WriteOp {
     pub if_match: Option<i64>,
     /// Applied to every body this op stores (not to deletions).
     pub finalize: Option<Finalize>,
+    /// Computes the search index rows of the body this op stores; they
+    /// replace the resource's rows in the same transaction. `None`: the
+    /// resource is not indexed (its old rows are removed all the same).
+    pub index: Option<Indexer>,
+}
+
+/// What a resource is found by, computed by the caller from the body about
+/// to be stored (resource type, final body).
+pub type Indexer =
+    std::sync::Arc<dyn Fn(&str, &serde_json::Value) -> Vec<IndexEntry> + Send + Sync>;
+
+/// One search index row: the parameter (`name`, `birthdate`) and its value
+/// in the column form of its kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexEntry {
+    String {
+        param: String,
+        /// Lower case, accents removed: what a default (prefix) match uses.
+        normalized: String,
+        exact: String,
+    },
+    Token {
+        param: String,
+        system: Option<String>,
+        code: Option<String>,
+        /// Display or text, normalized like a string (`:text`).
+        text: Option<String>,
+    },
+    /// A half-open range in microseconds since the epoch.
+    Date { param: String, low: i64, high: i64 },
+    Number { param: String, value: f64 },
+    Quantity {
+        param: String,
+        value: f64,
+        system: Option<String>,
+        code: Option<String>,
+    },
+    Uri { param: String, uri: String },
+    Reference {
+        param: String,
+        target_type: Option<String>,
+        target_id: Option<String>,
+        /// The reference as written (absolute URLs, canonicals).
+        url: String,
+    },
+}
+
+/// The table an index kind lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKind {
+    String,
+    Token,
+    Date,
+    Number,
+    Quantity,
+    Uri,
+    Reference,
+}
+
+impl IndexKind {
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            IndexKind::String => "idx_string",
+            IndexKind::Token => "idx_token",
+            IndexKind::Date => "idx_date",
+            IndexKind::Number => "idx_number",
+            IndexKind::Quantity => "idx_quantity",
+            IndexKind::Uri => "idx_uri",
+            IndexKind::Reference => "idx_reference",
+        }
+    }
+
+    pub(crate) const ALL: [IndexKind; 7] = [
+        IndexKind::String,
+        IndexKind::Token,
+        IndexKind::Date,
+        IndexKind::Number,
+        IndexKind::Quantity,
+        IndexKind::Uri,
+        IndexKind::Reference,
+    ];
+}
+
+/// One condition on a search parameter's index rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// `normalized` starts with the value (already normalized).
+    StringStarts { param: String, value: String },
+    /// `normalized` contains the value.
+    StringContains { param: String, value: String },
+    /// `exact` equals the value.
+    StringExact { param: String, value: String },
+    /// A token: `system` `None` = any system, `Some(None)` = no system.
+    Token {
+        param: String,
+        system: Option<Option<String>>,
+        code: Option<String>,
+    },
+    /// Token text (`:text`): the normalized display/text starts with the value.
+    TokenText { param: String, value: String },
+    /// The stored range `[low, high)` relates to `[start, end)` as `op` says.
+    Date {
+        param: String,
+        op: RangeOp,
+        start: i64,
+        end: i64,
+    },
+    /// A number (or a quantity's value) in `[low, high)`, or compared.
+    Number {
+        param: String,
+        kind: IndexKind,
+        op: RangeOp,
+        low: f64,
+        high: f64,
+        /// Quantity only: `system` and/or `code` to match (`None` = any).
+        system: Option<String>,
+        code: Option<String>,
+    },
+    /// A reference to `target_id` (of `target_type` when given).
+    Reference {
+        param: String,
+        target_type: Option<String>,
+        target_id: String,
+    },
+    /// A reference written as this URL (absolute or canonical).
+    ReferenceUrl { param: String, url: String },
+    /// A uri: equal, or (`below`) starting with, or (`above`) a prefix of the value.
+    Uri { param: String, op: UriOp, value: String },
+    /// The resource has (`false`) or lacks (`true`) any row of the parameter.
+    Missing {
+        param: String,
+        kind: IndexKind,
+        missing: bool,
+    },
+    /// Resources with no row matching the inner condition (token `:not`).
+    Not(Box<Condition>),
+}
+
+/// How a stored range `[low, high)` must relate to a searched one
+/// `[start, end)` (R4 §3.1.1.4.1 prefixes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeOp {
+    /// `eq`: the stored range lies within the searched one.
+    Within,
+    /// `ne`: not within.
+    NotWithin,
+    /// `gt`: the stored range goes past the end of the searched one.
+    EndsAfter,
+    /// `lt`: the stored range starts before the searched one.
+    StartsBefore,
+    /// `ge`: within, or ends after.
+    WithinOrAfter,
+    /// `le`: within, or starts before.
+    WithinOrBefore,
+    /// `sa`: starts after the searched range ends.
+    StartsAfter,
+    /// `eb`: ends before the searched range starts.
+    EndsBefore,
+    /// `ap`: overlaps the searched range.
+    Overlaps,
+}
+
+/// How a uri is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriOp {
+    Equal,
+    Below,
+    Above,
+}
+
+/// Conditions ORed (a parameter with comma-separated values); the filters
+/// of a search are ANDed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Filter {
+    pub any_of: Vec<Condition>,
 }
 
 impl std::fmt::Debug for WriteOp {
@@ -131,6 +306,8 @@ pub struct SearchQuery {
     pub cursor: Option<Cursor>,
     /// Count every match (`_total=accurate`).
     pub with_total: bool,
+    /// Search parameter filters, all of which must hold.
+    pub filters: Vec<Filter>,
 }
 
 /// One page of search results.

@@ -7,7 +7,13 @@ use crate::error::DbResult;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-crate::sql::sql_backend!(PostgresStore, Postgres, PgConnection, "FOR UPDATE");
+crate::sql::sql_backend!(
+    PostgresStore,
+    Postgres,
+    PgConnection,
+    "FOR UPDATE",
+    "nextval('resource_res_key_seq')"
+);
 
 /// Resources in a PostgreSQL database.
 #[derive(Clone)]

@@ -3,13 +3,18 @@
 
 use crate::cursor::Cursor;
 use crate::error::StoreError;
-use crate::model::{HistoryQuery, HistoryScope, SearchQuery, SortKey, StoredResource, TimeBound};
+use crate::model::{
+    Condition, HistoryQuery, HistoryScope, IndexEntry, IndexKind, RangeOp, SearchQuery, SortKey,
+    StoredResource, TimeBound, UriOp,
+};
 
 /// A value to bind, in placeholder order.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Bind {
     Text(String),
+    OptText(Option<String>),
     Int(i64),
+    Float(f64),
 }
 
 /// SQL under construction with its binds.
@@ -78,6 +83,232 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
             TimeBound::AtOrAfter(t) => sql.push(" AND last_updated >= ").bind(Bind::Int(*t)),
             TimeBound::Before(t) => sql.push(" AND last_updated < ").bind(Bind::Int(*t)),
         };
+    }
+    for filter in &q.filters {
+        sql.push(" AND (");
+        for (i, condition) in filter.any_of.iter().enumerate() {
+            if i > 0 {
+                sql.push(" OR ");
+            }
+            push_condition(sql, q.resource_type.as_deref(), condition);
+        }
+        if filter.any_of.is_empty() {
+            sql.push("FALSE");
+        }
+        sql.push(")");
+    }
+}
+
+/// `res_key IN (SELECT res_key FROM <table> WHERE <type and param> AND `…
+fn index_rows(sql: &mut Sql, resource_type: Option<&str>, kind: IndexKind, param: &str) {
+    sql.push("res_key IN (SELECT res_key FROM ")
+        .push(kind.table())
+        .push(" WHERE ");
+    if let Some(rt) = resource_type {
+        sql.push("resource_type = ").bind(Bind::Text(rt.to_owned())).push(" AND ");
+    }
+    sql.push("param = ").bind(Bind::Text(param.to_owned()));
+}
+
+/// The SQL of a stored range `[lo, hi)` (column expressions) against a
+/// searched one (R4 §3.1.1.4.1).
+fn push_range(sql: &mut Sql, lo: &str, hi: &str, op: RangeOp, start: Bind, end: Bind) {
+    let (s1, e1) = (start.clone(), end.clone());
+    match op {
+        RangeOp::Within => sql.push(&format!(" AND {lo} >= ")).bind(start).push(&format!(" AND {hi} <= ")).bind(end),
+        RangeOp::NotWithin => sql.push(&format!(" AND NOT ({lo} >= ")).bind(start).push(&format!(" AND {hi} <= ")).bind(end).push(")"),
+        RangeOp::EndsAfter => sql.push(&format!(" AND {hi} > ")).bind(end),
+        RangeOp::StartsBefore => sql.push(&format!(" AND {lo} < ")).bind(start),
+        RangeOp::WithinOrAfter => sql
+            .push(&format!(" AND ({hi} > ")).bind(end)
+            .push(&format!(" OR ({lo} >= ")).bind(s1).push(&format!(" AND {hi} <= ")).bind(e1).push("))"),
+        RangeOp::WithinOrBefore => sql
+            .push(&format!(" AND ({lo} < ")).bind(start)
+            .push(&format!(" OR ({lo} >= ")).bind(s1).push(&format!(" AND {hi} <= ")).bind(e1).push("))"),
+        RangeOp::StartsAfter => sql.push(&format!(" AND {lo} >= ")).bind(end),
+        RangeOp::EndsBefore => sql.push(&format!(" AND {hi} <= ")).bind(start),
+        RangeOp::Overlaps => sql.push(&format!(" AND {lo} < ")).bind(end).push(&format!(" AND {hi} > ")).bind(start),
+    };
+}
+
+/// One condition, as a predicate on the `resource` row.
+fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condition) {
+    let like_escape = |v: &str| v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    match condition {
+        Condition::StringStarts { param, value } => {
+            index_rows(sql, resource_type, IndexKind::String, param);
+            sql.push(" AND normalized LIKE ")
+                .bind(Bind::Text(format!("{}%", like_escape(value))))
+                .push(" ESCAPE '\\')");
+        }
+        Condition::StringContains { param, value } => {
+            index_rows(sql, resource_type, IndexKind::String, param);
+            sql.push(" AND normalized LIKE ")
+                .bind(Bind::Text(format!("%{}%", like_escape(value))))
+                .push(" ESCAPE '\\')");
+        }
+        Condition::StringExact { param, value } => {
+            index_rows(sql, resource_type, IndexKind::String, param);
+            sql.push(" AND exact = ").bind(Bind::Text(value.clone())).push(")");
+        }
+        Condition::Token { param, system, code } => {
+            index_rows(sql, resource_type, IndexKind::Token, param);
+            if let Some(code) = code {
+                sql.push(" AND code = ").bind(Bind::Text(code.clone()));
+            }
+            match system {
+                None => {}
+                Some(None) => {
+                    sql.push(" AND system IS NULL");
+                }
+                Some(Some(system)) => {
+                    sql.push(" AND system = ").bind(Bind::Text(system.clone()));
+                }
+            }
+            sql.push(")");
+        }
+        Condition::TokenText { param, value } => {
+            index_rows(sql, resource_type, IndexKind::Token, param);
+            sql.push(" AND text LIKE ")
+                .bind(Bind::Text(format!("{}%", like_escape(value))))
+                .push(" ESCAPE '\\')");
+        }
+        Condition::Date { param, op, start, end } => {
+            index_rows(sql, resource_type, IndexKind::Date, param);
+            push_range(sql, "low", "high", *op, Bind::Int(*start), Bind::Int(*end));
+            sql.push(")");
+        }
+        Condition::Number { param, kind, op, low, high, system, code } => {
+            index_rows(sql, resource_type, *kind, param);
+            // A stored number is a point: its range is [value, value].
+            let (start, end) = (Bind::Float(*low), Bind::Float(*high));
+            match op {
+                RangeOp::Within => sql.push(" AND value >= ").bind(start).push(" AND value < ").bind(end),
+                RangeOp::NotWithin => sql.push(" AND NOT (value >= ").bind(start).push(" AND value < ").bind(end).push(")"),
+                RangeOp::EndsAfter | RangeOp::StartsAfter => sql.push(" AND value > ").bind(end),
+                RangeOp::StartsBefore | RangeOp::EndsBefore => sql.push(" AND value < ").bind(start),
+                RangeOp::WithinOrAfter => sql.push(" AND value >= ").bind(start),
+                RangeOp::WithinOrBefore => sql.push(" AND value <= ").bind(end),
+                RangeOp::Overlaps => sql.push(" AND value >= ").bind(start).push(" AND value <= ").bind(end),
+            };
+            if let Some(system) = system {
+                sql.push(" AND system = ").bind(Bind::Text(system.clone()));
+            }
+            if let Some(code) = code {
+                sql.push(" AND code = ").bind(Bind::Text(code.clone()));
+            }
+            sql.push(")");
+        }
+        Condition::Reference { param, target_type, target_id } => {
+            index_rows(sql, resource_type, IndexKind::Reference, param);
+            sql.push(" AND target_id = ").bind(Bind::Text(target_id.clone()));
+            if let Some(t) = target_type {
+                sql.push(" AND target_type = ").bind(Bind::Text(t.clone()));
+            }
+            sql.push(")");
+        }
+        Condition::ReferenceUrl { param, url } => {
+            index_rows(sql, resource_type, IndexKind::Reference, param);
+            sql.push(" AND url = ").bind(Bind::Text(url.clone())).push(")");
+        }
+        Condition::Uri { param, op, value } => {
+            index_rows(sql, resource_type, IndexKind::Uri, param);
+            match op {
+                UriOp::Equal => sql.push(" AND uri = ").bind(Bind::Text(value.clone())),
+                UriOp::Below => sql
+                    .push(" AND uri LIKE ")
+                    .bind(Bind::Text(format!("{}%", like_escape(value))))
+                    .push(" ESCAPE '\\'"),
+                // The stored uri is a prefix of the value.
+                UriOp::Above => sql
+                    .push(" AND ")
+                    .bind(Bind::Text(value.clone()))
+                    .push(" LIKE (REPLACE(REPLACE(REPLACE(uri, '\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%') ESCAPE '\\'"),
+            };
+            sql.push(")");
+        }
+        Condition::Missing { param, kind, missing } => {
+            if *missing {
+                sql.push("NOT ");
+            }
+            index_rows(sql, resource_type, *kind, param);
+            sql.push(")");
+        }
+        Condition::Not(inner) => {
+            sql.push("NOT (");
+            push_condition(sql, resource_type, inner);
+            sql.push(")");
+        }
+    }
+}
+
+/// Most rows one INSERT statement carries (binds stay far below the
+/// backends' limits).
+const ROWS_PER_INSERT: usize = 200;
+
+/// The INSERT statements of a resource's index rows, a few per kind.
+pub(crate) fn index_inserts(key: i64, resource_type: &str, entries: &[IndexEntry]) -> Vec<Sql> {
+    let mut out = Vec::new();
+    for kind in IndexKind::ALL {
+        let rows: Vec<&IndexEntry> = entries.iter().filter(|e| entry_kind(e) == kind).collect();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let columns = match kind {
+                IndexKind::String => "param, normalized, exact",
+                IndexKind::Token => "param, system, code, text",
+                IndexKind::Date => "param, low, high",
+                IndexKind::Number => "param, value",
+                IndexKind::Quantity => "param, value, system, code",
+                IndexKind::Uri => "param, uri",
+                IndexKind::Reference => "param, target_type, target_id, url",
+            };
+            let mut sql = Sql::new(&format!(
+                "INSERT INTO {} (res_key, resource_type, {columns}) VALUES ",
+                kind.table()
+            ));
+            for (i, entry) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push("(").bind(Bind::Int(key)).push(", ");
+                sql.bind(Bind::Text(resource_type.to_owned()));
+                for value in entry_values(entry) {
+                    sql.push(", ").bind(value);
+                }
+                sql.push(")");
+            }
+            out.push(sql);
+        }
+    }
+    out
+}
+
+fn entry_kind(entry: &IndexEntry) -> IndexKind {
+    match entry {
+        IndexEntry::String { .. } => IndexKind::String,
+        IndexEntry::Token { .. } => IndexKind::Token,
+        IndexEntry::Date { .. } => IndexKind::Date,
+        IndexEntry::Number { .. } => IndexKind::Number,
+        IndexEntry::Quantity { .. } => IndexKind::Quantity,
+        IndexEntry::Uri { .. } => IndexKind::Uri,
+        IndexEntry::Reference { .. } => IndexKind::Reference,
+    }
+}
+
+fn entry_values(entry: &IndexEntry) -> Vec<Bind> {
+    let text = |s: &String| Bind::Text(s.clone());
+    let opt = |s: &Option<String>| Bind::OptText(s.clone());
+    match entry {
+        IndexEntry::String { param, normalized, exact } => vec![text(param), text(normalized), text(exact)],
+        IndexEntry::Token { param, system, code, text: t } => vec![text(param), opt(system), opt(code), opt(t)],
+        IndexEntry::Date { param, low, high } => vec![text(param), Bind::Int(*low), Bind::Int(*high)],
+        IndexEntry::Number { param, value } => vec![text(param), Bind::Float(*value)],
+        IndexEntry::Quantity { param, value, system, code } => {
+            vec![text(param), Bind::Float(*value), opt(system), opt(code)]
+        }
+        IndexEntry::Uri { param, uri } => vec![text(param), text(uri)],
+        IndexEntry::Reference { param, target_type, target_id, url } => {
+            vec![text(param), opt(target_type), opt(target_id), text(url)]
+        }
     }
 }
 

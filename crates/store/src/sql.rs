@@ -5,8 +5,9 @@
 /// Generates the storage trait implementations for `$store`, a struct with
 /// `reader` and `writer` pools of database `$db` and connection type `$conn`.
 /// `$lock` is the row-locking clause appended to the read-for-update query.
+/// `$key` is the SQL expression that numbers a new resource row (`res_key`).
 macro_rules! sql_backend {
-    ($store:ident, $db:ty, $conn:ty, $lock:literal) => {
+    ($store:ident, $db:ty, $conn:ty, $lock:literal, $key:literal) => {
         use sqlx::Row as _;
 
         use crate::error::StoreError;
@@ -23,7 +24,9 @@ macro_rules! sql_backend {
             for b in binds {
                 q = match b {
                     Bind::Text(s) => q.bind(s),
+                    Bind::OptText(s) => q.bind(s),
                     Bind::Int(i) => q.bind(i),
+                    Bind::Float(f) => q.bind(f),
                 };
             }
             q
@@ -48,7 +51,7 @@ macro_rules! sql_backend {
             version_id: i64,
             last_updated: i64,
             body: serde_json::Value,
-        ) -> StoreResult<String> {
+        ) -> StoreResult<serde_json::Value> {
             let serde_json::Value::Object(mut fields) = body else {
                 return Err(StoreError::Corrupt("resource body is not a JSON object".into()));
             };
@@ -72,8 +75,41 @@ macro_rules! sql_backend {
             out.insert("id".into(), id.into());
             out.insert("meta".into(), serde_json::Value::Object(ordered_meta));
             out.extend(fields);
-            serde_json::to_string(&serde_json::Value::Object(out))
-                .map_err(|e| StoreError::Corrupt(e.to_string()))
+            Ok(serde_json::Value::Object(out))
+        }
+
+        /// The `res_key` of a resource row.
+        async fn key_of(conn: &mut $conn, resource_type: &str, id: &str) -> StoreResult<Option<i64>> {
+            let row = sqlx::query("SELECT res_key FROM resource WHERE resource_type = $1 AND id = $2")
+                .bind(resource_type)
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await.db()?;
+            row.map(|r| r.try_get::<i64, _>(0)).transpose().db()
+        }
+
+        /// Replaces the index rows of the resource row `key`.
+        async fn write_index(
+            conn: &mut $conn,
+            key: i64,
+            resource_type: &str,
+            entries: &[IndexEntry],
+            had_rows: bool,
+        ) -> StoreResult<()> {
+            if had_rows {
+                for kind in IndexKind::ALL {
+                    sqlx::query(&format!("DELETE FROM {} WHERE res_key = $1", kind.table()))
+                        .bind(key)
+                        .execute(&mut *conn)
+                        .await.db()?;
+                }
+            }
+            for statement in query::index_inserts(key, resource_type, entries) {
+                bind_all(sqlx::query(&statement.text), statement.binds)
+                    .execute(&mut *conn)
+                    .await.db()?;
+            }
+            Ok(())
         }
 
         async fn select_current(
@@ -130,12 +166,17 @@ macro_rules! sql_backend {
                 let next_version = current.as_ref().map_or(1, |c| c.version_id + 1);
                 let now = crate::instant::now_micros()
                     .max(current.as_ref().map_or(0, |c| c.last_updated));
-                let finish = |body: serde_json::Value| -> StoreResult<String> {
+                // The stored text and the index rows of the final body.
+                let finish = |body: serde_json::Value| -> StoreResult<(String, Vec<IndexEntry>)> {
                     let body = match &op.finalize {
                         Some(f) => f(body, live).map_err(StoreError::Rejected)?,
                         None => body,
                     };
-                    finalize_body(rt, id, next_version, now, body)
+                    let body = finalize_body(rt, id, next_version, now, body)?;
+                    let entries = op.index.as_ref().map(|index| index(rt, &body)).unwrap_or_default();
+                    let text = serde_json::to_string(&body)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    Ok((text, entries))
                 };
                 let (deleted, body) = match &op.kind {
                     WriteKind::Create(body) => {
@@ -182,9 +223,10 @@ macro_rules! sql_backend {
                                 changed: false,
                             })
                         }
-                        Some(_) => (true, String::new()),
+                        Some(_) => (true, (String::new(), Vec::new())),
                     },
                 };
+                let (body, entries) = body;
                 let record = StoredResource {
                     resource_type: rt.into(),
                     id: id.into(),
@@ -194,10 +236,10 @@ macro_rules! sql_backend {
                     body,
                 };
                 if current.is_none() {
-                    let inserted = sqlx::query(
-                        "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, body) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (resource_type, id) DO NOTHING",
-                    )
+                    let inserted = sqlx::query(concat!(
+                        "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, body, res_key) \
+                         VALUES ($1, $2, $3, $4, $5, $6, ", $key, ") ON CONFLICT (resource_type, id) DO NOTHING",
+                    ))
                     .bind(rt)
                     .bind(id)
                     .bind(record.version_id)
@@ -226,6 +268,10 @@ macro_rules! sql_backend {
                     .await.db()?;
                 }
                 insert_history(conn, &record).await?;
+                let key = key_of(conn, rt, id)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("a written row has no key".into()))?;
+                write_index(conn, key, rt, &entries, current.is_some()).await?;
                 return Ok(WriteOutcome {
                     created: live.is_none() && !deleted,
                     changed: true,
@@ -379,6 +425,48 @@ macro_rules! sql_backend {
                 }
                 let row = q.fetch_one(&self.reader).await.db()?;
                 row.try_get::<i64, _>(0).db()
+            }
+        }
+
+        impl crate::SearchIndex for $store {
+            async fn replace_index(
+                &self,
+                resource_type: &str,
+                id: &str,
+                entries: Vec<IndexEntry>,
+            ) -> StoreResult<bool> {
+                let mut tx = self.writer.begin().await.db()?;
+                let row = sqlx::query(
+                    "SELECT res_key FROM resource WHERE resource_type = $1 AND id = $2 AND deleted = FALSE",
+                )
+                .bind(resource_type)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await.db()?;
+                let Some(key) = row.map(|r| r.try_get::<i64, _>(0)).transpose().db()? else {
+                    return Ok(false);
+                };
+                write_index(&mut tx, key, resource_type, &entries, true).await?;
+                tx.commit().await.db()?;
+                Ok(true)
+            }
+
+            async fn index_version(&self) -> StoreResult<Option<String>> {
+                let row = sqlx::query("SELECT value FROM fhirbox_setting WHERE name = 'search-index'")
+                    .fetch_optional(&self.reader)
+                    .await.db()?;
+                row.map(|r| r.try_get::<String, _>(0)).transpose().db()
+            }
+
+            async fn set_index_version(&self, version: &str) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO fhirbox_setting (name, value) VALUES ('search-index', $1) \
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                )
+                .bind(version)
+                .execute(&self.writer)
+                .await.db()?;
+                Ok(())
             }
         }
 

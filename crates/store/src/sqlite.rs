@@ -10,7 +10,14 @@ use crate::error::DbResult;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
-crate::sql::sql_backend!(SqliteStore, Sqlite, SqliteConnection, "");
+// SQLite has one writer at a time, so the next key is the largest plus one.
+crate::sql::sql_backend!(
+    SqliteStore,
+    Sqlite,
+    SqliteConnection,
+    "",
+    "(SELECT COALESCE(MAX(res_key), 0) + 1 FROM resource)"
+);
 
 /// Resources in an embedded SQLite file.
 #[derive(Clone)]

@@ -77,6 +77,7 @@ fn op(resource_type: &str, id: &str, kind: WriteKind) -> WriteOp {
         kind,
         if_match: None,
         finalize: None,
+        index: None,
     }
 }
 

@@ -1,0 +1,105 @@
+//! What a stored resource is found by: every search parameter of its type
+//! (HL7's R4 definitions, `fhirbox_fhir::search`) evaluated on the body the
+//! store is about to write, as index rows the store keeps in the same
+//! transaction (docs/search.md).
+
+use std::sync::{Arc, OnceLock};
+
+use fhirbox_fhir::search::{index_values, normalize, IndexValue, ParamType, SearchParams};
+use fhirbox_store::{IndexEntry, Indexer};
+use serde_json::Value;
+
+/// The version of the index rows: when the definitions or the way values
+/// are indexed change, this changes and the server rebuilds the rows at
+/// start (`fhirbox reindex` does it on demand).
+pub const INDEX_VERSION: &str = "r4-search-1";
+
+/// Parameters kept in columns of the resource row itself.
+const NATIVE: &[&str] = &["_id", "_lastUpdated"];
+
+/// The indexer every write uses.
+pub fn indexer() -> Indexer {
+    static INDEXER: OnceLock<Indexer> = OnceLock::new();
+    INDEXER.get_or_init(|| Arc::new(entries)).clone()
+}
+
+/// The index rows of `body`, a resource of `resource_type`.
+pub fn entries(resource_type: &str, body: &Value) -> Vec<IndexEntry> {
+    let mut out = Vec::new();
+    for param in SearchParams::r4().of_type(resource_type) {
+        if NATIVE.contains(&param.code.as_str())
+            || matches!(param.param_type, ParamType::Composite | ParamType::Special)
+        {
+            continue;
+        }
+        for value in index_values(param, body) {
+            if let Some(entry) = entry(&param.code, value) {
+                out.push(entry);
+            }
+        }
+    }
+    out
+}
+
+fn entry(param: &str, value: IndexValue) -> Option<IndexEntry> {
+    let param = param.to_owned();
+    Some(match value {
+        IndexValue::String { normalized, exact } => IndexEntry::String {
+            param,
+            normalized,
+            exact,
+        },
+        IndexValue::Token { system, code, text } => IndexEntry::Token {
+            param,
+            system,
+            code,
+            text: text.as_deref().map(normalize),
+        },
+        IndexValue::Date { low, high } => IndexEntry::Date { param, low, high },
+        IndexValue::Number(value) => IndexEntry::Number { param, value },
+        IndexValue::Quantity {
+            value,
+            system,
+            code,
+            unit,
+        } => IndexEntry::Quantity {
+            param,
+            value,
+            system,
+            code: code.or(unit),
+        },
+        IndexValue::Uri(uri) => IndexEntry::Uri { param, uri },
+        IndexValue::Reference {
+            reference,
+            target_type,
+            id,
+            identifier: _,
+        } => IndexEntry::Reference {
+            param,
+            target_type,
+            target_id: id,
+            url: reference,
+        },
+        IndexValue::Composite(_) => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_patient_is_indexed_by_its_parameters() {
+        let p = json!({"resourceType": "Patient", "id": "p", "name": [{"family": "Müller"}],
+            "gender": "female", "birthDate": "1980", "managingOrganization": {"reference": "Organization/o"}});
+        let rows = entries("Patient", &p);
+        assert!(rows.contains(&IndexEntry::String { param: "family".into(), normalized: "muller".into(), exact: "Müller".into() }));
+        assert!(rows.contains(&IndexEntry::Token { param: "gender".into(), system: None, code: Some("female".into()), text: None }));
+        assert!(rows.iter().any(|r| matches!(r, IndexEntry::Date { param, .. } if param == "birthdate")));
+        assert!(rows.contains(&IndexEntry::Reference { param: "organization".into(), target_type: Some("Organization".into()),
+            target_id: Some("o".into()), url: "Organization/o".into() }));
+        // _id is a column of the resource row, not an index row.
+        assert!(!rows.iter().any(|r| matches!(r, IndexEntry::Token { param, .. } if param == "_id")));
+    }
+}
