@@ -193,7 +193,7 @@ fn authorize(app: &Rest, identity: &Identity, entry: Entry) -> Result<Entry, Res
     };
     let query = search::parse_query(entry.query.as_deref())?
         .into_iter()
-        .filter(|(name, _)| search::acted_on(kind, name))
+        .filter(|(name, _)| search::acted_on(kind, Some(resource_type), name))
         .collect();
     let facts = RequestFacts::new(
         method,

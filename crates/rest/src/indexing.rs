@@ -6,8 +6,12 @@
 use std::sync::{Arc, OnceLock};
 
 use fhirbox_fhir::search::{index_values, normalize, IndexValue, ParamType, SearchParams};
-use fhirbox_store::{IndexEntry, Indexer};
+use fhirbox_store::{
+    IndexEntry, Indexer, ResourceSearch, SearchIndex, SearchQuery, SortKey, Store, StoreResult,
+};
 use serde_json::Value;
+
+use crate::Rest;
 
 /// The version of the index rows: when the definitions or the way values
 /// are indexed change, this changes and the server rebuilds the rows at
@@ -84,6 +88,54 @@ fn entry(param: &str, value: IndexValue) -> Option<IndexEntry> {
     })
 }
 
+/// Rebuilds the index rows of every current resource in `store` (data
+/// stored before the index existed, or indexed by older definitions), then
+/// records `INDEX_VERSION`. Returns how many resources were indexed.
+pub async fn reindex(store: &Store) -> StoreResult<u64> {
+    {
+        let mut indexed = 0;
+        let mut cursor = None;
+        loop {
+            let page = store
+                .search(SearchQuery {
+                    sort: SortKey::Id,
+                    count: 500,
+                    cursor,
+                    ..Default::default()
+                })
+                .await?;
+            for stored in &page.resources {
+                // A body that does not parse has nothing to be found by.
+                let rows = serde_json::from_str::<Value>(&stored.body)
+                    .map(|body| entries(&stored.resource_type, &body))
+                    .unwrap_or_default();
+                if store
+                    .replace_index(&stored.resource_type, &stored.id, rows)
+                    .await?
+                {
+                    indexed += 1;
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        store.set_index_version(INDEX_VERSION).await?;
+        Ok(indexed)
+    }
+}
+
+impl Rest {
+    /// `reindex` when the rows were built by other definitions (or none).
+    pub async fn reindex_if_stale(&self) -> StoreResult<Option<u64>> {
+        if self.store.index_version().await?.as_deref() == Some(INDEX_VERSION) {
+            return Ok(None);
+        }
+        reindex(&self.store).await.map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,12 +146,29 @@ mod tests {
         let p = json!({"resourceType": "Patient", "id": "p", "name": [{"family": "Müller"}],
             "gender": "female", "birthDate": "1980", "managingOrganization": {"reference": "Organization/o"}});
         let rows = entries("Patient", &p);
-        assert!(rows.contains(&IndexEntry::String { param: "family".into(), normalized: "muller".into(), exact: "Müller".into() }));
-        assert!(rows.contains(&IndexEntry::Token { param: "gender".into(), system: None, code: Some("female".into()), text: None }));
-        assert!(rows.iter().any(|r| matches!(r, IndexEntry::Date { param, .. } if param == "birthdate")));
-        assert!(rows.contains(&IndexEntry::Reference { param: "organization".into(), target_type: Some("Organization".into()),
-            target_id: Some("o".into()), url: "Organization/o".into() }));
+        assert!(rows.contains(&IndexEntry::String {
+            param: "family".into(),
+            normalized: "muller".into(),
+            exact: "Müller".into()
+        }));
+        assert!(rows.contains(&IndexEntry::Token {
+            param: "gender".into(),
+            system: None,
+            code: Some("female".into()),
+            text: None
+        }));
+        assert!(rows
+            .iter()
+            .any(|r| matches!(r, IndexEntry::Date { param, .. } if param == "birthdate")));
+        assert!(rows.contains(&IndexEntry::Reference {
+            param: "organization".into(),
+            target_type: Some("Organization".into()),
+            target_id: Some("o".into()),
+            url: "Organization/o".into()
+        }));
         // _id is a column of the resource row, not an index row.
-        assert!(!rows.iter().any(|r| matches!(r, IndexEntry::Token { param, .. } if param == "_id")));
+        assert!(!rows
+            .iter()
+            .any(|r| matches!(r, IndexEntry::Token { param, .. } if param == "_id")));
     }
 }

@@ -1,10 +1,15 @@
 //! Search and history parameters (FHIR R4 §3.1.1): parsing, validation and the
-//! links of result bundles. Only parameters the store really applies are
-//! accepted; the rest are ignored (reported by their absence from the `self`
-//! link) or, with `Prefer: handling=strict`, refused.
+//! links of result bundles. Every parameter HL7 defines for the type is
+//! searched through the index (docs/search.md); an unknown one is ignored
+//! (and left out of the `self` link) or, with `Prefer: handling=strict`,
+//! refused. A malformed value is always a 400 that names the parameter.
 
 use fhirbox_fhir::datetime::parse_range;
-use fhirbox_store::{Cursor, HistoryQuery, HistoryScope, SearchQuery, SortKey, TimeBound};
+use fhirbox_fhir::search::{normalize, ParamType, SearchParam, SearchParams, UNSUPPORTED};
+use fhirbox_store::{
+    Condition, Cursor, Filter, HistoryQuery, HistoryScope, IndexKind, RangeOp, SearchQuery,
+    SortKey, TimeBound, UriOp,
+};
 
 use crate::error::RestError;
 
@@ -40,17 +45,34 @@ pub enum QueryUse {
     Nothing,
 }
 
-/// True when a route of this kind applies the query parameter `name`.
-/// Access policies see only these (docs/security.md), so a policy can never
-/// pin a parameter the handler would ignore.
-pub fn acted_on(kind: QueryUse, name: &str) -> bool {
+/// True when a route of this kind (on `resource_type`, `None` for the
+/// system level) applies the query parameter `name` (with or without a
+/// modifier). Access policies see only these (docs/security.md), so a
+/// policy can never pin a parameter the handler would ignore.
+pub fn acted_on(kind: QueryUse, resource_type: Option<&str>, name: &str) -> bool {
     match kind {
         QueryUse::Search => {
+            let code = name.split(':').next().unwrap_or(name);
             SEARCH_PARAMETERS.iter().any(|(p, _, _)| *p == name)
                 || RESULT_PARAMETERS.contains(&name)
+                || definition(resource_type, code).is_some()
         }
         QueryUse::History => HISTORY_PARAMETERS.contains(&name),
         QueryUse::Nothing => false,
+    }
+}
+
+/// The parameters every type has, searchable at the system level too.
+const COMMON: &[&str] = &["_tag", "_profile", "_security", "_source"];
+
+/// The definition of `code` for a search of `resource_type` (at the
+/// system level, the common parameters only).
+fn definition(resource_type: Option<&str>, code: &str) -> Option<&'static SearchParam> {
+    let table = SearchParams::r4();
+    match resource_type {
+        Some(t) => table.get(t, code).map(|p| &**p),
+        None if COMMON.contains(&code) => table.get("Patient", code).map(|p| &**p),
+        None => None,
     }
 }
 
@@ -123,7 +145,7 @@ pub fn parse_search(
         ..Default::default()
     };
     let mut applied = Vec::new();
-    let supported = "_id, _lastUpdated, _count, _sort (_id, _lastUpdated), _total";
+    let supported = "the search parameters of the type (GET /fhir/metadata lists them), _id, _lastUpdated, _count, _sort (_id, _lastUpdated), _total";
     for (name, value) in params {
         match name.as_str() {
             "_id" => {
@@ -181,8 +203,17 @@ pub fn parse_search(
             }
             "_format" | "_pretty" => continue,
             other => {
-                unknown(other, strict, supported)?;
-                continue;
+                let (code, modifier) = match other.split_once(':') {
+                    Some((c, m)) => (c, Some(m)),
+                    None => (other, None),
+                };
+                match definition(resource_type, code) {
+                    Some(param) => query.filters.push(filter(param, modifier, value)?),
+                    None => {
+                        unknown(other, strict, supported)?;
+                        continue;
+                    }
+                }
             }
         }
         applied.push((name.clone(), value.clone()));
@@ -192,6 +223,261 @@ pub fn parse_search(
         query.ids = Some(vec![String::new()]);
     }
     Ok(SearchRequest { query, applied })
+}
+
+/// Splits a parameter value at unescaped commas (R4 §3.1.1.5.7: `\,` is a
+/// comma inside one value).
+fn split_values(value: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(next @ (',' | '$' | '|' | '\\')) => out.last_mut().unwrap().push(next),
+                Some(next) => {
+                    let last = out.last_mut().unwrap();
+                    last.push('\\');
+                    last.push(next);
+                }
+                None => out.last_mut().unwrap().push('\\'),
+            },
+            ',' => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    out
+}
+
+/// Splits at the first unescaped `|`.
+fn split_pipe(value: &str) -> Option<(&str, &str)> {
+    let bytes = value.as_bytes();
+    (0..bytes.len())
+        .find(|&i| bytes[i] == b'|' && (i == 0 || bytes[i - 1] != b'\\'))
+        .map(|i| (&value[..i], &value[i + 1..]))
+}
+
+/// A comparison prefix (R4 §3.1.1.4.1) and the rest of the value.
+fn prefixed(value: &str) -> (RangeOp, &str) {
+    let op = match value.get(..2) {
+        Some("eq") => RangeOp::Within,
+        Some("ne") => RangeOp::NotWithin,
+        Some("gt") => RangeOp::EndsAfter,
+        Some("lt") => RangeOp::StartsBefore,
+        Some("ge") => RangeOp::WithinOrAfter,
+        Some("le") => RangeOp::WithinOrBefore,
+        Some("sa") => RangeOp::StartsAfter,
+        Some("eb") => RangeOp::EndsBefore,
+        Some("ap") => RangeOp::Overlaps,
+        _ => return (RangeOp::Within, value),
+    };
+    (op, &value[2..])
+}
+
+fn index_kind(param_type: ParamType) -> Option<IndexKind> {
+    Some(match param_type {
+        ParamType::String => IndexKind::String,
+        ParamType::Token => IndexKind::Token,
+        ParamType::Date => IndexKind::Date,
+        ParamType::Number => IndexKind::Number,
+        ParamType::Quantity => IndexKind::Quantity,
+        ParamType::Uri => IndexKind::Uri,
+        ParamType::Reference => IndexKind::Reference,
+        ParamType::Composite | ParamType::Special => return None,
+    })
+}
+
+/// One occurrence of a parameter (`name[:modifier]=v1,v2`) as a filter:
+/// its values ORed.
+fn filter(param: &SearchParam, modifier: Option<&str>, value: &str) -> Result<Filter, RestError> {
+    let name = match modifier {
+        Some(m) => format!("{}:{m}", param.code),
+        None => param.code.clone(),
+    };
+    let bad = |why: String| RestError::bad_request(format!("the search parameter {name:?}: {why}"));
+    if let Some((_, why)) = UNSUPPORTED.iter().find(|(c, _)| *c == param.code) {
+        return Err(RestError::not_supported(
+            crate::error::ErrorKind::BadRequest,
+            format!("the search parameter {name:?} is not supported: {why}"),
+        ));
+    }
+    let Some(kind) = index_kind(param.param_type) else {
+        return Err(RestError::not_supported(
+            crate::error::ErrorKind::BadRequest,
+            format!("the search parameter {name:?} is a composite parameter, which is not supported yet"),
+        ));
+    };
+    if modifier == Some("missing") {
+        let missing = match value {
+            "true" => true,
+            "false" => false,
+            _ => return Err(bad("missing takes true or false".into())),
+        };
+        return Ok(Filter {
+            any_of: vec![Condition::Missing {
+                param: param.code.clone(),
+                kind,
+                missing,
+            }],
+        });
+    }
+    let code = param.code.clone();
+    let mut any_of = Vec::new();
+    for v in split_values(value) {
+        if v.is_empty() {
+            return Err(bad("a value is empty".into()));
+        }
+        let condition = match (param.param_type, modifier) {
+            (ParamType::String, None) => Condition::StringStarts {
+                param: code.clone(),
+                value: normalize(&v),
+            },
+            (ParamType::String, Some("exact")) => Condition::StringExact {
+                param: code.clone(),
+                value: v,
+            },
+            (ParamType::String, Some("contains")) => Condition::StringContains {
+                param: code.clone(),
+                value: normalize(&v),
+            },
+            (ParamType::Token, None | Some("not")) => {
+                let (system, code_value) = match split_pipe(&v) {
+                    Some(("", c)) => (Some(None), Some(c.to_owned())),
+                    Some((s, "")) => (Some(Some(s.to_owned())), None),
+                    Some((s, c)) => (Some(Some(s.to_owned())), Some(c.to_owned())),
+                    None => (None, Some(v.clone())),
+                };
+                let token = Condition::Token {
+                    param: code.clone(),
+                    system,
+                    code: code_value,
+                };
+                if modifier == Some("not") {
+                    Condition::Not(Box::new(token))
+                } else {
+                    token
+                }
+            }
+            (ParamType::Token, Some("text")) => Condition::TokenText {
+                param: code.clone(),
+                value: normalize(&v),
+            },
+            (ParamType::Date, None) => {
+                let (op, date) = prefixed(&v);
+                let range = parse_range(date).map_err(&bad)?;
+                Condition::Date {
+                    param: code.clone(),
+                    op,
+                    start: range.start,
+                    end: range.end,
+                }
+            }
+            (ParamType::Number | ParamType::Quantity, None) => {
+                let (op, rest) = prefixed(&v);
+                let (number, system, unit) = match (param.param_type, split_pipe(rest)) {
+                    (ParamType::Quantity, Some((n, units))) => {
+                        let (system, unit) = split_pipe(units).unwrap_or(("", units));
+                        (
+                            n,
+                            (!system.is_empty()).then(|| system.to_owned()),
+                            (!unit.is_empty()).then(|| unit.to_owned()),
+                        )
+                    }
+                    _ => (rest, None, None),
+                };
+                let (low, high) = number_range(op, number)
+                    .ok_or_else(|| bad(format!("{number:?} is not a number")))?;
+                Condition::Number {
+                    param: code.clone(),
+                    kind,
+                    op,
+                    low,
+                    high,
+                    system,
+                    code: unit,
+                }
+            }
+            (ParamType::Reference, None) => reference(&code, None, &v),
+            (ParamType::Reference, Some(t)) if t.chars().next().is_some_and(char::is_uppercase) => {
+                if !param.targets.iter().any(|target| target == t) && !param.targets.is_empty() {
+                    return Err(bad(format!("{t} is not a type this parameter refers to")));
+                }
+                reference(&code, Some(t), &v)
+            }
+            (ParamType::Uri, None) => Condition::Uri {
+                param: code.clone(),
+                op: UriOp::Equal,
+                value: v,
+            },
+            (ParamType::Uri, Some("below")) => Condition::Uri {
+                param: code.clone(),
+                op: UriOp::Below,
+                value: v,
+            },
+            (ParamType::Uri, Some("above")) => Condition::Uri {
+                param: code.clone(),
+                op: UriOp::Above,
+                value: v,
+            },
+            (_, Some(m)) => {
+                return Err(RestError::not_supported(
+                    crate::error::ErrorKind::BadRequest,
+                    format!(
+                        "the modifier :{m} is not supported on the {} parameter {:?}",
+                        param.param_type.code(),
+                        param.code
+                    ),
+                ))
+            }
+            (_, None) => return Err(bad("this kind of parameter is not supported".into())),
+        };
+        any_of.push(condition);
+    }
+    Ok(Filter { any_of })
+}
+
+/// A reference value: `id`, `Type/id` or an absolute URL ending in `Type/id`
+/// (R4 §3.1.1.4.5); `of_type` is a `:Type` modifier.
+fn reference(param: &str, of_type: Option<&str>, value: &str) -> Condition {
+    let parts: Vec<&str> = value.trim_end_matches('/').split('/').collect();
+    let (target_type, id) = match parts.as_slice() {
+        [id] => (of_type.map(str::to_owned), (*id).to_owned()),
+        [.., t, id] if t.chars().next().is_some_and(char::is_uppercase) => {
+            ((*t).to_owned().into(), (*id).to_owned())
+        }
+        _ => {
+            return Condition::ReferenceUrl {
+                param: param.to_owned(),
+                url: value.to_owned(),
+            }
+        }
+    };
+    Condition::Reference {
+        param: param.to_owned(),
+        target_type,
+        target_id: id,
+    }
+}
+
+/// The range a number search covers: `eq`/`ne` the implicit precision of
+/// the value written (`0.5` is `[0.45, 0.55)`, R4 §3.1.1.4.2), `ap` ±10%,
+/// the others the value itself.
+fn number_range(op: RangeOp, text: &str) -> Option<(f64, f64)> {
+    let value: f64 = text.parse().ok().filter(|v: &f64| v.is_finite())?;
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
+    let exponent: i32 = text
+        .split_once(['e', 'E'])
+        .and_then(|(_, e)| e.parse().ok())
+        .unwrap_or(0);
+    let decimals = mantissa.split_once('.').map_or(0, |(_, d)| d.len() as i32);
+    let half = 0.5 * 10f64.powi(exponent - decimals);
+    Some(match op {
+        RangeOp::Within | RangeOp::NotWithin => (value - half, value + half),
+        RangeOp::Overlaps => {
+            let delta = (value * 0.1).abs();
+            (value - delta, value + delta)
+        }
+        _ => (value, value),
+    })
 }
 
 /// `_lastUpdated=[prefix]value` as store bounds.
@@ -306,11 +592,38 @@ mod tests {
 
     #[test]
     fn unknown_parameters_are_ignored_unless_strict() {
-        let p = params(&[("name", "x")]);
+        let p = params(&[("nickname", "x")]);
         let lenient = parse_search(Some("Patient"), &p, false).unwrap();
         assert!(lenient.applied.is_empty());
         let strict = parse_search(Some("Patient"), &p, true).unwrap_err();
-        assert!(strict.message.contains("\"name\""));
+        assert!(strict.message.contains("\"nickname\""));
+        // A parameter R4 defines for the type becomes a filter.
+        let known = parse_search(Some("Patient"), &params(&[("name", "x")]), true).unwrap();
+        assert_eq!(known.query.filters.len(), 1);
+        assert_eq!(known.applied.len(), 1);
+        // At the system level only the common parameters are known.
+        assert!(parse_search(None, &params(&[("name", "x")]), true).is_err());
+        assert!(parse_search(None, &params(&[("_tag", "a|b")]), true).is_ok());
+    }
+
+    #[test]
+    fn values_split_at_unescaped_commas_and_pipes() {
+        assert_eq!(split_values("a,b\\,c"), ["a", "b,c"]);
+        assert_eq!(split_pipe("s|c"), Some(("s", "c")));
+        assert_eq!(split_pipe("s\\|x|c"), Some(("s\\|x", "c")));
+        assert_eq!(split_pipe("c"), None);
+    }
+
+    #[test]
+    fn numbers_carry_their_implicit_precision() {
+        let (low, high) = number_range(RangeOp::Within, "0.5").unwrap();
+        assert!((low - 0.45).abs() < 1e-12 && (high - 0.55).abs() < 1e-12);
+        let (low, high) = number_range(RangeOp::Within, "100").unwrap();
+        assert_eq!((low, high), (99.5, 100.5));
+        let (low, high) = number_range(RangeOp::Within, "1e2").unwrap();
+        assert_eq!((low, high), (50.0, 150.0));
+        assert_eq!(number_range(RangeOp::EndsAfter, "5"), Some((5.0, 5.0)));
+        assert!(number_range(RangeOp::Within, "five").is_none());
     }
 
     #[test]

@@ -214,6 +214,7 @@ async fn metadata(State(app): State<AppState>) -> Response {
 /// builds the router. Nothing listens yet.
 pub async fn build_app(settings: Settings) -> Result<App, StartupError> {
     let app = open(settings, Guard::Authenticated).await?;
+    reindex_if_stale(&app).await?;
     if let Some(path) = app.state.settings.init_bundle.clone() {
         let base_url = app.state.settings.base_url.as_deref();
         crate::init_bundle::apply(&app.state.rest, base_url, &path)
@@ -229,6 +230,30 @@ pub async fn build_app(settings: Settings) -> Result<App, StartupError> {
         app.state.settings.auth_recheck,
     );
     Ok(app)
+}
+
+/// Builds the search index rows of data stored before the index existed
+/// (or by other definitions), before the port opens (docs/search.md).
+async fn reindex_if_stale(app: &App) -> Result<(), StartupError> {
+    let started = Instant::now();
+    let indexed =
+        app.state
+            .rest
+            .reindex_if_stale()
+            .await
+            .map_err(|source| StartupError::Database {
+                url: app.state.settings.database.masked(),
+                source,
+            })?;
+    if let Some(count) = indexed {
+        tracing::info!(
+            resources = count,
+            seconds = started.elapsed().as_secs_f64(),
+            version = fhirbox_rest::indexing::INDEX_VERSION,
+            "search index built"
+        );
+    }
+    Ok(())
 }
 
 /// Opens the store, starts the vault resolver and the authenticator, and

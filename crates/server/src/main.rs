@@ -31,6 +31,10 @@ enum Command {
     /// database from BOX_DB_URL (or BOX_DB_*). Exit code 0 when all pass, 1
     /// when some fail, 2 when the database cannot be read.
     ValidateStore,
+    /// Rebuild the search index of every stored resource (docs/search.md).
+    /// The server does this by itself at start when the index was built by
+    /// other definitions; this forces it. Stop the server first on SQLite.
+    Reindex,
 }
 
 #[derive(Subcommand)]
@@ -57,6 +61,43 @@ async fn main() -> ExitCode {
             command: VaultCommand::Check { config, json },
         } => vault_check(config, json),
         Command::ValidateStore => validate_store().await,
+        Command::Reindex => reindex().await,
+    }
+}
+
+async fn reindex() -> ExitCode {
+    let settings = match Settings::from_env(&ProcessEnv) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fhirbox: invalid setting {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let store = match fhirbox_store::Store::open(settings.database.expose()).await {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!(
+                "fhirbox reindex: cannot open the database {}: {e}",
+                settings.database.masked()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let started = std::time::Instant::now();
+    let result = fhirbox_rest::indexing::reindex(&store).await;
+    store.close().await;
+    match result {
+        Ok(count) => {
+            println!(
+                "indexed {count} resources in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fhirbox reindex: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

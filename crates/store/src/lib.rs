@@ -91,10 +91,7 @@ pub trait SearchIndex {
     ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// The version recorded by `set_index_version`, if any.
     fn index_version(&self) -> impl Future<Output = StoreResult<Option<String>>> + Send;
-    fn set_index_version(
-        &self,
-        version: &str,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+    fn set_index_version(&self, version: &str) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
 /// Liveness of the database connection.

@@ -104,15 +104,25 @@ pub enum IndexEntry {
         text: Option<String>,
     },
     /// A half-open range in microseconds since the epoch.
-    Date { param: String, low: i64, high: i64 },
-    Number { param: String, value: f64 },
+    Date {
+        param: String,
+        low: i64,
+        high: i64,
+    },
+    Number {
+        param: String,
+        value: f64,
+    },
     Quantity {
         param: String,
         value: f64,
         system: Option<String>,
         code: Option<String>,
     },
-    Uri { param: String, uri: String },
+    Uri {
+        param: String,
+        uri: String,
+    },
     Reference {
         param: String,
         target_type: Option<String>,
@@ -202,7 +212,11 @@ pub enum Condition {
     /// A reference written as this URL (absolute or canonical).
     ReferenceUrl { param: String, url: String },
     /// A uri: equal, or (`below`) starting with, or (`above`) a prefix of the value.
-    Uri { param: String, op: UriOp, value: String },
+    Uri {
+        param: String,
+        op: UriOp,
+        value: String,
+    },
     /// The resource has (`false`) or lacks (`true`) any row of the parameter.
     Missing {
         param: String,

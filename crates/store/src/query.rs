@@ -105,7 +105,9 @@ fn index_rows(sql: &mut Sql, resource_type: Option<&str>, kind: IndexKind, param
         .push(kind.table())
         .push(" WHERE ");
     if let Some(rt) = resource_type {
-        sql.push("resource_type = ").bind(Bind::Text(rt.to_owned())).push(" AND ");
+        sql.push("resource_type = ")
+            .bind(Bind::Text(rt.to_owned()))
+            .push(" AND ");
     }
     sql.push("param = ").bind(Bind::Text(param.to_owned()));
 }
@@ -115,25 +117,52 @@ fn index_rows(sql: &mut Sql, resource_type: Option<&str>, kind: IndexKind, param
 fn push_range(sql: &mut Sql, lo: &str, hi: &str, op: RangeOp, start: Bind, end: Bind) {
     let (s1, e1) = (start.clone(), end.clone());
     match op {
-        RangeOp::Within => sql.push(&format!(" AND {lo} >= ")).bind(start).push(&format!(" AND {hi} <= ")).bind(end),
-        RangeOp::NotWithin => sql.push(&format!(" AND NOT ({lo} >= ")).bind(start).push(&format!(" AND {hi} <= ")).bind(end).push(")"),
+        RangeOp::Within => sql
+            .push(&format!(" AND {lo} >= "))
+            .bind(start)
+            .push(&format!(" AND {hi} <= "))
+            .bind(end),
+        RangeOp::NotWithin => sql
+            .push(&format!(" AND NOT ({lo} >= "))
+            .bind(start)
+            .push(&format!(" AND {hi} <= "))
+            .bind(end)
+            .push(")"),
         RangeOp::EndsAfter => sql.push(&format!(" AND {hi} > ")).bind(end),
         RangeOp::StartsBefore => sql.push(&format!(" AND {lo} < ")).bind(start),
         RangeOp::WithinOrAfter => sql
-            .push(&format!(" AND ({hi} > ")).bind(end)
-            .push(&format!(" OR ({lo} >= ")).bind(s1).push(&format!(" AND {hi} <= ")).bind(e1).push("))"),
+            .push(&format!(" AND ({hi} > "))
+            .bind(end)
+            .push(&format!(" OR ({lo} >= "))
+            .bind(s1)
+            .push(&format!(" AND {hi} <= "))
+            .bind(e1)
+            .push("))"),
         RangeOp::WithinOrBefore => sql
-            .push(&format!(" AND ({lo} < ")).bind(start)
-            .push(&format!(" OR ({lo} >= ")).bind(s1).push(&format!(" AND {hi} <= ")).bind(e1).push("))"),
+            .push(&format!(" AND ({lo} < "))
+            .bind(start)
+            .push(&format!(" OR ({lo} >= "))
+            .bind(s1)
+            .push(&format!(" AND {hi} <= "))
+            .bind(e1)
+            .push("))"),
         RangeOp::StartsAfter => sql.push(&format!(" AND {lo} >= ")).bind(end),
         RangeOp::EndsBefore => sql.push(&format!(" AND {hi} <= ")).bind(start),
-        RangeOp::Overlaps => sql.push(&format!(" AND {lo} < ")).bind(end).push(&format!(" AND {hi} > ")).bind(start),
+        RangeOp::Overlaps => sql
+            .push(&format!(" AND {lo} < "))
+            .bind(end)
+            .push(&format!(" AND {hi} > "))
+            .bind(start),
     };
 }
 
 /// One condition, as a predicate on the `resource` row.
 fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condition) {
-    let like_escape = |v: &str| v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    let like_escape = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    };
     match condition {
         Condition::StringStarts { param, value } => {
             index_rows(sql, resource_type, IndexKind::String, param);
@@ -149,9 +178,15 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
         }
         Condition::StringExact { param, value } => {
             index_rows(sql, resource_type, IndexKind::String, param);
-            sql.push(" AND exact = ").bind(Bind::Text(value.clone())).push(")");
+            sql.push(" AND exact = ")
+                .bind(Bind::Text(value.clone()))
+                .push(")");
         }
-        Condition::Token { param, system, code } => {
+        Condition::Token {
+            param,
+            system,
+            code,
+        } => {
             index_rows(sql, resource_type, IndexKind::Token, param);
             if let Some(code) = code {
                 sql.push(" AND code = ").bind(Bind::Text(code.clone()));
@@ -173,23 +208,51 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
                 .bind(Bind::Text(format!("{}%", like_escape(value))))
                 .push(" ESCAPE '\\')");
         }
-        Condition::Date { param, op, start, end } => {
+        Condition::Date {
+            param,
+            op,
+            start,
+            end,
+        } => {
             index_rows(sql, resource_type, IndexKind::Date, param);
             push_range(sql, "low", "high", *op, Bind::Int(*start), Bind::Int(*end));
             sql.push(")");
         }
-        Condition::Number { param, kind, op, low, high, system, code } => {
+        Condition::Number {
+            param,
+            kind,
+            op,
+            low,
+            high,
+            system,
+            code,
+        } => {
             index_rows(sql, resource_type, *kind, param);
             // A stored number is a point: its range is [value, value].
             let (start, end) = (Bind::Float(*low), Bind::Float(*high));
             match op {
-                RangeOp::Within => sql.push(" AND value >= ").bind(start).push(" AND value < ").bind(end),
-                RangeOp::NotWithin => sql.push(" AND NOT (value >= ").bind(start).push(" AND value < ").bind(end).push(")"),
+                RangeOp::Within => sql
+                    .push(" AND value >= ")
+                    .bind(start)
+                    .push(" AND value < ")
+                    .bind(end),
+                RangeOp::NotWithin => sql
+                    .push(" AND NOT (value >= ")
+                    .bind(start)
+                    .push(" AND value < ")
+                    .bind(end)
+                    .push(")"),
                 RangeOp::EndsAfter | RangeOp::StartsAfter => sql.push(" AND value > ").bind(end),
-                RangeOp::StartsBefore | RangeOp::EndsBefore => sql.push(" AND value < ").bind(start),
+                RangeOp::StartsBefore | RangeOp::EndsBefore => {
+                    sql.push(" AND value < ").bind(start)
+                }
                 RangeOp::WithinOrAfter => sql.push(" AND value >= ").bind(start),
                 RangeOp::WithinOrBefore => sql.push(" AND value <= ").bind(end),
-                RangeOp::Overlaps => sql.push(" AND value >= ").bind(start).push(" AND value <= ").bind(end),
+                RangeOp::Overlaps => sql
+                    .push(" AND value >= ")
+                    .bind(start)
+                    .push(" AND value <= ")
+                    .bind(end),
             };
             if let Some(system) = system {
                 sql.push(" AND system = ").bind(Bind::Text(system.clone()));
@@ -199,9 +262,14 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
             }
             sql.push(")");
         }
-        Condition::Reference { param, target_type, target_id } => {
+        Condition::Reference {
+            param,
+            target_type,
+            target_id,
+        } => {
             index_rows(sql, resource_type, IndexKind::Reference, param);
-            sql.push(" AND target_id = ").bind(Bind::Text(target_id.clone()));
+            sql.push(" AND target_id = ")
+                .bind(Bind::Text(target_id.clone()));
             if let Some(t) = target_type {
                 sql.push(" AND target_type = ").bind(Bind::Text(t.clone()));
             }
@@ -209,7 +277,9 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
         }
         Condition::ReferenceUrl { param, url } => {
             index_rows(sql, resource_type, IndexKind::Reference, param);
-            sql.push(" AND url = ").bind(Bind::Text(url.clone())).push(")");
+            sql.push(" AND url = ")
+                .bind(Bind::Text(url.clone()))
+                .push(")");
         }
         Condition::Uri { param, op, value } => {
             index_rows(sql, resource_type, IndexKind::Uri, param);
@@ -227,7 +297,11 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
             };
             sql.push(")");
         }
-        Condition::Missing { param, kind, missing } => {
+        Condition::Missing {
+            param,
+            kind,
+            missing,
+        } => {
             if *missing {
                 sql.push("NOT ");
             }
@@ -298,15 +372,36 @@ fn entry_values(entry: &IndexEntry) -> Vec<Bind> {
     let text = |s: &String| Bind::Text(s.clone());
     let opt = |s: &Option<String>| Bind::OptText(s.clone());
     match entry {
-        IndexEntry::String { param, normalized, exact } => vec![text(param), text(normalized), text(exact)],
-        IndexEntry::Token { param, system, code, text: t } => vec![text(param), opt(system), opt(code), opt(t)],
-        IndexEntry::Date { param, low, high } => vec![text(param), Bind::Int(*low), Bind::Int(*high)],
+        IndexEntry::String {
+            param,
+            normalized,
+            exact,
+        } => vec![text(param), text(normalized), text(exact)],
+        IndexEntry::Token {
+            param,
+            system,
+            code,
+            text: t,
+        } => vec![text(param), opt(system), opt(code), opt(t)],
+        IndexEntry::Date { param, low, high } => {
+            vec![text(param), Bind::Int(*low), Bind::Int(*high)]
+        }
         IndexEntry::Number { param, value } => vec![text(param), Bind::Float(*value)],
-        IndexEntry::Quantity { param, value, system, code } => {
+        IndexEntry::Quantity {
+            param,
+            value,
+            system,
+            code,
+        } => {
             vec![text(param), Bind::Float(*value), opt(system), opt(code)]
         }
         IndexEntry::Uri { param, uri } => vec![text(param), text(uri)],
-        IndexEntry::Reference { param, target_type, target_id, url } => {
+        IndexEntry::Reference {
+            param,
+            target_type,
+            target_id,
+            url,
+        } => {
             vec![text(param), opt(target_type), opt(target_id), text(url)]
         }
     }

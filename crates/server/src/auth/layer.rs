@@ -117,7 +117,7 @@ async fn request_facts(parts: &mut Parts) -> Result<(RequestFacts, FhirQuery), A
     let params = search::parse_query(parts.uri.query())?;
     let query = params
         .iter()
-        .filter(|(name, _)| search::acted_on(kind, name))
+        .filter(|(name, _)| search::acted_on(kind, resource_type.as_deref(), name))
         .cloned()
         .collect();
     let facts = RequestFacts::new(

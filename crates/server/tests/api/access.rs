@@ -166,10 +166,23 @@ async fn query_parameters_cannot_supply_or_shadow_route_facts(app: TestApp) {
     forbidden(&get_as(&app, "/fhir/Patient", "pinned").await);
     // A read ignores _id, so a read of another patient cannot borrow the pin.
     forbidden(&get_as(&app, "/fhir/Patient/p2?_id=p1", "pinned").await);
+    // A parameter search applies is shown to policies, and the search is
+    // limited by it: a pin on `patient` returns that patient's data only.
+    app.put(
+        "/fhir/Observation/o2",
+        &json!({"resourceType": "Observation", "id": "o2", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": "Patient/p1"}}),
+    )
+    .await;
+    client_with_matcho(&app, "by-patient", json!({"request-method": "get", "params": {"resource/type": "Observation", "patient": "p1"}})).await;
+    let pinned = get_as(&app, "/fhir/Observation?patient=p1", "by-patient").await;
+    assert_eq!(pinned.status, 200, "{}", pinned.text);
+    assert_eq!(crate::helpers::entry_ids(&pinned.json()), ["o2"]);
+    forbidden(&get_as(&app, "/fhir/Observation?patient=p2", "by-patient").await);
     // A parameter search does not apply is never shown to policies: a pin on
     // it fails closed instead of passing a request that returns everything.
-    client_with_matcho(&app, "by-patient", json!({"request-method": "get", "params": {"resource/type": "Observation", "patient": "p1"}})).await;
-    forbidden(&get_as(&app, "/fhir/Observation?patient=p1", "by-patient").await);
+    client_with_matcho(&app, "by-nonsense", json!({"request-method": "get", "params": {"resource/type": "Observation", "nonsense": "p1"}})).await;
+    forbidden(&get_as(&app, "/fhir/Observation?nonsense=p1", "by-nonsense").await);
     client_with_matcho(
         &app,
         "by-query",

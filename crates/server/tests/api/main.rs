@@ -16,6 +16,7 @@ mod history;
 mod operations;
 mod operator_surface;
 mod search;
+mod search_params;
 mod token_endpoint;
 mod transport;
 mod validation;
