@@ -5,6 +5,8 @@ use fhirbox_fhir::resource_types::all_resource_types;
 use fhirbox_fhir::secret_fields::{fields_of, SECRET_REFERENCE_URL};
 use serde_json::{json, Value};
 
+use fhirbox_fhir::search::{ParamType, SearchParams};
+
 use crate::search::SEARCH_PARAMETERS;
 
 /// Level of a FHIR interaction.
@@ -80,7 +82,20 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
                 "conditionalDelete": "not-supported",
             });
             if interactions.has(Level::Type, "search-type") {
-                resource["searchParam"] = Value::Array(search_params.clone());
+                // `_id` and `_lastUpdated`, then every R4 parameter of the type
+                // this server searches (docs/search.md).
+                let mut params = search_params.clone();
+                for p in SearchParams::r4().of_type(rt) {
+                    let searchable = p.expression.is_some()
+                        && !matches!(p.param_type, ParamType::Composite | ParamType::Special)
+                        && !params.iter().any(|known| known["name"] == p.code.as_str());
+                    if searchable {
+                        // The definition's canonical URL documents it; HL7's
+                        // descriptions would make the statement megabytes.
+                        params.push(json!({"name": p.code, "definition": p.url, "type": p.param_type.code()}));
+                    }
+                }
+                resource["searchParam"] = Value::Array(params);
             }
             if !operations.is_empty() {
                 resource["operation"] = Value::Array(operations.clone());

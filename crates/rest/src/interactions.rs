@@ -278,6 +278,22 @@ impl Rest {
                 Some(&hooks::public_body(r)),
             );
         }
+        if !request.ignored.is_empty() {
+            // R4 §3.1.1.4: parameters the server ignored are reported in an
+            // OperationOutcome entry (search.mode = outcome), not counted.
+            let outcome = fhirbox_fhir::OperationOutcome::single(
+                fhirbox_fhir::IssueSeverity::Warning,
+                IssueType::NotSupported,
+                format!(
+                    "these search parameters are not supported and were ignored: {}",
+                    request.ignored.join(", ")
+                ),
+            );
+            bundle.entry(
+                json!({"search": {"mode": "outcome"}}),
+                Some(&outcome.to_json().to_string()),
+            );
+        }
         Ok(bundle.finish())
     }
 

@@ -23,8 +23,9 @@ pub const SEARCH_PARAMETERS: &[(&str, &str, &str)] = &[
     ),
 ];
 /// Result parameters accepted by search.
-pub const RESULT_PARAMETERS: &[&str] =
-    &["_count", "_sort", "_total", "_cursor", "_format", "_pretty"];
+pub const RESULT_PARAMETERS: &[&str] = &[
+    "_count", "_sort", "_total", "_cursor", "_format", "_pretty", "_type",
+];
 
 pub const DEFAULT_COUNT: u32 = 50;
 pub const MAX_COUNT: u32 = 1000;
@@ -130,6 +131,8 @@ pub struct SearchRequest {
     pub query: SearchQuery,
     /// The parameters that were applied, in order, without `_cursor`.
     pub applied: Params,
+    /// Parameters this server does not know, ignored (lenient handling).
+    pub ignored: Vec<String>,
 }
 
 /// Turns search parameters into a store query.
@@ -145,7 +148,22 @@ pub fn parse_search(
         ..Default::default()
     };
     let mut applied = Vec::new();
+    let mut ignored = Vec::new();
     let supported = "the search parameters of the type (GET /fhir/metadata lists them), _id, _lastUpdated, _count, _sort (_id, _lastUpdated), _total";
+    // `_type` first: it decides which parameters the others are.
+    for (_, value) in params
+        .iter()
+        .filter(|(n, _)| n == "_type" && resource_type.is_none())
+    {
+        for t in value.split(',').map(str::trim) {
+            if !fhirbox_fhir::is_known_resource_type(t) {
+                return Err(RestError::bad_request(format!(
+                    "_type: {t:?} is not a resource type this server knows"
+                )));
+            }
+            query.types.push(t.to_owned());
+        }
+    }
     for (name, value) in params {
         match name.as_str() {
             "_id" => {
@@ -202,15 +220,23 @@ pub fn parse_search(
                 continue;
             }
             "_format" | "_pretty" => continue,
+            // Read before the loop.
+            "_type" if resource_type.is_none() => {}
             other => {
                 let (code, modifier) = match other.split_once(':') {
                     Some((c, m)) => (c, Some(m)),
                     None => (other, None),
                 };
-                match definition(resource_type, code) {
+                // With one `_type`, a system search knows that type's parameters.
+                let scope = resource_type.or(match query.types.as_slice() {
+                    [only] => Some(only.as_str()),
+                    _ => None,
+                });
+                match definition(scope, code) {
                     Some(param) => query.filters.push(filter(param, modifier, value)?),
                     None => {
                         unknown(other, strict, supported)?;
+                        ignored.push(other.to_owned());
                         continue;
                     }
                 }
@@ -222,7 +248,11 @@ pub fn parse_search(
         // Contradictory _id parameters match nothing: an impossible id keeps SQL simple.
         query.ids = Some(vec![String::new()]);
     }
-    Ok(SearchRequest { query, applied })
+    Ok(SearchRequest {
+        query,
+        applied,
+        ignored,
+    })
 }
 
 /// Splits a parameter value at unescaped commas (R4 §3.1.1.5.7: `\,` is a

@@ -198,6 +198,19 @@ fn fhir_routes() -> (Router<AppState>, Interactions) {
         Level::Type,
         &["vread"],
     )
+    // Search with the parameters in a form body (R4 §3.1.1.1.1).
+    .route(
+        "/fhir/{type}/_search",
+        post(fhir_api::search_type_post),
+        Level::Type,
+        &["search-type"],
+    )
+    .route(
+        "/fhir/_search",
+        post(fhir_api::search_system_post),
+        Level::System,
+        &["search-system"],
+    )
     .operation("/fhir/{type}/$validate", post(fhir_api::validate))
     .operation(
         "/fhir/{type}/{id}/$validate",

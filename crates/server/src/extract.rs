@@ -137,6 +137,30 @@ impl<S: Send + Sync> FromRequest<S> for OptionalFhirJson {
     }
 }
 
+/// The parameters of `POST …/_search`: an `application/x-www-form-urlencoded`
+/// body, decoded with the same limits as a query string.
+pub struct SearchForm(pub Params);
+
+impl<S: Send + Sync> FromRequest<S> for SearchForm {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match content_type(req.headers()).as_deref() {
+            Some("application/x-www-form-urlencoded") | None => {}
+            Some(other) => {
+                return Err(ApiError::not_supported(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("Content-Type {other} is not supported for _search; send the parameters as application/x-www-form-urlencoded"),
+                ))
+            }
+        }
+        let bytes = body_bytes(req, state).await?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::bad_request("the form body is not UTF-8"))?;
+        Ok(SearchForm(parse_query(Some(text))?))
+    }
+}
+
 /// An RFC 6902 JSON Patch body (`application/json-patch+json`).
 pub struct JsonPatchBody(pub json_patch::Patch);
 

@@ -13,6 +13,7 @@ use fhirbox_store::HistoryScope;
 use crate::error::ApiError;
 use crate::extract::{
     if_match, prefer, FhirBase, FhirJson, FhirPath, FhirQuery, JsonPatchBody, OptionalFhirJson,
+    SearchForm,
 };
 use crate::response::render;
 
@@ -119,6 +120,37 @@ pub async fn search_system(
     headers: HeaderMap,
     FhirQuery(params): FhirQuery,
 ) -> Answer {
+    let strict = prefer(&headers).strict;
+    Ok(render(rest.search(&base, None, &params, strict).await?))
+}
+
+/// `POST /fhir/{type}/_search`: the parameters of the query string and of
+/// the form body together, searched like the GET.
+pub async fn search_type_post(
+    State(rest): State<Rest>,
+    FhirPath(resource_type): FhirPath<String>,
+    FhirBase(base): FhirBase,
+    headers: HeaderMap,
+    FhirQuery(mut params): FhirQuery,
+    SearchForm(form): SearchForm,
+) -> Answer {
+    params.extend(form);
+    let strict = prefer(&headers).strict;
+    Ok(render(
+        rest.search(&base, Some(&resource_type), &params, strict)
+            .await?,
+    ))
+}
+
+/// `POST /fhir/_search`.
+pub async fn search_system_post(
+    State(rest): State<Rest>,
+    FhirBase(base): FhirBase,
+    headers: HeaderMap,
+    FhirQuery(mut params): FhirQuery,
+    SearchForm(form): SearchForm,
+) -> Answer {
+    params.extend(form);
     let strict = prefer(&headers).strict;
     Ok(render(rest.search(&base, None, &params, strict).await?))
 }

@@ -310,6 +310,8 @@ pub enum SortKey {
 pub struct SearchQuery {
     /// `None` for a system-level search.
     pub resource_type: Option<String>,
+    /// A system-level search limited to these types (`_type`); empty: any.
+    pub types: Vec<String>,
     /// `_id` (any of).
     pub ids: Option<Vec<String>>,
     pub last_updated: Vec<TimeBound>,

@@ -68,6 +68,16 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
         sql.push(" AND resource_type = ")
             .bind(Bind::Text(rt.clone()));
     }
+    if !q.types.is_empty() {
+        sql.push(" AND resource_type IN (");
+        for (i, t) in q.types.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(Bind::Text(t.clone()));
+        }
+        sql.push(")");
+    }
     if let Some(ids) = &q.ids {
         sql.push(" AND id IN (");
         for (i, id) in ids.iter().enumerate() {
@@ -90,7 +100,11 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
             if i > 0 {
                 sql.push(" OR ");
             }
-            push_condition(sql, q.resource_type.as_deref(), condition);
+            let scope = q.resource_type.as_deref().or(match q.types.as_slice() {
+                [only] => Some(only.as_str()),
+                _ => None,
+            });
+            push_condition(sql, scope, condition);
         }
         if filter.any_of.is_empty() {
             sql.push("FALSE");

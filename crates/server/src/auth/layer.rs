@@ -73,7 +73,12 @@ async fn request_facts(parts: &mut Parts) -> Result<(RequestFacts, FhirQuery), A
         .unwrap_or_else(|| parts.uri.path().to_owned());
     // `$validate` stores nothing: policies see it as a read of what it
     // names, `GET /fhir/{type}` or `GET /fhir/{type}/{id}` (docs/security.md).
-    let (method, template) = match template.strip_suffix("/$validate") {
+    // `POST …/_search` is the search it names; policies see it as the GET,
+    // with the query string's parameters (docs/security.md).
+    let (method, template) = match template
+        .strip_suffix("/$validate")
+        .or_else(|| template.strip_suffix("/_search"))
+    {
         Some(read) => ("GET".to_owned(), read.to_owned()),
         None => (parts.method.as_str().to_owned(), template),
     };

@@ -61,7 +61,34 @@ async fn metadata_lists_exactly_the_routed_interactions(app: TestApp) {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(params, ["_id", "_lastUpdated"]);
+    assert_eq!(params[..2], ["_id", "_lastUpdated"]);
+    // Every R4 parameter of the type that is searched, with its type.
+    for name in [
+        "name",
+        "family",
+        "birthdate",
+        "identifier",
+        "gender",
+        "organization",
+        "_tag",
+    ] {
+        assert!(params.contains(&name), "{name} in {params:?}");
+    }
+    assert!(
+        !params.contains(&"_text"),
+        "unsupported ones are not listed"
+    );
+    let birthdate = patient["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "birthdate")
+        .unwrap();
+    assert_eq!(birthdate["type"], "date");
+    assert_eq!(
+        birthdate["definition"],
+        "http://hl7.org/fhir/SearchParameter/individual-birthdate"
+    );
     let client = rest["resource"]
         .as_array()
         .unwrap()

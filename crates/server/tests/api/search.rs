@@ -199,6 +199,23 @@ async fn unknown_parameters_are_ignored_or_refused_when_strict(app: TestApp) {
         !self_link.contains("nickname"),
         "ignored parameters are left out of the self link: {self_link}"
     );
+    let outcome = lenient.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .cloned()
+        .expect("an OperationOutcome entry says what was ignored");
+    assert_eq!(outcome["resource"]["issue"][0]["severity"], "warning");
+    assert!(outcome["resource"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("nickname"));
+    assert_eq!(
+        lenient.json()["total"],
+        1,
+        "the outcome entry is not counted"
+    );
     let strict = app
         .send(
             app.client

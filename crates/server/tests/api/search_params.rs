@@ -19,13 +19,19 @@ backend_tests!(
     missing_or_and_and_combine,
     bad_values_and_unsupported_parameters_are_400s,
     the_index_follows_updates_and_deletes,
+    system_search_by_type_and_post_search,
 );
 
 backend_tests!(per_backend: data_stored_before_the_index_is_found_after_a_restart,);
 
 /// The ids a search returns, sorted.
 async fn ids(app: &TestApp, query: &str) -> Vec<String> {
-    let r = app.get(&format!("/fhir/{query}")).await;
+    let path = if query.starts_with('?') {
+        format!("/fhir{query}")
+    } else {
+        format!("/fhir/{query}")
+    };
+    let r = app.get(&path).await;
     assert_eq!(r.status, 200, "{query}: {}", r.text);
     let mut ids = entry_ids(&r.json());
     ids.sort();
@@ -432,4 +438,53 @@ async fn data_stored_before_the_index_is_found_after_a_restart(backend: Backend)
     );
     let app = app.restart().await;
     assert_eq!(ids(&app, "Patient?family=stored").await, ["old"]);
+}
+
+async fn system_search_by_type_and_post_search(app: TestApp) {
+    put(
+        &app,
+        json!({"resourceType": "Patient", "id": "p", "name": [{"family": "Tagged"}],
+        "meta": {"tag": [{"system": "urn:t", "code": "x"}]}}),
+    )
+    .await;
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
+        "meta": {"tag": [{"system": "urn:t", "code": "x"}]}}),
+    )
+    .await;
+    put(
+        &app,
+        json!({"resourceType": "Organization", "id": "g", "name": "Org"}),
+    )
+    .await;
+    // The common parameters work across types; _type narrows.
+    assert_eq!(ids(&app, "?_tag=urn:t|x").await, ["o", "p"]);
+    assert_eq!(ids(&app, "?_tag=urn:t|x&_type=Patient").await, ["p"]);
+    assert_eq!(ids(&app, "?_type=Patient,Organization").await, ["g", "p"]);
+    // With one _type, that type's parameters apply.
+    assert_eq!(ids(&app, "?_type=Patient&family=tag").await, ["p"]);
+    app.get("/fhir?_type=Nope")
+        .await
+        .assert_outcome(400, "not a resource type");
+    // POST _search: the form body's parameters with the query string's.
+    let form = |path: &str, body: &str| {
+        app.send(
+            app.client
+                .post(app.url(path))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body.to_owned()),
+        )
+    };
+    let r = form("/fhir/Patient/_search", "family=tag").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(entry_ids(&r.json()), ["p"]);
+    let r = form("/fhir/Patient/_search?family=tag", "family=nobody").await;
+    assert!(entry_ids(&r.json()).is_empty(), "both apply");
+    let r = form("/fhir/_search", "_tag=urn:t|x&_type=Observation").await;
+    assert_eq!(entry_ids(&r.json()), ["o"]);
+    // _count=0: only the total.
+    let counted = app.get("/fhir/Patient?family=tag&_count=0").await.json();
+    assert_eq!(counted["total"], 1);
+    assert!(counted.get("entry").is_none(), "{counted}");
 }
