@@ -16,7 +16,7 @@ use crate::Rest;
 /// The version of the index rows: when the definitions or the way values
 /// are indexed change, this changes and the server rebuilds the rows at
 /// start (`fhirbox reindex` does it on demand).
-pub const INDEX_VERSION: &str = "r4-search-1";
+pub const INDEX_VERSION: &str = "r4-search-2";
 
 /// Parameters kept in columns of the resource row itself.
 const NATIVE: &[&str] = &["_id", "_lastUpdated"];
@@ -37,6 +37,20 @@ pub fn entries(resource_type: &str, body: &Value) -> Vec<IndexEntry> {
             continue;
         }
         for value in index_values(param, body) {
+            // A reference by identifier is also a token under
+            // `<code>:identifier` (R4 §3.1.1.4.5, `:identifier`).
+            if let IndexValue::Reference {
+                identifier: Some((system, id_value)),
+                ..
+            } = &value
+            {
+                out.push(IndexEntry::Token {
+                    param: format!("{}:identifier", param.code),
+                    system: system.clone(),
+                    code: Some(id_value.clone()),
+                    text: None,
+                });
+            }
             if let Some(entry) = entry(&param.code, value) {
                 out.push(entry);
             }
@@ -83,6 +97,16 @@ fn entry(param: &str, value: IndexValue) -> Option<IndexEntry> {
             target_type,
             target_id: id,
             url: reference,
+        },
+        IndexValue::OfType {
+            type_system,
+            type_code,
+            value,
+        } => IndexEntry::Token {
+            param: format!("{param}:of-type"),
+            system: type_system,
+            code: Some(format!("{type_code}|{value}")),
+            text: None,
         },
         IndexValue::Composite(_) => return None,
     })

@@ -391,6 +391,37 @@ fn filter(param: &SearchParam, modifier: Option<&str>, value: &str) -> Result<Fi
                 param: code.clone(),
                 value: normalize(&v),
             },
+            (ParamType::Token, Some("of-type")) => {
+                // system|code of the identifier's type, then its value.
+                let mut parts = v.splitn(3, '|');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(system), Some(type_code), Some(id_value))
+                        if !type_code.is_empty() && !id_value.is_empty() =>
+                    {
+                        Condition::Token {
+                            param: format!("{code}:of-type"),
+                            system: Some((!system.is_empty()).then(|| system.to_owned())),
+                            code: Some(format!("{type_code}|{id_value}")),
+                        }
+                    }
+                    _ => return Err(bad(
+                        "of-type takes system|code|value (the identifier's type, then its value)"
+                            .into(),
+                    )),
+                }
+            }
+            (ParamType::Reference, Some("identifier")) => {
+                let (system, value) = match split_pipe(&v) {
+                    Some(("", value)) => (Some(None), value.to_owned()),
+                    Some((system, value)) => (Some(Some(system.to_owned())), value.to_owned()),
+                    None => (None, v.clone()),
+                };
+                Condition::Token {
+                    param: format!("{code}:identifier"),
+                    system,
+                    code: Some(value),
+                }
+            }
             (ParamType::Date, None) => {
                 let (op, date) = prefixed(&v);
                 let range = parse_range(date).map_err(&bad)?;

@@ -54,6 +54,13 @@ pub enum IndexValue {
     },
     /// One value per component, in component order.
     Composite(Vec<IndexValue>),
+    /// An identifier's type (one of its codings) with its value, for
+    /// `identifier:of-type=system|code|value`.
+    OfType {
+        type_system: Option<String>,
+        type_code: String,
+        value: String,
+    },
 }
 
 /// Lower case without accents: how string parameters match by default
@@ -254,6 +261,25 @@ fn tokens(value: &Value, out: &mut Vec<IndexValue>) {
                         .and_then(Value::as_str)
                         .map(str::to_owned),
                 });
+                // An identifier's type codings, for `:of-type` (R4 §3.1.1.4.10).
+                if !is_contact {
+                    if let Some(id_value) = value.get("value").and_then(Value::as_str) {
+                        for coding in value
+                            .pointer("/type/coding")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                        {
+                            if let Some(type_code) = text_of(coding, "code") {
+                                out.push(IndexValue::OfType {
+                                    type_system: text_of(coding, "system"),
+                                    type_code,
+                                    value: id_value.to_owned(),
+                                });
+                            }
+                        }
+                    }
+                }
             }
         }
         _ => {}

@@ -115,6 +115,23 @@ async fn tokens_match_codes_systems_and_text(app: TestApp) {
         .is_empty());
     assert_eq!(ids(&app, "Patient?email=a@b.org").await, ["p"]);
     assert_eq!(ids(&app, "Patient?active=true").await, ["p"]);
+    // :of-type: the identifier's type, then its value.
+    put(&app, json!({"resourceType": "Patient", "id": "typed", "identifier": [{"system": "urn:mrn", "value": "446053",
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}}]})).await;
+    assert_eq!(
+        ids(
+            &app,
+            "Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|446053"
+        )
+        .await,
+        ["typed"]
+    );
+    assert!(ids(
+        &app,
+        "Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|DL|446053"
+    )
+    .await
+    .is_empty());
     assert!(ids(&app, "Patient?active=false").await.is_empty());
 }
 
@@ -270,6 +287,20 @@ async fn references_match_ids_types_and_urls(app: TestApp) {
         ["o1"]
     );
     assert_eq!(ids(&app, "Observation?subject=Patient/p3").await, ["o3"]);
+    // :identifier: a reference by identifier.
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "o4", "status": "final", "code": {"text": "x"},
+        "subject": {"identifier": {"system": "urn:mrn", "value": "77"}}}),
+    )
+    .await;
+    assert_eq!(
+        ids(&app, "Observation?subject:identifier=urn:mrn|77").await,
+        ["o4"]
+    );
+    assert!(ids(&app, "Observation?subject:identifier=urn:other|77")
+        .await
+        .is_empty());
     app.get("/fhir/Observation?subject:Medication=p1")
         .await
         .assert_outcome(400, "not a type this parameter refers to");
