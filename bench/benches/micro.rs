@@ -178,6 +178,14 @@ fn validation(c: &mut Criterion) {
             }
         })
     });
+    c.bench_function(
+        "index rows of a Synthea Patient (every R4 parameter)",
+        |b| b.iter(|| fhirbox_rest::indexing::entries("Patient", black_box(&patient))),
+    );
+    eprintln!(
+        "index rows of the Synthea Patient: {}",
+        fhirbox_rest::indexing::entries("Patient", &patient).len()
+    );
     c.bench_function("compile the validator of every type (once at start)", |b| {
         b.iter(|| Validator::new(UnknownElements::Refuse).unwrap())
     });

@@ -16,7 +16,7 @@ use crate::Rest;
 /// The version of the index rows: when the definitions or the way values
 /// are indexed change, this changes and the server rebuilds the rows at
 /// start (`fhirbox reindex` does it on demand).
-pub const INDEX_VERSION: &str = "r4-search-2";
+pub const INDEX_VERSION: &str = "r4-search-3";
 
 /// Parameters kept in columns of the resource row itself.
 const NATIVE: &[&str] = &["_id", "_lastUpdated"];
@@ -27,9 +27,10 @@ pub fn indexer() -> Indexer {
     INDEXER.get_or_init(|| Arc::new(entries)).clone()
 }
 
-/// The index rows of `body`, a resource of `resource_type`.
+/// The index rows of `body`, a resource of `resource_type`: each distinct
+/// (parameter, value) once.
 pub fn entries(resource_type: &str, body: &Value) -> Vec<IndexEntry> {
-    let mut out = Vec::new();
+    let mut out: Vec<IndexEntry> = Vec::new();
     for param in SearchParams::r4().of_type(resource_type) {
         if NATIVE.contains(&param.code.as_str())
             || matches!(param.param_type, ParamType::Composite | ParamType::Special)
@@ -51,12 +52,78 @@ pub fn entries(resource_type: &str, body: &Value) -> Vec<IndexEntry> {
                     text: None,
                 });
             }
+            let value = if param.code == "phonetic" {
+                phonetic(value)
+            } else {
+                value
+            };
             if let Some(entry) = entry(&param.code, value) {
-                out.push(entry);
+                if !out.contains(&entry) {
+                    out.push(entry);
+                }
             }
         }
     }
     out
+}
+
+/// `phonetic` (HumanName parts "using some kind of phonetic matching
+/// algorithm", R4 Patient search parameters): each part as its Soundex
+/// code, which the search value is encoded to as well.
+fn phonetic(value: IndexValue) -> IndexValue {
+    match value {
+        IndexValue::String { exact, .. } => {
+            let code = soundex(&exact);
+            IndexValue::String {
+                normalized: code.clone(),
+                exact: code,
+            }
+        }
+        other => other,
+    }
+}
+
+/// American Soundex (US National Archives, "The Soundex Indexing System"):
+/// the first letter, then the digits of the following consonants, adjacent
+/// equal digits (also across h and w) once, vowels separating, padded to 4.
+pub fn soundex(text: &str) -> String {
+    let digit = |c: char| match c {
+        'b' | 'f' | 'p' | 'v' => Some('1'),
+        'c' | 'g' | 'j' | 'k' | 'q' | 's' | 'x' | 'z' => Some('2'),
+        'd' | 't' => Some('3'),
+        'l' => Some('4'),
+        'm' | 'n' => Some('5'),
+        'r' => Some('6'),
+        _ => None,
+    };
+    let letters: Vec<char> = normalize(text)
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .collect();
+    let Some(&first) = letters.first() else {
+        return String::new();
+    };
+    let mut code = first.to_ascii_uppercase().to_string();
+    let mut last = digit(first);
+    for &c in &letters[1..] {
+        if code.len() == 4 {
+            break;
+        }
+        match digit(c) {
+            Some(d) if Some(d) != last => {
+                code.push(d);
+                last = Some(d);
+            }
+            Some(_) => {}
+            // h and w do not separate equal codes; vowels do.
+            None if c == 'h' || c == 'w' => {}
+            None => last = None,
+        }
+    }
+    while code.len() < 4 {
+        code.push('0');
+    }
+    code
 }
 
 fn entry(param: &str, value: IndexValue) -> Option<IndexEntry> {
@@ -164,6 +231,38 @@ impl Rest {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn soundex_codes() {
+        for (name, code) in [
+            ("Robert", "R163"),
+            ("Rupert", "R163"),
+            ("Rubin", "R150"),
+            ("Ashcraft", "A261"),
+            ("Tymczak", "T522"),
+            ("Pfister", "P236"),
+            ("Müller", "M460"),
+            ("Lee", "L000"),
+        ] {
+            assert_eq!(soundex(name), code, "{name}");
+        }
+    }
+
+    #[test]
+    fn each_value_is_indexed_once() {
+        let p = json!({"resourceType": "Patient", "name": [{"family": "Ng", "given": ["Ann"]}, {"family": "Ng", "given": ["Ann"]}]});
+        let rows = entries("Patient", &p);
+        let family = rows
+            .iter()
+            .filter(|r| matches!(r, IndexEntry::String { param, .. } if param == "family"))
+            .count();
+        assert_eq!(family, 1);
+        assert!(rows.contains(&IndexEntry::String {
+            param: "phonetic".into(),
+            normalized: "N200".into(),
+            exact: "N200".into()
+        }));
+    }
 
     #[test]
     fn a_patient_is_indexed_by_its_parameters() {

@@ -357,6 +357,10 @@ fn filter(param: &SearchParam, modifier: Option<&str>, value: &str) -> Result<Fi
             return Err(bad("a value is empty".into()));
         }
         let condition = match (param.param_type, modifier) {
+            (ParamType::String, None) if code == "phonetic" => Condition::StringExact {
+                param: code.clone(),
+                value: crate::indexing::soundex(&v),
+            },
             (ParamType::String, None) => Condition::StringStarts {
                 param: code.clone(),
                 value: normalize(&v),

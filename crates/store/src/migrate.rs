@@ -38,37 +38,33 @@ pub(crate) const SQLITE: &[(i64, &[&str])] = &[
     ),
     (
         3,
-        // Search (docs/search.md): an integer key per resource row, and one
-        // table of index rows per kind of value, replaced with every write.
+        // Search (docs/search.md): an integer key per resource row, and the
+        // index rows of every kind of value in one table (so a write adds
+        // them in one statement), each kind with its own partial index.
         // Rows for data stored before are built by the server at start.
         &[
             "ALTER TABLE resource ADD COLUMN res_key INTEGER",
             "UPDATE resource SET res_key = rowid",
             "CREATE UNIQUE INDEX resource_by_key ON resource (res_key)",
-            "CREATE TABLE idx_string (res_key INTEGER NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, normalized TEXT NOT NULL, exact TEXT NOT NULL)",
-            "CREATE INDEX idx_string_norm ON idx_string (resource_type, param, normalized)",
-            "CREATE INDEX idx_string_key ON idx_string (res_key)",
-            "CREATE TABLE idx_token (res_key INTEGER NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT, text TEXT)",
-            "CREATE INDEX idx_token_code ON idx_token (resource_type, param, code, system)",
-            "CREATE INDEX idx_token_key ON idx_token (res_key)",
-            "CREATE TABLE idx_date (res_key INTEGER NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, low INTEGER NOT NULL, high INTEGER NOT NULL)",
-            "CREATE INDEX idx_date_low ON idx_date (resource_type, param, low)",
-            "CREATE INDEX idx_date_key ON idx_date (res_key)",
-            "CREATE TABLE idx_number (res_key INTEGER NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, value REAL NOT NULL)",
-            "CREATE INDEX idx_number_value ON idx_number (resource_type, param, value)",
-            "CREATE INDEX idx_number_key ON idx_number (res_key)",
-            "CREATE TABLE idx_quantity (res_key INTEGER NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, value REAL NOT NULL, system TEXT, code TEXT)",
-            "CREATE INDEX idx_quantity_value ON idx_quantity (resource_type, param, value)",
-            "CREATE INDEX idx_quantity_key ON idx_quantity (res_key)",
-            "CREATE TABLE idx_uri (res_key INTEGER NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, uri TEXT NOT NULL)",
-            "CREATE INDEX idx_uri_uri ON idx_uri (resource_type, param, uri)",
-            "CREATE INDEX idx_uri_key ON idx_uri (res_key)",
-            "CREATE TABLE idx_reference (res_key INTEGER NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, target_type TEXT, target_id TEXT, url TEXT NOT NULL)",
-            "CREATE INDEX idx_reference_target ON idx_reference (resource_type, param, target_id, target_type)",
-            "CREATE INDEX idx_reference_key ON idx_reference (res_key)",
+            "CREATE TABLE search_index (res_key INTEGER NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, kind SMALLINT NOT NULL, text_norm TEXT, text_exact TEXT, system TEXT, code TEXT, low INTEGER, high INTEGER, number REAL, target_type TEXT, target_id TEXT)",
             "CREATE TABLE fhirbox_setting (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
         ],
     ),
+    (4, SEARCH_INDEXES),
+];
+
+/// The indexes of `search_index`, the same on both backends: one for
+/// deleting a resource's rows, and one partial index per kind of value
+/// (a search names its kind, so it reads only that kind's index).
+const SEARCH_INDEXES: &[&str] = &[
+    "CREATE INDEX search_index_key ON search_index (res_key)",
+    "CREATE INDEX search_index_string ON search_index (resource_type, param, text_norm) WHERE kind = 1",
+    "CREATE INDEX search_index_token ON search_index (resource_type, param, code, system) WHERE kind = 2",
+    "CREATE INDEX search_index_date ON search_index (resource_type, param, low, high) WHERE kind = 3",
+    "CREATE INDEX search_index_number ON search_index (resource_type, param, number) WHERE kind = 4",
+    "CREATE INDEX search_index_quantity ON search_index (resource_type, param, number) WHERE kind = 5",
+    "CREATE INDEX search_index_uri ON search_index (resource_type, param, text_exact) WHERE kind = 6",
+    "CREATE INDEX search_index_reference ON search_index (resource_type, param, target_id, target_type) WHERE kind = 7",
 ];
 
 /// (version, statements) for PostgreSQL.
@@ -112,30 +108,11 @@ pub(crate) const POSTGRES: &[(i64, &[&str])] = &[
         &[
             "ALTER TABLE resource ADD COLUMN res_key BIGSERIAL",
             "CREATE UNIQUE INDEX resource_by_key ON resource (res_key)",
-            "CREATE TABLE idx_string (res_key BIGINT NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, normalized TEXT NOT NULL, exact TEXT NOT NULL)",
-            "CREATE INDEX idx_string_norm ON idx_string (resource_type, param, normalized)",
-            "CREATE INDEX idx_string_key ON idx_string (res_key)",
-            "CREATE TABLE idx_token (res_key BIGINT NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT, text TEXT)",
-            "CREATE INDEX idx_token_code ON idx_token (resource_type, param, code, system)",
-            "CREATE INDEX idx_token_key ON idx_token (res_key)",
-            "CREATE TABLE idx_date (res_key BIGINT NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, low BIGINT NOT NULL, high BIGINT NOT NULL)",
-            "CREATE INDEX idx_date_low ON idx_date (resource_type, param, low)",
-            "CREATE INDEX idx_date_key ON idx_date (res_key)",
-            "CREATE TABLE idx_number (res_key BIGINT NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, value DOUBLE PRECISION NOT NULL)",
-            "CREATE INDEX idx_number_value ON idx_number (resource_type, param, value)",
-            "CREATE INDEX idx_number_key ON idx_number (res_key)",
-            "CREATE TABLE idx_quantity (res_key BIGINT NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, value DOUBLE PRECISION NOT NULL, system TEXT, code TEXT)",
-            "CREATE INDEX idx_quantity_value ON idx_quantity (resource_type, param, value)",
-            "CREATE INDEX idx_quantity_key ON idx_quantity (res_key)",
-            "CREATE TABLE idx_uri (res_key BIGINT NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, uri TEXT NOT NULL)",
-            "CREATE INDEX idx_uri_uri ON idx_uri (resource_type, param, uri)",
-            "CREATE INDEX idx_uri_key ON idx_uri (res_key)",
-            "CREATE TABLE idx_reference (res_key BIGINT NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, target_type TEXT, target_id TEXT, url TEXT NOT NULL)",
-            "CREATE INDEX idx_reference_target ON idx_reference (resource_type, param, target_id, target_type)",
-            "CREATE INDEX idx_reference_key ON idx_reference (res_key)",
+            "CREATE TABLE search_index (res_key BIGINT NOT NULL, resource_type TEXT NOT NULL, param TEXT NOT NULL, kind SMALLINT NOT NULL, text_norm TEXT, text_exact TEXT, system TEXT, code TEXT, low BIGINT, high BIGINT, number DOUBLE PRECISION, target_type TEXT, target_id TEXT)",
             "CREATE TABLE fhirbox_setting (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
         ],
     ),
+    (4, SEARCH_INDEXES),
 ];
 
 /// Bookkeeping table, the same on both backends.

@@ -145,27 +145,18 @@ pub enum IndexKind {
 }
 
 impl IndexKind {
-    pub(crate) fn table(self) -> &'static str {
+    /// The `kind` column of its rows in `search_index` (a partial index each).
+    pub(crate) fn code(self) -> i64 {
         match self {
-            IndexKind::String => "idx_string",
-            IndexKind::Token => "idx_token",
-            IndexKind::Date => "idx_date",
-            IndexKind::Number => "idx_number",
-            IndexKind::Quantity => "idx_quantity",
-            IndexKind::Uri => "idx_uri",
-            IndexKind::Reference => "idx_reference",
+            IndexKind::String => 1,
+            IndexKind::Token => 2,
+            IndexKind::Date => 3,
+            IndexKind::Number => 4,
+            IndexKind::Quantity => 5,
+            IndexKind::Uri => 6,
+            IndexKind::Reference => 7,
         }
     }
-
-    pub(crate) const ALL: [IndexKind; 7] = [
-        IndexKind::String,
-        IndexKind::Token,
-        IndexKind::Date,
-        IndexKind::Number,
-        IndexKind::Quantity,
-        IndexKind::Uri,
-        IndexKind::Reference,
-    ];
 }
 
 /// One condition on a search parameter's index rows.

@@ -12,7 +12,6 @@ use crate::model::{
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Bind {
     Text(String),
-    OptText(Option<String>),
     Int(i64),
     Float(f64),
 }
@@ -113,11 +112,12 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
     }
 }
 
-/// `res_key IN (SELECT res_key FROM <table> WHERE <type and param> AND `…
+/// `res_key IN (SELECT res_key FROM search_index WHERE <kind, type and param> AND `…
+/// The kind is a literal, so the planner picks that kind's partial index.
 fn index_rows(sql: &mut Sql, resource_type: Option<&str>, kind: IndexKind, param: &str) {
-    sql.push("res_key IN (SELECT res_key FROM ")
-        .push(kind.table())
-        .push(" WHERE ");
+    sql.push("res_key IN (SELECT res_key FROM search_index WHERE kind = ")
+        .push(&kind.code().to_string())
+        .push(" AND ");
     if let Some(rt) = resource_type {
         sql.push("resource_type = ")
             .bind(Bind::Text(rt.to_owned()))
@@ -180,19 +180,19 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
     match condition {
         Condition::StringStarts { param, value } => {
             index_rows(sql, resource_type, IndexKind::String, param);
-            sql.push(" AND normalized LIKE ")
+            sql.push(" AND text_norm LIKE ")
                 .bind(Bind::Text(format!("{}%", like_escape(value))))
                 .push(" ESCAPE '\\')");
         }
         Condition::StringContains { param, value } => {
             index_rows(sql, resource_type, IndexKind::String, param);
-            sql.push(" AND normalized LIKE ")
+            sql.push(" AND text_norm LIKE ")
                 .bind(Bind::Text(format!("%{}%", like_escape(value))))
                 .push(" ESCAPE '\\')");
         }
         Condition::StringExact { param, value } => {
             index_rows(sql, resource_type, IndexKind::String, param);
-            sql.push(" AND exact = ")
+            sql.push(" AND text_exact = ")
                 .bind(Bind::Text(value.clone()))
                 .push(")");
         }
@@ -218,7 +218,7 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
         }
         Condition::TokenText { param, value } => {
             index_rows(sql, resource_type, IndexKind::Token, param);
-            sql.push(" AND text LIKE ")
+            sql.push(" AND text_norm LIKE ")
                 .bind(Bind::Text(format!("{}%", like_escape(value))))
                 .push(" ESCAPE '\\')");
         }
@@ -246,26 +246,26 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
             let (start, end) = (Bind::Float(*low), Bind::Float(*high));
             match op {
                 RangeOp::Within => sql
-                    .push(" AND value >= ")
+                    .push(" AND number >= ")
                     .bind(start)
-                    .push(" AND value < ")
+                    .push(" AND number < ")
                     .bind(end),
                 RangeOp::NotWithin => sql
-                    .push(" AND NOT (value >= ")
+                    .push(" AND NOT (number >= ")
                     .bind(start)
-                    .push(" AND value < ")
+                    .push(" AND number < ")
                     .bind(end)
                     .push(")"),
-                RangeOp::EndsAfter | RangeOp::StartsAfter => sql.push(" AND value > ").bind(end),
+                RangeOp::EndsAfter | RangeOp::StartsAfter => sql.push(" AND number > ").bind(end),
                 RangeOp::StartsBefore | RangeOp::EndsBefore => {
-                    sql.push(" AND value < ").bind(start)
+                    sql.push(" AND number < ").bind(start)
                 }
-                RangeOp::WithinOrAfter => sql.push(" AND value >= ").bind(start),
-                RangeOp::WithinOrBefore => sql.push(" AND value <= ").bind(end),
+                RangeOp::WithinOrAfter => sql.push(" AND number >= ").bind(start),
+                RangeOp::WithinOrBefore => sql.push(" AND number <= ").bind(end),
                 RangeOp::Overlaps => sql
-                    .push(" AND value >= ")
+                    .push(" AND number >= ")
                     .bind(start)
-                    .push(" AND value <= ")
+                    .push(" AND number <= ")
                     .bind(end),
             };
             if let Some(system) = system {
@@ -291,23 +291,23 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
         }
         Condition::ReferenceUrl { param, url } => {
             index_rows(sql, resource_type, IndexKind::Reference, param);
-            sql.push(" AND url = ")
+            sql.push(" AND text_exact = ")
                 .bind(Bind::Text(url.clone()))
                 .push(")");
         }
         Condition::Uri { param, op, value } => {
             index_rows(sql, resource_type, IndexKind::Uri, param);
             match op {
-                UriOp::Equal => sql.push(" AND uri = ").bind(Bind::Text(value.clone())),
+                UriOp::Equal => sql.push(" AND text_exact = ").bind(Bind::Text(value.clone())),
                 UriOp::Below => sql
-                    .push(" AND uri LIKE ")
+                    .push(" AND text_exact LIKE ")
                     .bind(Bind::Text(format!("{}%", like_escape(value))))
                     .push(" ESCAPE '\\'"),
                 // The stored uri is a prefix of the value.
                 UriOp::Above => sql
                     .push(" AND ")
                     .bind(Bind::Text(value.clone()))
-                    .push(" LIKE (REPLACE(REPLACE(REPLACE(uri, '\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%') ESCAPE '\\'"),
+                    .push(" LIKE (REPLACE(REPLACE(REPLACE(text_exact, '\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%') ESCAPE '\\'"),
             };
             sql.push(")");
         }
@@ -334,91 +334,150 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
 /// backends' limits).
 const ROWS_PER_INSERT: usize = 200;
 
-/// The INSERT statements of a resource's index rows, a few per kind.
+/// The INSERT statements of a resource's index rows: one per
+/// `ROWS_PER_INSERT` rows, all kinds together.
 pub(crate) fn index_inserts(key: i64, resource_type: &str, entries: &[IndexEntry]) -> Vec<Sql> {
     let mut out = Vec::new();
-    for kind in IndexKind::ALL {
-        let rows: Vec<&IndexEntry> = entries.iter().filter(|e| entry_kind(e) == kind).collect();
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let columns = match kind {
-                IndexKind::String => "param, normalized, exact",
-                IndexKind::Token => "param, system, code, text",
-                IndexKind::Date => "param, low, high",
-                IndexKind::Number => "param, value",
-                IndexKind::Quantity => "param, value, system, code",
-                IndexKind::Uri => "param, uri",
-                IndexKind::Reference => "param, target_type, target_id, url",
-            };
-            let mut sql = Sql::new(&format!(
-                "INSERT INTO {} (res_key, resource_type, {columns}) VALUES ",
-                kind.table()
-            ));
-            for (i, entry) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.push("(").bind(Bind::Int(key)).push(", ");
-                sql.bind(Bind::Text(resource_type.to_owned()));
-                for value in entry_values(entry) {
-                    sql.push(", ").bind(value);
-                }
-                sql.push(")");
+    for chunk in entries.chunks(ROWS_PER_INSERT) {
+        let mut sql = Sql::new(
+            "INSERT INTO search_index (res_key, resource_type, param, kind, text_norm, text_exact, \
+             system, code, low, high, number, target_type, target_id) VALUES ",
+        );
+        for (i, entry) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
             }
-            out.push(sql);
+            sql.push("(").bind(Bind::Int(key)).push(", ");
+            sql.bind(Bind::Text(resource_type.to_owned()));
+            for column in entry_columns(entry) {
+                sql.push(", ");
+                match column {
+                    Some(value) => sql.bind(value),
+                    None => sql.push("NULL"),
+                };
+            }
+            sql.push(")");
         }
+        out.push(sql);
     }
     out
 }
 
-fn entry_kind(entry: &IndexEntry) -> IndexKind {
-    match entry {
-        IndexEntry::String { .. } => IndexKind::String,
-        IndexEntry::Token { .. } => IndexKind::Token,
-        IndexEntry::Date { .. } => IndexKind::Date,
-        IndexEntry::Number { .. } => IndexKind::Number,
-        IndexEntry::Quantity { .. } => IndexKind::Quantity,
-        IndexEntry::Uri { .. } => IndexKind::Uri,
-        IndexEntry::Reference { .. } => IndexKind::Reference,
-    }
+/// The columns of one index row; `None` is NULL.
+#[derive(Default)]
+struct Row {
+    text_norm: Option<String>,
+    text_exact: Option<String>,
+    system: Option<String>,
+    code: Option<String>,
+    low: Option<i64>,
+    high: Option<i64>,
+    number: Option<f64>,
+    target_type: Option<String>,
+    target_id: Option<String>,
 }
 
-fn entry_values(entry: &IndexEntry) -> Vec<Bind> {
-    let text = |s: &String| Bind::Text(s.clone());
-    let opt = |s: &Option<String>| Bind::OptText(s.clone());
-    match entry {
+/// param, kind, then the columns of `Row` in table order.
+fn entry_columns(entry: &IndexEntry) -> Vec<Option<Bind>> {
+    let (param, kind, row) = match entry.clone() {
         IndexEntry::String {
             param,
             normalized,
             exact,
-        } => vec![text(param), text(normalized), text(exact)],
+        } => (
+            param,
+            IndexKind::String,
+            Row {
+                text_norm: Some(normalized),
+                text_exact: Some(exact),
+                ..Row::default()
+            },
+        ),
         IndexEntry::Token {
             param,
             system,
             code,
-            text: t,
-        } => vec![text(param), opt(system), opt(code), opt(t)],
-        IndexEntry::Date { param, low, high } => {
-            vec![text(param), Bind::Int(*low), Bind::Int(*high)]
-        }
-        IndexEntry::Number { param, value } => vec![text(param), Bind::Float(*value)],
+            text,
+        } => (
+            param,
+            IndexKind::Token,
+            Row {
+                text_norm: text,
+                system,
+                code,
+                ..Row::default()
+            },
+        ),
+        IndexEntry::Date { param, low, high } => (
+            param,
+            IndexKind::Date,
+            Row {
+                low: Some(low),
+                high: Some(high),
+                ..Row::default()
+            },
+        ),
+        IndexEntry::Number { param, value } => (
+            param,
+            IndexKind::Number,
+            Row {
+                number: Some(value),
+                ..Row::default()
+            },
+        ),
         IndexEntry::Quantity {
             param,
             value,
             system,
             code,
-        } => {
-            vec![text(param), Bind::Float(*value), opt(system), opt(code)]
-        }
-        IndexEntry::Uri { param, uri } => vec![text(param), text(uri)],
+        } => (
+            param,
+            IndexKind::Quantity,
+            Row {
+                number: Some(value),
+                system,
+                code,
+                ..Row::default()
+            },
+        ),
+        IndexEntry::Uri { param, uri } => (
+            param,
+            IndexKind::Uri,
+            Row {
+                text_exact: Some(uri),
+                ..Row::default()
+            },
+        ),
         IndexEntry::Reference {
             param,
             target_type,
             target_id,
             url,
-        } => {
-            vec![text(param), opt(target_type), opt(target_id), text(url)]
-        }
-    }
+        } => (
+            param,
+            IndexKind::Reference,
+            Row {
+                text_exact: Some(url),
+                target_type,
+                target_id,
+                ..Row::default()
+            },
+        ),
+    };
+    let text = |v: Option<String>| v.map(Bind::Text);
+    vec![
+        Some(Bind::Text(param)),
+        Some(Bind::Int(kind.code())),
+        text(row.text_norm),
+        text(row.text_exact),
+        text(row.system),
+        text(row.code),
+        row.low.map(Bind::Int),
+        row.high.map(Bind::Int),
+        row.number.map(Bind::Float),
+        text(row.target_type),
+        text(row.target_id),
+    ]
 }
 
 pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {

@@ -24,7 +24,6 @@ macro_rules! sql_backend {
             for b in binds {
                 q = match b {
                     Bind::Text(s) => q.bind(s),
-                    Bind::OptText(s) => q.bind(s),
                     Bind::Int(i) => q.bind(i),
                     Bind::Float(f) => q.bind(f),
                 };
@@ -78,16 +77,6 @@ macro_rules! sql_backend {
             Ok(serde_json::Value::Object(out))
         }
 
-        /// The `res_key` of a resource row.
-        async fn key_of(conn: &mut $conn, resource_type: &str, id: &str) -> StoreResult<Option<i64>> {
-            let row = sqlx::query("SELECT res_key FROM resource WHERE resource_type = $1 AND id = $2")
-                .bind(resource_type)
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await.db()?;
-            row.map(|r| r.try_get::<i64, _>(0)).transpose().db()
-        }
-
         /// Replaces the index rows of the resource row `key`.
         async fn write_index(
             conn: &mut $conn,
@@ -97,12 +86,10 @@ macro_rules! sql_backend {
             had_rows: bool,
         ) -> StoreResult<()> {
             if had_rows {
-                for kind in IndexKind::ALL {
-                    sqlx::query(&format!("DELETE FROM {} WHERE res_key = $1", kind.table()))
-                        .bind(key)
-                        .execute(&mut *conn)
-                        .await.db()?;
-                }
+                sqlx::query("DELETE FROM search_index WHERE res_key = $1")
+                    .bind(key)
+                    .execute(&mut *conn)
+                    .await.db()?;
             }
             for statement in query::index_inserts(key, resource_type, entries) {
                 bind_all(sqlx::query(&statement.text), statement.binds)
@@ -112,13 +99,14 @@ macro_rules! sql_backend {
             Ok(())
         }
 
+        /// The current row (locked for the write) and its `res_key`.
         async fn select_current(
             conn: &mut $conn,
             resource_type: &str,
             id: &str,
-        ) -> StoreResult<Option<StoredResource>> {
+        ) -> StoreResult<Option<(StoredResource, i64)>> {
             let row = sqlx::query(concat!(
-                "SELECT resource_type, id, version_id, last_updated, deleted, body FROM resource ",
+                "SELECT resource_type, id, version_id, last_updated, deleted, body, res_key FROM resource ",
                 "WHERE resource_type = $1 AND id = $2 ",
                 $lock
             ))
@@ -126,7 +114,9 @@ macro_rules! sql_backend {
             .bind(id)
             .fetch_optional(&mut *conn)
             .await.db()?;
-            row.as_ref().map(row_to_resource).transpose()
+            row.as_ref()
+                .map(|r| Ok((row_to_resource(r)?, r.try_get::<i64, _>("res_key").db()?)))
+                .transpose()
         }
 
         async fn insert_history(conn: &mut $conn, r: &StoredResource) -> StoreResult<()> {
@@ -150,7 +140,9 @@ macro_rules! sql_backend {
             let rt = op.resource_type.as_str();
             let id = op.id.as_str();
             loop {
-                let current = select_current(conn, rt, id).await?;
+                let selected = select_current(conn, rt, id).await?;
+                let current_key = selected.as_ref().map(|(_, key)| *key);
+                let current = selected.map(|(row, _)| row);
                 if let Some(expected) = op.if_match {
                     let live_version = current.as_ref().filter(|c| !c.deleted).map(|c| c.version_id);
                     if live_version != Some(expected) {
@@ -235,10 +227,11 @@ macro_rules! sql_backend {
                     deleted,
                     body,
                 };
-                if current.is_none() {
+                let key = if current.is_none() {
                     let inserted = sqlx::query(concat!(
                         "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, body, res_key) \
-                         VALUES ($1, $2, $3, $4, $5, $6, ", $key, ") ON CONFLICT (resource_type, id) DO NOTHING",
+                         VALUES ($1, $2, $3, $4, $5, $6, ", $key, ") ON CONFLICT (resource_type, id) DO NOTHING \
+                         RETURNING res_key",
                     ))
                     .bind(rt)
                     .bind(id)
@@ -246,12 +239,13 @@ macro_rules! sql_backend {
                     .bind(record.last_updated)
                     .bind(record.deleted)
                     .bind(&record.body)
-                    .execute(&mut *conn)
+                    .fetch_optional(&mut *conn)
                     .await.db()?;
-                    if inserted.rows_affected() == 0 {
+                    match inserted {
+                        Some(row) => row.try_get::<i64, _>(0).db()?,
                         // A concurrent transaction created the same id first; the
                         // locking read now waits for it and takes the update path.
-                        continue;
+                        None => continue,
                     }
                 } else {
                     sqlx::query(
@@ -266,11 +260,9 @@ macro_rules! sql_backend {
                     .bind(&record.body)
                     .execute(&mut *conn)
                     .await.db()?;
-                }
+                    current_key.ok_or_else(|| StoreError::Corrupt("a stored row has no key".into()))?
+                };
                 insert_history(conn, &record).await?;
-                let key = key_of(conn, rt, id)
-                    .await?
-                    .ok_or_else(|| StoreError::Corrupt("a written row has no key".into()))?;
                 write_index(conn, key, rt, &entries, current.is_some()).await?;
                 return Ok(WriteOutcome {
                     created: live.is_none() && !deleted,

@@ -12,9 +12,10 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use fhirbox_store::{
-    ChangeMarker, HistoryQuery, HistoryScope, ResourceHistory, ResourceRead, ResourceSearch,
-    ResourceWrite, SearchQuery, SortKey, Store, StoreError, StoreHealth, StoredResource, TimeBound,
-    Transform, WriteKind, WriteOp, WriteOutcome,
+    ChangeMarker, Condition, Filter, HistoryQuery, HistoryScope, IndexEntry, IndexKind, Indexer,
+    RangeOp, ResourceHistory, ResourceRead, ResourceSearch, ResourceWrite, SearchIndex,
+    SearchQuery, SortKey, Store, StoreError, StoreHealth, StoredResource, TimeBound, Transform,
+    UriOp, WriteKind, WriteOp, WriteOutcome,
 };
 use fhirbox_test_support::postgres::TestDatabase;
 use fhirbox_test_support::{backend_variants, Backend};
@@ -32,6 +33,7 @@ backend_variants!(
     concurrent_updates_with_the_same_if_match_have_exactly_one_winner,
     concurrent_unconditional_updates_each_get_their_own_version,
     the_change_marker_moves_with_every_write_of_its_types,
+    index_rows_follow_writes_and_conditions_select_by_them,
 );
 
 /// A store on a database of its own, removed when the test ends.
@@ -672,4 +674,239 @@ async fn unsupported_database_urls_are_refused() {
             opened.err()
         );
     }
+}
+
+/// An indexer of the test's own: `family` (string), `status` (token), `born`
+/// (a date range), `score` (number), `org` (reference), `url` (uri).
+fn test_indexer() -> Indexer {
+    Arc::new(|_resource_type: &str, body: &Value| {
+        let mut rows = Vec::new();
+        if let Some(f) = body.pointer("/name/0/family").and_then(Value::as_str) {
+            rows.push(IndexEntry::String {
+                param: "family".into(),
+                normalized: f.to_lowercase(),
+                exact: f.into(),
+            });
+        }
+        if let Some(s) = body.get("status").and_then(Value::as_str) {
+            rows.push(IndexEntry::Token {
+                param: "status".into(),
+                system: Some("urn:s".into()),
+                code: Some(s.into()),
+                text: None,
+            });
+        }
+        if let Some(year) = body.get("born").and_then(Value::as_i64) {
+            rows.push(IndexEntry::Date {
+                param: "born".into(),
+                low: year * 10,
+                high: year * 10 + 10,
+            });
+        }
+        if let Some(n) = body.get("score").and_then(Value::as_f64) {
+            rows.push(IndexEntry::Number {
+                param: "score".into(),
+                value: n,
+            });
+        }
+        if let Some(o) = body.get("org").and_then(Value::as_str) {
+            rows.push(IndexEntry::Reference {
+                param: "org".into(),
+                target_type: Some("Organization".into()),
+                target_id: Some(o.into()),
+                url: format!("Organization/{o}"),
+            });
+        }
+        if let Some(u) = body.get("url").and_then(Value::as_str) {
+            rows.push(IndexEntry::Uri {
+                param: "url".into(),
+                uri: u.into(),
+            });
+        }
+        rows
+    })
+}
+
+fn indexed(id: &str, body: Value) -> WriteOp {
+    let mut body = body;
+    body["resourceType"] = json!("Patient");
+    body["id"] = json!(id);
+    WriteOp {
+        index: Some(test_indexer()),
+        ..op("Patient", id, WriteKind::Put(body))
+    }
+}
+
+async fn found(store: &TestStore, conditions: Vec<Vec<Condition>>) -> Vec<String> {
+    let page = store
+        .search(SearchQuery {
+            resource_type: Some("Patient".into()),
+            count: 100,
+            filters: conditions
+                .into_iter()
+                .map(|any_of| Filter { any_of })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("the search runs");
+    page.resources.into_iter().map(|r| r.id).collect()
+}
+
+async fn index_rows_follow_writes_and_conditions_select_by_them(store: TestStore) {
+    write(
+        &store,
+        indexed(
+            "a",
+            json!({"name": [{"family": "Ng_%"}], "status": "on", "born": 1980, "score": 0.5,
+        "org": "o1", "url": "http://x.org/a/b"}),
+        ),
+    )
+    .await;
+    write(
+        &store,
+        indexed(
+            "b",
+            json!({"name": [{"family": "Nguyen"}], "status": "off", "born": 1990}),
+        ),
+    )
+    .await;
+    let string = |v: &str| Condition::StringStarts {
+        param: "family".into(),
+        value: v.into(),
+    };
+    assert_eq!(found(&store, vec![vec![string("ng")]]).await, ["a", "b"]);
+    // LIKE wildcards in a value are literal.
+    assert_eq!(found(&store, vec![vec![string("ng_%")]]).await, ["a"]);
+    assert_eq!(
+        found(
+            &store,
+            vec![vec![Condition::StringContains {
+                param: "family".into(),
+                value: "uye".into()
+            }]]
+        )
+        .await,
+        ["b"]
+    );
+    assert_eq!(
+        found(
+            &store,
+            vec![vec![Condition::StringExact {
+                param: "family".into(),
+                value: "Nguyen".into()
+            }]]
+        )
+        .await,
+        ["b"]
+    );
+    let token = |system: Option<Option<String>>, code: &str| Condition::Token {
+        param: "status".into(),
+        system,
+        code: Some(code.into()),
+    };
+    assert_eq!(found(&store, vec![vec![token(None, "on")]]).await, ["a"]);
+    assert_eq!(
+        found(&store, vec![vec![token(Some(Some("urn:s".into())), "off")]]).await,
+        ["b"]
+    );
+    assert!(found(&store, vec![vec![token(Some(None), "off")]])
+        .await
+        .is_empty());
+    assert_eq!(
+        found(
+            &store,
+            vec![vec![Condition::Not(Box::new(token(None, "on")))]]
+        )
+        .await,
+        ["b"]
+    );
+    // OR within a filter, AND across filters.
+    assert_eq!(
+        found(&store, vec![vec![token(None, "on"), token(None, "off")]]).await,
+        ["a", "b"]
+    );
+    assert_eq!(
+        found(&store, vec![vec![token(None, "on")], vec![string("nguy")]]).await,
+        Vec::<String>::new()
+    );
+    let date = |op, start, end| Condition::Date {
+        param: "born".into(),
+        op,
+        start,
+        end,
+    };
+    assert_eq!(
+        found(&store, vec![vec![date(RangeOp::Within, 19800, 19810)]]).await,
+        ["a"]
+    );
+    assert_eq!(
+        found(&store, vec![vec![date(RangeOp::EndsAfter, 19850, 19860)]]).await,
+        ["b"]
+    );
+    assert_eq!(
+        found(&store, vec![vec![date(RangeOp::Overlaps, 19805, 19905)]]).await,
+        ["a", "b"]
+    );
+    let number = Condition::Number {
+        param: "score".into(),
+        kind: IndexKind::Number,
+        op: RangeOp::Within,
+        low: 0.45,
+        high: 0.55,
+        system: None,
+        code: None,
+    };
+    assert_eq!(found(&store, vec![vec![number]]).await, ["a"]);
+    let reference = Condition::Reference {
+        param: "org".into(),
+        target_type: Some("Organization".into()),
+        target_id: "o1".into(),
+    };
+    assert_eq!(found(&store, vec![vec![reference]]).await, ["a"]);
+    let uri = |op, v: &str| Condition::Uri {
+        param: "url".into(),
+        op,
+        value: v.into(),
+    };
+    assert_eq!(
+        found(&store, vec![vec![uri(UriOp::Below, "http://x.org/")]]).await,
+        ["a"]
+    );
+    assert_eq!(
+        found(&store, vec![vec![uri(UriOp::Above, "http://x.org/a/b/c")]]).await,
+        ["a"]
+    );
+    let missing = |m| Condition::Missing {
+        param: "score".into(),
+        kind: IndexKind::Number,
+        missing: m,
+    };
+    assert_eq!(found(&store, vec![vec![missing(true)]]).await, ["b"]);
+    assert_eq!(found(&store, vec![vec![missing(false)]]).await, ["a"]);
+
+    // An update replaces the rows; a delete removes them.
+    write(&store, indexed("a", json!({"name": [{"family": "Other"}]}))).await;
+    assert_eq!(found(&store, vec![vec![string("ng")]]).await, ["b"]);
+    assert_eq!(found(&store, vec![vec![string("oth")]]).await, ["a"]);
+    write(&store, op("Patient", "a", WriteKind::Delete)).await;
+    assert!(found(&store, vec![vec![string("oth")]]).await.is_empty());
+
+    // Rows rebuilt from outside a write; the version they were built with.
+    assert!(store
+        .replace_index("Patient", "b", Vec::new())
+        .await
+        .unwrap());
+    assert!(found(&store, vec![vec![string("ng")]]).await.is_empty());
+    assert!(
+        !store
+            .replace_index("Patient", "a", Vec::new())
+            .await
+            .unwrap(),
+        "a deleted resource has no rows"
+    );
+    assert_eq!(store.index_version().await.unwrap(), None);
+    store.set_index_version("v1").await.unwrap();
+    store.set_index_version("v2").await.unwrap();
+    assert_eq!(store.index_version().await.unwrap().as_deref(), Some("v2"));
 }

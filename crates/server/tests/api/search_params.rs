@@ -67,6 +67,14 @@ async fn strings_match_prefixes_without_case_or_accents(app: TestApp) {
     assert!(ids(&app, "Patient?family:exact=Mül").await.is_empty());
     assert_eq!(ids(&app, "Patient?family:contains=ell").await, ["b"]);
     assert_eq!(ids(&app, "Patient?name:contains=mit").await, ["c"]);
+    // phonetic: Soundex of each name part.
+    put(
+        &app,
+        json!({"resourceType": "Patient", "id": "r", "name": [{"family": "Robert"}]}),
+    )
+    .await;
+    assert_eq!(ids(&app, "Patient?phonetic=Rupert").await, ["r"]);
+    assert!(ids(&app, "Patient?phonetic=Rubin").await.is_empty());
     // A wildcard in the value is matched literally.
     assert!(ids(&app, "Patient?family=%25").await.is_empty());
 }
