@@ -63,9 +63,17 @@ pub(crate) struct SearchPlan {
 
 fn push_filters(sql: &mut Sql, q: &SearchQuery) {
     sql.push(" WHERE deleted = FALSE");
+    // With search parameters, the index rows they select are the way in
+    // (by `res_key`): `resource_type || ''` keeps the planner from walking
+    // every resource of the type in id order instead, which SQLite otherwise
+    // prefers for `ORDER BY id LIMIT n` (docs/search.md).
+    let type_column = if q.filters.is_empty() {
+        " AND resource_type = "
+    } else {
+        " AND resource_type || '' = "
+    };
     if let Some(rt) = &q.resource_type {
-        sql.push(" AND resource_type = ")
-            .bind(Bind::Text(rt.clone()));
+        sql.push(type_column).bind(Bind::Text(rt.clone()));
     }
     if !q.types.is_empty() {
         sql.push(" AND resource_type IN (");
