@@ -212,6 +212,9 @@ pub async fn reindex(store: &Store) -> StoreResult<u64> {
                 None => break,
             }
         }
+        if indexed > 0 {
+            store.analyze().await?;
+        }
         store.set_index_version(INDEX_VERSION).await?;
         Ok(indexed)
     }

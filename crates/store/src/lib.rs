@@ -92,6 +92,10 @@ pub trait SearchIndex {
     /// The version recorded by `set_index_version`, if any.
     fn index_version(&self) -> impl Future<Output = StoreResult<Option<String>>> + Send;
     fn set_index_version(&self, version: &str) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Refreshes the planner's statistics (`ANALYZE`), after many rows
+    /// changed at once: without them PostgreSQL can pick a plan a thousand
+    /// times slower for a search (docs/search.md).
+    fn analyze(&self) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
 /// Liveness of the database connection.
@@ -202,6 +206,9 @@ impl SearchIndex for Store {
     }
     async fn set_index_version(&self, version: &str) -> StoreResult<()> {
         delegate!(self, s => s.set_index_version(version))
+    }
+    async fn analyze(&self) -> StoreResult<()> {
+        delegate!(self, s => s.analyze())
     }
 }
 

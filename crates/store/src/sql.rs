@@ -450,6 +450,11 @@ macro_rules! sql_backend {
                 row.map(|r| r.try_get::<String, _>(0)).transpose().db()
             }
 
+            async fn analyze(&self) -> StoreResult<()> {
+                sqlx::query("ANALYZE").execute(&self.writer).await.db()?;
+                Ok(())
+            }
+
             async fn set_index_version(&self, version: &str) -> StoreResult<()> {
                 sqlx::query(
                     "INSERT INTO fhirbox_setting (name, value) VALUES ('search-index', $1) \

@@ -909,4 +909,8 @@ async fn index_rows_follow_writes_and_conditions_select_by_them(store: TestStore
     store.set_index_version("v1").await.unwrap();
     store.set_index_version("v2").await.unwrap();
     assert_eq!(store.index_version().await.unwrap().as_deref(), Some("v2"));
+    store
+        .analyze()
+        .await
+        .expect("statistics refresh on both backends");
 }
