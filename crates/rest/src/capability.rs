@@ -87,7 +87,8 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
                 let mut params = search_params.clone();
                 for p in SearchParams::r4().of_type(rt) {
                     let searchable = p.expression.is_some()
-                        && !matches!(p.param_type, ParamType::Composite | ParamType::Special)
+                        && p.param_type != ParamType::Special
+                        && (p.param_type != ParamType::Composite || p.components.len() == 2)
                         && !params.iter().any(|known| known["name"] == p.code.as_str());
                     if searchable {
                         // The definition's canonical URL documents it; HL7's

@@ -7,7 +7,8 @@ use std::sync::{Arc, OnceLock};
 
 use fhirbox_fhir::search::{index_values, normalize, IndexValue, ParamType, SearchParams};
 use fhirbox_store::{
-    IndexEntry, Indexer, ResourceSearch, SearchIndex, SearchQuery, SortKey, Store, StoreResult,
+    CompositeFirst, CompositeSecond, IndexEntry, Indexer, ResourceSearch, SearchIndex, SearchQuery,
+    SortKey, Store, StoreResult,
 };
 use serde_json::Value;
 
@@ -16,7 +17,7 @@ use crate::Rest;
 /// The version of the index rows: when the definitions or the way values
 /// are indexed change, this changes and the server rebuilds the rows at
 /// start (`fhirbox reindex` does it on demand).
-pub const INDEX_VERSION: &str = "r4-search-3";
+pub const INDEX_VERSION: &str = "r4-search-4";
 
 /// Parameters kept in columns of the resource row itself.
 const NATIVE: &[&str] = &["_id", "_lastUpdated"];
@@ -32,9 +33,7 @@ pub fn indexer() -> Indexer {
 pub fn entries(resource_type: &str, body: &Value) -> Vec<IndexEntry> {
     let mut out: Vec<IndexEntry> = Vec::new();
     for param in SearchParams::r4().of_type(resource_type) {
-        if NATIVE.contains(&param.code.as_str())
-            || matches!(param.param_type, ParamType::Composite | ParamType::Special)
-        {
+        if NATIVE.contains(&param.code.as_str()) || param.param_type == ParamType::Special {
             continue;
         }
         for value in index_values(param, body) {
@@ -65,6 +64,54 @@ pub fn entries(resource_type: &str, body: &Value) -> Vec<IndexEntry> {
         }
     }
     out
+}
+
+/// A composite pair (R4's composites are a token or reference and one
+/// partner, but for four MolecularSequence ones of three numbers, which are
+/// not indexed).
+fn composite(param: String, parts: Vec<IndexValue>) -> Option<IndexEntry> {
+    let [first, second] = <[IndexValue; 2]>::try_from(parts).ok()?;
+    let first = match first {
+        IndexValue::Token {
+            system,
+            code: Some(code),
+            ..
+        } => CompositeFirst::Token { system, code },
+        IndexValue::Reference {
+            target_type,
+            id: Some(target_id),
+            ..
+        } => CompositeFirst::Reference {
+            target_type,
+            target_id,
+        },
+        _ => return None,
+    };
+    let second = match second {
+        IndexValue::Token {
+            system,
+            code: Some(code),
+            ..
+        } => CompositeSecond::Token { system, code },
+        IndexValue::Quantity {
+            value,
+            system,
+            code,
+            unit,
+        } => CompositeSecond::Quantity {
+            value,
+            system,
+            code: code.or(unit),
+        },
+        IndexValue::Date { low, high } => CompositeSecond::Date { low, high },
+        IndexValue::String { normalized, exact } => CompositeSecond::String { normalized, exact },
+        _ => return None,
+    };
+    Some(IndexEntry::Composite {
+        param,
+        first,
+        second,
+    })
 }
 
 /// `phonetic` (HumanName parts "using some kind of phonetic matching
@@ -175,7 +222,7 @@ fn entry(param: &str, value: IndexValue) -> Option<IndexEntry> {
             code: Some(format!("{type_code}|{value}")),
             text: None,
         },
-        IndexValue::Composite(_) => return None,
+        IndexValue::Composite(parts) => return composite(param, parts),
     })
 }
 

@@ -7,8 +7,8 @@
 use fhirbox_fhir::datetime::parse_range;
 use fhirbox_fhir::search::{normalize, ParamType, SearchParam, SearchParams, UNSUPPORTED};
 use fhirbox_store::{
-    Condition, Cursor, Filter, HistoryQuery, HistoryScope, IndexKind, RangeOp, SearchQuery,
-    SortKey, TimeBound, UriOp,
+    CompositeFirst, CompositeTest, Condition, Cursor, Filter, HistoryQuery, HistoryScope,
+    IndexKind, RangeOp, SearchQuery, SortKey, TimeBound, UriOp,
 };
 
 use crate::error::RestError;
@@ -312,7 +312,8 @@ fn index_kind(param_type: ParamType) -> Option<IndexKind> {
         ParamType::Quantity => IndexKind::Quantity,
         ParamType::Uri => IndexKind::Uri,
         ParamType::Reference => IndexKind::Reference,
-        ParamType::Composite | ParamType::Special => return None,
+        ParamType::Composite => IndexKind::Composite,
+        ParamType::Special => return None,
     })
 }
 
@@ -333,7 +334,7 @@ fn filter(param: &SearchParam, modifier: Option<&str>, value: &str) -> Result<Fi
     let Some(kind) = index_kind(param.param_type) else {
         return Err(RestError::not_supported(
             crate::error::ErrorKind::BadRequest,
-            format!("the search parameter {name:?} is a composite parameter, which is not supported yet"),
+            format!("the search parameter {name:?} is not supported"),
         ));
     };
     if modifier == Some("missing") {
@@ -355,6 +356,13 @@ fn filter(param: &SearchParam, modifier: Option<&str>, value: &str) -> Result<Fi
     for v in split_values(value) {
         if v.is_empty() {
             return Err(bad("a value is empty".into()));
+        }
+        if param.param_type == ParamType::Composite {
+            if modifier.is_some() {
+                return Err(bad("composite parameters take no modifier".into()));
+            }
+            any_of.push(composite(param, &v).map_err(&bad)?);
+            continue;
         }
         let condition = match (param.param_type, modifier) {
             (ParamType::String, None) if code == "phonetic" => Condition::StringExact {
@@ -498,6 +506,105 @@ fn filter(param: &SearchParam, modifier: Option<&str>, value: &str) -> Result<Fi
         any_of.push(condition);
     }
     Ok(Filter { any_of })
+}
+
+/// A composite value, `first$second` (R4 §3.1.1.4.12): a token (or a
+/// reference) and its partner, each written as its own parameter would be.
+fn composite(param: &SearchParam, value: &str) -> Result<Condition, String> {
+    let types: Vec<ParamType> = param.components.iter().map(|c| c.param_type).collect();
+    let (first_text, second_text) = match value.split_once('$') {
+        Some(parts) => parts,
+        None => return Err("a composite value is two values joined by $ (e.g. code$value)".into()),
+    };
+    if second_text.contains('$') || types.len() != 2 {
+        return Err("only composites of two values are supported".into());
+    }
+    let (first, first_system_given) = match types[0] {
+        ParamType::Token => match split_pipe(first_text) {
+            Some((system, code)) if !code.is_empty() => (
+                CompositeFirst::Token {
+                    system: (!system.is_empty()).then(|| system.to_owned()),
+                    code: code.to_owned(),
+                },
+                true,
+            ),
+            Some(_) => return Err("the first value needs a code".into()),
+            None => (
+                CompositeFirst::Token {
+                    system: None,
+                    code: first_text.to_owned(),
+                },
+                false,
+            ),
+        },
+        ParamType::Reference => match reference("", None, first_text) {
+            Condition::Reference {
+                target_type,
+                target_id,
+                ..
+            } => (
+                CompositeFirst::Reference {
+                    target_type,
+                    target_id,
+                },
+                false,
+            ),
+            _ => return Err("the first value must be Type/id or an id".into()),
+        },
+        _ => return Err("this composite is not supported".into()),
+    };
+    let second = match types[1] {
+        ParamType::Token => match split_pipe(second_text) {
+            Some((system, code)) => CompositeTest::Token {
+                system: (!system.is_empty()).then(|| system.to_owned()),
+                code: code.to_owned(),
+            },
+            None => CompositeTest::Token {
+                system: None,
+                code: second_text.to_owned(),
+            },
+        },
+        ParamType::Quantity => {
+            let (op, rest) = prefixed(second_text);
+            let (number, units) = split_pipe(rest).map_or((rest, None), |(n, u)| (n, Some(u)));
+            let (system, unit) = match units {
+                Some(units) => {
+                    let (system, unit) = split_pipe(units).unwrap_or(("", units));
+                    (
+                        (!system.is_empty()).then(|| system.to_owned()),
+                        (!unit.is_empty()).then(|| unit.to_owned()),
+                    )
+                }
+                None => (None, None),
+            };
+            let (low, high) =
+                number_range(op, number).ok_or_else(|| format!("{number:?} is not a number"))?;
+            CompositeTest::Number {
+                op,
+                low,
+                high,
+                system,
+                code: unit,
+            }
+        }
+        ParamType::Date => {
+            let (op, date) = prefixed(second_text);
+            let range = parse_range(date)?;
+            CompositeTest::Date {
+                op,
+                start: range.start,
+                end: range.end,
+            }
+        }
+        ParamType::String => CompositeTest::StringStarts(normalize(second_text)),
+        _ => return Err("this composite is not supported".into()),
+    };
+    Ok(Condition::Composite {
+        param: param.code.clone(),
+        first,
+        first_system_given,
+        second,
+    })
 }
 
 /// A reference value: `id`, `Type/id` or an absolute URL ending in `Type/id`

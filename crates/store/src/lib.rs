@@ -17,9 +17,9 @@ use std::future::Future;
 pub use cursor::Cursor;
 pub use error::{ErrorSource, Refusal, RefusalIssue, RefusalKind, StoreError};
 pub use model::{
-    Condition, Filter, Finalize, HistoryPage, HistoryQuery, HistoryScope, IndexEntry, IndexKind,
-    Indexer, RangeOp, SearchPage, SearchQuery, SortKey, StoredResource, TimeBound, Transform,
-    UriOp, WriteKind, WriteOp, WriteOutcome,
+    CompositeFirst, CompositeSecond, CompositeTest, Condition, Filter, Finalize, HistoryPage,
+    HistoryQuery, HistoryScope, IndexEntry, IndexKind, Indexer, RangeOp, SearchPage, SearchQuery,
+    SortKey, StoredResource, TimeBound, Transform, UriOp, WriteKind, WriteOp, WriteOutcome,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

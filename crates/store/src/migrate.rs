@@ -65,6 +65,7 @@ const SEARCH_INDEXES: &[&str] = &[
     "CREATE INDEX search_index_quantity ON search_index (resource_type, param, number) WHERE kind = 5",
     "CREATE INDEX search_index_uri ON search_index (resource_type, param, text_exact) WHERE kind = 6",
     "CREATE INDEX search_index_reference ON search_index (resource_type, param, target_id, target_type) WHERE kind = 7",
+    "CREATE INDEX search_index_composite ON search_index (resource_type, param, code, system) WHERE kind = 8",
 ];
 
 /// (version, statements) for PostgreSQL.

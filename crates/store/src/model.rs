@@ -130,6 +130,48 @@ pub enum IndexEntry {
         /// The reference as written (absolute URLs, canonicals).
         url: String,
     },
+    /// A composite parameter's pair of values taken from one element
+    /// (R4 §3.1.1.4.12): a token or reference, then its partner.
+    Composite {
+        param: String,
+        first: CompositeFirst,
+        second: CompositeSecond,
+    },
+}
+
+/// The first value of a composite pair.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompositeFirst {
+    Token {
+        system: Option<String>,
+        code: String,
+    },
+    Reference {
+        target_type: Option<String>,
+        target_id: String,
+    },
+}
+
+/// The second value of a composite pair.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompositeSecond {
+    Token {
+        system: Option<String>,
+        code: String,
+    },
+    Quantity {
+        value: f64,
+        system: Option<String>,
+        code: Option<String>,
+    },
+    Date {
+        low: i64,
+        high: i64,
+    },
+    String {
+        normalized: String,
+        exact: String,
+    },
 }
 
 /// The table an index kind lives in.
@@ -142,6 +184,7 @@ pub enum IndexKind {
     Quantity,
     Uri,
     Reference,
+    Composite,
 }
 
 impl IndexKind {
@@ -155,6 +198,7 @@ impl IndexKind {
             IndexKind::Quantity => 5,
             IndexKind::Uri => 6,
             IndexKind::Reference => 7,
+            IndexKind::Composite => 8,
         }
     }
 }
@@ -216,6 +260,37 @@ pub enum Condition {
     },
     /// Resources with no row matching the inner condition (token `:not`).
     Not(Box<Condition>),
+    /// A composite pair: the first value matches and, in the same pair, the
+    /// second one does.
+    Composite {
+        param: String,
+        first: CompositeFirst,
+        /// The first's system must match (`Some`), or any (`None`).
+        first_system_given: bool,
+        second: CompositeTest,
+    },
+}
+
+/// How the second value of a composite pair is tested.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompositeTest {
+    Token {
+        system: Option<String>,
+        code: String,
+    },
+    Number {
+        op: RangeOp,
+        low: f64,
+        high: f64,
+        system: Option<String>,
+        code: Option<String>,
+    },
+    Date {
+        op: RangeOp,
+        start: i64,
+        end: i64,
+    },
+    StringStarts(String),
 }
 
 /// How a stored range `[low, high)` must relate to a searched one

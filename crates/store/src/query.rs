@@ -4,8 +4,8 @@
 use crate::cursor::Cursor;
 use crate::error::StoreError;
 use crate::model::{
-    Condition, HistoryQuery, HistoryScope, IndexEntry, IndexKind, RangeOp, SearchQuery, SortKey,
-    StoredResource, TimeBound, UriOp,
+    CompositeFirst, CompositeSecond, CompositeTest, Condition, HistoryQuery, HistoryScope,
+    IndexEntry, IndexKind, RangeOp, SearchQuery, SortKey, StoredResource, TimeBound, UriOp,
 };
 
 /// A value to bind, in placeholder order.
@@ -180,11 +180,6 @@ fn push_range(sql: &mut Sql, lo: &str, hi: &str, op: RangeOp, start: Bind, end: 
 
 /// One condition, as a predicate on the `resource` row.
 fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condition) {
-    let like_escape = |v: &str| {
-        v.replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_")
-    };
     match condition {
         Condition::StringStarts { param, value } => {
             index_rows(sql, resource_type, IndexKind::String, param);
@@ -251,31 +246,7 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
         } => {
             index_rows(sql, resource_type, *kind, param);
             // A stored number is a point: its range is [value, value].
-            let (start, end) = (Bind::Float(*low), Bind::Float(*high));
-            match op {
-                RangeOp::Within => sql
-                    .push(" AND number >= ")
-                    .bind(start)
-                    .push(" AND number < ")
-                    .bind(end),
-                RangeOp::NotWithin => sql
-                    .push(" AND NOT (number >= ")
-                    .bind(start)
-                    .push(" AND number < ")
-                    .bind(end)
-                    .push(")"),
-                RangeOp::EndsAfter | RangeOp::StartsAfter => sql.push(" AND number > ").bind(end),
-                RangeOp::StartsBefore | RangeOp::EndsBefore => {
-                    sql.push(" AND number < ").bind(start)
-                }
-                RangeOp::WithinOrAfter => sql.push(" AND number >= ").bind(start),
-                RangeOp::WithinOrBefore => sql.push(" AND number <= ").bind(end),
-                RangeOp::Overlaps => sql
-                    .push(" AND number >= ")
-                    .bind(start)
-                    .push(" AND number <= ")
-                    .bind(end),
-            };
+            push_number(sql, *op, *low, *high);
             if let Some(system) = system {
                 sql.push(" AND system = ").bind(Bind::Text(system.clone()));
             }
@@ -335,7 +306,107 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
             push_condition(sql, resource_type, inner);
             sql.push(")");
         }
+        Condition::Composite {
+            param,
+            first,
+            first_system_given,
+            second,
+        } => {
+            index_rows(sql, resource_type, IndexKind::Composite, param);
+            // Where each value sits in the row: see `entry_columns`.
+            let (second_system, second_code) = match first {
+                CompositeFirst::Token { system, code } => {
+                    sql.push(" AND code = ").bind(Bind::Text(code.clone()));
+                    if *first_system_given {
+                        match system {
+                            Some(s) => sql.push(" AND system = ").bind(Bind::Text(s.clone())),
+                            None => sql.push(" AND system IS NULL"),
+                        };
+                    }
+                    ("target_type", "target_id")
+                }
+                CompositeFirst::Reference {
+                    target_type,
+                    target_id,
+                } => {
+                    sql.push(" AND target_id = ")
+                        .bind(Bind::Text(target_id.clone()));
+                    if let Some(t) = target_type {
+                        sql.push(" AND target_type = ").bind(Bind::Text(t.clone()));
+                    }
+                    ("system", "code")
+                }
+            };
+            match second {
+                CompositeTest::Token { system, code } => {
+                    sql.push(&format!(" AND {second_code} = "))
+                        .bind(Bind::Text(code.clone()));
+                    if let Some(s) = system {
+                        sql.push(&format!(" AND {second_system} = "))
+                            .bind(Bind::Text(s.clone()));
+                    }
+                }
+                CompositeTest::Number {
+                    op,
+                    low,
+                    high,
+                    system,
+                    code,
+                } => {
+                    push_number(sql, *op, *low, *high);
+                    if let Some(s) = system {
+                        sql.push(" AND text_norm = ").bind(Bind::Text(s.clone()));
+                    }
+                    if let Some(c) = code {
+                        sql.push(" AND text_exact = ").bind(Bind::Text(c.clone()));
+                    }
+                }
+                CompositeTest::Date { op, start, end } => {
+                    push_range(sql, "low", "high", *op, Bind::Int(*start), Bind::Int(*end));
+                }
+                CompositeTest::StringStarts(value) => {
+                    sql.push(" AND text_norm LIKE ")
+                        .bind(Bind::Text(format!("{}%", like_escape(value))))
+                        .push(" ESCAPE '\\'");
+                }
+            }
+            sql.push(")");
+        }
     }
+}
+
+/// `%`, `_` and `\` in a value are literal in a LIKE pattern.
+fn like_escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// A stored number (a point) against a searched range and prefix.
+fn push_number(sql: &mut Sql, op: RangeOp, low: f64, high: f64) {
+    let (start, end) = (Bind::Float(low), Bind::Float(high));
+    match op {
+        RangeOp::Within => sql
+            .push(" AND number >= ")
+            .bind(start)
+            .push(" AND number < ")
+            .bind(end),
+        RangeOp::NotWithin => sql
+            .push(" AND NOT (number >= ")
+            .bind(start)
+            .push(" AND number < ")
+            .bind(end)
+            .push(")"),
+        RangeOp::EndsAfter | RangeOp::StartsAfter => sql.push(" AND number > ").bind(end),
+        RangeOp::StartsBefore | RangeOp::EndsBefore => sql.push(" AND number < ").bind(start),
+        RangeOp::WithinOrAfter => sql.push(" AND number >= ").bind(start),
+        RangeOp::WithinOrBefore => sql.push(" AND number <= ").bind(end),
+        RangeOp::Overlaps => sql
+            .push(" AND number >= ")
+            .bind(start)
+            .push(" AND number <= ")
+            .bind(end),
+    };
 }
 
 /// Most rows one INSERT statement carries (binds stay far below the
@@ -456,6 +527,51 @@ fn entry_columns(entry: &IndexEntry) -> Vec<Option<Bind>> {
                 ..Row::default()
             },
         ),
+        IndexEntry::Composite {
+            param,
+            first,
+            second,
+        } => {
+            let mut row = Row::default();
+            let first_is_token = matches!(first, CompositeFirst::Token { .. });
+            // A pair's token and reference take the token and target
+            // columns; when both are tokens, the second takes the target ones.
+            let mut set = |in_target: bool, a: Option<String>, b: String| {
+                if in_target {
+                    (row.target_type, row.target_id) = (a, Some(b));
+                } else {
+                    (row.system, row.code) = (a, Some(b));
+                }
+            };
+            match first {
+                CompositeFirst::Token { system, code } => set(false, system, code),
+                CompositeFirst::Reference {
+                    target_type,
+                    target_id,
+                } => set(true, target_type, target_id),
+            }
+            match second {
+                CompositeSecond::Token { system, code } => set(first_is_token, system, code),
+                CompositeSecond::Quantity {
+                    value,
+                    system,
+                    code,
+                } => {
+                    row.number = Some(value);
+                    row.text_norm = system;
+                    row.text_exact = code;
+                }
+                CompositeSecond::Date { low, high } => {
+                    row.low = Some(low);
+                    row.high = Some(high);
+                }
+                CompositeSecond::String { normalized, exact } => {
+                    row.text_norm = Some(normalized);
+                    row.text_exact = Some(exact);
+                }
+            }
+            (param, IndexKind::Composite, row)
+        }
         IndexEntry::Reference {
             param,
             target_type,

@@ -17,6 +17,7 @@ backend_tests!(
     references_match_ids_types_and_urls,
     uris_match_exactly_below_and_above,
     missing_or_and_and_combine,
+    composites_pair_values_of_one_element,
     bad_values_and_unsupported_parameters_are_400s,
     the_index_follows_updates_and_deletes,
     system_search_by_type_and_post_search,
@@ -391,7 +392,7 @@ async fn bad_values_and_unsupported_parameters_are_400s(app: TestApp) {
         ("Patient?gender:missing=maybe", "true or false"),
         ("Patient?family:below=x", ":below is not supported"),
         ("Patient?_text=x", "\"_text\" is not supported"),
-        ("Observation?code-value-quantity=x$5", "composite"),
+        ("Observation?code-value-quantity=8867-4", "joined by $"),
         ("Patient?family=", "empty"),
     ] {
         app.get(&format!("/fhir/{query}"))
@@ -526,4 +527,71 @@ async fn system_search_by_type_and_post_search(app: TestApp) {
     let counted = app.get("/fhir/Patient?family=tag&_count=0").await.json();
     assert_eq!(counted["total"], 1);
     assert!(counted.get("entry").is_none(), "{counted}");
+}
+
+async fn composites_pair_values_of_one_element(app: TestApp) {
+    let loinc = "http://loinc.org";
+    let bp = |id: &str, systolic: f64, diastolic: f64| {
+        json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"coding": [{"system": loinc, "code": "85354-9"}]},
+            "component": [
+                {"code": {"coding": [{"system": loinc, "code": "8480-6"}]}, "valueQuantity": {"value": systolic, "unit": "mm[Hg]"}},
+                {"code": {"coding": [{"system": loinc, "code": "8462-4"}]}, "valueQuantity": {"value": diastolic, "unit": "mm[Hg]"}}]})
+    };
+    put(&app, bp("high", 150.0, 95.0)).await;
+    put(&app, bp("normal", 118.0, 76.0)).await;
+    put(&app, json!({"resourceType": "Observation", "id": "hr", "status": "final",
+        "code": {"coding": [{"system": loinc, "code": "8867-4"}]}, "valueQuantity": {"value": 72, "unit": "/min"}})).await;
+    // The systolic value above 140: the pair is taken from one component,
+    // so a high diastolic does not count as a high systolic.
+    assert_eq!(
+        ids(
+            &app,
+            &format!("Observation?component-code-value-quantity={loinc}|8480-6$gt140")
+        )
+        .await,
+        ["high"]
+    );
+    assert_eq!(
+        ids(
+            &app,
+            "Observation?component-code-value-quantity=8462-4$gt140"
+        )
+        .await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(
+            &app,
+            "Observation?component-code-value-quantity=8462-4$lt80"
+        )
+        .await,
+        ["normal"]
+    );
+    assert_eq!(
+        ids(
+            &app,
+            &format!("Observation?code-value-quantity={loinc}|8867-4$72")
+        )
+        .await,
+        ["hr"]
+    );
+    assert_eq!(
+        ids(&app, "Observation?code-value-quantity=8867-4$ge100").await,
+        Vec::<String>::new()
+    );
+    // Token and token.
+    put(&app, json!({"resourceType": "Observation", "id": "c", "status": "final", "code": {"coding": [{"code": "smoking"}]},
+        "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "266919005"}]}})).await;
+    assert_eq!(
+        ids(
+            &app,
+            "Observation?code-value-concept=smoking$http://snomed.info/sct|266919005"
+        )
+        .await,
+        ["c"]
+    );
+    assert!(ids(&app, "Observation?code-value-concept=smoking$other")
+        .await
+        .is_empty());
 }
