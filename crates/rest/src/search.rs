@@ -81,6 +81,10 @@ fn definition(resource_type: Option<&str>, code: &str) -> Option<&'static Search
 pub const MAX_PARAMETERS: usize = 64;
 /// Most comma-separated values one parameter may carry.
 pub const MAX_VALUES: usize = 100;
+/// Most values (conditions) one search may carry across all its parameters:
+/// each is a subquery with a few bound values, and the database limits a
+/// statement's bound values (SQLite to 32,766).
+pub const MAX_CONDITIONS: usize = 1000;
 
 /// Parses a query string into pairs; malformed encoding is a 400, and so is
 /// a query above `MAX_PARAMETERS` parameters or `MAX_VALUES` values in one
@@ -149,6 +153,7 @@ pub fn parse_search(
     };
     let mut applied = Vec::new();
     let mut ignored = Vec::new();
+    let mut conditions = 0;
     let supported = "the search parameters of the type (GET /fhir/metadata lists them), _id, _lastUpdated, _count, _sort (_id, _lastUpdated), _total";
     // `_type` first: it decides which parameters the others are.
     for (_, value) in params
@@ -233,7 +238,16 @@ pub fn parse_search(
                     _ => None,
                 });
                 match definition(scope, code) {
-                    Some(param) => query.filters.push(filter(param, modifier, value)?),
+                    Some(param) => {
+                        let f = filter(param, modifier, value)?;
+                        conditions += f.any_of.len();
+                        if conditions > MAX_CONDITIONS {
+                            return Err(RestError::bad_request(format!(
+                                "the search has more than {MAX_CONDITIONS} values across its parameters; split it into several searches"
+                            )));
+                        }
+                        query.filters.push(f);
+                    }
                     None => {
                         unknown(other, strict, supported)?;
                         ignored.push(other.to_owned());
@@ -776,6 +790,17 @@ mod tests {
         // At the system level only the common parameters are known.
         assert!(parse_search(None, &params(&[("name", "x")]), true).is_err());
         assert!(parse_search(None, &params(&[("_tag", "a|b")]), true).is_ok());
+    }
+
+    #[test]
+    fn a_search_has_a_bounded_number_of_values() {
+        let values = vec!["x"; MAX_VALUES].join(",");
+        let many: Vec<(String, String)> = (0..11)
+            .map(|_| ("family".to_owned(), values.clone()))
+            .collect();
+        let e = parse_search(Some("Patient"), &many, false).unwrap_err();
+        assert!(e.message.contains("more than 1000 values"), "{}", e.message);
+        assert!(parse_search(Some("Patient"), &many[..10].to_vec(), false).is_ok());
     }
 
     #[test]
