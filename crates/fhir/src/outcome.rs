@@ -148,6 +148,33 @@ impl OperationOutcome {
         )
     }
 
+    /// The outcome of a failure: its listed issues when there are any,
+    /// otherwise one issue (`fatal` for the server's fault, else `error`)
+    /// with the message at `expression`.
+    pub fn of_error(
+        server_fault: bool,
+        code: IssueType,
+        message: &str,
+        expression: Option<&str>,
+        issues: &[Issue],
+    ) -> Self {
+        if !issues.is_empty() {
+            return OperationOutcome {
+                issues: issues.to_vec(),
+            };
+        }
+        let severity = if server_fault {
+            IssueSeverity::Fatal
+        } else {
+            IssueSeverity::Error
+        };
+        let outcome = Self::single(severity, code, message);
+        match expression {
+            Some(at) => outcome.at(at),
+            None => outcome,
+        }
+    }
+
     /// Attaches an expression (location) to the last issue.
     pub fn at(mut self, expression: impl Into<String>) -> Self {
         if let Some(issue) = self.issues.last_mut() {

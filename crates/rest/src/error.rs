@@ -174,21 +174,13 @@ impl RestError {
     }
 
     pub fn outcome(&self) -> OperationOutcome {
-        if !self.issues.is_empty() {
-            return OperationOutcome {
-                issues: self.issues.clone(),
-            };
-        }
-        let severity = if self.kind.status() >= 500 {
-            IssueSeverity::Fatal
-        } else {
-            IssueSeverity::Error
-        };
-        let oo = OperationOutcome::single(severity, self.code, self.message.clone());
-        match &self.expression {
-            Some(e) => oo.at(e.clone()),
-            None => oo,
-        }
+        OperationOutcome::of_error(
+            self.kind.status() >= 500,
+            self.code,
+            &self.message,
+            self.expression.as_deref(),
+            &self.issues,
+        )
     }
 }
 

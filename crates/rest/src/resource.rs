@@ -265,19 +265,39 @@ pub fn prepare_create(
         IdRule::ServerAssigned,
         checks.structure.as_deref(),
     )?;
-    Ok(WriteOp {
+    Ok(stored_write(
+        resource_type,
+        &id,
+        WriteKind::Create(body),
+        None,
+        checks,
+        prehashed,
+    ))
+}
+
+/// A write that stores a body: it passes the finalizer (secret references,
+/// the type's write rules) and is indexed for search.
+fn stored_write(
+    resource_type: &str,
+    id: &str,
+    kind: WriteKind,
+    if_match: Option<i64>,
+    checks: &WriteChecks,
+    prehashed: hooks::Prehashed,
+) -> WriteOp {
+    WriteOp {
         resource_type: resource_type.to_owned(),
+        id: id.to_owned(),
+        kind,
+        if_match,
         finalize: Some(hooks::finalizer(
             resource_type,
-            &id,
+            id,
             checks.vault.as_ref(),
             prehashed,
         )),
         index: Some(crate::indexing::indexer()),
-        id,
-        kind: WriteKind::Create(body),
-        if_match: None,
-    })
+    }
 }
 
 /// Update or create with the client's id (`PUT /{type}/{id}`).
@@ -297,19 +317,14 @@ pub fn prepare_update(
         IdRule::MustEqual(id),
         checks.structure.as_deref(),
     )?;
-    Ok(WriteOp {
-        resource_type: resource_type.to_owned(),
-        id: id.to_owned(),
-        kind: WriteKind::Put(body),
+    Ok(stored_write(
+        resource_type,
+        id,
+        WriteKind::Put(body),
         if_match,
-        finalize: Some(hooks::finalizer(
-            resource_type,
-            id,
-            checks.vault.as_ref(),
-            prehashed,
-        )),
-        index: Some(crate::indexing::indexer()),
-    })
+        checks,
+        prehashed,
+    ))
 }
 
 /// JSON Patch (`PATCH /{type}/{id}`): applied to the current version inside
@@ -362,19 +377,14 @@ pub fn prepare_patch(
         )?;
         Ok(doc)
     };
-    Ok(WriteOp {
-        resource_type: resource_type.to_owned(),
-        id: id.to_owned(),
-        kind: WriteKind::Modify(Arc::new(transform)),
+    Ok(stored_write(
+        resource_type,
+        id,
+        WriteKind::Modify(Arc::new(transform)),
         if_match,
-        finalize: Some(hooks::finalizer(
-            resource_type,
-            id,
-            checks.vault.as_ref(),
-            prehashed,
-        )),
-        index: Some(crate::indexing::indexer()),
-    })
+        checks,
+        prehashed,
+    ))
 }
 
 /// Most operations one JSON Patch may carry.

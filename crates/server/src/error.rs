@@ -5,7 +5,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fhirbox_fhir::{Issue, IssueSeverity, IssueType, OperationOutcome};
+use fhirbox_fhir::{Issue, IssueType, OperationOutcome};
 use fhirbox_rest::RestError;
 use fhirbox_store::StoreError;
 
@@ -53,14 +53,6 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, IssueType::Invalid, message)
     }
 
-    pub fn unprocessable(message: impl Into<String>) -> ApiError {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            IssueType::Processing,
-            message,
-        )
-    }
-
     pub fn not_found(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::NOT_FOUND, IssueType::NotFound, message)
     }
@@ -69,32 +61,14 @@ impl ApiError {
         Self::new(status, IssueType::NotSupported, message)
     }
 
-    /// A failure whose detail must stay in the log.
-    pub fn internal(detail: &dyn std::fmt::Display) -> ApiError {
-        tracing::error!(error = %detail, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            IssueType::Exception,
-            "the server could not complete the request; the cause has been logged",
-        )
-    }
-
     pub fn outcome(&self) -> OperationOutcome {
-        if !self.issues.is_empty() {
-            return OperationOutcome {
-                issues: self.issues.clone(),
-            };
-        }
-        let severity = if self.status.is_server_error() {
-            IssueSeverity::Fatal
-        } else {
-            IssueSeverity::Error
-        };
-        let oo = OperationOutcome::single(severity, self.code, self.message.clone());
-        match &self.expression {
-            Some(e) => oo.at(e.clone()),
-            None => oo,
-        }
+        OperationOutcome::of_error(
+            self.status.is_server_error(),
+            self.code,
+            &self.message,
+            self.expression.as_deref(),
+            &self.issues,
+        )
     }
 }
 

@@ -127,32 +127,27 @@ pub async fn search_system(
 /// `POST /fhir/{type}/_search`: the parameters of the query string and of
 /// the form body together, searched like the GET.
 pub async fn search_type_post(
-    State(rest): State<Rest>,
-    FhirPath(resource_type): FhirPath<String>,
-    FhirBase(base): FhirBase,
+    rest: State<Rest>,
+    resource_type: FhirPath<String>,
+    base: FhirBase,
     headers: HeaderMap,
     FhirQuery(mut params): FhirQuery,
     SearchForm(form): SearchForm,
 ) -> Answer {
     params.extend(form);
-    let strict = prefer(&headers).strict;
-    Ok(render(
-        rest.search(&base, Some(&resource_type), &params, strict)
-            .await?,
-    ))
+    search_type(rest, resource_type, base, headers, FhirQuery(params)).await
 }
 
 /// `POST /fhir/_search`.
 pub async fn search_system_post(
-    State(rest): State<Rest>,
-    FhirBase(base): FhirBase,
+    rest: State<Rest>,
+    base: FhirBase,
     headers: HeaderMap,
     FhirQuery(mut params): FhirQuery,
     SearchForm(form): SearchForm,
 ) -> Answer {
     params.extend(form);
-    let strict = prefer(&headers).strict;
-    Ok(render(rest.search(&base, None, &params, strict).await?))
+    search_system(rest, base, headers, FhirQuery(params)).await
 }
 
 pub async fn history_instance(

@@ -137,45 +137,56 @@ fn index_rows(sql: &mut Sql, resource_type: Option<&str>, kind: IndexKind, param
 /// The SQL of a stored range `[lo, hi)` (column expressions) against a
 /// searched one (R4 §3.1.1.4.1).
 fn push_range(sql: &mut Sql, lo: &str, hi: &str, op: RangeOp, start: Bind, end: Bind) {
-    let (s1, e1) = (start.clone(), end.clone());
-    match op {
-        RangeOp::Within => sql
-            .push(&format!(" AND {lo} >= "))
-            .bind(start)
-            .push(&format!(" AND {hi} <= "))
-            .bind(end),
-        RangeOp::NotWithin => sql
-            .push(&format!(" AND NOT ({lo} >= "))
+    // The stored range lies within the searched one (`eq`).
+    let within = |sql: &mut Sql, start: Bind, end: Bind| {
+        sql.push(&format!("({lo} >= "))
             .bind(start)
             .push(&format!(" AND {hi} <= "))
             .bind(end)
-            .push(")"),
-        RangeOp::EndsAfter => sql.push(&format!(" AND {hi} > ")).bind(end),
-        RangeOp::StartsBefore => sql.push(&format!(" AND {lo} < ")).bind(start),
-        RangeOp::WithinOrAfter => sql
-            .push(&format!(" AND ({hi} > "))
-            .bind(end)
-            .push(&format!(" OR ({lo} >= "))
-            .bind(s1)
-            .push(&format!(" AND {hi} <= "))
-            .bind(e1)
-            .push("))"),
-        RangeOp::WithinOrBefore => sql
-            .push(&format!(" AND ({lo} < "))
-            .bind(start)
-            .push(&format!(" OR ({lo} >= "))
-            .bind(s1)
-            .push(&format!(" AND {hi} <= "))
-            .bind(e1)
-            .push("))"),
-        RangeOp::StartsAfter => sql.push(&format!(" AND {lo} >= ")).bind(end),
-        RangeOp::EndsBefore => sql.push(&format!(" AND {hi} <= ")).bind(start),
-        RangeOp::Overlaps => sql
-            .push(&format!(" AND {lo} < "))
-            .bind(end)
-            .push(&format!(" AND {hi} > "))
-            .bind(start),
+            .push(")");
     };
+    match op {
+        RangeOp::Within => {
+            sql.push(" AND ");
+            within(sql, start, end);
+        }
+        RangeOp::NotWithin => {
+            sql.push(" AND NOT ");
+            within(sql, start, end);
+        }
+        RangeOp::EndsAfter => {
+            sql.push(&format!(" AND {hi} > ")).bind(end);
+        }
+        RangeOp::StartsBefore => {
+            sql.push(&format!(" AND {lo} < ")).bind(start);
+        }
+        RangeOp::WithinOrAfter => {
+            sql.push(&format!(" AND ({hi} > "))
+                .bind(end.clone())
+                .push(" OR ");
+            within(sql, start, end);
+            sql.push(")");
+        }
+        RangeOp::WithinOrBefore => {
+            sql.push(&format!(" AND ({lo} < "))
+                .bind(start.clone())
+                .push(" OR ");
+            within(sql, start, end);
+            sql.push(")");
+        }
+        RangeOp::StartsAfter => {
+            sql.push(&format!(" AND {lo} >= ")).bind(end);
+        }
+        RangeOp::EndsBefore => {
+            sql.push(&format!(" AND {hi} <= ")).bind(start);
+        }
+        RangeOp::Overlaps => {
+            sql.push(&format!(" AND {lo} < "))
+                .bind(end)
+                .push(&format!(" AND {hi} > "))
+                .bind(start);
+        }
+    }
 }
 
 /// One condition, as a predicate on the `resource` row.
