@@ -21,6 +21,7 @@ backend_tests!(
     bad_values_and_unsupported_parameters_are_400s,
     the_index_follows_updates_and_deletes,
     system_search_by_type_and_post_search,
+    post_search_is_authorized_as_the_get,
 );
 
 backend_tests!(per_backend: data_stored_before_the_index_is_found_after_a_restart,);
@@ -594,4 +595,95 @@ async fn composites_pair_values_of_one_element(app: TestApp) {
     assert!(ids(&app, "Observation?code-value-concept=smoking$other")
         .await
         .is_empty());
+}
+
+async fn post_search_is_authorized_as_the_get(app: TestApp) {
+    put(
+        &app,
+        json!({"resourceType": "Patient", "id": "p", "name": [{"family": "Visible"}]}),
+    )
+    .await;
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"}}),
+    )
+    .await;
+    app.put_client("reader", "reader-secret", &["basic"]).await;
+    let r = app
+        .put(
+            "/fhir/AccessPolicy/reader-policy",
+            &json!({"resourceType": "AccessPolicy", "id": "reader-policy", "engine": "matcho",
+                    "link": [{"reference": "Client/reader"}],
+                    "matcho": {"request-method": "get", "params": {"resource/type": "Patient"}}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    app.put_client("pinned", "pinned-secret", &["basic"]).await;
+    let r = app
+        .put(
+            "/fhir/AccessPolicy/pinned-policy",
+            &json!({"resourceType": "AccessPolicy", "id": "pinned-policy", "engine": "matcho",
+                    "link": [{"reference": "Client/pinned"}],
+                    "matcho": {"request-method": "get", "params": {"resource/type": "Patient", "family": "visible"}}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let form = |path: &str, body: &str, who: &str, secret: &str| {
+        app.send(
+            app.anon
+                .post(app.url(path))
+                .basic_auth(who, Some(secret))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body.to_owned()),
+        )
+    };
+    // A client that may read Patients may search them by POST…
+    let r = form(
+        "/fhir/Patient/_search",
+        "family=vis",
+        "reader",
+        "reader-secret",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(entry_ids(&r.json()), ["p"]);
+    // …but not another type, nor across types.
+    assert_eq!(
+        form("/fhir/Observation/_search", "", "reader", "reader-secret")
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        form(
+            "/fhir/_search",
+            "_type=Observation",
+            "reader",
+            "reader-secret"
+        )
+        .await
+        .status,
+        403
+    );
+    // A policy pinning a parameter sees the query string only: the pin in the
+    // URL passes (the body can only narrow), the pin in the body alone does not.
+    let r = form(
+        "/fhir/Patient/_search?family=visible",
+        "",
+        "pinned",
+        "pinned-secret",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        form(
+            "/fhir/Patient/_search",
+            "family=visible",
+            "pinned",
+            "pinned-secret"
+        )
+        .await
+        .status,
+        403
+    );
 }
