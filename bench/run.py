@@ -70,11 +70,11 @@ def rss_mib(pid):
 
 
 class Server:
-    def __init__(self, name, cmd, env, port, ready_path="/health/ready"):
+    def __init__(self, name, cmd, env, port, ready_path="/health/ready", cwd=None):
         self.name, self.port = name, port
         started = time.perf_counter()
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd)
         while http(port, "GET", ready_path)[0] != 200:
             if self.proc.poll() is not None or time.perf_counter() - started > 120:
                 self.log.seek(0)
@@ -306,6 +306,18 @@ def helios_binary():
     return path if os.path.exists(path) else None
 
 
+def helios_home(work):
+    """A working directory as a real Helios deployment has: HL7's R4
+    SearchParameter bundle at data/search-parameters-r4.json (without it
+    Helios indexes only a handful of parameters, which flatters its writes
+    and hobbles its searches). The bundle is the one fhirbox vendors."""
+    home = os.path.join(work, "helios-home")
+    os.makedirs(os.path.join(home, "data"), exist_ok=True)
+    shutil.copyfile(os.path.join(ROOT, "crates/fhir/definitions/search-parameters.json"),
+                    os.path.join(home, "data/search-parameters-r4.json"))
+    return home
+
+
 def run_helios(db, cfg, work, results, notes):
     binary = helios_binary()
     if not binary:
@@ -320,7 +332,7 @@ def run_helios(db, cfg, work, results, notes):
         env["HFS_DATABASE_URL"] = fresh_pg("helios_bench")
         env["HFS_STORAGE_BACKEND"] = "postgres"
     try:
-        server = Server(f"helios-{db}", [binary], env, port, "/health")
+        server = Server(f"helios-{db}", [binary], env, port, "/health", cwd=helios_home(work))
     except RuntimeError as e:
         notes.append(f"Helios on {db} did not start: {str(e)[:300]}")
         return

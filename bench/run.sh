@@ -8,6 +8,9 @@
 #                                baseline), printed, no files written; skips the credential attacks
 #   bench/run.sh --validation-only --db sqlite   only create/update with BOX_VALIDATION=strict
 #                                against =off, printed, no files written
+#   bench/run.sh --search        the search benchmark instead (bench/search.py): 50 Synthea
+#                                patients loaded into fhirbox and Helios, six searches at
+#                                c=1/16/64; results in bench/results/search-latest.{md,json}
 # Load generator: wrk from Debian (installed when missing), plus bench's own crud-load
 # for the ordered create/read/update/delete chain. PostgreSQL at 127.0.0.1:5432
 # (user postgres, trust auth), or FHIRBOX_BENCH_POSTGRES.
@@ -16,6 +19,7 @@ cd "$(dirname "$0")/.."
 ARGS=()
 ATTACK=()                # bench/auth-attack.py gets --quick and the same --out directory as run.py
 READ_ONLY=""
+SEARCH=""
 OUT=bench/results
 prev=""
 for arg in "$@"; do
@@ -24,6 +28,7 @@ for arg in "$@"; do
   case "$arg" in
     --quick) ATTACK+=(--quick); ARGS+=("$arg") ;;
     --read-only|--validation-only) READ_ONLY=1; ARGS+=("$arg") ;;
+    --search) SEARCH=1 ;;
     --out=*) OUT="${arg#--out=}"; ARGS+=("$arg") ;;
     --with-helios)
       if [ ! -x bench/.tools/helios/bin/hfs ]; then
@@ -39,5 +44,8 @@ if ! command -v wrk >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 fi
 cargo build --release -q -p fhirbox-server -p fhirbox-bench
+if [ -n "$SEARCH" ]; then
+  exec python3 bench/search.py "${ARGS[@]}"
+fi
 python3 bench/run.py "${ARGS[@]}"
 [ -n "$READ_ONLY" ] || python3 bench/auth-attack.py "${ATTACK[@]}" --out "$OUT"

@@ -46,7 +46,11 @@ pub trait ResourceRead {
 
 /// Creating, updating and deleting resources.
 pub trait ResourceWrite {
-    /// One write, in its own database transaction.
+    /// One write, atomic on its own: committed when this returns `Ok`,
+    /// not at all when it returns an error (a backend may commit it in one
+    /// transaction with other callers' writes, each in a savepoint). A
+    /// caller that stops waiting (drops the future) may find it committed
+    /// or not, as with any request cut off in flight.
     fn write(&self, op: WriteOp) -> impl Future<Output = StoreResult<WriteOutcome>> + Send;
 
     /// Several writes, all or nothing (FHIR transaction bundles).

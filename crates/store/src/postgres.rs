@@ -12,7 +12,8 @@ crate::sql::sql_backend!(
     Postgres,
     PgConnection,
     "FOR UPDATE",
-    "nextval('resource_res_key_seq')"
+    "nextval('resource_res_key_seq')",
+    "BEGIN"
 );
 
 /// Resources in a PostgreSQL database.
@@ -27,6 +28,12 @@ const MAX_CONNECTIONS: u32 = 16;
 const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7262890113)";
 
 impl PostgresStore {
+    /// Each write set runs in a transaction of its own on one of the pool's
+    /// connections; PostgreSQL runs them side by side.
+    async fn submit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
+        write_set(&self.writer, &ops).await
+    }
+
     /// Connects to `url`, creating a pool, and migrates the schema.
     pub async fn open(url: &str) -> StoreResult<PostgresStore> {
         let pool = PgPoolOptions::new()

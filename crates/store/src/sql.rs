@@ -6,8 +6,9 @@
 /// `reader` and `writer` pools of database `$db` and connection type `$conn`.
 /// `$lock` is the row-locking clause appended to the read-for-update query.
 /// `$key` is the SQL expression that numbers a new resource row (`res_key`).
+/// `$begin` starts a write transaction.
 macro_rules! sql_backend {
-    ($store:ident, $db:ty, $conn:ty, $lock:literal, $key:literal) => {
+    ($store:ident, $db:ty, $conn:ty, $lock:literal, $key:literal, $begin:literal) => {
         use sqlx::Row as _;
 
         use crate::error::StoreError;
@@ -275,30 +276,32 @@ macro_rules! sql_backend {
         /// Retries a whole write set a few times when the database reports contention.
         const CONTENTION_RETRIES: usize = 3;
 
-        impl $store {
-            async fn write_set(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let result: StoreResult<Vec<WriteOutcome>> = async {
-                        let mut tx = self.writer.begin().await.db()?;
-                        let mut outcomes = Vec::with_capacity(ops.len());
-                        for op in ops {
-                            outcomes.push(apply(&mut tx, op).await?);
-                        }
-                        tx.commit().await.db()?;
-                        Ok(outcomes)
+        /// Applies `ops` in one transaction of its own, all or nothing,
+        /// retrying a few times when the database reports contention.
+        async fn write_set(pool: &sqlx::Pool<$db>, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let result: StoreResult<Vec<WriteOutcome>> = async {
+                    let mut tx = pool.begin_with($begin).await.db()?;
+                    let mut outcomes = Vec::with_capacity(ops.len());
+                    for op in ops {
+                        outcomes.push(apply(&mut tx, op).await?);
                     }
-                    .await;
-                    match result {
-                        Err(StoreError::Contention) if attempt < CONTENTION_RETRIES => {
-                            tracing::debug!(attempt, "write contention; retrying");
-                        }
-                        other => return other,
+                    tx.commit().await.db()?;
+                    Ok(outcomes)
+                }
+                .await;
+                match result {
+                    Err(StoreError::Contention) if attempt < CONTENTION_RETRIES => {
+                        tracing::debug!(attempt, "write contention; retrying");
                     }
+                    other => return other,
                 }
             }
+        }
 
+        impl $store {
             /// Closes both pools.
             pub async fn close(&self) {
                 self.writer.close().await;
@@ -340,14 +343,14 @@ macro_rules! sql_backend {
 
         impl ResourceWrite for $store {
             async fn write(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
-                let mut outcomes = self.write_set(std::slice::from_ref(&op)).await?;
+                let mut outcomes = self.submit(vec![op]).await?;
                 outcomes
                     .pop()
                     .ok_or_else(|| StoreError::Corrupt("write produced no outcome".into()))
             }
 
             async fn write_all(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
-                self.write_set(&ops).await
+                self.submit(ops).await
             }
         }
 
@@ -359,6 +362,10 @@ macro_rules! sql_backend {
                     .await.db()?;
                 let rows = rows.iter().map(row_to_resource).collect::<StoreResult<Vec<_>>>()?;
                 let total = match plan.count {
+                    // A first page that holds every match is its own count.
+                    Some(_) if q.cursor.is_none() && rows.len() <= q.count as usize => {
+                        Some(rows.len() as i64)
+                    }
                     Some(count) => {
                         let row = bind_all(sqlx::query(&count.text), count.binds)
                             .fetch_one(&self.reader)

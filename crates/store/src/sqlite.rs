@@ -1,6 +1,13 @@
 //! SQLite backend: one writer connection (SQLite allows one writer at a time;
 //! a single connection serialises writes without SQLITE_BUSY), a small pool of
 //! readers, WAL mode so readers never wait for the writer.
+//!
+//! Writes reach the writer through a queue, and the writer commits what has
+//! queued up while it was busy in one transaction (group commit), each write
+//! set in a savepoint of its own: a write set still succeeds or fails alone,
+//! and a caller hears of success only once its write is committed. Committing
+//! together shares the pages a commit writes (the tails of the tables and the
+//! index pages the writes have in common) and the commit itself.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -9,14 +16,19 @@ use std::time::Duration;
 use crate::error::DbResult;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
 
 // SQLite has one writer at a time, so the next key is the largest plus one.
+// A write transaction takes the write lock at its start (waiting up to the
+// busy timeout for another process), rather than failing when a read turns
+// into a write (https://www.sqlite.org/lang_transaction.html).
 crate::sql::sql_backend!(
     SqliteStore,
     Sqlite,
     SqliteConnection,
     "",
-    "(SELECT COALESCE(MAX(res_key), 0) + 1 FROM resource)"
+    "(SELECT COALESCE(MAX(res_key), 0) + 1 FROM resource)",
+    "BEGIN IMMEDIATE"
 );
 
 /// Resources in an embedded SQLite file.
@@ -24,9 +36,21 @@ crate::sql::sql_backend!(
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    queue: mpsc::Sender<Pending>,
 }
 
 const READERS: u32 = 4;
+/// The most write sets one transaction commits together.
+const MAX_GROUP: usize = 32;
+/// Write sets that may wait for the writer; beyond that, callers wait to
+/// hand theirs over.
+const QUEUE: usize = 1024;
+
+/// A write set waiting for the writer, and where its outcome goes.
+struct Pending {
+    ops: Vec<WriteOp>,
+    reply: oneshot::Sender<StoreResult<Vec<WriteOutcome>>>,
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and migrates it.
@@ -55,6 +79,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
+            // A savepoint's journal stays in memory rather than spilling to a
+            // temporary file (https://www.sqlite.org/pragma.html#pragma_temp_store).
+            .pragma("temp_store", "memory")
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -72,6 +99,261 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .db()?;
-        Ok(SqliteStore { writer, reader })
+        let (queue, pending) = mpsc::channel(QUEUE);
+        tokio::spawn(group_commit(writer.clone(), pending));
+        Ok(SqliteStore {
+            writer,
+            reader,
+            queue,
+        })
+    }
+
+    /// Hands `ops` to the writer and waits until they are committed (or
+    /// refused). A caller that gives up before the writer reaches its write
+    /// set is skipped; one that gives up later may still see it committed.
+    async fn submit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send(Pending { ops, reply })
+            .await
+            .map_err(|_| abandoned())?;
+        outcome.await.map_err(|_| abandoned())?
+    }
+}
+
+/// The writer dropped a write set without an answer: it panicked on the
+/// group (logged by tokio), so nothing of the group was committed.
+fn abandoned() -> StoreError {
+    StoreError::Unavailable("the SQLite writer could not complete the write".into())
+}
+
+/// The writer: takes every write set that queued up (at most `MAX_GROUP`)
+/// and commits them together. Each group runs in a task of its own, so a
+/// panic in a write (a transform, a finalizer, the indexer) fails that group
+/// only, and the writer goes on. Ends when every handle to the store is gone.
+async fn group_commit(pool: SqlitePool, mut queue: mpsc::Receiver<Pending>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let taken = std::mem::replace(&mut group, Vec::with_capacity(MAX_GROUP));
+        if let Err(err) = tokio::spawn(commit_group(pool.clone(), taken)).await {
+            tracing::error!(error = %err, "the SQLite writer failed on a group of writes; none of them was committed");
+        }
+    }
+}
+
+/// Commits `group` and answers each caller.
+async fn commit_group(pool: SqlitePool, mut group: Vec<Pending>) {
+    group.retain(|p| !p.reply.is_closed());
+    tracing::trace!(size = group.len(), "committing a group of write sets");
+    if group.len() <= 1 {
+        for p in group {
+            let _ = p.reply.send(write_set(&pool, &p.ops).await);
+        }
+        return;
+    }
+    match commit_together(&pool, &group).await {
+        Ok(results) => {
+            for (p, result) in group.into_iter().zip(results) {
+                let _ = p.reply.send(result);
+            }
+        }
+        // The database is not there (or the writer connection is busy
+        // elsewhere for longer than the pool waits): every caller hears so,
+        // rather than each waiting its turn to fail the same way.
+        Err(StoreError::Unavailable(err)) => {
+            let message = err.to_string();
+            for p in group {
+                let _ = p
+                    .reply
+                    .send(Err(StoreError::Unavailable(message.clone().into())));
+            }
+        }
+        Err(err) => {
+            // Nothing of the group was committed: each write set gets a
+            // transaction of its own, so a fault stays with its cause.
+            tracing::warn!(error = %err, size = group.len(), "a group commit failed; committing its writes one by one");
+            for p in group {
+                if !p.reply.is_closed() {
+                    let _ = p.reply.send(write_set(&pool, &p.ops).await);
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the whole group, each write set in a savepoint: a
+/// write set refused for its own reasons (a conflict, a refusal, a missing
+/// resource) is rolled back alone and reported; a database fault fails the
+/// whole transaction (`Err`, nothing committed). A write set whose caller
+/// has given up by the time its turn comes is skipped.
+async fn commit_together(
+    pool: &SqlitePool,
+    group: &[Pending],
+) -> StoreResult<Vec<StoreResult<Vec<WriteOutcome>>>> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.db()?;
+    let mut results = Vec::with_capacity(group.len());
+    for p in group {
+        if p.reply.is_closed() {
+            results.push(Ok(Vec::new()));
+            continue;
+        }
+        sqlx::query("SAVEPOINT write_set")
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        let mut outcomes = Vec::with_capacity(p.ops.len());
+        let mut refused = None;
+        for op in &p.ops {
+            match apply(&mut tx, op).await {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(err) if refused_alone(&err) => {
+                    refused = Some(err);
+                    break;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        if refused.is_some() {
+            sqlx::query("ROLLBACK TO write_set")
+                .execute(&mut *tx)
+                .await
+                .db()?;
+        }
+        sqlx::query("RELEASE write_set")
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        results.push(match refused {
+            Some(err) => Err(err),
+            None => Ok(outcomes),
+        });
+    }
+    tx.commit().await.db()?;
+    Ok(results)
+}
+
+/// Whether a write set failed for reasons of its own, which leave the
+/// transaction sound, rather than because of the database.
+fn refused_alone(err: &StoreError) -> bool {
+    matches!(
+        err,
+        StoreError::NotFound { .. }
+            | StoreError::Gone { .. }
+            | StoreError::VersionConflict { .. }
+            | StoreError::AlreadyExists { .. }
+            | StoreError::Rejected(_)
+            | StoreError::Corrupt(_)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{Condition, Filter, ResourceSearch, SearchQuery};
+
+    fn put(id: &str) -> WriteOp {
+        let tag: Indexer = Arc::new(|_, body| {
+            vec![IndexEntry::Token {
+                param: "tag".into(),
+                system: None,
+                code: body["id"].as_str().map(String::from),
+                text: None,
+            }]
+        });
+        WriteOp {
+            resource_type: "Patient".into(),
+            id: id.into(),
+            kind: WriteKind::Put(json!({"resourceType": "Patient", "id": id})),
+            if_match: None,
+            finalize: None,
+            index: Some(tag),
+        }
+    }
+
+    fn pending(ops: Vec<WriteOp>) -> (Pending, oneshot::Receiver<StoreResult<Vec<WriteOutcome>>>) {
+        let (reply, outcome) = oneshot::channel();
+        (Pending { ops, reply }, outcome)
+    }
+
+    async fn tagged(store: &SqliteStore, id: &str) -> usize {
+        let filter = Filter {
+            any_of: vec![Condition::Token {
+                param: "tag".into(),
+                system: None,
+                code: Some(id.into()),
+            }],
+        };
+        let page = store
+            .search(SearchQuery {
+                resource_type: Some("Patient".into()),
+                count: 10,
+                filters: vec![filter],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        page.resources.len()
+    }
+
+    /// Three write sets in one transaction, the middle one failing after its
+    /// first write: it is rolled back alone (resource, history and index
+    /// rows), the other two are committed.
+    #[tokio::test]
+    async fn a_group_rolls_back_a_failed_write_set_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("g.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let missing = WriteOp {
+            kind: WriteKind::Delete,
+            ..put("missing")
+        };
+        let (a, _ra) = pending(vec![put("a")]);
+        let (b, _rb) = pending(vec![put("b"), missing]);
+        let (c, _rc) = pending(vec![put("c")]);
+        let results = commit_together(&store.writer, &[a, b, c]).await.unwrap();
+        assert_eq!(results[0].as_ref().unwrap()[0].resource.id, "a");
+        assert!(
+            matches!(results[1], Err(StoreError::NotFound { .. })),
+            "{:?}",
+            results[1]
+        );
+        assert_eq!(results[2].as_ref().unwrap()[0].resource.id, "c");
+        for (id, kept) in [("a", true), ("b", false), ("c", true)] {
+            assert_eq!(
+                store.read("Patient", id).await.unwrap().is_some(),
+                kept,
+                "{id}"
+            );
+            assert_eq!(
+                tagged(&store, id).await,
+                usize::from(kept),
+                "index rows of {id}"
+            );
+        }
+        let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM resource_history")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert_eq!(versions, 2, "no history row of b");
+    }
+
+    /// A write set whose caller has gone is skipped; the others commit.
+    #[tokio::test]
+    async fn a_group_skips_write_sets_nobody_waits_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("g.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let (a, ra) = pending(vec![put("a")]);
+        let (b, _rb) = pending(vec![put("b")]);
+        drop(ra);
+        commit_together(&store.writer, &[a, b]).await.unwrap();
+        assert!(store.read("Patient", "a").await.unwrap().is_none());
+        assert!(store.read("Patient", "b").await.unwrap().is_some());
     }
 }

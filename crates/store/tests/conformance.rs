@@ -32,6 +32,7 @@ backend_variants!(
     search_by_id_and_last_updated_pages_through_current_versions,
     concurrent_updates_with_the_same_if_match_have_exactly_one_winner,
     concurrent_unconditional_updates_each_get_their_own_version,
+    concurrent_write_sets_succeed_or_fail_each_on_their_own,
     the_change_marker_moves_with_every_write_of_its_types,
     index_rows_follow_writes_and_conditions_select_by_them,
 );
@@ -489,6 +490,19 @@ async fn search_by_id_and_last_updated_pages_through_current_versions(store: Tes
     assert_eq!(ids(&first.resources), ["p1", "p2"]);
     assert_eq!(first.total, Some(4));
     assert!(first.previous.is_none());
+    // The total is the same whatever the page holds: none of it (count 0),
+    // exactly all of it, more room than matches, or a later page.
+    for (count, cursor) in [(0, None), (4, None), (10, None), (2, first.next.clone())] {
+        let page = store
+            .search(SearchQuery {
+                with_total: true,
+                cursor,
+                ..patients(count)
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total, Some(4), "_count={count}");
+    }
     let second = store
         .search(SearchQuery {
             cursor: first.next.clone(),
@@ -645,6 +659,98 @@ async fn concurrent_unconditional_updates_each_get_their_own_version(store: Test
     families.sort();
     families.dedup();
     assert_eq!(families.len(), WRITERS, "every write is kept in history");
+}
+
+/// Writes that arrive together (which SQLite commits in one transaction,
+/// each in a savepoint) still succeed or fail each on its own: a refused
+/// write set leaves no version, no history and no index row, and does not
+/// take the others down with it.
+async fn concurrent_write_sets_succeed_or_fail_each_on_their_own(store: TestStore) {
+    write(
+        &store,
+        indexed("base", json!({"name": [{"family": "Base"}]})),
+    )
+    .await;
+    let refuse: Transform = Arc::new(|_| Err(fhirbox_store::Refusal::invalid("no")));
+    const SETS: usize = 40;
+    let tasks: Vec<_> = (0..SETS)
+        .map(|i| {
+            let store = store.store.clone();
+            let family = format!("Fam{i}");
+            let ops = match i % 4 {
+                // succeeds
+                0 => vec![indexed(
+                    &format!("ok{i}"),
+                    json!({"name": [{"family": family}]}),
+                )],
+                // a stale If-Match
+                1 => vec![if_match(
+                    7,
+                    indexed("base", json!({"name": [{"family": family}]})),
+                )],
+                // a refused change
+                2 => vec![op("Patient", "base", WriteKind::Modify(refuse.clone()))],
+                // all or nothing: the second op names a missing resource
+                _ => vec![
+                    indexed(&format!("pair{i}"), json!({"name": [{"family": family}]})),
+                    op("Patient", "missing", WriteKind::Modify(refuse.clone())),
+                ],
+            };
+            tokio::spawn(async move { store.write_all(ops).await })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        match i % 4 {
+            0 => assert_eq!(
+                result.expect("a plain create succeeds")[0].resource.id,
+                format!("ok{i}")
+            ),
+            1 => assert!(
+                matches!(result, Err(StoreError::VersionConflict { .. })),
+                "{i}: {result:?}"
+            ),
+            2 => assert!(
+                matches!(result, Err(StoreError::Rejected(_))),
+                "{i}: {result:?}"
+            ),
+            _ => assert!(
+                matches!(result, Err(StoreError::NotFound { .. })),
+                "{i}: {result:?}"
+            ),
+        }
+    }
+    for i in 0..SETS {
+        let family = Condition::StringExact {
+            param: "family".into(),
+            value: format!("Fam{i}"),
+        };
+        let expected: Vec<String> = if i % 4 == 0 {
+            vec![format!("ok{i}")]
+        } else {
+            vec![]
+        };
+        assert_eq!(
+            found(&store, vec![vec![family]]).await,
+            expected,
+            "index rows of set {i}"
+        );
+        if i % 4 == 3 {
+            assert_eq!(
+                store.read("Patient", &format!("pair{i}")).await.unwrap(),
+                None
+            );
+        }
+    }
+    let base = store
+        .history(history(instance("Patient", "base"), 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        base.total,
+        Some(1),
+        "refused writes leave no version of base"
+    );
 }
 
 async fn the_change_marker_moves_with_every_write_of_its_types(store: TestStore) {
