@@ -101,7 +101,21 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
             TimeBound::Before(t) => sql.push(" AND last_updated < ").bind(Bind::Int(*t)),
         };
     }
+    // A filter of equalities (a code, a reference, a name) selects few rows,
+    // so its index rows are the way in; a broad one (a date range, a number
+    // range, `:missing`, `:not`, `:contains`) then only checks each
+    // candidate's own rows (`Lookup::Probe`) instead of listing every
+    // resource it matches. With no narrow filter, every filter lists.
+    let has_narrow = q
+        .filters
+        .iter()
+        .any(|f| !f.any_of.is_empty() && f.any_of.iter().all(narrow));
     for filter in &q.filters {
+        let lookup = if has_narrow && !filter.any_of.iter().all(narrow) {
+            Lookup::Probe
+        } else {
+            Lookup::List
+        };
         sql.push(" AND (");
         for (i, condition) in filter.any_of.iter().enumerate() {
             if i > 0 {
@@ -111,7 +125,7 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
                 [only] => Some(only.as_str()),
                 _ => None,
             });
-            push_condition(sql, scope, condition);
+            push_condition(sql, lookup, scope, condition);
         }
         if filter.any_of.is_empty() {
             sql.push("FALSE");
@@ -120,18 +134,63 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
     }
 }
 
+/// How a condition reaches the index rows.
+#[derive(Clone, Copy)]
+enum Lookup {
+    /// Every resource whose rows match (`res_key IN (SELECT …)`).
+    List,
+    /// Whether this resource's own rows match (`EXISTS (… WHERE res_key =
+    /// resource.res_key …)`), through the index by `res_key`.
+    Probe,
+}
+
+/// Whether a condition is an equality on an indexed value: few rows match.
+fn narrow(condition: &Condition) -> bool {
+    matches!(
+        condition,
+        Condition::Token { code: Some(_), .. }
+            | Condition::Reference { .. }
+            | Condition::ReferenceUrl { .. }
+            | Condition::StringExact { .. }
+            | Condition::StringStarts { .. }
+            | Condition::Uri {
+                op: UriOp::Equal,
+                ..
+            }
+            | Condition::Composite { .. }
+    )
+}
+
 /// `res_key IN (SELECT res_key FROM search_index WHERE <kind, type and param> AND `…
-/// The kind is a literal, so the planner picks that kind's partial index.
-fn index_rows(sql: &mut Sql, resource_type: Option<&str>, kind: IndexKind, param: &str) {
-    sql.push("res_key IN (SELECT res_key FROM search_index WHERE kind = ")
-        .push(&kind.code().to_string())
-        .push(" AND ");
+/// (or the `EXISTS` form of a probe). The kind is a literal, so the planner
+/// picks that kind's partial index.
+fn index_rows(
+    sql: &mut Sql,
+    lookup: Lookup,
+    resource_type: Option<&str>,
+    kind: IndexKind,
+    param: &str,
+) {
+    match lookup {
+        Lookup::List => sql.push("res_key IN (SELECT res_key FROM search_index WHERE kind = "),
+        Lookup::Probe => sql.push(
+            "EXISTS (SELECT 1 FROM search_index WHERE search_index.res_key = resource.res_key AND kind = ",
+        ),
+    };
+    sql.push(&kind.code().to_string()).push(" AND ");
+    // A probe goes through the index by `res_key`: `|| ''` keeps SQLite
+    // from preferring the kind's index, which would scan every row of the
+    // parameter for each candidate.
+    let (type_column, param_column) = match lookup {
+        Lookup::List => ("resource_type = ", "param = "),
+        Lookup::Probe => ("resource_type || '' = ", "param || '' = "),
+    };
     if let Some(rt) = resource_type {
-        sql.push("resource_type = ")
+        sql.push(type_column)
             .bind(Bind::Text(rt.to_owned()))
             .push(" AND ");
     }
-    sql.push("param = ").bind(Bind::Text(param.to_owned()));
+    sql.push(param_column).bind(Bind::Text(param.to_owned()));
 }
 
 /// The SQL of a stored range `[lo, hi)` (column expressions) against a
@@ -190,22 +249,27 @@ fn push_range(sql: &mut Sql, lo: &str, hi: &str, op: RangeOp, start: Bind, end: 
 }
 
 /// One condition, as a predicate on the `resource` row.
-fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condition) {
+fn push_condition(
+    sql: &mut Sql,
+    lookup: Lookup,
+    resource_type: Option<&str>,
+    condition: &Condition,
+) {
     match condition {
         Condition::StringStarts { param, value } => {
-            index_rows(sql, resource_type, IndexKind::String, param);
+            index_rows(sql, lookup, resource_type, IndexKind::String, param);
             sql.push(" AND text_norm LIKE ")
                 .bind(Bind::Text(format!("{}%", like_escape(value))))
                 .push(" ESCAPE '\\')");
         }
         Condition::StringContains { param, value } => {
-            index_rows(sql, resource_type, IndexKind::String, param);
+            index_rows(sql, lookup, resource_type, IndexKind::String, param);
             sql.push(" AND text_norm LIKE ")
                 .bind(Bind::Text(format!("%{}%", like_escape(value))))
                 .push(" ESCAPE '\\')");
         }
         Condition::StringExact { param, value } => {
-            index_rows(sql, resource_type, IndexKind::String, param);
+            index_rows(sql, lookup, resource_type, IndexKind::String, param);
             sql.push(" AND text_exact = ")
                 .bind(Bind::Text(value.clone()))
                 .push(")");
@@ -215,7 +279,7 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
             system,
             code,
         } => {
-            index_rows(sql, resource_type, IndexKind::Token, param);
+            index_rows(sql, lookup, resource_type, IndexKind::Token, param);
             if let Some(code) = code {
                 sql.push(" AND code = ").bind(Bind::Text(code.clone()));
             }
@@ -231,7 +295,7 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
             sql.push(")");
         }
         Condition::TokenText { param, value } => {
-            index_rows(sql, resource_type, IndexKind::Token, param);
+            index_rows(sql, lookup, resource_type, IndexKind::Token, param);
             sql.push(" AND text_norm LIKE ")
                 .bind(Bind::Text(format!("{}%", like_escape(value))))
                 .push(" ESCAPE '\\')");
@@ -242,7 +306,7 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
             start,
             end,
         } => {
-            index_rows(sql, resource_type, IndexKind::Date, param);
+            index_rows(sql, lookup, resource_type, IndexKind::Date, param);
             push_range(sql, "low", "high", *op, Bind::Int(*start), Bind::Int(*end));
             sql.push(")");
         }
@@ -255,7 +319,7 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
             system,
             code,
         } => {
-            index_rows(sql, resource_type, *kind, param);
+            index_rows(sql, lookup, resource_type, *kind, param);
             // A stored number is a point: its range is [value, value].
             push_number(sql, *op, *low, *high);
             if let Some(system) = system {
@@ -271,7 +335,7 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
             target_type,
             target_id,
         } => {
-            index_rows(sql, resource_type, IndexKind::Reference, param);
+            index_rows(sql, lookup, resource_type, IndexKind::Reference, param);
             sql.push(" AND target_id = ")
                 .bind(Bind::Text(target_id.clone()));
             if let Some(t) = target_type {
@@ -280,13 +344,13 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
             sql.push(")");
         }
         Condition::ReferenceUrl { param, url } => {
-            index_rows(sql, resource_type, IndexKind::Reference, param);
+            index_rows(sql, lookup, resource_type, IndexKind::Reference, param);
             sql.push(" AND text_exact = ")
                 .bind(Bind::Text(url.clone()))
                 .push(")");
         }
         Condition::Uri { param, op, value } => {
-            index_rows(sql, resource_type, IndexKind::Uri, param);
+            index_rows(sql, lookup, resource_type, IndexKind::Uri, param);
             match op {
                 UriOp::Equal => sql.push(" AND text_exact = ").bind(Bind::Text(value.clone())),
                 UriOp::Below => sql
@@ -309,12 +373,12 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
             if *missing {
                 sql.push("NOT ");
             }
-            index_rows(sql, resource_type, *kind, param);
+            index_rows(sql, lookup, resource_type, *kind, param);
             sql.push(")");
         }
         Condition::Not(inner) => {
             sql.push("NOT (");
-            push_condition(sql, resource_type, inner);
+            push_condition(sql, lookup, resource_type, inner);
             sql.push(")");
         }
         Condition::Composite {
@@ -323,7 +387,7 @@ fn push_condition(sql: &mut Sql, resource_type: Option<&str>, condition: &Condit
             first_system_given,
             second,
         } => {
-            index_rows(sql, resource_type, IndexKind::Composite, param);
+            index_rows(sql, lookup, resource_type, IndexKind::Composite, param);
             // Where each value sits in the row: see `entry_columns`.
             let (second_system, second_code) = match first {
                 CompositeFirst::Token { system, code } => {

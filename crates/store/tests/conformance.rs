@@ -991,6 +991,33 @@ async fn index_rows_follow_writes_and_conditions_select_by_them(store: TestStore
     assert_eq!(found(&store, vec![vec![missing(true)]]).await, ["b"]);
     assert_eq!(found(&store, vec![vec![missing(false)]]).await, ["a"]);
 
+    // Beside a narrow filter (here the family prefix both share), broad
+    // ones check each candidate's own rows: the same answers.
+    let both = || vec![string("ng")];
+    for (broad, expected) in [
+        (vec![date(RangeOp::EndsAfter, 19850, 19860)], vec!["b"]),
+        (
+            vec![
+                date(RangeOp::Within, 19800, 19810),
+                date(RangeOp::Within, 19900, 19910),
+            ],
+            vec!["a", "b"],
+        ),
+        (vec![missing(true)], vec!["b"]),
+        (vec![missing(false)], vec!["a"]),
+        (vec![Condition::Not(Box::new(token(None, "on")))], vec!["b"]),
+        (
+            vec![Condition::StringContains {
+                param: "family".into(),
+                value: "uye".into(),
+            }],
+            vec!["b"],
+        ),
+    ] {
+        let what = format!("{broad:?}");
+        assert_eq!(found(&store, vec![both(), broad]).await, expected, "{what}");
+    }
+
     // An update replaces the rows; a delete removes them.
     write(&store, indexed("a", json!({"name": [{"family": "Other"}]}))).await;
     assert_eq!(found(&store, vec![vec![string("ng")]]).await, ["b"]);
