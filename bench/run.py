@@ -45,14 +45,14 @@ def basic(user):
     return "Basic " + base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
 
 
-def http(port, method, path, body=None, auth=None, content_type="application/fhir+json"):
+def http(port, method, path, body=None, auth=None, content_type="application/fhir+json", timeout=60):
     headers = {"content-type": content_type}
     if auth:
         headers["authorization"] = auth
     data = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -381,6 +381,15 @@ def fmt(v, digits=1):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def save_report(out_dir, stem, report, md):
+    """Writes `stem`.json (every figure) and `stem`.md (the tables) into `out_dir`."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
+        f.write("\n".join(md))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="1-minute smoke run")
@@ -485,11 +494,7 @@ def main():
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "latest.json"), "w") as f:
-            json.dump(report, f, indent=2)
-        with open(os.path.join(out_dir, "latest.md"), "w") as f:
-            f.write("\n".join(md))
+        save_report(out_dir, "latest", report, md)
     print("\n".join(md))
     errors = sum(r["errors"] for r in results)
     if errors:

@@ -95,7 +95,11 @@ def start_targets(work, dbs, notes):
         else:
             url = bench.fresh_pg("fhirbox_search_bench")
             database = ("postgres", url)
-        env = dict(os.environ, BOX_DB_URL=url, BOX_ROOT_CLIENT_SECRET=SECRET, BOX_WEB_PORT=str(port), RUST_LOG="warn")
+        # The largest Synthea bundles are about 20 MB (10,000 entries): above
+        # the default body limit of 16 MiB, so the limit is raised as an
+        # operator loading such data would.
+        env = dict(os.environ, BOX_DB_URL=url, BOX_ROOT_CLIENT_SECRET=SECRET, BOX_WEB_PORT=str(port),
+                   BOX_MAX_BODY_BYTES=str(64 * 1024 * 1024), RUST_LOG="warn")
         server = bench.Server(f"fhirbox-{db}", [f"{bench.RELEASE}/fhirbox"], env, port)
         targets.append(Target("fhirbox", db, server, "/fhir", ROOT_AUTH, database))
     binary = bench.helios_binary()
@@ -130,7 +134,7 @@ def load(target, bundles, clients):
     def post(path):
         with open(path, "rb") as f:
             body = f.read()
-        status, answer = bench.http(target.server.port, "POST", target.base or "/", body, target.auth)
+        status, answer = bench.http(target.server.port, "POST", target.base or "/", body, target.auth, timeout=900)
         return path, status, answer, body.count(b'"request"')
     started = time.perf_counter()
     resources, failures = 0, []
@@ -358,11 +362,7 @@ def write_report(report, out):
           f"Query values: `{json.dumps(report['values'])}`.", ""]
     if report["notes"]:
         md += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "search-latest.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(out, "search-latest.md"), "w") as f:
-        f.write("\n".join(md))
+    bench.save_report(out, "search-latest", report, md)
     print("\n".join(md))
 
 
