@@ -258,15 +258,13 @@ fn push_condition(
     match condition {
         Condition::StringStarts { param, value } => {
             index_rows(sql, lookup, resource_type, IndexKind::String, param);
-            sql.push(" AND text_norm LIKE ")
-                .bind(Bind::Text(format!("{}%", like_escape(value))))
-                .push(" ESCAPE '\\')");
+            push_like(sql, "text_norm", format!("{}%", like_escape(value)));
+            sql.push(")");
         }
         Condition::StringContains { param, value } => {
             index_rows(sql, lookup, resource_type, IndexKind::String, param);
-            sql.push(" AND text_norm LIKE ")
-                .bind(Bind::Text(format!("%{}%", like_escape(value))))
-                .push(" ESCAPE '\\')");
+            push_like(sql, "text_norm", format!("%{}%", like_escape(value)));
+            sql.push(")");
         }
         Condition::StringExact { param, value } => {
             index_rows(sql, lookup, resource_type, IndexKind::String, param);
@@ -296,9 +294,8 @@ fn push_condition(
         }
         Condition::TokenText { param, value } => {
             index_rows(sql, lookup, resource_type, IndexKind::Token, param);
-            sql.push(" AND text_norm LIKE ")
-                .bind(Bind::Text(format!("{}%", like_escape(value))))
-                .push(" ESCAPE '\\')");
+            push_like(sql, "text_norm", format!("{}%", like_escape(value)));
+            sql.push(")");
         }
         Condition::Date {
             param,
@@ -353,10 +350,7 @@ fn push_condition(
             index_rows(sql, lookup, resource_type, IndexKind::Uri, param);
             match op {
                 UriOp::Equal => sql.push(" AND text_exact = ").bind(Bind::Text(value.clone())),
-                UriOp::Below => sql
-                    .push(" AND text_exact LIKE ")
-                    .bind(Bind::Text(format!("{}%", like_escape(value))))
-                    .push(" ESCAPE '\\'"),
+                UriOp::Below => push_like(sql, "text_exact", format!("{}%", like_escape(value))),
                 // The stored uri is a prefix of the value.
                 UriOp::Above => sql
                     .push(" AND ")
@@ -440,14 +434,19 @@ fn push_condition(
                     push_range(sql, "low", "high", *op, Bind::Int(*start), Bind::Int(*end));
                 }
                 CompositeTest::StringStarts(value) => {
-                    sql.push(" AND text_norm LIKE ")
-                        .bind(Bind::Text(format!("{}%", like_escape(value))))
-                        .push(" ESCAPE '\\'");
+                    push_like(sql, "text_norm", format!("{}%", like_escape(value)));
                 }
             }
             sql.push(")");
         }
     }
+}
+
+/// ` AND <column> LIKE <pattern> ESCAPE '\'`, the pattern made by `like_escape`.
+fn push_like<'s>(sql: &'s mut Sql, column: &str, pattern: String) -> &'s mut Sql {
+    sql.push(&format!(" AND {column} LIKE "))
+        .bind(Bind::Text(pattern))
+        .push(" ESCAPE '\\'")
 }
 
 /// `%`, `_` and `\` in a value are literal in a LIKE pattern.
