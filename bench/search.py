@@ -72,7 +72,6 @@ class Target:
     def __init__(self, name, db, server, base, auth, database):
         self.name, self.db, self.server, self.base, self.auth = name, db, server, base, auth
         self.database = database  # ("sqlite", path) or ("postgres", url)
-        self.values = {}
         self.load = {}
 
     @property
