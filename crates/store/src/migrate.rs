@@ -139,6 +139,21 @@ pub(crate) const POSTGRES: &[(i64, &[&str])] = &[
     ),
     (4, SEARCH_INDEXES),
     (5, COVERING_SEARCH_INDEXES),
+    (
+        6,
+        // Index values compare by code point, as in SQLite: a prefix search
+        // is then an index range (`query::push_prefix`), whatever the
+        // database's default collation, and comparisons skip the locale.
+        &[r#"ALTER TABLE search_index
+            ALTER COLUMN resource_type TYPE TEXT COLLATE "C",
+            ALTER COLUMN param TYPE TEXT COLLATE "C",
+            ALTER COLUMN text_norm TYPE TEXT COLLATE "C",
+            ALTER COLUMN text_exact TYPE TEXT COLLATE "C",
+            ALTER COLUMN system TYPE TEXT COLLATE "C",
+            ALTER COLUMN code TYPE TEXT COLLATE "C",
+            ALTER COLUMN target_type TYPE TEXT COLLATE "C",
+            ALTER COLUMN target_id TYPE TEXT COLLATE "C""#],
+    ),
 ];
 
 /// Bookkeeping table, the same on both backends.

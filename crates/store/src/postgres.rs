@@ -13,7 +13,8 @@ crate::sql::sql_backend!(
     PgConnection,
     "FOR UPDATE",
     "nextval('resource_res_key_seq')",
-    "BEGIN"
+    "BEGIN",
+    true
 );
 
 /// Resources in a PostgreSQL database.

@@ -258,7 +258,7 @@ fn push_condition(
     match condition {
         Condition::StringStarts { param, value } => {
             index_rows(sql, lookup, resource_type, IndexKind::String, param);
-            push_like(sql, "text_norm", format!("{}%", like_escape(value)));
+            push_prefix(sql, "text_norm", value);
             sql.push(")");
         }
         Condition::StringContains { param, value } => {
@@ -294,7 +294,7 @@ fn push_condition(
         }
         Condition::TokenText { param, value } => {
             index_rows(sql, lookup, resource_type, IndexKind::Token, param);
-            push_like(sql, "text_norm", format!("{}%", like_escape(value)));
+            push_prefix(sql, "text_norm", value);
             sql.push(")");
         }
         Condition::Date {
@@ -349,13 +349,16 @@ fn push_condition(
         Condition::Uri { param, op, value } => {
             index_rows(sql, lookup, resource_type, IndexKind::Uri, param);
             match op {
-                UriOp::Equal => sql.push(" AND text_exact = ").bind(Bind::Text(value.clone())),
-                UriOp::Below => push_like(sql, "text_exact", format!("{}%", like_escape(value))),
-                // The stored uri is a prefix of the value.
+                UriOp::Equal => sql
+                    .push(" AND text_exact = ")
+                    .bind(Bind::Text(value.clone())),
+                UriOp::Below => push_prefix(sql, "text_exact", value),
+                // The stored uri is a prefix of the value (compared as is:
+                // SQLite's LIKE would ignore the case of ASCII letters).
                 UriOp::Above => sql
-                    .push(" AND ")
+                    .push(" AND text_exact = substr(")
                     .bind(Bind::Text(value.clone()))
-                    .push(" LIKE (REPLACE(REPLACE(REPLACE(text_exact, '\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%') ESCAPE '\\'"),
+                    .push(", 1, length(text_exact))"),
             };
             sql.push(")");
         }
@@ -434,7 +437,7 @@ fn push_condition(
                     push_range(sql, "low", "high", *op, Bind::Int(*start), Bind::Int(*end));
                 }
                 CompositeTest::StringStarts(value) => {
-                    push_like(sql, "text_norm", format!("{}%", like_escape(value)));
+                    push_prefix(sql, "text_norm", value);
                 }
             }
             sql.push(")");
@@ -447,6 +450,36 @@ fn push_like<'s>(sql: &'s mut Sql, column: &str, pattern: String) -> &'s mut Sql
     sql.push(&format!(" AND {column} LIKE "))
         .bind(Bind::Text(pattern))
         .push(" ESCAPE '\\'")
+}
+
+/// ` AND <column> >= <value> AND <column> < <successor>`: the values that
+/// start with `value`, as a range of the column's index. Both backends
+/// compare these columns by code point (SQLite's BINARY collation; the
+/// PostgreSQL columns are `COLLATE "C"`, migration 6), so the range holds
+/// exactly the values with that prefix, case and all. A LIKE would not use
+/// the index, and SQLite's ignores the case of ASCII letters.
+fn push_prefix<'s>(sql: &'s mut Sql, column: &str, value: &str) -> &'s mut Sql {
+    sql.push(&format!(" AND {column} >= "))
+        .bind(Bind::Text(value.to_owned()));
+    if let Some(next) = prefix_successor(value) {
+        sql.push(&format!(" AND {column} < "))
+            .bind(Bind::Text(next));
+    }
+    sql
+}
+
+/// The least string greater than every string that starts with `prefix`
+/// (its last character that can be incremented, incremented), or `None`
+/// when every string is.
+fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 /// `%`, `_` and `\` in a value are literal in a LIKE pattern.
@@ -871,6 +904,15 @@ mod tests {
         assert_eq!(plan.select.binds.len(), 5);
         assert_eq!(plan.select.binds[4], Bind::Int(6));
         assert!(plan.count.is_none());
+    }
+
+    #[test]
+    fn a_prefix_successor_skips_surrogates_and_carries_past_the_last_code_point() {
+        assert_eq!(prefix_successor("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_successor("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_successor("\u{10FFFF}"), None);
+        assert_eq!(prefix_successor(""), None);
     }
 
     #[test]

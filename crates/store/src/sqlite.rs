@@ -28,7 +28,8 @@ crate::sql::sql_backend!(
     SqliteConnection,
     "",
     "(SELECT COALESCE(MAX(res_key), 0) + 1 FROM resource)",
-    "BEGIN IMMEDIATE"
+    "BEGIN IMMEDIATE",
+    false
 );
 
 /// Resources in an embedded SQLite file.
@@ -45,6 +46,14 @@ const MAX_GROUP: usize = 32;
 /// Write sets that may wait for the writer; beyond that, callers wait to
 /// hand theirs over.
 const QUEUE: usize = 1024;
+/// A write set of more writes than this is committed in a transaction of
+/// its own. In a savepoint, SQLite walks the savepoint's in-memory journal
+/// from its start at the end of every statement (`memjrnlTruncate` in
+/// SQLite's memjournal.c), so a large write set there costs the square of
+/// its size: a 2,000-entry Synthea bundle spent more than half its time so.
+const MAX_GROUPED_OPS: usize = 16;
+/// The writer connection's page cache, in KiB (64 MiB).
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
 /// A write set waiting for the writer, and where its outcome goes.
 struct Pending {
@@ -83,10 +92,18 @@ impl SqliteStore {
             // temporary file (https://www.sqlite.org/pragma.html#pragma_temp_store).
             .pragma("temp_store", "memory")
             .foreign_keys(true);
+        // The writer's page cache holds a whole group of writes (a large
+        // transaction bundle dirties tens of thousands of index pages);
+        // with SQLite's default of 2 MiB it spills dirty pages to the WAL
+        // mid-transaction and reads the same pages back
+        // (https://www.sqlite.org/pragma.html#pragma_cache_size).
+        let writer_options = options
+            .clone()
+            .pragma("cache_size", format!("-{}", WRITER_CACHE_KIB));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
+            .connect_with(writer_options)
             .await
             .db()?;
         {
@@ -142,9 +159,23 @@ async fn group_commit(pool: SqlitePool, mut queue: mpsc::Receiver<Pending>) {
 }
 
 /// Commits `group` and answers each caller.
-async fn commit_group(pool: SqlitePool, mut group: Vec<Pending>) {
+async fn commit_group(pool: SqlitePool, group: Vec<Pending>) {
+    // Large write sets (transaction bundles) gain nothing from sharing a
+    // commit, and in a savepoint they would cost the square of their size.
+    let (alone, mut group): (Vec<_>, Vec<_>) = group
+        .into_iter()
+        .partition(|p| p.ops.len() > MAX_GROUPED_OPS);
+    tracing::trace!(
+        size = group.len(),
+        alone = alone.len(),
+        "committing a group of write sets"
+    );
+    for p in alone {
+        if !p.reply.is_closed() {
+            let _ = p.reply.send(write_set(&pool, &p.ops).await);
+        }
+    }
     group.retain(|p| !p.reply.is_closed());
-    tracing::trace!(size = group.len(), "committing a group of write sets");
     if group.len() <= 1 {
         for p in group {
             let _ = p.reply.send(write_set(&pool, &p.ops).await);
@@ -340,6 +371,56 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(versions, 2, "no history row of b");
+    }
+
+    /// A large write set in a group is committed on its own, all or
+    /// nothing, and the small ones beside it still commit together.
+    #[tokio::test]
+    async fn a_large_write_set_commits_alone_beside_a_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("g.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let bulk = |prefix: &str| {
+            (0..=MAX_GROUPED_OPS)
+                .map(|i| put(&format!("{prefix}{i}")))
+                .collect::<Vec<_>>()
+        };
+        let mut failing = bulk("f");
+        failing.push(WriteOp {
+            kind: WriteKind::Delete,
+            ..put("missing")
+        });
+        let (a, ra) = pending(vec![put("a")]);
+        let (big, rbig) = pending(bulk("k"));
+        let (bad, rbad) = pending(failing);
+        let (c, rc) = pending(vec![put("c")]);
+        commit_group(store.writer.clone(), vec![a, big, bad, c]).await;
+        assert_eq!(ra.await.unwrap().unwrap()[0].resource.id, "a");
+        assert_eq!(rbig.await.unwrap().unwrap().len(), MAX_GROUPED_OPS + 1);
+        assert!(matches!(
+            rbad.await.unwrap(),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert_eq!(rc.await.unwrap().unwrap()[0].resource.id, "c");
+        for (id, kept) in [
+            ("a", true),
+            ("c", true),
+            ("k0", true),
+            ("k16", true),
+            ("f0", false),
+        ] {
+            assert_eq!(
+                store.read("Patient", id).await.unwrap().is_some(),
+                kept,
+                "{id}"
+            );
+            assert_eq!(
+                tagged(&store, id).await,
+                usize::from(kept),
+                "index rows of {id}"
+            );
+        }
     }
 
     /// A write set whose caller has gone is skipped; the others commit.

@@ -35,6 +35,7 @@ backend_variants!(
     concurrent_write_sets_succeed_or_fail_each_on_their_own,
     the_change_marker_moves_with_every_write_of_its_types,
     index_rows_follow_writes_and_conditions_select_by_them,
+    prefixes_match_by_code_point_on_both_backends,
 );
 
 /// A store on a database of its own, removed when the test ends.
@@ -1046,4 +1047,61 @@ async fn index_rows_follow_writes_and_conditions_select_by_them(store: TestStore
         .analyze()
         .await
         .expect("statistics refresh on both backends");
+}
+
+/// A prefix (string, token text, `uri:below`, `:above`) is an index range
+/// compared by code point: case counts for uris, on both backends, and a
+/// prefix that ends in a non-ASCII letter or in the last code point still
+/// finds exactly its values.
+async fn prefixes_match_by_code_point_on_both_backends(store: TestStore) {
+    for (id, family, url) in [
+        ("a", "ñu", "http://x.org/Case/b"),
+        ("b", "nu", "http://x.org/case/b"),
+        ("c", "o\u{10FFFF}z", "http://x.org/cas"),
+        ("d", "oa", "http://x.org/casf"),
+    ] {
+        write(
+            &store,
+            indexed(id, json!({"name": [{"family": family}], "url": url})),
+        )
+        .await;
+    }
+    let string = |v: &str| {
+        vec![vec![Condition::StringStarts {
+            param: "family".into(),
+            value: v.into(),
+        }]]
+    };
+    assert_eq!(found(&store, string("ñ")).await, ["a"]);
+    assert_eq!(found(&store, string("n")).await, ["b"]);
+    assert_eq!(found(&store, string("o\u{10FFFF}")).await, ["c"]);
+    assert_eq!(found(&store, string("o")).await, ["c", "d"]);
+    assert_eq!(found(&store, string("")).await, ["a", "b", "c", "d"]);
+    let uri = |op, v: &str| {
+        vec![vec![Condition::Uri {
+            param: "url".into(),
+            op,
+            value: v.into(),
+        }]]
+    };
+    assert_eq!(
+        found(&store, uri(UriOp::Below, "http://x.org/case")).await,
+        ["b"]
+    );
+    assert_eq!(
+        found(&store, uri(UriOp::Below, "http://x.org/cas")).await,
+        ["b", "c", "d"]
+    );
+    assert_eq!(
+        found(&store, uri(UriOp::Below, "HTTP://X.ORG/")).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        found(&store, uri(UriOp::Above, "http://x.org/case/b/c")).await,
+        ["b", "c"]
+    );
+    assert_eq!(
+        found(&store, uri(UriOp::Above, "http://x.org/CAS")).await,
+        Vec::<String>::new()
+    );
 }
