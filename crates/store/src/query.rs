@@ -4,7 +4,7 @@
 use crate::cursor::Cursor;
 use crate::error::StoreError;
 use crate::model::{
-    CompositeFirst, CompositeSecond, CompositeTest, Condition, HistoryQuery, HistoryScope,
+    CompositeFirst, CompositeSecond, CompositeTest, Condition, Filter, HistoryQuery, HistoryScope,
     IndexEntry, IndexKind, RangeOp, SearchQuery, SortKey, StoredResource, TimeBound, UriOp,
 };
 
@@ -59,6 +59,22 @@ pub(crate) struct SearchPlan {
     pub select: Sql,
     pub count: Option<Sql>,
     pub backwards: bool,
+    /// The search combines filters, so how selective each value is decides
+    /// the best plan (see `sql_backend!`'s `$plan_each`).
+    pub combines: bool,
+}
+
+/// The one resource type a search is about, if it names one.
+fn scope(q: &SearchQuery) -> Option<&str> {
+    q.resource_type.as_deref().or(match q.types.as_slice() {
+        [only] => Some(only.as_str()),
+        _ => None,
+    })
+}
+
+/// Whether a filter is made of equalities only (see `narrow`).
+fn narrow_filter(filter: &Filter) -> bool {
+    !filter.any_of.is_empty() && filter.any_of.iter().all(narrow)
 }
 
 fn push_filters(sql: &mut Sql, q: &SearchQuery) {
@@ -101,17 +117,62 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
             TimeBound::Before(t) => sql.push(" AND last_updated < ").bind(Bind::Int(*t)),
         };
     }
-    // A filter of equalities (a code, a reference, a name) selects few rows,
-    // so its index rows are the way in; a broad one (a date range, a number
-    // range, `:missing`, `:not`, `:contains`) then only checks each
-    // candidate's own rows (`Lookup::Probe`) instead of listing every
-    // resource it matches. With no narrow filter, every filter lists.
-    let has_narrow = q
-        .filters
-        .iter()
-        .any(|f| !f.any_of.is_empty() && f.any_of.iter().all(narrow));
-    for filter in &q.filters {
-        let lookup = if has_narrow && !filter.any_of.iter().all(narrow) {
+    push_filter_list(sql, q, q.filters.iter());
+}
+
+/// Whether the index rows alone decide which resources a search matches:
+/// only the live version of a resource has index rows, under its own type,
+/// so when a narrow filter of one condition lists one type's rows, its
+/// matches need no look at their table rows (which would read every
+/// candidate's). Not so with several types, `_id` or `_lastUpdated`.
+fn rows_decide(q: &SearchQuery) -> bool {
+    q.filters.iter().any(way_in)
+        && scope(q).is_some()
+        && (q.types.is_empty() || q.resource_type.is_none())
+        && q.ids.is_none()
+        && q.last_updated.is_empty()
+}
+
+/// A filter of one narrow condition: its index rows are a way in.
+fn way_in(filter: &Filter) -> bool {
+    matches!(filter.any_of.as_slice(), [c] if narrow(c))
+}
+
+/// The keys of the resources a search matches (when `rows_decide`): the
+/// rows of the filters that are a way in, intersected, then the other
+/// filters checked on each key.
+fn push_matches(sql: &mut Sql, q: &SearchQuery) {
+    let scope = scope(q);
+    let (ways_in, rest): (Vec<&Filter>, Vec<&Filter>) = q.filters.iter().partition(|f| way_in(f));
+    // Each operand is a derived table (`SELECT res_key FROM (…) AS r`):
+    // SQLite takes no parenthesized operands in a compound SELECT.
+    sql.push(if ways_in.len() == 1 {
+        "SELECT res_key FROM (SELECT DISTINCT res_key FROM "
+    } else {
+        "SELECT res_key FROM (SELECT res_key FROM "
+    });
+    for (i, filter) in ways_in.iter().enumerate() {
+        if i > 0 {
+            sql.push(" INTERSECT SELECT res_key FROM ");
+        }
+        push_condition(sql, Lookup::Rows, scope, &filter.any_of[0]);
+        sql.push(" AS r");
+    }
+    // The probes of the other filters name the candidate `resource`.
+    sql.push(") AS resource WHERE TRUE");
+    push_filter_list(sql, q, rest.into_iter());
+}
+
+/// ` AND (…)` for each filter. A filter of equalities (a code, a reference,
+/// a name) selects few rows, so its index rows are the way in; a broad one
+/// (a date range, a number range, `:missing`, `:not`, `:contains`) then only
+/// checks each candidate's own rows (`Lookup::Probe`) instead of listing
+/// every resource it matches. With no narrow filter, every filter lists.
+fn push_filter_list<'f>(sql: &mut Sql, q: &SearchQuery, filters: impl Iterator<Item = &'f Filter>) {
+    let has_narrow = q.filters.iter().any(narrow_filter);
+    let scope = scope(q);
+    for filter in filters {
+        let lookup = if has_narrow && !narrow_filter(filter) {
             Lookup::Probe
         } else {
             Lookup::List
@@ -121,10 +182,6 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
             if i > 0 {
                 sql.push(" OR ");
             }
-            let scope = q.resource_type.as_deref().or(match q.types.as_slice() {
-                [only] => Some(only.as_str()),
-                _ => None,
-            });
             push_condition(sql, lookup, scope, condition);
         }
         if filter.any_of.is_empty() {
@@ -142,6 +199,9 @@ enum Lookup {
     /// Whether this resource's own rows match (`EXISTS (… WHERE res_key =
     /// resource.res_key …)`), through the index by `res_key`.
     Probe,
+    /// The keys of the matching rows, as a derived table (`(SELECT res_key
+    /// FROM search_index WHERE …)`); only for narrow conditions.
+    Rows,
 }
 
 /// Whether a condition is an equality on an indexed value: few rows match.
@@ -176,21 +236,19 @@ fn index_rows(
         Lookup::Probe => sql.push(
             "EXISTS (SELECT 1 FROM search_index WHERE search_index.res_key = resource.res_key AND kind = ",
         ),
+        Lookup::Rows => sql.push("(SELECT res_key FROM search_index WHERE kind = "),
     };
     sql.push(&kind.code().to_string()).push(" AND ");
-    // A probe goes through the index by `res_key`: `|| ''` keeps SQLite
-    // from preferring the kind's index, which would scan every row of the
-    // parameter for each candidate.
-    let (type_column, param_column) = match lookup {
-        Lookup::List => ("resource_type = ", "param = "),
-        Lookup::Probe => ("resource_type || '' = ", "param || '' = "),
-    };
-    if let Some(rt) = resource_type {
-        sql.push(type_column)
+    // A probe seeks the candidate's rows of that kind and parameter in the
+    // index by key (`search_index_key`, which also holds the date and number
+    // columns, so a range is checked in the index alone); the key already
+    // fixes the resource type.
+    if let (Lookup::List | Lookup::Rows, Some(rt)) = (lookup, resource_type) {
+        sql.push("resource_type = ")
             .bind(Bind::Text(rt.to_owned()))
             .push(" AND ");
     }
-    sql.push(param_column).bind(Bind::Text(param.to_owned()));
+    sql.push("param = ").bind(Bind::Text(param.to_owned()));
 }
 
 /// The SQL of a stored range `[lo, hi)` (column expressions) against a
@@ -731,8 +789,15 @@ pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {
         ("<", "DESC")
     };
 
+    let by_rows = rows_decide(q);
     let mut select = Sql::new(&format!("SELECT {COLUMNS} FROM resource"));
-    push_filters(&mut select, q);
+    if by_rows {
+        select.push(" WHERE res_key IN (");
+        push_matches(&mut select, q);
+        select.push(")");
+    } else {
+        push_filters(&mut select, q);
+    }
     if let Some(c) = &q.cursor {
         match q.sort {
             SortKey::Id => {
@@ -762,14 +827,22 @@ pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {
         .bind(Bind::Int(i64::from(q.count) + 1));
 
     let count = q.with_total.then(|| {
-        let mut count = Sql::new("SELECT COUNT(*) FROM resource");
-        push_filters(&mut count, q);
-        count
+        if by_rows {
+            let mut count = Sql::new("SELECT COUNT(*) FROM (");
+            push_matches(&mut count, q);
+            count.push(") AS m");
+            count
+        } else {
+            let mut count = Sql::new("SELECT COUNT(*) FROM resource");
+            push_filters(&mut count, q);
+            count
+        }
     });
     Ok(SearchPlan {
         select,
         count,
         backwards,
+        combines: q.filters.len() > 1,
     })
 }
 

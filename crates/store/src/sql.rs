@@ -7,10 +7,11 @@
 /// `$lock` is the row-locking clause appended to the read-for-update query.
 /// `$key` is the SQL expression that numbers a new resource row (`res_key`).
 /// `$begin` starts a write transaction. `$plan_each` says whether a search
-/// statement is planned for its values each time rather than kept prepared:
-/// PostgreSQL switches a prepared statement to a generic plan after five
-/// runs, and a generic plan cannot tell a reference that matches 50 rows
-/// from a code that matches 50,000
+/// that combines filters is planned for its values each time rather than
+/// kept prepared: PostgreSQL switches a prepared statement to a generic plan
+/// after five runs, and a generic plan cannot tell a reference that matches
+/// 50 rows from a code that matches 50,000 (a search with one filter has one
+/// way in, and skips the planning)
 /// (https://www.postgresql.org/docs/current/sql-prepare.html, "Notes").
 macro_rules! sql_backend {
     ($store:ident, $db:ty, $conn:ty, $lock:literal, $key:literal, $begin:literal, $plan_each:literal) => {
@@ -362,8 +363,9 @@ macro_rules! sql_backend {
         impl ResourceSearch for $store {
             async fn search(&self, q: SearchQuery) -> StoreResult<SearchPage> {
                 let plan = query::search(&q)?;
+                let prepared = !($plan_each && plan.combines);
                 let rows = bind_all(sqlx::query(&plan.select.text), plan.select.binds)
-                    .persistent(!$plan_each)
+                    .persistent(prepared)
                     .fetch_all(&self.reader)
                     .await.db()?;
                 let rows = rows.iter().map(row_to_resource).collect::<StoreResult<Vec<_>>>()?;
@@ -374,7 +376,7 @@ macro_rules! sql_backend {
                     }
                     Some(count) => {
                         let row = bind_all(sqlx::query(&count.text), count.binds)
-                            .persistent(!$plan_each)
+                            .persistent(prepared)
                             .fetch_one(&self.reader)
                             .await.db()?;
                         Some(row.try_get::<i64, _>(0).db()?)
