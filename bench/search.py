@@ -94,11 +94,12 @@ def start_targets(work, dbs, notes):
         else:
             url = bench.fresh_pg("fhirbox_search_bench")
             database = ("postgres", url)
-        # The largest Synthea bundles are about 20 MB (10,000 entries): above
-        # the default body limit of 16 MiB, so the limit is raised as an
-        # operator loading such data would.
+        # The largest Synthea bundles are about 20 MB (10,387 entries): above
+        # the default body limit of 16 MiB and entry limit of 10,000, so the
+        # limits are raised as an operator loading such data would.
         env = dict(os.environ, BOX_DB_URL=url, BOX_ROOT_CLIENT_SECRET=SECRET, BOX_WEB_PORT=str(port),
-                   BOX_MAX_BODY_BYTES=str(64 * 1024 * 1024), RUST_LOG="warn")
+                   BOX_MAX_BODY_BYTES=str(64 * 1024 * 1024), BOX_MAX_BUNDLE_ENTRIES="20000",
+                   RUST_LOG="warn")
         server = bench.Server(f"fhirbox-{db}", [f"{bench.RELEASE}/fhirbox"], env, port)
         targets.append(Target("fhirbox", db, server, "/fhir", ROOT_AUTH, database))
     binary = bench.helios_binary()

@@ -136,9 +136,10 @@ async fn apply(
             return Err(RestError::bad_request("Bundle.entry must be an array").at("Bundle.entry"))
         }
     };
-    if raw_entries.len() > MAX_BUNDLE_ENTRIES {
+    let most = app.checks.max_bundle_entries;
+    if raw_entries.len() > most {
         return Err(RestError::bad_request(format!(
-            "the bundle has {} entries; at most {MAX_BUNDLE_ENTRIES} are accepted, so split it",
+            "the bundle has {} entries; at most {most} are accepted (BOX_MAX_BUNDLE_ENTRIES), so split it",
             raw_entries.len()
         ))
         .at("Bundle.entry"));
@@ -396,8 +397,9 @@ async fn write_op(
     }
 }
 
-/// Most entries one bundle may carry.
-pub const MAX_BUNDLE_ENTRIES: usize = 10_000;
+/// Most entries one bundle may carry unless `BOX_MAX_BUNDLE_ENTRIES` says
+/// otherwise.
+pub const DEFAULT_MAX_BUNDLE_ENTRIES: usize = 10_000;
 /// Most bytes of resources the read and search entries of one bundle may
 /// return together; later read entries fail instead of growing the response.
 pub const MAX_BUNDLE_READ_BYTES: usize = 64 * 1024 * 1024;

@@ -26,6 +26,8 @@ pub struct WriteChecks {
     pub structure: Option<Arc<Validator>>,
     /// The largest body the server accepts; a PATCH result may not outgrow it.
     pub max_body_bytes: usize,
+    /// Most entries one batch or transaction bundle may carry.
+    pub max_bundle_entries: usize,
 }
 
 /// Rejects unknown resource types in a URL (404: there is no such endpoint).

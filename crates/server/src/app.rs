@@ -298,6 +298,7 @@ async fn open(settings: Settings, guard: Guard) -> Result<App, StartupError> {
         vault,
         structure,
         max_body_bytes: settings.max_body_bytes,
+        max_bundle_entries: settings.max_bundle_entries,
     };
     Ok(assemble(settings, store, auth, metrics, checks, guard))
 }

@@ -147,6 +147,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// `BOX_MAX_BUNDLE_ENTRIES`: most entries one batch or transaction
+    /// bundle may carry.
+    pub max_bundle_entries: usize,
     /// Public base URL (`BOX_WEB_BASE_URL`); derived from the Host header when unset.
     pub base_url: Option<String>,
     /// `BOX_ROOT_CLIENT_ID` / `BOX_ROOT_CLIENT_SECRET(_FILE)`; `None` means no root client.
@@ -213,6 +216,7 @@ impl Settings {
             database,
             log_format: LogFormat::Text,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_bundle_entries: fhirbox_rest::bundle::DEFAULT_MAX_BUNDLE_ENTRIES,
             base_url: None,
             root_client: None,
             root_client_id: DEFAULT_ROOT_CLIENT_ID.to_owned(),
@@ -265,6 +269,9 @@ impl Settings {
             "a byte count of at least 1024",
         )?
         .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let max_bundle_entries =
+            number(env, "BOX_MAX_BUNDLE_ENTRIES", 1.., "a count of at least 1")?
+                .unwrap_or(fhirbox_rest::bundle::DEFAULT_MAX_BUNDLE_ENTRIES);
         let base_url = setting(env, "BOX_WEB_BASE_URL", |v| {
             if v.starts_with("http://") || v.starts_with("https://") {
                 Ok(v.trim_end_matches('/').to_owned())
@@ -387,6 +394,7 @@ impl Settings {
             database: database_url(env)?,
             log_format,
             max_body_bytes,
+            max_bundle_entries,
             base_url,
             root_client,
             root_client_id: root_id,
@@ -600,6 +608,11 @@ mod tests {
         assert!(!e.to_string().contains("pw"), "{e}");
         let e = Settings::from_env(&[("BOX_DB_PORT", "5432")]).unwrap_err();
         assert_eq!(e.variable, "BOX_DB_HOST");
+        let e = Settings::from_env(&[("BOX_MAX_BUNDLE_ENTRIES", "0")]).unwrap_err();
+        assert_eq!(e.variable, "BOX_MAX_BUNDLE_ENTRIES");
+        let s = Settings::from_env(&[("BOX_MAX_BUNDLE_ENTRIES", "20000")]).unwrap();
+        assert_eq!(s.max_bundle_entries, 20_000);
+        assert_eq!(Settings::from_env(&[]).unwrap().max_bundle_entries, 10_000);
     }
 
     #[test]

@@ -905,4 +905,31 @@ async fn patches_and_bundles_are_bounded(app: TestApp) {
         .post("/fhir", &bundle("batch", Value::Array(entries)))
         .await
         .assert_outcome(400, "at most 10000");
+
+    // BOX_MAX_BUNDLE_ENTRIES moves the bound, both ways.
+    let reads = |n: usize| {
+        bundle(
+            "batch",
+            Value::Array(
+                (0..n)
+                    .map(|_| json!({"request": {"method": "GET", "url": "Patient/grow"}}))
+                    .collect(),
+            ),
+        )
+    };
+    let narrow = app.sibling(|s| s.max_bundle_entries = 2).await;
+    narrow
+        .post("/fhir", &reads(3))
+        .await
+        .assert_outcome(400, "at most 2 are accepted (BOX_MAX_BUNDLE_ENTRIES)");
+    let ok = narrow.post("/fhir", &reads(2)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let wide = app
+        .sibling(|s| {
+            s.max_bundle_entries = 10_001;
+            s.max_body_bytes = 4 << 20;
+        })
+        .await;
+    let ok = wide.post("/fhir", &reads(10_001)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
 }
