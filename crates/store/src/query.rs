@@ -792,9 +792,10 @@ pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {
     let by_rows = rows_decide(q);
     let mut select = Sql::new(&format!("SELECT {COLUMNS} FROM resource"));
     if by_rows {
+        // The page's rows are read anyway; `deleted` is checked again there.
         select.push(" WHERE res_key IN (");
         push_matches(&mut select, q);
-        select.push(")");
+        select.push(") AND deleted = FALSE");
     } else {
         push_filters(&mut select, q);
     }

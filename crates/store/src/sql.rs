@@ -444,9 +444,14 @@ macro_rules! sql_backend {
                 entries: Vec<IndexEntry>,
             ) -> StoreResult<bool> {
                 let mut tx = self.writer.begin().await.db()?;
-                let row = sqlx::query(
-                    "SELECT res_key FROM resource WHERE resource_type = $1 AND id = $2 AND deleted = FALSE",
-                )
+                // Locked like a write's read, so a delete running beside the
+                // rebuild either waits for it (and then removes the rebuilt
+                // rows) or goes first (and the rebuild sees the tombstone):
+                // only live resources have index rows (`query::rows_decide`).
+                let row = sqlx::query(concat!(
+                    "SELECT res_key FROM resource WHERE resource_type = $1 AND id = $2 AND deleted = FALSE ",
+                    $lock
+                ))
                 .bind(resource_type)
                 .bind(id)
                 .fetch_optional(&mut *tx)

@@ -170,7 +170,7 @@ async fn group_commit(pool: SqlitePool, mut queue: mpsc::Receiver<Pending>) {
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
         let taken = std::mem::replace(&mut group, Vec::with_capacity(MAX_GROUP));
         if let Err(err) = tokio::spawn(commit_group(pool.clone(), taken)).await {
-            tracing::error!(error = %err, "the SQLite writer failed on a group of writes; none of them was committed");
+            tracing::error!(error = %err, "the SQLite writer failed on a group of writes; those not answered yet were not committed");
         }
     }
 }
@@ -179,6 +179,8 @@ async fn group_commit(pool: SqlitePool, mut queue: mpsc::Receiver<Pending>) {
 async fn commit_group(pool: SqlitePool, group: Vec<Pending>) {
     // Large write sets (transaction bundles) gain nothing from sharing a
     // commit, and in a savepoint they would cost the square of their size.
+    // They go first: write sets that wait together were sent concurrently,
+    // so no order among them is promised.
     let (alone, mut group): (Vec<_>, Vec<_>) = group
         .into_iter()
         .partition(|p| p.ops.len() > MAX_GROUPED_OPS);

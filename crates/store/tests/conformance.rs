@@ -12,8 +12,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use fhirbox_store::{
-    ChangeMarker, Condition, Filter, HistoryQuery, HistoryScope, IndexEntry, IndexKind, Indexer,
-    RangeOp, ResourceHistory, ResourceRead, ResourceSearch, ResourceWrite, SearchIndex,
+    ChangeMarker, Condition, Cursor, Filter, HistoryQuery, HistoryScope, IndexEntry, IndexKind,
+    Indexer, RangeOp, ResourceHistory, ResourceRead, ResourceSearch, ResourceWrite, SearchIndex,
     SearchQuery, SortKey, Store, StoreError, StoreHealth, StoredResource, TimeBound, Transform,
     UriOp, WriteKind, WriteOp, WriteOutcome,
 };
@@ -36,6 +36,7 @@ backend_variants!(
     the_change_marker_moves_with_every_write_of_its_types,
     index_rows_follow_writes_and_conditions_select_by_them,
     prefixes_match_by_code_point_on_both_backends,
+    index_decided_searches_page_count_and_keep_to_their_type,
 );
 
 /// A store on a database of its own, removed when the test ends.
@@ -1104,4 +1105,91 @@ async fn prefixes_match_by_code_point_on_both_backends(store: TestStore) {
         found(&store, uri(UriOp::Above, "http://x.org/CAS")).await,
         Vec::<String>::new()
     );
+}
+
+/// A search whose equality filters decide by the index rows alone (one
+/// type, no `_id` or `_lastUpdated`): the intersection of two such filters,
+/// a broad filter beside them, the total across pages, cursor paging, and
+/// neither a resource of another type with the same rows nor a deleted one.
+async fn index_decided_searches_page_count_and_keep_to_their_type(store: TestStore) {
+    for (id, family, status, born) in [
+        ("a", "Ng", "on", 1980),
+        ("b", "Nguyen", "on", 1990),
+        ("c", "Ngo", "on", 2000),
+        ("d", "Ngata", "off", 1990),
+        ("e", "Ngu", "on", 1995),
+    ] {
+        write(
+            &store,
+            indexed(
+                id,
+                json!({"name": [{"family": family}], "status": status, "born": born}),
+            ),
+        )
+        .await;
+    }
+    // An Observation with rows equal to a Patient's, and a deleted Patient.
+    let mut other = indexed(
+        "x",
+        json!({"name": [{"family": "Ngx"}], "status": "on", "born": 1990}),
+    );
+    other.resource_type = "Observation".into();
+    if let WriteKind::Put(body) = &mut other.kind {
+        body["resourceType"] = json!("Observation");
+    }
+    write(&store, other).await;
+    write(&store, op("Patient", "e", WriteKind::Delete)).await;
+
+    let on = Condition::Token {
+        param: "status".into(),
+        system: None,
+        code: Some("on".into()),
+    };
+    let ng = Condition::StringStarts {
+        param: "family".into(),
+        value: "ng".into(),
+    };
+    let born_after = Condition::Date {
+        param: "born".into(),
+        op: RangeOp::EndsAfter,
+        start: 19850,
+        end: 19860,
+    };
+    let query = |cursor: Option<Cursor>| SearchQuery {
+        resource_type: Some("Patient".into()),
+        count: 1,
+        with_total: true,
+        cursor,
+        filters: [&on, &ng, &born_after]
+            .into_iter()
+            .map(|c| Filter {
+                any_of: vec![c.clone()],
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.search(query(cursor)).await.expect("the search runs");
+        assert_eq!(page.total, Some(2), "the total counts every page's matches");
+        seen.extend(page.resources.iter().map(|r| r.id.clone()));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        assert!(seen.len() <= 2, "paging ends: {seen:?}");
+    }
+    assert_eq!(seen, ["b", "c"]);
+    // The same through `_type` with one type.
+    let page = store
+        .search(SearchQuery {
+            resource_type: None,
+            types: vec!["Observation".into()],
+            ..query(None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&page.resources), ["x"]);
+    assert_eq!(page.total, Some(1));
 }
