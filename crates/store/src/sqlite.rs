@@ -349,15 +349,30 @@ mod tests {
         page.resources.len()
     }
 
+    /// A store in a directory of its own (removed when the guard drops).
+    async fn fresh() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        (dir, store)
+    }
+
+    /// Whether each resource (and its index row) was committed.
+    async fn assert_kept(store: &SqliteStore, expected: &[(&str, bool)]) {
+        for &(id, kept) in expected {
+            let stored = store.read("Patient", id).await.unwrap().is_some();
+            assert_eq!(stored, kept, "{id}");
+            let rows = tagged(store, id).await;
+            assert_eq!(rows, usize::from(kept), "index rows of {id}");
+        }
+    }
+
     /// Three write sets in one transaction, the middle one failing after its
     /// first write: it is rolled back alone (resource, history and index
     /// rows), the other two are committed.
     #[tokio::test]
     async fn a_group_rolls_back_a_failed_write_set_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("g.db").to_str().unwrap())
-            .await
-            .unwrap();
+        let (_dir, store) = fresh().await;
         let missing = WriteOp {
             kind: WriteKind::Delete,
             ..put("missing")
@@ -373,18 +388,7 @@ mod tests {
             results[1]
         );
         assert_eq!(results[2].as_ref().unwrap()[0].resource.id, "c");
-        for (id, kept) in [("a", true), ("b", false), ("c", true)] {
-            assert_eq!(
-                store.read("Patient", id).await.unwrap().is_some(),
-                kept,
-                "{id}"
-            );
-            assert_eq!(
-                tagged(&store, id).await,
-                usize::from(kept),
-                "index rows of {id}"
-            );
-        }
+        assert_kept(&store, &[("a", true), ("b", false), ("c", true)]).await;
         let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM resource_history")
             .fetch_one(&store.reader)
             .await
@@ -396,10 +400,7 @@ mod tests {
     /// nothing, and the small ones beside it still commit together.
     #[tokio::test]
     async fn a_large_write_set_commits_alone_beside_a_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("g.db").to_str().unwrap())
-            .await
-            .unwrap();
+        let (_dir, store) = fresh().await;
         let bulk = |prefix: &str| {
             (0..=MAX_GROUPED_OPS)
                 .map(|i| put(&format!("{prefix}{i}")))
@@ -422,33 +423,20 @@ mod tests {
             Err(StoreError::NotFound { .. })
         ));
         assert_eq!(rc.await.unwrap().unwrap()[0].resource.id, "c");
-        for (id, kept) in [
+        let kept = [
             ("a", true),
             ("c", true),
             ("k0", true),
             ("k16", true),
             ("f0", false),
-        ] {
-            assert_eq!(
-                store.read("Patient", id).await.unwrap().is_some(),
-                kept,
-                "{id}"
-            );
-            assert_eq!(
-                tagged(&store, id).await,
-                usize::from(kept),
-                "index rows of {id}"
-            );
-        }
+        ];
+        assert_kept(&store, &kept).await;
     }
 
     /// A write set whose caller has gone is skipped; the others commit.
     #[tokio::test]
     async fn a_group_skips_write_sets_nobody_waits_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("g.db").to_str().unwrap())
-            .await
-            .unwrap();
+        let (_dir, store) = fresh().await;
         let (a, ra) = pending(vec![put("a")]);
         let (b, _rb) = pending(vec![put("b")]);
         drop(ra);
