@@ -248,7 +248,7 @@ pub async fn reindex(store: &Store) -> StoreResult<u64> {
                     .map(|body| entries(&stored.resource_type, &body))
                     .unwrap_or_default();
                 if store
-                    .replace_index(&stored.resource_type, &stored.id, rows)
+                    .replace_index(&stored.resource_type, &stored.id, stored.version_id, rows)
                     .await?
                 {
                     indexed += 1;

@@ -85,12 +85,14 @@ pub trait ChangeMarker {
 /// the definitions change, or for data stored before the index existed),
 /// and the version of the definitions the rows were built with.
 pub trait SearchIndex {
-    /// Replaces the index rows of the current version of `resource_type/id`;
-    /// `false` when there is no such live resource.
+    /// Replaces the index rows of `resource_type/id`, built from its version
+    /// `version_id`; `false` when that is no longer the live version (the
+    /// resource was deleted, or written since, and that write indexed it).
     fn replace_index(
         &self,
         resource_type: &str,
         id: &str,
+        version_id: i64,
         entries: Vec<IndexEntry>,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// The version recorded by `set_index_version`, if any.
@@ -201,9 +203,10 @@ impl SearchIndex for Store {
         &self,
         resource_type: &str,
         id: &str,
+        version_id: i64,
         entries: Vec<IndexEntry>,
     ) -> StoreResult<bool> {
-        delegate!(self, s => s.replace_index(resource_type, id, entries))
+        delegate!(self, s => s.replace_index(resource_type, id, version_id, entries))
     }
     async fn index_version(&self) -> StoreResult<Option<String>> {
         delegate!(self, s => s.index_version())

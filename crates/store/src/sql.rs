@@ -441,19 +441,23 @@ macro_rules! sql_backend {
                 &self,
                 resource_type: &str,
                 id: &str,
+                version_id: i64,
                 entries: Vec<IndexEntry>,
             ) -> StoreResult<bool> {
                 let mut tx = self.writer.begin().await.db()?;
-                // Locked like a write's read, so a delete running beside the
-                // rebuild either waits for it (and then removes the rebuilt
-                // rows) or goes first (and the rebuild sees the tombstone):
-                // only live resources have index rows (`query::rows_decide`).
+                // Locked like a write's read, so a write running beside the
+                // rebuild either waits for it (and then replaces the rebuilt
+                // rows) or goes first (and the rebuild, built from an older
+                // version, stops): only the live version of a resource has
+                // index rows (`query::rows_decide`).
                 let row = sqlx::query(concat!(
-                    "SELECT res_key FROM resource WHERE resource_type = $1 AND id = $2 AND deleted = FALSE ",
+                    "SELECT res_key FROM resource WHERE resource_type = $1 AND id = $2 ",
+                    "AND version_id = $3 AND deleted = FALSE ",
                     $lock
                 ))
                 .bind(resource_type)
                 .bind(id)
+                .bind(version_id)
                 .fetch_optional(&mut *tx)
                 .await.db()?;
                 let Some(key) = row.map(|r| r.try_get::<i64, _>(0)).transpose().db()? else {

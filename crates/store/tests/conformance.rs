@@ -1029,13 +1029,22 @@ async fn index_rows_follow_writes_and_conditions_select_by_them(store: TestStore
 
     // Rows rebuilt from outside a write; the version they were built with.
     assert!(store
-        .replace_index("Patient", "b", Vec::new())
+        .replace_index("Patient", "b", 1, Vec::new())
         .await
         .unwrap());
     assert!(found(&store, vec![vec![string("ng")]]).await.is_empty());
+    // Rows built from a version that is no longer the live one are dropped:
+    // the write that replaced it indexed its own.
+    let stale = vec![IndexEntry::String {
+        param: "family".into(),
+        normalized: "stale".into(),
+        exact: "Stale".into(),
+    }];
+    assert!(!store.replace_index("Patient", "b", 2, stale).await.unwrap());
+    assert!(found(&store, vec![vec![string("stale")]]).await.is_empty());
     assert!(
         !store
-            .replace_index("Patient", "a", Vec::new())
+            .replace_index("Patient", "a", 3, Vec::new())
             .await
             .unwrap(),
         "a deleted resource has no rows"

@@ -467,7 +467,7 @@ async fn data_stored_before_the_index_is_found_after_a_restart(backend: Backend)
         let settings = app.settings();
         let store = Store::open(settings.database.expose()).await.unwrap();
         assert!(store
-            .replace_index("Patient", "old", Vec::new())
+            .replace_index("Patient", "old", 1, Vec::new())
             .await
             .unwrap());
         store.set_index_version("older-definitions").await.unwrap();
