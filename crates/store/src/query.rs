@@ -59,9 +59,6 @@ pub(crate) struct SearchPlan {
     pub select: Sql,
     pub count: Option<Sql>,
     pub backwards: bool,
-    /// The search combines filters, so how selective each value is decides
-    /// the best plan (see `sql_backend!`'s `$plan_each`).
-    pub combines: bool,
 }
 
 /// The one resource type a search is about, if it names one.
@@ -321,8 +318,9 @@ fn push_condition(
         }
         Condition::StringContains { param, value } => {
             index_rows(sql, lookup, resource_type, IndexKind::String, param);
-            push_like(sql, "text_norm", format!("%{}%", like_escape(value)));
-            sql.push(")");
+            sql.push(" AND text_norm LIKE ")
+                .bind(Bind::Text(format!("%{}%", like_escape(value))))
+                .push(" ESCAPE '\\')");
         }
         Condition::StringExact { param, value } => {
             index_rows(sql, lookup, resource_type, IndexKind::String, param);
@@ -501,13 +499,6 @@ fn push_condition(
             sql.push(")");
         }
     }
-}
-
-/// ` AND <column> LIKE <pattern> ESCAPE '\'`, the pattern made by `like_escape`.
-fn push_like<'s>(sql: &'s mut Sql, column: &str, pattern: String) -> &'s mut Sql {
-    sql.push(&format!(" AND {column} LIKE "))
-        .bind(Bind::Text(pattern))
-        .push(" ESCAPE '\\'")
 }
 
 /// ` AND <column> >= <value> AND <column> < <successor>`: the values that
@@ -843,7 +834,6 @@ pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {
         select,
         count,
         backwards,
-        combines: q.filters.len() > 1,
     })
 }
 

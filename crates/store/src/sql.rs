@@ -363,7 +363,8 @@ macro_rules! sql_backend {
         impl ResourceSearch for $store {
             async fn search(&self, q: SearchQuery) -> StoreResult<SearchPage> {
                 let plan = query::search(&q)?;
-                let prepared = !($plan_each && plan.combines);
+                // A search that combines filters is planned for its values.
+                let prepared = !($plan_each && q.filters.len() > 1);
                 let rows = bind_all(sqlx::query(&plan.select.text), plan.select.binds)
                     .persistent(prepared)
                     .fetch_all(&self.reader)
