@@ -236,7 +236,7 @@ pub async fn reindex(store: &Store) -> StoreResult<u64> {
         loop {
             let page = store
                 .search(SearchQuery {
-                    sort: SortKey::Id,
+                    sort: SortKey::Created,
                     count: 500,
                     cursor,
                     ..Default::default()

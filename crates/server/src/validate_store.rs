@@ -45,7 +45,7 @@ pub async fn validate_store(
         let page = store
             .search(SearchQuery {
                 resource_type: None,
-                sort: SortKey::Id,
+                sort: SortKey::Created,
                 count: PAGE,
                 cursor,
                 with_total: false,

@@ -13,11 +13,13 @@ pub struct Cursor {
     /// `n` (rows after the key) or `p` (rows before it).
     #[serde(rename = "d")]
     pub(crate) direction: char,
-    /// Sort the cursor was issued for: `i` (_id), `u` (_lastUpdated), `h` (history).
+    /// Sort the cursor was issued for: `c` (creation order), `i` (_id),
+    /// `u` (_lastUpdated), `h` (history).
     #[serde(rename = "s")]
     pub(crate) sort: char,
     #[serde(rename = "x")]
     pub(crate) descending: bool,
+    /// The row's storage key (`c`), last update (`u`) or history sequence (`h`).
     #[serde(rename = "u")]
     pub(crate) number: i64,
     #[serde(rename = "t")]
@@ -40,7 +42,7 @@ impl Cursor {
             .map_err(|_| StoreError::InvalidCursor)?;
         let cursor: Cursor =
             serde_json::from_slice(&bytes).map_err(|_| StoreError::InvalidCursor)?;
-        if !matches!(cursor.direction, 'n' | 'p') || !matches!(cursor.sort, 'i' | 'u' | 'h') {
+        if !matches!(cursor.direction, 'n' | 'p') || !matches!(cursor.sort, 'c' | 'i' | 'u' | 'h') {
             return Err(StoreError::InvalidCursor);
         }
         Ok(cursor)

@@ -56,6 +56,7 @@ pub(crate) const SQLITE: &[(i64, &[&str])] = &[
     // collation is that already.
     (6, &[]),
     (7, PROBE_INDEX),
+    (8, LIVE_BY_KEY),
 ];
 
 /// The indexes of `search_index`, the same on both backends: one for
@@ -107,6 +108,15 @@ const PROBE_INDEX: &[&str] = &[
     // The planner's statistics of the table (PostgreSQL dropped those of the
     // columns migration 6 changed; the new index has none yet).
     "ANALYZE search_index",
+];
+
+/// Live rows of a type in creation order, the default order of a search
+/// (`SortKey::Created`): covers the page and its count without reading
+/// resource bodies, as the id order it replaces did (a search sorted by
+/// `_id` walks the primary key).
+const LIVE_BY_KEY: &[&str] = &[
+    "CREATE INDEX resource_live_by_key ON resource (resource_type, deleted, res_key)",
+    "DROP INDEX resource_live_by_id",
 ];
 
 /// (version, statements) for PostgreSQL.
@@ -172,6 +182,7 @@ pub(crate) const POSTGRES: &[(i64, &[&str])] = &[
             ALTER COLUMN target_id TYPE TEXT COLLATE "C""#],
     ),
     (7, PROBE_INDEX),
+    (8, LIVE_BY_KEY),
 ];
 
 /// Bookkeeping table, the same on both backends.

@@ -366,7 +366,11 @@ pub enum TimeBound {
 /// Sort order of a search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SortKey {
+    /// The order resources were first stored in (their storage key, which
+    /// an update or a delete keeps): the default, and the cheapest to page,
+    /// since a search's matches are found by that key (docs/search.md).
     #[default]
+    Created,
     Id,
     LastUpdated,
 }

@@ -49,15 +49,20 @@ pub(crate) const COLUMNS: &str = "resource_type, id, version_id, last_updated, d
 
 fn sort_code(sort: SortKey) -> char {
     match sort {
+        SortKey::Created => 'c',
         SortKey::Id => 'i',
         SortKey::LastUpdated => 'u',
     }
 }
 
-/// Rows are fetched in this order; `reverse` says the page must be flipped afterwards.
+/// Rows are fetched in this order; `backwards` says the page must be flipped
+/// afterwards. Each row of `select` ends with its `res_key`, then, when
+/// `total_in_page`, the count of every match (`count` is then for a page
+/// with no row to carry it).
 pub(crate) struct SearchPlan {
     pub select: Sql,
     pub count: Option<Sql>,
+    pub total_in_page: bool,
     pub backwards: bool,
 }
 
@@ -78,8 +83,8 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
     sql.push(" WHERE deleted = FALSE");
     // With search parameters, the index rows they select are the way in
     // (by `res_key`): `resource_type || ''` keeps the planner from walking
-    // every resource of the type in id order instead, which SQLite otherwise
-    // prefers for `ORDER BY id LIMIT n` (docs/search.md).
+    // every resource of the type in page order instead, which SQLite
+    // otherwise prefers for `ORDER BY … LIMIT n` (docs/search.md).
     let type_column = if q.filters.is_empty() {
         " AND resource_type = "
     } else {
@@ -779,9 +784,13 @@ pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {
     } else {
         ("<", "DESC")
     };
-
+    let limit = Bind::Int(i64::from(q.count) + 1);
     let by_rows = rows_decide(q);
-    let mut select = Sql::new(&format!("SELECT {COLUMNS} FROM resource"));
+
+    if by_rows && q.sort == SortKey::Created {
+        return Ok(by_keys(q, op, dir, limit, backwards));
+    }
+    let mut select = Sql::new(&format!("SELECT {COLUMNS}, res_key FROM resource"));
     if by_rows {
         // The page's rows are read anyway; `deleted` is checked again there.
         select.push(" WHERE res_key IN (");
@@ -792,6 +801,13 @@ pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {
     }
     if let Some(c) = &q.cursor {
         match q.sort {
+            SortKey::Created => {
+                select
+                    .push(" AND res_key ")
+                    .push(op)
+                    .push(" ")
+                    .bind(Bind::Int(c.number));
+            }
             SortKey::Id => {
                 select.push(" AND (id, resource_type) ").push(op).push(" (");
                 select.bind(Bind::Text(c.id.clone())).push(", ");
@@ -809,41 +825,90 @@ pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {
         }
     }
     match q.sort {
+        SortKey::Created => select.push(&format!(" ORDER BY res_key {dir}")),
         SortKey::Id => select.push(&format!(" ORDER BY id {dir}, resource_type {dir}")),
         SortKey::LastUpdated => select.push(&format!(
             " ORDER BY last_updated {dir}, resource_type {dir}, id {dir}"
         )),
     };
-    select
-        .push(" LIMIT ")
-        .bind(Bind::Int(i64::from(q.count) + 1));
+    select.push(" LIMIT ").bind(limit);
 
-    let count = q.with_total.then(|| {
-        if by_rows {
-            let mut count = Sql::new("SELECT COUNT(*) FROM (");
-            push_matches(&mut count, q);
-            count.push(") AS m");
-            count
-        } else {
-            let mut count = Sql::new("SELECT COUNT(*) FROM resource");
-            push_filters(&mut count, q);
-            count
-        }
-    });
+    let count = q.with_total.then(|| count_matches(q, by_rows));
     Ok(SearchPlan {
         select,
         count,
+        total_in_page: false,
         backwards,
     })
 }
 
-/// Builds the cursor that continues after (`'n'`) or before (`'p'`) `row`.
-pub(crate) fn search_cursor(q: &SearchQuery, direction: char, row: &StoredResource) -> Cursor {
+/// `SELECT COUNT(*)` of every match of `q`.
+fn count_matches(q: &SearchQuery, by_rows: bool) -> Sql {
+    if by_rows {
+        let mut count = Sql::new("SELECT COUNT(*) FROM (");
+        push_matches(&mut count, q);
+        count.push(") AS m");
+        count
+    } else {
+        let mut count = Sql::new("SELECT COUNT(*) FROM resource");
+        push_filters(&mut count, q);
+        count
+    }
+}
+
+/// A search decided by index rows, in creation order: the page is the
+/// first keys of the matches past the cursor, and only the page's resource
+/// rows are read. With a total, the matches are counted in the same pass
+/// (`COUNT(*) OVER ()`, taken before the cursor narrows them), so the
+/// search is run once rather than once for the page and once for the count.
+fn by_keys(q: &SearchQuery, op: &str, dir: &str, limit: Bind, backwards: bool) -> SearchPlan {
+    let total = if q.with_total { ", total" } else { "" };
+    let mut select = Sql::new(&format!(
+        "SELECT {COLUMNS}, res_key{total} FROM (SELECT page_key{total} FROM (SELECT res_key AS page_key"
+    ));
+    if q.with_total {
+        select.push(", COUNT(*) OVER () AS total");
+    }
+    select.push(" FROM (");
+    push_matches(&mut select, q);
+    select.push(") AS m) AS w");
+    if let Some(c) = &q.cursor {
+        select
+            .push(" WHERE page_key ")
+            .push(op)
+            .push(" ")
+            .bind(Bind::Int(c.number));
+    }
+    select
+        .push(&format!(" ORDER BY page_key {dir} LIMIT "))
+        .bind(limit)
+        .push(&format!(
+            ") AS p JOIN resource ON resource.res_key = p.page_key WHERE deleted = FALSE ORDER BY res_key {dir}"
+        ));
+    SearchPlan {
+        select,
+        // An empty page after a cursor has no row to carry the total.
+        count: q.with_total.then(|| count_matches(q, true)),
+        total_in_page: q.with_total,
+        backwards,
+    }
+}
+
+/// Builds the cursor that continues after (`'n'`) or before (`'p'`) `row`,
+/// whose storage key is `key`.
+pub(crate) fn search_cursor(
+    q: &SearchQuery,
+    direction: char,
+    (row, key): &(StoredResource, i64),
+) -> Cursor {
     Cursor {
         direction,
         sort: sort_code(q.sort),
         descending: q.descending,
-        number: row.last_updated,
+        number: match q.sort {
+            SortKey::Created => *key,
+            SortKey::Id | SortKey::LastUpdated => row.last_updated,
+        },
         resource_type: row.resource_type.clone(),
         id: row.id.clone(),
     }
@@ -853,7 +918,7 @@ pub(crate) fn search_cursor(q: &SearchQuery, direction: char, row: &StoredResour
 pub(crate) fn search_page(
     q: &SearchQuery,
     backwards: bool,
-    mut rows: Vec<StoredResource>,
+    mut rows: Vec<(StoredResource, i64)>,
     total: Option<i64>,
 ) -> crate::model::SearchPage {
     let more = rows.len() > q.count as usize;
@@ -891,7 +956,7 @@ pub(crate) fn search_page(
         )
     };
     crate::model::SearchPage {
-        resources: rows,
+        resources: rows.into_iter().map(|(row, _)| row).collect(),
         total,
         next,
         previous,
@@ -961,9 +1026,9 @@ mod tests {
         let plan = search(&q).unwrap();
         assert_eq!(
             plan.select.text,
-            "SELECT resource_type, id, version_id, last_updated, deleted, body FROM resource \
+            "SELECT resource_type, id, version_id, last_updated, deleted, body, res_key FROM resource \
              WHERE deleted = FALSE AND resource_type = $1 AND id IN ($2, $3) AND last_updated >= $4 \
-             ORDER BY id ASC, resource_type ASC LIMIT $5"
+             ORDER BY res_key ASC LIMIT $5"
         );
         assert_eq!(plan.select.binds.len(), 5);
         assert_eq!(plan.select.binds[4], Bind::Int(6));
@@ -993,7 +1058,7 @@ mod tests {
             count: 1,
             ..Default::default()
         };
-        let cursor = search_cursor(&q, 'n', &row);
+        let cursor = search_cursor(&q, 'n', &(row, 1));
         let other = SearchQuery {
             sort: SortKey::LastUpdated,
             cursor: Some(cursor),

@@ -369,11 +369,19 @@ macro_rules! sql_backend {
                     .persistent(prepared)
                     .fetch_all(&self.reader)
                     .await.db()?;
-                let rows = rows.iter().map(row_to_resource).collect::<StoreResult<Vec<_>>>()?;
+                let mut in_page = None;
+                let mut found = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    if plan.total_in_page {
+                        in_page = Some(row.try_get::<i64, _>("total").db()?);
+                    }
+                    found.push((row_to_resource(row)?, row.try_get::<i64, _>("res_key").db()?));
+                }
                 let total = match plan.count {
+                    _ if in_page.is_some() => in_page,
                     // A first page that holds every match is its own count.
-                    Some(_) if q.cursor.is_none() && rows.len() <= q.count as usize => {
-                        Some(rows.len() as i64)
+                    Some(_) if q.cursor.is_none() && found.len() <= q.count as usize => {
+                        Some(found.len() as i64)
                     }
                     Some(count) => {
                         let row = bind_all(sqlx::query(&count.text), count.binds)
@@ -384,7 +392,7 @@ macro_rules! sql_backend {
                     }
                     None => None,
                 };
-                Ok(query::search_page(&q, plan.backwards, rows, total))
+                Ok(query::search_page(&q, plan.backwards, found, total))
             }
         }
 

@@ -37,6 +37,7 @@ backend_variants!(
     index_rows_follow_writes_and_conditions_select_by_them,
     prefixes_match_by_code_point_on_both_backends,
     index_decided_searches_page_count_and_keep_to_their_type,
+    searches_come_in_creation_order_and_page_by_it,
 );
 
 /// A store on a database of its own, removed when the test ends.
@@ -530,7 +531,11 @@ async fn search_by_id_and_last_updated_pages_through_current_versions(store: Tes
         })
         .await
         .unwrap();
-    assert_eq!(ids(&everything.resources), ["o1", "p1", "p2", "p3", "p5"]);
+    assert_eq!(
+        ids(&everything.resources),
+        ["p1", "p2", "p3", "p5", "o1"],
+        "creation order across types"
+    );
 
     let t = live["p3"];
     let matching = |keep: &dyn Fn(i64) -> bool| -> Vec<&str> {
@@ -1201,4 +1206,68 @@ async fn index_decided_searches_page_count_and_keep_to_their_type(store: TestSto
         .unwrap();
     assert_eq!(ids(&page.resources), ["x"]);
     assert_eq!(page.total, Some(1));
+}
+
+/// Without a sort, results come in the order resources were first stored:
+/// an update, or a delete and a re-creation, keeps a resource's place. A
+/// search decided by index rows pages by that order forwards and back, with
+/// its total on every page, even an empty one after a cursor; `_id` still
+/// sorts by id.
+async fn searches_come_in_creation_order_and_page_by_it(store: TestStore) {
+    let status = |id: &str, status: &str| indexed(id, json!({"status": status}));
+    for (id, s) in [
+        ("m", "on"),
+        ("b", "on"),
+        ("q", "off"),
+        ("x", "on"),
+        ("a", "on"),
+    ] {
+        write(&store, status(id, s)).await;
+    }
+    write(&store, status("m", "on")).await;
+    write(&store, op("Patient", "b", WriteKind::Delete)).await;
+    write(&store, status("b", "on")).await;
+
+    let every = store.search(patients(10)).await.unwrap();
+    assert_eq!(ids(&every.resources), ["m", "b", "q", "x", "a"]);
+
+    let on = |count: u32, cursor: Option<Cursor>| SearchQuery {
+        count,
+        cursor,
+        with_total: true,
+        filters: vec![Filter {
+            any_of: vec![Condition::Token {
+                param: "status".into(),
+                system: None,
+                code: Some("on".into()),
+            }],
+        }],
+        ..patients(count)
+    };
+    let first = store.search(on(2, None)).await.unwrap();
+    assert_eq!(ids(&first.resources), ["m", "b"]);
+    assert_eq!(first.total, Some(4));
+    let second = store.search(on(2, first.next.clone())).await.unwrap();
+    assert_eq!(ids(&second.resources), ["x", "a"]);
+    assert_eq!(second.total, Some(4));
+    assert!(second.next.is_none());
+    let back = store.search(on(2, second.previous.clone())).await.unwrap();
+    assert_eq!(ids(&back.resources), ["m", "b"]);
+    assert_eq!(back.total, Some(4));
+    let sorted = store
+        .search(SearchQuery {
+            sort: SortKey::Id,
+            ..on(10, None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&sorted.resources), ["a", "b", "m", "x"]);
+
+    // What followed the first page is gone: the page is empty, the total
+    // still counts what is left.
+    write(&store, op("Patient", "x", WriteKind::Delete)).await;
+    write(&store, op("Patient", "a", WriteKind::Delete)).await;
+    let emptied = store.search(on(2, first.next)).await.unwrap();
+    assert!(emptied.resources.is_empty());
+    assert_eq!(emptied.total, Some(2));
 }
