@@ -22,7 +22,7 @@ const SHOWN: usize = 3;
 #[derive(Debug, Default)]
 pub struct StoreReport {
     pub checked: u64,
-    /// type -> ids that fail, in id order.
+    /// type -> ids that fail, in the order the resources were first stored.
     pub failing: BTreeMap<String, Vec<String>>,
     /// The text printed: one block per failing resource, then a summary.
     pub text: String,
