@@ -66,6 +66,16 @@ pub(crate) struct SearchPlan {
     pub backwards: bool,
 }
 
+/// The resource types a search is limited to (empty: any). A listing of
+/// index rows reads only theirs: with `_type=A,B`, the rows of A and B
+/// rather than a scan of the kind's whole index.
+fn types(q: &SearchQuery) -> Vec<&str> {
+    match &q.resource_type {
+        Some(rt) => vec![rt.as_str()],
+        None => q.types.iter().map(String::as_str).collect(),
+    }
+}
+
 /// The one resource type a search is about, if it names one.
 fn scope(q: &SearchQuery) -> Option<&str> {
     q.resource_type.as_deref().or(match q.types.as_slice() {
@@ -144,7 +154,7 @@ fn way_in(filter: &Filter) -> bool {
 /// rows of the filters that are a way in, intersected, then the other
 /// filters checked on each key.
 fn push_matches(sql: &mut Sql, q: &SearchQuery) {
-    let scope = scope(q);
+    let types = types(q);
     let (ways_in, rest): (Vec<&Filter>, Vec<&Filter>) = q.filters.iter().partition(|f| way_in(f));
     // Each operand is a derived table (`SELECT res_key FROM (…) AS r`):
     // SQLite takes no parenthesized operands in a compound SELECT.
@@ -157,7 +167,7 @@ fn push_matches(sql: &mut Sql, q: &SearchQuery) {
         if i > 0 {
             sql.push(" INTERSECT SELECT res_key FROM ");
         }
-        push_condition(sql, Lookup::Rows, scope, &filter.any_of[0]);
+        push_condition(sql, Lookup::Rows, &types, &filter.any_of[0]);
         sql.push(" AS r");
     }
     // The probes of the other filters name the candidate `resource`.
@@ -172,7 +182,7 @@ fn push_matches(sql: &mut Sql, q: &SearchQuery) {
 /// every resource it matches. With no narrow filter, every filter lists.
 fn push_filter_list<'f>(sql: &mut Sql, q: &SearchQuery, filters: impl Iterator<Item = &'f Filter>) {
     let has_narrow = q.filters.iter().any(narrow_filter);
-    let scope = scope(q);
+    let types = types(q);
     for filter in filters {
         let lookup = if has_narrow && !narrow_filter(filter) {
             Lookup::Probe
@@ -184,7 +194,7 @@ fn push_filter_list<'f>(sql: &mut Sql, q: &SearchQuery, filters: impl Iterator<I
             if i > 0 {
                 sql.push(" OR ");
             }
-            push_condition(sql, lookup, scope, condition);
+            push_condition(sql, lookup, &types, condition);
         }
         if filter.any_of.is_empty() {
             sql.push("FALSE");
@@ -226,13 +236,7 @@ fn narrow(condition: &Condition) -> bool {
 /// `res_key IN (SELECT res_key FROM search_index WHERE <kind, type and param> AND `…
 /// (or the `EXISTS` form of a probe). The kind is a literal, so the planner
 /// picks that kind's partial index.
-fn index_rows(
-    sql: &mut Sql,
-    lookup: Lookup,
-    resource_type: Option<&str>,
-    kind: IndexKind,
-    param: &str,
-) {
+fn index_rows(sql: &mut Sql, lookup: Lookup, types: &[&str], kind: IndexKind, param: &str) {
     match lookup {
         Lookup::List => sql.push("res_key IN (SELECT res_key FROM search_index WHERE kind = "),
         Lookup::Probe => sql.push(
@@ -245,10 +249,25 @@ fn index_rows(
     // index by key (`search_index_key`, which also holds the date and number
     // columns, so a range is checked in the index alone); the key already
     // fixes the resource type.
-    if let (Lookup::List | Lookup::Rows, Some(rt)) = (lookup, resource_type) {
-        sql.push("resource_type = ")
-            .bind(Bind::Text(rt.to_owned()))
-            .push(" AND ");
+    if matches!(lookup, Lookup::List | Lookup::Rows) {
+        match types {
+            [] => {}
+            [only] => {
+                sql.push("resource_type = ")
+                    .bind(Bind::Text((*only).to_owned()))
+                    .push(" AND ");
+            }
+            several => {
+                sql.push("resource_type IN (");
+                for (i, t) in several.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(Bind::Text((*t).to_owned()));
+                }
+                sql.push(") AND ");
+            }
+        }
     }
     sql.push("param = ").bind(Bind::Text(param.to_owned()));
 }
@@ -309,26 +328,21 @@ fn push_range(sql: &mut Sql, lo: &str, hi: &str, op: RangeOp, start: Bind, end: 
 }
 
 /// One condition, as a predicate on the `resource` row.
-fn push_condition(
-    sql: &mut Sql,
-    lookup: Lookup,
-    resource_type: Option<&str>,
-    condition: &Condition,
-) {
+fn push_condition(sql: &mut Sql, lookup: Lookup, types: &[&str], condition: &Condition) {
     match condition {
         Condition::StringStarts { param, value } => {
-            index_rows(sql, lookup, resource_type, IndexKind::String, param);
+            index_rows(sql, lookup, types, IndexKind::String, param);
             push_prefix(sql, "text_norm", value);
             sql.push(")");
         }
         Condition::StringContains { param, value } => {
-            index_rows(sql, lookup, resource_type, IndexKind::String, param);
+            index_rows(sql, lookup, types, IndexKind::String, param);
             sql.push(" AND text_norm LIKE ")
                 .bind(Bind::Text(format!("%{}%", like_escape(value))))
                 .push(" ESCAPE '\\')");
         }
         Condition::StringExact { param, value } => {
-            index_rows(sql, lookup, resource_type, IndexKind::String, param);
+            index_rows(sql, lookup, types, IndexKind::String, param);
             sql.push(" AND text_exact = ")
                 .bind(Bind::Text(value.clone()))
                 .push(")");
@@ -338,7 +352,7 @@ fn push_condition(
             system,
             code,
         } => {
-            index_rows(sql, lookup, resource_type, IndexKind::Token, param);
+            index_rows(sql, lookup, types, IndexKind::Token, param);
             if let Some(code) = code {
                 sql.push(" AND code = ").bind(Bind::Text(code.clone()));
             }
@@ -354,7 +368,7 @@ fn push_condition(
             sql.push(")");
         }
         Condition::TokenText { param, value } => {
-            index_rows(sql, lookup, resource_type, IndexKind::Token, param);
+            index_rows(sql, lookup, types, IndexKind::Token, param);
             push_prefix(sql, "text_norm", value);
             sql.push(")");
         }
@@ -364,7 +378,7 @@ fn push_condition(
             start,
             end,
         } => {
-            index_rows(sql, lookup, resource_type, IndexKind::Date, param);
+            index_rows(sql, lookup, types, IndexKind::Date, param);
             push_range(sql, "low", "high", *op, Bind::Int(*start), Bind::Int(*end));
             sql.push(")");
         }
@@ -377,7 +391,7 @@ fn push_condition(
             system,
             code,
         } => {
-            index_rows(sql, lookup, resource_type, *kind, param);
+            index_rows(sql, lookup, types, *kind, param);
             // A stored number is a point: its range is [value, value].
             push_number(sql, *op, *low, *high);
             if let Some(system) = system {
@@ -393,7 +407,7 @@ fn push_condition(
             target_type,
             target_id,
         } => {
-            index_rows(sql, lookup, resource_type, IndexKind::Reference, param);
+            index_rows(sql, lookup, types, IndexKind::Reference, param);
             sql.push(" AND target_id = ")
                 .bind(Bind::Text(target_id.clone()));
             if let Some(t) = target_type {
@@ -402,13 +416,13 @@ fn push_condition(
             sql.push(")");
         }
         Condition::ReferenceUrl { param, url } => {
-            index_rows(sql, lookup, resource_type, IndexKind::Reference, param);
+            index_rows(sql, lookup, types, IndexKind::Reference, param);
             sql.push(" AND text_exact = ")
                 .bind(Bind::Text(url.clone()))
                 .push(")");
         }
         Condition::Uri { param, op, value } => {
-            index_rows(sql, lookup, resource_type, IndexKind::Uri, param);
+            index_rows(sql, lookup, types, IndexKind::Uri, param);
             match op {
                 UriOp::Equal => sql
                     .push(" AND text_exact = ")
@@ -431,12 +445,12 @@ fn push_condition(
             if *missing {
                 sql.push("NOT ");
             }
-            index_rows(sql, lookup, resource_type, *kind, param);
+            index_rows(sql, lookup, types, *kind, param);
             sql.push(")");
         }
         Condition::Not(inner) => {
             sql.push("NOT (");
-            push_condition(sql, lookup, resource_type, inner);
+            push_condition(sql, lookup, types, inner);
             sql.push(")");
         }
         Condition::Composite {
@@ -445,7 +459,7 @@ fn push_condition(
             first_system_given,
             second,
         } => {
-            index_rows(sql, lookup, resource_type, IndexKind::Composite, param);
+            index_rows(sql, lookup, types, IndexKind::Composite, param);
             // Where each value sits in the row: see `entry_columns`.
             let (second_system, second_code) = match first {
                 CompositeFirst::Token { system, code } => {
@@ -1033,6 +1047,32 @@ mod tests {
         assert_eq!(plan.select.binds.len(), 5);
         assert_eq!(plan.select.binds[4], Bind::Int(6));
         assert!(plan.count.is_none());
+    }
+
+    /// A search over several types lists only their index rows.
+    #[test]
+    fn index_rows_are_listed_for_the_named_types_only() {
+        let q = SearchQuery {
+            types: vec!["Observation".into(), "Condition".into()],
+            count: 5,
+            filters: vec![Filter {
+                any_of: vec![Condition::Reference {
+                    param: "patient".into(),
+                    target_type: Some("Patient".into()),
+                    target_id: "p".into(),
+                }],
+            }],
+            ..Default::default()
+        };
+        let plan = search(&q).unwrap();
+        assert!(
+            plan.select.text.contains(
+                "FROM search_index WHERE kind = 7 AND resource_type IN ($3, $4) AND param = $5"
+            ),
+            "{}",
+            plan.select.text
+        );
+        assert_eq!(plan.select.binds[2], Bind::Text("Observation".into()));
     }
 
     #[test]

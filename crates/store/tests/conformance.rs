@@ -1206,6 +1206,25 @@ async fn index_decided_searches_page_count_and_keep_to_their_type(store: TestSto
         .unwrap();
     assert_eq!(ids(&page.resources), ["x"]);
     assert_eq!(page.total, Some(1));
+    // With several types, the rows of each are listed; a type not named
+    // is left out.
+    for (types, expected) in [
+        (vec!["Observation", "Patient"], vec!["b", "c", "x"]),
+        (vec!["Observation", "Encounter"], vec!["x"]),
+        (vec!["Encounter", "Patient"], vec!["b", "c"]),
+    ] {
+        let page = store
+            .search(SearchQuery {
+                resource_type: None,
+                types: types.iter().map(|t| t.to_string()).collect(),
+                count: 10,
+                ..query(None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(&page.resources), expected, "{types:?}");
+        assert_eq!(page.total, Some(expected.len() as i64), "{types:?}");
+    }
 }
 
 /// Without a sort, results come in the order resources were first stored:
