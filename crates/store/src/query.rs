@@ -43,6 +43,18 @@ impl Sql {
         self.text.push_str(&self.binds.len().to_string());
         self
     }
+
+    /// Appends `(…)`, a placeholder for each of `values`: an `IN` list.
+    fn bind_list<'v>(&mut self, values: impl IntoIterator<Item = &'v str>) -> &mut Self {
+        self.push("(");
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(Bind::Text(value.to_owned()));
+        }
+        self.push(")")
+    }
 }
 
 pub(crate) const COLUMNS: &str = "resource_type, id, version_id, last_updated, deleted, body";
@@ -56,14 +68,24 @@ fn sort_code(sort: SortKey) -> char {
 }
 
 /// Rows are fetched in this order; `backwards` says the page must be flipped
-/// afterwards. Each row of `select` ends with its `res_key`, then, when
-/// `total_in_page`, the count of every match (`count` is then for a page
-/// with no row to carry it).
+/// afterwards. Each row of `select` ends with its `res_key`, then, with
+/// `Total::InPage`, the count of every match.
 pub(crate) struct SearchPlan {
     pub select: Sql,
-    pub count: Option<Sql>,
-    pub total_in_page: bool,
+    pub total: Total,
     pub backwards: bool,
+}
+
+/// Where a search's total comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Total {
+    /// No total (`_total=none`).
+    Skip,
+    /// The `count` statement, unless the page holds every match.
+    Count,
+    /// A column of the page's rows; the `count` statement for a page with
+    /// no row to carry it.
+    InPage,
 }
 
 /// The resource types a search is limited to (empty: any). A listing of
@@ -74,14 +96,6 @@ fn types(q: &SearchQuery) -> Vec<&str> {
         Some(rt) => vec![rt.as_str()],
         None => q.types.iter().map(String::as_str).collect(),
     }
-}
-
-/// The one resource type a search is about, if it names one.
-fn scope(q: &SearchQuery) -> Option<&str> {
-    q.resource_type.as_deref().or(match q.types.as_slice() {
-        [only] => Some(only.as_str()),
-        _ => None,
-    })
 }
 
 /// Whether a filter is made of equalities only (see `narrow`).
@@ -104,24 +118,12 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
         sql.push(type_column).bind(Bind::Text(rt.clone()));
     }
     if !q.types.is_empty() {
-        sql.push(" AND resource_type IN (");
-        for (i, t) in q.types.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(Bind::Text(t.clone()));
-        }
-        sql.push(")");
+        sql.push(" AND resource_type IN ")
+            .bind_list(q.types.iter().map(String::as_str));
     }
     if let Some(ids) = &q.ids {
-        sql.push(" AND id IN (");
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(Bind::Text(id.clone()));
-        }
-        sql.push(")");
+        sql.push(" AND id IN ")
+            .bind_list(ids.iter().map(String::as_str));
     }
     for bound in &q.last_updated {
         match bound {
@@ -139,7 +141,7 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
 /// candidate's). Not so with several types, `_id` or `_lastUpdated`.
 fn rows_decide(q: &SearchQuery) -> bool {
     q.filters.iter().any(way_in)
-        && scope(q).is_some()
+        && types(q).len() == 1
         && (q.types.is_empty() || q.resource_type.is_none())
         && q.ids.is_none()
         && q.last_updated.is_empty()
@@ -258,14 +260,9 @@ fn index_rows(sql: &mut Sql, lookup: Lookup, types: &[&str], kind: IndexKind, pa
                     .push(" AND ");
             }
             several => {
-                sql.push("resource_type IN (");
-                for (i, t) in several.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Bind::Text((*t).to_owned()));
-                }
-                sql.push(") AND ");
+                sql.push("resource_type IN ")
+                    .bind_list(several.iter().copied())
+                    .push(" AND ");
             }
         }
     }
@@ -847,18 +844,20 @@ pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {
     };
     select.push(" LIMIT ").bind(limit);
 
-    let count = q.with_total.then(|| count_matches(q, by_rows));
     Ok(SearchPlan {
         select,
-        count,
-        total_in_page: false,
+        total: if q.with_total {
+            Total::Count
+        } else {
+            Total::Skip
+        },
         backwards,
     })
 }
 
 /// `SELECT COUNT(*)` of every match of `q`.
-fn count_matches(q: &SearchQuery, by_rows: bool) -> Sql {
-    if by_rows {
+pub(crate) fn count(q: &SearchQuery) -> Sql {
+    if rows_decide(q) {
         let mut count = Sql::new("SELECT COUNT(*) FROM (");
         push_matches(&mut count, q);
         count.push(") AS m");
@@ -901,9 +900,11 @@ fn by_keys(q: &SearchQuery, op: &str, dir: &str, limit: Bind, backwards: bool) -
         ));
     SearchPlan {
         select,
-        // An empty page after a cursor has no row to carry the total.
-        count: q.with_total.then(|| count_matches(q, true)),
-        total_in_page: q.with_total,
+        total: if q.with_total {
+            Total::InPage
+        } else {
+            Total::Skip
+        },
         backwards,
     }
 }
@@ -1046,7 +1047,7 @@ mod tests {
         );
         assert_eq!(plan.select.binds.len(), 5);
         assert_eq!(plan.select.binds[4], Bind::Int(6));
-        assert!(plan.count.is_none());
+        assert!(plan.total == Total::Skip);
     }
 
     /// A search over several types lists only their index rows.

@@ -372,25 +372,26 @@ macro_rules! sql_backend {
                 let mut in_page = None;
                 let mut found = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    if plan.total_in_page {
+                    if plan.total == query::Total::InPage {
                         in_page = Some(row.try_get::<i64, _>("total").db()?);
                     }
                     found.push((row_to_resource(row)?, row.try_get::<i64, _>("res_key").db()?));
                 }
-                let total = match plan.count {
+                let total = match plan.total {
+                    query::Total::Skip => None,
                     _ if in_page.is_some() => in_page,
                     // A first page that holds every match is its own count.
-                    Some(_) if q.cursor.is_none() && found.len() <= q.count as usize => {
+                    _ if q.cursor.is_none() && found.len() <= q.count as usize => {
                         Some(found.len() as i64)
                     }
-                    Some(count) => {
+                    query::Total::Count | query::Total::InPage => {
+                        let count = query::count(&q);
                         let row = bind_all(sqlx::query(&count.text), count.binds)
                             .persistent(prepared)
                             .fetch_one(&self.reader)
                             .await.db()?;
                         Some(row.try_get::<i64, _>(0).db()?)
                     }
-                    None => None,
                 };
                 Ok(query::search_page(&q, plan.backwards, found, total))
             }
