@@ -871,15 +871,21 @@ pub(crate) fn count(q: &SearchQuery) -> Sql {
 
 /// A search decided by index rows, in creation order: the page is the
 /// first keys of the matches past the cursor, and only the page's resource
-/// rows are read. With a total, the matches are counted in the same pass
-/// (`COUNT(*) OVER ()`, taken before the cursor narrows them), so the
-/// search is run once rather than once for the page and once for the count.
+/// rows are read. A page after a cursor that wants a total counts the
+/// matches in the same pass (`COUNT(*) OVER ()`, taken before the cursor
+/// narrows them), so the search runs once rather than once for the page
+/// and once for the count. A first page does without the window: most
+/// selective searches fit on it and are then their own count, and the
+/// window costs a plain one-match search about half again its time (a
+/// temporary table for the partition); a first page that fills up is
+/// counted by the `count` statement.
 fn by_keys(q: &SearchQuery, op: &str, dir: &str, limit: Bind, backwards: bool) -> SearchPlan {
-    let total = if q.with_total { ", total" } else { "" };
+    let window = q.with_total && q.cursor.is_some();
+    let total = if window { ", total" } else { "" };
     let mut select = Sql::new(&format!(
         "SELECT {COLUMNS}, res_key{total} FROM (SELECT page_key{total} FROM (SELECT res_key AS page_key"
     ));
-    if q.with_total {
+    if window {
         select.push(", COUNT(*) OVER () AS total");
     }
     select.push(" FROM (");
@@ -900,10 +906,10 @@ fn by_keys(q: &SearchQuery, op: &str, dir: &str, limit: Bind, backwards: bool) -
         ));
     SearchPlan {
         select,
-        total: if q.with_total {
-            Total::InPage
-        } else {
-            Total::Skip
+        total: match (q.with_total, window) {
+            (false, _) => Total::Skip,
+            (true, true) => Total::InPage,
+            (true, false) => Total::Count,
         },
         backwards,
     }
