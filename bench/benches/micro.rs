@@ -66,6 +66,7 @@ fn basic_auth(c: &mut Criterion) {
                 if_match: None,
                 finalize: None,
                 index: None,
+                matching: None,
             })
             .await
             .unwrap();

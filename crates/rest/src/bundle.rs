@@ -8,13 +8,16 @@ use std::collections::{HashMap, HashSet};
 use base64::Engine;
 use fhirbox_auth::access::RequestFacts;
 use fhirbox_auth::Identity;
-use fhirbox_store::{StoredResource, WriteOp, WriteOutcome};
+use fhirbox_store::{
+    Matching, ResourceSearch, SearchQuery, StoreError, StoredResource, WriteOp, WriteOutcome,
+};
 use serde_json::{json, Value};
 
 use crate::bundle_out::BundleWriter;
 use crate::error::{ErrorKind, RestError};
 use crate::hooks::Prehashed;
-use crate::reply::{etag, parse_version_tag, Reply, ReturnPreference};
+use crate::patch::{self, Patch};
+use crate::reply::{etag, parse_version_tag, NoneMatch, ReadConditions, Reply, ReturnPreference};
 use crate::resource::{self, check_id, check_type};
 use crate::search;
 use crate::Rest;
@@ -44,12 +47,18 @@ struct Entry {
     full_url: Option<String>,
     resource: Option<Value>,
     if_match: Option<i64>,
+    /// `ifNoneMatch` / `ifModifiedSince` of a read entry.
+    conditions: ReadConditions,
+    /// `ifNoneExist` of a create entry: its criteria.
+    if_none_exist: Option<String>,
 }
 
 /// The result of one entry, rendered into the response bundle.
 enum EntryResult {
     Written(WriteOutcome, Method),
     Read(StoredResource),
+    /// A conditional read whose resource the client holds already.
+    NotModified(StoredResource),
     Searched(String),
     Failed(RestError),
 }
@@ -204,14 +213,19 @@ fn authorize(app: &Rest, identity: &Identity, entry: Entry) -> Result<Entry, Res
         entry.query.as_deref(),
         query,
     );
-    match app.auth.authorize(identity, &facts) {
-        Ok(()) => Ok(entry),
-        Err(denial) => {
+    // A conditional create also searches: that search is authorized too.
+    let searched = match (&entry.if_none_exist, entry.method) {
+        (Some(criteria), Method::Post) => Some(search::criteria_facts(resource_type, criteria)?),
+        _ => None,
+    };
+    for facts in std::iter::once(&facts).chain(searched.as_ref()) {
+        if let Err(denial) = app.auth.authorize(identity, facts) {
             app.events.entry_denied(denial.reason());
-            tracing::info!(client = identity.id(), method, uri = %facts.uri, reason = denial.reason(), "bundle entry denied by access control");
-            Err(RestError::forbidden(denial.message()))
+            tracing::info!(client = identity.id(), method = %facts.method, uri = %facts.uri, reason = denial.reason(), "bundle entry denied by access control");
+            return Err(RestError::forbidden(denial.message()));
         }
     }
+    Ok(entry)
 }
 
 /// `fullUrl` identifies an entry, so it may appear once per bundle (R4
@@ -253,14 +267,16 @@ fn parse_entry(entry: &Value, base: &str) -> Result<Entry, RestError> {
         .get("url")
         .and_then(Value::as_str)
         .ok_or_else(|| RestError::bad_request("request.url is missing"))?;
-    for conditional in ["ifNoneExist", "ifModifiedSince", "ifNoneMatch"] {
-        if request.get(conditional).is_some() {
-            return Err(RestError::not_supported(
-                ErrorKind::BadRequest,
-                format!("request.{conditional} (conditional interactions) is not supported yet"),
-            ));
+    let conditions = read_conditions(request)?;
+    let if_none_exist = match request.get("ifNoneExist") {
+        None => None,
+        Some(Value::String(criteria)) => Some(criteria.clone()),
+        Some(_) => {
+            return Err(RestError::bad_request(
+                "request.ifNoneExist must be a query string such as identifier=system|value",
+            ))
         }
-    }
+    };
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
         Some(tag) => Some(parse_version_tag(tag).ok_or_else(|| {
             RestError::bad_request(format!(
@@ -310,6 +326,21 @@ fn parse_entry(entry: &Value, base: &str) -> Result<Entry, RestError> {
             check_id(id)?;
         }
     }
+    if conditions != ReadConditions::default()
+        && !matches!(
+            (method, &target),
+            (Method::Get, Target::Instance(..) | Target::Version(..))
+        )
+    {
+        return Err(RestError::bad_request(
+            "request.ifNoneMatch and request.ifModifiedSince apply to a read entry (GET Type/id) only",
+        ));
+    }
+    if if_none_exist.is_some() && !matches!((method, &target), (Method::Post, Target::Type(_))) {
+        return Err(RestError::bad_request(
+            "request.ifNoneExist applies to a create entry (POST Type) only",
+        ));
+    }
     let resource = entry.get("resource").cloned();
     if matches!(method, Method::Post | Method::Put | Method::Patch) && resource.is_none() {
         return Err(RestError::bad_request(format!(
@@ -326,14 +357,45 @@ fn parse_entry(entry: &Value, base: &str) -> Result<Entry, RestError> {
             .map(str::to_owned),
         resource,
         if_match,
+        conditions,
+        if_none_exist,
     })
 }
 
-/// A PATCH entry carries its JSON Patch as a Binary resource (R4 §3.1.0.11.1).
-fn patch_from_binary(resource: &Value) -> Result<json_patch::Patch, RestError> {
+/// `request.ifNoneMatch` (an ETag) and `request.ifModifiedSince` (an
+/// instant) of an entry (R4 Bundle.entry.request).
+fn read_conditions(request: &Value) -> Result<ReadConditions, RestError> {
+    let text = |name: &str| -> Result<Option<&str>, RestError> {
+        match request.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(RestError::bad_request(format!(
+                "request.{name} must be a string"
+            ))),
+        }
+    };
+    let modified_since = match text("ifModifiedSince")? {
+        Some(instant) => Some(
+            fhirbox_fhir::datetime::parse_range(instant)
+                .map_err(|e| RestError::bad_request(format!("request.ifModifiedSince: {e}")))?
+                .start
+                .div_euclid(1_000_000),
+        ),
+        None => None,
+    };
+    Ok(ReadConditions {
+        none_match: text("ifNoneMatch")?.map(NoneMatch::parse),
+        modified_since,
+    })
+}
+
+/// A PATCH entry carries its patch as a Binary resource (R4 §3.1.0.11.1):
+/// `contentType` says which form (`patch::MEDIA_TYPES`), `data` holds it in
+/// base64.
+fn patch_from_binary(resource: &Value) -> Result<Patch, RestError> {
     let bad = || {
         RestError::bad_request(
-            "a PATCH entry's resource must be a Binary with contentType application/json-patch+json and base64 data",
+            "a PATCH entry's resource must be a Binary with contentType application/json-patch+json (or application/merge-patch+json) and base64 data",
         )
     };
     if resource.get("resourceType").and_then(Value::as_str) != Some("Binary") {
@@ -342,10 +404,15 @@ fn patch_from_binary(resource: &Value) -> Result<json_patch::Patch, RestError> {
     let content_type = resource
         .get("contentType")
         .and_then(Value::as_str)
-        .unwrap_or("");
-    if !content_type.starts_with("application/json-patch+json") {
-        return Err(bad());
-    }
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|ct| patch::MEDIA_TYPES.contains(&ct.as_str()))
+        .ok_or_else(bad)?;
     let data = resource
         .get("data")
         .and_then(Value::as_str)
@@ -353,13 +420,10 @@ fn patch_from_binary(resource: &Value) -> Result<json_patch::Patch, RestError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)
         .map_err(|_| bad())?;
-    fhirbox_fhir::json::from_slice_strict(&bytes)
-        .and_then(serde_json::from_value)
-        .map_err(|e| {
-            RestError::bad_request(format!(
-                "the PATCH entry's data is not a valid JSON Patch: {e}"
-            ))
-        })
+    let body = fhirbox_fhir::json::from_slice_strict(&bytes).map_err(|e| {
+        RestError::bad_request(format!("the PATCH entry's data is not valid JSON: {e}"))
+    })?;
+    Patch::from_media(&content_type, body).map_err(|e| e.prefixed("the PATCH entry's data"))
 }
 
 /// Builds the store write for a write entry (hashing a literal client
@@ -368,6 +432,7 @@ async fn write_op(
     app: &Rest,
     entry: &Entry,
     assigned_id: Option<&str>,
+    matching: Option<Matching>,
 ) -> Result<WriteOp, RestError> {
     let checks = &app.checks;
     let body = || entry.resource.clone().unwrap_or(Value::Null);
@@ -378,7 +443,9 @@ async fn write_op(
                 .unwrap_or_else(resource::new_id);
             let prehashed =
                 Prehashed::for_body(t, entry.resource.as_ref().unwrap_or(&Value::Null)).await?;
-            resource::prepare_create(t, id, body(), checks, prehashed)
+            let mut op = resource::prepare_create(t, id, body(), checks, prehashed)?;
+            op.matching = matching;
+            Ok(op)
         }
         (Method::Put, Target::Instance(t, id)) => {
             let prehashed =
@@ -387,7 +454,7 @@ async fn write_op(
         }
         (Method::Patch, Target::Instance(t, id)) => {
             let patch = patch_from_binary(entry.resource.as_ref().unwrap_or(&Value::Null))?;
-            let prehashed = Prehashed::for_patch(t, &patch).await?;
+            let prehashed = patch.prehash(t).await?;
             resource::prepare_patch(t, id, patch, entry.if_match, checks, prehashed)
         }
         (Method::Delete, Target::Instance(t, id)) => {
@@ -436,10 +503,24 @@ impl ReadBudget {
     }
 }
 
+fn read_result(stored: StoredResource, conditions: &ReadConditions) -> EntryResult {
+    if conditions.not_modified(&stored) {
+        EntryResult::NotModified(stored)
+    } else {
+        EntryResult::Read(stored)
+    }
+}
+
 async fn run_read(app: &Rest, base: &str, entry: &Entry, budget: &mut ReadBudget) -> EntryResult {
     let result = match &entry.target {
-        Target::Instance(t, id) => app.read_current(t, id).await.map(EntryResult::Read),
-        Target::Version(t, id, v) => app.read_version(t, id, v).await.map(EntryResult::Read),
+        Target::Instance(t, id) => app
+            .read_current(t, id)
+            .await
+            .map(|r| read_result(r, &entry.conditions)),
+        Target::Version(t, id, v) => app
+            .read_version(t, id, v)
+            .await
+            .map(|r| read_result(r, &entry.conditions)),
         Target::Type(t) => match search::parse_query(entry.query.as_deref()) {
             Ok(params) => app
                 .searchset(base, Some(t), &params, false)
@@ -470,21 +551,98 @@ fn rewrite_references(value: &mut Value, map: &HashMap<String, String>) {
     }
 }
 
+/// The criteria of a create entry's `ifNoneExist`, if it has any.
+fn entry_matching(entry: &Entry, answer_existing: bool) -> Result<Option<Matching>, RestError> {
+    match (&entry.if_none_exist, &entry.target) {
+        (Some(criteria), Target::Type(t)) => Ok(Some(search::parse_criteria(
+            t,
+            criteria,
+            "request.ifNoneExist",
+            answer_existing,
+        )?)),
+        _ => Ok(None),
+    }
+}
+
+/// The conditional creates of a transaction, searched before it runs so
+/// that references to their `fullUrl` can name the resource each one ends
+/// up as: a match found now is that resource, and nothing is created; with
+/// none, the create carries its criteria into the write, which fails with
+/// a conflict if a match appears meanwhile.
+async fn conditional_creates(
+    app: &Rest,
+    entries: &[Entry],
+) -> Result<(HashMap<usize, StoredResource>, HashMap<usize, Matching>), RestError> {
+    let mut found = HashMap::new();
+    let mut pending = HashMap::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let at = || format!("Bundle.entry[{i}]");
+        let Some(matching) = entry_matching(entry, false).map_err(|e| e.at(at()))? else {
+            continue;
+        };
+        if let Some(first) = seen.insert(matching.criteria.clone(), i) {
+            return Err(RestError::bad_request(format!(
+                "Bundle.entry[{first}] and Bundle.entry[{i}] have the same ifNoneExist; create the resource once and refer to its fullUrl"
+            ))
+            .at(at()));
+        }
+        let page = app
+            .store
+            .search(SearchQuery {
+                count: 1,
+                with_total: false,
+                ..matching.query.clone()
+            })
+            .await?;
+        if page.next.is_some() {
+            return Err(RestError::from(StoreError::MultipleMatches {
+                resource_type: entry_type(entry).to_owned(),
+                criteria: matching.criteria,
+            })
+            .at(at()));
+        }
+        match page.resources.into_iter().next() {
+            Some(existing) => {
+                found.insert(i, existing);
+            }
+            None => {
+                pending.insert(i, matching);
+            }
+        }
+    }
+    Ok((found, pending))
+}
+
+fn entry_type(entry: &Entry) -> &str {
+    match &entry.target {
+        Target::Type(t) | Target::Instance(t, _) | Target::Version(t, _, _) => t,
+    }
+}
+
 async fn run_transaction(
     app: &Rest,
     base: &str,
     mut entries: Vec<Entry>,
 ) -> Result<Vec<EntryResult>, RestError> {
+    let (existing, mut matchings) = conditional_creates(app, &entries)
+        .await
+        .map_err(|e| e.prefixed("the transaction was not applied"))?;
     // Ids for created resources, and the fullUrl -> Type/id map for references.
     let mut assigned: HashMap<usize, String> = HashMap::new();
     let mut references: HashMap<String, String> = HashMap::new();
     for (i, entry) in entries.iter().enumerate() {
         if let (Method::Post, Target::Type(t)) = (&entry.method, &entry.target) {
-            let id = resource::new_id();
+            let id = match existing.get(&i) {
+                Some(found) => found.id.clone(),
+                None => resource::new_id(),
+            };
             if let Some(full_url) = &entry.full_url {
                 references.insert(full_url.clone(), format!("{t}/{id}"));
             }
-            assigned.insert(i, id);
+            if !existing.contains_key(&i) {
+                assigned.insert(i, id);
+            }
         }
     }
     if !references.is_empty() {
@@ -516,12 +674,13 @@ async fn run_transaction(
         Method::Get => 3,
     };
     let mut order: Vec<usize> = (0..entries.len())
-        .filter(|i| entries[*i].method != Method::Get)
+        .filter(|i| entries[*i].method != Method::Get && !existing.contains_key(i))
         .collect();
     order.sort_by_key(|i| rank(entries[*i].method));
     let mut ops = Vec::with_capacity(order.len());
     for &i in &order {
-        let op = write_op(app, &entries[i], assigned.get(&i).map(String::as_str))
+        let assigned_id = assigned.get(&i).map(String::as_str);
+        let op = write_op(app, &entries[i], assigned_id, matchings.remove(&i))
             .await
             .map_err(|e| {
                 e.at(format!("Bundle.entry[{i}]"))
@@ -539,6 +698,14 @@ async fn run_transaction(
     let mut results: Vec<Option<EntryResult>> = (0..entries.len()).map(|_| None).collect();
     for (&i, outcome) in order.iter().zip(outcomes) {
         results[i] = Some(EntryResult::Written(outcome, entries[i].method));
+    }
+    for (i, resource) in existing {
+        let outcome = WriteOutcome {
+            resource,
+            created: false,
+            changed: false,
+        };
+        results[i] = Some(EntryResult::Written(outcome, Method::Post));
     }
     let mut budget = ReadBudget::new();
     for (i, entry) in entries.iter().enumerate() {
@@ -568,7 +735,12 @@ async fn run_batch(
             Ok(entry) if entry.method == Method::Get => {
                 run_read(app, base, &entry, &mut budget).await
             }
-            Ok(entry) => match write_op(app, &entry, None).await {
+            Ok(entry) => match async {
+                let matching = entry_matching(&entry, true)?;
+                write_op(app, &entry, None, matching).await
+            }
+            .await
+            {
                 Err(e) => EntryResult::Failed(e.at(at())),
                 Ok(op) => match app.write(op).await {
                     Ok(outcome) => EntryResult::Written(outcome, entry.method),
@@ -586,6 +758,7 @@ fn status_text(status: u16) -> &'static str {
     match status {
         201 => "201 Created",
         204 => "204 No Content",
+        304 => "304 Not Modified",
         _ => "200 OK",
     }
 }
@@ -626,6 +799,13 @@ fn render(
                     "response": {"status": status_text(200), "etag": etag(r.version_id), "lastModified": r.last_updated_text()},
                 }),
                 Some(&crate::hooks::public_body(&r)),
+            ),
+            EntryResult::NotModified(r) => bundle.entry(
+                json!({
+                    "fullUrl": format!("{base}/{}/{}", r.resource_type, r.id),
+                    "response": {"status": status_text(304), "etag": etag(r.version_id), "lastModified": r.last_updated_text()},
+                }),
+                None,
             ),
             EntryResult::Searched(searchset) => {
                 bundle.entry(json!({"response": {"status": status_text(200)}}), Some(&searchset))

@@ -76,8 +76,8 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
                 "versioning": "versioned-update",
                 "readHistory": interactions.has(Level::Type, "vread"),
                 "updateCreate": interactions.has(Level::Type, "update"),
-                "conditionalCreate": false,
-                "conditionalRead": "not-supported",
+                "conditionalCreate": true,
+                "conditionalRead": "full-support",
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
             });
@@ -124,7 +124,7 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
         "implementation": implementation,
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/merge-patch+json"],
         "rest": [{
             "mode": "server",
             "resource": resources,

@@ -207,6 +207,16 @@ impl From<StoreError> for RestError {
             e @ StoreError::AlreadyExists { .. } => {
                 RestError::new(ErrorKind::Conflict, IssueType::Duplicate, e.to_string())
             }
+            e @ StoreError::MultipleMatches { .. } => RestError::new(
+                ErrorKind::PreconditionFailed,
+                IssueType::MultipleMatches,
+                format!("{e}; make the criteria more selective"),
+            ),
+            e @ StoreError::MatchAppeared { .. } => RestError::new(
+                ErrorKind::Conflict,
+                IssueType::Conflict,
+                format!("{e}; nothing was stored, retry the transaction"),
+            ),
             e @ StoreError::Contention => {
                 RestError::new(ErrorKind::Conflict, IssueType::Conflict, e.to_string())
             }

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use crate::bundle_out::BundleWriter;
 use crate::error::{ErrorKind, RestError};
 use crate::hooks::{self, Prehashed};
-use crate::reply::{etag, resource_reply, Reply, ReturnPreference};
+use crate::patch::Patch;
+use crate::reply::{etag, not_modified, resource_reply, ReadConditions, Reply, ReturnPreference};
 use crate::resource::{self, check_id, check_type};
 use crate::search::{self, Params};
 use crate::Rest;
@@ -24,6 +25,14 @@ pub(crate) fn location(base: &str, stored: &StoredResource) -> String {
         "{base}/{}/{}/_history/{}",
         stored.resource_type, stored.id, stored.version_id
     )
+}
+
+/// A read's answer: the resource, or 304 when the client holds it already.
+fn read_reply(stored: &StoredResource, conditions: &ReadConditions) -> Reply {
+    if conditions.not_modified(stored) {
+        return not_modified(stored);
+    }
+    resource_reply(200, stored, None, ReturnPreference::Representation, "")
 }
 
 impl Rest {
@@ -80,59 +89,79 @@ impl Rest {
         }
     }
 
-    /// `GET /{type}/{id}`.
-    pub async fn read(&self, resource_type: &str, id: &str) -> Result<Reply, RestError> {
+    /// `GET /{type}/{id}`; 304 when `conditions` say the client's copy is
+    /// current.
+    pub async fn read(
+        &self,
+        resource_type: &str,
+        id: &str,
+        conditions: &ReadConditions,
+    ) -> Result<Reply, RestError> {
         let stored = self.read_current(resource_type, id).await?;
-        Ok(resource_reply(
-            200,
-            &stored,
-            None,
-            ReturnPreference::Representation,
-            "",
-        ))
+        Ok(read_reply(&stored, conditions))
     }
 
-    /// `GET /{type}/{id}/_history/{vid}`.
+    /// `GET /{type}/{id}/_history/{vid}`, conditional like `read`.
     pub async fn vread(
         &self,
         resource_type: &str,
         id: &str,
         version: &str,
+        conditions: &ReadConditions,
     ) -> Result<Reply, RestError> {
         let stored = self.read_version(resource_type, id, version).await?;
-        Ok(resource_reply(
-            200,
-            &stored,
-            None,
-            ReturnPreference::Representation,
-            "",
-        ))
+        Ok(read_reply(&stored, conditions))
     }
 
-    /// `POST /{type}`: the server assigns the id.
+    /// `POST /{type}`: the server assigns the id. With `If-None-Exist`
+    /// criteria (R4 §3.1.0.8.1) the create happens only when nothing
+    /// matches: one match is answered 200 with that resource, several 412.
     pub async fn create(
         &self,
         base: &str,
         resource_type: &str,
         body: Value,
         preference: ReturnPreference,
+        if_none_exist: Option<&str>,
     ) -> Result<Reply, RestError> {
         let prehashed = Prehashed::for_body(resource_type, &body).await?;
-        let op = resource::prepare_create(
+        let mut op = resource::prepare_create(
             resource_type,
             resource::new_id(),
             body,
             &self.checks,
             prehashed,
         )?;
+        if let Some(criteria) = if_none_exist {
+            op.matching = Some(search::parse_criteria(
+                resource_type,
+                criteria,
+                "If-None-Exist",
+                true,
+            )?);
+        }
         let outcome = self.write(op).await?;
         let stored = &outcome.resource;
+        let (status, message) = if outcome.created {
+            (
+                201,
+                format!("created {}/{}", stored.resource_type, stored.id),
+            )
+        } else {
+            (
+                200,
+                format!(
+                    "{}/{} matches If-None-Exist; nothing was created",
+                    stored.resource_type, stored.id
+                ),
+            )
+        };
         Ok(resource_reply(
-            201,
+            status,
             stored,
             Some(location(base, stored)),
             preference,
-            &format!("created {}/{}", stored.resource_type, stored.id),
+            &message,
         ))
     }
 
@@ -168,16 +197,17 @@ impl Rest {
         ))
     }
 
-    /// `PATCH /{type}/{id}` with a JSON Patch (RFC 6902).
+    /// `PATCH /{type}/{id}` with a JSON Patch (RFC 6902) or a merge patch
+    /// (RFC 7386).
     pub async fn patch(
         &self,
         resource_type: &str,
         id: &str,
-        patch: json_patch::Patch,
+        patch: Patch,
         if_match: Option<i64>,
         preference: ReturnPreference,
     ) -> Result<Reply, RestError> {
-        let prehashed = Prehashed::for_patch(resource_type, &patch).await?;
+        let prehashed = patch.prehash(resource_type).await?;
         let op =
             resource::prepare_patch(resource_type, id, patch, if_match, &self.checks, prehashed)?;
         let outcome = self.write(op).await?;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod hooks;
 pub mod indexing;
 mod interactions;
+pub mod patch;
 pub mod references;
 pub mod reply;
 pub mod resource;
@@ -27,7 +28,7 @@ use fhirbox_auth::AuthService;
 use fhirbox_store::{ResourceWrite, Store, StoreResult, WriteOp, WriteOutcome};
 
 pub use error::{ErrorKind, RestError};
-pub use reply::{Prefer, Reply, ReturnPreference};
+pub use reply::{Prefer, ReadConditions, Reply, ReturnPreference};
 pub use resource::WriteChecks;
 
 /// What the REST layer reports to the server's metrics.

@@ -11,7 +11,7 @@ use crate::error::RestError;
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
-    /// 200, 201 or 204.
+    /// 200, 201, 204, or 304 for a conditional read.
     pub status: u16,
     /// FHIR JSON text; `None` for an empty body.
     pub body: Option<String>,
@@ -105,6 +105,66 @@ pub fn parse_version_tag(text: &str) -> Option<i64> {
     text.parse::<i64>().ok().filter(|v| *v > 0)
 }
 
+/// The preconditions of a conditional read (R4 §3.1.0.1.5, RFC 9110
+/// §13.1.2–3): when they say the client's copy is current, the read answers
+/// 304 Not Modified with the version headers and no body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadConditions {
+    /// `If-None-Match`.
+    pub none_match: Option<NoneMatch>,
+    /// `If-Modified-Since`, in whole seconds since the epoch.
+    pub modified_since: Option<i64>,
+}
+
+/// The versions an `If-None-Match` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoneMatch {
+    /// `*`: any current version.
+    Any,
+    /// A list of ETags; one that names no version of this server never
+    /// matches.
+    Versions(Vec<i64>),
+}
+
+impl NoneMatch {
+    /// Reads `*` or a comma-separated list of ETags (`W/"3", "4"`).
+    pub fn parse(text: &str) -> NoneMatch {
+        if text.trim() == "*" {
+            return NoneMatch::Any;
+        }
+        NoneMatch::Versions(
+            text.split(',')
+                .filter_map(|tag| parse_version_tag(tag.trim()))
+                .collect(),
+        )
+    }
+}
+
+impl ReadConditions {
+    /// Whether the client already holds `stored`. `If-None-Match` decides
+    /// when present; `If-Modified-Since` only without it (RFC 9110 §13.2.2).
+    pub fn not_modified(&self, stored: &StoredResource) -> bool {
+        match &self.none_match {
+            Some(NoneMatch::Any) => true,
+            Some(NoneMatch::Versions(versions)) => versions.contains(&stored.version_id),
+            None => self
+                .modified_since
+                .is_some_and(|since| stored.last_updated.div_euclid(1_000_000) <= since),
+        }
+    }
+}
+
+/// The 304 answer to a conditional read the client's copy satisfies.
+pub fn not_modified(stored: &StoredResource) -> Reply {
+    Reply {
+        status: 304,
+        body: None,
+        etag: Some(etag(stored.version_id)),
+        last_modified: Some(http_date(stored.last_updated)),
+        location: None,
+    }
+}
+
 /// HTTP-date for `Last-Modified` (RFC 9110 §5.6.7).
 pub fn http_date(micros: i64) -> String {
     use time::format_description::well_known::Rfc2822;
@@ -171,6 +231,44 @@ mod tests {
             Prefer::parse(std::iter::empty::<&str>()).return_,
             ReturnPreference::Representation
         );
+    }
+
+    #[test]
+    fn read_conditions_follow_rfc_9110() {
+        let stored = StoredResource {
+            resource_type: "Patient".into(),
+            id: "a".into(),
+            version_id: 3,
+            last_updated: 1_700_000_000_500_000,
+            deleted: false,
+            body: "{}".into(),
+        };
+        let none_match = |text: &str| ReadConditions {
+            none_match: Some(NoneMatch::parse(text)),
+            modified_since: None,
+        };
+        assert!(none_match("W/\"3\"").not_modified(&stored));
+        assert!(none_match("\"2\", W/\"3\"").not_modified(&stored));
+        assert!(none_match("*").not_modified(&stored));
+        assert!(!none_match("W/\"2\"").not_modified(&stored));
+        assert!(!none_match("W/\"abc\"").not_modified(&stored));
+        let since = |seconds| ReadConditions {
+            none_match: None,
+            modified_since: Some(seconds),
+        };
+        // HTTP dates have whole seconds: a change within the named second is not newer.
+        assert!(since(1_700_000_000).not_modified(&stored));
+        assert!(!since(1_699_999_999).not_modified(&stored));
+        // If-None-Match decides when both are sent.
+        let both = ReadConditions {
+            none_match: Some(NoneMatch::parse("W/\"2\"")),
+            modified_since: Some(1_800_000_000),
+        };
+        assert!(!both.not_modified(&stored));
+        assert!(!ReadConditions::default().not_modified(&stored));
+        let reply = not_modified(&stored);
+        assert_eq!((reply.status, reply.body), (304, None));
+        assert_eq!(reply.etag.as_deref(), Some("W/\"3\""));
     }
 
     #[test]

@@ -8,8 +8,10 @@ use fhirbox_fhir::datetime::parse_range;
 use fhirbox_fhir::search::{normalize, ParamType, SearchParam, SearchParams, UNSUPPORTED};
 use fhirbox_store::{
     CompositeFirst, CompositeTest, Condition, Cursor, Filter, HistoryQuery, HistoryScope,
-    IndexKind, RangeOp, SearchQuery, SortKey, TimeBound, UriOp,
+    IndexKind, Matching, RangeOp, SearchQuery, SortKey, TimeBound, UriOp,
 };
+
+use fhirbox_auth::access::RequestFacts;
 
 use crate::error::RestError;
 
@@ -137,6 +139,64 @@ pub struct SearchRequest {
     pub applied: Params,
     /// Parameters this server does not know, ignored (lenient handling).
     pub ignored: Vec<String>,
+}
+
+/// The criteria of a conditional interaction (`If-None-Exist`, a
+/// transaction entry's `ifNoneExist`; R4 §3.1.0.8): a search of
+/// `resource_type` by its own parameters. Parsed strictly, since an ignored
+/// parameter would widen the match to resources the client did not mean,
+/// and without result parameters, which select no resource. `what` names
+/// the criteria in errors.
+pub fn parse_criteria(
+    resource_type: &str,
+    raw: &str,
+    what: &str,
+    answer_existing: bool,
+) -> Result<Matching, RestError> {
+    let params = parse_query(Some(raw.trim_start_matches('?'))).map_err(|e| e.prefixed(what))?;
+    if params.is_empty() {
+        return Err(RestError::bad_request(format!(
+            "{what} has no search parameters; give criteria such as identifier=system|value"
+        )));
+    }
+    if let Some((name, _)) = params
+        .iter()
+        .find(|(name, _)| RESULT_PARAMETERS.contains(&name.as_str()))
+    {
+        return Err(RestError::bad_request(format!(
+            "{what} cannot use {name}: it selects no resource; give search parameters only"
+        )));
+    }
+    let request = parse_search(Some(resource_type), &params, true).map_err(|e| e.prefixed(what))?;
+    let mut canonical = request.applied;
+    canonical.sort();
+    let criteria = serde_urlencoded::to_string(&canonical)
+        .map_err(|e| RestError::bad_request(format!("{what}: {e}")))?;
+    Ok(Matching {
+        query: request.query,
+        criteria: format!("{resource_type}?{criteria}"),
+        answer_existing,
+    })
+}
+
+/// The search a conditional interaction runs, as access policies see it:
+/// `GET /fhir/{type}?{criteria}` with the parameters a search applies. It is
+/// authorized beside the write, so a client that may create but not search
+/// cannot learn through `If-None-Exist` what is stored (docs/security.md).
+pub fn criteria_facts(resource_type: &str, criteria: &str) -> Result<RequestFacts, RestError> {
+    let raw = criteria.trim_start_matches('?');
+    let query = parse_query(Some(raw))?
+        .into_iter()
+        .filter(|(name, _)| acted_on(QueryUse::Search, Some(resource_type), name))
+        .collect();
+    Ok(RequestFacts::new(
+        "GET",
+        Some(resource_type),
+        None,
+        None,
+        Some(raw),
+        query,
+    ))
 }
 
 /// Turns search parameters into a store query.

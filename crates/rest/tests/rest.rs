@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fhirbox_auth::{AuthService, Identity};
-use fhirbox_rest::{ErrorKind, Rest, RestEvents, ReturnPreference, WriteChecks};
+use fhirbox_rest::{ErrorKind, ReadConditions, Rest, RestEvents, ReturnPreference, WriteChecks};
 use fhirbox_store::Store;
 use fhirbox_test_support::postgres::TestDatabase;
 use fhirbox_test_support::{backend_variants, Backend};
@@ -84,6 +84,7 @@ async fn interactions_answer_with_replies_and_kinds(f: Fixture) {
             "Patient",
             json!({"resourceType": "Patient", "name": [{"family": "Chalmers"}]}),
             ReturnPreference::Representation,
+            None,
         )
         .await
         .unwrap();
@@ -96,7 +97,10 @@ async fn interactions_answer_with_replies_and_kinds(f: Fixture) {
     );
     assert!(created.last_modified.unwrap().ends_with(" GMT"));
 
-    let read = rest.read("Patient", &id).await.unwrap();
+    let read = rest
+        .read("Patient", &id, &ReadConditions::default())
+        .await
+        .unwrap();
     assert_eq!(body(&read)["name"][0]["family"], "Chalmers");
 
     // A stale If-Match is refused, and nothing changes.
@@ -145,15 +149,24 @@ async fn interactions_answer_with_replies_and_kinds(f: Fixture) {
         .unwrap();
     assert_eq!((deleted.status, deleted.body), (204, None));
     assert_eq!(
-        rest.read("Patient", &id).await.unwrap_err().kind,
+        rest.read("Patient", &id, &ReadConditions::default())
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::Gone
     );
     assert_eq!(
-        rest.read("Patient", "nobody").await.unwrap_err().kind,
+        rest.read("Patient", "nobody", &ReadConditions::default())
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::NotFound
     );
     assert_eq!(
-        rest.read("NoSuchType", "x").await.unwrap_err().kind,
+        rest.read("NoSuchType", "x", &ReadConditions::default())
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::NotFound
     );
     let history = rest

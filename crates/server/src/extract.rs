@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use std::sync::Arc;
 
-use fhirbox_rest::reply::parse_if_match;
+use fhirbox_rest::patch::{self, Patch};
+use fhirbox_rest::reply::{parse_if_match, NoneMatch, ReadConditions};
 use fhirbox_rest::search::{parse_query, Params};
 use fhirbox_rest::Prefer;
 use serde::de::DeserializeOwned;
@@ -161,30 +162,29 @@ impl<S: Send + Sync> FromRequest<S> for SearchForm {
     }
 }
 
-/// An RFC 6902 JSON Patch body (`application/json-patch+json`).
-pub struct JsonPatchBody(pub json_patch::Patch);
+/// A PATCH body: a JSON Patch (`application/json-patch+json`), a merge patch
+/// (`application/merge-patch+json`), or either as `application/json`
+/// (`fhirbox_rest::patch` says which forms it takes).
+pub struct PatchBody(pub Patch);
 
-impl<S: Send + Sync> FromRequest<S> for JsonPatchBody {
+impl<S: Send + Sync> FromRequest<S> for PatchBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match content_type(req.headers()).as_deref() {
-            Some("application/json-patch+json") | Some("application/json") => {}
-            other => {
-                return Err(ApiError::not_supported(
+        let media_type = content_type(req.headers())
+            .filter(|ct| patch::MEDIA_TYPES.contains(&ct.as_str()))
+            .ok_or_else(|| {
+                ApiError::not_supported(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     format!(
-                        "Content-Type {} is not supported for PATCH; send a JSON Patch (RFC 6902) as application/json-patch+json",
-                        other.unwrap_or("(missing)")
+                        "Content-Type {} is not supported for PATCH; send a JSON Patch (RFC 6902) as application/json-patch+json or a merge patch (RFC 7386) as application/merge-patch+json",
+                        content_type(req.headers()).as_deref().unwrap_or("(missing)")
                     ),
-                ))
-            }
-        }
+                )
+            })?;
         let bytes = body_bytes(req, state).await?;
-        Ok(JsonPatchBody(parse_json(
-            &bytes,
-            "JSON Patch (an array of operations)",
-        )?))
+        let body: Value = parse_json(&bytes, "JSON")?;
+        Ok(PatchBody(Patch::from_media(&media_type, body)?))
     }
 }
 
@@ -278,6 +278,41 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     Ok(parse_if_match(value)?)
 }
 
+/// The criteria of a conditional create (`If-None-Exist`, a query string
+/// without the `?`), if any.
+pub fn if_none_exist(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get("if-none-exist")
+        .map(|v| {
+            v.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::bad_request(
+                    "If-None-Exist must be a query string such as identifier=system|value",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The preconditions of a conditional read: `If-None-Match` (every header
+/// line), and `If-Modified-Since` as an HTTP-date; a date that does not
+/// parse is ignored, as RFC 9110 §13.1.3 requires.
+pub fn read_conditions(headers: &HeaderMap) -> ReadConditions {
+    let none_match: Vec<&str> = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    ReadConditions {
+        none_match: (!none_match.is_empty()).then(|| NoneMatch::parse(&none_match.join(","))),
+        modified_since: headers
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|text| httpdate::parse_http_date(text).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok()),
+    }
+}
+
 fn acceptable(media: &str) -> bool {
     matches!(
         media,
@@ -286,6 +321,7 @@ fn acceptable(media: &str) -> bool {
             | "application/fhir+json"
             | "application/json"
             | "application/json-patch+json"
+            | "application/merge-patch+json"
     )
 }
 

@@ -12,8 +12,8 @@ use fhirbox_store::HistoryScope;
 
 use crate::error::ApiError;
 use crate::extract::{
-    if_match, prefer, FhirBase, FhirJson, FhirPath, FhirQuery, JsonPatchBody, OptionalFhirJson,
-    SearchForm,
+    if_match, if_none_exist, prefer, read_conditions, FhirBase, FhirJson, FhirPath, FhirQuery,
+    OptionalFhirJson, PatchBody, SearchForm,
 };
 use crate::response::render;
 
@@ -22,15 +22,22 @@ type Answer = Result<Response, ApiError>;
 pub async fn read(
     State(rest): State<Rest>,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
+    headers: HeaderMap,
 ) -> Answer {
-    Ok(render(rest.read(&resource_type, &id).await?))
+    let conditions = read_conditions(&headers);
+    Ok(render(rest.read(&resource_type, &id, &conditions).await?))
 }
 
 pub async fn vread(
     State(rest): State<Rest>,
     FhirPath((resource_type, id, version)): FhirPath<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Answer {
-    Ok(render(rest.vread(&resource_type, &id, &version).await?))
+    let conditions = read_conditions(&headers);
+    Ok(render(
+        rest.vread(&resource_type, &id, &version, &conditions)
+            .await?,
+    ))
 }
 
 pub async fn create(
@@ -41,8 +48,16 @@ pub async fn create(
     FhirJson(body): FhirJson,
 ) -> Answer {
     let preference = prefer(&headers).return_;
+    let if_none_exist = if_none_exist(&headers)?;
     Ok(render(
-        rest.create(&base, &resource_type, body, preference).await?,
+        rest.create(
+            &base,
+            &resource_type,
+            body,
+            preference,
+            if_none_exist.as_deref(),
+        )
+        .await?,
     ))
 }
 
@@ -70,7 +85,7 @@ pub async fn patch(
     State(rest): State<Rest>,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
-    JsonPatchBody(patch): JsonPatchBody,
+    PatchBody(patch): PatchBody,
 ) -> Answer {
     let reply = rest
         .patch(

@@ -93,6 +93,19 @@ pub enum StoreError {
     /// A create found a live resource with the same id.
     #[error("{resource_type}/{id} already exists")]
     AlreadyExists { resource_type: String, id: String },
+    /// The criteria of a conditional write matched more than one resource.
+    #[error("more than one {resource_type} matches {criteria}")]
+    MultipleMatches {
+        resource_type: String,
+        criteria: String,
+    },
+    /// A resource matching a conditional create's criteria appeared between
+    /// the transaction's own search and its write.
+    #[error("a {resource_type} matching {criteria} was stored while this transaction ran")]
+    MatchAppeared {
+        resource_type: String,
+        criteria: String,
+    },
     /// Concurrent transactions collided (deadlock or serialization failure); retrying may succeed.
     #[error("the database reported a conflict with a concurrent transaction; retry the request")]
     Contention,

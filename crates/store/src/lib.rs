@@ -18,8 +18,9 @@ pub use cursor::Cursor;
 pub use error::{ErrorSource, Refusal, RefusalIssue, RefusalKind, StoreError};
 pub use model::{
     CompositeFirst, CompositeSecond, CompositeTest, Condition, Filter, Finalize, HistoryPage,
-    HistoryQuery, HistoryScope, IndexEntry, IndexKind, Indexer, RangeOp, SearchPage, SearchQuery,
-    SortKey, StoredResource, TimeBound, Transform, UriOp, WriteKind, WriteOp, WriteOutcome,
+    HistoryQuery, HistoryScope, IndexEntry, IndexKind, Indexer, Matching, RangeOp, SearchPage,
+    SearchQuery, SortKey, StoredResource, TimeBound, Transform, UriOp, WriteKind, WriteOp,
+    WriteOutcome,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

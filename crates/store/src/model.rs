@@ -79,6 +79,26 @@ pub struct WriteOp {
     /// replace the resource's rows in the same transaction. `None`: the
     /// resource is not indexed (its old rows are removed all the same).
     pub index: Option<Indexer>,
+    /// A conditional create (`If-None-Exist`): the search that decides,
+    /// inside this write's transaction, whether it happens at all.
+    pub matching: Option<Matching>,
+}
+
+/// The criteria of a conditional interaction (R4 §3.1.0.8), searched inside
+/// the write's own transaction, so that two concurrent conditional creates
+/// with the same criteria store one resource: SQLite applies writes one at
+/// a time, and on PostgreSQL writes with equal `criteria` wait for each
+/// other (a transaction-scoped advisory lock on its hash) before searching.
+#[derive(Debug, Clone)]
+pub struct Matching {
+    /// The search; the store looks at two matches at most.
+    pub query: SearchQuery,
+    /// The criteria as one canonical text: equal for equal criteria.
+    pub criteria: String,
+    /// With one match: answer it and write nothing (`true`), or refuse with
+    /// `MatchAppeared` (`false`: a transaction that searched before it
+    /// started and has already given the new id to references).
+    pub answer_existing: bool,
 }
 
 /// What a resource is found by, computed by the caller from the body about
@@ -339,6 +359,7 @@ impl std::fmt::Debug for WriteOp {
             .field("id", &self.id)
             .field("kind", &self.kind)
             .field("if_match", &self.if_match)
+            .field("matching", &self.matching.as_ref().map(|m| &m.criteria))
             .finish_non_exhaustive()
     }
 }

@@ -14,7 +14,8 @@ crate::sql::sql_backend!(
     "FOR UPDATE",
     "nextval('resource_res_key_seq')",
     "BEGIN",
-    true
+    true,
+    Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
 );
 
 /// Resources in a PostgreSQL database.

@@ -13,8 +13,11 @@
 /// 50 rows from a code that matches 50,000 (a search with one filter has one
 /// way in, and skips the planning)
 /// (https://www.postgresql.org/docs/current/sql-prepare.html, "Notes").
+/// `$match_lock` (bound to the criteria text) makes conditional writes with
+/// equal criteria wait for each other before they search; `None` where writes
+/// run one at a time anyway.
 macro_rules! sql_backend {
-    ($store:ident, $db:ty, $conn:ty, $lock:literal, $key:literal, $begin:literal, $plan_each:literal) => {
+    ($store:ident, $db:ty, $conn:ty, $lock:literal, $key:literal, $begin:literal, $plan_each:literal, $match_lock:expr) => {
         use sqlx::Row as _;
 
         use crate::error::StoreError;
@@ -142,10 +145,65 @@ macro_rules! sql_backend {
             Ok(())
         }
 
+        /// The first two current matches of a conditional write's criteria,
+        /// searched in the write's transaction after waiting for writes with
+        /// the same criteria.
+        async fn find_matches(conn: &mut $conn, matching: &Matching) -> StoreResult<Vec<StoredResource>> {
+            let lock: Option<&'static str> = $match_lock;
+            if let Some(lock) = lock {
+                sqlx::query(lock)
+                    .bind(&matching.criteria)
+                    .execute(&mut *conn)
+                    .await.db()?;
+            }
+            let q = SearchQuery {
+                count: 1,
+                cursor: None,
+                with_total: false,
+                ..matching.query.clone()
+            };
+            let plan = query::search(&q)?;
+            let rows = bind_all(sqlx::query(&plan.select.text), plan.select.binds)
+                .persistent(false)
+                .fetch_all(&mut *conn)
+                .await.db()?;
+            rows.iter().map(row_to_resource).collect()
+        }
+
         /// Applies one write inside an open transaction.
         async fn apply(conn: &mut $conn, op: &WriteOp) -> StoreResult<WriteOutcome> {
             let rt = op.resource_type.as_str();
             let id = op.id.as_str();
+            if let Some(matching) = &op.matching {
+                let found = find_matches(conn, matching).await?;
+                match (&op.kind, found.as_slice()) {
+                    (WriteKind::Create(_), []) => {}
+                    (WriteKind::Create(_), [existing]) if matching.answer_existing => {
+                        return Ok(WriteOutcome {
+                            resource: existing.clone(),
+                            created: false,
+                            changed: false,
+                        })
+                    }
+                    (WriteKind::Create(_), [_]) => {
+                        return Err(StoreError::MatchAppeared {
+                            resource_type: rt.into(),
+                            criteria: matching.criteria.clone(),
+                        })
+                    }
+                    (WriteKind::Create(_), _) => {
+                        return Err(StoreError::MultipleMatches {
+                            resource_type: rt.into(),
+                            criteria: matching.criteria.clone(),
+                        })
+                    }
+                    (kind, _) => {
+                        return Err(StoreError::Config(format!(
+                            "criteria on a {kind:?} write are not supported"
+                        )))
+                    }
+                }
+            }
             loop {
                 let selected = select_current(conn, rt, id).await?;
                 let current_key = selected.as_ref().map(|(_, key)| *key);

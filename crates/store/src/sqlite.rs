@@ -29,7 +29,8 @@ crate::sql::sql_backend!(
     "",
     "(SELECT COALESCE(MAX(res_key), 0) + 1 FROM resource)",
     "BEGIN IMMEDIATE",
-    false
+    false,
+    None
 );
 
 /// Resources in an embedded SQLite file.
@@ -291,6 +292,8 @@ fn refused_alone(err: &StoreError) -> bool {
             | StoreError::Gone { .. }
             | StoreError::VersionConflict { .. }
             | StoreError::AlreadyExists { .. }
+            | StoreError::MultipleMatches { .. }
+            | StoreError::MatchAppeared { .. }
             | StoreError::Rejected(_)
             | StoreError::Corrupt(_)
     )
@@ -321,6 +324,7 @@ mod tests {
             if_match: None,
             finalize: None,
             index: Some(tag),
+            matching: None,
         }
     }
 

@@ -84,6 +84,7 @@ fn op(resource_type: &str, id: &str, kind: WriteKind) -> WriteOp {
         if_match: None,
         finalize: None,
         index: None,
+        matching: None,
     }
 }
 
@@ -846,6 +847,7 @@ fn indexed(id: &str, body: Value) -> WriteOp {
     body["id"] = json!(id);
     WriteOp {
         index: Some(test_indexer()),
+        matching: None,
         ..op("Patient", id, WriteKind::Put(body))
     }
 }

@@ -137,6 +137,26 @@ async fn request_facts(parts: &mut Parts) -> Result<(RequestFacts, FhirQuery), A
     Ok((facts, FhirQuery(params)))
 }
 
+/// The search behind `If-None-Exist` on a create (`POST /fhir/{type}`).
+fn conditional_search(
+    parts: &Parts,
+    facts: &RequestFacts,
+) -> Result<Option<RequestFacts>, ApiError> {
+    let Some(criteria) = crate::extract::if_none_exist(&parts.headers)? else {
+        return Ok(None);
+    };
+    match (
+        facts.method.as_str(),
+        facts.resource_type.as_deref(),
+        &facts.id,
+    ) {
+        ("post", Some(resource_type), None) => {
+            Ok(Some(search::criteria_facts(resource_type, &criteria)?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Authenticates and authorizes every request it wraps.
 pub async fn require_auth(State(app): State<AuthState>, req: Request, next: Next) -> Response {
     let peer = req
@@ -170,6 +190,16 @@ pub async fn require_auth(State(app): State<AuthState>, req: Request, next: Next
     };
     if let Err(denial) = app.auth.authorize(&identity, &facts) {
         return forbidden(&app, &identity, &facts, &denial);
+    }
+    // A conditional create also searches: that search is authorized too.
+    match conditional_search(&parts, &facts) {
+        Err(e) => return e.into_response(),
+        Ok(Some(searched)) => {
+            if let Err(denial) = app.auth.authorize(&identity, &searched) {
+                return forbidden(&app, &identity, &searched, &denial);
+            }
+        }
+        Ok(None) => {}
     }
     let mut req = Request::from_parts(parts, body);
     req.extensions_mut().insert(identity);

@@ -103,8 +103,119 @@ backend_tests!(
     queries_are_bounded,
     duplicate_keys_full_urls_and_bad_meta_are_refused,
     a_wrong_secret_flood_does_not_starve_legitimate_clients,
-    patches_and_bundles_are_bounded
+    patches_and_bundles_are_bounded,
+    a_conditional_create_needs_the_right_to_search
 );
+
+/// `If-None-Exist` searches, and a match is answered with the stored
+/// resource: the search is authorized like `GET /fhir/{type}?{criteria}`,
+/// over REST and in bundle entries, so a create-only client cannot read
+/// what exists through it.
+async fn a_conditional_create_needs_the_right_to_search(app: TestApp) {
+    let stored = app.put_patient("secretive", "Hidden").await;
+    assert_eq!(stored["id"], "secretive");
+    client_with_matcho(
+        &app,
+        "creator",
+        json!({"request-method": "post", "uri": "/fhir/Patient"}),
+    )
+    .await;
+    client_with_matcho(
+        &app,
+        "upserter",
+        json!({"uri": "/fhir/Patient", "request-method": {"$enum": ["post", "get"]}}),
+    )
+    .await;
+    let body = json!({"resourceType": "Patient", "name": [{"family": "Probe"}]});
+    let conditional = |id: &'static str| {
+        app.anon
+            .post(app.url("/fhir/Patient"))
+            .basic_auth(id, Some(SECRET))
+            .header("content-type", "application/fhir+json")
+            .header("if-none-exist", "family=Hidden")
+            .body(body.to_string())
+    };
+    let denied = app.send(conditional("creator")).await;
+    forbidden(&denied);
+    assert!(!denied.text.contains("secretive"), "{}", denied.text);
+    // The plain create is still allowed.
+    let plain = send_as(
+        &app,
+        reqwest::Method::POST,
+        "/fhir/Patient",
+        "creator",
+        Some(&body),
+    )
+    .await;
+    assert_eq!(plain.status, 201, "{}", plain.text);
+    // A client that may search gets the match.
+    let allowed = app.send(conditional("upserter")).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.text);
+    assert_eq!(allowed.json()["id"], "secretive");
+
+    // The same inside a bundle (POST /fhir is allowed to both for this check).
+    for id in ["creator", "upserter"] {
+        let policy = format!("{id}-bundle");
+        app.put(
+            &format!("/fhir/AccessPolicy/{policy}"),
+            &json!({"resourceType": "AccessPolicy", "id": policy, "engine": "matcho",
+                    "link": [{"reference": format!("Client/{id}")}],
+                    "matcho": {"request-method": "post", "uri": "/fhir"}}),
+        )
+        .await;
+    }
+    let entries = bundle(
+        "batch",
+        json!([{"resource": body, "request": {"method": "POST", "url": "Patient", "ifNoneExist": "family=Hidden"}}]),
+    );
+    let as_creator = send_as(
+        &app,
+        reqwest::Method::POST,
+        "/fhir",
+        "creator",
+        Some(&entries),
+    )
+    .await;
+    assert_eq!(as_creator.status, 200, "{}", as_creator.text);
+    assert_eq!(
+        as_creator.json()["entry"][0]["response"]["status"],
+        "403 Forbidden"
+    );
+    assert!(
+        !as_creator.text.contains("secretive"),
+        "{}",
+        as_creator.text
+    );
+    let as_upserter = send_as(
+        &app,
+        reqwest::Method::POST,
+        "/fhir",
+        "upserter",
+        Some(&entries),
+    )
+    .await;
+    assert_eq!(
+        as_upserter.json()["entry"][0]["response"]["status"],
+        "200 OK"
+    );
+    assert_eq!(
+        as_upserter.json()["entry"][0]["resource"]["id"],
+        "secretive"
+    );
+    let transaction = bundle(
+        "transaction",
+        json!([{"resource": body, "request": {"method": "POST", "url": "Patient", "ifNoneExist": "family=Hidden"}}]),
+    );
+    let r = send_as(
+        &app,
+        reqwest::Method::POST,
+        "/fhir",
+        "creator",
+        Some(&transaction),
+    )
+    .await;
+    forbidden(&r);
+}
 
 async fn query_parameters_cannot_supply_or_shadow_route_facts(app: TestApp) {
     app.put_patient("p1", "One").await;
@@ -513,6 +624,31 @@ async fn patch_never_reads_the_stored_hash(app: TestApp) {
     assert_eq!(ok.status, 200, "{}", ok.text);
     assert!(!ok.text.contains("argon2"));
     assert_eq!(get_as(&app, "/fhir/Patient", "patched").await.status, 200);
+    // A merge patch that sets a new literal secret hashes it like a PUT:
+    // the new secret works, the old one stops, and the value is never
+    // stored or answered in clear.
+    let new_secret = "merged-secret-value-0123456789";
+    let merged = app
+        .send(
+            app.client
+                .patch(app.url("/fhir/Client/patched"))
+                .header("content-type", "application/merge-patch+json")
+                .body(json!({"secret": new_secret}).to_string()),
+        )
+        .await;
+    assert_eq!(merged.status, 200, "{}", merged.text);
+    assert!(!merged.text.contains(new_secret) && !merged.text.contains("argon2"));
+    assert_eq!(get_as(&app, "/fhir/Patient", "patched").await.status, 401);
+    let fresh = app
+        .send(
+            app.anon
+                .get(app.url("/fhir/Patient"))
+                .basic_auth("patched", Some(new_secret)),
+        )
+        .await;
+    assert_eq!(fresh.status, 200, "{}", fresh.text);
+    let stored = String::from_utf8_lossy(&database_bytes(&app)).into_owned();
+    assert!(!stored.contains(new_secret));
 }
 
 async fn literal_secrets_of_other_fields_are_never_returned_but_kept(app: TestApp) {

@@ -21,6 +21,7 @@ backend_tests!(
     failing_transaction_entry_rolls_back_everything,
     transaction_refuses_two_writes_to_one_resource,
     transaction_patch_entry_uses_a_binary_json_patch,
+    batch_read_entries_can_be_conditional,
     batch_runs_entries_independently,
     only_batch_and_transaction_bundles_are_processed
 );
@@ -134,6 +135,60 @@ async fn transaction_patch_entry_uses_a_binary_json_patch(app: TestApp) {
     assert_eq!(out["entry"][0]["response"]["status"], "200 OK");
     // GET runs after the writes.
     assert_eq!(out["entry"][1]["resource"]["name"][0]["family"], "After");
+
+    // A merge patch travels the same way, with its own media type.
+    let merge = base64::engine::general_purpose::STANDARD
+        .encode(json!({"gender": "female", "name": null}).to_string());
+    let bundle = transaction(json!([
+        {"resource": {"resourceType": "Binary", "contentType": "application/merge-patch+json", "data": merge},
+         "request": {"method": "PATCH", "url": "Patient/tp"}}
+    ]));
+    let r = app.post("/fhir", &bundle).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let now = app.get("/fhir/Patient/tp").await.json();
+    assert_eq!(now["gender"], "female");
+    assert!(now.get("name").is_none(), "{now}");
+    let wrong = base64::engine::general_purpose::STANDARD.encode("[]");
+    let bundle = transaction(json!([
+        {"resource": {"resourceType": "Binary", "contentType": "application/merge-patch+json", "data": wrong},
+         "request": {"method": "PATCH", "url": "Patient/tp"}}
+    ]));
+    let r = app.post("/fhir", &bundle).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("JSON object"), "{}", r.text);
+}
+
+/// `ifNoneMatch` / `ifModifiedSince` on read entries answer 304 without the
+/// resource; on any other entry they are an error.
+async fn batch_read_entries_can_be_conditional(app: TestApp) {
+    app.put_patient("cb", "Cond").await;
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/cb", "ifNoneMatch": "W/\"1\""}},
+        {"request": {"method": "GET", "url": "Patient/cb", "ifNoneMatch": "W/\"9\""}},
+        {"request": {"method": "GET", "url": "Patient/cb", "ifModifiedSince": "2999-01-01T00:00:00Z"}},
+        {"request": {"method": "GET", "url": "Patient/cb", "ifModifiedSince": "2000-01-01T00:00:00Z"}},
+        {"request": {"method": "GET", "url": "Patient/cb/_history/1", "ifNoneMatch": "W/\"1\""}},
+        {"request": {"method": "GET", "url": "Patient?_id=cb", "ifNoneMatch": "W/\"1\""}},
+        {"request": {"method": "GET", "url": "Patient/cb", "ifModifiedSince": "soon"}}
+    ]});
+    let r = app.post("/fhir", &bundle).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let e = r.json()["entry"].as_array().unwrap().clone();
+    assert_eq!(e[0]["response"]["status"], "304 Not Modified");
+    assert_eq!(e[0]["response"]["etag"], "W/\"1\"");
+    assert!(e[0].get("resource").is_none(), "{}", e[0]);
+    assert_eq!(e[1]["response"]["status"], "200 OK");
+    assert_eq!(e[1]["resource"]["id"], "cb");
+    assert_eq!(e[2]["response"]["status"], "304 Not Modified");
+    assert_eq!(e[3]["response"]["status"], "200 OK");
+    assert_eq!(e[4]["response"]["status"], "304 Not Modified");
+    for (i, says) in [(5, "read entry"), (6, "ifModifiedSince")] {
+        assert_eq!(e[i]["response"]["status"], "400 Bad Request", "{}", e[i]);
+        let text = e[i]["response"]["outcome"]["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap();
+        assert!(text.contains(says), "{text}");
+    }
 }
 
 async fn batch_runs_entries_independently(app: TestApp) {

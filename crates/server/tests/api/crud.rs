@@ -10,6 +10,9 @@ backend_tests!(
     update_creates_then_versions_and_vread_returns_each_version,
     update_keeps_client_meta_elements_but_owns_version_and_time,
     patch_applies_a_json_patch_and_guards_the_id,
+    patch_applies_a_merge_patch_sent_either_way,
+    conditional_read_answers_304_while_the_client_is_current,
+    head_answers_a_read_or_search_without_a_body,
     delete_makes_read_answer_410_and_update_brings_it_back,
     prefer_return_chooses_the_response_body,
     if_match_guards_update_patch_and_delete,
@@ -118,7 +121,10 @@ async fn patch_applies_a_json_patch_and_guards_the_id(app: TestApp) {
     .assert_outcome(422, "cannot be applied");
     app.patch("/fhir/Patient/pp", &json!({"op": "replace"}))
         .await
-        .assert_outcome(400, "not valid JSON Patch");
+        .assert_outcome(400, "is an array of operations");
+    app.patch("/fhir/Patient/pp", &json!([{"op": "replace"}]))
+        .await
+        .assert_outcome(400, "not a valid JSON Patch");
     app.patch("/fhir/Patient/missing", &json!([]))
         .await
         .assert_outcome(404, "does not exist");
@@ -127,6 +133,191 @@ async fn patch_applies_a_json_patch_and_guards_the_id(app: TestApp) {
         app.get("/fhir/Patient/pp").await.json()["meta"]["versionId"],
         "2"
     );
+}
+
+/// RFC 7386 merge patches: as `application/merge-patch+json`, and as a JSON
+/// object sent as `application/json` (the Python client fhirpy's
+/// `save(fields=[...])`); a JSON array as `application/json` is a JSON Patch.
+async fn patch_applies_a_merge_patch_sent_either_way(app: TestApp) {
+    let patch = |media: &'static str, body: serde_json::Value| {
+        app.client
+            .patch(app.url("/fhir/Patient/mp"))
+            .header("content-type", media)
+            .body(body.to_string())
+    };
+    let created = app
+        .put(
+            "/fhir/Patient/mp",
+            &json!({"resourceType": "Patient", "id": "mp", "active": true, "gender": "male",
+                    "name": [{"family": "Before"}], "birthDate": "1970-01-01"}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let r = app
+        .send(patch(
+            "application/merge-patch+json",
+            json!({"gender": "female", "active": null, "name": [{"family": "After"}]}),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let body = r.json();
+    assert_eq!(body["gender"], "female");
+    assert!(body.get("active").is_none(), "null removes: {body}");
+    assert_eq!(body["name"], json!([{"family": "After"}]));
+    assert_eq!(body["birthDate"], "1970-01-01", "untouched members stay");
+    assert_eq!(body["meta"]["versionId"], "2");
+    // The new version is what search sees.
+    let found = app.get("/fhir/Patient?family=After&_id=mp").await.json();
+    assert_eq!(found["total"], 1);
+
+    let r = app
+        .send(patch(
+            "application/json",
+            json!({"birthDate": "1980-02-02"}),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["birthDate"], "1980-02-02");
+    let r = app
+        .send(patch(
+            "application/json",
+            json!([{"op": "replace", "path": "/gender", "value": "other"}]),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["gender"], "other");
+    assert_eq!(r.json()["meta"]["versionId"], "4");
+
+    // A result that breaks the resource's rules is refused, and nothing is stored.
+    app.send(patch(
+        "application/merge-patch+json",
+        json!({"id": "other"}),
+    ))
+    .await
+    .assert_outcome(422, "does not match the id in the URL");
+    app.send(patch("application/merge-patch+json", json!({"gender": 7})))
+        .await
+        .assert_outcome(422, "after the patch");
+    app.send(patch("application/merge-patch+json", json!(["x"])))
+        .await
+        .assert_outcome(400, "JSON object");
+    app.send(patch("text/plain", json!({"gender": "male"})))
+        .await
+        .assert_outcome(415, "merge-patch+json");
+    app.send(patch(
+        "application/fhir+json",
+        json!({"resourceType": "Parameters", "parameter": []}),
+    ))
+    .await
+    .assert_outcome(400, "FHIRPath Patch");
+    assert_eq!(
+        app.get("/fhir/Patient/mp").await.json()["meta"]["versionId"],
+        "4"
+    );
+}
+
+/// `If-None-Match` and `If-Modified-Since` on read and vread (R4 §3.1.0.1.5).
+async fn conditional_read_answers_304_while_the_client_is_current(app: TestApp) {
+    app.put_patient("cr", "One").await;
+    let get = |headers: &[(&'static str, String)]| {
+        let mut req = app.client.get(app.url("/fhir/Patient/cr"));
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        app.send(req)
+    };
+    let first = get(&[]).await;
+    assert_eq!(first.status, 200);
+    let etag = first.header("etag").unwrap().to_owned();
+    let modified = first.header("last-modified").unwrap().to_owned();
+
+    let same = get(&[("if-none-match", etag.clone())]).await;
+    assert_eq!(same.status, 304, "{}", same.text);
+    assert!(same.text.is_empty());
+    assert_eq!(same.header("etag"), Some(etag.as_str()));
+    assert_eq!(same.header("last-modified"), Some(modified.as_str()));
+    assert_eq!(get(&[("if-none-match", "*".into())]).await.status, 304);
+    assert_eq!(
+        get(&[("if-modified-since", modified.clone())]).await.status,
+        304
+    );
+    // Another tag, an older date, or a date that does not parse: the resource.
+    assert_eq!(
+        get(&[("if-none-match", "W/\"7\"".into())]).await.status,
+        200
+    );
+    assert_eq!(
+        get(&[("if-modified-since", "Thu, 01 Jan 1970 00:00:00 GMT".into())])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&[("if-modified-since", "yesterday".into())])
+            .await
+            .status,
+        200
+    );
+    // If-None-Match decides when both are sent (RFC 9110 §13.2.2).
+    assert_eq!(
+        get(&[
+            ("if-none-match", "W/\"7\"".into()),
+            ("if-modified-since", modified.clone())
+        ])
+        .await
+        .status,
+        200
+    );
+
+    // A new version makes the client's copy stale.
+    app.put_patient("cr", "Two").await;
+    let after = get(&[("if-none-match", etag.clone())]).await;
+    assert_eq!(after.status, 200);
+    assert_eq!(after.json()["name"][0]["family"], "Two");
+    // vread of the version the client holds is not modified either.
+    let old = app
+        .send(
+            app.client
+                .get(app.url("/fhir/Patient/cr/_history/1"))
+                .header("if-none-match", &etag),
+        )
+        .await;
+    assert_eq!(old.status, 304);
+    // A conditional read of what is not there is still 404.
+    app.send(
+        app.client
+            .get(app.url("/fhir/Patient/none"))
+            .header("if-none-match", "*"),
+    )
+    .await
+    .assert_outcome(404, "does not exist");
+}
+
+/// HEAD on a read and on a search: the GET's status and headers, no body.
+async fn head_answers_a_read_or_search_without_a_body(app: TestApp) {
+    app.put_patient("hd", "Head").await;
+    let read = app.send(app.client.head(app.url("/fhir/Patient/hd"))).await;
+    assert_eq!(read.status, 200);
+    assert!(read.text.is_empty());
+    assert_eq!(read.header("etag"), Some("W/\"1\""));
+    assert!(read
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/fhir+json"));
+    let search = app
+        .send(app.client.head(app.url("/fhir/Patient?family=Head")))
+        .await;
+    assert_eq!(search.status, 200);
+    assert!(search.text.is_empty());
+    let missing = app
+        .send(app.client.head(app.url("/fhir/Patient/nope")))
+        .await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.text.is_empty());
+    let bad = app
+        .send(app.client.head(app.url("/fhir/Patient?birthdate=notadate")))
+        .await;
+    assert_eq!(bad.status, 400);
 }
 
 async fn delete_makes_read_answer_410_and_update_brings_it_back(app: TestApp) {

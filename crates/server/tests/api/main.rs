@@ -9,6 +9,7 @@ mod auth;
 
 mod bundles;
 mod concurrency;
+mod conditional;
 mod crud;
 mod errors;
 mod first_run;

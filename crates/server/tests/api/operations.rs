@@ -55,6 +55,16 @@ async fn metadata_lists_exactly_the_routed_interactions(app: TestApp) {
             "vread"
         ]
     );
+    // The conditional interactions and patch formats that are implemented.
+    assert_eq!(patient["conditionalCreate"], true);
+    assert_eq!(patient["conditionalRead"], "full-support");
+    assert_eq!(
+        cs["patchFormat"],
+        serde_json::json!([
+            "application/json-patch+json",
+            "application/merge-patch+json"
+        ])
+    );
     let params: Vec<&str> = patient["searchParam"]
         .as_array()
         .unwrap()

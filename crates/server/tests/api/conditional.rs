@@ -1,0 +1,248 @@
+//! Conditional create (`If-None-Exist`, R4 §3.1.0.8.1): over REST, in batch
+//! and transaction entries, and under concurrent requests.
+
+use serde_json::{json, Value};
+
+use crate::backend_tests;
+use crate::helpers::{Resp, TestApp};
+
+backend_tests!(
+    if_none_exist_creates_once_then_answers_the_match,
+    if_none_exist_criteria_are_checked,
+    batch_and_transaction_entries_create_conditionally,
+    parallel_conditional_creates_store_one_resource
+);
+
+const SYSTEM: &str = "http://hospital.example/mrn";
+
+fn patient(mrn: &str, family: &str) -> Value {
+    json!({"resourceType": "Patient", "identifier": [{"system": SYSTEM, "value": mrn}],
+           "name": [{"family": family}]})
+}
+
+async fn create_if_none(app: &TestApp, body: &Value, criteria: &str) -> Resp {
+    app.send(
+        app.fhir(app.client.post(app.url("/fhir/Patient")), body)
+            .header("if-none-exist", criteria),
+    )
+    .await
+}
+
+async fn matches(app: &TestApp, mrn: &str) -> Vec<String> {
+    let found = app
+        .get(&format!("/fhir/Patient?identifier={SYSTEM}|{mrn}"))
+        .await
+        .json();
+    found["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn if_none_exist_creates_once_then_answers_the_match(app: TestApp) {
+    let criteria = format!("identifier={SYSTEM}|m1");
+    let first = create_if_none(&app, &patient("m1", "First"), &criteria).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    assert!(first.header("location").unwrap().contains(&id));
+
+    // A second create with the same criteria stores nothing and answers the match.
+    let again = create_if_none(&app, &patient("m1", "Second"), &criteria).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.json()["id"], id.as_str());
+    assert_eq!(again.json()["name"][0]["family"], "First");
+    assert_eq!(again.header("etag"), Some("W/\"1\""));
+    assert_eq!(matches(&app, "m1").await, vec![id.clone()]);
+    // With a leading `?` and with more criteria it is the same search.
+    let more = create_if_none(
+        &app,
+        &patient("m1", "Third"),
+        &format!("?{criteria}&family=First"),
+    )
+    .await;
+    assert_eq!(more.status, 200, "{}", more.text);
+    assert_eq!(more.json()["id"], id.as_str());
+
+    // Criteria that match nothing create.
+    let other = create_if_none(
+        &app,
+        &patient("m1", "Other"),
+        &format!("{criteria}&family=Nobody"),
+    )
+    .await;
+    assert_eq!(other.status, 201, "{}", other.text);
+    // Now two match: 412, and nothing more is stored.
+    create_if_none(&app, &patient("m1", "Fourth"), &criteria)
+        .await
+        .assert_outcome(412, "more than one Patient matches");
+    assert_eq!(matches(&app, "m1").await.len(), 2);
+    // `Prefer: return=minimal` on a match: no body, the match's Location.
+    let minimal = app
+        .send(
+            app.fhir(
+                app.client.post(app.url("/fhir/Patient")),
+                &patient("m1", "x"),
+            )
+            .header("if-none-exist", format!("_id={id}"))
+            .header("prefer", "return=minimal"),
+        )
+        .await;
+    assert_eq!(minimal.status, 200);
+    assert!(minimal.text.is_empty());
+    assert!(minimal.header("location").unwrap().contains(&id));
+}
+
+async fn if_none_exist_criteria_are_checked(app: TestApp) {
+    let body = patient("c1", "Checked");
+    for (criteria, says) in [
+        ("", "no search parameters"),
+        ("nosuchparam=1", "nosuchparam"),
+        ("_count=1", "_count"),
+        ("birthdate=notadate", "birthdate"),
+    ] {
+        create_if_none(&app, &body, criteria)
+            .await
+            .assert_outcome(400, says);
+    }
+    assert!(matches(&app, "c1").await.is_empty(), "nothing was created");
+}
+
+async fn batch_and_transaction_entries_create_conditionally(app: TestApp) {
+    let criteria = format!("identifier={SYSTEM}|b1");
+    let entry = |family: &str| {
+        json!({"fullUrl": "urn:uuid:0b1f1a52-0000-4000-8000-000000000001",
+               "resource": patient("b1", family),
+               "request": {"method": "POST", "url": "Patient", "ifNoneExist": criteria}})
+    };
+    let observation = json!({"resource": {"resourceType": "Observation", "status": "final",
+            "code": {"text": "weight"},
+            "subject": {"reference": "urn:uuid:0b1f1a52-0000-4000-8000-000000000001"}},
+        "request": {"method": "POST", "url": "Observation"}});
+
+    // Transaction, nothing matches: created, and the reference names it.
+    let r = app
+        .post(
+            "/fhir",
+            &json!({"resourceType": "Bundle", "type": "transaction",
+                    "entry": [entry("Tx"), observation.clone()]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let out = r.json();
+    assert_eq!(out["entry"][0]["response"]["status"], "201 Created");
+    let id = out["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        out["entry"][1]["resource"]["subject"]["reference"],
+        format!("Patient/{id}")
+    );
+
+    // Transaction, one matches: nothing is created, the reference names the match.
+    let r = app
+        .post(
+            "/fhir",
+            &json!({"resourceType": "Bundle", "type": "transaction",
+                    "entry": [entry("Again"), observation.clone()]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let out = r.json();
+    assert_eq!(out["entry"][0]["response"]["status"], "200 OK");
+    assert_eq!(out["entry"][0]["resource"]["id"], id.as_str());
+    assert_eq!(out["entry"][0]["resource"]["name"][0]["family"], "Tx");
+    assert_eq!(
+        out["entry"][1]["resource"]["subject"]["reference"],
+        format!("Patient/{id}")
+    );
+    assert_eq!(matches(&app, "b1").await, vec![id.clone()]);
+
+    // The same criteria twice in one transaction is refused as a whole.
+    let mut twin = entry("Twin");
+    twin["fullUrl"] = json!("urn:uuid:0b1f1a52-0000-4000-8000-000000000002");
+    let r = app
+        .post(
+            "/fhir",
+            &json!({"resourceType": "Bundle", "type": "transaction",
+                    "entry": [entry("One"), twin, observation.clone()]}),
+        )
+        .await;
+    r.assert_outcome(400, "the same ifNoneExist");
+
+    // Batch: each entry on its own; a match answers 200 with it.
+    let r = app
+        .post(
+            "/fhir",
+            &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"resource": patient("b1", "Batch"),
+                 "request": {"method": "POST", "url": "Patient", "ifNoneExist": criteria}},
+                {"resource": patient("b2", "Batch"),
+                 "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("identifier={SYSTEM}|b2")}},
+                {"resource": patient("b3", "Batch"),
+                 "request": {"method": "POST", "url": "Patient", "ifNoneExist": "nosuch=1"}},
+                {"request": {"method": "GET", "url": "Patient", "ifNoneExist": criteria}}
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let e = r.json()["entry"].as_array().unwrap().clone();
+    assert_eq!(e[0]["response"]["status"], "200 OK");
+    assert_eq!(e[0]["resource"]["id"], id.as_str());
+    assert_eq!(e[1]["response"]["status"], "201 Created");
+    assert_eq!(e[2]["response"]["status"], "400 Bad Request");
+    assert_eq!(e[3]["response"]["status"], "400 Bad Request");
+    assert!(e[3]["response"]["outcome"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("create entry"));
+    assert_eq!(matches(&app, "b1").await.len(), 1);
+    assert_eq!(matches(&app, "b2").await.len(), 1);
+    assert!(matches(&app, "b3").await.is_empty());
+}
+
+/// Many clients "upsert" the same patient at once: exactly one resource is
+/// stored, one request answers 201 and the others 200 with it.
+async fn parallel_conditional_creates_store_one_resource(app: TestApp) {
+    const CLIENTS: usize = 12;
+    for round in 0..3 {
+        let mrn = format!("p{round}");
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let request = app
+                    .client
+                    .post(app.url("/fhir/Patient"))
+                    .header("content-type", "application/fhir+json")
+                    .header("if-none-exist", format!("identifier={SYSTEM}|{mrn}"))
+                    .body(patient(&mrn, &format!("C{i}")).to_string());
+                tokio::spawn(async move {
+                    let r = request.send().await.unwrap();
+                    let status = r.status().as_u16();
+                    let body: Value = r.json().await.unwrap();
+                    (status, body["id"].as_str().unwrap_or_default().to_owned())
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        let created = answers.iter().filter(|(s, _)| *s == 201).count();
+        assert_eq!(created, 1, "{answers:?}");
+        assert!(
+            answers.iter().all(|(s, _)| *s == 201 || *s == 200),
+            "{answers:?}"
+        );
+        let stored = matches(&app, &mrn).await;
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        assert!(
+            answers.iter().all(|(_, id)| *id == stored[0]),
+            "{answers:?}"
+        );
+    }
+}
