@@ -316,7 +316,7 @@ fn parse_entry(entry: &Value, base: &str) -> Result<Entry, RestError> {
     );
     if !allowed {
         return Err(RestError::bad_request(format!(
-            "{method:?} {url} is not supported in a bundle (conditional interactions are not supported yet)"
+            "{method:?} {url} is not supported in a bundle: a conditional update, patch or delete (a query on the type) is not supported in bundles yet; use Type/id, or ifNoneExist for a conditional create"
         )));
     }
     match &target {

@@ -78,8 +78,8 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
                 "updateCreate": interactions.has(Level::Type, "update"),
                 "conditionalCreate": true,
                 "conditionalRead": "full-support",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
             });
             if interactions.has(Level::Type, "search-type") {
                 // `_id` and `_lastUpdated`, then every R4 parameter of the type

@@ -212,6 +212,7 @@ impl From<StoreError> for RestError {
                 IssueType::MultipleMatches,
                 format!("{e}; make the criteria more selective"),
             ),
+            e @ StoreError::NoMatch { .. } => RestError::not_found(e.to_string()),
             e @ StoreError::MatchAppeared { .. } => RestError::new(
                 ErrorKind::Conflict,
                 IssueType::Conflict,

@@ -29,7 +29,9 @@ pub fn finalizer(
     let id = id.to_owned();
     let vault = vault.cloned();
     Arc::new(move |body: Value, current: Option<&StoredResource>| {
-        crate::references::check_references(&resource_type, &id, &body, vault.as_ref())
+        // A conditional write finds its resource, and so its id, in the store.
+        let id = current.map_or(id.as_str(), |c| c.id.as_str());
+        crate::references::check_references(&resource_type, id, &body, vault.as_ref())
             .map_err(Refusal::from)?;
         match resource_type.as_str() {
             "Client" => write_rules::finalize_client(body, current, &prehashed),

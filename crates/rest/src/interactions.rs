@@ -3,7 +3,7 @@
 //! arguments, hands a write to the shared pipeline in `resource`, and
 //! answers with a `Reply`.
 
-use fhirbox_fhir::IssueType;
+use fhirbox_fhir::{IssueType, OperationOutcome};
 use fhirbox_store::{
     HistoryPage, HistoryScope, ResourceHistory, ResourceRead, ResourceSearch, StoreError,
     StoredResource,
@@ -33,6 +33,35 @@ fn read_reply(stored: &StoredResource, conditions: &ReadConditions) -> Reply {
         return not_modified(stored);
     }
     resource_reply(200, stored, None, ReturnPreference::Representation, "")
+}
+
+/// A delete's answer: 204, or 200 with an OperationOutcome when asked;
+/// the version headers of the tombstone when there is one.
+fn delete_reply(
+    tombstone: Option<&StoredResource>,
+    preference: ReturnPreference,
+    message: &str,
+) -> Reply {
+    let preference = match preference {
+        ReturnPreference::OperationOutcome => ReturnPreference::OperationOutcome,
+        _ => ReturnPreference::Minimal,
+    };
+    let status = if preference == ReturnPreference::Minimal {
+        204
+    } else {
+        200
+    };
+    match tombstone {
+        Some(r) => resource_reply(status, r, None, preference, message),
+        None => Reply {
+            status,
+            body: (status == 200)
+                .then(|| OperationOutcome::information(message).to_json().to_string()),
+            etag: None,
+            last_modified: None,
+            location: None,
+        },
+    }
 }
 
 impl Rest {
@@ -178,6 +207,39 @@ impl Rest {
         let prehashed = Prehashed::for_body(resource_type, &body).await?;
         let op =
             resource::prepare_update(resource_type, id, body, if_match, &self.checks, prehashed)?;
+        self.put_reply(base, op, preference).await
+    }
+
+    /// `PUT /{type}?criteria` (R4 §3.1.0.4.3): replaces the one resource the
+    /// criteria match, creates when none does (a body without an id), and
+    /// is refused with 412 when several do.
+    pub async fn conditional_update(
+        &self,
+        base: &str,
+        resource_type: &str,
+        criteria: &str,
+        body: Value,
+        if_match: Option<i64>,
+        preference: ReturnPreference,
+    ) -> Result<Reply, RestError> {
+        let prehashed = Prehashed::for_body(resource_type, &body).await?;
+        let op = resource::prepare_conditional_update(
+            resource_type,
+            criteria,
+            body,
+            if_match,
+            &self.checks,
+            prehashed,
+        )?;
+        self.put_reply(base, op, preference).await
+    }
+
+    async fn put_reply(
+        &self,
+        base: &str,
+        op: fhirbox_store::WriteOp,
+        preference: ReturnPreference,
+    ) -> Result<Reply, RestError> {
         let outcome = self.write(op).await?;
         let stored = &outcome.resource;
         let (status, loc) = if outcome.created {
@@ -210,6 +272,37 @@ impl Rest {
         let prehashed = patch.prehash(resource_type).await?;
         let op =
             resource::prepare_patch(resource_type, id, patch, if_match, &self.checks, prehashed)?;
+        self.patch_reply(op, preference).await
+    }
+
+    /// `PATCH /{type}?criteria`: patches the one resource the criteria
+    /// match; 404 when none does, 412 when several do.
+    pub async fn conditional_patch(
+        &self,
+        resource_type: &str,
+        criteria: &str,
+        patch: Patch,
+        if_match: Option<i64>,
+        preference: ReturnPreference,
+    ) -> Result<Reply, RestError> {
+        let prehashed = patch.prehash(resource_type).await?;
+        let op = resource::prepare_patch(
+            resource_type,
+            &resource::new_id(),
+            patch,
+            if_match,
+            &self.checks,
+            prehashed,
+        )?;
+        let op = resource::conditional(op, criteria, "the conditional patch's criteria")?;
+        self.patch_reply(op, preference).await
+    }
+
+    async fn patch_reply(
+        &self,
+        op: fhirbox_store::WriteOp,
+        preference: ReturnPreference,
+    ) -> Result<Reply, RestError> {
         let outcome = self.write(op).await?;
         let stored = &outcome.resource;
         Ok(resource_reply(
@@ -239,22 +332,34 @@ impl Rest {
         } else {
             format!("{resource_type}/{id} was already deleted")
         };
-        let preference = match preference {
-            ReturnPreference::OperationOutcome => ReturnPreference::OperationOutcome,
-            _ => ReturnPreference::Minimal,
-        };
-        let status = if preference == ReturnPreference::Minimal {
-            204
-        } else {
-            200
-        };
-        Ok(resource_reply(
-            status,
-            &outcome.resource,
-            None,
-            preference,
-            &message,
-        ))
+        Ok(delete_reply(Some(&outcome.resource), preference, &message))
+    }
+
+    /// `DELETE /{type}?criteria` (R4 §3.1.0.7.1): deletes the one resource
+    /// the criteria match; nothing to delete when none does (204, like a
+    /// delete of a deleted resource); 412 when several do.
+    pub async fn conditional_delete(
+        &self,
+        resource_type: &str,
+        criteria: &str,
+        if_match: Option<i64>,
+        preference: ReturnPreference,
+    ) -> Result<Reply, RestError> {
+        let op = resource::prepare_delete(resource_type, &resource::new_id(), if_match)?;
+        let op = resource::conditional(op, criteria, "the conditional delete's criteria")?;
+        match self.write(op).await {
+            Ok(outcome) => {
+                let r = &outcome.resource;
+                let message = format!("deleted {}/{}", r.resource_type, r.id);
+                Ok(delete_reply(Some(r), preference, &message))
+            }
+            Err(e @ StoreError::NoMatch { .. }) => Ok(delete_reply(
+                None,
+                preference,
+                &format!("{e}; nothing was deleted"),
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `GET /{type}?…` or `GET /?…`: a searchset Bundle.

@@ -63,6 +63,9 @@ pub enum IdRule<'a> {
     ServerAssigned,
     /// Update: the body must carry exactly this id.
     MustEqual(&'a str),
+    /// Conditional update: an id in the body, if any, must be the one of the
+    /// resource the criteria match (the store compares them).
+    OfTheMatch,
 }
 
 /// The checks every stored resource passes: it is one resource of the
@@ -171,6 +174,14 @@ fn check_identity(body: &Value, resource_type: &str, id_rule: IdRule<'_>) -> Res
                 ))
                 .at(format!("{resource_type}.id")))
             }
+        }
+    }
+    if let (IdRule::OfTheMatch, Some(id)) = (id_rule, fields.get("id")) {
+        if !id.as_str().is_some_and(is_valid_id) {
+            return Err(RestError::bad_request(
+                "id must be a valid FHIR id, the one of the resource the criteria match, or left out",
+            )
+            .at(format!("{resource_type}.id")));
         }
     }
     if let Some(meta) = fields.get("meta") {
@@ -346,17 +357,18 @@ pub fn prepare_patch(
     check_id(id)?;
     patch.check()?;
     let rt = resource_type.to_owned();
-    let url_id = id.to_owned();
     let max_bytes = checks.max_body_bytes;
     let structure = checks.structure.clone();
     let transform = move |current: &StoredResource| -> Result<Value, Refusal> {
-        // The patch sees what a read shows, never server-held secret
-        // material; a masked secret it leaves alone is carried over by the
-        // finalizer. A stored body that does not parse is the server's
-        // problem (500, logged), not the caller's.
+        // The id is the current version's: a conditional patch finds it in
+        // the store. The patch sees what a read shows, never server-held
+        // secret material; a masked secret it leaves alone is carried over
+        // by the finalizer. A stored body that does not parse is the
+        // server's problem (500, logged), not the caller's.
+        let id = current.id.as_str();
         let mut doc = hooks::public_value(current).map_err(|e| {
             Refusal::internal(format!(
-                "stored body of {rt}/{url_id} version {} is not JSON: {e}",
+                "stored body of {rt}/{id} version {} is not JSON: {e}",
                 current.version_id
             ))
         })?;
@@ -364,20 +376,18 @@ pub fn prepare_patch(
             .apply(&mut doc, current.body.len(), max_bytes)
             .map_err(|problem| {
                 Refusal::invalid(format!(
-                    "the {} cannot be applied to {rt}/{url_id} version {}: {problem}",
+                    "the {} cannot be applied to {rt}/{id} version {}: {problem}",
                     patch.name(),
                     current.version_id
                 ))
             })?;
         // A result the patch made invalid is the patch's fault: 422 (the
         // patch itself was well-formed), with every problem listed.
-        validate_body(&doc, &rt, IdRule::MustEqual(&url_id), structure.as_deref()).map_err(
-            |e| {
-                let mut e = e.prefixed("after the patch");
-                e.kind = ErrorKind::Unprocessable;
-                Refusal::from(e)
-            },
-        )?;
+        validate_body(&doc, &rt, IdRule::MustEqual(id), structure.as_deref()).map_err(|e| {
+            let mut e = e.prefixed("after the patch");
+            e.kind = ErrorKind::Unprocessable;
+            Refusal::from(e)
+        })?;
         Ok(doc)
     };
     Ok(stored_write(
@@ -407,6 +417,48 @@ pub fn prepare_delete(
         index: None,
         matching: None,
     })
+}
+
+/// A conditional write (R4 §3.1.0.8): `op` applied to the resource its
+/// criteria match, found in the write's own transaction. `op` was prepared
+/// with a fresh id, which only a conditional update that matches nothing
+/// uses (to create).
+pub fn conditional(mut op: WriteOp, criteria: &str, what: &str) -> Result<WriteOp, RestError> {
+    op.matching = Some(crate::search::parse_criteria(
+        &op.resource_type,
+        criteria,
+        what,
+        true,
+    )?);
+    Ok(op)
+}
+
+/// Conditional update (`PUT /{type}?criteria`): the body's id may be left
+/// out; the store decides which resource it replaces.
+pub fn prepare_conditional_update(
+    resource_type: &str,
+    criteria: &str,
+    body: Value,
+    if_match: Option<i64>,
+    checks: &WriteChecks,
+    prehashed: hooks::Prehashed,
+) -> Result<WriteOp, RestError> {
+    check_type(resource_type)?;
+    validate_body(
+        &body,
+        resource_type,
+        IdRule::OfTheMatch,
+        checks.structure.as_deref(),
+    )?;
+    let op = stored_write(
+        resource_type,
+        &new_id(),
+        WriteKind::Put(body),
+        if_match,
+        checks,
+        prehashed,
+    );
+    conditional(op, criteria, "the conditional update's criteria")
 }
 
 #[cfg(test)]

@@ -153,7 +153,12 @@ pub fn parse_criteria(
     what: &str,
     answer_existing: bool,
 ) -> Result<Matching, RestError> {
-    let params = parse_query(Some(raw.trim_start_matches('?'))).map_err(|e| e.prefixed(what))?;
+    // `_format` and `_pretty` shape an answer and select nothing.
+    let params: Params = parse_query(Some(raw.trim_start_matches('?')))
+        .map_err(|e| e.prefixed(what))?
+        .into_iter()
+        .filter(|(name, _)| name != "_format" && name != "_pretty")
+        .collect();
     if params.is_empty() {
         return Err(RestError::bad_request(format!(
             "{what} has no search parameters; give criteria such as identifier=system|value"

@@ -167,7 +167,11 @@ fn fhir_routes() -> (Router<AppState>, Interactions) {
     )
     .route(
         "/fhir/{type}",
-        get(fhir_api::search_type).post(fhir_api::create),
+        get(fhir_api::search_type)
+            .post(fhir_api::create)
+            .put(fhir_api::update_conditional)
+            .patch(fhir_api::patch_conditional)
+            .delete(fhir_api::delete_conditional),
         Level::Type,
         &["search-type", "create"],
     )

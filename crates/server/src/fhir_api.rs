@@ -3,7 +3,7 @@
 //! and renders its reply through `response::render`. They need the REST
 //! layer only (`State<Rest>`), never the whole application state.
 
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fhirbox_auth::Identity;
@@ -108,6 +108,79 @@ pub async fn delete(
         .delete(
             &resource_type,
             &id,
+            if_match(&headers)?,
+            prefer(&headers).return_,
+        )
+        .await?;
+    Ok(render(reply))
+}
+
+/// The criteria of a conditional update, patch or delete: the query
+/// string, which must be there (without it the request names no resource).
+fn criteria(query: Option<String>, method: &str) -> Result<String, ApiError> {
+    query.filter(|q| !q.is_empty()).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{method} on a resource type needs search criteria, e.g. ?identifier=system|value; to change one resource by id, send {method} to /fhir/{{type}}/{{id}}"
+        ))
+    })
+}
+
+/// `PUT /fhir/{type}?criteria`: conditional update.
+pub async fn update_conditional(
+    State(rest): State<Rest>,
+    FhirPath(resource_type): FhirPath<String>,
+    FhirBase(base): FhirBase,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    FhirJson(body): FhirJson,
+) -> Answer {
+    let criteria = criteria(query, "PUT")?;
+    let reply = rest
+        .conditional_update(
+            &base,
+            &resource_type,
+            &criteria,
+            body,
+            if_match(&headers)?,
+            prefer(&headers).return_,
+        )
+        .await?;
+    Ok(render(reply))
+}
+
+/// `PATCH /fhir/{type}?criteria`: conditional patch.
+pub async fn patch_conditional(
+    State(rest): State<Rest>,
+    FhirPath(resource_type): FhirPath<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    PatchBody(patch): PatchBody,
+) -> Answer {
+    let criteria = criteria(query, "PATCH")?;
+    let reply = rest
+        .conditional_patch(
+            &resource_type,
+            &criteria,
+            patch,
+            if_match(&headers)?,
+            prefer(&headers).return_,
+        )
+        .await?;
+    Ok(render(reply))
+}
+
+/// `DELETE /fhir/{type}?criteria`: conditional delete.
+pub async fn delete_conditional(
+    State(rest): State<Rest>,
+    FhirPath(resource_type): FhirPath<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Answer {
+    let criteria = criteria(query, "DELETE")?;
+    let reply = rest
+        .conditional_delete(
+            &resource_type,
+            &criteria,
             if_match(&headers)?,
             prefer(&headers).return_,
         )

@@ -55,6 +55,16 @@ impl Refusal {
         }
     }
 
+    /// The request was wrong as sent (400).
+    pub fn malformed(message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: RefusalKind::Malformed,
+            message: message.into(),
+            location: None,
+            issues: Vec::new(),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Refusal {
         Refusal {
             kind: RefusalKind::Internal,
@@ -96,6 +106,12 @@ pub enum StoreError {
     /// The criteria of a conditional write matched more than one resource.
     #[error("more than one {resource_type} matches {criteria}")]
     MultipleMatches {
+        resource_type: String,
+        criteria: String,
+    },
+    /// The criteria of a conditional patch or delete matched nothing.
+    #[error("no {resource_type} matches {criteria}")]
+    NoMatch {
         resource_type: String,
         criteria: String,
     },

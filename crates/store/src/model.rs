@@ -79,8 +79,10 @@ pub struct WriteOp {
     /// replace the resource's rows in the same transaction. `None`: the
     /// resource is not indexed (its old rows are removed all the same).
     pub index: Option<Indexer>,
-    /// A conditional create (`If-None-Exist`): the search that decides,
-    /// inside this write's transaction, whether it happens at all.
+    /// A conditional write: the search that decides, inside this write's
+    /// transaction, whether it happens and to which resource (a
+    /// conditional create, update, patch or delete); `id` is then used
+    /// only when the write creates.
     pub matching: Option<Matching>,
 }
 
@@ -95,9 +97,9 @@ pub struct Matching {
     pub query: SearchQuery,
     /// The criteria as one canonical text: equal for equal criteria.
     pub criteria: String,
-    /// With one match: answer it and write nothing (`true`), or refuse with
-    /// `MatchAppeared` (`false`: a transaction that searched before it
-    /// started and has already given the new id to references).
+    /// For a create with one match: answer it and write nothing (`true`), or
+    /// refuse with `MatchAppeared` (`false`: a transaction that searched
+    /// before it started and has already given the new id to references).
     pub answer_existing: bool,
 }
 

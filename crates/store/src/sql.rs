@@ -174,36 +174,16 @@ macro_rules! sql_backend {
         async fn apply(conn: &mut $conn, op: &WriteOp) -> StoreResult<WriteOutcome> {
             let rt = op.resource_type.as_str();
             let id = op.id.as_str();
+            let mut matched = None;
             if let Some(matching) = &op.matching {
                 let found = find_matches(conn, matching).await?;
-                match (&op.kind, found.as_slice()) {
-                    (WriteKind::Create(_), []) => {}
-                    (WriteKind::Create(_), [existing]) if matching.answer_existing => {
-                        return Ok(WriteOutcome {
-                            resource: existing.clone(),
-                            created: false,
-                            changed: false,
-                        })
-                    }
-                    (WriteKind::Create(_), [_]) => {
-                        return Err(StoreError::MatchAppeared {
-                            resource_type: rt.into(),
-                            criteria: matching.criteria.clone(),
-                        })
-                    }
-                    (WriteKind::Create(_), _) => {
-                        return Err(StoreError::MultipleMatches {
-                            resource_type: rt.into(),
-                            criteria: matching.criteria.clone(),
-                        })
-                    }
-                    (kind, _) => {
-                        return Err(StoreError::Config(format!(
-                            "criteria on a {kind:?} write are not supported"
-                        )))
-                    }
+                match crate::sql::conditional(op, matching, found)? {
+                    crate::sql::Conditional::Proceed => {}
+                    crate::sql::Conditional::Target(target) => matched = Some(target),
+                    crate::sql::Conditional::Answer(outcome) => return Ok(outcome),
                 }
             }
+            let id = matched.as_deref().unwrap_or(id);
             loop {
                 let selected = select_current(conn, rt, id).await?;
                 let current_key = selected.as_ref().map(|(_, key)| *key);
@@ -607,3 +587,80 @@ macro_rules! sql_backend {
 }
 
 pub(crate) use sql_backend;
+
+use crate::error::{Refusal, StoreError};
+use crate::model::{Matching, StoredResource, WriteKind, WriteOp, WriteOutcome};
+
+/// What a conditional write does once its criteria are searched
+/// (R4 §3.1.0.8, docs/search.md "Conditional interactions").
+pub(crate) enum Conditional {
+    /// Write as asked, with the op's own id.
+    Proceed,
+    /// Write to the one match, which has this id.
+    Target(String),
+    /// Write nothing and answer this (a conditional create's match).
+    Answer(WriteOutcome),
+}
+
+/// Decides a conditional write from the first two matches of its criteria.
+pub(crate) fn conditional(
+    op: &WriteOp,
+    matching: &Matching,
+    found: Vec<StoredResource>,
+) -> Result<Conditional, StoreError> {
+    let resource_type = op.resource_type.clone();
+    let criteria = matching.criteria.clone();
+    if found.len() > 1 {
+        return Err(StoreError::MultipleMatches {
+            resource_type,
+            criteria,
+        });
+    }
+    let body_id = |body: &serde_json::Value| {
+        body.get("id")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    match (&op.kind, found.into_iter().next()) {
+        (WriteKind::Create(_), None) => Ok(Conditional::Proceed),
+        (WriteKind::Create(_), Some(existing)) if matching.answer_existing => {
+            Ok(Conditional::Answer(WriteOutcome {
+                resource: existing,
+                created: false,
+                changed: false,
+            }))
+        }
+        (WriteKind::Create(_), Some(_)) => Err(StoreError::MatchAppeared {
+            resource_type,
+            criteria,
+        }),
+        // A body id with no match would write that id whatever it holds,
+        // past access rules that name ids: it is refused instead.
+        (WriteKind::Put(body), None) => match body_id(body) {
+            Some(id) => Err(StoreError::Rejected(
+                Refusal::malformed(format!(
+                    "no {resource_type} matches {criteria}, and the body names id {id:?}; to create or replace {resource_type}/{id}, PUT to that URL"
+                ))
+                .at(format!("{resource_type}.id")),
+            )),
+            None => Ok(Conditional::Proceed),
+        },
+        (WriteKind::Put(body), Some(found)) => match body_id(body) {
+            Some(id) if id != found.id => Err(StoreError::Rejected(
+                Refusal::malformed(format!(
+                    "the body names id {id:?} but the resource matching {criteria} is {resource_type}/{}",
+                    found.id
+                ))
+                .at(format!("{resource_type}.id")),
+            )),
+            _ => Ok(Conditional::Target(found.id)),
+        },
+        (WriteKind::Modify(_) | WriteKind::Delete, None) => Err(StoreError::NoMatch {
+            resource_type,
+            criteria,
+        }),
+        (WriteKind::Modify(_) | WriteKind::Delete, Some(found)) => {
+            Ok(Conditional::Target(found.id))
+        }
+    }
+}

@@ -137,23 +137,24 @@ async fn request_facts(parts: &mut Parts) -> Result<(RequestFacts, FhirQuery), A
     Ok((facts, FhirQuery(params)))
 }
 
-/// The search behind `If-None-Exist` on a create (`POST /fhir/{type}`).
+/// The search a conditional write runs: `If-None-Exist` on a create
+/// (`POST /fhir/{type}`), the query string of a conditional update, patch
+/// or delete (`PUT`/`PATCH`/`DELETE /fhir/{type}?criteria`).
 fn conditional_search(
     parts: &Parts,
     facts: &RequestFacts,
 ) -> Result<Option<RequestFacts>, ApiError> {
-    let Some(criteria) = crate::extract::if_none_exist(&parts.headers)? else {
+    let (Some(resource_type), None) = (facts.resource_type.as_deref(), &facts.id) else {
         return Ok(None);
     };
-    match (
-        facts.method.as_str(),
-        facts.resource_type.as_deref(),
-        &facts.id,
-    ) {
-        ("post", Some(resource_type), None) => {
-            Ok(Some(search::criteria_facts(resource_type, &criteria)?))
-        }
-        _ => Ok(None),
+    let criteria = match facts.method.as_str() {
+        "post" => crate::extract::if_none_exist(&parts.headers)?,
+        "put" | "patch" | "delete" => parts.uri.query().map(str::to_owned),
+        _ => None,
+    };
+    match criteria {
+        Some(criteria) => Ok(Some(search::criteria_facts(resource_type, &criteria)?)),
+        None => Ok(None),
     }
 }
 

@@ -104,14 +104,14 @@ backend_tests!(
     duplicate_keys_full_urls_and_bad_meta_are_refused,
     a_wrong_secret_flood_does_not_starve_legitimate_clients,
     patches_and_bundles_are_bounded,
-    a_conditional_create_needs_the_right_to_search
+    conditional_writes_need_the_right_to_search
 );
 
-/// `If-None-Exist` searches, and a match is answered with the stored
-/// resource: the search is authorized like `GET /fhir/{type}?{criteria}`,
-/// over REST and in bundle entries, so a create-only client cannot read
-/// what exists through it.
-async fn a_conditional_create_needs_the_right_to_search(app: TestApp) {
+/// A conditional write searches, and a conditional create answers its match
+/// with the stored resource: the search is authorized like
+/// `GET /fhir/{type}?{criteria}`, over REST and in bundle entries, so a
+/// client that may write but not search cannot probe what exists.
+async fn conditional_writes_need_the_right_to_search(app: TestApp) {
     let stored = app.put_patient("secretive", "Hidden").await;
     assert_eq!(stored["id"], "secretive");
     client_with_matcho(
@@ -215,6 +215,58 @@ async fn a_conditional_create_needs_the_right_to_search(app: TestApp) {
     )
     .await;
     forbidden(&r);
+
+    // A conditional update, patch or delete searches by its query string:
+    // the search is authorized too.
+    client_with_matcho(
+        &app,
+        "writer",
+        json!({"uri": "/fhir/Patient", "request-method": {"$enum": ["put", "patch", "delete"]}}),
+    )
+    .await;
+    client_with_matcho(
+        &app,
+        "rewriter",
+        json!({"uri": "/fhir/Patient", "request-method": {"$enum": ["put", "patch", "delete", "get"]}}),
+    )
+    .await;
+    let replacement =
+        json!({"resourceType": "Patient", "name": [{"family": "Hidden"}], "gender": "other"});
+    let merge = json!({"gender": "male"});
+    for (method, body, media) in [
+        (reqwest::Method::PUT, &replacement, "application/fhir+json"),
+        (
+            reqwest::Method::PATCH,
+            &merge,
+            "application/merge-patch+json",
+        ),
+        (reqwest::Method::DELETE, &json!(null), ""),
+    ] {
+        let request = |id: &'static str| {
+            let mut req = app
+                .anon
+                .request(method.clone(), app.url("/fhir/Patient?family=Hidden"))
+                .basic_auth(id, Some(SECRET));
+            if !media.is_empty() {
+                req = req.header("content-type", media).body(body.to_string());
+            }
+            req
+        };
+        let denied = app.send(request("writer")).await;
+        forbidden(&denied);
+        assert!(!denied.text.contains("secretive"), "{}", denied.text);
+        let allowed = app.send(request("rewriter")).await;
+        assert!(
+            allowed.status == 200 || allowed.status == 204,
+            "{method}: {} {}",
+            allowed.status,
+            allowed.text
+        );
+    }
+    // The writer's denials changed nothing; the rewriter's delete came last.
+    app.get("/fhir/Patient/secretive")
+        .await
+        .assert_outcome(410, "deleted");
 }
 
 async fn query_parameters_cannot_supply_or_shadow_route_facts(app: TestApp) {

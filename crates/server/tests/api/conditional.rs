@@ -1,5 +1,6 @@
-//! Conditional create (`If-None-Exist`, R4 §3.1.0.8.1): over REST, in batch
-//! and transaction entries, and under concurrent requests.
+//! Conditional interactions (R4 §3.1.0.8): create with `If-None-Exist` over
+//! REST, in batch and transaction entries and under concurrent requests;
+//! update, patch and delete by criteria.
 
 use serde_json::{json, Value};
 
@@ -10,7 +11,9 @@ backend_tests!(
     if_none_exist_creates_once_then_answers_the_match,
     if_none_exist_criteria_are_checked,
     batch_and_transaction_entries_create_conditionally,
-    parallel_conditional_creates_store_one_resource
+    parallel_conditional_creates_store_one_resource,
+    conditional_update_replaces_the_match_or_creates,
+    conditional_patch_and_delete_act_on_the_one_match
 );
 
 const SYSTEM: &str = "http://hospital.example/mrn";
@@ -245,4 +248,138 @@ async fn parallel_conditional_creates_store_one_resource(app: TestApp) {
             "{answers:?}"
         );
     }
+}
+
+/// `PUT /fhir/{type}?criteria` (R4 §3.1.0.4.3).
+async fn conditional_update_replaces_the_match_or_creates(app: TestApp) {
+    let put = |criteria: String, body: Value| {
+        app.send(
+            app.fhir(
+                app.client
+                    .put(app.url(&format!("/fhir/Patient?{criteria}"))),
+                &body,
+            ),
+        )
+    };
+    let criteria = format!("identifier={SYSTEM}|u1");
+    // Nothing matches: created with a server id.
+    let created = put(criteria.clone(), patient("u1", "Made")).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    assert!(created.header("location").unwrap().contains(&id));
+    // One matches: replaced, with or without the id in the body.
+    let replaced = put(criteria.clone(), patient("u1", "Changed")).await;
+    assert_eq!(replaced.status, 200, "{}", replaced.text);
+    assert_eq!(replaced.json()["id"], id.as_str());
+    assert_eq!(replaced.json()["meta"]["versionId"], "2");
+    let mut with_id = patient("u1", "Again");
+    with_id["id"] = json!(id);
+    let again = put(criteria.clone(), with_id).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.json()["name"][0]["family"], "Again");
+    // An id that is not the match's is refused; so is an id with no match.
+    let mut wrong = patient("u1", "Wrong");
+    wrong["id"] = json!("someone-else");
+    put(criteria.clone(), wrong.clone())
+        .await
+        .assert_outcome(400, "someone-else");
+    put(format!("identifier={SYSTEM}|nobody"), wrong)
+        .await
+        .assert_outcome(400, "PUT to that URL");
+    assert!(app.get("/fhir/Patient/someone-else").await.status == 404);
+    // If-Match applies to the match.
+    let stale = app
+        .send(
+            app.fhir(
+                app.client
+                    .put(app.url(&format!("/fhir/Patient?{criteria}"))),
+                &patient("u1", "Stale"),
+            )
+            .header("if-match", "W/\"1\""),
+        )
+        .await;
+    assert_eq!(stale.status, 412, "{}", stale.text);
+    // Several match: 412, nothing changes.
+    let second = app.post("/fhir/Patient", &patient("u1", "Second")).await;
+    assert_eq!(second.status, 201);
+    put(criteria.clone(), patient("u1", "Nope"))
+        .await
+        .assert_outcome(412, "more than one Patient matches");
+    // No criteria, or criteria the server does not know: 400.
+    app.send(app.fhir(
+        app.client.put(app.url("/fhir/Patient")),
+        &patient("u1", "x"),
+    ))
+    .await
+    .assert_outcome(400, "needs search criteria");
+    put("nosuch=1".into(), patient("u1", "x"))
+        .await
+        .assert_outcome(400, "nosuch");
+    assert_eq!(
+        app.get(&format!("/fhir/Patient/{id}")).await.json()["meta"]["versionId"],
+        "3"
+    );
+}
+
+/// `PATCH` and `DELETE /fhir/{type}?criteria`.
+async fn conditional_patch_and_delete_act_on_the_one_match(app: TestApp) {
+    let created = app.post("/fhir/Patient", &patient("d1", "Patchable")).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let criteria = format!("identifier={SYSTEM}|d1");
+    let patched = app
+        .send(
+            app.client
+                .patch(app.url(&format!("/fhir/Patient?{criteria}")))
+                .header("content-type", "application/merge-patch+json")
+                .body(json!({"gender": "female"}).to_string()),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    assert_eq!(patched.json()["id"], id.as_str());
+    assert_eq!(patched.json()["gender"], "female");
+    app.send(
+        app.client
+            .patch(app.url(&format!("/fhir/Patient?identifier={SYSTEM}|nobody")))
+            .header("content-type", "application/json-patch+json")
+            .body("[]"),
+    )
+    .await
+    .assert_outcome(404, "no Patient matches");
+
+    let deleted = app
+        .send(
+            app.client
+                .delete(app.url(&format!("/fhir/Patient?{criteria}"))),
+        )
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    app.get(&format!("/fhir/Patient/{id}"))
+        .await
+        .assert_outcome(410, "deleted");
+    // Nothing matches any more: nothing to delete.
+    let none = app
+        .send(
+            app.client
+                .delete(app.url(&format!("/fhir/Patient?{criteria}")))
+                .header("prefer", "return=OperationOutcome"),
+        )
+        .await;
+    assert_eq!(none.status, 200, "{}", none.text);
+    assert!(none.text.contains("nothing was deleted"), "{}", none.text);
+    // Several match: 412, and both are kept.
+    for i in 0..2 {
+        app.post("/fhir/Patient", &patient("d2", &format!("Twin{i}")))
+            .await;
+    }
+    app.send(
+        app.client
+            .delete(app.url(&format!("/fhir/Patient?identifier={SYSTEM}|d2"))),
+    )
+    .await
+    .assert_outcome(412, "more than one");
+    assert_eq!(matches(&app, "d2").await.len(), 2);
+    app.send(app.client.delete(app.url("/fhir/Patient")))
+        .await
+        .assert_outcome(400, "needs search criteria");
 }

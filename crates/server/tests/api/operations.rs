@@ -58,6 +58,8 @@ async fn metadata_lists_exactly_the_routed_interactions(app: TestApp) {
     // The conditional interactions and patch formats that are implemented.
     assert_eq!(patient["conditionalCreate"], true);
     assert_eq!(patient["conditionalRead"], "full-support");
+    assert_eq!(patient["conditionalUpdate"], true);
+    assert_eq!(patient["conditionalDelete"], "single");
     assert_eq!(
         cs["patchFormat"],
         serde_json::json!([
