@@ -168,9 +168,9 @@ async fn apply(
         for entry in parsed {
             entries.push(entry.map_err(|e| e.prefixed("the transaction was not applied"))?);
         }
-        run_transaction(app, base, entries).await?
+        run_transaction(app, base, entries, identity).await?
     } else {
-        run_batch(app, base, parsed).await
+        run_batch(app, base, parsed, identity).await
     };
     Ok(Applied {
         response_type: if transaction {
@@ -511,7 +511,13 @@ fn read_result(stored: StoredResource, conditions: &ReadConditions) -> EntryResu
     }
 }
 
-async fn run_read(app: &Rest, base: &str, entry: &Entry, budget: &mut ReadBudget) -> EntryResult {
+async fn run_read(
+    app: &Rest,
+    base: &str,
+    entry: &Entry,
+    budget: &mut ReadBudget,
+    identity: &Identity,
+) -> EntryResult {
     let result = match &entry.target {
         Target::Instance(t, id) => app
             .read_current(t, id)
@@ -523,7 +529,7 @@ async fn run_read(app: &Rest, base: &str, entry: &Entry, budget: &mut ReadBudget
             .map(|r| read_result(r, &entry.conditions)),
         Target::Type(t) => match search::parse_query(entry.query.as_deref()) {
             Ok(params) => app
-                .searchset(base, Some(t), &params, false)
+                .searchset(base, Some(t), &params, false, identity)
                 .await
                 .map(EntryResult::Searched),
             Err(e) => Err(e),
@@ -624,6 +630,7 @@ async fn run_transaction(
     app: &Rest,
     base: &str,
     mut entries: Vec<Entry>,
+    identity: &Identity,
 ) -> Result<Vec<EntryResult>, RestError> {
     let (existing, mut matchings) = conditional_creates(app, &entries)
         .await
@@ -710,7 +717,7 @@ async fn run_transaction(
     let mut budget = ReadBudget::new();
     for (i, entry) in entries.iter().enumerate() {
         if entry.method == Method::Get {
-            results[i] = Some(run_read(app, base, entry, &mut budget).await);
+            results[i] = Some(run_read(app, base, entry, &mut budget, identity).await);
         }
     }
     Ok(results
@@ -725,6 +732,7 @@ async fn run_batch(
     app: &Rest,
     base: &str,
     entries: Vec<Result<Entry, RestError>>,
+    identity: &Identity,
 ) -> Vec<EntryResult> {
     let mut results = Vec::with_capacity(entries.len());
     let mut budget = ReadBudget::new();
@@ -733,7 +741,7 @@ async fn run_batch(
         let result = match entry {
             Err(e) => EntryResult::Failed(e),
             Ok(entry) if entry.method == Method::Get => {
-                run_read(app, base, &entry, &mut budget).await
+                run_read(app, base, &entry, &mut budget, identity).await
             }
             Ok(entry) => match async {
                 let matching = entry_matching(&entry, true)?;

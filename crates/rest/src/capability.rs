@@ -68,6 +68,26 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
         .iter()
         .map(|name| json!({"name": name, "definition": format!("http://hl7.org/fhir/OperationDefinition/Resource-{name}")}))
         .collect();
+    // `_include` names a type's own reference parameters; `_revinclude` the
+    // reference parameters of other types that can point at it.
+    let references = |rt: &str| {
+        SearchParams::r4()
+            .of_type(rt)
+            .filter(|p| p.param_type == ParamType::Reference && p.expression.is_some())
+            .map(|p| (p.code.clone(), p.targets.clone()))
+            .collect::<Vec<_>>()
+    };
+    let mut rev_includes: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for source in all_resource_types() {
+        for (code, targets) in references(source) {
+            for target in targets {
+                rev_includes
+                    .entry(target)
+                    .or_default()
+                    .push(format!("{source}:{code}"));
+            }
+        }
+    }
     let resources: Vec<Value> = all_resource_types()
         .map(|rt| {
             let mut resource = json!({
@@ -97,6 +117,13 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
                     }
                 }
                 resource["searchParam"] = Value::Array(params);
+                let includes: Vec<String> = references(rt)
+                    .into_iter()
+                    .map(|(code, _)| format!("{rt}:{code}"))
+                    .collect();
+                resource["searchInclude"] = json!(includes);
+                resource["searchRevInclude"] =
+                    json!(rev_includes.get(rt).cloned().unwrap_or_default());
             }
             if !operations.is_empty() {
                 resource["operation"] = Value::Array(operations.clone());

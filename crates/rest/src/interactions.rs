@@ -3,6 +3,7 @@
 //! arguments, hands a write to the shared pipeline in `resource`, and
 //! answers with a `Reply`.
 
+use fhirbox_auth::Identity;
 use fhirbox_fhir::{IssueType, OperationOutcome};
 use fhirbox_store::{
     HistoryPage, HistoryScope, ResourceHistory, ResourceRead, ResourceSearch, StoreError,
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 use crate::bundle_out::BundleWriter;
 use crate::error::{ErrorKind, RestError};
 use crate::hooks::{self, Prehashed};
+use crate::include::{Included, MAX_INCLUDED};
 use crate::patch::Patch;
 use crate::reply::{etag, not_modified, resource_reply, ReadConditions, Reply, ReturnPreference};
 use crate::resource::{self, check_id, check_type};
@@ -369,22 +371,27 @@ impl Rest {
         resource_type: Option<&str>,
         params: &Params,
         strict: bool,
+        identity: &Identity,
     ) -> Result<Reply, RestError> {
         if let Some(rt) = resource_type {
             check_type(rt)?;
         }
         Ok(Reply::json(
-            self.searchset(base, resource_type, params, strict).await?,
+            self.searchset(base, resource_type, params, strict, identity)
+                .await?,
         ))
     }
 
     /// Runs a search and renders its searchset Bundle.
+    /// Runs a search and renders its searchset Bundle; `identity` decides
+    /// which included resources it may see.
     pub(crate) async fn searchset(
         &self,
         base: &str,
         resource_type: Option<&str>,
         params: &Params,
         strict: bool,
+        identity: &Identity,
     ) -> Result<String, RestError> {
         let request = search::parse_search(resource_type, params, strict)?;
         let path = match resource_type {
@@ -406,11 +413,46 @@ impl Rest {
         if let Some(next) = &page.next {
             links.push(("next", search::link(&path, &request.applied, Some(next))));
         }
+        let included = if request.includes.is_empty() {
+            Included::default()
+        } else {
+            self.included(identity, &page.resources, &request.includes)
+                .await?
+        };
         let mut bundle = BundleWriter::new("searchset", page.total, &links);
-        for r in &page.resources {
+        let entries = page
+            .resources
+            .iter()
+            .map(|r| (r, "match"))
+            .chain(included.resources.iter().map(|r| (r, "include")));
+        for (r, mode) in entries {
             bundle.entry(
-                json!({"fullUrl": format!("{base}/{}/{}", r.resource_type, r.id), "search": {"mode": "match"}}),
+                json!({"fullUrl": format!("{base}/{}/{}", r.resource_type, r.id), "search": {"mode": mode}}),
                 Some(&hooks::public_body(r)),
+            );
+        }
+        // What the includes left out, said without naming it.
+        let mut notes = Vec::new();
+        if included.withheld > 0 {
+            notes.push(format!(
+                "{} included resources were withheld: the access policies do not allow this client to read them",
+                included.withheld
+            ));
+        }
+        if included.truncated {
+            notes.push(format!(
+                "more resources matched _include/_revinclude than one page carries ({MAX_INCLUDED}); use a smaller _count"
+            ));
+        }
+        for note in notes {
+            let outcome = fhirbox_fhir::OperationOutcome::single(
+                fhirbox_fhir::IssueSeverity::Warning,
+                IssueType::Informational,
+                note,
+            );
+            bundle.entry(
+                json!({"search": {"mode": "outcome"}}),
+                Some(&outcome.to_json().to_string()),
             );
         }
         if !request.ignored.is_empty() {

@@ -13,6 +13,7 @@ mod bundle_out;
 pub mod capability;
 pub mod error;
 pub mod hooks;
+pub mod include;
 pub mod indexing;
 mod interactions;
 pub mod patch;

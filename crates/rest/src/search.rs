@@ -14,6 +14,7 @@ use fhirbox_store::{
 use fhirbox_auth::access::RequestFacts;
 
 use crate::error::RestError;
+use crate::include::Include;
 
 /// Parameters every search supports, for the CapabilityStatement and errors.
 pub const SEARCH_PARAMETERS: &[(&str, &str, &str)] = &[
@@ -26,7 +27,15 @@ pub const SEARCH_PARAMETERS: &[(&str, &str, &str)] = &[
 ];
 /// Result parameters accepted by search.
 pub const RESULT_PARAMETERS: &[&str] = &[
-    "_count", "_sort", "_total", "_cursor", "_format", "_pretty", "_type",
+    "_count",
+    "_sort",
+    "_total",
+    "_cursor",
+    "_format",
+    "_pretty",
+    "_type",
+    "_include",
+    "_revinclude",
 ];
 
 pub const DEFAULT_COUNT: u32 = 50;
@@ -139,6 +148,8 @@ pub struct SearchRequest {
     pub applied: Params,
     /// Parameters this server does not know, ignored (lenient handling).
     pub ignored: Vec<String>,
+    /// `_include` and `_revinclude`, in order.
+    pub includes: Vec<Include>,
 }
 
 /// The criteria of a conditional interaction (`If-None-Exist`, a
@@ -218,8 +229,9 @@ pub fn parse_search(
     };
     let mut applied = Vec::new();
     let mut ignored = Vec::new();
+    let mut includes = Vec::new();
     let mut conditions = 0;
-    let supported = "the search parameters of the type (GET /fhir/metadata lists them), _id, _lastUpdated, _count, _sort (_id, _lastUpdated), _total";
+    let supported = "the search parameters of the type (GET /fhir/metadata lists them), _id, _lastUpdated, _count, _sort (_id, _lastUpdated), _total, _include, _revinclude";
     // `_type` first: it decides which parameters the others are.
     for (_, value) in params
         .iter()
@@ -292,6 +304,17 @@ pub fn parse_search(
             "_format" | "_pretty" => continue,
             // Read before the loop.
             "_type" if resource_type.is_none() => {}
+            include
+                if ["_include", "_revinclude"]
+                    .iter()
+                    .any(|i| include == *i || include.starts_with(&format!("{i}:"))) =>
+            {
+                let searched: Vec<&str> = match resource_type {
+                    Some(t) => vec![t],
+                    None => query.types.iter().map(String::as_str).collect(),
+                };
+                includes.push(Include::parse(include, value, &searched)?);
+            }
             other => {
                 let (code, modifier) = match other.split_once(':') {
                     Some((c, m)) => (c, Some(m)),
@@ -331,6 +354,7 @@ pub fn parse_search(
         query,
         applied,
         ignored,
+        includes,
     })
 }
 

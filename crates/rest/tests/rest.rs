@@ -136,6 +136,7 @@ async fn interactions_answer_with_replies_and_kinds(f: Fixture) {
             Some("Patient"),
             &vec![("_id".into(), id.clone())],
             false,
+            &Identity::Root { id: "root".into() },
         )
         .await
         .unwrap();
@@ -202,7 +203,13 @@ async fn every_bundle_entry_is_authorized_on_its_own(f: Fixture) {
     assert_eq!(entry["response"]["status"], "403 Forbidden");
     assert_eq!(f.denials.0.load(Ordering::SeqCst), 1);
     let none = rest
-        .search(BASE, Some("Patient"), &Vec::new(), false)
+        .search(
+            BASE,
+            Some("Patient"),
+            &Vec::new(),
+            false,
+            &Identity::Root { id: "root".into() },
+        )
         .await
         .unwrap();
     assert_eq!(body(&none)["total"], 0);
@@ -233,7 +240,13 @@ async fn every_bundle_entry_is_authorized_on_its_own(f: Fixture) {
         e.message
     );
     let still = rest
-        .search(BASE, Some("Patient"), &Vec::new(), false)
+        .search(
+            BASE,
+            Some("Patient"),
+            &Vec::new(),
+            false,
+            &Identity::Root { id: "root".into() },
+        )
         .await
         .unwrap();
     assert_eq!(body(&still)["total"], 1);

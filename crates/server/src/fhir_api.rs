@@ -190,6 +190,7 @@ pub async fn delete_conditional(
 
 pub async fn search_type(
     State(rest): State<Rest>,
+    Extension(identity): Extension<Identity>,
     FhirPath(resource_type): FhirPath<String>,
     FhirBase(base): FhirBase,
     headers: HeaderMap,
@@ -197,25 +198,29 @@ pub async fn search_type(
 ) -> Answer {
     let strict = prefer(&headers).strict;
     Ok(render(
-        rest.search(&base, Some(&resource_type), &params, strict)
+        rest.search(&base, Some(&resource_type), &params, strict, &identity)
             .await?,
     ))
 }
 
 pub async fn search_system(
     State(rest): State<Rest>,
+    Extension(identity): Extension<Identity>,
     FhirBase(base): FhirBase,
     headers: HeaderMap,
     FhirQuery(params): FhirQuery,
 ) -> Answer {
     let strict = prefer(&headers).strict;
-    Ok(render(rest.search(&base, None, &params, strict).await?))
+    Ok(render(
+        rest.search(&base, None, &params, strict, &identity).await?,
+    ))
 }
 
 /// `POST /fhir/{type}/_search`: the parameters of the query string and of
 /// the form body together, searched like the GET.
 pub async fn search_type_post(
     rest: State<Rest>,
+    identity: Extension<Identity>,
     resource_type: FhirPath<String>,
     base: FhirBase,
     headers: HeaderMap,
@@ -223,19 +228,28 @@ pub async fn search_type_post(
     SearchForm(form): SearchForm,
 ) -> Answer {
     params.extend(form);
-    search_type(rest, resource_type, base, headers, FhirQuery(params)).await
+    search_type(
+        rest,
+        identity,
+        resource_type,
+        base,
+        headers,
+        FhirQuery(params),
+    )
+    .await
 }
 
 /// `POST /fhir/_search`.
 pub async fn search_system_post(
     rest: State<Rest>,
+    identity: Extension<Identity>,
     base: FhirBase,
     headers: HeaderMap,
     FhirQuery(mut params): FhirQuery,
     SearchForm(form): SearchForm,
 ) -> Answer {
     params.extend(form);
-    search_system(rest, base, headers, FhirQuery(params)).await
+    search_system(rest, identity, base, headers, FhirQuery(params)).await
 }
 
 pub async fn history_instance(

@@ -14,6 +14,7 @@ mod crud;
 mod errors;
 mod first_run;
 mod history;
+mod includes;
 mod operations;
 mod operator_surface;
 mod search;

@@ -60,6 +60,10 @@ async fn metadata_lists_exactly_the_routed_interactions(app: TestApp) {
     assert_eq!(patient["conditionalRead"], "full-support");
     assert_eq!(patient["conditionalUpdate"], true);
     assert_eq!(patient["conditionalDelete"], "single");
+    let listed = |key: &str, item: &str| patient[key].as_array().unwrap().iter().any(|v| v == item);
+    assert!(listed("searchInclude", "Patient:organization"));
+    assert!(listed("searchRevInclude", "Observation:subject"));
+    assert!(!listed("searchInclude", "Patient:name"));
     assert_eq!(
         cs["patchFormat"],
         serde_json::json!([

@@ -1,0 +1,325 @@
+//! `_include` and `_revinclude` (R4 §3.1.1.5.4): the resources a page of
+//! matches refers to, or that refer to it, added to the searchset as
+//! `search.mode = include`. Each one is shown only if the caller may read
+//! it directly (`AuthService::authorize` on `GET /fhir/{type}/{id}`), and a
+//! page carries at most `MAX_INCLUDED` of them (docs/search.md).
+
+use std::collections::{BTreeMap, HashSet};
+
+use fhirbox_auth::access::RequestFacts;
+use fhirbox_auth::Identity;
+use fhirbox_fhir::search::{index_values, IndexValue, ParamType, SearchParams};
+use fhirbox_store::{Condition, Filter, ResourceSearch, SearchQuery, StoredResource};
+
+use crate::error::RestError;
+use crate::Rest;
+
+/// Most resources `_include` and `_revinclude` add to one page together.
+pub const MAX_INCLUDED: usize = 1000;
+
+/// One `_include` (`reverse: false`) or `_revinclude` (`reverse: true`):
+/// the references of `source` resources held in `param`, to `target` only
+/// when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    pub reverse: bool,
+    pub source: String,
+    pub param: String,
+    pub target: Option<String>,
+}
+
+impl Include {
+    /// Reads `Source:param[:Target]`, for a search of `searched` types
+    /// (empty: any type).
+    pub fn parse(name: &str, value: &str, searched: &[&str]) -> Result<Include, RestError> {
+        let reverse = match name {
+            "_include" => false,
+            "_revinclude" => true,
+            _ if name.ends_with(":iterate") || name.ends_with(":recurse") => {
+                return Err(RestError::bad_request(format!(
+                    "{name} is not supported yet; include one level, or search again from the included resources"
+                )))
+            }
+            other => {
+                return Err(RestError::bad_request(format!(
+                    "{other} is not a form of _include this server knows"
+                )))
+            }
+        };
+        let bad = |why: String| RestError::bad_request(format!("{name}={value}: {why}"));
+        let parts: Vec<&str> = value.split(':').collect();
+        let (source, code, target) =
+            match parts.as_slice() {
+                [s, p] => (*s, *p, None),
+                [s, p, t] => (*s, *p, Some(*t)),
+                _ => return Err(bad(
+                    "use Type:parameter or Type:parameter:TargetType (a wildcard is not supported)"
+                        .into(),
+                )),
+            };
+        let param = SearchParams::r4()
+            .get(source, code)
+            .filter(|p| p.param_type == ParamType::Reference)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{source} has no reference search parameter {code:?}"
+                ))
+            })?;
+        if let Some(t) = target {
+            if !param.targets.iter().any(|x| x == t) {
+                return Err(bad(format!(
+                    "{source}.{code} does not refer to {t}; it refers to {}",
+                    param.targets.join(", ")
+                )));
+            }
+        }
+        let fits = |t: &str| searched.is_empty() || searched.contains(&t);
+        if !reverse && !fits(source) {
+            return Err(bad(format!(
+                "the search does not return {source} resources, so it has none to include from"
+            )));
+        }
+        if reverse
+            && !param
+                .targets
+                .iter()
+                .any(|t| fits(t) && target.is_none_or(|x| x == t))
+        {
+            return Err(bad(format!(
+                "{source}.{code} does not refer to the resources this search returns"
+            )));
+        }
+        Ok(Include {
+            reverse,
+            source: source.to_owned(),
+            param: code.to_owned(),
+            target: target.map(str::to_owned),
+        })
+    }
+
+    fn targets(&self, resource_type: &str) -> bool {
+        self.target.as_deref().is_none_or(|t| t == resource_type)
+    }
+}
+
+/// What the includes of a page added.
+#[derive(Debug, Default)]
+pub struct Included {
+    pub resources: Vec<StoredResource>,
+    /// Found but not shown: the caller may not read them.
+    pub withheld: usize,
+    /// More were found than `MAX_INCLUDED` lets a page carry.
+    pub truncated: bool,
+}
+
+impl Rest {
+    /// The resources `includes` add to `page`, each once, none of the
+    /// page's own, each authorized as a read for `identity`.
+    pub(crate) async fn included(
+        &self,
+        identity: &Identity,
+        page: &[StoredResource],
+        includes: &[Include],
+    ) -> Result<Included, RestError> {
+        let mut seen: HashSet<(String, String)> = page
+            .iter()
+            .map(|r| (r.resource_type.clone(), r.id.clone()))
+            .collect();
+        let mut out = Included::default();
+        for include in includes {
+            for query in queries(include, page) {
+                let room = MAX_INCLUDED.saturating_sub(out.resources.len() + out.withheld);
+                if room == 0 {
+                    out.truncated = true;
+                    break;
+                }
+                let found = self
+                    .store
+                    .search(SearchQuery {
+                        count: u32::try_from(room).unwrap_or(u32::MAX),
+                        with_total: false,
+                        ..query
+                    })
+                    .await?;
+                out.truncated |= found.next.is_some();
+                for r in found.resources {
+                    if !seen.insert((r.resource_type.clone(), r.id.clone())) {
+                        continue;
+                    }
+                    let facts = RequestFacts::new(
+                        "GET",
+                        Some(&r.resource_type),
+                        Some(&r.id),
+                        None,
+                        None,
+                        Vec::new(),
+                    );
+                    if self.auth.authorize(identity, &facts).is_ok() {
+                        out.resources.push(r);
+                    } else {
+                        out.withheld += 1;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The store searches that find what `include` adds to `page`: for
+/// `_include`, the referenced resources by id, one search per type; for
+/// `_revinclude`, the `source` resources whose `param` refers to a
+/// resource of the page.
+fn queries(include: &Include, page: &[StoredResource]) -> Vec<SearchQuery> {
+    if include.reverse {
+        let any_of: Vec<Condition> = page
+            .iter()
+            .filter(|r| include.targets(&r.resource_type))
+            .map(|r| Condition::Reference {
+                param: include.param.clone(),
+                target_type: Some(r.resource_type.clone()),
+                target_id: r.id.clone(),
+            })
+            .collect();
+        if any_of.is_empty() {
+            return Vec::new();
+        }
+        return vec![SearchQuery {
+            resource_type: Some(include.source.clone()),
+            filters: vec![Filter { any_of }],
+            ..SearchQuery::default()
+        }];
+    }
+    let Some(param) = SearchParams::r4().get(&include.source, &include.param) else {
+        return Vec::new();
+    };
+    let mut ids: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in page.iter().filter(|r| r.resource_type == include.source) {
+        let Ok(body) = serde_json::from_str(&r.body) else {
+            continue;
+        };
+        for value in index_values(param, &body) {
+            if let IndexValue::Reference {
+                target_type: Some(t),
+                id: Some(id),
+                ..
+            } = value
+            {
+                if include.targets(&t) && fhirbox_fhir::is_known_resource_type(&t) {
+                    let list = ids.entry(t).or_default();
+                    if !list.contains(&id) {
+                        list.push(id);
+                    }
+                }
+            }
+        }
+    }
+    ids.into_iter()
+        .map(|(t, ids)| SearchQuery {
+            resource_type: Some(t),
+            ids: Some(ids),
+            ..SearchQuery::default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str, value: &str, searched: &[&str]) -> Result<Include, String> {
+        Include::parse(name, value, searched).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn includes_name_a_reference_parameter_the_search_can_use() {
+        let inc = parse("_include", "Observation:subject", &["Observation"]).unwrap();
+        assert_eq!(
+            (
+                inc.reverse,
+                inc.source.as_str(),
+                inc.param.as_str(),
+                inc.target
+            ),
+            (false, "Observation", "subject", None)
+        );
+        let rev = parse("_revinclude", "Observation:subject:Patient", &["Patient"]).unwrap();
+        assert!(rev.reverse && rev.target.as_deref() == Some("Patient"));
+        for (name, value, searched, says) in [
+            (
+                "_include",
+                "Observation:code",
+                &["Observation"][..],
+                "no reference search parameter",
+            ),
+            (
+                "_include",
+                "Observation:subject",
+                &["Patient"][..],
+                "does not return Observation",
+            ),
+            (
+                "_include",
+                "Observation:subject:Medication",
+                &["Observation"][..],
+                "does not refer to Medication",
+            ),
+            (
+                "_revinclude",
+                "Observation:subject",
+                &["Medication"][..],
+                "does not refer to the resources",
+            ),
+            ("_include", "*", &["Observation"][..], "wildcard"),
+            (
+                "_include:iterate",
+                "Observation:subject",
+                &["Observation"][..],
+                "not supported yet",
+            ),
+        ] {
+            let e = parse(name, value, searched).unwrap_err();
+            assert!(e.contains(says), "{name}={value}: {e}");
+        }
+        // A system search may include from any type.
+        assert!(parse("_include", "Encounter:patient", &[]).is_ok());
+    }
+
+    #[test]
+    fn forward_includes_search_referenced_ids_by_type() {
+        let observation = |id: &str, subject: &str| StoredResource {
+            resource_type: "Observation".into(),
+            id: id.into(),
+            version_id: 1,
+            last_updated: 0,
+            deleted: false,
+            body: format!(
+                r#"{{"resourceType":"Observation","id":"{id}","subject":{{"reference":"{subject}"}}}}"#
+            ),
+        };
+        let page = [
+            observation("o1", "Patient/p1"),
+            observation("o2", "Patient/p1"),
+            observation("o3", "Group/g1"),
+        ];
+        let include = Include::parse("_include", "Observation:subject", &["Observation"]).unwrap();
+        let qs = queries(&include, &page);
+        let by_type: Vec<(Option<String>, Option<Vec<String>>)> =
+            qs.into_iter().map(|q| (q.resource_type, q.ids)).collect();
+        assert_eq!(
+            by_type,
+            [
+                (Some("Group".to_owned()), Some(vec!["g1".to_owned()])),
+                (Some("Patient".to_owned()), Some(vec!["p1".to_owned()]))
+            ]
+        );
+        let only =
+            Include::parse("_include", "Observation:subject:Patient", &["Observation"]).unwrap();
+        assert_eq!(queries(&only, &page).len(), 1);
+        let rev = Include::parse("_revinclude", "Observation:subject", &["Observation"]);
+        assert!(
+            rev.is_err(),
+            "an Observation's subject is never an Observation"
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! `_include` and `_revinclude` (R4 §3.1.1.5.4), and that what they add is
+//! only what the caller may read.
+
+use serde_json::{json, Value};
+
+use crate::backend_tests;
+use crate::helpers::{link, Resp, TestApp};
+
+backend_tests!(
+    includes_add_referenced_and_referring_resources_once,
+    included_resources_are_shown_only_to_clients_that_may_read_them
+);
+
+/// Patients p1, p2 (family One, Two); observations o1, o2 of p1, o3 of p2.
+async fn seed(app: &TestApp) {
+    app.put_patient("p1", "One").await;
+    app.put_patient("p2", "Two").await;
+    for (id, subject) in [("o1", "p1"), ("o2", "p1"), ("o3", "p2")] {
+        let r = app
+            .put(
+                &format!("/fhir/Observation/{id}"),
+                &json!({"resourceType": "Observation", "id": id, "status": "final",
+                        "code": {"text": "weight"},
+                        "subject": {"reference": format!("Patient/{subject}")}}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+}
+
+/// `(mode, type/id)` of every entry, in order.
+fn entries(bundle: &Value) -> Vec<(String, String)> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    let r = &e["resource"];
+                    (
+                        e["search"]["mode"].as_str().unwrap_or_default().to_owned(),
+                        format!(
+                            "{}/{}",
+                            r["resourceType"].as_str().unwrap(),
+                            r["id"].as_str().unwrap_or_default()
+                        ),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(m, r)| ((*m).to_owned(), (*r).to_owned()))
+        .collect()
+}
+
+async fn includes_add_referenced_and_referring_resources_once(app: TestApp) {
+    seed(&app).await;
+    let r = app
+        .get("/fhir/Observation?subject=Patient/p1&_include=Observation:subject")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let bundle = r.json();
+    assert_eq!(bundle["total"], 2, "included resources are not counted");
+    assert_eq!(
+        entries(&bundle),
+        pairs(&[
+            ("match", "Observation/o1"),
+            ("match", "Observation/o2"),
+            ("include", "Patient/p1")
+        ])
+    );
+    assert!(link(&bundle, "self")
+        .unwrap()
+        .contains("_include=Observation%3Asubject"));
+
+    let rev = app
+        .get("/fhir/Patient?_id=p1,p2&_revinclude=Observation:subject")
+        .await
+        .json();
+    assert_eq!(rev["total"], 2);
+    assert_eq!(
+        entries(&rev),
+        pairs(&[
+            ("match", "Patient/p1"),
+            ("match", "Patient/p2"),
+            ("include", "Observation/o1"),
+            ("include", "Observation/o2"),
+            ("include", "Observation/o3")
+        ])
+    );
+    // Each page includes what its own matches refer to.
+    let first = app
+        .get("/fhir/Patient?_id=p1,p2&_revinclude=Observation:subject&_count=1")
+        .await
+        .json();
+    assert_eq!(
+        entries(&first),
+        pairs(&[
+            ("match", "Patient/p1"),
+            ("include", "Observation/o1"),
+            ("include", "Observation/o2")
+        ])
+    );
+    let second = app.get(&link(&first, "next").unwrap()).await.json();
+    assert_eq!(
+        entries(&second),
+        pairs(&[("match", "Patient/p2"), ("include", "Observation/o3")])
+    );
+    // A target type narrows; both directions at once appear once each.
+    let none = app
+        .get("/fhir/Observation?_include=Observation:subject:Group")
+        .await
+        .json();
+    assert!(entries(&none).iter().all(|(mode, _)| mode == "match"));
+    let both = app
+        .get("/fhir/Patient?_id=p1&_revinclude=Observation:subject&_revinclude=Observation:patient")
+        .await
+        .json();
+    assert_eq!(entries(&both).len(), 3, "{both}");
+    // A deleted resource is not included.
+    app.delete("/fhir/Observation/o2").await;
+    let after = app
+        .get("/fhir/Patient?_id=p1&_revinclude=Observation:subject")
+        .await
+        .json();
+    assert_eq!(
+        entries(&after),
+        pairs(&[("match", "Patient/p1"), ("include", "Observation/o1")])
+    );
+
+    for (query, says) in [
+        (
+            "Observation?_include=Observation:code",
+            "no reference search parameter",
+        ),
+        (
+            "Observation?_include=Patient:organization",
+            "does not return Patient",
+        ),
+        ("Observation?_include=*", "wildcard"),
+        (
+            "Observation?_include:iterate=Observation:subject",
+            "not supported yet",
+        ),
+        (
+            "Patient?_revinclude=Observation:subject:Group",
+            "does not refer to the resources",
+        ),
+    ] {
+        app.get(&format!("/fhir/{query}"))
+            .await
+            .assert_outcome(400, says);
+    }
+}
+
+async fn as_client(app: &TestApp, path: &str, id: &str) -> Resp {
+    app.send(
+        app.anon
+            .get(app.url(path))
+            .basic_auth(id, Some("include-secret-value")),
+    )
+    .await
+}
+
+async fn client(app: &TestApp, id: &str, matcho: Value) {
+    app.put_client(id, "include-secret-value", &["basic"]).await;
+    let r = app
+        .put(
+            &format!("/fhir/AccessPolicy/{id}"),
+            &json!({"resourceType": "AccessPolicy", "id": id, "engine": "matcho",
+                    "link": [{"reference": format!("Client/{id}")}], "matcho": matcho}),
+        )
+        .await;
+    assert!(r.status == 200 || r.status == 201, "{}", r.text);
+}
+
+/// A client that may read observations but not patients gets the
+/// observations and is told, without names, that included patients were
+/// withheld; a client that may read both gets them.
+async fn included_resources_are_shown_only_to_clients_that_may_read_them(app: TestApp) {
+    seed(&app).await;
+    client(
+        &app,
+        "obs-only",
+        json!({"request-method": "get", "params": {"resource/type": "Observation"}}),
+    )
+    .await;
+    client(
+        &app,
+        "pat-only",
+        json!({"request-method": "get", "params": {"resource/type": "Patient"}}),
+    )
+    .await;
+    client(&app, "reader", json!({"request-method": "get"})).await;
+
+    let path = "/fhir/Observation?subject=Patient/p1&_include=Observation:subject";
+    let narrow = as_client(&app, path, "obs-only").await;
+    assert_eq!(narrow.status, 200, "{}", narrow.text);
+    let bundle = narrow.json();
+    assert_eq!(
+        entries(&bundle),
+        pairs(&[
+            ("match", "Observation/o1"),
+            ("match", "Observation/o2"),
+            ("outcome", "OperationOutcome/")
+        ])
+    );
+    let note = bundle["entry"][2]["resource"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap();
+    assert!(
+        note.contains("1 included resources were withheld"),
+        "{note}"
+    );
+    assert!(!narrow.text.contains("\"family\""), "{}", narrow.text);
+    let wide = as_client(&app, path, "reader").await.json();
+    assert_eq!(entries(&wide).last().unwrap().1, "Patient/p1");
+
+    // The other way round: patients, with their observations withheld.
+    let rev = "/fhir/Patient?_id=p1&_revinclude=Observation:subject";
+    let patients = as_client(&app, rev, "pat-only").await;
+    assert_eq!(patients.status, 200, "{}", patients.text);
+    let bundle = patients.json();
+    assert_eq!(
+        entries(&bundle)[0],
+        ("match".to_owned(), "Patient/p1".to_owned())
+    );
+    assert!(
+        !patients.text.contains("Observation/o1"),
+        "{}",
+        patients.text
+    );
+    assert!(patients.text.contains("2 included resources were withheld"));
+    assert_eq!(
+        as_client(&app, rev, "reader").await.json()["entry"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    // A client that may not search the type at all is refused as before.
+    assert_eq!(as_client(&app, rev, "obs-only").await.status, 403);
+
+    // The same inside a batch, whose GET entries are searches of their own.
+    app.put(
+        "/fhir/AccessPolicy/obs-only-bundle",
+        &json!({"resourceType": "AccessPolicy", "id": "obs-only-bundle", "engine": "matcho",
+                "link": [{"reference": "Client/obs-only"}],
+                "matcho": {"request-method": "post", "uri": "/fhir"}}),
+    )
+    .await;
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Observation?subject=Patient/p1&_include=Observation:subject"}}
+    ]});
+    let r = app
+        .send(
+            app.anon
+                .post(app.url("/fhir"))
+                .basic_auth("obs-only", Some("include-secret-value"))
+                .header("content-type", "application/fhir+json")
+                .body(batch.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let searchset = &r.json()["entry"][0]["resource"];
+    assert_eq!(searchset["type"], "searchset");
+    assert!(!r.text.contains("\"family\""), "{}", r.text);
+    assert!(r.text.contains("withheld"), "{}", r.text);
+}
