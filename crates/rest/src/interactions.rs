@@ -3,6 +3,7 @@
 //! arguments, hands a write to the shared pipeline in `resource`, and
 //! answers with a `Reply`.
 
+use fhirbox_auth::access::RequestFacts;
 use fhirbox_auth::Identity;
 use fhirbox_fhir::{IssueType, OperationOutcome};
 use fhirbox_store::{
@@ -394,6 +395,17 @@ impl Rest {
         identity: &Identity,
     ) -> Result<String, RestError> {
         let request = search::parse_search(resource_type, params, strict)?;
+        // A chain or `_has` reads other types: the caller must be allowed to
+        // search each of them as well.
+        for searched in &request.chained {
+            let facts = RequestFacts::new("GET", Some(searched), None, None, None, Vec::new());
+            if let Err(denial) = self.auth.authorize(identity, &facts) {
+                return Err(RestError::forbidden(format!(
+                    "{}; the search reaches {searched} resources through a chain or _has",
+                    denial.message()
+                )));
+            }
+        }
         let path = match resource_type {
             Some(rt) => format!("{base}/{rt}"),
             None => base.to_owned(),

@@ -150,6 +150,9 @@ pub struct SearchRequest {
     pub ignored: Vec<String>,
     /// `_include` and `_revinclude`, in order.
     pub includes: Vec<Include>,
+    /// The types chains and `_has` search, which the caller must be allowed
+    /// to search too.
+    pub chained: Vec<String>,
 }
 
 /// The criteria of a conditional interaction (`If-None-Exist`, a
@@ -184,6 +187,11 @@ pub fn parse_criteria(
         )));
     }
     let request = parse_search(Some(resource_type), &params, true).map_err(|e| e.prefixed(what))?;
+    if !request.chained.is_empty() {
+        return Err(RestError::bad_request(format!(
+            "{what} cannot use a chain or _has; give parameters of {resource_type} itself"
+        )));
+    }
     let mut canonical = request.applied;
     canonical.sort();
     let criteria = serde_urlencoded::to_string(&canonical)
@@ -230,6 +238,7 @@ pub fn parse_search(
     let mut applied = Vec::new();
     let mut ignored = Vec::new();
     let mut includes = Vec::new();
+    let mut chained = Vec::new();
     let mut conditions = 0;
     let supported = "the search parameters of the type (GET /fhir/metadata lists them), _id, _lastUpdated, _count, _sort (_id, _lastUpdated), _total, _include, _revinclude";
     // `_type` first: it decides which parameters the others are.
@@ -325,6 +334,18 @@ pub fn parse_search(
                     [only] => Some(only.as_str()),
                     _ => None,
                 });
+                if other.starts_with("_has:") || other.contains('.') {
+                    let Some(scope) = scope else {
+                        return Err(RestError::bad_request(format!(
+                            "{other}: a chain or _has needs a search of one resource type"
+                        )));
+                    };
+                    query
+                        .filters
+                        .push(linked(scope, other, value, 0, &mut chained)?);
+                    applied.push((name.clone(), value.clone()));
+                    continue;
+                }
                 match definition(scope, code) {
                     Some(param) => {
                         let f = filter(param, modifier, value)?;
@@ -355,7 +376,108 @@ pub fn parse_search(
         applied,
         ignored,
         includes,
+        chained,
     })
+}
+
+/// Most links one chain or nest of `_has` may have.
+pub const MAX_CHAIN: usize = 3;
+
+/// A parameter of `resource_type` that reaches another type: a chain
+/// (`subject:Patient.name`, R4 §3.1.1.4.13), a reverse chain
+/// (`_has:Observation:subject:code`, §3.1.1.4.14), or, at the end of one,
+/// a plain parameter. Inside a chain every parameter must be known: one
+/// left out would widen the match. `chained` gathers the types searched.
+fn linked(
+    resource_type: &str,
+    name: &str,
+    value: &str,
+    depth: usize,
+    chained: &mut Vec<String>,
+) -> Result<Filter, RestError> {
+    let bad = |why: String| RestError::bad_request(format!("{name}: {why}"));
+    if depth > MAX_CHAIN {
+        return Err(bad(format!("a chain may have at most {MAX_CHAIN} links")));
+    }
+    if let Some(rest) = name.strip_prefix("_has:") {
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source), Some(code), Some(inner)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("use _has:Type:reference-parameter:parameter".into()));
+        };
+        let param = definition(Some(source), code)
+            .filter(|p| p.param_type == ParamType::Reference)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{source} has no reference search parameter {code:?}"
+                ))
+            })?;
+        if !param.targets.iter().any(|t| t == resource_type) {
+            return Err(bad(format!(
+                "{source}.{code} does not refer to {resource_type}"
+            )));
+        }
+        chained.push(source.to_owned());
+        let filter = linked(source, inner, value, depth + 1, chained)?;
+        return Ok(Filter {
+            any_of: vec![Condition::Has {
+                source_type: source.to_owned(),
+                param: code.to_owned(),
+                filters: vec![filter],
+            }],
+        });
+    }
+    if let Some((head, inner)) = name.split_once('.') {
+        let (code, explicit) = match head.split_once(':') {
+            Some((code, target)) => (code, Some(target)),
+            None => (head, None),
+        };
+        let param = definition(Some(resource_type), code)
+            .filter(|p| p.param_type == ParamType::Reference)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{resource_type} has no reference search parameter {code:?} to chain from"
+                ))
+            })?;
+        let target = match (explicit, param.targets.as_slice()) {
+            (Some(t), targets) if targets.iter().any(|x| x == t) => t,
+            (Some(t), targets) => {
+                return Err(bad(format!(
+                    "{resource_type}.{code} does not refer to {t}; it refers to {}",
+                    targets.join(", ")
+                )))
+            }
+            (None, [only]) => only.as_str(),
+            (None, targets) => {
+                return Err(bad(format!(
+                    "{resource_type}.{code} may refer to {}; name the one to chain through, e.g. {code}:{}.{inner}",
+                    targets.join(", "),
+                    targets.first().map_or("Patient", String::as_str)
+                )))
+            }
+        };
+        chained.push(target.to_owned());
+        let filter = linked(target, inner, value, depth + 1, chained)?;
+        return Ok(Filter {
+            any_of: vec![Condition::Chain {
+                param: code.to_owned(),
+                target_type: target.to_owned(),
+                filters: vec![filter],
+            }],
+        });
+    }
+    let (code, modifier) = match name.split_once(':') {
+        Some((c, m)) => (c, Some(m)),
+        None => (name, None),
+    };
+    if SEARCH_PARAMETERS.iter().any(|(p, _, _)| *p == code) {
+        return Err(bad(format!(
+            "{code} cannot end a chain; search the reference itself (e.g. subject=Patient/123)"
+        )));
+    }
+    let param = definition(Some(resource_type), code)
+        .ok_or_else(|| bad(format!("{resource_type} has no search parameter {code:?}")))?;
+    filter(param, modifier, value)
 }
 
 /// Splits a parameter value at unescaped commas (R4 §3.1.1.5.7: `\,` is a

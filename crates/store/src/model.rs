@@ -282,6 +282,21 @@ pub enum Condition {
     },
     /// Resources with no row matching the inner condition (token `:not`).
     Not(Box<Condition>),
+    /// A chain (R4 §3.1.1.4.13): a reference in `param` to a current
+    /// `target_type` resource that matches every filter of `filters`.
+    Chain {
+        param: String,
+        target_type: String,
+        filters: Vec<Filter>,
+    },
+    /// A reverse chain, `_has` (R4 §3.1.1.4.14): some current
+    /// `source_type` resource matching every filter of `filters` refers to
+    /// this one in its `param`.
+    Has {
+        source_type: String,
+        param: String,
+        filters: Vec<Filter>,
+    },
     /// A composite pair: the first value matches and, in the same pair, the
     /// second one does.
     Composite {

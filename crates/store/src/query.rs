@@ -134,6 +134,16 @@ fn push_filters(sql: &mut Sql, q: &SearchQuery) {
     push_filter_list(sql, q, q.filters.iter());
 }
 
+/// The search a chain or `_has` runs on another type: its filters over the
+/// current resources of `resource_type`.
+fn inner_query(resource_type: &str, filters: &[Filter]) -> SearchQuery {
+    SearchQuery {
+        resource_type: Some(resource_type.to_owned()),
+        filters: filters.to_vec(),
+        ..SearchQuery::default()
+    }
+}
+
 /// Whether the index rows alone decide which resources a search matches:
 /// only the live version of a resource has index rows, under its own type,
 /// so when a narrow filter of one condition lists one type's rows, its
@@ -449,6 +459,60 @@ fn push_condition(sql: &mut Sql, lookup: Lookup, types: &[&str], condition: &Con
             sql.push("NOT (");
             push_condition(sql, lookup, types, inner);
             sql.push(")");
+        }
+        Condition::Chain {
+            param,
+            target_type,
+            filters,
+        } => {
+            // The reference rows of `param` whose target is one of the
+            // current target resources that match the inner filters.
+            index_rows(sql, lookup, types, IndexKind::Reference, param);
+            sql.push(" AND target_type = ")
+                .bind(Bind::Text(target_type.clone()))
+                .push(" AND target_id IN (SELECT id FROM resource");
+            push_filters(sql, &inner_query(target_type, filters));
+            sql.push("))");
+        }
+        Condition::Has {
+            source_type,
+            param,
+            filters,
+        } => {
+            // By id, so listed whatever the lookup: the resources of the
+            // searched type that a matching source resource refers to.
+            sql.push("res_key IN (SELECT res_key FROM resource WHERE deleted = FALSE");
+            match types {
+                [] => {}
+                [only] => {
+                    sql.push(" AND resource_type = ")
+                        .bind(Bind::Text((*only).to_owned()));
+                }
+                several => {
+                    sql.push(" AND resource_type IN ")
+                        .bind_list(several.iter().copied());
+                }
+            }
+            sql.push(" AND id IN (SELECT target_id FROM search_index WHERE kind = ")
+                .push(&IndexKind::Reference.code().to_string())
+                .push(" AND resource_type = ")
+                .bind(Bind::Text(source_type.clone()))
+                .push(" AND param = ")
+                .bind(Bind::Text(param.clone()));
+            match types {
+                [] => {}
+                [only] => {
+                    sql.push(" AND target_type = ")
+                        .bind(Bind::Text((*only).to_owned()));
+                }
+                several => {
+                    sql.push(" AND target_type IN ")
+                        .bind_list(several.iter().copied());
+                }
+            }
+            sql.push(" AND res_key IN (SELECT res_key FROM resource");
+            push_filters(sql, &inner_query(source_type, filters));
+            sql.push(")))");
         }
         Condition::Composite {
             param,

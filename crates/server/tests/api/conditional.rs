@@ -107,6 +107,7 @@ async fn if_none_exist_criteria_are_checked(app: TestApp) {
         ("nosuchparam=1", "nosuchparam"),
         ("_count=1", "_count"),
         ("birthdate=notadate", "birthdate"),
+        ("organization.name=x", "cannot use a chain"),
     ] {
         create_if_none(&app, &body, criteria)
             .await

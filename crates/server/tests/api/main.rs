@@ -8,6 +8,7 @@ mod access;
 mod auth;
 
 mod bundles;
+mod chains;
 mod concurrency;
 mod conditional;
 mod crud;
