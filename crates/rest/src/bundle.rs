@@ -378,8 +378,7 @@ fn read_conditions(request: &Value) -> Result<ReadConditions, RestError> {
         Some(instant) => Some(
             fhirbox_fhir::datetime::parse_range(instant)
                 .map_err(|e| RestError::bad_request(format!("request.ifModifiedSince: {e}")))?
-                .start
-                .div_euclid(1_000_000),
+                .start,
         ),
         None => None,
     };
@@ -668,6 +667,17 @@ async fn run_transaction(
             if !touched.insert((t.clone(), id.clone())) {
                 return Err(RestError::bad_request(format!(
                     "the transaction was not applied: {t}/{id} is changed by more than one entry"
+                ))
+                .at(format!("Bundle.entry[{i}]")));
+            }
+            // References to a conditional create's match must not be left
+            // pointing at a resource the same transaction deletes.
+            let matched = existing
+                .values()
+                .any(|r| &r.resource_type == t && &r.id == id);
+            if entry.method == Method::Delete && matched {
+                return Err(RestError::bad_request(format!(
+                    "the transaction was not applied: {t}/{id} is the match of a conditional create in it, and this entry deletes it"
                 ))
                 .at(format!("Bundle.entry[{i}]")));
             }

@@ -216,7 +216,7 @@ impl From<StoreError> for RestError {
             e @ StoreError::MatchAppeared { .. } => RestError::new(
                 ErrorKind::Conflict,
                 IssueType::Conflict,
-                format!("{e}; nothing was stored, retry the transaction"),
+                format!("{e}; nothing was stored"),
             ),
             e @ StoreError::Contention => {
                 RestError::new(ErrorKind::Conflict, IssueType::Conflict, e.to_string())
@@ -260,6 +260,7 @@ impl From<Refusal> for RestError {
         let error = match refusal.kind {
             RefusalKind::Malformed => RestError::malformed(refusal.message, Vec::new()),
             RefusalKind::Invalid => RestError::unprocessable(refusal.message),
+            RefusalKind::Forbidden => RestError::forbidden(refusal.message),
             RefusalKind::NotSupported => {
                 RestError::not_supported(ErrorKind::Unprocessable, refusal.message)
             }
@@ -282,6 +283,8 @@ impl From<RestError> for Refusal {
     fn from(e: RestError) -> Refusal {
         let kind = if e.kind.status() >= 500 {
             RefusalKind::Internal
+        } else if e.kind == ErrorKind::Forbidden {
+            RefusalKind::Forbidden
         } else if e.kind == ErrorKind::BadRequest && !e.issues.is_empty() {
             RefusalKind::Malformed
         } else if e.code == IssueType::NotSupported {

@@ -7,8 +7,8 @@ use fhirbox_auth::access::RequestFacts;
 use fhirbox_auth::Identity;
 use fhirbox_fhir::{IssueType, OperationOutcome};
 use fhirbox_store::{
-    HistoryPage, HistoryScope, ResourceHistory, ResourceRead, ResourceSearch, StoreError,
-    StoredResource,
+    HistoryPage, HistoryScope, Refusal, ResourceHistory, ResourceRead, ResourceSearch, StoreError,
+    StoredResource, TargetCheck,
 };
 use serde_json::{json, Value};
 
@@ -216,6 +216,7 @@ impl Rest {
     /// `PUT /{type}?criteria` (R4 §3.1.0.4.3): replaces the one resource the
     /// criteria match, creates when none does (a body without an id), and
     /// is refused with 412 when several do.
+    #[allow(clippy::too_many_arguments)]
     pub async fn conditional_update(
         &self,
         base: &str,
@@ -224,6 +225,7 @@ impl Rest {
         body: Value,
         if_match: Option<i64>,
         preference: ReturnPreference,
+        identity: &Identity,
     ) -> Result<Reply, RestError> {
         let prehashed = Prehashed::for_body(resource_type, &body).await?;
         let op = resource::prepare_conditional_update(
@@ -233,6 +235,7 @@ impl Rest {
             if_match,
             &self.checks,
             prehashed,
+            self.target_check(identity, "put", resource_type),
         )?;
         self.put_reply(base, op, preference).await
     }
@@ -287,6 +290,7 @@ impl Rest {
         patch: Patch,
         if_match: Option<i64>,
         preference: ReturnPreference,
+        identity: &Identity,
     ) -> Result<Reply, RestError> {
         let prehashed = patch.prehash(resource_type).await?;
         let op = resource::prepare_patch(
@@ -297,7 +301,12 @@ impl Rest {
             &self.checks,
             prehashed,
         )?;
-        let op = resource::conditional(op, criteria, "the conditional patch's criteria")?;
+        let op = resource::conditional(
+            op,
+            criteria,
+            "the conditional patch's criteria",
+            self.target_check(identity, "patch", resource_type),
+        )?;
         self.patch_reply(op, preference).await
     }
 
@@ -347,15 +356,27 @@ impl Rest {
         criteria: &str,
         if_match: Option<i64>,
         preference: ReturnPreference,
+        identity: &Identity,
     ) -> Result<Reply, RestError> {
         let op = resource::prepare_delete(resource_type, &resource::new_id(), if_match)?;
-        let op = resource::conditional(op, criteria, "the conditional delete's criteria")?;
+        let op = resource::conditional(
+            op,
+            criteria,
+            "the conditional delete's criteria",
+            self.target_check(identity, "delete", resource_type),
+        )?;
         match self.write(op).await {
             Ok(outcome) => {
                 let r = &outcome.resource;
                 let message = format!("deleted {}/{}", r.resource_type, r.id);
                 Ok(delete_reply(Some(r), preference, &message))
             }
+            // If-Match names a version of a resource that is not there.
+            Err(e @ StoreError::NoMatch { .. }) if if_match.is_some() => Err(RestError::new(
+                ErrorKind::PreconditionFailed,
+                IssueType::Conflict,
+                format!("{e}, so If-Match cannot hold; nothing was deleted"),
+            )),
             Err(e @ StoreError::NoMatch { .. }) => Ok(delete_reply(
                 None,
                 preference,
@@ -363,6 +384,37 @@ impl Rest {
             )),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The check a conditional update, patch or delete makes once it knows
+    /// its resource: the write is authorized as `{method} /fhir/{type}/{id}`,
+    /// the request it stands for, so a policy that never let the caller
+    /// write that resource by id does not let it by criteria either.
+    fn target_check(
+        &self,
+        identity: &Identity,
+        method: &'static str,
+        resource_type: &str,
+    ) -> TargetCheck {
+        let auth = self.auth.clone();
+        let identity = identity.clone();
+        let resource_type = resource_type.to_owned();
+        std::sync::Arc::new(move |id: &str| {
+            let facts = RequestFacts::new(
+                method,
+                Some(&resource_type),
+                Some(id),
+                None,
+                None,
+                Vec::new(),
+            );
+            auth.authorize(&identity, &facts).map_err(|denial| {
+                Refusal::forbidden(format!(
+                    "{}; the resource the criteria match is {resource_type}/{id}",
+                    denial.message()
+                ))
+            })
+        })
     }
 
     /// `GET /{type}?…` or `GET /?…`: a searchset Bundle.

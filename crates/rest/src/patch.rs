@@ -112,14 +112,14 @@ impl Patch {
                 // RFC 7386 §2: each member replaces the target's, a `null`
                 // member removes it, an object member is merged into the
                 // target's object. The result holds at most the document and
-                // the patch.
-                let added = size_within(object, max_bytes);
-                if added.is_none_or(|a| current_size.saturating_add(a) > max_bytes) {
+                // the patch, both already within the body limit, so it is
+                // measured once made.
+                json_patch::merge(doc, object);
+                if size_within(doc, max_bytes).is_none() {
                     return Err(format!(
                         "the result would be larger than {max_bytes} bytes (BOX_MAX_BODY_BYTES)"
                     ));
                 }
-                json_patch::merge(doc, object);
             }
         }
         if deeper_than(doc, MAX_DEPTH) {
@@ -273,6 +273,13 @@ mod tests {
             .apply(&mut doc, 100, 1024)
             .unwrap_err();
         assert!(e.contains("larger than 1024 bytes"), "{e}");
+        // Near the limit, a patch that removes members still applies.
+        let mut full = json!({"resourceType": "Patient", "text": {"div": "x".repeat(900)}});
+        Patch::from_media("application/merge-patch+json", json!({"text": null}))
+            .unwrap()
+            .apply(&mut full, 930, 1000)
+            .unwrap();
+        assert_eq!(full, json!({"resourceType": "Patient"}));
     }
 
     #[test]

@@ -112,7 +112,9 @@ pub fn parse_version_tag(text: &str) -> Option<i64> {
 pub struct ReadConditions {
     /// `If-None-Match`.
     pub none_match: Option<NoneMatch>,
-    /// `If-Modified-Since`, in whole seconds since the epoch.
+    /// `If-Modified-Since`, in microseconds since the epoch: an HTTP date,
+    /// which has whole seconds, stands for the last microsecond of its
+    /// second.
     pub modified_since: Option<i64>,
 }
 
@@ -149,7 +151,7 @@ impl ReadConditions {
             Some(NoneMatch::Versions(versions)) => versions.contains(&stored.version_id),
             None => self
                 .modified_since
-                .is_some_and(|since| stored.last_updated.div_euclid(1_000_000) <= since),
+                .is_some_and(|since| stored.last_updated <= since),
         }
     }
 }
@@ -252,17 +254,16 @@ mod tests {
         assert!(none_match("*").not_modified(&stored));
         assert!(!none_match("W/\"2\"").not_modified(&stored));
         assert!(!none_match("W/\"abc\"").not_modified(&stored));
-        let since = |seconds| ReadConditions {
+        let since = |micros| ReadConditions {
             none_match: None,
-            modified_since: Some(seconds),
+            modified_since: Some(micros),
         };
-        // HTTP dates have whole seconds: a change within the named second is not newer.
-        assert!(since(1_700_000_000).not_modified(&stored));
-        assert!(!since(1_699_999_999).not_modified(&stored));
+        assert!(since(1_700_000_000_500_000).not_modified(&stored));
+        assert!(!since(1_700_000_000_499_999).not_modified(&stored));
         // If-None-Match decides when both are sent.
         let both = ReadConditions {
             none_match: Some(NoneMatch::parse("W/\"2\"")),
-            modified_since: Some(1_800_000_000),
+            modified_since: Some(1_800_000_000_000_000),
         };
         assert!(!both.not_modified(&stored));
         assert!(!ReadConditions::default().not_modified(&stored));

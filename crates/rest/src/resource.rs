@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use fhirbox_fhir::{is_known_resource_type, is_valid_id};
-use fhirbox_store::{Refusal, StoredResource, WriteKind, WriteOp};
+use fhirbox_store::{Refusal, StoredResource, TargetCheck, WriteKind, WriteOp};
 use serde_json::Value;
 
 use fhirbox_fhir::{Issue, IssueSeverity, IssueType};
@@ -420,16 +420,18 @@ pub fn prepare_delete(
 }
 
 /// A conditional write (R4 §3.1.0.8): `op` applied to the resource its
-/// criteria match, found in the write's own transaction. `op` was prepared
-/// with a fresh id, which only a conditional update that matches nothing
-/// uses (to create).
-pub fn conditional(mut op: WriteOp, criteria: &str, what: &str) -> Result<WriteOp, RestError> {
-    op.matching = Some(crate::search::parse_criteria(
-        &op.resource_type,
-        criteria,
-        what,
-        true,
-    )?);
+/// criteria match, found in the write's own transaction, if `check` lets
+/// the caller write that resource. `op` was prepared with a fresh id, which
+/// only a conditional update that matches nothing uses (to create).
+pub fn conditional(
+    mut op: WriteOp,
+    criteria: &str,
+    what: &str,
+    check: TargetCheck,
+) -> Result<WriteOp, RestError> {
+    let mut matching = crate::search::parse_criteria(&op.resource_type, criteria, what, true)?;
+    matching.check_target = Some(check);
+    op.matching = Some(matching);
     Ok(op)
 }
 
@@ -442,6 +444,7 @@ pub fn prepare_conditional_update(
     if_match: Option<i64>,
     checks: &WriteChecks,
     prehashed: hooks::Prehashed,
+    check: TargetCheck,
 ) -> Result<WriteOp, RestError> {
     check_type(resource_type)?;
     validate_body(
@@ -458,7 +461,7 @@ pub fn prepare_conditional_update(
         checks,
         prehashed,
     );
-    conditional(op, criteria, "the conditional update's criteria")
+    conditional(op, criteria, "the conditional update's criteria", check)
 }
 
 #[cfg(test)]

@@ -200,6 +200,7 @@ pub fn parse_criteria(
         query: request.query,
         criteria: format!("{resource_type}?{criteria}"),
         answer_existing,
+        check_target: None,
     })
 }
 

@@ -294,13 +294,15 @@ pub fn if_none_exist(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// The preconditions of a conditional read: `If-None-Match` (every header
-/// line), and `If-Modified-Since` as an HTTP-date; a date that does not
-/// parse is ignored, as RFC 9110 §13.1.3 requires.
+/// line; one that is not text names no version of ours), and
+/// `If-Modified-Since` as an HTTP-date, standing for the last microsecond
+/// of its second; a date that does not parse is ignored, as RFC 9110
+/// §13.1.3 requires.
 pub fn read_conditions(headers: &HeaderMap) -> ReadConditions {
     let none_match: Vec<&str> = headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or(""))
         .collect();
     ReadConditions {
         none_match: (!none_match.is_empty()).then(|| NoneMatch::parse(&none_match.join(","))),
@@ -309,7 +311,8 @@ pub fn read_conditions(headers: &HeaderMap) -> ReadConditions {
             .and_then(|v| v.to_str().ok())
             .and_then(|text| httpdate::parse_http_date(text).ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .and_then(|d| i64::try_from(d.as_secs()).ok()),
+            .and_then(|d| i64::try_from(d.as_secs()).ok())
+            .and_then(|secs| secs.checked_mul(1_000_000)?.checked_add(999_999)),
     }
 }
 

@@ -128,6 +128,7 @@ fn criteria(query: Option<String>, method: &str) -> Result<String, ApiError> {
 /// `PUT /fhir/{type}?criteria`: conditional update.
 pub async fn update_conditional(
     State(rest): State<Rest>,
+    Extension(identity): Extension<Identity>,
     FhirPath(resource_type): FhirPath<String>,
     FhirBase(base): FhirBase,
     RawQuery(query): RawQuery,
@@ -143,6 +144,7 @@ pub async fn update_conditional(
             body,
             if_match(&headers)?,
             prefer(&headers).return_,
+            &identity,
         )
         .await?;
     Ok(render(reply))
@@ -151,6 +153,7 @@ pub async fn update_conditional(
 /// `PATCH /fhir/{type}?criteria`: conditional patch.
 pub async fn patch_conditional(
     State(rest): State<Rest>,
+    Extension(identity): Extension<Identity>,
     FhirPath(resource_type): FhirPath<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -164,6 +167,7 @@ pub async fn patch_conditional(
             patch,
             if_match(&headers)?,
             prefer(&headers).return_,
+            &identity,
         )
         .await?;
     Ok(render(reply))
@@ -172,6 +176,7 @@ pub async fn patch_conditional(
 /// `DELETE /fhir/{type}?criteria`: conditional delete.
 pub async fn delete_conditional(
     State(rest): State<Rest>,
+    Extension(identity): Extension<Identity>,
     FhirPath(resource_type): FhirPath<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -183,6 +188,7 @@ pub async fn delete_conditional(
             &criteria,
             if_match(&headers)?,
             prefer(&headers).return_,
+            &identity,
         )
         .await?;
     Ok(render(reply))

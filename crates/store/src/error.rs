@@ -20,6 +20,9 @@ pub enum RefusalKind {
     /// The server could not do its part (a corrupt stored body, a failed
     /// hash): not the caller's fault; logged, never detailed to the caller.
     Internal,
+    /// Access control refused the write once its resource was known (a
+    /// conditional write's match).
+    Forbidden,
 }
 
 /// Why a write transform or finalizer refused to store a resource. Nothing
@@ -49,6 +52,16 @@ impl Refusal {
     pub fn invalid(message: impl Into<String>) -> Refusal {
         Refusal {
             kind: RefusalKind::Invalid,
+            message: message.into(),
+            location: None,
+            issues: Vec::new(),
+        }
+    }
+
+    /// Access control refused the write (403).
+    pub fn forbidden(message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: RefusalKind::Forbidden,
             message: message.into(),
             location: None,
             issues: Vec::new(),
@@ -116,8 +129,9 @@ pub enum StoreError {
         criteria: String,
     },
     /// A resource matching a conditional create's criteria appeared between
-    /// the transaction's own search and its write.
-    #[error("a {resource_type} matching {criteria} was stored while this transaction ran")]
+    /// the transaction's own search and its write: stored by a concurrent
+    /// request, or by another entry of the same transaction.
+    #[error("a {resource_type} matching {criteria} was stored after this transaction searched for one (by a concurrent request, or by another of its own entries)")]
     MatchAppeared {
         resource_type: String,
         criteria: String,

@@ -91,7 +91,7 @@ pub struct WriteOp {
 /// with the same criteria store one resource: SQLite applies writes one at
 /// a time, and on PostgreSQL writes with equal `criteria` wait for each
 /// other (a transaction-scoped advisory lock on its hash) before searching.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Matching {
     /// The search; the store looks at two matches at most.
     pub query: SearchQuery,
@@ -101,6 +101,22 @@ pub struct Matching {
     /// refuse with `MatchAppeared` (`false`: a transaction that searched
     /// before it started and has already given the new id to references).
     pub answer_existing: bool,
+    /// Asked, with the id of the resource an update, patch or delete turns
+    /// out to write, whether the caller may write it; a refusal stops the
+    /// write. Access rules are the caller's; the store only knows the id.
+    pub check_target: Option<TargetCheck>,
+}
+
+/// Decides whether a conditional write may write the resource with this id.
+pub type TargetCheck = Arc<dyn Fn(&str) -> Result<(), Refusal> + Send + Sync>;
+
+impl std::fmt::Debug for Matching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Matching")
+            .field("criteria", &self.criteria)
+            .field("answer_existing", &self.answer_existing)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a resource is found by, computed by the caller from the body about

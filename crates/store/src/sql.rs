@@ -179,15 +179,23 @@ macro_rules! sql_backend {
                 let found = find_matches(conn, matching).await?;
                 match crate::sql::conditional(op, matching, found)? {
                     crate::sql::Conditional::Proceed => {}
-                    crate::sql::Conditional::Target(target) => matched = Some(target),
+                    crate::sql::Conditional::Target(found) => matched = Some(found),
                     crate::sql::Conditional::Answer(outcome) => return Ok(outcome),
                 }
             }
-            let id = matched.as_deref().unwrap_or(id);
+            let id = matched.as_ref().map_or(id, |found| found.id.as_str());
             loop {
                 let selected = select_current(conn, rt, id).await?;
                 let current_key = selected.as_ref().map(|(_, key)| *key);
                 let current = selected.map(|(row, _)| row);
+                // The match was searched without a lock: a write to it since
+                // then makes this attempt void, and the write set is retried.
+                if let Some(found) = &matched {
+                    let live = current.as_ref().filter(|c| !c.deleted).map(|c| c.version_id);
+                    if live != Some(found.version_id) {
+                        return Err(StoreError::Contention);
+                    }
+                }
                 if let Some(expected) = op.if_match {
                     let live_version = current.as_ref().filter(|c| !c.deleted).map(|c| c.version_id);
                     if live_version != Some(expected) {
@@ -596,8 +604,8 @@ use crate::model::{Matching, StoredResource, WriteKind, WriteOp, WriteOutcome};
 pub(crate) enum Conditional {
     /// Write as asked, with the op's own id.
     Proceed,
-    /// Write to the one match, which has this id.
-    Target(String),
+    /// Write to the one match (its current version as the search saw it).
+    Target(StoredResource),
     /// Write nothing and answer this (a conditional create's match).
     Answer(WriteOutcome),
 }
@@ -616,6 +624,12 @@ pub(crate) fn conditional(
             criteria,
         });
     }
+    // An update, patch or delete writes a resource it learns of only now:
+    // the caller decides whether it may.
+    let allowed = |id: &str| match &matching.check_target {
+        Some(check) => check(id).map_err(StoreError::Rejected),
+        None => Ok(()),
+    };
     let body_id = |body: &serde_json::Value| {
         body.get("id")
             .and_then(serde_json::Value::as_str)
@@ -643,7 +657,7 @@ pub(crate) fn conditional(
                 ))
                 .at(format!("{resource_type}.id")),
             )),
-            None => Ok(Conditional::Proceed),
+            None => allowed(&op.id).map(|()| Conditional::Proceed),
         },
         (WriteKind::Put(body), Some(found)) => match body_id(body) {
             Some(id) if id != found.id => Err(StoreError::Rejected(
@@ -653,14 +667,14 @@ pub(crate) fn conditional(
                 ))
                 .at(format!("{resource_type}.id")),
             )),
-            _ => Ok(Conditional::Target(found.id)),
+            _ => allowed(&found.id).map(|()| Conditional::Target(found)),
         },
         (WriteKind::Modify(_) | WriteKind::Delete, None) => Err(StoreError::NoMatch {
             resource_type,
             criteria,
         }),
         (WriteKind::Modify(_) | WriteKind::Delete, Some(found)) => {
-            Ok(Conditional::Target(found.id))
+            allowed(&found.id).map(|()| Conditional::Target(found))
         }
     }
 }

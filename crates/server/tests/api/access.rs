@@ -221,13 +221,13 @@ async fn conditional_writes_need_the_right_to_search(app: TestApp) {
     client_with_matcho(
         &app,
         "writer",
-        json!({"uri": "/fhir/Patient", "request-method": {"$enum": ["put", "patch", "delete"]}}),
+        json!({"params": {"resource/type": "Patient"}, "request-method": {"$enum": ["put", "patch", "delete"]}}),
     )
     .await;
     client_with_matcho(
         &app,
         "rewriter",
-        json!({"uri": "/fhir/Patient", "request-method": {"$enum": ["put", "patch", "delete", "get"]}}),
+        json!({"params": {"resource/type": "Patient"}, "request-method": {"$enum": ["put", "patch", "delete", "get"]}}),
     )
     .await;
     let replacement =
@@ -267,6 +267,50 @@ async fn conditional_writes_need_the_right_to_search(app: TestApp) {
     app.get("/fhir/Patient/secretive")
         .await
         .assert_outcome(410, "deleted");
+
+    // A policy on the type's URL with no method let a client search and
+    // create; it does not let it overwrite or delete by criteria what it
+    // could not by id: the write is checked again as `put /fhir/Patient/{id}`
+    // once the match is known.
+    app.put_patient("kept", "Kept").await;
+    client_with_matcho(&app, "type-url", json!({"uri": "/fhir/Patient"})).await;
+    let as_type_url = |method: reqwest::Method, media: &'static str, body: String| {
+        let mut req = app
+            .anon
+            .request(method, app.url("/fhir/Patient?family=Kept"))
+            .basic_auth("type-url", Some(SECRET));
+        if !media.is_empty() {
+            req = req.header("content-type", media).body(body);
+        }
+        app.send(req)
+    };
+    let put = as_type_url(
+        reqwest::Method::PUT,
+        "application/fhir+json",
+        json!({"resourceType": "Patient", "name": [{"family": "Kept"}], "gender": "other"})
+            .to_string(),
+    )
+    .await;
+    put.assert_outcome(403, "no access policy allows");
+    let patch = as_type_url(
+        reqwest::Method::PATCH,
+        "application/merge-patch+json",
+        json!({"gender": "other"}).to_string(),
+    )
+    .await;
+    forbidden(&patch);
+    let delete = as_type_url(reqwest::Method::DELETE, "", String::new()).await;
+    forbidden(&delete);
+    let kept = app.get("/fhir/Patient/kept").await.json();
+    assert_eq!(kept["meta"]["versionId"], "1");
+    assert!(kept.get("gender").is_none());
+    // It still searches and creates as before.
+    assert_eq!(
+        get_as(&app, "/fhir/Patient?family=Kept", "type-url")
+            .await
+            .status,
+        200
+    );
 }
 
 async fn query_parameters_cannot_supply_or_shadow_route_facts(app: TestApp) {

@@ -161,7 +161,40 @@ async fn transaction_patch_entry_uses_a_binary_json_patch(app: TestApp) {
 /// `ifNoneMatch` / `ifModifiedSince` on read entries answer 304 without the
 /// resource; on any other entry they are an error.
 async fn batch_read_entries_can_be_conditional(app: TestApp) {
-    app.put_patient("cb", "Cond").await;
+    let stored = app.put_patient("cb", "Cond").await;
+    // An instant keeps its fraction of a second: the stored time itself is
+    // not newer, a millisecond earlier is.
+    let at = stored["meta"]["lastUpdated"].as_str().unwrap().to_owned();
+    let earlier = app
+        .post(
+            "/fhir",
+            &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"request": {"method": "GET", "url": "Patient/cb", "ifModifiedSince": at}}
+            ]}),
+        )
+        .await
+        .json();
+    assert_eq!(
+        earlier["entry"][0]["response"]["status"], "304 Not Modified",
+        "{at}"
+    );
+    let millis: i64 = at[20..23].parse().unwrap();
+    if millis > 0 {
+        let before = format!("{}{:03}Z", &at[..20], millis - 1);
+        let newer = app
+            .post(
+                "/fhir",
+                &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                    {"request": {"method": "GET", "url": "Patient/cb", "ifModifiedSince": before}}
+                ]}),
+            )
+            .await
+            .json();
+        assert_eq!(
+            newer["entry"][0]["response"]["status"], "200 OK",
+            "{before}"
+        );
+    }
     let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": "Patient/cb", "ifNoneMatch": "W/\"1\""}},
         {"request": {"method": "GET", "url": "Patient/cb", "ifNoneMatch": "W/\"9\""}},

@@ -13,7 +13,8 @@ backend_tests!(
     batch_and_transaction_entries_create_conditionally,
     parallel_conditional_creates_store_one_resource,
     conditional_update_replaces_the_match_or_creates,
-    conditional_patch_and_delete_act_on_the_one_match
+    conditional_patch_and_delete_act_on_the_one_match,
+    a_transaction_that_creates_its_own_match_is_refused
 );
 
 const SYSTEM: &str = "http://hospital.example/mrn";
@@ -383,4 +384,26 @@ async fn conditional_patch_and_delete_act_on_the_one_match(app: TestApp) {
     app.send(app.client.delete(app.url("/fhir/Patient")))
         .await
         .assert_outcome(400, "needs search criteria");
+    // If-Match cannot hold on a resource that is not there.
+    app.send(
+        app.client
+            .delete(app.url(&format!("/fhir/Patient?identifier={SYSTEM}|nobody")))
+            .header("if-match", "W/\"1\""),
+    )
+    .await
+    .assert_outcome(412, "If-Match cannot hold");
+}
+
+/// A transaction whose own plain create matches one of its conditional
+/// creates cannot succeed: a 409 that says so, and nothing stored.
+async fn a_transaction_that_creates_its_own_match_is_refused(app: TestApp) {
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient("t1", "Plain"), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": patient("t1", "Conditional"),
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("identifier={SYSTEM}|t1")}}
+    ]});
+    app.post("/fhir", &bundle)
+        .await
+        .assert_outcome(409, "by another of its own entries");
+    assert!(matches(&app, "t1").await.is_empty());
 }
