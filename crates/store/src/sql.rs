@@ -145,6 +145,26 @@ macro_rules! sql_backend {
             Ok(())
         }
 
+        /// Takes the criteria locks of every conditional write of a set up
+        /// front, in one order, so that two sets with the same criteria in
+        /// different orders wait for each other instead of deadlocking.
+        async fn lock_criteria(conn: &mut $conn, ops: &[WriteOp]) -> StoreResult<()> {
+            let lock: Option<&'static str> = $match_lock;
+            let Some(lock) = lock else {
+                return Ok(());
+            };
+            let mut criteria: Vec<&str> = ops
+                .iter()
+                .filter_map(|op| op.matching.as_ref().map(|m| m.criteria.as_str()))
+                .collect();
+            criteria.sort_unstable();
+            criteria.dedup();
+            for c in criteria {
+                sqlx::query(lock).bind(c).execute(&mut *conn).await.db()?;
+            }
+            Ok(())
+        }
+
         /// The first two current matches of a conditional write's criteria,
         /// searched in the write's transaction after waiting for writes with
         /// the same criteria.
@@ -336,6 +356,7 @@ macro_rules! sql_backend {
                 attempt += 1;
                 let result: StoreResult<Vec<WriteOutcome>> = async {
                     let mut tx = pool.begin_with($begin).await.db()?;
+                    lock_criteria(&mut tx, ops).await?;
                     let mut outcomes = Vec::with_capacity(ops.len());
                     for op in ops {
                         outcomes.push(apply(&mut tx, op).await?);

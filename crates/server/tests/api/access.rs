@@ -16,16 +16,7 @@ const SECRET: &str = "access-test-secret";
 
 /// Stores a client with a literal secret and one matcho policy.
 async fn client_with_matcho(app: &TestApp, id: &str, pattern: Value) {
-    app.put_client(id, SECRET, &["basic", "client_credentials"])
-        .await;
-    let r = app
-        .put(
-            &format!("/fhir/AccessPolicy/{id}-policy"),
-            &json!({"resourceType": "AccessPolicy", "id": format!("{id}-policy"), "engine": "matcho",
-                    "link": [{"reference": format!("Client/{id}")}], "matcho": pattern}),
-        )
-        .await;
-    assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    app.matcho_client(id, SECRET, pattern).await;
 }
 
 /// A request as client `id`.
@@ -36,16 +27,7 @@ async fn send_as(
     id: &str,
     body: Option<&Value>,
 ) -> Resp {
-    let mut req = app
-        .anon
-        .request(method, app.url(path))
-        .basic_auth(id, Some(SECRET));
-    if let Some(body) = body {
-        req = req
-            .header("content-type", "application/fhir+json")
-            .body(body.to_string());
-    }
-    app.send(req).await
+    app.send_as(method, path, (id, SECRET), body).await
 }
 
 async fn get_as(app: &TestApp, path: &str, id: &str) -> Resp {

@@ -5,6 +5,9 @@ use serde_json::{json, Value};
 
 use crate::backend_tests;
 use crate::helpers::{entry_ids, TestApp};
+use crate::includes::{batch_as_obs_only, readers};
+
+const SECRET: &str = "chain-secret-value";
 
 backend_tests!(
     chains_follow_references_forwards_and_back,
@@ -141,33 +144,9 @@ async fn chains_follow_references_forwards_and_back(app: TestApp) {
 
 async fn chains_reach_only_types_the_client_may_search(app: TestApp) {
     seed(&app).await;
-    for (id, matcho) in [
-        (
-            "obs-only",
-            json!({"request-method": "get", "params": {"resource/type": "Observation"}}),
-        ),
-        (
-            "pat-only",
-            json!({"request-method": "get", "params": {"resource/type": "Patient"}}),
-        ),
-        ("reader", json!({"request-method": "get"})),
-    ] {
-        app.put_client(id, "chain-secret-value", &["basic"]).await;
-        let r = app
-            .put(
-                &format!("/fhir/AccessPolicy/{id}"),
-                &json!({"resourceType": "AccessPolicy", "id": id, "engine": "matcho",
-                        "link": [{"reference": format!("Client/{id}")}], "matcho": matcho}),
-            )
-            .await;
-        assert!(r.status == 200 || r.status == 201, "{}", r.text);
-    }
+    readers(&app, SECRET).await;
     let get = |path: &'static str, id: &'static str| {
-        app.send(
-            app.anon
-                .get(app.url(path))
-                .basic_auth(id, Some("chain-secret-value")),
-        )
+        app.send_as(reqwest::Method::GET, path, (id, SECRET), None)
     };
     let chain = "/fhir/Observation?patient:Patient.name=smith";
     let denied = get(chain, "obs-only").await;
@@ -194,33 +173,21 @@ async fn chains_reach_only_types_the_client_may_search(app: TestApp) {
         .send(
             app.anon
                 .post(app.url("/fhir/Observation/_search"))
-                .basic_auth("obs-only", Some("chain-secret-value"))
+                .basic_auth("obs-only", Some(SECRET))
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body("patient:Patient.name=smith"),
         )
         .await;
     form.assert_outcome(403, "no access policy allows");
-    app.put(
-        "/fhir/AccessPolicy/obs-only-bundle",
-        &json!({"resourceType": "AccessPolicy", "id": "obs-only-bundle", "engine": "matcho",
-                "link": [{"reference": "Client/obs-only"}],
-                "matcho": {"request-method": "post", "uri": "/fhir"}}),
+    let r = batch_as_obs_only(
+        &app,
+        SECRET,
+        &[
+            "Observation?patient:Patient.name=smith",
+            "Observation?code=A",
+        ],
     )
     .await;
-    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
-        {"request": {"method": "GET", "url": "Observation?patient:Patient.name=smith"}},
-        {"request": {"method": "GET", "url": "Observation?code=A"}}
-    ]});
-    let r = app
-        .send(
-            app.anon
-                .post(app.url("/fhir"))
-                .basic_auth("obs-only", Some("chain-secret-value"))
-                .header("content-type", "application/fhir+json")
-                .body(batch.to_string()),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
     let out = r.json();
     assert_eq!(out["entry"][0]["response"]["status"], "403 Forbidden");
     assert_eq!(out["entry"][1]["response"]["status"], "200 OK");

@@ -407,6 +407,42 @@ impl TestApp {
         r
     }
 
+    /// Stores a Client with a literal secret (Basic grant) and a `matcho`
+    /// AccessPolicy `<id>-policy` linked to it.
+    pub async fn matcho_client(&self, id: &str, secret: &str, matcho: Value) {
+        self.put_client(id, secret, &["basic", "client_credentials"])
+            .await;
+        let r = self
+            .put(
+                &format!("/fhir/AccessPolicy/{id}-policy"),
+                &serde_json::json!({"resourceType": "AccessPolicy", "id": format!("{id}-policy"),
+                    "engine": "matcho", "link": [{"reference": format!("Client/{id}")}], "matcho": matcho}),
+            )
+            .await;
+        assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    }
+
+    /// Sends a request as client `id` with HTTP Basic, with a FHIR JSON body
+    /// when one is given.
+    pub async fn send_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        (id, secret): (&str, &str),
+        body: Option<&Value>,
+    ) -> Resp {
+        let mut req = self
+            .anon
+            .request(method, self.url(path))
+            .basic_auth(id, Some(secret));
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string());
+        }
+        self.send(req).await
+    }
+
     /// Stores an `allow` AccessPolicy linked to one client.
     pub async fn allow_client(&self, policy_id: &str, client_id: &str) {
         let r = self

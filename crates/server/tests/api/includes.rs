@@ -157,25 +157,54 @@ async fn includes_add_referenced_and_referring_resources_once(app: TestApp) {
     }
 }
 
+const SECRET: &str = "include-secret-value";
+
 async fn as_client(app: &TestApp, path: &str, id: &str) -> Resp {
-    app.send(
-        app.anon
-            .get(app.url(path))
-            .basic_auth(id, Some("include-secret-value")),
-    )
-    .await
+    app.send_as(reqwest::Method::GET, path, (id, SECRET), None)
+        .await
 }
 
-async fn client(app: &TestApp, id: &str, matcho: Value) {
-    app.put_client(id, "include-secret-value", &["basic"]).await;
+/// Clients that may read (`GET`) observations only, patients only, and
+/// anything; `obs-only` may also send bundles.
+pub async fn readers(app: &TestApp, secret: &str) {
+    for (id, matcho) in [
+        (
+            "obs-only",
+            json!({"request-method": "get", "params": {"resource/type": "Observation"}}),
+        ),
+        (
+            "pat-only",
+            json!({"request-method": "get", "params": {"resource/type": "Patient"}}),
+        ),
+        ("reader", json!({"request-method": "get"})),
+    ] {
+        app.matcho_client(id, secret, matcho).await;
+    }
+    let bundles = json!({"resourceType": "AccessPolicy", "id": "obs-only-bundle", "engine": "matcho",
+        "link": [{"reference": "Client/obs-only"}], "matcho": {"request-method": "post", "uri": "/fhir"}});
     let r = app
-        .put(
-            &format!("/fhir/AccessPolicy/{id}"),
-            &json!({"resourceType": "AccessPolicy", "id": id, "engine": "matcho",
-                    "link": [{"reference": format!("Client/{id}")}], "matcho": matcho}),
-        )
+        .put("/fhir/AccessPolicy/obs-only-bundle", &bundles)
         .await;
     assert!(r.status == 200 || r.status == 201, "{}", r.text);
+}
+
+/// A batch of GET entries sent as `obs-only` (see `readers`).
+pub async fn batch_as_obs_only(app: &TestApp, secret: &str, urls: &[&str]) -> Resp {
+    let entries: Vec<Value> = urls
+        .iter()
+        .map(|url| json!({"request": {"method": "GET", "url": url}}))
+        .collect();
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+    let r = app
+        .send_as(
+            reqwest::Method::POST,
+            "/fhir",
+            ("obs-only", secret),
+            Some(&batch),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r
 }
 
 /// A client that may read observations but not patients gets the
@@ -183,19 +212,7 @@ async fn client(app: &TestApp, id: &str, matcho: Value) {
 /// withheld; a client that may read both gets them.
 async fn included_resources_are_shown_only_to_clients_that_may_read_them(app: TestApp) {
     seed(&app).await;
-    client(
-        &app,
-        "obs-only",
-        json!({"request-method": "get", "params": {"resource/type": "Observation"}}),
-    )
-    .await;
-    client(
-        &app,
-        "pat-only",
-        json!({"request-method": "get", "params": {"resource/type": "Patient"}}),
-    )
-    .await;
-    client(&app, "reader", json!({"request-method": "get"})).await;
+    readers(&app, SECRET).await;
 
     let path = "/fhir/Observation?subject=Patient/p1&_include=Observation:subject";
     let narrow = as_client(&app, path, "obs-only").await;
@@ -246,26 +263,12 @@ async fn included_resources_are_shown_only_to_clients_that_may_read_them(app: Te
     assert_eq!(as_client(&app, rev, "obs-only").await.status, 403);
 
     // The same inside a batch, whose GET entries are searches of their own.
-    app.put(
-        "/fhir/AccessPolicy/obs-only-bundle",
-        &json!({"resourceType": "AccessPolicy", "id": "obs-only-bundle", "engine": "matcho",
-                "link": [{"reference": "Client/obs-only"}],
-                "matcho": {"request-method": "post", "uri": "/fhir"}}),
+    let r = batch_as_obs_only(
+        &app,
+        SECRET,
+        &["Observation?subject=Patient/p1&_include=Observation:subject"],
     )
     .await;
-    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
-        {"request": {"method": "GET", "url": "Observation?subject=Patient/p1&_include=Observation:subject"}}
-    ]});
-    let r = app
-        .send(
-            app.anon
-                .post(app.url("/fhir"))
-                .basic_auth("obs-only", Some("include-secret-value"))
-                .header("content-type", "application/fhir+json")
-                .body(batch.to_string()),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
     let searchset = &r.json()["entry"][0]["resource"];
     assert_eq!(searchset["type"], "searchset");
     assert!(!r.text.contains("\"family\""), "{}", r.text);
