@@ -108,9 +108,13 @@ async fn wrong_methods_are_405(app: TestApp) {
     app.send(app.client.post(app.url("/fhir/Patient/x")))
         .await
         .assert_outcome(405, "POST is not supported");
-    app.send(app.client.delete(app.url("/fhir/Patient")))
+    app.send(app.client.delete(app.url("/fhir/Patient/_history")))
         .await
         .assert_outcome(405, "DELETE is not supported");
+    // DELETE on the type is a conditional delete, which needs criteria.
+    app.send(app.client.delete(app.url("/fhir/Patient")))
+        .await
+        .assert_outcome(400, "needs search criteria");
     app.send(app.client.put(app.url("/fhir/metadata")))
         .await
         .assert_outcome(405, "PUT");
