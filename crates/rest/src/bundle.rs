@@ -596,7 +596,6 @@ async fn conditional_creates(
             .store
             .search(SearchQuery {
                 count: 1,
-                with_total: false,
                 ..matching.query.clone()
             })
             .await?;

@@ -137,7 +137,6 @@ impl Rest {
                     .store
                     .search(SearchQuery {
                         count: u32::try_from(room).unwrap_or(u32::MAX),
-                        with_total: false,
                         ..query
                     })
                     .await?;

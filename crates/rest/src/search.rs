@@ -8,7 +8,7 @@ use fhirbox_fhir::datetime::parse_range;
 use fhirbox_fhir::search::{normalize, ParamType, SearchParam, SearchParams, UNSUPPORTED};
 use fhirbox_store::{
     CompositeFirst, CompositeTest, Condition, Cursor, Filter, HistoryQuery, HistoryScope,
-    IndexKind, Matching, RangeOp, SearchQuery, SortKey, TimeBound, UriOp,
+    IndexKind, Matching, RangeOp, SearchQuery, SortKey, TimeBound, TotalMode, UriOp,
 };
 
 use fhirbox_auth::access::RequestFacts;
@@ -233,9 +233,9 @@ pub fn parse_search(
     let mut query = SearchQuery {
         resource_type: resource_type.map(str::to_owned),
         count: DEFAULT_COUNT,
-        with_total: true,
         ..Default::default()
     };
+    let mut total = None;
     let mut applied = Vec::new();
     let mut ignored = Vec::new();
     let mut includes = Vec::new();
@@ -297,9 +297,9 @@ pub fn parse_search(
                 query.descending = descending;
             }
             "_total" => {
-                query.with_total = match value.as_str() {
-                    "none" => false,
-                    "estimate" | "accurate" => true,
+                total = match value.as_str() {
+                    "none" => Some(TotalMode::None),
+                    "estimate" | "accurate" => Some(TotalMode::Accurate),
                     other => {
                         return Err(RestError::bad_request(format!(
                             "_total={other} is not valid; use none, estimate or accurate"
@@ -368,6 +368,13 @@ pub fn parse_search(
         }
         applied.push((name.clone(), value.clone()));
     }
+    // Without `_total`, a search counts up to a bound; `_count=0` asks for
+    // the total alone, so it gets the whole count (docs/search.md "Totals").
+    query.total = total.unwrap_or(if query.count == 0 {
+        TotalMode::Accurate
+    } else {
+        TotalMode::Bounded
+    });
     if query.ids.as_ref().is_some_and(Vec::is_empty) {
         // Contradictory _id parameters match nothing: an impossible id keeps SQL simple.
         query.ids = Some(vec![String::new()]);

@@ -48,7 +48,6 @@ pub async fn validate_store(
                 sort: SortKey::Created,
                 count: PAGE,
                 cursor,
-                with_total: false,
                 ..Default::default()
             })
             .await?;

@@ -429,6 +429,24 @@ pub enum SortKey {
     LastUpdated,
 }
 
+/// How far a search or a history counts its matches (`_total`,
+/// docs/search.md "Totals").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TotalMode {
+    /// No count (`_total=none`; what internal searches use).
+    #[default]
+    None,
+    /// An exact count of at most [`BOUNDED_TOTAL`] matches, the default of
+    /// a REST search: a search with more has no total, so a broad search
+    /// costs its page plus a bounded count.
+    Bounded,
+    /// Every match counted, however many (`_total=accurate`).
+    Accurate,
+}
+
+/// The most matches a [`TotalMode::Bounded`] count reads.
+pub const BOUNDED_TOTAL: i64 = 1000;
+
 /// A search over current, non-deleted versions.
 #[derive(Debug, Clone, Default)]
 pub struct SearchQuery {
@@ -444,8 +462,8 @@ pub struct SearchQuery {
     /// Page size; the caller has clamped it.
     pub count: u32,
     pub cursor: Option<Cursor>,
-    /// Count every match (`_total=accurate`).
-    pub with_total: bool,
+    /// Whether and how far to count the matches (`_total`).
+    pub total: TotalMode,
     /// Search parameter filters, all of which must hold.
     pub filters: Vec<Filter>,
 }

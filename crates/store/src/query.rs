@@ -5,7 +5,8 @@ use crate::cursor::Cursor;
 use crate::error::StoreError;
 use crate::model::{
     CompositeFirst, CompositeSecond, CompositeTest, Condition, Filter, HistoryQuery, HistoryScope,
-    IndexEntry, IndexKind, RangeOp, SearchQuery, SortKey, StoredResource, TimeBound, UriOp,
+    IndexEntry, IndexKind, RangeOp, SearchQuery, SortKey, StoredResource, TimeBound, TotalMode,
+    UriOp, BOUNDED_TOTAL,
 };
 
 /// A value to bind, in placeholder order.
@@ -910,26 +911,41 @@ pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {
 
     Ok(SearchPlan {
         select,
-        total: if q.with_total {
-            Total::Count
-        } else {
+        total: if q.total == TotalMode::None {
             Total::Skip
+        } else {
+            Total::Count
         },
         backwards,
     })
 }
 
-/// `SELECT COUNT(*)` of every match of `q`.
+/// `SELECT COUNT(*)` of the matches of `q`: every one, or with
+/// [`TotalMode::Bounded`] at most one more than [`BOUNDED_TOTAL`], which
+/// tells the caller there are too many to count.
 pub(crate) fn count(q: &SearchQuery) -> Sql {
-    if rows_decide(q) {
+    let mut count = if rows_decide(q) {
         let mut count = Sql::new("SELECT COUNT(*) FROM (");
         push_matches(&mut count, q);
-        count.push(") AS m");
         count
     } else {
-        let mut count = Sql::new("SELECT COUNT(*) FROM resource");
+        let mut count = Sql::new("SELECT COUNT(*) FROM (SELECT 1 FROM resource");
         push_filters(&mut count, q);
         count
+    };
+    if q.total == TotalMode::Bounded {
+        count.push(" LIMIT ").bind(Bind::Int(BOUNDED_TOTAL + 1));
+    }
+    count.push(") AS m");
+    count
+}
+
+/// The total a count statement's result gives: none when a bounded count
+/// found more than it may count.
+pub(crate) fn counted(mode: TotalMode, n: i64) -> Option<i64> {
+    match mode {
+        TotalMode::Bounded if n > BOUNDED_TOTAL => None,
+        _ => Some(n),
     }
 }
 
@@ -944,7 +960,7 @@ pub(crate) fn count(q: &SearchQuery) -> Sql {
 /// temporary table for the partition); a first page that fills up is
 /// counted by the `count` statement.
 fn by_keys(q: &SearchQuery, op: &str, dir: &str, limit: Bind, backwards: bool) -> SearchPlan {
-    let window = q.with_total && q.cursor.is_some();
+    let window = q.total == TotalMode::Accurate && q.cursor.is_some();
     let total = if window { ", total" } else { "" };
     let mut select = Sql::new(&format!(
         "SELECT {COLUMNS}, res_key{total} FROM (SELECT page_key{total} FROM (SELECT res_key AS page_key"
@@ -970,10 +986,10 @@ fn by_keys(q: &SearchQuery, op: &str, dir: &str, limit: Bind, backwards: bool) -
         ));
     SearchPlan {
         select,
-        total: match (q.with_total, window) {
-            (false, _) => Total::Skip,
-            (true, true) => Total::InPage,
-            (true, false) => Total::Count,
+        total: match (q.total, window) {
+            (TotalMode::None, _) => Total::Skip,
+            (_, true) => Total::InPage,
+            (_, false) => Total::Count,
         },
         backwards,
     }
@@ -1079,8 +1095,12 @@ pub(crate) fn history(q: &HistoryQuery) -> Result<(Sql, Sql), StoreError> {
     select
         .push(" ORDER BY seq DESC LIMIT ")
         .bind(Bind::Int(i64::from(q.count) + 1));
-    let mut count = Sql::new("SELECT COUNT(*) FROM resource_history");
+    let mut count = Sql::new("SELECT COUNT(*) FROM (SELECT 1 FROM resource_history");
     push_history_filters(&mut count, q);
+    count
+        .push(" LIMIT ")
+        .bind(Bind::Int(BOUNDED_TOTAL + 1))
+        .push(") AS m");
     Ok((select, count))
 }
 

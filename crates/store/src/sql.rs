@@ -179,7 +179,7 @@ macro_rules! sql_backend {
             let q = SearchQuery {
                 count: 1,
                 cursor: None,
-                with_total: false,
+                total: TotalMode::None,
                 ..matching.query.clone()
             };
             let plan = query::search(&q)?;
@@ -457,7 +457,7 @@ macro_rules! sql_backend {
                             .persistent(prepared)
                             .fetch_one(&self.reader)
                             .await.db()?;
-                        Some(row.try_get::<i64, _>(0).db()?)
+                        query::counted(q.total, row.try_get::<i64, _>(0).db()?)
                     }
                 };
                 Ok(query::search_page(&q, plan.backwards, found, total))
@@ -481,12 +481,18 @@ macro_rules! sql_backend {
                 } else {
                     None
                 };
-                let total_row = bind_all(sqlx::query(&count.text), count.binds)
-                    .fetch_one(&self.reader)
-                    .await.db()?;
+                // A first page that holds every version is its own count.
+                let total = if q.cursor.is_none() && next.is_none() {
+                    Some(entries.len() as i64)
+                } else {
+                    let row = bind_all(sqlx::query(&count.text), count.binds)
+                        .fetch_one(&self.reader)
+                        .await.db()?;
+                    query::counted(TotalMode::Bounded, row.try_get::<i64, _>(0).db()?)
+                };
                 Ok(HistoryPage {
                     entries,
-                    total: Some(total_row.try_get::<i64, _>(0).db()?),
+                    total,
                     next,
                 })
             }

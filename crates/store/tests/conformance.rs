@@ -14,8 +14,8 @@ use std::sync::Arc;
 use fhirbox_store::{
     ChangeMarker, Condition, Cursor, Filter, HistoryQuery, HistoryScope, IndexEntry, IndexKind,
     Indexer, RangeOp, ResourceHistory, ResourceRead, ResourceSearch, ResourceWrite, SearchIndex,
-    SearchQuery, SortKey, Store, StoreError, StoreHealth, StoredResource, TimeBound, Transform,
-    UriOp, WriteKind, WriteOp, WriteOutcome,
+    SearchQuery, SortKey, Store, StoreError, StoreHealth, StoredResource, TimeBound, TotalMode,
+    Transform, UriOp, WriteKind, WriteOp, WriteOutcome, BOUNDED_TOTAL,
 };
 use fhirbox_test_support::postgres::TestDatabase;
 use fhirbox_test_support::{backend_variants, Backend};
@@ -38,6 +38,7 @@ backend_variants!(
     prefixes_match_by_code_point_on_both_backends,
     index_decided_searches_page_count_and_keep_to_their_type,
     searches_come_in_creation_order_and_page_by_it,
+    bounded_totals_count_up_to_their_bound,
 );
 
 /// A store on a database of its own, removed when the test ends.
@@ -486,7 +487,7 @@ async fn search_by_id_and_last_updated_pages_through_current_versions(store: Tes
 
     let first = store
         .search(SearchQuery {
-            with_total: true,
+            total: TotalMode::Accurate,
             ..patients(2)
         })
         .await
@@ -499,7 +500,7 @@ async fn search_by_id_and_last_updated_pages_through_current_versions(store: Tes
     for (count, cursor) in [(0, None), (4, None), (10, None), (2, first.next.clone())] {
         let page = store
             .search(SearchQuery {
-                with_total: true,
+                total: TotalMode::Accurate,
                 cursor,
                 ..patients(count)
             })
@@ -1174,7 +1175,7 @@ async fn index_decided_searches_page_count_and_keep_to_their_type(store: TestSto
     let query = |cursor: Option<Cursor>| SearchQuery {
         resource_type: Some("Patient".into()),
         count: 1,
-        with_total: true,
+        total: TotalMode::Accurate,
         cursor,
         filters: [&on, &ng, &born_after]
             .into_iter()
@@ -1255,7 +1256,7 @@ async fn searches_come_in_creation_order_and_page_by_it(store: TestStore) {
     let on = |count: u32, cursor: Option<Cursor>| SearchQuery {
         count,
         cursor,
-        with_total: true,
+        total: TotalMode::Accurate,
         filters: vec![Filter {
             any_of: vec![Condition::Token {
                 param: "status".into(),
@@ -1291,4 +1292,107 @@ async fn searches_come_in_creation_order_and_page_by_it(store: TestStore) {
     let emptied = store.search(on(2, first.next)).await.unwrap();
     assert!(emptied.resources.is_empty());
     assert_eq!(emptied.total, Some(2));
+}
+
+/// `TotalMode::Bounded` counts exactly up to `BOUNDED_TOTAL` matches and
+/// gives no total past it, on both ways a search is answered (by index
+/// rows, by the resource table) and on history; `Accurate` counts all.
+async fn bounded_totals_count_up_to_their_bound(store: TestStore) {
+    let over = BOUNDED_TOTAL + 1;
+    let ops: Vec<WriteOp> = (0..over)
+        .map(|i| {
+            let status = if i % 2 == 0 { "even" } else { "odd" };
+            indexed(&format!("p{i}"), json!({"status": status}))
+        })
+        .collect();
+    store.write_all(ops).await.expect("the patients are stored");
+    let status = |code: &str| Filter {
+        any_of: vec![Condition::Token {
+            param: "status".into(),
+            system: None,
+            code: Some(code.into()),
+        }],
+    };
+    let total = |filters: Vec<Filter>, total: TotalMode, cursor: Option<Cursor>| {
+        let store = &store;
+        async move {
+            store
+                .search(SearchQuery {
+                    filters,
+                    total,
+                    cursor,
+                    ..patients(10)
+                })
+                .await
+                .expect("the search runs")
+        }
+    };
+    // By the resource table: every Patient.
+    let all = total(vec![], TotalMode::Bounded, None).await;
+    assert_eq!(all.resources.len(), 10);
+    assert_eq!(all.total, None, "{over} matches are past the bound");
+    assert!(all.next.is_some(), "the next link still says there is more");
+    assert_eq!(
+        total(vec![], TotalMode::Accurate, None).await.total,
+        Some(over)
+    );
+    let later = total(vec![], TotalMode::Bounded, all.next.clone()).await;
+    assert_eq!(later.total, None, "a later page is bounded too");
+    assert_eq!(
+        total(vec![], TotalMode::Accurate, all.next).await.total,
+        Some(over)
+    );
+    // By index rows: 501 even and 500 odd statuses are within the bound.
+    let even = total(vec![status("even")], TotalMode::Bounded, None).await;
+    assert_eq!(even.total, Some(over / 2 + 1));
+    let odd = total(vec![status("odd")], TotalMode::Bounded, None).await;
+    assert_eq!(odd.total, Some(over / 2));
+    let later = total(vec![status("odd")], TotalMode::Bounded, odd.next).await;
+    assert_eq!(later.total, Some(over / 2), "a later page counts the same");
+    let either = Filter {
+        any_of: [status("even"), status("odd")]
+            .into_iter()
+            .flat_map(|f| f.any_of)
+            .collect(),
+    };
+    let both = total(vec![either.clone()], TotalMode::Bounded, None).await;
+    assert_eq!(both.total, None);
+    let both = total(vec![either], TotalMode::Accurate, both.next).await;
+    assert_eq!(both.total, Some(over));
+    assert_eq!(
+        total(vec![], TotalMode::None, None).await.total,
+        None,
+        "no count at all"
+    );
+
+    // History: a type history past the bound has no total; an instance
+    // history whose first page holds it is its own count.
+    let history = |scope: HistoryScope| {
+        let store = &store;
+        async move {
+            store
+                .history(HistoryQuery {
+                    scope,
+                    since: None,
+                    count: 10,
+                    cursor: None,
+                })
+                .await
+                .expect("the history is read")
+        }
+    };
+    let of_type = history(HistoryScope::Type {
+        resource_type: "Patient".into(),
+    })
+    .await;
+    assert_eq!(of_type.entries.len(), 10);
+    assert_eq!(of_type.total, None);
+    write(&store, indexed("p7", json!({"status": "seven"}))).await;
+    let one = history(HistoryScope::Instance {
+        resource_type: "Patient".into(),
+        id: "p7".into(),
+    })
+    .await;
+    assert_eq!(one.total, Some(2));
+    assert_eq!(one.entries.len(), 2);
 }

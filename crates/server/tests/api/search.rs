@@ -13,7 +13,7 @@ backend_tests!(
     search_by_id_returns_matches_and_excludes_deleted,
     last_updated_prefixes_select_time_ranges,
     sort_orders_by_id_or_last_updated_in_both_directions,
-    total_can_be_switched_off,
+    totals_are_bounded_by_default_and_can_be_asked_for_or_off,
     pages_link_next_and_previous,
     paging_stays_correct_while_rows_are_inserted,
     unknown_parameters_are_ignored_or_refused_when_strict,
@@ -114,10 +114,53 @@ async fn sort_orders_by_id_or_last_updated_in_both_directions(app: TestApp) {
         .assert_outcome(400, "_sort=name");
 }
 
-async fn total_can_be_switched_off(app: TestApp) {
-    app.put_patient("t", "T").await;
+async fn totals_are_bounded_by_default_and_can_be_asked_for_or_off(app: TestApp) {
+    // One more Patient than the default count reads; three named Few.
+    let bound = fhirbox_store::BOUNDED_TOTAL;
+    let entries: Vec<_> = (0..=bound)
+        .map(|i| {
+            let family = if i < 3 { "Few" } else { "Many" };
+            json!({
+                "resource": {"resourceType": "Patient", "name": [{"family": family}]},
+                "request": {"method": "POST", "url": "Patient"}
+            })
+        })
+        .collect();
+    let loaded = app
+        .post(
+            "/fhir",
+            &json!({"resourceType": "Bundle", "type": "batch", "entry": entries}),
+        )
+        .await;
+    assert_eq!(loaded.status, 200, "{}", loaded.text);
+    let broad = app.get("/fhir/Patient?_count=5").await.json();
+    assert!(
+        broad.get("total").is_none(),
+        "past the bound the default gives no total: {broad}"
+    );
+    assert!(link(&broad, "next").is_some());
+    let later = app.get(&link(&broad, "next").unwrap()).await.json();
+    assert!(later.get("total").is_none(), "{later}");
+    for asked in ["_count=0", "_count=5&_total=accurate", "_total=estimate"] {
+        assert_eq!(
+            app.get(&format!("/fhir/Patient?{asked}")).await.json()["total"],
+            bound + 1,
+            "{asked}"
+        );
+    }
     assert_eq!(
-        app.get("/fhir/Patient?_total=accurate").await.json()["total"],
+        app.get("/fhir/Patient?name=few&_count=2").await.json()["total"],
+        3,
+        "a search within the bound is counted exactly"
+    );
+    let history = app.get("/fhir/Patient/_history?_count=5").await.json();
+    assert!(history.get("total").is_none(), "{history}");
+    assert!(link(&history, "next").is_some());
+
+    app.put_patient("t", "T").await;
+    assert_eq!(app.get("/fhir/Patient/t/_history").await.json()["total"], 1);
+    assert_eq!(
+        app.get("/fhir/Patient?_id=t&_total=accurate").await.json()["total"],
         1
     );
     assert!(app
