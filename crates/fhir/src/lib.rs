@@ -4,6 +4,7 @@
 //! the evaluator of their expressions (`search`).
 
 pub mod datetime;
+pub mod elements;
 pub mod id;
 /// Strict JSON parsing (duplicate keys refused), shared with the secrets crate.
 pub use fhirbox_json as json;

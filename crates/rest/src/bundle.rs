@@ -20,6 +20,7 @@ use crate::patch::{self, Patch};
 use crate::reply::{etag, parse_version_tag, NoneMatch, ReadConditions, Reply, ReturnPreference};
 use crate::resource::{self, check_id, check_type};
 use crate::search;
+use crate::shape::{self, Shape};
 use crate::Rest;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +57,8 @@ struct Entry {
 /// The result of one entry, rendered into the response bundle.
 enum EntryResult {
     Written(WriteOutcome, Method),
-    Read(StoredResource),
+    /// A read, shaped when its URL has `_summary` or `_elements`.
+    Read(StoredResource, Option<Shape>),
     /// A conditional read whose resource the client holds already.
     NotModified(StoredResource),
     Searched(String),
@@ -484,7 +486,7 @@ impl ReadBudget {
     /// failure that says how to get the data.
     fn charge(&mut self, result: EntryResult) -> EntryResult {
         let size = match &result {
-            EntryResult::Read(r) => r.body.len(),
+            EntryResult::Read(r, _) => r.body.len(),
             EntryResult::Searched(page) => page.len(),
             _ => 0,
         };
@@ -502,12 +504,22 @@ impl ReadBudget {
     }
 }
 
-fn read_result(stored: StoredResource, conditions: &ReadConditions) -> EntryResult {
+fn read_result(
+    stored: StoredResource,
+    conditions: &ReadConditions,
+    shape: Option<Shape>,
+) -> EntryResult {
     if conditions.not_modified(&stored) {
         EntryResult::NotModified(stored)
     } else {
-        EntryResult::Read(stored)
+        EntryResult::Read(stored, shape)
     }
+}
+
+/// `_summary` and `_elements` of a read entry's URL.
+fn read_shape(resource_type: &str, query: Option<&str>) -> Result<Option<Shape>, RestError> {
+    let params = search::parse_query(query)?;
+    Ok(shape::parse(&[resource_type], &params, false)?.shape)
 }
 
 async fn run_read(
@@ -518,14 +530,20 @@ async fn run_read(
     identity: &Identity,
 ) -> EntryResult {
     let result = match &entry.target {
-        Target::Instance(t, id) => app
-            .read_current(t, id)
-            .await
-            .map(|r| read_result(r, &entry.conditions)),
-        Target::Version(t, id, v) => app
-            .read_version(t, id, v)
-            .await
-            .map(|r| read_result(r, &entry.conditions)),
+        Target::Instance(t, id) => match read_shape(t, entry.query.as_deref()) {
+            Ok(shape) => app
+                .read_current(t, id)
+                .await
+                .map(|r| read_result(r, &entry.conditions, shape)),
+            Err(e) => Err(e),
+        },
+        Target::Version(t, id, v) => match read_shape(t, entry.query.as_deref()) {
+            Ok(shape) => app
+                .read_version(t, id, v)
+                .await
+                .map(|r| read_result(r, &entry.conditions, shape)),
+            Err(e) => Err(e),
+        },
         Target::Type(t) => match search::parse_query(entry.query.as_deref()) {
             Ok(params) => app
                 .searchset(base, Some(t), &params, false, identity)
@@ -810,13 +828,20 @@ fn render(
                     include.then(|| crate::hooks::public_body(r)).as_deref(),
                 );
             }
-            EntryResult::Read(r) => bundle.entry(
-                json!({
-                    "fullUrl": format!("{base}/{}/{}", r.resource_type, r.id),
-                    "response": {"status": status_text(200), "etag": etag(r.version_id), "lastModified": r.last_updated_text()},
-                }),
-                Some(&crate::hooks::public_body(&r)),
-            ),
+            EntryResult::Read(r, shape) => {
+                let body = crate::hooks::public_body(&r);
+                let body = match &shape {
+                    Some(shape) => shape.apply(&r.resource_type, &body).into(),
+                    None => body,
+                };
+                bundle.entry(
+                    json!({
+                        "fullUrl": format!("{base}/{}/{}", r.resource_type, r.id),
+                        "response": {"status": status_text(200), "etag": etag(r.version_id), "lastModified": r.last_updated_text()},
+                    }),
+                    Some(&body),
+                )
+            }
             EntryResult::NotModified(r) => bundle.entry(
                 json!({
                     "fullUrl": format!("{base}/{}/{}", r.resource_type, r.id),

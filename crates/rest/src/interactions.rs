@@ -20,6 +20,7 @@ use crate::patch::Patch;
 use crate::reply::{etag, not_modified, resource_reply, ReadConditions, Reply, ReturnPreference};
 use crate::resource::{self, check_id, check_type};
 use crate::search::{self, Params};
+use crate::shape::{self, Shape};
 use crate::Rest;
 
 /// `<base>/<type>/<id>/_history/<version>`: where a written version lives.
@@ -30,12 +31,21 @@ pub(crate) fn location(base: &str, stored: &StoredResource) -> String {
     )
 }
 
-/// A read's answer: the resource, or 304 when the client holds it already.
-fn read_reply(stored: &StoredResource, conditions: &ReadConditions) -> Reply {
+/// A read's answer: the resource, shaped when `_summary` or `_elements`
+/// asked, or 304 when the client holds it already.
+fn read_reply(
+    stored: &StoredResource,
+    conditions: &ReadConditions,
+    shape: Option<&Shape>,
+) -> Reply {
     if conditions.not_modified(stored) {
         return not_modified(stored);
     }
-    resource_reply(200, stored, None, ReturnPreference::Representation, "")
+    let mut reply = resource_reply(200, stored, None, ReturnPreference::Representation, "");
+    if let (Some(shape), Some(body)) = (shape, &reply.body) {
+        reply.body = Some(shape.apply(&stored.resource_type, body));
+    }
+    reply
 }
 
 /// A delete's answer: 204, or 200 with an OperationOutcome when asked;
@@ -122,15 +132,17 @@ impl Rest {
     }
 
     /// `GET /{type}/{id}`; 304 when `conditions` say the client's copy is
-    /// current.
+    /// current; `_summary` and `_elements` in `params` shape the resource.
     pub async fn read(
         &self,
         resource_type: &str,
         id: &str,
         conditions: &ReadConditions,
+        params: &Params,
     ) -> Result<Reply, RestError> {
+        let shaping = shape::parse(&[resource_type], params, false)?;
         let stored = self.read_current(resource_type, id).await?;
-        Ok(read_reply(&stored, conditions))
+        Ok(read_reply(&stored, conditions, shaping.shape.as_ref()))
     }
 
     /// `GET /{type}/{id}/_history/{vid}`, conditional like `read`.
@@ -140,9 +152,11 @@ impl Rest {
         id: &str,
         version: &str,
         conditions: &ReadConditions,
+        params: &Params,
     ) -> Result<Reply, RestError> {
+        let shaping = shape::parse(&[resource_type], params, false)?;
         let stored = self.read_version(resource_type, id, version).await?;
-        Ok(read_reply(&stored, conditions))
+        Ok(read_reply(&stored, conditions, shaping.shape.as_ref()))
     }
 
     /// `POST /{type}`: the server assigns the id. With `If-None-Exist`
@@ -490,9 +504,16 @@ impl Rest {
             .map(|r| (r, "match"))
             .chain(included.resources.iter().map(|r| (r, "include")));
         for (r, mode) in entries {
+            let body = hooks::public_body(r);
+            // `_summary` and `_elements` shape the matches; an included
+            // resource, of another type, comes whole.
+            let body = match &request.shape {
+                Some(shape) if mode == "match" => shape.apply(&r.resource_type, &body).into(),
+                _ => body,
+            };
             bundle.entry(
                 json!({"fullUrl": format!("{base}/{}/{}", r.resource_type, r.id), "search": {"mode": mode}}),
-                Some(&hooks::public_body(r)),
+                Some(&body),
             );
         }
         // What the includes left out, said without naming it.

@@ -21,6 +21,7 @@ pub mod references;
 pub mod reply;
 pub mod resource;
 pub mod search;
+pub mod shape;
 mod validate;
 
 use std::sync::Arc;

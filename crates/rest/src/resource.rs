@@ -78,6 +78,13 @@ pub fn validate_body(
     structure: Option<&Validator>,
 ) -> Result<(), RestError> {
     check_identity(body, resource_type, id_rule)?;
+    if crate::shape::is_subset(body) {
+        // Writing a part read with `_summary` or `_elements` would lose the rest.
+        return Err(RestError::unprocessable(
+            "the resource carries the SUBSETTED tag: it is a part of a resource (read with _summary or _elements); read it whole, change that and send it, or remove the tag",
+        )
+        .at(format!("{resource_type}.meta.tag")));
+    }
     if let Some(validator) = structure {
         if let Err(problems) = validator.validate(resource_type, body) {
             // On create the server assigns the id, so the body's is not checked.

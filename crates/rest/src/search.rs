@@ -15,6 +15,7 @@ use fhirbox_auth::access::RequestFacts;
 
 use crate::error::RestError;
 use crate::include::Include;
+use crate::shape::{self, Shape};
 
 /// Parameters every search supports, for the CapabilityStatement and errors.
 pub const SEARCH_PARAMETERS: &[(&str, &str, &str)] = &[
@@ -36,6 +37,8 @@ pub const RESULT_PARAMETERS: &[&str] = &[
     "_type",
     "_include",
     "_revinclude",
+    "_summary",
+    "_elements",
 ];
 
 pub const DEFAULT_COUNT: u32 = 50;
@@ -153,6 +156,8 @@ pub struct SearchRequest {
     /// The types chains and `_has` search, which the caller must be allowed
     /// to search too.
     pub chained: Vec<String>,
+    /// What part of each match the reply carries (`_summary`, `_elements`).
+    pub shape: Option<Shape>,
 }
 
 /// The criteria of a conditional interaction (`If-None-Exist`, a
@@ -241,7 +246,7 @@ pub fn parse_search(
     let mut includes = Vec::new();
     let mut chained = Vec::new();
     let mut conditions = 0;
-    let supported = "the search parameters of the type (GET /fhir/metadata lists them), _id, _lastUpdated, _count, _sort (_id, _lastUpdated), _total, _include, _revinclude";
+    let supported = "the search parameters of the type (GET /fhir/metadata lists them), _id, _lastUpdated, _count, _sort (_id, _lastUpdated), _total, _include, _revinclude, _summary, _elements";
     // `_type` first: it decides which parameters the others are.
     for (_, value) in params
         .iter()
@@ -312,6 +317,8 @@ pub fn parse_search(
                 continue;
             }
             "_format" | "_pretty" => continue,
+            // Read after the loop, by `shape::parse`.
+            "_summary" | "_elements" => {}
             // Read before the loop.
             "_type" if resource_type.is_none() => {}
             include
@@ -368,8 +375,17 @@ pub fn parse_search(
         }
         applied.push((name.clone(), value.clone()));
     }
-    // Without `_total`, a search counts up to a bound; `_count=0` asks for
-    // the total alone, so it gets the whole count (docs/search.md "Totals").
+    let searched: Vec<&str> = match resource_type {
+        Some(t) => vec![t],
+        None => query.types.iter().map(String::as_str).collect(),
+    };
+    let shaping = shape::parse(&searched, params, true)?;
+    if shaping.count_only {
+        query.count = 0;
+    }
+    // Without `_total`, a search counts up to a bound; `_count=0` and
+    // `_summary=count` ask for the total alone, so they get the whole count
+    // (docs/search.md "Totals").
     query.total = total.unwrap_or(if query.count == 0 {
         TotalMode::Accurate
     } else {
@@ -385,6 +401,7 @@ pub fn parse_search(
         ignored,
         includes,
         chained,
+        shape: shaping.shape,
     })
 }
 

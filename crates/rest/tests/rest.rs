@@ -98,7 +98,7 @@ async fn interactions_answer_with_replies_and_kinds(f: Fixture) {
     assert!(created.last_modified.unwrap().ends_with(" GMT"));
 
     let read = rest
-        .read("Patient", &id, &ReadConditions::default())
+        .read("Patient", &id, &ReadConditions::default(), &Vec::new())
         .await
         .unwrap();
     assert_eq!(body(&read)["name"][0]["family"], "Chalmers");
@@ -150,21 +150,21 @@ async fn interactions_answer_with_replies_and_kinds(f: Fixture) {
         .unwrap();
     assert_eq!((deleted.status, deleted.body), (204, None));
     assert_eq!(
-        rest.read("Patient", &id, &ReadConditions::default())
+        rest.read("Patient", &id, &ReadConditions::default(), &Vec::new())
             .await
             .unwrap_err()
             .kind,
         ErrorKind::Gone
     );
     assert_eq!(
-        rest.read("Patient", "nobody", &ReadConditions::default())
+        rest.read("Patient", "nobody", &ReadConditions::default(), &Vec::new())
             .await
             .unwrap_err()
             .kind,
         ErrorKind::NotFound
     );
     assert_eq!(
-        rest.read("NoSuchType", "x", &ReadConditions::default())
+        rest.read("NoSuchType", "x", &ReadConditions::default(), &Vec::new())
             .await
             .unwrap_err()
             .kind,

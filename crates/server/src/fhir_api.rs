@@ -22,20 +22,24 @@ type Answer = Result<Response, ApiError>;
 pub async fn read(
     State(rest): State<Rest>,
     FhirPath((resource_type, id)): FhirPath<(String, String)>,
+    FhirQuery(params): FhirQuery,
     headers: HeaderMap,
 ) -> Answer {
     let conditions = read_conditions(&headers);
-    Ok(render(rest.read(&resource_type, &id, &conditions).await?))
+    Ok(render(
+        rest.read(&resource_type, &id, &conditions, &params).await?,
+    ))
 }
 
 pub async fn vread(
     State(rest): State<Rest>,
     FhirPath((resource_type, id, version)): FhirPath<(String, String, String)>,
+    FhirQuery(params): FhirQuery,
     headers: HeaderMap,
 ) -> Answer {
     let conditions = read_conditions(&headers);
     Ok(render(
-        rest.vread(&resource_type, &id, &version, &conditions)
+        rest.vread(&resource_type, &id, &version, &conditions, &params)
             .await?,
     ))
 }

@@ -20,6 +20,7 @@ mod operations;
 mod operator_surface;
 mod search;
 mod search_params;
+mod shaping;
 mod token_endpoint;
 mod transport;
 mod validation;
