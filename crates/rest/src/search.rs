@@ -8,7 +8,8 @@ use fhirbox_fhir::datetime::parse_range;
 use fhirbox_fhir::search::{normalize, ParamType, SearchParam, SearchParams, UNSUPPORTED};
 use fhirbox_store::{
     CompositeFirst, CompositeTest, Condition, Cursor, Filter, HistoryQuery, HistoryScope,
-    IndexKind, Matching, RangeOp, SearchQuery, SortKey, TimeBound, TotalMode, UriOp,
+    IndexKind, Matching, RangeOp, SearchQuery, SortBy, SortField, SortKey, TimeBound, TotalMode,
+    UriOp,
 };
 
 use fhirbox_auth::access::RequestFacts;
@@ -246,7 +247,7 @@ pub fn parse_search(
     let mut includes = Vec::new();
     let mut chained = Vec::new();
     let mut conditions = 0;
-    let supported = "the search parameters of the type (GET /fhir/metadata lists them), _id, _lastUpdated, _count, _sort (_id, _lastUpdated), _total, _include, _revinclude, _summary, _elements";
+    let supported = "the search parameters of the type (GET /fhir/metadata lists them), _id, _lastUpdated, _count, _sort, _total, _include, _revinclude, _summary, _elements";
     // `_type` first: it decides which parameters the others are.
     for (_, value) in params
         .iter()
@@ -286,20 +287,32 @@ pub fn parse_search(
                 .extend(parse_date_bound("_lastUpdated", value)?),
             "_count" => query.count = parse_count(value)?,
             "_sort" => {
-                let (descending, key) = match value.strip_prefix('-') {
-                    Some(k) => (true, k),
-                    None => (false, value.as_str()),
-                };
-                query.sort = match key {
-                    "_id" => SortKey::Id,
-                    "_lastUpdated" => SortKey::LastUpdated,
-                    other => {
-                        return Err(RestError::bad_request(format!(
-                            "_sort={other} is not supported; sort by _id or _lastUpdated (prefix - for descending)"
-                        )))
+                let scope = resource_type.or(match query.types.as_slice() {
+                    [only] => Some(only.as_str()),
+                    _ => None,
+                });
+                let mut fields = parse_sort(scope, value)?;
+                match fields.as_slice() {
+                    // One key of the resource row: the plain sorts, which page
+                    // by that column.
+                    [SortField {
+                        by: by @ (SortBy::Id | SortBy::LastUpdated),
+                        descending,
+                    }] => {
+                        query.sort = if *by == SortBy::Id {
+                            SortKey::Id
+                        } else {
+                            SortKey::LastUpdated
+                        };
+                        query.descending = *descending;
+                        query.sort_by.clear();
                     }
-                };
-                query.descending = descending;
+                    _ => {
+                        query.sort = SortKey::Created;
+                        query.descending = false;
+                        query.sort_by = std::mem::take(&mut fields);
+                    }
+                }
             }
             "_total" => {
                 total = match value.as_str() {
@@ -403,6 +416,60 @@ pub fn parse_search(
         chained,
         shape: shaping.shape,
     })
+}
+
+/// Most keys one `_sort` may have.
+pub const MAX_SORT_KEYS: usize = 4;
+
+/// `_sort=key[,key…]`, each `-` prefixed for descending: `_id`,
+/// `_lastUpdated` or a search parameter of `scope` (R4 §3.1.1.5.1).
+fn parse_sort(scope: Option<&str>, value: &str) -> Result<Vec<SortField>, RestError> {
+    let bad = |why: String| RestError::bad_request(format!("_sort={value}: {why}"));
+    let keys: Vec<&str> = value.split(',').map(str::trim).collect();
+    if keys.len() > MAX_SORT_KEYS {
+        return Err(bad(format!("sort by at most {MAX_SORT_KEYS} keys")));
+    }
+    let mut fields = Vec::with_capacity(keys.len());
+    for key in keys {
+        let (descending, code) = match key.strip_prefix('-') {
+            Some(k) => (true, k),
+            None => (false, key),
+        };
+        let by = match code {
+            "" => return Err(bad("a sort key is empty".into())),
+            "_id" => SortBy::Id,
+            "_lastUpdated" => SortBy::LastUpdated,
+            code => {
+                let Some(scope) = scope else {
+                    return Err(bad(format!(
+                        "sorting by {code} needs a search of one resource type; a system search sorts by _id or _lastUpdated"
+                    )));
+                };
+                let param = definition(Some(scope), code).ok_or_else(|| {
+                    bad(format!(
+                        "{scope} has no search parameter {code:?} (GET /fhir/metadata lists them)"
+                    ))
+                })?;
+                match index_kind(param.param_type) {
+                    Some(kind) if kind != IndexKind::Composite => SortBy::Param {
+                        param: param.code.clone(),
+                        kind,
+                    },
+                    _ => {
+                        return Err(bad(format!(
+                            "{code} is a {} parameter, which has no order; sort by a string, token, date, number, quantity, uri or reference parameter",
+                            param.param_type.code()
+                        )))
+                    }
+                }
+            }
+        };
+        if fields.iter().any(|f: &SortField| f.by == by) {
+            return Err(bad(format!("{code} is given twice")));
+        }
+        fields.push(SortField { by, descending });
+    }
+    Ok(fields)
 }
 
 /// Most links one chain or nest of `_has` may have.

@@ -14,7 +14,7 @@ pub struct Cursor {
     #[serde(rename = "d")]
     pub(crate) direction: char,
     /// Sort the cursor was issued for: `c` (creation order), `i` (_id),
-    /// `u` (_lastUpdated), `h` (history).
+    /// `u` (_lastUpdated), `h` (history), `g` (by the keys in `order`).
     #[serde(rename = "s")]
     pub(crate) sort: char,
     #[serde(rename = "x")]
@@ -26,6 +26,13 @@ pub struct Cursor {
     pub(crate) resource_type: String,
     #[serde(rename = "i")]
     pub(crate) id: String,
+    /// With `g`: the sort keys the cursor was issued for, as text.
+    #[serde(rename = "o", default, skip_serializing_if = "String::is_empty")]
+    pub(crate) order: String,
+    /// With `g`: the row's value of each key (`null`: it has none); its
+    /// storage key is `number`.
+    #[serde(rename = "v", default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) values: Vec<serde_json::Value>,
 }
 
 impl Cursor {
@@ -42,7 +49,9 @@ impl Cursor {
             .map_err(|_| StoreError::InvalidCursor)?;
         let cursor: Cursor =
             serde_json::from_slice(&bytes).map_err(|_| StoreError::InvalidCursor)?;
-        if !matches!(cursor.direction, 'n' | 'p') || !matches!(cursor.sort, 'c' | 'i' | 'u' | 'h') {
+        if !matches!(cursor.direction, 'n' | 'p')
+            || !matches!(cursor.sort, 'c' | 'i' | 'u' | 'h' | 'g')
+        {
             return Err(StoreError::InvalidCursor);
         }
         Ok(cursor)
@@ -62,6 +71,15 @@ mod tests {
             number: 42,
             resource_type: "Patient".into(),
             id: "a".into(),
+            order: String::new(),
+            values: Vec::new(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        let c = Cursor {
+            sort: 'g',
+            order: "-date,name".into(),
+            values: vec![serde_json::json!(7), serde_json::Value::Null],
+            ..c
         };
         assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
         assert!(matches!(

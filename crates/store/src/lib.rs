@@ -19,8 +19,8 @@ pub use error::{ErrorSource, Refusal, RefusalIssue, RefusalKind, StoreError};
 pub use model::{
     CompositeFirst, CompositeSecond, CompositeTest, Condition, Filter, Finalize, HistoryPage,
     HistoryQuery, HistoryScope, IndexEntry, IndexKind, Indexer, Matching, RangeOp, SearchPage,
-    SearchQuery, SortKey, StoredResource, TargetCheck, TimeBound, TotalMode, Transform, UriOp,
-    WriteKind, WriteOp, WriteOutcome, BOUNDED_TOTAL,
+    SearchQuery, SortBy, SortField, SortKey, StoredResource, TargetCheck, TimeBound, TotalMode,
+    Transform, UriOp, WriteKind, WriteOp, WriteOutcome, BOUNDED_TOTAL,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -447,6 +447,27 @@ pub enum TotalMode {
 /// The most matches a [`TotalMode::Bounded`] count reads.
 pub const BOUNDED_TOTAL: i64 = 1000;
 
+/// One key of a `_sort` by search parameters (R4 §3.1.1.5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortBy {
+    /// The logical id.
+    Id,
+    /// The last update.
+    LastUpdated,
+    /// A search parameter's index rows of one kind (not `Composite`): its
+    /// lowest value ascending, its highest descending (for a date, the
+    /// earliest start and the latest end). A resource without one sorts
+    /// after every resource with one, in either direction.
+    Param { param: String, kind: IndexKind },
+}
+
+/// A sort key and its direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortField {
+    pub by: SortBy,
+    pub descending: bool,
+}
+
 /// A search over current, non-deleted versions.
 #[derive(Debug, Clone, Default)]
 pub struct SearchQuery {
@@ -459,6 +480,10 @@ pub struct SearchQuery {
     pub last_updated: Vec<TimeBound>,
     pub sort: SortKey,
     pub descending: bool,
+    /// A `_sort` by search parameters or by several keys; when it is not
+    /// empty it replaces `sort` and `descending`, and ties are broken by
+    /// creation order.
+    pub sort_by: Vec<SortField>,
     /// Page size; the caller has clamped it.
     pub count: u32,
     pub cursor: Option<Cursor>,

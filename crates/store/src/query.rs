@@ -5,8 +5,8 @@ use crate::cursor::Cursor;
 use crate::error::StoreError;
 use crate::model::{
     CompositeFirst, CompositeSecond, CompositeTest, Condition, Filter, HistoryQuery, HistoryScope,
-    IndexEntry, IndexKind, RangeOp, SearchQuery, SortKey, StoredResource, TimeBound, TotalMode,
-    UriOp, BOUNDED_TOTAL,
+    IndexEntry, IndexKind, RangeOp, SearchQuery, SortBy, SortField, SortKey, StoredResource,
+    TimeBound, TotalMode, UriOp, BOUNDED_TOTAL,
 };
 
 /// A value to bind, in placeholder order.
@@ -75,6 +75,9 @@ pub(crate) struct SearchPlan {
     pub select: Sql,
     pub total: Total,
     pub backwards: bool,
+    /// Under `sort_by`: the kind of each sort value column (`s0`, `s1`, …)
+    /// the rows carry after `res_key`.
+    pub sort_values: Vec<SortValue>,
 }
 
 /// Where a search's total comes from.
@@ -847,13 +850,21 @@ pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {
     }
     let backwards = match &q.cursor {
         Some(c) => {
-            if c.sort != sort_code(q.sort) || c.descending != q.descending {
+            let issued_for = if q.sort_by.is_empty() {
+                c.sort == sort_code(q.sort) && c.descending == q.descending
+            } else {
+                c.sort == 'g' && c.order == order_text(q) && c.values.len() == q.sort_by.len()
+            };
+            if !issued_for {
                 return Err(StoreError::InvalidCursor);
             }
             c.direction == 'p'
         }
         None => false,
     };
+    if !q.sort_by.is_empty() {
+        return Ok(sorted(q, backwards, Bind::Int(i64::from(q.count) + 1)));
+    }
     let ascending = q.descending == backwards;
     let (op, dir) = if ascending {
         (">", "ASC")
@@ -917,7 +928,218 @@ pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {
             Total::Count
         },
         backwards,
+        sort_values: Vec::new(),
     })
+}
+
+/// The sort keys of a general sort as text (`name,-date`), which a cursor
+/// carries so that it continues only the sort it was issued for.
+fn order_text(q: &SearchQuery) -> String {
+    q.sort_by
+        .iter()
+        .map(|f| {
+            let name = match &f.by {
+                SortBy::Id => "_id",
+                SortBy::LastUpdated => "_lastUpdated",
+                SortBy::Param { param, .. } => param.as_str(),
+            };
+            format!("{}{name}", if f.descending { "-" } else { "" })
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How a sort key's value reads back from a row.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum SortValue {
+    Text,
+    Int,
+    Float,
+}
+
+/// The SQL of a sort key's value for the row `resource`, and its kind. A
+/// parameter's value is the lowest of its rows ascending and the highest
+/// descending; for a date, the earliest start or the latest end.
+fn push_sort_value(sql: &mut Sql, field: &SortField) -> SortValue {
+    let (param, kind) = match &field.by {
+        SortBy::Id => {
+            sql.push("resource.id");
+            return SortValue::Text;
+        }
+        SortBy::LastUpdated => {
+            sql.push("resource.last_updated");
+            return SortValue::Int;
+        }
+        SortBy::Param { param, kind } => (param, *kind),
+    };
+    let (column, value) = match (kind, field.descending) {
+        (IndexKind::String, _) => ("text_norm", SortValue::Text),
+        (IndexKind::Token, _) => ("code", SortValue::Text),
+        (IndexKind::Date, false) => ("low", SortValue::Int),
+        (IndexKind::Date, true) => ("high", SortValue::Int),
+        (IndexKind::Number | IndexKind::Quantity, _) => ("number", SortValue::Float),
+        (IndexKind::Uri | IndexKind::Reference | IndexKind::Composite, _) => {
+            ("text_exact", SortValue::Text)
+        }
+    };
+    let aggregate = if field.descending { "MAX" } else { "MIN" };
+    sql.push(&format!(
+        "(SELECT {aggregate}({column}) FROM search_index AS si WHERE si.res_key = resource.res_key AND si.kind = {} AND si.param = ",
+        kind.code()
+    ))
+    .bind(Bind::Text(param.clone()))
+    .push(")");
+    value
+}
+
+/// A search under `sort_by` (R4 §3.1.1.5.1). Every match's sort values are
+/// computed once (a materialized table of key and values), the page is the
+/// first of them past the cursor in the order of the keys, a resource
+/// without a value after those with one in either direction, ties broken by
+/// storage key; only the page's resource rows are read. Paging compares
+/// the whole tuple with the cursor's, so it stays correct under any keys.
+fn sorted(q: &SearchQuery, backwards: bool, limit: Bind) -> SearchPlan {
+    let keys = &q.sort_by;
+    let mut select = Sql::new("WITH v AS MATERIALIZED (SELECT resource.res_key AS page_key");
+    let mut kinds = Vec::with_capacity(keys.len());
+    for (i, field) in keys.iter().enumerate() {
+        select.push(", ");
+        kinds.push(push_sort_value(&mut select, field));
+        select.push(&format!(" AS s{i}"));
+    }
+    select.push(" FROM resource");
+    if rows_decide(q) {
+        select.push(" WHERE res_key IN (");
+        push_matches(&mut select, q);
+        select.push(") AND deleted = FALSE");
+    } else {
+        push_filters(&mut select, q);
+    }
+    select.push(")");
+    let values: String = (0..keys.len()).map(|i| format!(", p.s{i}")).collect();
+    select.push(&format!(
+        " SELECT {COLUMNS}, res_key{values} FROM (SELECT * FROM v"
+    ));
+    if let Some(c) = &q.cursor {
+        push_after(&mut select, keys, &kinds, c, backwards);
+    }
+    // Each key in its direction with the missing last; backwards, all flipped.
+    let order = |prefix: &str| -> String {
+        let mut parts: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let (dir, nulls) = match f.descending != backwards {
+                    false if !backwards => ("ASC", "LAST"),
+                    true if !backwards => ("DESC", "LAST"),
+                    false => ("ASC", "FIRST"),
+                    true => ("DESC", "FIRST"),
+                };
+                format!("{prefix}s{i} {dir} NULLS {nulls}")
+            })
+            .collect();
+        parts.push(format!(
+            "{prefix}page_key {}",
+            if backwards { "DESC" } else { "ASC" }
+        ));
+        parts.join(", ")
+    };
+    select
+        .push(&format!(" ORDER BY {} LIMIT ", order("")))
+        .bind(limit)
+        .push(&format!(
+            ") AS p JOIN resource ON resource.res_key = p.page_key WHERE deleted = FALSE ORDER BY {}",
+            order("p.")
+        ));
+    SearchPlan {
+        select,
+        total: if q.total == TotalMode::None {
+            Total::Skip
+        } else {
+            Total::Count
+        },
+        backwards,
+        sort_values: kinds,
+    }
+}
+
+/// ` WHERE` the row comes after (before, `backwards`) the cursor's in the
+/// order of `sorted`: one disjunct per column of the order (each key's
+/// missing-or-not, its value, then the storage key), each equal to the
+/// cursor's on the columns before it and past it on its own.
+fn push_after(sql: &mut Sql, keys: &[SortField], kinds: &[SortValue], c: &Cursor, backwards: bool) {
+    let bind = |kind: SortValue, v: &serde_json::Value| match kind {
+        SortValue::Text => Bind::Text(v.as_str().unwrap_or_default().to_owned()),
+        SortValue::Int => Bind::Int(v.as_i64().unwrap_or_default()),
+        SortValue::Float => Bind::Float(v.as_f64().unwrap_or_default()),
+    };
+    // (equal, past) conditions per column, as SQL with their binds.
+    enum Col<'a> {
+        /// Whether key i is missing; the cursor's row has it or not.
+        Missing(usize, bool),
+        /// Key i's value, which the cursor's row has.
+        Value(usize, &'a serde_json::Value),
+        Key,
+    }
+    let mut columns = Vec::new();
+    for (i, v) in c.values.iter().enumerate() {
+        columns.push(Col::Missing(i, v.is_null()));
+        if !v.is_null() {
+            columns.push(Col::Value(i, v));
+        }
+    }
+    columns.push(Col::Key);
+    sql.push(" WHERE FALSE");
+    for (j, column) in columns.iter().enumerate() {
+        // The strict condition of column j; none when nothing can be past it.
+        let past_missing = |i: usize, missing: bool| -> Option<String> {
+            // Missing sorts last: past a row with a value forwards is a row
+            // without; backwards, past a row without is a row with one.
+            match (missing, backwards) {
+                (false, false) => Some(format!("s{i} IS NULL")),
+                (true, true) => Some(format!("s{i} IS NOT NULL")),
+                _ => None,
+            }
+        };
+        let strict: Option<(String, Option<Bind>)> = match column {
+            Col::Missing(i, missing) => past_missing(*i, *missing).map(|c| (c, None)),
+            Col::Value(i, v) => {
+                let op = if keys[*i].descending != backwards {
+                    "<"
+                } else {
+                    ">"
+                };
+                Some((format!("s{i} {op} "), Some(bind(kinds[*i], v))))
+            }
+            Col::Key => Some((
+                format!("page_key {} ", if backwards { "<" } else { ">" }),
+                Some(Bind::Int(c.number)),
+            )),
+        };
+        let Some((strict, strict_bind)) = strict else {
+            continue;
+        };
+        sql.push(" OR (TRUE");
+        for earlier in &columns[..j] {
+            match earlier {
+                Col::Missing(i, true) => {
+                    sql.push(&format!(" AND s{i} IS NULL"));
+                }
+                Col::Missing(i, false) => {
+                    sql.push(&format!(" AND s{i} IS NOT NULL"));
+                }
+                Col::Value(i, v) => {
+                    sql.push(&format!(" AND s{i} = ")).bind(bind(kinds[*i], v));
+                }
+                Col::Key => {}
+            }
+        }
+        sql.push(" AND ").push(&strict);
+        if let Some(b) = strict_bind {
+            sql.bind(b);
+        }
+        sql.push(")");
+    }
 }
 
 /// `SELECT COUNT(*)` of the matches of `q`: every one, or with
@@ -992,26 +1214,35 @@ fn by_keys(q: &SearchQuery, op: &str, dir: &str, limit: Bind, backwards: bool) -
             (_, false) => Total::Count,
         },
         backwards,
+        sort_values: Vec::new(),
     }
 }
 
+/// A row a search fetched: the resource, its storage key and, under a
+/// `sort_by`, its value of each sort key.
+pub(crate) type Hit = (StoredResource, i64, Vec<serde_json::Value>);
+
 /// Builds the cursor that continues after (`'n'`) or before (`'p'`) `row`,
 /// whose storage key is `key`.
-pub(crate) fn search_cursor(
-    q: &SearchQuery,
-    direction: char,
-    (row, key): &(StoredResource, i64),
-) -> Cursor {
+pub(crate) fn search_cursor(q: &SearchQuery, direction: char, (row, key, values): &Hit) -> Cursor {
+    let general = !q.sort_by.is_empty();
     Cursor {
         direction,
-        sort: sort_code(q.sort),
+        sort: if general { 'g' } else { sort_code(q.sort) },
         descending: q.descending,
         number: match q.sort {
+            _ if general => *key,
             SortKey::Created => *key,
             SortKey::Id | SortKey::LastUpdated => row.last_updated,
         },
         resource_type: row.resource_type.clone(),
         id: row.id.clone(),
+        order: if general {
+            order_text(q)
+        } else {
+            String::new()
+        },
+        values: values.clone(),
     }
 }
 
@@ -1019,7 +1250,7 @@ pub(crate) fn search_cursor(
 pub(crate) fn search_page(
     q: &SearchQuery,
     backwards: bool,
-    mut rows: Vec<(StoredResource, i64)>,
+    mut rows: Vec<Hit>,
     total: Option<i64>,
 ) -> crate::model::SearchPage {
     let more = rows.len() > q.count as usize;
@@ -1057,7 +1288,7 @@ pub(crate) fn search_page(
         )
     };
     crate::model::SearchPage {
-        resources: rows.into_iter().map(|(row, _)| row).collect(),
+        resources: rows.into_iter().map(|(row, _, _)| row).collect(),
         total,
         next,
         previous,
@@ -1112,6 +1343,8 @@ pub(crate) fn history_cursor(seq: i64) -> Cursor {
         number: seq,
         resource_type: String::new(),
         id: String::new(),
+        order: String::new(),
+        values: Vec::new(),
     }
 }
 
@@ -1189,7 +1422,7 @@ mod tests {
             count: 1,
             ..Default::default()
         };
-        let cursor = search_cursor(&q, 'n', &(row, 1));
+        let cursor = search_cursor(&q, 'n', &(row, 1, Vec::new()));
         let other = SearchQuery {
             sort: SortKey::LastUpdated,
             cursor: Some(cursor),

@@ -442,7 +442,17 @@ macro_rules! sql_backend {
                     if plan.total == query::Total::InPage {
                         in_page = Some(row.try_get::<i64, _>("total").db()?);
                     }
-                    found.push((row_to_resource(row)?, row.try_get::<i64, _>("res_key").db()?));
+                    let mut values = Vec::with_capacity(plan.sort_values.len());
+                    for (i, kind) in plan.sort_values.iter().enumerate() {
+                        let column = format!("s{i}");
+                        let column = column.as_str();
+                        values.push(match kind {
+                            query::SortValue::Text => row.try_get::<Option<String>, _>(column).db()?.into(),
+                            query::SortValue::Int => row.try_get::<Option<i64>, _>(column).db()?.into(),
+                            query::SortValue::Float => row.try_get::<Option<f64>, _>(column).db()?.into(),
+                        });
+                    }
+                    found.push((row_to_resource(row)?, row.try_get::<i64, _>("res_key").db()?, values));
                 }
                 let total = match plan.total {
                     query::Total::Skip => None,

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use fhirbox_store::{
     ChangeMarker, Condition, Cursor, Filter, HistoryQuery, HistoryScope, IndexEntry, IndexKind,
     Indexer, RangeOp, ResourceHistory, ResourceRead, ResourceSearch, ResourceWrite, SearchIndex,
-    SearchQuery, SortKey, Store, StoreError, StoreHealth, StoredResource, TimeBound, TotalMode,
-    Transform, UriOp, WriteKind, WriteOp, WriteOutcome, BOUNDED_TOTAL,
+    SearchQuery, SortBy, SortField, SortKey, Store, StoreError, StoreHealth, StoredResource,
+    TimeBound, TotalMode, Transform, UriOp, WriteKind, WriteOp, WriteOutcome, BOUNDED_TOTAL,
 };
 use fhirbox_test_support::postgres::TestDatabase;
 use fhirbox_test_support::{backend_variants, Backend};
@@ -39,6 +39,7 @@ backend_variants!(
     index_decided_searches_page_count_and_keep_to_their_type,
     searches_come_in_creation_order_and_page_by_it,
     bounded_totals_count_up_to_their_bound,
+    sorts_by_parameters_keep_missing_last_and_page_both_ways,
 );
 
 /// A store on a database of its own, removed when the test ends.
@@ -1395,4 +1396,195 @@ async fn bounded_totals_count_up_to_their_bound(store: TestStore) {
     .await;
     assert_eq!(one.total, Some(2));
     assert_eq!(one.entries.len(), 2);
+}
+
+/// `sort_by`: several keys of every value kind, either direction, a
+/// resource without a value after every resource with one, ties in
+/// creation order; paging forwards with `next` and back with `previous`
+/// visits exactly the order a plain sort gives, on both ways a search is
+/// answered (with and without a narrowing filter).
+async fn sorts_by_parameters_keep_missing_last_and_page_both_ways(store: TestStore) {
+    // (id, status, born, score), stored in this order.
+    type Row = (&'static str, Option<&'static str>, Option<i64>, Option<f64>);
+    let rows: [Row; 8] = [
+        ("a", Some("on"), Some(1990), Some(1.0)),
+        ("b", Some("off"), Some(1980), Some(3.0)),
+        ("c", Some("on"), None, Some(2.0)),
+        ("d", None, Some(1990), None),
+        ("e", Some("off"), Some(1990), Some(1.0)),
+        ("f", Some("on"), Some(1970), None),
+        ("g", None, None, None),
+        ("h", Some("on"), Some(1990), Some(-4.5)),
+    ];
+    for (id, status, born, score) in rows {
+        let mut body = json!({});
+        if let Some(s) = status {
+            body["status"] = json!(s);
+        }
+        if let Some(b) = born {
+            body["born"] = json!(b);
+        }
+        if let Some(n) = score {
+            body["score"] = json!(n);
+        }
+        write(&store, indexed(id, body)).await;
+    }
+    let field = |code: &str| {
+        let (descending, code) = match code.strip_prefix('-') {
+            Some(c) => (true, c),
+            None => (false, code),
+        };
+        let by = match code {
+            "_id" => SortBy::Id,
+            "status" => SortBy::Param {
+                param: code.into(),
+                kind: IndexKind::Token,
+            },
+            "born" => SortBy::Param {
+                param: code.into(),
+                kind: IndexKind::Date,
+            },
+            "score" => SortBy::Param {
+                param: code.into(),
+                kind: IndexKind::Number,
+            },
+            other => panic!("{other}"),
+        };
+        SortField { by, descending }
+    };
+    // The order a sort gives, computed here from the rows.
+    let expected = |keys: &[&str], only_on: bool| -> Vec<&str> {
+        let mut listed: Vec<(usize, &Row)> = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !only_on || r.1 == Some("on"))
+            .collect();
+        listed.sort_by(|(ia, a), (ib, b)| {
+            for key in keys {
+                let f = field(key);
+                let ord = match &f.by {
+                    SortBy::Id => Some(a.0.cmp(b.0)),
+                    SortBy::Param { param, .. } => match param.as_str() {
+                        "status" => match (a.1, b.1) {
+                            (Some(x), Some(y)) => Some(x.cmp(y)),
+                            (x, y) => {
+                                let o = x.is_none().cmp(&y.is_none());
+                                if o.is_ne() {
+                                    return o;
+                                }
+                                None
+                            }
+                        },
+                        "born" => match (a.2, b.2) {
+                            (Some(x), Some(y)) => Some(x.cmp(&y)),
+                            (x, y) => {
+                                let o = x.is_none().cmp(&y.is_none());
+                                if o.is_ne() {
+                                    return o;
+                                }
+                                None
+                            }
+                        },
+                        _ => match (a.3, b.3) {
+                            (Some(x), Some(y)) => Some(x.partial_cmp(&y).unwrap()),
+                            (x, y) => {
+                                let o = x.is_none().cmp(&y.is_none());
+                                if o.is_ne() {
+                                    return o;
+                                }
+                                None
+                            }
+                        },
+                    },
+                    SortBy::LastUpdated => unreachable!(),
+                };
+                if let Some(o) = ord {
+                    let o = if f.descending { o.reverse() } else { o };
+                    if o.is_ne() {
+                        return o;
+                    }
+                }
+            }
+            ia.cmp(ib)
+        });
+        listed.into_iter().map(|(_, r)| r.0).collect()
+    };
+    let on = Filter {
+        any_of: vec![Condition::Token {
+            param: "status".into(),
+            system: None,
+            code: Some("on".into()),
+        }],
+    };
+    for keys in [
+        &["status"][..],
+        &["-status"],
+        &["born"],
+        &["-born"],
+        &["score"],
+        &["-score"],
+        &["status", "-born"],
+        &["-score", "status"],
+        &["status", "born", "-score"],
+        &["-status", "-_id"],
+    ] {
+        for only_on in [false, true] {
+            let query = |count: u32, cursor: Option<Cursor>| SearchQuery {
+                sort_by: keys.iter().map(|k| field(k)).collect(),
+                filters: if only_on { vec![on.clone()] } else { vec![] },
+                total: TotalMode::Accurate,
+                cursor,
+                ..patients(count)
+            };
+            let want = expected(keys, only_on);
+            let whole = store.search(query(20, None)).await.unwrap();
+            assert_eq!(ids(&whole.resources), want, "{keys:?} on={only_on}");
+            assert_eq!(whole.total, Some(want.len() as i64));
+            // Forwards two at a time, then back from the last page.
+            let mut seen = Vec::new();
+            let mut pages = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = store.search(query(2, cursor)).await.unwrap();
+                assert_eq!(page.total, Some(want.len() as i64), "{keys:?}");
+                seen.extend(ids(&page.resources).into_iter().map(str::to_owned));
+                cursor = page.next.clone();
+                pages.push(page);
+                if cursor.is_none() {
+                    break;
+                }
+                assert!(pages.len() <= 5, "{keys:?}: paging does not end");
+            }
+            assert_eq!(seen, want, "{keys:?} on={only_on}: forwards");
+            let mut back = Vec::new();
+            let mut cursor = pages.last().unwrap().previous.clone();
+            while let Some(c) = cursor {
+                let page = store.search(query(2, Some(c))).await.unwrap();
+                back.splice(0..0, ids(&page.resources).into_iter().map(str::to_owned));
+                cursor = page.previous.clone();
+            }
+            let last = ids(&pages.last().unwrap().resources).len();
+            assert_eq!(
+                back,
+                want[..want.len() - last],
+                "{keys:?} on={only_on}: backwards"
+            );
+        }
+    }
+    // A cursor issued for one sort does not continue another.
+    let first = store
+        .search(SearchQuery {
+            sort_by: vec![field("status")],
+            ..patients(2)
+        })
+        .await
+        .unwrap();
+    let other = store
+        .search(SearchQuery {
+            sort_by: vec![field("-status")],
+            cursor: first.next,
+            ..patients(2)
+        })
+        .await;
+    assert!(matches!(other, Err(StoreError::InvalidCursor)), "{other:?}");
 }

@@ -13,6 +13,7 @@ backend_tests!(
     search_by_id_returns_matches_and_excludes_deleted,
     last_updated_prefixes_select_time_ranges,
     sort_orders_by_id_or_last_updated_in_both_directions,
+    sort_by_search_parameters_pages_in_order_with_missing_last,
     totals_are_bounded_by_default_and_can_be_asked_for_or_off,
     pages_link_next_and_previous,
     paging_stays_correct_while_rows_are_inserted,
@@ -109,9 +110,113 @@ async fn sort_orders_by_id_or_last_updated_in_both_directions(app: TestApp) {
         entry_ids(&app.get("/fhir/Patient?_sort=-_lastUpdated").await.json()),
         ["a", "z", "m"]
     );
-    app.get("/fhir/Patient?_sort=name")
+    app.get("/fhir/Patient?_sort=nosuch")
         .await
-        .assert_outcome(400, "_sort=name");
+        .assert_outcome(400, "Patient has no search parameter \"nosuch\"");
+}
+
+/// `_sort` by search parameters (R4 §3.1.1.5.1): strings, dates, tokens,
+/// quantities and references, several keys, missing last, and paging
+/// through `next` links in that order.
+async fn sort_by_search_parameters_pages_in_order_with_missing_last(app: TestApp) {
+    // (id, family, birthDate, gender)
+    let people = [
+        ("p1", Some("Émile"), Some("1990-05-01"), Some("male")),
+        ("p2", Some("adams"), Some("1980"), Some("female")),
+        ("p3", None, Some("1990-05-01"), Some("female")),
+        ("p4", Some("Baker"), None, None),
+        ("p5", Some("ADAMS"), Some("2001-01"), Some("male")),
+    ];
+    for (id, family, born, gender) in people {
+        let mut p = json!({"resourceType": "Patient", "id": id});
+        if let Some(f) = family {
+            p["name"] = json!([{"family": f}]);
+        }
+        if let Some(b) = born {
+            p["birthDate"] = json!(b);
+        }
+        if let Some(g) = gender {
+            p["gender"] = json!(g);
+        }
+        let r = app.put(&format!("/fhir/Patient/{id}"), &p).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    for (sort, want) in [
+        // Case and accents fold; ties keep creation order; missing last.
+        ("family", vec!["p2", "p5", "p4", "p1", "p3"]),
+        ("-family", vec!["p1", "p4", "p2", "p5", "p3"]),
+        ("birthdate", vec!["p2", "p1", "p3", "p5", "p4"]),
+        ("-birthdate", vec!["p5", "p1", "p3", "p2", "p4"]),
+        ("gender,-birthdate", vec!["p3", "p2", "p5", "p1", "p4"]),
+        ("-gender,family", vec!["p5", "p1", "p2", "p3", "p4"]),
+        ("family,_id", vec!["p2", "p5", "p4", "p1", "p3"]),
+    ] {
+        let whole = app.get(&format!("/fhir/Patient?_sort={sort}")).await;
+        assert_eq!(whole.status, 200, "{}", whole.text);
+        assert_eq!(entry_ids(&whole.json()), want, "_sort={sort}");
+        let mut seen = Vec::new();
+        let mut next = Some(format!("/fhir/Patient?_sort={sort}&_count=2"));
+        while let Some(path) = next {
+            let page = app.get(&path).await.json();
+            assert_eq!(page["total"], 5, "{page}");
+            seen.extend(entry_ids(&page));
+            next = link(&page, "next");
+            assert!(seen.len() <= 5, "_sort={sort}: paging does not end");
+        }
+        assert_eq!(seen, want, "_sort={sort} through next links");
+    }
+    // Quantities and references, on Observations.
+    for (id, value, subject) in [
+        ("o1", 70.5, "Patient/p2"),
+        ("o2", 5.0, "Patient/p1"),
+        ("o3", 12.0, "Patient/p3"),
+    ] {
+        let r = app
+            .put(
+                &format!("/fhir/Observation/{id}"),
+                &json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "w"},
+                        "valueQuantity": {"value": value, "unit": "kg"}, "subject": {"reference": subject}}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    assert_eq!(
+        entry_ids(
+            &app.get("/fhir/Observation?_sort=-value-quantity")
+                .await
+                .json()
+        ),
+        ["o1", "o3", "o2"]
+    );
+    assert_eq!(
+        entry_ids(
+            &app.get("/fhir/Observation?_sort=subject&status=final")
+                .await
+                .json()
+        ),
+        ["o2", "o1", "o3"]
+    );
+    for (sort, needle) in [
+        (
+            "code-value-quantity",
+            "composite parameter, which has no order",
+        ),
+        ("family,family", "family is given twice"),
+        ("a,b,c,d,e", "at most 4 keys"),
+        ("family,", "a sort key is empty"),
+    ] {
+        let path = if sort.starts_with("code") {
+            "Observation"
+        } else {
+            "Patient"
+        };
+        app.get(&format!("/fhir/{path}?_sort={sort}"))
+            .await
+            .assert_outcome(400, needle);
+    }
+    app.get("/fhir?_sort=family")
+        .await
+        .assert_outcome(400, "needs a search of one resource type");
 }
 
 async fn totals_are_bounded_by_default_and_can_be_asked_for_or_off(app: TestApp) {
