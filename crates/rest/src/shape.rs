@@ -49,10 +49,8 @@ pub fn parse(resource_types: &[&str], params: &Params, search: bool) -> Result<S
     let mut asked: Vec<String> = Vec::new();
     for (name, value) in params {
         match name.as_str() {
-            "_summary" => {
-                if summary.replace(value.as_str()).is_some() {
-                    return Err(RestError::bad_request("_summary may be given once"));
-                }
+            "_summary" if summary.replace(value.as_str()).is_some() => {
+                return Err(RestError::bad_request("_summary may be given once"));
             }
             "_elements" => {
                 for element in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
