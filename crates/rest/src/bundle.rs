@@ -62,6 +62,8 @@ enum EntryResult {
     /// A conditional read whose resource the client holds already.
     NotModified(StoredResource),
     Searched(String),
+    /// A conditional delete that matched nothing: nothing to delete.
+    NothingDeleted,
     Failed(RestError),
 }
 
@@ -215,10 +217,17 @@ fn authorize(app: &Rest, identity: &Identity, entry: Entry) -> Result<Entry, Res
         entry.query.as_deref(),
         query,
     );
-    // A conditional create also searches: that search is authorized too.
-    let searched = match (&entry.if_none_exist, entry.method) {
-        (Some(criteria), Method::Post) => Some(search::criteria_facts(resource_type, criteria)?),
+    // A conditional create, update, patch or delete also searches: that
+    // search is authorized too (the write itself once its target is known,
+    // by the store's `TargetCheck`).
+    let criteria = match (entry.method, &entry.target) {
+        (Method::Post, _) => entry.if_none_exist.as_deref(),
+        (Method::Put | Method::Patch | Method::Delete, Target::Type(_)) => entry.query.as_deref(),
         _ => None,
+    };
+    let searched = match criteria {
+        Some(criteria) => Some(search::criteria_facts(resource_type, criteria)?),
+        None => None,
     };
     for facts in std::iter::once(&facts).chain(searched.as_ref()) {
         if let Err(denial) = app.auth.authorize(identity, facts) {
@@ -315,10 +324,16 @@ fn parse_entry(entry: &Value, base: &str) -> Result<Entry, RestError> {
                 Target::Instance(..),
                 false
             )
+            // Conditional update, patch and delete (R4 §3.1.0.8).
+            | (
+                Method::Put | Method::Patch | Method::Delete,
+                Target::Type(_),
+                true
+            )
     );
     if !allowed {
         return Err(RestError::bad_request(format!(
-            "{method:?} {url} is not supported in a bundle: a conditional update, patch or delete (a query on the type) is not supported in bundles yet; use Type/id, or ifNoneExist for a conditional create"
+            "{method:?} {url} is not supported in a bundle; use POST Type (with ifNoneExist for a conditional create), PUT, PATCH or DELETE Type/id, or PUT, PATCH or DELETE Type?criteria for a conditional write"
         )));
     }
     match &target {
@@ -434,6 +449,8 @@ async fn write_op(
     entry: &Entry,
     assigned_id: Option<&str>,
     matching: Option<Matching>,
+    expected: Option<Option<String>>,
+    identity: &Identity,
 ) -> Result<WriteOp, RestError> {
     let checks = &app.checks;
     let body = || entry.resource.clone().unwrap_or(Value::Null);
@@ -460,6 +477,65 @@ async fn write_op(
         }
         (Method::Delete, Target::Instance(t, id)) => {
             resource::prepare_delete(t, id, entry.if_match)
+        }
+        // Conditional writes: the store finds the match in the write's
+        // transaction; `expected` (from `matching`) pins what a transaction
+        // found when it searched first.
+        (method, Target::Type(t)) => {
+            let criteria = entry.query.as_deref().unwrap_or_default();
+            let mut op = match method {
+                Method::Put => {
+                    let prehashed =
+                        Prehashed::for_body(t, entry.resource.as_ref().unwrap_or(&Value::Null))
+                            .await?;
+                    resource::prepare_conditional_update(
+                        t,
+                        criteria,
+                        body(),
+                        entry.if_match,
+                        checks,
+                        prehashed,
+                        app.target_check(identity, "put", t),
+                    )?
+                }
+                Method::Patch => {
+                    let patch = patch_from_binary(entry.resource.as_ref().unwrap_or(&Value::Null))?;
+                    let prehashed = patch.prehash(t).await?;
+                    let op = resource::prepare_patch(
+                        t,
+                        &resource::new_id(),
+                        patch,
+                        entry.if_match,
+                        checks,
+                        prehashed,
+                    )?;
+                    resource::conditional(
+                        op,
+                        criteria,
+                        "the conditional patch's criteria",
+                        app.target_check(identity, "patch", t),
+                    )?
+                }
+                Method::Delete => {
+                    let op = resource::prepare_delete(t, &resource::new_id(), entry.if_match)?;
+                    resource::conditional(
+                        op,
+                        criteria,
+                        "the conditional delete's criteria",
+                        app.target_check(identity, "delete", t),
+                    )?
+                }
+                Method::Get | Method::Post => {
+                    return Err(RestError::bad_request("this entry is not a write"))
+                }
+            };
+            if let Some(id) = assigned_id {
+                op.id = id.to_owned();
+            }
+            if let Some(m) = op.matching.as_mut() {
+                m.expected = expected;
+            }
+            Ok(op)
         }
         _ => Err(RestError::bad_request("this entry is not a write")),
     }
@@ -636,6 +712,150 @@ async fn conditional_creates(
     Ok((found, pending))
 }
 
+/// The conditional updates, patches and deletes of a transaction, searched
+/// before it runs (like its conditional creates) so that references to
+/// their `fullUrl` and the one-write-per-resource rule know the resource
+/// each one writes: entry index → the match's id, or `None` when nothing
+/// matches (an update then creates; a delete deletes nothing; a patch
+/// fails). Each write then expects that answer again in its transaction.
+async fn conditional_writes(
+    app: &Rest,
+    entries: &[Entry],
+) -> Result<HashMap<usize, Option<String>>, RestError> {
+    let mut found = HashMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let (Method::Put | Method::Patch | Method::Delete, Target::Type(t)) =
+            (entry.method, &entry.target)
+        else {
+            continue;
+        };
+        let at = || format!("Bundle.entry[{i}]");
+        let criteria = entry.query.as_deref().unwrap_or_default();
+        let matching =
+            search::parse_criteria(t, criteria, "the conditional write's criteria", true)
+                .map_err(|e| e.at(at()))?;
+        let page = app
+            .store
+            .search(SearchQuery {
+                count: 1,
+                ..matching.query.clone()
+            })
+            .await?;
+        if page.next.is_some() {
+            return Err(RestError::from(StoreError::MultipleMatches {
+                resource_type: t.clone(),
+                criteria: matching.criteria,
+            })
+            .at(at()));
+        }
+        let id = page.resources.into_iter().next().map(|r| r.id);
+        if id.is_none() && entry.method == Method::Patch {
+            return Err(RestError::from(StoreError::NoMatch {
+                resource_type: t.clone(),
+                criteria: matching.criteria,
+            })
+            .at(at()));
+        }
+        found.insert(i, id);
+    }
+    Ok(found)
+}
+
+/// Most distinct conditional references one bundle may resolve (each is a
+/// search).
+pub const MAX_CONDITIONAL_REFERENCES: usize = 1000;
+
+/// Replaces each conditional reference in `resource`
+/// (`"reference": "Patient?identifier=sys|val"`, R4 §3.1.0.11.2) by
+/// `Type/id` of the one resource its criteria match. The search is the
+/// caller's: authorized as `GET /fhir/Type?criteria`, like any search. No
+/// match is a 404 and several a 412, naming the reference. `resolved`
+/// keeps the answers for the rest of the bundle.
+async fn resolve_conditional_references(
+    app: &Rest,
+    identity: &Identity,
+    resource: &mut Value,
+    resolved: &mut HashMap<String, String>,
+) -> Result<(), RestError> {
+    let mut wanted = Vec::new();
+    conditional_references(resource, &mut wanted);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    for reference in wanted {
+        if resolved.contains_key(&reference) {
+            continue;
+        }
+        if resolved.len() >= MAX_CONDITIONAL_REFERENCES {
+            return Err(RestError::bad_request(format!(
+                "the bundle has more than {MAX_CONDITIONAL_REFERENCES} distinct conditional references; split it"
+            )));
+        }
+        let (t, criteria) = reference.split_once('?').unwrap_or_default();
+        let what = format!("the conditional reference {reference:?}");
+        let facts = search::criteria_facts(t, criteria)?;
+        if let Err(denial) = app.auth.authorize(identity, &facts) {
+            app.events.entry_denied(denial.reason());
+            return Err(RestError::forbidden(format!(
+                "{}; resolving {what} searches {t} resources",
+                denial.message()
+            )));
+        }
+        let matching = search::parse_criteria(t, criteria, &what, false)?;
+        let page = app
+            .store
+            .search(SearchQuery {
+                count: 1,
+                ..matching.query.clone()
+            })
+            .await?;
+        let error =
+            |e: StoreError| RestError::from(e).prefixed(&format!("{what} cannot be resolved"));
+        if page.next.is_some() {
+            return Err(error(StoreError::MultipleMatches {
+                resource_type: t.to_owned(),
+                criteria: matching.criteria,
+            }));
+        }
+        let Some(found) = page.resources.into_iter().next() else {
+            return Err(error(StoreError::NoMatch {
+                resource_type: t.to_owned(),
+                criteria: matching.criteria,
+            }));
+        };
+        let target = format!("{t}/{}", found.id);
+        resolved.insert(reference, target);
+    }
+    rewrite_references(resource, resolved);
+    Ok(())
+}
+
+/// The conditional references in `value`: `reference` strings of the form
+/// `Type?criteria` with a type this server knows.
+fn conditional_references(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(fields) => {
+            for (key, v) in fields {
+                match (key.as_str(), v) {
+                    ("reference", Value::String(r)) => {
+                        if let Some((t, criteria)) = r.split_once('?') {
+                            if fhirbox_fhir::is_known_resource_type(t)
+                                && !criteria.is_empty()
+                                && !found.contains(r)
+                            {
+                                found.push(r.clone());
+                            }
+                        }
+                    }
+                    _ => conditional_references(v, found),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| conditional_references(v, found)),
+        _ => {}
+    }
+}
+
 fn entry_type(entry: &Entry) -> &str {
     match &entry.target {
         Target::Type(t) | Target::Instance(t, _) | Target::Version(t, _, _) => t,
@@ -651,53 +871,88 @@ async fn run_transaction(
     let (existing, mut matchings) = conditional_creates(app, &entries)
         .await
         .map_err(|e| e.prefixed("the transaction was not applied"))?;
+    let mut expected = conditional_writes(app, &entries)
+        .await
+        .map_err(|e| e.prefixed("the transaction was not applied"))?;
     // Ids for created resources, and the fullUrl -> Type/id map for references.
     let mut assigned: HashMap<usize, String> = HashMap::new();
     let mut references: HashMap<String, String> = HashMap::new();
+    // The resource each update, patch or delete writes, where one does.
+    let mut targets: HashMap<usize, (String, String)> = HashMap::new();
     for (i, entry) in entries.iter().enumerate() {
-        if let (Method::Post, Target::Type(t)) = (&entry.method, &entry.target) {
-            let id = match existing.get(&i) {
-                Some(found) => found.id.clone(),
-                None => resource::new_id(),
-            };
-            if let Some(full_url) = &entry.full_url {
-                references.insert(full_url.clone(), format!("{t}/{id}"));
+        let target = match (&entry.method, &entry.target) {
+            (Method::Post, Target::Type(t)) => {
+                let id = match existing.get(&i) {
+                    Some(found) => found.id.clone(),
+                    None => resource::new_id(),
+                };
+                if !existing.contains_key(&i) {
+                    assigned.insert(i, id.clone());
+                }
+                Some((t.clone(), id))
             }
-            if !existing.contains_key(&i) {
-                assigned.insert(i, id);
+            (Method::Put | Method::Patch | Method::Delete, Target::Instance(t, id)) => {
+                targets.insert(i, (t.clone(), id.clone()));
+                Some((t.clone(), id.clone()))
             }
+            (method, Target::Type(t)) => match expected.get(&i) {
+                Some(Some(id)) => {
+                    targets.insert(i, (t.clone(), id.clone()));
+                    Some((t.clone(), id.clone()))
+                }
+                // A conditional update that matches nothing creates.
+                Some(None) if *method == Method::Put => {
+                    let id = resource::new_id();
+                    assigned.insert(i, id.clone());
+                    targets.insert(i, (t.clone(), id.clone()));
+                    Some((t.clone(), id))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        // References to an entry's fullUrl name the resource it writes.
+        if let (Some((t, id)), Some(full_url), Method::Post | Method::Put) =
+            (target, &entry.full_url, entry.method)
+        {
+            references.insert(full_url.clone(), format!("{t}/{id}"));
         }
     }
-    if !references.is_empty() {
-        for entry in &mut entries {
-            if let Some(resource) = entry.resource.as_mut() {
+    let mut conditional_references = HashMap::new();
+    for (i, entry) in entries.iter_mut().enumerate() {
+        if let Some(resource) = entry.resource.as_mut() {
+            if !references.is_empty() {
                 rewrite_references(resource, &references);
             }
+            resolve_conditional_references(app, identity, resource, &mut conditional_references)
+                .await
+                .map_err(|e| {
+                    e.at(format!("Bundle.entry[{i}]"))
+                        .prefixed("the transaction was not applied")
+                })?;
         }
     }
     // Each resource may be touched by one write only (R4 §3.1.0.11.2).
     let mut touched = HashSet::new();
-    for (i, entry) in entries.iter().enumerate() {
-        if let (Method::Put | Method::Patch | Method::Delete, Target::Instance(t, id)) =
-            (&entry.method, &entry.target)
-        {
-            if !touched.insert((t.clone(), id.clone())) {
-                return Err(RestError::bad_request(format!(
-                    "the transaction was not applied: {t}/{id} is changed by more than one entry"
-                ))
-                .at(format!("Bundle.entry[{i}]")));
-            }
-            // References to a conditional create's match must not be left
-            // pointing at a resource the same transaction deletes.
-            let matched = existing
-                .values()
-                .any(|r| &r.resource_type == t && &r.id == id);
-            if entry.method == Method::Delete && matched {
-                return Err(RestError::bad_request(format!(
-                    "the transaction was not applied: {t}/{id} is the match of a conditional create in it, and this entry deletes it"
-                ))
-                .at(format!("Bundle.entry[{i}]")));
-            }
+    let mut written: Vec<(&usize, &(String, String))> = targets.iter().collect();
+    written.sort();
+    for (&i, (t, id)) in written {
+        if !touched.insert((t, id)) {
+            return Err(RestError::bad_request(format!(
+                "the transaction was not applied: {t}/{id} is changed by more than one entry"
+            ))
+            .at(format!("Bundle.entry[{i}]")));
+        }
+        // References to a conditional create's match must not be left
+        // pointing at a resource the same transaction deletes.
+        let matched = existing
+            .values()
+            .any(|r| &r.resource_type == t && &r.id == id);
+        if entries[i].method == Method::Delete && matched {
+            return Err(RestError::bad_request(format!(
+                "the transaction was not applied: {t}/{id} is the match of a conditional create in it, and this entry deletes it"
+            ))
+            .at(format!("Bundle.entry[{i}]")));
         }
     }
     // Processing order: DELETE, POST, PUT/PATCH, then GET (R4 §3.1.0.11.2).
@@ -707,19 +962,34 @@ async fn run_transaction(
         Method::Put | Method::Patch => 2,
         Method::Get => 3,
     };
+    // A conditional delete that matched nothing writes nothing.
+    let nothing_to_delete: HashSet<usize> = (0..entries.len())
+        .filter(|i| entries[*i].method == Method::Delete && expected.get(i) == Some(&None))
+        .collect();
     let mut order: Vec<usize> = (0..entries.len())
-        .filter(|i| entries[*i].method != Method::Get && !existing.contains_key(i))
+        .filter(|i| {
+            entries[*i].method != Method::Get
+                && !existing.contains_key(i)
+                && !nothing_to_delete.contains(i)
+        })
         .collect();
     order.sort_by_key(|i| rank(entries[*i].method));
     let mut ops = Vec::with_capacity(order.len());
     for &i in &order {
         let assigned_id = assigned.get(&i).map(String::as_str);
-        let op = write_op(app, &entries[i], assigned_id, matchings.remove(&i))
-            .await
-            .map_err(|e| {
-                e.at(format!("Bundle.entry[{i}]"))
-                    .prefixed("the transaction was not applied")
-            })?;
+        let op = write_op(
+            app,
+            &entries[i],
+            assigned_id,
+            matchings.remove(&i),
+            expected.remove(&i),
+            identity,
+        )
+        .await
+        .map_err(|e| {
+            e.at(format!("Bundle.entry[{i}]"))
+                .prefixed("the transaction was not applied")
+        })?;
         ops.push(op);
     }
     let outcomes = if ops.is_empty() {
@@ -740,6 +1010,9 @@ async fn run_transaction(
             changed: false,
         };
         results[i] = Some(EntryResult::Written(outcome, Method::Post));
+    }
+    for i in nothing_to_delete {
+        results[i] = Some(EntryResult::NothingDeleted);
     }
     let mut budget = ReadBudget::new();
     for (i, entry) in entries.iter().enumerate() {
@@ -763,6 +1036,7 @@ async fn run_batch(
 ) -> Vec<EntryResult> {
     let mut results = Vec::with_capacity(entries.len());
     let mut budget = ReadBudget::new();
+    let mut conditional_references = HashMap::new();
     for (i, entry) in entries.into_iter().enumerate() {
         let at = || format!("Bundle.entry[{i}]");
         let result = match entry {
@@ -770,15 +1044,31 @@ async fn run_batch(
             Ok(entry) if entry.method == Method::Get => {
                 run_read(app, base, &entry, &mut budget, identity).await
             }
-            Ok(entry) => match async {
+            Ok(mut entry) => match async {
+                if let Some(resource) = entry.resource.as_mut() {
+                    resolve_conditional_references(
+                        app,
+                        identity,
+                        resource,
+                        &mut conditional_references,
+                    )
+                    .await?;
+                }
                 let matching = entry_matching(&entry, true)?;
-                write_op(app, &entry, None, matching).await
+                write_op(app, &entry, None, matching, None, identity).await
             }
             .await
             {
                 Err(e) => EntryResult::Failed(e.at(at())),
                 Ok(op) => match app.write(op).await {
                     Ok(outcome) => EntryResult::Written(outcome, entry.method),
+                    // A conditional delete that matches nothing has nothing
+                    // to delete, unless ifMatch named a version of something.
+                    Err(StoreError::NoMatch { .. })
+                        if entry.method == Method::Delete && entry.if_match.is_none() =>
+                    {
+                        EntryResult::NothingDeleted
+                    }
                     Err(e) => EntryResult::Failed(RestError::from(e).at(at())),
                 },
             },
@@ -849,6 +1139,9 @@ fn render(
                 }),
                 None,
             ),
+            EntryResult::NothingDeleted => {
+                bundle.entry(json!({"response": {"status": status_text(204)}}), None)
+            }
             EntryResult::Searched(searchset) => {
                 bundle.entry(json!({"response": {"status": status_text(200)}}), Some(&searchset))
             }
@@ -890,11 +1183,27 @@ mod tests {
         assert!(matches!(e.target, Target::Version(..)));
         let e = parse_entry(&json!({"request": {"method": "PUT", "url": "http://x/fhir/Patient/a"}, "resource": {}}), "http://x/fhir").unwrap();
         assert!(matches!(e.target, Target::Instance(..)));
-        assert!(parse_entry(
+        let e = parse_entry(
             &json!({"request": {"method": "PUT", "url": "Patient?name=x"}, "resource": {}}),
-            "b"
+            "b",
         )
-        .is_err());
+        .unwrap();
+        assert!(matches!(e.target, Target::Type(..)) && e.query.as_deref() == Some("name=x"));
+        for (method, url) in [
+            ("PUT", "Patient"),
+            ("DELETE", "Patient"),
+            ("POST", "Patient/a"),
+            ("POST", "Patient?name=x"),
+        ] {
+            assert!(
+                parse_entry(
+                    &json!({"request": {"method": method, "url": url}, "resource": {}}),
+                    "b"
+                )
+                .is_err(),
+                "{method} {url}"
+            );
+        }
         assert!(parse_entry(
             &json!({"request": {"method": "HEAD", "url": "Patient"}}),
             "b"

@@ -213,7 +213,7 @@ impl From<StoreError> for RestError {
                 format!("{e}; make the criteria more selective"),
             ),
             e @ StoreError::NoMatch { .. } => RestError::not_found(e.to_string()),
-            e @ StoreError::MatchAppeared { .. } => RestError::new(
+            e @ (StoreError::MatchAppeared { .. } | StoreError::MatchChanged { .. }) => RestError::new(
                 ErrorKind::Conflict,
                 IssueType::Conflict,
                 format!("{e}; nothing was stored"),

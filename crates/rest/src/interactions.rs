@@ -404,7 +404,7 @@ impl Rest {
     /// its resource: the write is authorized as `{method} /fhir/{type}/{id}`,
     /// the request it stands for, so a policy that never let the caller
     /// write that resource by id does not let it by criteria either.
-    fn target_check(
+    pub(crate) fn target_check(
         &self,
         identity: &Identity,
         method: &'static str,

@@ -207,6 +207,7 @@ pub fn parse_criteria(
         criteria: format!("{resource_type}?{criteria}"),
         answer_existing,
         check_target: None,
+        expected: None,
     })
 }
 

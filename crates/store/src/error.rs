@@ -136,6 +136,14 @@ pub enum StoreError {
         resource_type: String,
         criteria: String,
     },
+    /// The resource a transaction's conditional update, patch or delete
+    /// matched when the transaction searched is no longer what its criteria
+    /// match at the write (a concurrent change, or another of its entries).
+    #[error("what {criteria} matches among {resource_type} resources changed after this transaction searched (by a concurrent request, or by another of its own entries)")]
+    MatchChanged {
+        resource_type: String,
+        criteria: String,
+    },
     /// Concurrent transactions collided (deadlock or serialization failure); retrying may succeed.
     #[error("the database reported a conflict with a concurrent transaction; retry the request")]
     Contention,

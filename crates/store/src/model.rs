@@ -105,6 +105,10 @@ pub struct Matching {
     /// out to write, whether the caller may write it; a refusal stops the
     /// write. Access rules are the caller's; the store only knows the id.
     pub check_target: Option<TargetCheck>,
+    /// The match a transaction found when it searched before it ran
+    /// (`Some(None)`: none): a different one at the write fails it with
+    /// `MatchChanged`, since its other entries were prepared for that one.
+    pub expected: Option<Option<String>>,
 }
 
 /// Decides whether a conditional write may write the resource with this id.

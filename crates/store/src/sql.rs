@@ -661,6 +661,14 @@ pub(crate) fn conditional(
             criteria,
         });
     }
+    if let Some(expected) = &matching.expected {
+        if found.first().map(|r| &r.id) != expected.as_ref() {
+            return Err(StoreError::MatchChanged {
+                resource_type,
+                criteria,
+            });
+        }
+    }
     // An update, patch or delete writes a resource it learns of only now:
     // the caller decides whether it may.
     let allowed = |id: &str| match &matching.check_target {

@@ -294,6 +294,7 @@ fn refused_alone(err: &StoreError) -> bool {
             | StoreError::AlreadyExists { .. }
             | StoreError::MultipleMatches { .. }
             | StoreError::MatchAppeared { .. }
+            | StoreError::MatchChanged { .. }
             | StoreError::NoMatch { .. }
             | StoreError::Rejected(_)
             | StoreError::Corrupt(_)

@@ -14,7 +14,11 @@ backend_tests!(
     parallel_conditional_creates_store_one_resource,
     conditional_update_replaces_the_match_or_creates,
     conditional_patch_and_delete_act_on_the_one_match,
-    a_transaction_that_creates_its_own_match_is_refused
+    a_transaction_that_creates_its_own_match_is_refused,
+    transaction_entries_update_patch_and_delete_by_criteria,
+    conditional_writes_and_references_fail_a_transaction_clearly,
+    batch_entries_write_by_criteria_each_on_their_own,
+    conditional_references_are_searched_as_the_caller
 );
 
 const SYSTEM: &str = "http://hospital.example/mrn";
@@ -406,4 +410,286 @@ async fn a_transaction_that_creates_its_own_match_is_refused(app: TestApp) {
         .await
         .assert_outcome(409, "by another of its own entries");
     assert!(matches(&app, "t1").await.is_empty());
+}
+
+/// A PATCH entry's Binary holding a JSON merge patch.
+fn merge_patch(patch: Value) -> Value {
+    use base64::Engine as _;
+    json!({"resourceType": "Binary", "contentType": "application/merge-patch+json",
+           "data": base64::engine::general_purpose::STANDARD.encode(patch.to_string())})
+}
+
+/// Stores a Patient with MRN `mrn`; returns its id.
+async fn stored(app: &TestApp, mrn: &str, family: &str) -> String {
+    let r = app.post("/fhir/Patient", &patient(mrn, family)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
+async fn transaction(app: &TestApp, entries: Value) -> Resp {
+    app.post(
+        "/fhir",
+        &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+    )
+    .await
+}
+
+fn statuses(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn transaction_entries_update_patch_and_delete_by_criteria(app: TestApp) {
+    let a = stored(&app, "a1", "Alpha").await;
+    let b = stored(&app, "b1", "Beta").await;
+    let c = stored(&app, "c1", "Gamma").await;
+    let criteria = |mrn: &str| format!("Patient?identifier={SYSTEM}|{mrn}");
+    let answer = transaction(
+        &app,
+        json!([
+            {"fullUrl": "urn:uuid:a", "resource": patient("a1", "Updated"),
+             "request": {"method": "PUT", "url": criteria("a1")}},
+            {"fullUrl": "urn:uuid:n", "resource": patient("n1", "New"),
+             "request": {"method": "PUT", "url": criteria("n1")}},
+            {"resource": merge_patch(json!({"gender": "male"})),
+             "request": {"method": "PATCH", "url": criteria("b1")}},
+            {"request": {"method": "DELETE", "url": criteria("c1")}},
+            {"request": {"method": "DELETE", "url": criteria("nobody")}},
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "w"},
+                          "subject": {"reference": "urn:uuid:n"},
+                          "focus": [{"reference": "urn:uuid:a"}],
+                          "performer": [{"reference": criteria("b1")}]},
+             "request": {"method": "POST", "url": "Observation"}}
+        ]),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let bundle = answer.json();
+    assert_eq!(
+        statuses(&bundle),
+        [
+            "200 OK",
+            "201 Created",
+            "200 OK",
+            "204 No Content",
+            "204 No Content",
+            "201 Created"
+        ]
+    );
+    let updated = app.get(&format!("/fhir/Patient/{a}")).await.json();
+    assert_eq!(updated["name"][0]["family"], "Updated");
+    assert_eq!(updated["meta"]["versionId"], "2");
+    let new_id = bundle["entry"][1]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(matches(&app, "n1").await, std::slice::from_ref(&new_id));
+    assert_eq!(
+        app.get(&format!("/fhir/Patient/{b}")).await.json()["gender"],
+        "male"
+    );
+    assert_eq!(app.get(&format!("/fhir/Patient/{c}")).await.status, 410);
+    let observation = &bundle["entry"][5]["resource"];
+    assert_eq!(
+        observation["subject"]["reference"],
+        format!("Patient/{new_id}")
+    );
+    assert_eq!(observation["focus"][0]["reference"], format!("Patient/{a}"));
+    assert_eq!(
+        observation["performer"][0]["reference"],
+        format!("Patient/{b}")
+    );
+}
+
+async fn conditional_writes_and_references_fail_a_transaction_clearly(app: TestApp) {
+    let a = stored(&app, "a1", "Alpha").await;
+    stored(&app, "twin", "One").await;
+    stored(&app, "twin", "Two").await;
+    let observation = |reference: &str| {
+        json!({"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "w"},
+                            "subject": {"reference": reference}},
+               "request": {"method": "POST", "url": "Observation"}})
+    };
+    let criteria = |mrn: &str| format!("Patient?identifier={SYSTEM}|{mrn}");
+    for (entries, status, needle) in [
+        (
+            json!([{"resource": merge_patch(json!({"gender": "male"})),
+                    "request": {"method": "PATCH", "url": criteria("nobody")}}, observation("Patient/x")]),
+            404,
+            "no Patient matches",
+        ),
+        (
+            json!([{"resource": patient("twin", "Three"), "request": {"method": "PUT", "url": criteria("twin")}},
+                   observation("Patient/x")]),
+            412,
+            "twin",
+        ),
+        (
+            json!([observation(&criteria("nobody"))]),
+            404,
+            "the conditional reference",
+        ),
+        (
+            json!([observation(&criteria("twin"))]),
+            412,
+            "cannot be resolved",
+        ),
+        (
+            json!([{"resource": patient("a1", "Again"), "request": {"method": "PUT", "url": criteria("a1")}},
+                   {"request": {"method": "DELETE", "url": format!("Patient/{a}")}}]),
+            400,
+            "changed by more than one entry",
+        ),
+        (
+            json!([{"resource": patient("a1", "Again"), "request": {"method": "PUT", "url": "Patient?name:bogus=x"}}]),
+            400,
+            "criteria",
+        ),
+    ] {
+        let r = transaction(&app, entries.clone()).await;
+        r.assert_outcome(status, needle);
+        assert!(
+            r.text.contains("the transaction was not applied"),
+            "{}",
+            r.text
+        );
+    }
+    assert_eq!(
+        app.get("/fhir/Observation?_summary=count").await.json()["total"],
+        0,
+        "nothing was stored"
+    );
+    let alpha = app.get(&format!("/fhir/Patient/{a}")).await.json();
+    assert_eq!(alpha["meta"]["versionId"], "1");
+}
+
+async fn batch_entries_write_by_criteria_each_on_their_own(app: TestApp) {
+    let b = stored(&app, "b1", "Beta").await;
+    let criteria = |mrn: &str| format!("Patient?identifier={SYSTEM}|{mrn}");
+    let answer = app
+        .post(
+            "/fhir",
+            &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"request": {"method": "DELETE", "url": criteria("nobody")}},
+                {"resource": merge_patch(json!({"gender": "male"})),
+                 "request": {"method": "PATCH", "url": criteria("nobody")}},
+                {"resource": merge_patch(json!({"gender": "male"})),
+                 "request": {"method": "PATCH", "url": criteria("b1")}},
+                {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "w"},
+                              "subject": {"reference": criteria("b1")}},
+                 "request": {"method": "POST", "url": "Observation"}},
+                {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "w"},
+                              "subject": {"reference": criteria("nobody")}},
+                 "request": {"method": "POST", "url": "Observation"}},
+                {"resource": patient("b1", "Renamed"),
+                 "request": {"method": "PUT", "url": criteria("b1")}}
+            ]}),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let bundle = answer.json();
+    let got = statuses(&bundle);
+    assert_eq!(got[0], "204 No Content");
+    assert!(got[1].starts_with("404"), "{got:?}");
+    assert_eq!(got[2], "200 OK");
+    assert_eq!(got[3], "201 Created");
+    assert!(got[4].starts_with("404"), "{got:?}");
+    assert_eq!(got[5], "200 OK");
+    assert_eq!(
+        bundle["entry"][3]["resource"]["subject"]["reference"],
+        format!("Patient/{b}")
+    );
+    let beta = app.get(&format!("/fhir/Patient/{b}")).await.json();
+    assert_eq!(beta["name"][0]["family"], "Renamed");
+    assert_eq!(beta["meta"]["versionId"], "3");
+}
+
+/// Resolving a conditional reference is a search: a client that may create
+/// Observations but not search Patients is refused, and one that may
+/// search them too succeeds. A conditional update in a bundle is
+/// authorized as its search and as the write of the resource it matches.
+async fn conditional_references_are_searched_as_the_caller(app: TestApp) {
+    let p = stored(&app, "p1", "Pat").await;
+    let secret = "conditional-caller-secret";
+    app.matcho_client(
+        "obs-writer",
+        secret,
+        json!({"request-method": "post", "params": {"resource/type": "Observation"}}),
+    )
+    .await;
+    for (id, matcho) in [
+        (
+            "obs-writer-bundle",
+            json!({"request-method": "post", "uri": "/fhir"}),
+        ),
+        (
+            "obs-writer-put",
+            json!({"request-method": "put", "params": {"resource/type": "Patient"}}),
+        ),
+    ] {
+        let r = app
+            .put(
+                &format!("/fhir/AccessPolicy/{id}"),
+                &json!({"resourceType": "AccessPolicy", "id": id, "engine": "matcho",
+                        "link": [{"reference": "Client/obs-writer"}], "matcho": matcho}),
+            )
+            .await;
+        assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    }
+    let criteria = format!("Patient?identifier={SYSTEM}|p1");
+    let observation = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "w"},
+                      "subject": {"reference": criteria}},
+         "request": {"method": "POST", "url": "Observation"}}]});
+    let update = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient("p1", "Changed"), "request": {"method": "PUT", "url": criteria}}]});
+    let as_writer = |body: &Value| {
+        let body = body.clone();
+        let app = &app;
+        async move {
+            app.send_as(
+                reqwest::Method::POST,
+                "/fhir",
+                ("obs-writer", secret),
+                Some(&body),
+            )
+            .await
+        }
+    };
+    as_writer(&observation).await.assert_outcome(403, "Patient");
+    as_writer(&update).await.assert_outcome(403, "");
+    assert_eq!(
+        app.get("/fhir/Observation?_summary=count").await.json()["total"],
+        0
+    );
+    assert_eq!(
+        app.get(&format!("/fhir/Patient/{p}")).await.json()["name"][0]["family"],
+        "Pat"
+    );
+
+    let r = app
+        .put(
+            "/fhir/AccessPolicy/obs-writer-search",
+            &json!({"resourceType": "AccessPolicy", "id": "obs-writer-search", "engine": "matcho",
+                    "link": [{"reference": "Client/obs-writer"}],
+                    "matcho": {"request-method": "get", "params": {"resource/type": "Patient"}}}),
+        )
+        .await;
+    assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    let created = as_writer(&observation).await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    assert_eq!(
+        created.json()["entry"][0]["resource"]["subject"]["reference"],
+        format!("Patient/{p}")
+    );
+    let updated = as_writer(&update).await;
+    assert_eq!(updated.status, 200, "{}", updated.text);
+    assert_eq!(
+        app.get(&format!("/fhir/Patient/{p}")).await.json()["name"][0]["family"],
+        "Changed"
+    );
 }
