@@ -117,10 +117,14 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
                     }
                 }
                 resource["searchParam"] = Value::Array(params);
-                let includes: Vec<String> = references(rt)
+                let mut includes: Vec<String> = references(rt)
                     .into_iter()
                     .map(|(code, _)| format!("{rt}:{code}"))
                     .collect();
+                if !includes.is_empty() {
+                    includes.push(format!("{rt}:*"));
+                    includes.push("*".to_owned());
+                }
                 resource["searchInclude"] = json!(includes);
                 resource["searchRevInclude"] =
                     json!(rev_includes.get(rt).cloned().unwrap_or_default());

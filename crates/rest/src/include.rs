@@ -1,8 +1,10 @@
 //! `_include` and `_revinclude` (R4 §3.1.1.5.4): the resources a page of
 //! matches refers to, or that refer to it, added to the searchset as
-//! `search.mode = include`. Each one is shown only if the caller may read
-//! it directly (`AuthService::authorize` on `GET /fhir/{type}/{id}`), and a
-//! page carries at most `MAX_INCLUDED` of them (docs/search.md).
+//! `search.mode = include`; with `:iterate`, also what those refer to (or
+//! what refers to them), round after round to a fixed point. Each one is
+//! shown only if the caller may read it directly (`AuthService::authorize`
+//! on `GET /fhir/{type}/{id}`), and a page carries at most `MAX_INCLUDED`
+//! of them, found in at most `MAX_ITERATE_ROUNDS` rounds (docs/search.md).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -16,6 +18,9 @@ use crate::Rest;
 
 /// Most resources `_include` and `_revinclude` add to one page together.
 pub const MAX_INCLUDED: usize = 1000;
+/// Most rounds `:iterate` runs after the first (each one includes from
+/// what the round before added).
+pub const MAX_ITERATE_ROUNDS: usize = 8;
 
 /// One `_include` (`reverse: false`) or `_revinclude` (`reverse: true`):
 /// the references of `source` resources held in `param`, to `target` only
@@ -23,40 +28,74 @@ pub const MAX_INCLUDED: usize = 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Include {
     pub reverse: bool,
-    pub source: String,
-    pub param: String,
+    /// `None`: any type (`_include=*`).
+    pub source: Option<String>,
+    /// `None`: every reference parameter of the source (`Type:*`, `*`).
+    pub param: Option<String>,
     pub target: Option<String>,
+    /// `:iterate`: also from the resources includes added.
+    pub iterate: bool,
 }
 
 impl Include {
     /// Reads `Source:param[:Target]`, for a search of `searched` types
     /// (empty: any type).
     pub fn parse(name: &str, value: &str, searched: &[&str]) -> Result<Include, RestError> {
-        let reverse = match name {
-            "_include" => false,
-            "_revinclude" => true,
-            _ if name.ends_with(":iterate") || name.ends_with(":recurse") => {
-                return Err(RestError::bad_request(format!(
-                    "{name} is not supported yet; include one level, or search again from the included resources"
-                )))
-            }
+        let (reverse, iterate) = match name {
+            "_include" => (false, false),
+            "_revinclude" => (true, false),
+            // `:recurse` is R3's name for `:iterate`.
+            "_include:iterate" | "_include:recurse" => (false, true),
+            "_revinclude:iterate" | "_revinclude:recurse" => (true, true),
             other => {
                 return Err(RestError::bad_request(format!(
-                    "{other} is not a form of _include this server knows"
+                    "{other} is not a form of _include this server knows; use _include, _revinclude, or either with :iterate"
                 )))
             }
         };
         let bad = |why: String| RestError::bad_request(format!("{name}={value}: {why}"));
         let parts: Vec<&str> = value.split(':').collect();
-        let (source, code, target) =
-            match parts.as_slice() {
-                [s, p] => (*s, *p, None),
-                [s, p, t] => (*s, *p, Some(*t)),
-                _ => return Err(bad(
-                    "use Type:parameter or Type:parameter:TargetType (a wildcard is not supported)"
-                        .into(),
-                )),
-            };
+        let (source, code, target) = match parts.as_slice() {
+            ["*"] if !reverse => {
+                return Ok(Include {
+                    reverse,
+                    source: None,
+                    param: None,
+                    target: None,
+                    iterate,
+                })
+            }
+            [s, p] => (*s, *p, None),
+            [s, p, t] => (*s, *p, Some(*t)),
+            _ => {
+                return Err(bad(
+                    "use Type:parameter, Type:parameter:TargetType or Type:* (and _include=* for every reference of the matches)".into(),
+                ))
+            }
+        };
+        let fits = |t: &str| searched.is_empty() || searched.contains(&t);
+        if code == "*" {
+            if reverse {
+                return Err(bad(
+                    "a wildcard _revinclude is not supported; name the parameter that refers to the matches".into(),
+                ));
+            }
+            if !fhirbox_fhir::is_known_resource_type(source) {
+                return Err(bad(format!("{source:?} is not a resource type")));
+            }
+            if !fits(source) && !iterate {
+                return Err(bad(format!(
+                    "the search does not return {source} resources, so it has none to include from"
+                )));
+            }
+            return Ok(Include {
+                reverse,
+                source: Some(source.to_owned()),
+                param: None,
+                target: target.map(str::to_owned),
+                iterate,
+            });
+        }
         let param = SearchParams::r4()
             .get(source, code)
             .filter(|p| p.param_type == ParamType::Reference)
@@ -73,13 +112,14 @@ impl Include {
                 )));
             }
         }
-        let fits = |t: &str| searched.is_empty() || searched.contains(&t);
-        if !reverse && !fits(source) {
+        // An iterated include may start from what other includes add.
+        if !reverse && !fits(source) && !iterate {
             return Err(bad(format!(
                 "the search does not return {source} resources, so it has none to include from"
             )));
         }
         if reverse
+            && !iterate
             && !param
                 .targets
                 .iter()
@@ -91,10 +131,15 @@ impl Include {
         }
         Ok(Include {
             reverse,
-            source: source.to_owned(),
-            param: code.to_owned(),
+            source: Some(source.to_owned()),
+            param: Some(code.to_owned()),
             target: target.map(str::to_owned),
+            iterate,
         })
+    }
+
+    fn from(&self, resource_type: &str) -> bool {
+        self.source.as_deref().is_none_or(|s| s == resource_type)
     }
 
     fn targets(&self, resource_type: &str) -> bool {
@@ -108,7 +153,8 @@ pub struct Included {
     pub resources: Vec<StoredResource>,
     /// Found but not shown: the caller may not read them.
     pub withheld: usize,
-    /// More were found than `MAX_INCLUDED` lets a page carry.
+    /// More were found than `MAX_INCLUDED` lets a page carry, or
+    /// `:iterate` had more to find after `MAX_ITERATE_ROUNDS` rounds.
     pub truncated: bool,
 }
 
@@ -126,41 +172,54 @@ impl Rest {
             .map(|r| (r.resource_type.clone(), r.id.clone()))
             .collect();
         let mut out = Included::default();
-        for include in includes {
-            for query in queries(include, page) {
-                let room = MAX_INCLUDED.saturating_sub(out.resources.len() + out.withheld);
-                if room == 0 {
-                    out.truncated = true;
-                    break;
-                }
-                let found = self
-                    .store
-                    .search(SearchQuery {
-                        count: u32::try_from(room).unwrap_or(u32::MAX),
-                        ..query
-                    })
-                    .await?;
-                out.truncated |= found.next.is_some();
-                for r in found.resources {
-                    if !seen.insert((r.resource_type.clone(), r.id.clone())) {
-                        continue;
+        // Round 0 includes from the matches; each later round runs the
+        // `:iterate` includes from what the round before added (only what
+        // the caller may read: a withheld resource leads nowhere).
+        let mut from: Vec<StoredResource> = page.to_vec();
+        for round in 0..=MAX_ITERATE_ROUNDS {
+            let added_before = out.resources.len();
+            for include in includes.iter().filter(|i| round == 0 || i.iterate) {
+                for query in queries(include, &from) {
+                    let room = MAX_INCLUDED.saturating_sub(out.resources.len() + out.withheld);
+                    if room == 0 {
+                        out.truncated = true;
+                        return Ok(out);
                     }
-                    let facts = RequestFacts::new(
-                        "GET",
-                        Some(&r.resource_type),
-                        Some(&r.id),
-                        None,
-                        None,
-                        Vec::new(),
-                    );
-                    if self.auth.authorize(identity, &facts).is_ok() {
-                        out.resources.push(r);
-                    } else {
-                        out.withheld += 1;
+                    let found = self
+                        .store
+                        .search(SearchQuery {
+                            count: u32::try_from(room).unwrap_or(u32::MAX),
+                            ..query
+                        })
+                        .await?;
+                    out.truncated |= found.next.is_some();
+                    for r in found.resources {
+                        if !seen.insert((r.resource_type.clone(), r.id.clone())) {
+                            continue;
+                        }
+                        let facts = RequestFacts::new(
+                            "GET",
+                            Some(&r.resource_type),
+                            Some(&r.id),
+                            None,
+                            None,
+                            Vec::new(),
+                        );
+                        if self.auth.authorize(identity, &facts).is_ok() {
+                            out.resources.push(r);
+                        } else {
+                            out.withheld += 1;
+                        }
                     }
                 }
             }
+            from = out.resources[added_before..].to_vec();
+            if from.is_empty() || !includes.iter().any(|i| i.iterate) {
+                return Ok(out);
+            }
         }
+        // Iterated includes still had resources to follow.
+        out.truncated = true;
         Ok(out)
     }
 }
@@ -170,12 +229,22 @@ impl Rest {
 /// `_revinclude`, the `source` resources whose `param` refers to a
 /// resource of the page.
 fn queries(include: &Include, page: &[StoredResource]) -> Vec<SearchQuery> {
+    let table = SearchParams::r4();
     if include.reverse {
+        // A `_revinclude` always names its source and parameter (`parse`).
+        let (Some(source), Some(param)) = (&include.source, &include.param) else {
+            return Vec::new();
+        };
+        let refers_to: Vec<&str> = table
+            .get(source, param)
+            .map(|p| p.targets.iter().map(String::as_str).collect())
+            .unwrap_or_default();
         let any_of: Vec<Condition> = page
             .iter()
             .filter(|r| include.targets(&r.resource_type))
+            .filter(|r| refers_to.contains(&r.resource_type.as_str()))
             .map(|r| Condition::Reference {
-                param: include.param.clone(),
+                param: param.clone(),
                 target_type: Some(r.resource_type.clone()),
                 target_id: r.id.clone(),
             })
@@ -184,30 +253,39 @@ fn queries(include: &Include, page: &[StoredResource]) -> Vec<SearchQuery> {
             return Vec::new();
         }
         return vec![SearchQuery {
-            resource_type: Some(include.source.clone()),
+            resource_type: Some(source.clone()),
             filters: vec![Filter { any_of }],
             ..SearchQuery::default()
         }];
     }
-    let Some(param) = SearchParams::r4().get(&include.source, &include.param) else {
-        return Vec::new();
-    };
     let mut ids: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for r in page.iter().filter(|r| r.resource_type == include.source) {
+    for r in page.iter().filter(|r| include.from(&r.resource_type)) {
+        let params: Vec<&std::sync::Arc<fhirbox_fhir::search::SearchParam>> = match &include.param {
+            Some(code) => table.get(&r.resource_type, code).into_iter().collect(),
+            None => table
+                .of_type(&r.resource_type)
+                .filter(|p| p.param_type == ParamType::Reference)
+                .collect(),
+        };
+        if params.is_empty() {
+            continue;
+        }
         let Ok(body) = serde_json::from_str(&r.body) else {
             continue;
         };
-        for value in index_values(param, &body) {
-            if let IndexValue::Reference {
-                target_type: Some(t),
-                id: Some(id),
-                ..
-            } = value
-            {
-                if include.targets(&t) && fhirbox_fhir::is_known_resource_type(&t) {
-                    let list = ids.entry(t).or_default();
-                    if !list.contains(&id) {
-                        list.push(id);
+        for param in params {
+            for value in index_values(param, &body) {
+                if let IndexValue::Reference {
+                    target_type: Some(t),
+                    id: Some(id),
+                    ..
+                } = value
+                {
+                    if include.targets(&t) && fhirbox_fhir::is_known_resource_type(&t) {
+                        let list = ids.entry(t).or_default();
+                        if !list.contains(&id) {
+                            list.push(id);
+                        }
                     }
                 }
             }
@@ -236,12 +314,17 @@ mod tests {
         assert_eq!(
             (
                 inc.reverse,
-                inc.source.as_str(),
-                inc.param.as_str(),
-                inc.target
+                inc.source.as_deref(),
+                inc.param.as_deref(),
+                inc.target,
+                inc.iterate
             ),
-            (false, "Observation", "subject", None)
+            (false, Some("Observation"), Some("subject"), None, false)
         );
+        let all = parse("_include", "*", &["Observation"]).unwrap();
+        assert!(all.source.is_none() && all.param.is_none());
+        let wild = parse("_include:iterate", "Encounter:*", &["Observation"]).unwrap();
+        assert!(wild.iterate && wild.param.is_none());
         let rev = parse("_revinclude", "Observation:subject:Patient", &["Patient"]).unwrap();
         assert!(rev.reverse && rev.target.as_deref() == Some("Patient"));
         for (name, value, searched, says) in [
@@ -269,12 +352,35 @@ mod tests {
                 &["Medication"][..],
                 "does not refer to the resources",
             ),
-            ("_include", "*", &["Observation"][..], "wildcard"),
             (
-                "_include:iterate",
+                "_revinclude",
+                "*",
+                &["Observation"][..],
+                "use Type:parameter",
+            ),
+            (
+                "_revinclude",
+                "Observation:*",
+                &["Patient"][..],
+                "wildcard _revinclude",
+            ),
+            (
+                "_include",
+                "Encounter:*",
+                &["Observation"][..],
+                "does not return Encounter",
+            ),
+            (
+                "_include",
+                "Nope:*",
+                &["Observation"][..],
+                "not a resource type",
+            ),
+            (
+                "_include:deep",
                 "Observation:subject",
                 &["Observation"][..],
-                "not supported yet",
+                "not a form of _include",
             ),
         ] {
             let e = parse(name, value, searched).unwrap_err();

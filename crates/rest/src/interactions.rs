@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::bundle_out::BundleWriter;
 use crate::error::{ErrorKind, RestError};
 use crate::hooks::{self, Prehashed};
-use crate::include::{Included, MAX_INCLUDED};
+use crate::include::{Included, MAX_INCLUDED, MAX_ITERATE_ROUNDS};
 use crate::patch::Patch;
 use crate::reply::{etag, not_modified, resource_reply, ReadConditions, Reply, ReturnPreference};
 use crate::resource::{self, check_id, check_type};
@@ -526,7 +526,7 @@ impl Rest {
         }
         if included.truncated {
             notes.push(format!(
-                "more resources matched _include/_revinclude than one page carries ({MAX_INCLUDED}); use a smaller _count"
+                "the includes were cut short: more than {MAX_INCLUDED} resources matched _include/_revinclude, or :iterate was still finding more after {MAX_ITERATE_ROUNDS} rounds; use a smaller _count"
             ));
         }
         for note in notes {

@@ -8,7 +8,9 @@ use crate::helpers::{link, Resp, TestApp};
 
 backend_tests!(
     includes_add_referenced_and_referring_resources_once,
-    included_resources_are_shown_only_to_clients_that_may_read_them
+    included_resources_are_shown_only_to_clients_that_may_read_them,
+    wildcards_and_iterate_follow_references_to_a_fixed_point,
+    iterate_never_follows_a_withheld_resource
 );
 
 /// Patients p1, p2 (family One, Two); observations o1, o2 of p1, o3 of p2.
@@ -141,10 +143,11 @@ async fn includes_add_referenced_and_referring_resources_once(app: TestApp) {
             "Observation?_include=Patient:organization",
             "does not return Patient",
         ),
-        ("Observation?_include=*", "wildcard"),
+        ("Observation?_revinclude=*", "use Type:parameter"),
+        ("Patient?_revinclude=Observation:*", "wildcard _revinclude"),
         (
-            "Observation?_include:iterate=Observation:subject",
-            "not supported yet",
+            "Observation?_include:deep=Observation:subject",
+            "not a form of _include",
         ),
         (
             "Patient?_revinclude=Observation:subject:Group",
@@ -273,4 +276,136 @@ async fn included_resources_are_shown_only_to_clients_that_may_read_them(app: Te
     assert_eq!(searchset["type"], "searchset");
     assert!(!r.text.contains("\"family\""), "{}", r.text);
     assert!(r.text.contains("withheld"), "{}", r.text);
+}
+
+/// On top of `seed`: p1's general practitioner dr1 and organization org1,
+/// dr1's... nothing; p1 and p2 link to each other (a cycle); o1 has
+/// performer dr1.
+async fn seed_chain(app: &TestApp) {
+    seed(app).await;
+    for body in [
+        json!({"resourceType": "Organization", "id": "org1", "name": "Org"}),
+        json!({"resourceType": "Practitioner", "id": "dr1", "name": [{"family": "Doc"}]}),
+        json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "One"}],
+               "generalPractitioner": [{"reference": "Practitioner/dr1"}],
+               "managingOrganization": {"reference": "Organization/org1"},
+               "link": [{"other": {"reference": "Patient/p2"}, "type": "seealso"}]}),
+        json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Two"}],
+               "link": [{"other": {"reference": "Patient/p1"}, "type": "seealso"}]}),
+        json!({"resourceType": "Observation", "id": "o1", "status": "final",
+               "code": {"text": "weight"}, "subject": {"reference": "Patient/p1"},
+               "performer": [{"reference": "Practitioner/dr1"}]}),
+    ] {
+        let path = format!(
+            "/fhir/{}/{}",
+            body["resourceType"].as_str().unwrap(),
+            body["id"].as_str().unwrap()
+        );
+        let r = app.put(&path, &body).await;
+        assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    }
+}
+
+fn included(bundle: &Value) -> Vec<String> {
+    let mut found: Vec<String> = entries(bundle)
+        .into_iter()
+        .filter(|(mode, _)| mode == "include")
+        .map(|(_, r)| r)
+        .collect();
+    found.sort();
+    found
+}
+
+async fn wildcards_and_iterate_follow_references_to_a_fixed_point(app: TestApp) {
+    seed_chain(&app).await;
+    let get = |query: &str| {
+        let app = &app;
+        let path = format!("/fhir/{query}");
+        async move {
+            let r = app.get(&path).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text);
+            r.json()
+        }
+    };
+    // Every reference of the matches, or of one type.
+    assert_eq!(
+        included(&get("Observation?_id=o1&_include=*").await),
+        ["Patient/p1", "Practitioner/dr1"]
+    );
+    assert_eq!(
+        included(&get("Observation?_id=o1&_include=Observation:*:Practitioner").await),
+        ["Practitioner/dr1"]
+    );
+    // One level: the patient only; iterated: what the patient refers to.
+    assert_eq!(
+        included(&get("Observation?_id=o1&_include=Observation:subject").await),
+        ["Patient/p1"]
+    );
+    let deep = get(
+        "Observation?_id=o1&_include=Observation:subject&_include:iterate=Patient:general-practitioner&_include:iterate=Patient:organization",
+    )
+    .await;
+    assert_eq!(
+        included(&deep),
+        ["Organization/org1", "Patient/p1", "Practitioner/dr1"]
+    );
+    assert_eq!(deep["total"], 1, "included resources are not counted");
+    // A cycle ends: p1 -> p2 -> p1, each once.
+    let cycle = get("Patient?_id=p1&_include:iterate=Patient:link").await;
+    assert_eq!(
+        entries(&cycle),
+        pairs(&[("match", "Patient/p1"), ("include", "Patient/p2")])
+    );
+    // Reverse and forward iterate together: the observations of p1, then
+    // whoever performed them.
+    assert_eq!(
+        included(
+            &get("Patient?_id=p1&_revinclude=Observation:subject&_include:iterate=Observation:performer")
+                .await
+        ),
+        ["Observation/o1", "Observation/o2", "Practitioner/dr1"]
+    );
+    // Without :iterate an include from a type the search does not return is
+    // still a 400.
+    app.get("/fhir/Observation?_include=Patient:general-practitioner")
+        .await
+        .assert_outcome(400, "does not return Patient");
+}
+
+/// A client that may read observations and practitioners but not patients:
+/// the patient is withheld, and nothing is followed from it, so iterating
+/// through it reveals neither it nor what it refers to.
+async fn iterate_never_follows_a_withheld_resource(app: TestApp) {
+    seed_chain(&app).await;
+    app.matcho_client(
+        "no-patients",
+        SECRET,
+        json!({"request-method": "get", "params": {"resource/type": "Observation"}}),
+    )
+    .await;
+    let r = app
+        .put(
+            "/fhir/AccessPolicy/no-patients-dr",
+            &json!({"resourceType": "AccessPolicy", "id": "no-patients-dr", "engine": "matcho",
+                    "link": [{"reference": "Client/no-patients"}],
+                    "matcho": {"request-method": "get", "params": {"resource/type": "Practitioner"}}}),
+        )
+        .await;
+    assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    let path = "/fhir/Observation?_id=o2&_include=Observation:subject&_include:iterate=Patient:general-practitioner";
+    let narrow = as_client(&app, path, "no-patients").await;
+    assert_eq!(narrow.status, 200, "{}", narrow.text);
+    let bundle = narrow.json();
+    assert_eq!(included(&bundle), Vec::<String>::new(), "{bundle}");
+    assert!(
+        narrow.text.contains("1 included resources were withheld"),
+        "{}",
+        narrow.text
+    );
+    assert!(!narrow.text.contains("dr1") && !narrow.text.contains("Doc"));
+    // Root, for contrast, gets both.
+    assert_eq!(
+        included(&app.get(path).await.json()),
+        ["Patient/p1", "Practitioner/dr1"]
+    );
 }

@@ -64,6 +64,7 @@ async fn metadata_lists_exactly_the_routed_interactions(app: TestApp) {
     assert!(listed("searchInclude", "Patient:organization"));
     assert!(listed("searchRevInclude", "Observation:subject"));
     assert!(!listed("searchInclude", "Patient:name"));
+    assert!(listed("searchInclude", "Patient:*") && listed("searchInclude", "*"));
     assert_eq!(
         cs["patchFormat"],
         serde_json::json!([
