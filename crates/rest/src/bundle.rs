@@ -411,9 +411,14 @@ fn read_conditions(request: &Value) -> Result<ReadConditions, RestError> {
 fn patch_from_binary(resource: &Value) -> Result<Patch, RestError> {
     let bad = || {
         RestError::bad_request(
-            "a PATCH entry's resource must be a Binary with contentType application/json-patch+json (or application/merge-patch+json) and base64 data",
+            "a PATCH entry's resource must be a FHIRPath Patch (a Parameters resource) or a Binary with contentType application/json-patch+json (or application/merge-patch+json) and base64 data",
         )
     };
+    // A FHIRPath Patch is the entry's resource itself (a Parameters).
+    if resource.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
+        return Patch::from_media("application/fhir+json", resource.clone())
+            .map_err(|e| e.prefixed("the PATCH entry's Parameters"));
+    }
     if resource.get("resourceType").and_then(Value::as_str) != Some("Binary") {
         return Err(bad());
     }

@@ -155,7 +155,7 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
         "implementation": implementation,
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json", "application/merge-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/merge-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "resource": resources,

@@ -12,6 +12,7 @@ pub mod bundle;
 mod bundle_out;
 pub mod capability;
 pub mod error;
+pub mod fhirpath_patch;
 pub mod hooks;
 pub mod include;
 pub mod indexing;

@@ -6,7 +6,7 @@
 use fhirbox_auth::write_rules::Prehashed;
 use serde_json::Value;
 
-use crate::error::{ErrorKind, RestError};
+use crate::error::RestError;
 
 /// Most operations one JSON Patch may carry.
 pub const MAX_PATCH_OPERATIONS: usize = 1000;
@@ -32,6 +32,8 @@ pub enum Patch {
     /// RFC 7386: an object merged into the resource; `null` removes a member.
     /// Always a JSON object.
     Merge(Value),
+    /// FHIRPath Patch: a `Parameters` resource of operations.
+    FhirPath(Vec<crate::fhirpath_patch::Operation>),
 }
 
 impl Patch {
@@ -49,13 +51,16 @@ impl Patch {
             ("application/json-patch+json", _) => Err(RestError::bad_request(
                 "a JSON Patch (application/json-patch+json) is an array of operations",
             )),
-            ("application/fhir+json", Value::Object(o))
+            // A Parameters resource is a FHIRPath Patch (a merge patch
+            // could never make a resource a Parameters).
+            ("application/fhir+json" | "application/json", Value::Object(o))
                 if o.get("resourceType").and_then(Value::as_str) == Some("Parameters") =>
             {
-                Err(RestError::not_supported(
-                    ErrorKind::BadRequest,
-                    "FHIRPath Patch (a Parameters body) is not supported yet; send a JSON Patch as application/json-patch+json or a merge patch as application/merge-patch+json",
-                ))
+                crate::fhirpath_patch::parse(&Value::Object(o))
+                    .map(Patch::FhirPath)
+                    .map_err(|e| {
+                        RestError::bad_request(format!("the body is not a FHIRPath Patch this server can apply: {e}"))
+                    })
             }
             ("application/fhir+json", _) => Err(RestError::bad_request(
                 "a PATCH sent as application/fhir+json must be a FHIRPath Patch (a Parameters resource); send a JSON Patch as application/json-patch+json or a merge patch as application/merge-patch+json",
@@ -74,6 +79,8 @@ impl Patch {
         Ok(match self {
             Patch::Json(ops) => Prehashed::for_patch(resource_type, ops).await?,
             Patch::Merge(object) => Prehashed::for_body(resource_type, object).await?,
+            // A secret it writes is hashed in the finalizer.
+            Patch::FhirPath(_) => Prehashed::default(),
         })
     }
 
@@ -82,6 +89,7 @@ impl Patch {
         match self {
             Patch::Json(_) => "JSON Patch",
             Patch::Merge(_) => "merge patch",
+            Patch::FhirPath(_) => "FHIRPath Patch",
         }
     }
 
@@ -108,6 +116,17 @@ impl Patch {
     ) -> Result<(), String> {
         match self {
             Patch::Json(ops) => apply_bounded(doc, ops, current_size, max_bytes)?,
+            Patch::FhirPath(ops) => {
+                // Each operation writes at most its value once, and the
+                // values are within the body limit: the result is measured
+                // once made.
+                crate::fhirpath_patch::apply(doc, ops)?;
+                if size_within(doc, max_bytes).is_none() {
+                    return Err(format!(
+                        "the result would be larger than {max_bytes} bytes (BOX_MAX_BODY_BYTES)"
+                    ));
+                }
+            }
             Patch::Merge(object) => {
                 // RFC 7386 §2: each member replaces the target's, a `null`
                 // member removes it, an object member is merged into the
@@ -322,7 +341,7 @@ mod tests {
             ),
         ] {
             let e = Patch::from_media(media, body).unwrap_err();
-            assert_eq!(e.kind, ErrorKind::BadRequest);
+            assert_eq!(e.kind, crate::ErrorKind::BadRequest);
             assert!(e.message.contains(says), "{media}: {}", e.message);
         }
     }

@@ -11,6 +11,7 @@
 //! definition, with errors that point into it. Where the schema is weaker
 //! than the specification, a few rules are added (`keywords`, `rules`).
 
+pub mod elements;
 mod hints;
 mod keywords;
 mod messages;

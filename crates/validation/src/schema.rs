@@ -7,9 +7,9 @@ use crate::hints::Hints;
 use crate::keywords;
 
 /// HL7's R4 JSON Schema, as published (CC0; see schema/README.md).
-const FHIR_SCHEMA: &str = include_str!("../schema/fhir.schema.json");
+pub(crate) const FHIR_SCHEMA: &str = include_str!("../schema/fhir.schema.json");
 /// The server's own resource types, in the same form.
-const FHIRBOX_SCHEMA: &str = include_str!("../schema/fhirbox.schema.json");
+pub(crate) const FHIRBOX_SCHEMA: &str = include_str!("../schema/fhirbox.schema.json");
 /// The id the merged document is registered under.
 const BASE: &str = "http://hl7.org/fhir/json-schema/4.0";
 

@@ -727,6 +727,57 @@ async fn patch_never_reads_the_stored_hash(app: TestApp) {
     assert_eq!(fresh.status, 200, "{}", fresh.text);
     let stored = String::from_utf8_lossy(&database_bytes(&app)).into_owned();
     assert!(!stored.contains(new_secret));
+    // A FHIRPath Patch that replaces the secret hashes it too, and its
+    // paths see the masked view: a where() on the hidden hash finds nothing.
+    let fhirpath_secret = "fhirpath-secret-value-0123456789";
+    let op = |kind: &str, path: &str, value: Value| {
+        let mut parts = vec![
+            json!({"name": "type", "valueCode": kind}),
+            json!({"name": "path", "valueString": path}),
+        ];
+        if !value.is_null() {
+            parts.push(json!({"name": "value", "valueString": value}));
+        }
+        json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": parts}]})
+    };
+    let send = |body: Value| {
+        app.client
+            .patch(app.url("/fhir/Client/patched"))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+    };
+    let oracle = app
+        .send(send(op(
+            "delete",
+            "Client._secret.extension.where(valueString = 'x')",
+            Value::Null,
+        )))
+        .await;
+    assert!(!oracle.text.contains("argon2"), "{}", oracle.text);
+    let replaced = app
+        .send(send({
+            // The masked view has no secret: it is added, as in a PUT.
+            let mut add = op("add", "Client", json!(fhirpath_secret));
+            add["parameter"][0]["part"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "name", "valueString": "secret"}));
+            add
+        }))
+        .await;
+    assert_eq!(replaced.status, 200, "{}", replaced.text);
+    assert!(!replaced.text.contains(fhirpath_secret) && !replaced.text.contains("argon2"));
+    let with_new = app
+        .send(
+            app.anon
+                .get(app.url("/fhir/Patient"))
+                .basic_auth("patched", Some(fhirpath_secret)),
+        )
+        .await;
+    assert_eq!(with_new.status, 200, "{}", with_new.text);
+    assert_eq!(get_as(&app, "/fhir/Patient", "patched").await.status, 401);
+    let stored = String::from_utf8_lossy(&database_bytes(&app)).into_owned();
+    assert!(!stored.contains(fhirpath_secret));
 }
 
 async fn literal_secrets_of_other_fields_are_never_returned_but_kept(app: TestApp) {

@@ -1,6 +1,6 @@
 //! Create, read, vread, update, patch and delete.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::backend_tests;
 use crate::helpers::TestApp;
@@ -11,6 +11,7 @@ backend_tests!(
     update_keeps_client_meta_elements_but_owns_version_and_time,
     patch_applies_a_json_patch_and_guards_the_id,
     patch_applies_a_merge_patch_sent_either_way,
+    patch_applies_a_fhirpath_patch_over_rest_and_in_bundles,
     conditional_read_answers_304_while_the_client_is_current,
     head_answers_a_read_or_search_without_a_body,
     delete_makes_read_answer_410_and_update_brings_it_back,
@@ -209,7 +210,7 @@ async fn patch_applies_a_merge_patch_sent_either_way(app: TestApp) {
         json!({"resourceType": "Parameters", "parameter": []}),
     ))
     .await
-    .assert_outcome(400, "FHIRPath Patch");
+    .assert_outcome(400, "FHIRPath Patch has no operation");
     assert_eq!(
         app.get("/fhir/Patient/mp").await.json()["meta"]["versionId"],
         "4"
@@ -447,5 +448,110 @@ async fn server_types_are_stored_like_fhir_types(app: TestApp) {
     assert_eq!(
         app.get("/fhir/AccessPolicy/ap1").await.json()["engine"],
         "allow"
+    );
+}
+
+/// A FHIRPath Patch operation (R4 "FHIRPath Patch").
+fn fhirpath_op(kind: &str, path: &str, rest: Value) -> Value {
+    let mut parts = vec![
+        json!({"name": "type", "valueCode": kind}),
+        json!({"name": "path", "valueString": path}),
+    ];
+    parts.extend(rest.as_array().cloned().unwrap_or_default());
+    json!({"name": "operation", "part": parts})
+}
+
+async fn patch_applies_a_fhirpath_patch_over_rest_and_in_bundles(app: TestApp) {
+    let r = app
+        .put(
+            "/fhir/Patient/fp",
+            &json!({"resourceType": "Patient", "id": "fp", "gender": "female",
+                    "name": [{"use": "official", "family": "Ng"}, {"use": "nickname", "given": ["Annie"]}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let send = |media: &str, ops: Vec<Value>| {
+        app.client
+            .patch(app.url("/fhir/Patient/fp"))
+            .header("content-type", media)
+            .body(json!({"resourceType": "Parameters", "parameter": ops}).to_string())
+    };
+    let done = app
+        .send(send(
+            "application/fhir+json",
+            vec![
+                fhirpath_op("add", "Patient", json!([{"name": "name", "valueString": "birthDate"}, {"name": "value", "valueDate": "1970-01-02"}])),
+                fhirpath_op("replace", "Patient.name.where(use = 'official').family", json!([{"name": "value", "valueString": "Nguyen"}])),
+                fhirpath_op("delete", "Patient.name.where(use = 'nickname')", json!([])),
+                fhirpath_op("replace", "Patient.gender", json!([{"name": "value", "valueCode": "male"}])),
+            ],
+        ))
+        .await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    let v = done.json();
+    assert_eq!(v["birthDate"], "1970-01-02");
+    assert_eq!(v["name"], json!([{"use": "official", "family": "Nguyen"}]));
+    assert_eq!(v["gender"], "male");
+    assert_eq!(v["meta"]["versionId"], "2");
+    // Sent as application/json it is read the same way.
+    let again = app
+        .send(send(
+            "application/json",
+            vec![fhirpath_op("delete", "Patient.birthDate", json!([]))],
+        ))
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert!(again.json().get("birthDate").is_none());
+    // Mistakes: a path that selects nothing, a result the type refuses, a
+    // function outside the subset, no operation at all. Nothing is stored.
+    for (ops, status, needle) in [
+        (
+            vec![fhirpath_op(
+                "replace",
+                "Patient.photo",
+                json!([{"name": "value", "valueString": "x"}]),
+            )],
+            422,
+            "selects nothing",
+        ),
+        (
+            vec![fhirpath_op(
+                "replace",
+                "Patient.gender",
+                json!([{"name": "value", "valueInteger": 7}]),
+            )],
+            422,
+            "after the patch: must be one code",
+        ),
+        (
+            vec![fhirpath_op("delete", "Patient.name.exists()", json!([]))],
+            400,
+            "exists() is not supported",
+        ),
+        (vec![], 400, "no operation"),
+    ] {
+        app.send(send("application/fhir+json", ops))
+            .await
+            .assert_outcome(status, needle);
+    }
+    assert_eq!(
+        app.get("/fhir/Patient/fp").await.json()["meta"]["versionId"],
+        "3"
+    );
+
+    // In a transaction the Parameters is the entry's resource.
+    let bundle = app
+        .post(
+            "/fhir",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": {"resourceType": "Parameters", "parameter": [
+                    fhirpath_op("add", "Patient.name[0]", json!([{"name": "name", "valueString": "given"}, {"name": "value", "valueString": "Ann"}]))]},
+                 "request": {"method": "PATCH", "url": "Patient/fp"}}]}),
+        )
+        .await;
+    assert_eq!(bundle.status, 200, "{}", bundle.text);
+    assert_eq!(
+        app.get("/fhir/Patient/fp").await.json()["name"][0]["given"],
+        json!(["Ann"])
     );
 }

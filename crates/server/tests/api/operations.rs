@@ -69,7 +69,8 @@ async fn metadata_lists_exactly_the_routed_interactions(app: TestApp) {
         cs["patchFormat"],
         serde_json::json!([
             "application/json-patch+json",
-            "application/merge-patch+json"
+            "application/merge-patch+json",
+            "application/fhir+json"
         ])
     );
     let params: Vec<&str> = patient["searchParam"]
