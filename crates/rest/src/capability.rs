@@ -24,6 +24,9 @@ pub struct Interactions {
     pub declared: Vec<(Level, &'static str)>,
     /// Operations on every type (`validate` for `$validate`).
     pub operations: Vec<String>,
+    /// A conditional delete may delete several matches
+    /// (`BOX_CONDITIONAL_DELETE_MAX` above 1).
+    pub multiple_delete: bool,
 }
 
 impl Interactions {
@@ -99,7 +102,7 @@ pub fn capability_statement(interactions: &Interactions, base_url: Option<&str>)
                 "conditionalCreate": true,
                 "conditionalRead": "full-support",
                 "conditionalUpdate": true,
-                "conditionalDelete": "single",
+                "conditionalDelete": if interactions.multiple_delete { "multiple" } else { "single" },
             });
             if interactions.has(Level::Type, "search-type") {
                 // `_id` and `_lastUpdated`, then every R4 parameter of the type

@@ -372,6 +372,14 @@ impl Rest {
         preference: ReturnPreference,
         identity: &Identity,
     ) -> Result<Reply, RestError> {
+        if self.checks.conditional_delete_max > 1 {
+            if let Some(reply) = self
+                .delete_matches(resource_type, criteria, if_match, preference, identity)
+                .await?
+            {
+                return Ok(reply);
+            }
+        }
         let op = resource::prepare_delete(resource_type, &resource::new_id(), if_match)?;
         let op = resource::conditional(
             op,
@@ -398,6 +406,76 @@ impl Rest {
             )),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A conditional delete allowed to delete several matches
+    /// (`BOX_CONDITIONAL_DELETE_MAX`): with two or more, each is authorized
+    /// as `DELETE /fhir/{type}/{id}` and all are deleted in one transaction,
+    /// each at the version the search saw (a change since is a 412 and
+    /// nothing is deleted). `None`: at most one matches, which the single
+    /// form handles.
+    async fn delete_matches(
+        &self,
+        resource_type: &str,
+        criteria: &str,
+        if_match: Option<i64>,
+        preference: ReturnPreference,
+        identity: &Identity,
+    ) -> Result<Option<Reply>, RestError> {
+        let max = self.checks.conditional_delete_max;
+        let matching = search::parse_criteria(
+            resource_type,
+            criteria,
+            "the conditional delete's criteria",
+            true,
+        )?;
+        let page = self
+            .store
+            .search(fhirbox_store::SearchQuery {
+                count: u32::try_from(max).unwrap_or(u32::MAX),
+                ..matching.query.clone()
+            })
+            .await?;
+        if page.next.is_some() {
+            return Err(RestError::new(
+                ErrorKind::PreconditionFailed,
+                IssueType::MultipleMatches,
+                format!(
+                    "more than {max} {resource_type} resources match {}; this server deletes at most {max} at once (BOX_CONDITIONAL_DELETE_MAX), so nothing was deleted",
+                    matching.criteria
+                ),
+            ));
+        }
+        if page.resources.len() < 2 {
+            return Ok(None);
+        }
+        if if_match.is_some() {
+            return Err(RestError::new(
+                ErrorKind::PreconditionFailed,
+                IssueType::MultipleMatches,
+                format!(
+                    "{} {resource_type} resources match {}, and If-Match names one version; nothing was deleted",
+                    page.resources.len(),
+                    matching.criteria
+                ),
+            ));
+        }
+        let check = self.target_check(identity, "delete", resource_type);
+        let mut ops = Vec::with_capacity(page.resources.len());
+        for found in &page.resources {
+            check(&found.id)?;
+            ops.push(resource::prepare_delete(
+                resource_type,
+                &found.id,
+                Some(found.version_id),
+            )?);
+        }
+        let outcomes = self.write_all(ops).await?;
+        Ok(Some(delete_reply(
+            None,
+            preference,
+            &format!("deleted {} {resource_type} resources", outcomes.len()),
+        )))
     }
 
     /// The check a conditional update, patch or delete makes once it knows

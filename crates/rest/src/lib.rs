@@ -34,6 +34,10 @@ pub use error::{ErrorKind, RestError};
 pub use reply::{Prefer, ReadConditions, Reply, ReturnPreference};
 pub use resource::WriteChecks;
 
+/// The largest `BOX_CONDITIONAL_DELETE_MAX` (each match is a write of
+/// one transaction).
+pub const MAX_CONDITIONAL_DELETE: usize = 1000;
+
 /// What the REST layer reports to the server's metrics.
 pub trait RestEvents: Send + Sync {
     /// A bundle entry was refused by access control (`Denial::reason`).

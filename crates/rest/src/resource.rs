@@ -29,6 +29,9 @@ pub struct WriteChecks {
     pub max_body_bytes: usize,
     /// Most entries one batch or transaction bundle may carry.
     pub max_bundle_entries: usize,
+    /// Most resources one conditional delete may delete
+    /// (`BOX_CONDITIONAL_DELETE_MAX`; 1: a single match only).
+    pub conditional_delete_max: usize,
 }
 
 /// Rejects unknown resource types in a URL (404: there is no such endpoint).

@@ -62,6 +62,7 @@ async fn open(backend: Backend) -> Fixture {
         structure: Some(Validator::shared(UnknownElements::Refuse).expect("the schema compiles")),
         max_body_bytes: 1 << 20,
         max_bundle_entries: 100,
+        conditional_delete_max: 1,
     };
     let rest = Rest::new(store, Arc::new(auth), checks, denials.clone());
     Fixture {

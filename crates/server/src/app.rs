@@ -303,6 +303,7 @@ async fn open(settings: Settings, guard: Guard) -> Result<App, StartupError> {
         structure,
         max_body_bytes: settings.max_body_bytes,
         max_bundle_entries: settings.max_bundle_entries,
+        conditional_delete_max: settings.conditional_delete_max,
     };
     Ok(assemble(settings, store, auth, metrics, checks, guard))
 }
@@ -353,7 +354,8 @@ fn assemble(
     checks: WriteChecks,
     guard: Guard,
 ) -> App {
-    let (api, interactions) = fhir_routes();
+    let (api, mut interactions) = fhir_routes();
+    interactions.multiple_delete = settings.conditional_delete_max > 1;
     let capability = capability_statement(&interactions, settings.base_url.as_deref());
     let auth = Arc::new(auth);
     let metrics = Arc::new(metrics);

@@ -150,6 +150,9 @@ pub struct Settings {
     /// `BOX_MAX_BUNDLE_ENTRIES`: most entries one batch or transaction
     /// bundle may carry.
     pub max_bundle_entries: usize,
+    /// `BOX_CONDITIONAL_DELETE_MAX`: most resources one conditional delete
+    /// may delete (1, the default: a single match only).
+    pub conditional_delete_max: usize,
     /// Public base URL (`BOX_WEB_BASE_URL`); derived from the Host header when unset.
     pub base_url: Option<String>,
     /// `BOX_ROOT_CLIENT_ID` / `BOX_ROOT_CLIENT_SECRET(_FILE)`; `None` means no root client.
@@ -217,6 +220,7 @@ impl Settings {
             log_format: LogFormat::Text,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_bundle_entries: fhirbox_rest::bundle::DEFAULT_MAX_BUNDLE_ENTRIES,
+            conditional_delete_max: 1,
             base_url: None,
             root_client: None,
             root_client_id: DEFAULT_ROOT_CLIENT_ID.to_owned(),
@@ -272,6 +276,13 @@ impl Settings {
         let max_bundle_entries =
             number(env, "BOX_MAX_BUNDLE_ENTRIES", 1.., "a count of at least 1")?
                 .unwrap_or(fhirbox_rest::bundle::DEFAULT_MAX_BUNDLE_ENTRIES);
+        let conditional_delete_max = number(
+            env,
+            "BOX_CONDITIONAL_DELETE_MAX",
+            1..=fhirbox_rest::MAX_CONDITIONAL_DELETE,
+            "a count from 1 to 1000",
+        )?
+        .unwrap_or(1);
         let base_url = setting(env, "BOX_WEB_BASE_URL", |v| {
             if v.starts_with("http://") || v.starts_with("https://") {
                 Ok(v.trim_end_matches('/').to_owned())
@@ -395,6 +406,7 @@ impl Settings {
             log_format,
             max_body_bytes,
             max_bundle_entries,
+            conditional_delete_max,
             base_url,
             root_client,
             root_client_id: root_id,
@@ -613,6 +625,13 @@ mod tests {
         let s = Settings::from_env(&[("BOX_MAX_BUNDLE_ENTRIES", "20000")]).unwrap();
         assert_eq!(s.max_bundle_entries, 20_000);
         assert_eq!(Settings::from_env(&[]).unwrap().max_bundle_entries, 10_000);
+        assert_eq!(Settings::from_env(&[]).unwrap().conditional_delete_max, 1);
+        let s = Settings::from_env(&[("BOX_CONDITIONAL_DELETE_MAX", "50")]).unwrap();
+        assert_eq!(s.conditional_delete_max, 50);
+        for bad in ["0", "1001", "many"] {
+            let e = Settings::from_env(&[("BOX_CONDITIONAL_DELETE_MAX", bad)]).unwrap_err();
+            assert_eq!(e.variable, "BOX_CONDITIONAL_DELETE_MAX");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::backend_tests;
 use crate::helpers::{Resp, TestApp};
+use fhirbox_test_support::Backend;
 
 backend_tests!(
     if_none_exist_creates_once_then_answers_the_match,
@@ -20,6 +21,8 @@ backend_tests!(
     batch_entries_write_by_criteria_each_on_their_own,
     conditional_references_are_searched_as_the_caller
 );
+
+backend_tests!(per_backend: conditional_delete_takes_several_matches_when_the_setting_allows);
 
 const SYSTEM: &str = "http://hospital.example/mrn";
 
@@ -692,4 +695,73 @@ async fn conditional_references_are_searched_as_the_caller(app: TestApp) {
         app.get(&format!("/fhir/Patient/{p}")).await.json()["name"][0]["family"],
         "Changed"
     );
+}
+
+/// `BOX_CONDITIONAL_DELETE_MAX=3`: up to three matches are deleted in one
+/// transaction, each authorized as a delete by id; more is a 412 and
+/// nothing is deleted.
+async fn conditional_delete_takes_several_matches_when_the_setting_allows(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| s.conditional_delete_max = 3).await;
+    let cs = app.get("/fhir/metadata").await.json();
+    let patient = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .unwrap()
+        .clone();
+    assert_eq!(patient["conditionalDelete"], "multiple");
+    let mut many = Vec::new();
+    for i in 0..4 {
+        many.push(stored(&app, &format!("m{i}"), "Many").await);
+    }
+    let kept = stored(&app, "k", "Kept").await;
+    // Four match: more than the setting allows.
+    app.delete("/fhir/Patient?family=Many")
+        .await
+        .assert_outcome(412, "at most 3 at once");
+    assert_eq!(
+        app.get(&format!("/fhir/Patient/{}", many[0])).await.status,
+        200
+    );
+    app.delete(&format!("/fhir/Patient/{}", many[3])).await;
+    // If-Match names one version; three resources match.
+    app.send(
+        app.client
+            .delete(app.url("/fhir/Patient?family=Many"))
+            .header("if-match", "W/\"1\""),
+    )
+    .await
+    .assert_outcome(412, "If-Match names one version");
+    // A client whose policy names the type's URL only may not delete them by id.
+    let secret = "multi-delete-secret";
+    app.matcho_client("typed", secret, json!({"uri": "/fhir/Patient"}))
+        .await;
+    let denied = app
+        .send_as(
+            reqwest::Method::DELETE,
+            "/fhir/Patient?family=Many",
+            ("typed", secret),
+            None,
+        )
+        .await;
+    assert_eq!(denied.status, 403, "{}", denied.text);
+    assert!(
+        denied.text.contains("the resource the criteria match is"),
+        "refused at the delete by id: {}",
+        denied.text
+    );
+    for id in &many[..3] {
+        assert_eq!(app.get(&format!("/fhir/Patient/{id}")).await.status, 200);
+    }
+    // Root deletes all three in one go; the other patient stays.
+    let done = app.delete("/fhir/Patient?family=Many").await;
+    assert_eq!(done.status, 204, "{}", done.text);
+    for id in &many[..3] {
+        assert_eq!(app.get(&format!("/fhir/Patient/{id}")).await.status, 410);
+    }
+    assert_eq!(app.get(&format!("/fhir/Patient/{kept}")).await.status, 200);
+    // One match or none still answer as the single form does.
+    assert_eq!(app.delete("/fhir/Patient?family=Kept").await.status, 204);
+    assert_eq!(app.delete("/fhir/Patient?family=Nobody").await.status, 204);
 }
