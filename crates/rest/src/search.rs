@@ -532,32 +532,45 @@ fn linked(
                     "{resource_type} has no reference search parameter {code:?} to chain from"
                 ))
             })?;
-        let target = match (explicit, param.targets.as_slice()) {
-            (Some(t), targets) if targets.iter().any(|x| x == t) => t,
+        let targets: Vec<&str> = match (explicit, param.targets.as_slice()) {
+            (Some(t), targets) if targets.iter().any(|x| x == t) => vec![t],
             (Some(t), targets) => {
                 return Err(bad(format!(
                     "{resource_type}.{code} does not refer to {t}; it refers to {}",
                     targets.join(", ")
                 )))
             }
-            (None, [only]) => only.as_str(),
+            (None, [only]) => vec![only.as_str()],
+            // Several targets and no `:Type`: every target type that has the
+            // next parameter is searched (R4 §3.1.1.4.13 leaves this to the
+            // server); the caller must be allowed to search each one.
             (None, targets) => {
-                return Err(bad(format!(
-                    "{resource_type}.{code} may refer to {}; name the one to chain through, e.g. {code}:{}.{inner}",
-                    targets.join(", "),
-                    targets.first().map_or("Patient", String::as_str)
-                )))
+                let next = inner.split(['.', ':']).next().unwrap_or_default();
+                let having: Vec<&str> = targets
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|t| next == "_has" || definition(Some(t), next).is_some())
+                    .collect();
+                if having.is_empty() {
+                    return Err(bad(format!(
+                        "{resource_type}.{code} refers to {}, and none of them has a search parameter {next:?}",
+                        targets.join(", ")
+                    )));
+                }
+                having
             }
         };
-        chained.push(target.to_owned());
-        let filter = linked(target, inner, value, depth + 1, chained)?;
-        return Ok(Filter {
-            any_of: vec![Condition::Chain {
+        let mut any_of = Vec::with_capacity(targets.len());
+        for target in targets {
+            chained.push(target.to_owned());
+            let filter = linked(target, inner, value, depth + 1, chained)?;
+            any_of.push(Condition::Chain {
                 param: code.to_owned(),
                 target_type: target.to_owned(),
                 filters: vec![filter],
-            }],
-        });
+            });
+        }
+        return Ok(Filter { any_of });
     }
     let (code, modifier) = match name.split_once(':') {
         Some((c, m)) => (c, Some(m)),

@@ -103,6 +103,32 @@ async fn chains_follow_references_forwards_and_back(app: TestApp) {
     ] {
         assert_eq!(ids(&app, query).await, expected, "{query}");
     }
+    // Without a type, a chain goes through every target that has the
+    // parameter: Observation.subject's Patient and Location both have name.
+    assert_eq!(ids(&app, "Observation?subject.name=smith").await, ["o1"]);
+    put(
+        &app,
+        "/fhir/Location/loc1",
+        json!({"resourceType": "Location", "id": "loc1", "name": "Smithfield"}),
+    )
+    .await;
+    put(
+        &app,
+        "/fhir/Observation/o3",
+        json!({"resourceType": "Observation", "id": "o3", "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "C"}]},
+               "subject": {"reference": "Location/loc1"}}),
+    )
+    .await;
+    assert_eq!(
+        ids(&app, "Observation?subject.name=smith").await,
+        ["o1", "o3"]
+    );
+    assert_eq!(
+        ids(&app, "Observation?subject:Patient.name=smith").await,
+        ["o1"]
+    );
+    app.delete("/fhir/Observation/o3").await;
     // The count agrees with the page.
     let counted = app
         .get("/fhir/Observation?patient:Patient.name=smith,jones&_count=1")
@@ -111,7 +137,7 @@ async fn chains_follow_references_forwards_and_back(app: TestApp) {
     assert_eq!(counted["total"], 2);
 
     for (query, says) in [
-        ("Observation?subject.name=smith", "name the one to chain through"),
+        ("Observation?subject.nosuch=x", "none of them has a search parameter \"nosuch\""),
         ("Observation?subject:Medication.code=x", "does not refer to Medication"),
         ("Observation?code.name=x", "no reference search parameter"),
         ("Observation?patient:Patient.nosuch=x", "no search parameter \"nosuch\""),
@@ -167,6 +193,36 @@ async fn chains_reach_only_types_the_client_may_search(app: TestApp) {
         .await
         .assert_outcome(403, "no access policy allows");
     assert_eq!(entry_ids(&get(has, "reader").await.json()), ["p1"]);
+
+    // A chain without a type reaches every target type that has the
+    // parameter: a client that may search Patients but not Locations must
+    // name the type.
+    app.matcho_client(
+        "obs-pat",
+        SECRET,
+        json!({"request-method": "get", "params": {"resource/type": "Observation"}}),
+    )
+    .await;
+    let r = app
+        .put(
+            "/fhir/AccessPolicy/obs-pat-2",
+            &json!({"resourceType": "AccessPolicy", "id": "obs-pat-2", "engine": "matcho",
+                    "link": [{"reference": "Client/obs-pat"}],
+                    "matcho": {"request-method": "get", "params": {"resource/type": "Patient"}}}),
+        )
+        .await;
+    assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    get("/fhir/Observation?subject.name=smith", "obs-pat")
+        .await
+        .assert_outcome(403, "Location");
+    assert_eq!(
+        entry_ids(
+            &get("/fhir/Observation?subject:Patient.name=smith", "obs-pat")
+                .await
+                .json()
+        ),
+        ["o1"]
+    );
 
     // POST _search and a batch's search entry are checked the same way.
     let form = app
