@@ -960,7 +960,7 @@ pub(crate) enum SortValue {
 /// The SQL of a sort key's value for the row `resource`, and its kind. A
 /// parameter's value is the lowest of its rows ascending and the highest
 /// descending; for a date, the earliest start or the latest end.
-fn push_sort_value(sql: &mut Sql, field: &SortField) -> SortValue {
+fn push_sort_value(sql: &mut Sql, field: &SortField, joined: Option<usize>) -> SortValue {
     let (param, kind) = match &field.by {
         SortBy::Id => {
             sql.push("resource.id");
@@ -972,16 +972,11 @@ fn push_sort_value(sql: &mut Sql, field: &SortField) -> SortValue {
         }
         SortBy::Param { param, kind } => (param, *kind),
     };
-    let (column, value) = match (kind, field.descending) {
-        (IndexKind::String, _) => ("text_norm", SortValue::Text),
-        (IndexKind::Token, _) => ("code", SortValue::Text),
-        (IndexKind::Date, false) => ("low", SortValue::Int),
-        (IndexKind::Date, true) => ("high", SortValue::Int),
-        (IndexKind::Number | IndexKind::Quantity, _) => ("number", SortValue::Float),
-        (IndexKind::Uri | IndexKind::Reference | IndexKind::Composite, _) => {
-            ("text_exact", SortValue::Text)
-        }
-    };
+    let (column, value) = sort_column(kind, field.descending);
+    if let Some(i) = joined {
+        sql.push(&format!("k{i}.v"));
+        return value;
+    }
     let aggregate = if field.descending { "MAX" } else { "MIN" };
     sql.push(&format!(
         "(SELECT {aggregate}({column}) FROM search_index AS si WHERE si.res_key = resource.res_key AND si.kind = {} AND si.param = ",
@@ -992,6 +987,43 @@ fn push_sort_value(sql: &mut Sql, field: &SortField) -> SortValue {
     value
 }
 
+/// ` LEFT JOIN` of key `i`'s values, every resource's at once: one pass
+/// over the parameter's index rows, grouped by resource. Used when no
+/// filter narrows the search, where looking each match's value up alone
+/// would cost an index search per resource of the type.
+fn push_sort_join(sql: &mut Sql, q: &SearchQuery, field: &SortField, i: usize) {
+    let SortBy::Param { param, kind } = &field.by else {
+        return;
+    };
+    let (column, _) = sort_column(*kind, field.descending);
+    let aggregate = if field.descending { "MAX" } else { "MIN" };
+    sql.push(&format!(
+        " LEFT JOIN (SELECT res_key AS sk, {aggregate}({column}) AS v FROM search_index WHERE kind = {} AND param = ",
+        kind.code()
+    ))
+    .bind(Bind::Text(param.clone()));
+    if let Some(rt) = &q.resource_type {
+        sql.push(" AND resource_type = ").bind(Bind::Text(rt.clone()));
+    }
+    sql.push(&format!(
+        " GROUP BY res_key) AS k{i} ON k{i}.sk = resource.res_key"
+    ));
+}
+
+/// The index column a key of `kind` sorts by, and how its value reads back.
+fn sort_column(kind: IndexKind, descending: bool) -> (&'static str, SortValue) {
+    match (kind, descending) {
+        (IndexKind::String, _) => ("text_norm", SortValue::Text),
+        (IndexKind::Token, _) => ("code", SortValue::Text),
+        (IndexKind::Date, false) => ("low", SortValue::Int),
+        (IndexKind::Date, true) => ("high", SortValue::Int),
+        (IndexKind::Number | IndexKind::Quantity, _) => ("number", SortValue::Float),
+        (IndexKind::Uri | IndexKind::Reference | IndexKind::Composite, _) => {
+            ("text_exact", SortValue::Text)
+        }
+    }
+}
+
 /// A search under `sort_by` (R4 §3.1.1.5.1). Every match's sort values are
 /// computed once (a materialized table of key and values), the page is the
 /// first of them past the cursor in the order of the keys, a resource
@@ -1000,14 +1032,22 @@ fn push_sort_value(sql: &mut Sql, field: &SortField) -> SortValue {
 /// the whole tuple with the cursor's, so it stays correct under any keys.
 fn sorted(q: &SearchQuery, backwards: bool, limit: Bind) -> SearchPlan {
     let keys = &q.sort_by;
+    // With nothing to narrow the search, every resource of the type is a
+    // match: its values come from one grouped pass per key.
+    let broad = q.filters.is_empty() && q.ids.is_none();
     let mut select = Sql::new("WITH v AS MATERIALIZED (SELECT resource.res_key AS page_key");
     let mut kinds = Vec::with_capacity(keys.len());
     for (i, field) in keys.iter().enumerate() {
         select.push(", ");
-        kinds.push(push_sort_value(&mut select, field));
+        kinds.push(push_sort_value(&mut select, field, broad.then_some(i)));
         select.push(&format!(" AS s{i}"));
     }
     select.push(" FROM resource");
+    if broad {
+        for (i, field) in keys.iter().enumerate() {
+            push_sort_join(&mut select, q, field, i);
+        }
+    }
     if rows_decide(q) {
         select.push(" WHERE res_key IN (");
         push_matches(&mut select, q);
