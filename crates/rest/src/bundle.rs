@@ -13,6 +13,8 @@ use fhirbox_store::{
 };
 use serde_json::{json, Value};
 
+use fhirbox_fhir::IssueType;
+
 use crate::bundle_out::BundleWriter;
 use crate::error::{ErrorKind, RestError};
 use crate::hooks::Prehashed;
@@ -574,7 +576,7 @@ impl ReadBudget {
         if self.used.saturating_add(size) > MAX_BUNDLE_READ_BYTES {
             return EntryResult::Failed(RestError::new(
                 ErrorKind::BadRequest,
-                fhirbox_fhir::IssueType::TooLong,
+                IssueType::TooLong,
                 format!(
                     "the read entries of this bundle would return more than {MAX_BUNDLE_READ_BYTES} bytes; read the rest in another request"
                 ),
@@ -783,7 +785,7 @@ async fn resolve_conditional_references(
     resolved: &mut HashMap<String, String>,
 ) -> Result<(), RestError> {
     let mut wanted = Vec::new();
-    conditional_references(resource, &mut wanted);
+    conditional_references(resource, &mut wanted)?;
     if wanted.is_empty() {
         return Ok(());
     }
@@ -836,29 +838,39 @@ async fn resolve_conditional_references(
 }
 
 /// The conditional references in `value`: `reference` strings of the form
-/// `Type?criteria` with a type this server knows.
-fn conditional_references(value: &Value, found: &mut Vec<String>) {
-    match value {
-        Value::Object(fields) => {
-            for (key, v) in fields {
-                match (key.as_str(), v) {
-                    ("reference", Value::String(r)) => {
-                        if let Some((t, criteria)) = r.split_once('?') {
-                            if fhirbox_fhir::is_known_resource_type(t)
-                                && !criteria.is_empty()
-                                && !found.contains(r)
-                            {
+/// `Type?criteria` with a type this server knows, each once, in the order
+/// met. More than `MAX_CONDITIONAL_REFERENCES` is a 400, found without
+/// reading the rest.
+fn conditional_references(value: &Value, found: &mut Vec<String>) -> Result<(), RestError> {
+    let mut seen = HashSet::new();
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(fields) => {
+                for (key, v) in fields {
+                    match (key.as_str(), v) {
+                        ("reference", Value::String(r)) => {
+                            let conditional = r.split_once('?').is_some_and(|(t, criteria)| {
+                                fhirbox_fhir::is_known_resource_type(t) && !criteria.is_empty()
+                            });
+                            if conditional && seen.insert(r.as_str()) {
+                                if seen.len() > MAX_CONDITIONAL_REFERENCES {
+                                    return Err(RestError::bad_request(format!(
+                                        "the entry has more than {MAX_CONDITIONAL_REFERENCES} distinct conditional references; split it"
+                                    )));
+                                }
                                 found.push(r.clone());
                             }
                         }
+                        _ => stack.push(v),
                     }
-                    _ => conditional_references(v, found),
                 }
             }
+            Value::Array(items) => stack.extend(items.iter().rev()),
+            _ => {}
         }
-        Value::Array(items) => items.iter().for_each(|v| conditional_references(v, found)),
-        _ => {}
     }
+    Ok(())
 }
 
 fn entry_type(entry: &Entry) -> &str {
@@ -967,10 +979,22 @@ async fn run_transaction(
         Method::Put | Method::Patch => 2,
         Method::Get => 3,
     };
-    // A conditional delete that matched nothing writes nothing.
+    // A conditional delete that matched nothing writes nothing, unless
+    // ifMatch named a version of something (412, as over REST).
     let nothing_to_delete: HashSet<usize> = (0..entries.len())
         .filter(|i| entries[*i].method == Method::Delete && expected.get(i) == Some(&None))
         .collect();
+    if let Some(&i) = nothing_to_delete
+        .iter()
+        .find(|i| entries[**i].if_match.is_some())
+    {
+        return Err(RestError::new(
+            ErrorKind::PreconditionFailed,
+            IssueType::Conflict,
+            "the transaction was not applied: the conditional delete matches nothing, so its ifMatch cannot hold",
+        )
+        .at(format!("Bundle.entry[{i}]")));
+    }
     let mut order: Vec<usize> = (0..entries.len())
         .filter(|i| {
             entries[*i].method != Method::Get
@@ -1069,10 +1093,19 @@ async fn run_batch(
                     Ok(outcome) => EntryResult::Written(outcome, entry.method),
                     // A conditional delete that matches nothing has nothing
                     // to delete, unless ifMatch named a version of something.
-                    Err(StoreError::NoMatch { .. })
-                        if entry.method == Method::Delete && entry.if_match.is_none() =>
-                    {
-                        EntryResult::NothingDeleted
+                    Err(StoreError::NoMatch { .. }) if entry.method == Method::Delete => {
+                        if entry.if_match.is_none() {
+                            EntryResult::NothingDeleted
+                        } else {
+                            EntryResult::Failed(
+                                RestError::new(
+                                    ErrorKind::PreconditionFailed,
+                                    IssueType::Conflict,
+                                    "the conditional delete matches nothing, so its ifMatch cannot hold; nothing was deleted",
+                                )
+                                .at(at()),
+                            )
+                        }
                     }
                     Err(e) => EntryResult::Failed(RestError::from(e).at(at())),
                 },
@@ -1176,6 +1209,20 @@ mod tests {
         assert_eq!(v["list"][0]["item"]["reference"], "Patient/abc");
         assert_eq!(v["list"][1]["reference"], "Patient/keep");
         assert_eq!(v["note"], "urn:uuid:1");
+    }
+
+    #[test]
+    fn conditional_references_are_found_once_each_and_bounded() {
+        let mut found = Vec::new();
+        let v = json!({"a": {"reference": "Patient?identifier=x"}, "b": [{"reference": "Patient?identifier=x"},
+                       {"reference": "Nope?x=1"}, {"reference": "Patient/1"}, {"reference": "Group?name=g"}]});
+        conditional_references(&v, &mut found).unwrap();
+        assert_eq!(found, ["Patient?identifier=x", "Group?name=g"]);
+        let many: Vec<Value> = (0..=MAX_CONDITIONAL_REFERENCES)
+            .map(|i| json!({"reference": format!("Patient?_id=p{i}")}))
+            .collect();
+        let e = conditional_references(&json!({"item": many}), &mut Vec::new()).unwrap_err();
+        assert!(e.message.contains("more than 1000"), "{}", e.message);
     }
 
     #[test]

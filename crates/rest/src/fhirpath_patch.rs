@@ -618,24 +618,20 @@ fn apply_one(doc: &mut Value, resource_type: &str, op: &Operation) -> Result<(),
     Ok(())
 }
 
-/// When `key` holds one type of a choice element and the schema knows the
-/// same element with type `t` under another key, that key.
+/// When `key` holds one type of a top-level choice element (`deceasedBoolean`
+/// of `deceased[x]`) and the element takes type `t` under another key, that
+/// key. Nested choices are replaced in place (validation then checks the
+/// type), so a plain element is never moved to a look-alike.
 fn choice_key(resource_type: &str, parent: &[&str], key: &str, t: &str) -> Option<String> {
-    for (i, c) in key.char_indices().skip(1) {
-        if !c.is_ascii_uppercase() {
-            continue;
-        }
-        let candidate = format!("{}{t}", &key[..i]);
-        if candidate == key {
-            return None;
-        }
-        let mut at = parent.to_vec();
-        at.push(&candidate);
-        if crate_repeats(resource_type, &at).is_some() {
-            return Some(candidate);
-        }
+    if !parent.is_empty() {
+        return None;
     }
-    None
+    let element = fhirbox_fhir::elements::elements(resource_type)?
+        .iter()
+        .find(|e| e.name.ends_with("[x]") && e.holds(key))?;
+    let candidate = format!("{}{t}", element.name.strip_suffix("[x]")?);
+    (candidate != key && crate_repeats(resource_type, &[candidate.as_str()]).is_some())
+        .then_some(candidate)
 }
 
 fn crate_repeats(resource_type: &str, keys: &[&str]) -> Option<bool> {
@@ -736,6 +732,20 @@ mod tests {
             doc["contact"],
             json!([{"name": {"family": "Kin"}, "gender": "male"}])
         );
+    }
+
+    #[test]
+    fn only_a_choice_element_changes_its_key() {
+        let task = json!({"resourceType": "Task", "status": "draft", "intent": "order",
+                          "reasonCode": {"text": "why"}});
+        let doc = patched(
+            task,
+            vec![op(json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Task.reasonCode"},
+                           {"name": "value", "valueReference": {"reference": "Condition/c"}}]))],
+        )
+        .unwrap();
+        assert_eq!(doc["reasonCode"], json!({"reference": "Condition/c"}));
+        assert!(doc.get("reasonReference").is_none());
     }
 
     #[test]

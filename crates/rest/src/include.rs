@@ -6,7 +6,7 @@
 //! on `GET /fhir/{type}/{id}`), and a page carries at most `MAX_INCLUDED`
 //! of them, found in at most `MAX_ITERATE_ROUNDS` rounds (docs/search.md).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use fhirbox_auth::access::RequestFacts;
 use fhirbox_auth::Identity;
@@ -258,7 +258,7 @@ fn queries(include: &Include, page: &[StoredResource]) -> Vec<SearchQuery> {
             ..SearchQuery::default()
         }];
     }
-    let mut ids: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for r in page.iter().filter(|r| include.from(&r.resource_type)) {
         let params: Vec<&std::sync::Arc<fhirbox_fhir::search::SearchParam>> = match &include.param {
             Some(code) => table.get(&r.resource_type, code).into_iter().collect(),
@@ -282,10 +282,7 @@ fn queries(include: &Include, page: &[StoredResource]) -> Vec<SearchQuery> {
                 } = value
                 {
                     if include.targets(&t) && fhirbox_fhir::is_known_resource_type(&t) {
-                        let list = ids.entry(t).or_default();
-                        if !list.contains(&id) {
-                            list.push(id);
-                        }
+                        ids.entry(t).or_default().insert(id);
                     }
                 }
             }
@@ -294,7 +291,7 @@ fn queries(include: &Include, page: &[StoredResource]) -> Vec<SearchQuery> {
     ids.into_iter()
         .map(|(t, ids)| SearchQuery {
             resource_type: Some(t),
-            ids: Some(ids),
+            ids: Some(ids.into_iter().collect()),
             ..SearchQuery::default()
         })
         .collect()

@@ -203,7 +203,11 @@ pub fn parse_criteria(
     let criteria = serde_urlencoded::to_string(&canonical)
         .map_err(|e| RestError::bad_request(format!("{what}: {e}")))?;
     Ok(Matching {
-        query: request.query,
+        // Matches are told apart from none and from several, never counted.
+        query: SearchQuery {
+            total: TotalMode::None,
+            ..request.query
+        },
         criteria: format!("{resource_type}?{criteria}"),
         answer_existing,
         check_target: None,
@@ -331,6 +335,16 @@ pub fn parse_search(
                 continue;
             }
             "_format" | "_pretty" => continue,
+            // R4 §3.1.1.5.10: searching contained resources is not offered;
+            // ignoring it would answer a different question.
+            "_contained" | "_containedType" => {
+                return Err(RestError::not_supported(
+                    crate::error::ErrorKind::BadRequest,
+                    format!(
+                        "{name} is not supported: this server searches and returns resources, not the resources they contain"
+                    ),
+                ))
+            }
             // Read after the loop, by `shape::parse`.
             "_summary" | "_elements" => {}
             // Read before the loop.
@@ -364,7 +378,7 @@ pub fn parse_search(
                     };
                     query
                         .filters
-                        .push(linked(scope, other, value, 0, &mut chained)?);
+                        .push(linked(scope, other, value, 0, &mut chained, &mut conditions)?);
                     applied.push((name.clone(), value.clone()));
                     continue;
                 }
@@ -487,6 +501,7 @@ fn linked(
     value: &str,
     depth: usize,
     chained: &mut Vec<String>,
+    conditions: &mut usize,
 ) -> Result<Filter, RestError> {
     let bad = |why: String| RestError::bad_request(format!("{name}: {why}"));
     if depth > MAX_CHAIN {
@@ -510,8 +525,8 @@ fn linked(
                 "{source}.{code} does not refer to {resource_type}"
             )));
         }
-        chained.push(source.to_owned());
-        let filter = linked(source, inner, value, depth + 1, chained)?;
+        reach(chained, source);
+        let filter = linked(source, inner, value, depth + 1, chained, conditions)?;
         return Ok(Filter {
             any_of: vec![Condition::Has {
                 source_type: source.to_owned(),
@@ -546,10 +561,22 @@ fn linked(
             // server); the caller must be allowed to search each one.
             (None, targets) => {
                 let next = inner.split(['.', ':']).next().unwrap_or_default();
+                // A `_has` next: the targets its source parameter refers to.
+                let has_targets: Option<&[String]> = inner
+                    .strip_prefix("_has:")
+                    .and_then(|rest| {
+                        let mut parts = rest.splitn(3, ':');
+                        definition(parts.next(), parts.next()?)
+                    })
+                    .map(|p| p.targets.as_slice());
                 let having: Vec<&str> = targets
                     .iter()
                     .map(String::as_str)
-                    .filter(|t| next == "_has" || definition(Some(t), next).is_some())
+                    .filter(|t| match (next, has_targets) {
+                        ("_has", Some(refers_to)) => refers_to.iter().any(|r| r == t),
+                        ("_has", None) => true,
+                        _ => definition(Some(t), next).is_some(),
+                    })
                     .collect();
                 if having.is_empty() {
                     return Err(bad(format!(
@@ -562,8 +589,8 @@ fn linked(
         };
         let mut any_of = Vec::with_capacity(targets.len());
         for target in targets {
-            chained.push(target.to_owned());
-            let filter = linked(target, inner, value, depth + 1, chained)?;
+            reach(chained, target);
+            let filter = linked(target, inner, value, depth + 1, chained, conditions)?;
             any_of.push(Condition::Chain {
                 param: code.to_owned(),
                 target_type: target.to_owned(),
@@ -583,7 +610,23 @@ fn linked(
     }
     let param = definition(Some(resource_type), code)
         .ok_or_else(|| bad(format!("{resource_type} has no search parameter {code:?}")))?;
-    filter(param, modifier, value)
+    let leaf = filter(param, modifier, value)?;
+    // A chain without a type branches at every link; its values count in
+    // every branch, so the search stays bounded.
+    *conditions += leaf.any_of.len();
+    if *conditions > MAX_CONDITIONS {
+        return Err(RestError::bad_request(format!(
+            "the search has more than {MAX_CONDITIONS} values across its parameters (a chain without a type counts its values once per type it passes through); name the types or split the search"
+        )));
+    }
+    Ok(leaf)
+}
+
+/// Adds `resource_type` to the types a search reaches, once.
+fn reach(chained: &mut Vec<String>, resource_type: &str) {
+    if !chained.iter().any(|c| c == resource_type) {
+        chained.push(resource_type.to_owned());
+    }
 }
 
 /// Splits a parameter value at unescaped commas (R4 §3.1.1.5.7: `\,` is a
@@ -1155,6 +1198,24 @@ mod tests {
                 "{k}={v}"
             );
         }
+    }
+
+    #[test]
+    fn a_chain_without_a_type_counts_its_values_in_every_branch() {
+        let values = (0..MAX_VALUES)
+            .map(|i| format!("x{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let fanned = params(&[(
+            "derived-from.derived-from.derived-from.name",
+            values.as_str(),
+        )]);
+        let e = parse_search(Some("ActivityDefinition"), &fanned, false).unwrap_err();
+        assert!(e.message.contains("more than 1000 values"), "{}", e.message);
+        // A typeless chain into _has keeps the targets _has can refer to.
+        let has = params(&[("subject._has:Observation:patient:code", "x")]);
+        let req = parse_search(Some("Encounter"), &has, false).unwrap();
+        assert_eq!(req.chained, ["Group", "Observation", "Patient"]);
     }
 
     #[test]

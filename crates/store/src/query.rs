@@ -1003,7 +1003,8 @@ fn push_sort_join(sql: &mut Sql, q: &SearchQuery, field: &SortField, i: usize) {
     ))
     .bind(Bind::Text(param.clone()));
     if let Some(rt) = &q.resource_type {
-        sql.push(" AND resource_type = ").bind(Bind::Text(rt.clone()));
+        sql.push(" AND resource_type = ")
+            .bind(Bind::Text(rt.clone()));
     }
     sql.push(&format!(
         " GROUP BY res_key) AS k{i} ON k{i}.sk = resource.res_key"

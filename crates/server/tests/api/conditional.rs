@@ -561,6 +561,13 @@ async fn conditional_writes_and_references_fail_a_transaction_clearly(app: TestA
             r.text
         );
     }
+    // ifMatch on a conditional delete that matches nothing cannot hold.
+    let r = transaction(
+        &app,
+        json!([{"request": {"method": "DELETE", "url": criteria("nobody"), "ifMatch": "W/\"1\""}}]),
+    )
+    .await;
+    r.assert_outcome(412, "ifMatch cannot hold");
     assert_eq!(
         app.get("/fhir/Observation?_summary=count").await.json()["total"],
         0,
@@ -589,7 +596,8 @@ async fn batch_entries_write_by_criteria_each_on_their_own(app: TestApp) {
                               "subject": {"reference": criteria("nobody")}},
                  "request": {"method": "POST", "url": "Observation"}},
                 {"resource": patient("b1", "Renamed"),
-                 "request": {"method": "PUT", "url": criteria("b1")}}
+                 "request": {"method": "PUT", "url": criteria("b1")}},
+                {"request": {"method": "DELETE", "url": criteria("nobody"), "ifMatch": "W/\"1\""}}
             ]}),
         )
         .await;
@@ -602,6 +610,7 @@ async fn batch_entries_write_by_criteria_each_on_their_own(app: TestApp) {
     assert_eq!(got[3], "201 Created");
     assert!(got[4].starts_with("404"), "{got:?}");
     assert_eq!(got[5], "200 OK");
+    assert!(got[6].starts_with("412"), "{got:?}");
     assert_eq!(
         bundle["entry"][3]["resource"]["subject"]["reference"],
         format!("Patient/{b}")

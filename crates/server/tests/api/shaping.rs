@@ -202,6 +202,14 @@ async fn shaping_errors_name_what_to_fix(app: TestApp) {
             "/fhir/Patient?_summary=true&_elements=name",
             "cannot be combined",
         ),
+        (
+            "/fhir/Patient?_contained=true",
+            "_contained is not supported",
+        ),
+        (
+            "/fhir/Observation?_containedType=contained",
+            "_containedType is not supported",
+        ),
     ] {
         app.get(path).await.assert_outcome(400, needle);
     }
