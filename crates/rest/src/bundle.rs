@@ -693,21 +693,10 @@ async fn conditional_creates(
             ))
             .at(at()));
         }
-        let page = app
-            .store
-            .search(SearchQuery {
-                count: 1,
-                ..matching.query.clone()
-            })
-            .await?;
-        if page.next.is_some() {
-            return Err(RestError::from(StoreError::MultipleMatches {
-                resource_type: entry_type(entry).to_owned(),
-                criteria: matching.criteria,
-            })
-            .at(at()));
-        }
-        match page.resources.into_iter().next() {
+        match one_match(app, entry_type(entry), &matching)
+            .await
+            .map_err(|e| RestError::from(e).at(at()))?
+        {
             Some(existing) => {
                 found.insert(i, existing);
             }
@@ -741,21 +730,10 @@ async fn conditional_writes(
         let matching =
             search::parse_criteria(t, criteria, "the conditional write's criteria", true)
                 .map_err(|e| e.at(at()))?;
-        let page = app
-            .store
-            .search(SearchQuery {
-                count: 1,
-                ..matching.query.clone()
-            })
-            .await?;
-        if page.next.is_some() {
-            return Err(RestError::from(StoreError::MultipleMatches {
-                resource_type: t.clone(),
-                criteria: matching.criteria,
-            })
-            .at(at()));
-        }
-        let id = page.resources.into_iter().next().map(|r| r.id);
+        let id = one_match(app, t, &matching)
+            .await
+            .map_err(|e| RestError::from(e).at(at()))?
+            .map(|r| r.id);
         if id.is_none() && entry.method == Method::Patch {
             return Err(RestError::from(StoreError::NoMatch {
                 resource_type: t.clone(),
@@ -809,22 +787,9 @@ async fn resolve_conditional_references(
             )));
         }
         let matching = search::parse_criteria(t, criteria, &what, false)?;
-        let page = app
-            .store
-            .search(SearchQuery {
-                count: 1,
-                ..matching.query.clone()
-            })
-            .await?;
         let error =
             |e: StoreError| RestError::from(e).prefixed(&format!("{what} cannot be resolved"));
-        if page.next.is_some() {
-            return Err(error(StoreError::MultipleMatches {
-                resource_type: t.to_owned(),
-                criteria: matching.criteria,
-            }));
-        }
-        let Some(found) = page.resources.into_iter().next() else {
+        let Some(found) = one_match(app, t, &matching).await.map_err(error)? else {
             return Err(error(StoreError::NoMatch {
                 resource_type: t.to_owned(),
                 criteria: matching.criteria,
@@ -871,6 +836,28 @@ fn conditional_references(value: &Value, found: &mut Vec<String>) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// The one resource `matching` finds, or none; several is `MultipleMatches`.
+async fn one_match(
+    app: &Rest,
+    resource_type: &str,
+    matching: &Matching,
+) -> Result<Option<StoredResource>, StoreError> {
+    let page = app
+        .store
+        .search(SearchQuery {
+            count: 1,
+            ..matching.query.clone()
+        })
+        .await?;
+    if page.next.is_some() {
+        return Err(StoreError::MultipleMatches {
+            resource_type: resource_type.to_owned(),
+            criteria: matching.criteria.clone(),
+        });
+    }
+    Ok(page.resources.into_iter().next())
 }
 
 fn entry_type(entry: &Entry) -> &str {

@@ -8,8 +8,8 @@
 
 use serde_json::{Map, Value};
 
-/// Most operations one patch may carry (as for JSON Patch).
-pub const MAX_OPERATIONS: usize = crate::patch::MAX_PATCH_OPERATIONS;
+/// Most operations one patch may carry, as many as a JSON Patch may.
+pub const MAX_OPERATIONS: usize = 1000;
 
 /// One operation of a FHIRPath Patch.
 #[derive(Debug, Clone, PartialEq)]

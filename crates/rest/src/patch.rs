@@ -8,7 +8,8 @@ use serde_json::Value;
 
 use crate::error::RestError;
 
-/// Most operations one JSON Patch may carry.
+/// Most operations one JSON Patch may carry (a FHIRPath Patch: the same,
+/// `fhirpath_patch::MAX_OPERATIONS`).
 pub const MAX_PATCH_OPERATIONS: usize = 1000;
 /// Deepest nesting a stored resource may have: the JSON parser's own limit,
 /// which a patch (by moving objects into each other) could otherwise pass.

@@ -6,7 +6,6 @@ use fhirbox_fhir::elements::{elements, Element};
 use serde_json::{json, Map, Value};
 
 use crate::error::RestError;
-use crate::search::Params;
 
 /// The tag a shaped resource carries, so that nobody takes it for the whole
 /// resource and writes it back (R4 §3.1.1.5.8).
@@ -43,7 +42,11 @@ pub fn is_shaping(name: &str) -> bool {
 /// `resource_types` (empty: any type). `search` allows `_summary=count`.
 /// An element none of the types has is refused, so a misspelt name is a
 /// 400 rather than a resource stripped to its id.
-pub fn parse(resource_types: &[&str], params: &Params, search: bool) -> Result<Shaping, RestError> {
+pub fn parse(
+    resource_types: &[&str],
+    params: &[(String, String)],
+    search: bool,
+) -> Result<Shaping, RestError> {
     let mut shaping = Shaping::default();
     let mut summary = None;
     let mut asked: Vec<String> = Vec::new();
@@ -196,7 +199,7 @@ pub fn is_subset(resource: &Value) -> bool {
 mod tests {
     use super::*;
 
-    fn params(pairs: &[(&str, &str)]) -> Params {
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))

@@ -969,14 +969,19 @@ pub(crate) fn search(q: &SearchQuery) -> Result<SearchPlan, StoreError> {
 
     Ok(SearchPlan {
         select,
-        total: if q.total == TotalMode::None {
-            Total::Skip
-        } else {
-            Total::Count
-        },
+        total: counted_total(q),
         backwards,
         sort_values: Vec::new(),
     })
+}
+
+/// A total from the `count` statement, unless none was asked for.
+fn counted_total(q: &SearchQuery) -> Total {
+    if q.total == TotalMode::None {
+        Total::Skip
+    } else {
+        Total::Count
+    }
 }
 
 /// The sort keys of a general sort as text (`name,-date`), which a cursor
@@ -1141,11 +1146,7 @@ fn sorted(q: &SearchQuery, backwards: bool, limit: Bind) -> SearchPlan {
         ));
     SearchPlan {
         select,
-        total: if q.total == TotalMode::None {
-            Total::Skip
-        } else {
-            Total::Count
-        },
+        total: counted_total(q),
         backwards,
         sort_values: kinds,
     }
