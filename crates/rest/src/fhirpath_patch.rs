@@ -282,25 +282,22 @@ fn conditions(text: &str) -> Result<Vec<(Vec<String>, Value)>, String> {
 }
 
 /// Splits on ` and ` outside quotes.
-fn split_and(text: &str) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let mut quoted = false;
-    let chars: Vec<char> = text.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '\'' && (i == 0 || chars[i - 1] != '\\') {
-            quoted = !quoted;
+fn split_and(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '\'' => quoted = !quoted,
+            ' ' if !quoted && i >= start && text[i..].starts_with(" and ") => {
+                parts.push(&text[start..i]);
+                start = i + " and ".len();
+            }
+            _ => {}
         }
-        let rest: String = chars[i..].iter().take(5).collect();
-        if !quoted && rest == " and " {
-            parts.push(String::new());
-            i += 5;
-            continue;
-        }
-        parts.last_mut().unwrap_or(&mut String::new()).push(c);
-        i += 1;
     }
+    parts.push(&text[start..]);
     parts
 }
 

@@ -1117,24 +1117,21 @@ fn sorted(q: &SearchQuery, backwards: bool, limit: Bind) -> SearchPlan {
         push_after(&mut select, keys, &kinds, c, backwards);
     }
     // Each key in its direction with the missing last; backwards, all flipped.
+    let dir = |descending: bool| {
+        if descending != backwards {
+            "DESC"
+        } else {
+            "ASC"
+        }
+    };
+    let nulls = if backwards { "FIRST" } else { "LAST" };
     let order = |prefix: &str| -> String {
         let mut parts: Vec<String> = keys
             .iter()
             .enumerate()
-            .map(|(i, f)| {
-                let (dir, nulls) = match f.descending != backwards {
-                    false if !backwards => ("ASC", "LAST"),
-                    true if !backwards => ("DESC", "LAST"),
-                    false => ("ASC", "FIRST"),
-                    true => ("DESC", "FIRST"),
-                };
-                format!("{prefix}s{i} {dir} NULLS {nulls}")
-            })
+            .map(|(i, f)| format!("{prefix}s{i} {} NULLS {nulls}", dir(f.descending)))
             .collect();
-        parts.push(format!(
-            "{prefix}page_key {}",
-            if backwards { "DESC" } else { "ASC" }
-        ));
+        parts.push(format!("{prefix}page_key {}", dir(false)));
         parts.join(", ")
     };
     select
