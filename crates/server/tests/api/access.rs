@@ -79,6 +79,7 @@ backend_tests!(
     every_bundle_entry_is_authorized_as_its_own_request,
     only_root_writes_clients_policies_and_other_server_types,
     patch_never_reads_the_stored_hash,
+    fhirpath_patch_and_shaped_reads_are_authorized_like_their_routes,
     literal_secrets_of_other_fields_are_never_returned_but_kept,
     tokens_die_with_their_client_generation,
     credentials_are_checked_before_grants,
@@ -1197,4 +1198,54 @@ async fn patches_and_bundles_are_bounded(app: TestApp) {
         .await;
     let ok = wide.post("/fhir", &reads(10_001)).await;
     assert_eq!(ok.status, 200, "{}", ok.text);
+}
+
+/// A FHIRPath Patch is a PATCH like any other: a client whose policy lets it
+/// read Patients but not patch them gets 403 and nothing changes; one that
+/// may patch them succeeds. A shaped read (`_elements`) is a read: the
+/// reader gets it, a client without read access does not.
+async fn fhirpath_patch_and_shaped_reads_are_authorized_like_their_routes(app: TestApp) {
+    app.put_patient("fp", "Before").await;
+    app.matcho_client(
+        "fp-reader",
+        SECRET,
+        json!({"request-method": "get", "params": {"resource/type": "Patient"}}),
+    )
+    .await;
+    app.matcho_client(
+        "fp-patcher",
+        SECRET,
+        json!({"request-method": "patch", "params": {"resource/type": "Patient"}}),
+    )
+    .await;
+    let patch = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "replace"},
+        {"name": "path", "valueString": "Patient.name[0].family"},
+        {"name": "value", "valueString": "After"}]}]});
+    let as_client = |id: &str| {
+        app.anon
+            .patch(app.url("/fhir/Patient/fp"))
+            .basic_auth(id, Some(SECRET))
+            .header("content-type", "application/fhir+json")
+            .body(patch.to_string())
+    };
+    app.send(as_client("fp-reader"))
+        .await
+        .assert_outcome(403, "");
+    assert_eq!(
+        app.get("/fhir/Patient/fp").await.json()["name"][0]["family"],
+        "Before"
+    );
+    let done = app.send(as_client("fp-patcher")).await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    assert_eq!(
+        app.get("/fhir/Patient/fp").await.json()["name"][0]["family"],
+        "After"
+    );
+    let shaped = get_as(&app, "/fhir/Patient/fp?_elements=name", "fp-reader").await;
+    assert_eq!(shaped.status, 200, "{}", shaped.text);
+    assert_eq!(shaped.json()["name"][0]["family"], "After");
+    get_as(&app, "/fhir/Patient/fp?_elements=name", "fp-patcher")
+        .await
+        .assert_outcome(403, "");
 }
