@@ -57,6 +57,7 @@ pub(crate) const SQLITE: &[(i64, &[&str])] = &[
     (6, &[]),
     (7, PROBE_INDEX),
     (8, LIVE_BY_KEY),
+    (9, SQLITE_HISTORY_TRIGGERS),
 ];
 
 /// The indexes of `search_index`, the same on both backends: one for
@@ -117,6 +118,31 @@ const PROBE_INDEX: &[&str] = &[
 const LIVE_BY_KEY: &[&str] = &[
     "CREATE INDEX resource_live_by_key ON resource (resource_type, deleted, res_key)",
     "DROP INDEX resource_live_by_id",
+];
+
+/// Every version a resource row takes is copied into `resource_history` by
+/// the database itself, in the statement that writes the row: a write then
+/// costs one statement less (one round trip to the database), and no write
+/// path can forget the history. Deleted versions are copied too, with the
+/// empty body the row then holds.
+const SQLITE_HISTORY_TRIGGERS: &[&str] = &[
+    "CREATE TRIGGER resource_history_on_insert AFTER INSERT ON resource BEGIN \
+     INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, body) \
+     VALUES (NEW.resource_type, NEW.id, NEW.version_id, NEW.last_updated, NEW.deleted, NEW.body); END",
+    "CREATE TRIGGER resource_history_on_update AFTER UPDATE ON resource BEGIN \
+     INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, body) \
+     VALUES (NEW.resource_type, NEW.id, NEW.version_id, NEW.last_updated, NEW.deleted, NEW.body); END",
+];
+
+/// The same copy on PostgreSQL, as a row trigger
+/// (https://www.postgresql.org/docs/current/plpgsql-trigger.html).
+const POSTGRES_HISTORY_TRIGGER: &[&str] = &[
+    "CREATE FUNCTION resource_history_copy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+     INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, body) \
+     VALUES (NEW.resource_type, NEW.id, NEW.version_id, NEW.last_updated, NEW.deleted, NEW.body); \
+     RETURN NULL; END $$",
+    "CREATE TRIGGER resource_history_copy AFTER INSERT OR UPDATE ON resource \
+     FOR EACH ROW EXECUTE FUNCTION resource_history_copy()",
 ];
 
 /// (version, statements) for PostgreSQL.
@@ -183,6 +209,7 @@ pub(crate) const POSTGRES: &[(i64, &[&str])] = &[
     ),
     (7, PROBE_INDEX),
     (8, LIVE_BY_KEY),
+    (9, POSTGRES_HISTORY_TRIGGER),
 ];
 
 /// Bookkeeping table, the same on both backends.

@@ -27,6 +27,9 @@ pub struct PostgresStore {
 
 const MAX_CONNECTIONS: u32 = 16;
 /// Serialises migrations when several instances start at once.
+/// How long a pooled connection may sit idle before it is pinged again.
+const PING_AFTER_IDLE: Duration = Duration::from_millis(500);
+
 const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7262890113)";
 
 impl PostgresStore {
@@ -40,6 +43,20 @@ impl PostgresStore {
     pub async fn open(url: &str) -> StoreResult<PostgresStore> {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            // A connection is pinged before use only when it has sat idle
+            // for a while (as HikariCP skips the check for connections used
+            // within its `aliveBypassWindowMs`, 500 ms): a connection in
+            // steady use has just proven itself, and the ping is a round
+            // trip to the server on every request.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_AFTER_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await

@@ -36,6 +36,9 @@ macro_rules! sql_backend {
                     Bind::Text(s) => q.bind(s),
                     Bind::Int(i) => q.bind(i),
                     Bind::Float(f) => q.bind(f),
+                    Bind::NullText => q.bind(None::<String>),
+                    Bind::NullInt => q.bind(None::<i64>),
+                    Bind::NullFloat => q.bind(None::<f64>),
                 };
             }
             q
@@ -129,22 +132,6 @@ macro_rules! sql_backend {
                 .transpose()
         }
 
-        async fn insert_history(conn: &mut $conn, r: &StoredResource) -> StoreResult<()> {
-            sqlx::query(
-                "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, body) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&r.resource_type)
-            .bind(&r.id)
-            .bind(r.version_id)
-            .bind(r.last_updated)
-            .bind(r.deleted)
-            .bind(&r.body)
-            .execute(&mut *conn)
-            .await.db()?;
-            Ok(())
-        }
-
         /// Takes the criteria locks of every conditional write of a set up
         /// front, in one order, so that two sets with the same criteria in
         /// different orders wait for each other instead of deadlocking.
@@ -190,7 +177,9 @@ macro_rules! sql_backend {
             rows.iter().map(row_to_resource).collect()
         }
 
-        /// Applies one write inside an open transaction.
+        /// Applies one write inside an open transaction. Every refusal
+        /// (`refused_alone` in the SQLite writer) comes before the first
+        /// statement that writes, so a refused write has changed nothing.
         async fn apply(conn: &mut $conn, op: &WriteOp) -> StoreResult<WriteOutcome> {
             let rt = op.resource_type.as_str();
             let id = op.id.as_str();
@@ -204,8 +193,17 @@ macro_rules! sql_backend {
                 }
             }
             let id = matched.as_ref().map_or(id, |found| found.id.as_str());
+            // A create under an id the server has just chosen inserts
+            // without reading first: the insert's conflict clause tells
+            // whether the id was taken after all, and then the write goes
+            // round again with the locking read.
+            let mut unread = matches!(op.kind, WriteKind::Create(_)) && op.if_match.is_none();
             loop {
-                let selected = select_current(conn, rt, id).await?;
+                let selected = if std::mem::take(&mut unread) {
+                    None
+                } else {
+                    select_current(conn, rt, id).await?
+                };
                 let current_key = selected.as_ref().map(|(_, key)| *key);
                 let current = selected.map(|(row, _)| row);
                 // The match was searched without a lock: a write to it since
@@ -300,6 +298,9 @@ macro_rules! sql_backend {
                     deleted,
                     body,
                 };
+                if current.is_some() && current_key.is_none() {
+                    return Err(StoreError::Corrupt("a stored row has no key".into()));
+                }
                 let key = if current.is_none() {
                     let inserted = sqlx::query(concat!(
                         "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, body, res_key) \
@@ -333,9 +334,8 @@ macro_rules! sql_backend {
                     .bind(&record.body)
                     .execute(&mut *conn)
                     .await.db()?;
-                    current_key.ok_or_else(|| StoreError::Corrupt("a stored row has no key".into()))?
+                    current_key.unwrap_or_default()
                 };
-                insert_history(conn, &record).await?;
                 write_index(conn, key, rt, &entries, current.is_some()).await?;
                 return Ok(WriteOutcome {
                     created: live.is_none() && !deleted,
