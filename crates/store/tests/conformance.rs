@@ -40,6 +40,7 @@ backend_variants!(
     searches_come_in_creation_order_and_page_by_it,
     bounded_totals_count_up_to_their_bound,
     sorts_by_parameters_keep_missing_last_and_page_both_ways,
+    index_rows_of_any_number_are_written_whole,
 );
 
 /// A store on a database of its own, removed when the test ends.
@@ -1587,4 +1588,60 @@ async fn sorts_by_parameters_keep_missing_last_and_page_both_ways(store: TestSto
         })
         .await;
     assert!(matches!(other, Err(StoreError::InvalidCursor)), "{other:?}");
+}
+
+/// A resource's index rows go out in statements written for a power-of-two
+/// number of rows and at most 256 at a time: every row of 1, 3, 64, 65 and
+/// 300 is found (first, middle, last, a row without a system), and an
+/// update replaces them all.
+async fn index_rows_of_any_number_are_written_whole(store: TestStore) {
+    let many: Indexer = Arc::new(|_, body: &Value| {
+        let n = body["n"].as_u64().unwrap_or_default();
+        let tag = body["tag"].as_str().unwrap_or_default().to_owned();
+        (0..n)
+            .map(|i| IndexEntry::Token {
+                param: "many".into(),
+                system: (i % 2 == 0).then(|| "urn:s".to_owned()),
+                code: Some(format!("{tag}-{i}")),
+                text: None,
+            })
+            .collect()
+    });
+    let put = |id: &str, n: u64, tag: &str| WriteOp {
+        index: Some(many.clone()),
+        ..op(
+            "Patient",
+            id,
+            WriteKind::Put(json!({"resourceType": "Patient", "id": id, "n": n, "tag": tag})),
+        )
+    };
+    let code = |c: String| {
+        vec![Condition::Token {
+            param: "many".into(),
+            system: None,
+            code: Some(c),
+        }]
+    };
+    for n in [1u64, 3, 64, 65, 300] {
+        let id = format!("n{n}");
+        write(&store, put(&id, n, &id)).await;
+        for i in [0, n / 2, n - 1] {
+            assert_eq!(
+                found(&store, vec![code(format!("{id}-{i}"))]).await,
+                vec![id.clone()],
+                "row {i} of {n}"
+            );
+        }
+    }
+    write(&store, put("n300", 2, "again")).await;
+    assert!(
+        found(&store, vec![code("n300-299".into())])
+            .await
+            .is_empty(),
+        "old rows are gone"
+    );
+    assert_eq!(
+        found(&store, vec![code("again-1".into())]).await,
+        vec!["n300".to_owned()]
+    );
 }
