@@ -180,6 +180,28 @@ impl<T> DbResult<T> for Result<T, sqlx::Error> {
     }
 }
 
+impl<T> DbResult<T> for Result<T, rusqlite::Error> {
+    fn db(self) -> Result<T, StoreError> {
+        self.map_err(classify_sqlite)
+    }
+}
+
+/// Sorts an error of the SQLite writer's driver into the store's kinds, as
+/// `classify` does for sqlx's.
+fn classify_sqlite(err: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match &err {
+        rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Contention,
+            ErrorCode::CannotOpen | ErrorCode::SystemIoFailure | ErrorCode::DiskFull => {
+                StoreError::Unavailable(Box::new(err))
+            }
+            _ => StoreError::Database(Box::new(err)),
+        },
+        _ => StoreError::Database(Box::new(err)),
+    }
+}
+
 /// Sorts a driver error into the store's kinds.
 pub(crate) fn classify(err: sqlx::Error) -> StoreError {
     {

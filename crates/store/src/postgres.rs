@@ -7,14 +7,13 @@ use crate::error::DbResult;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-crate::sql::sql_backend!(
-    PostgresStore,
+crate::sql::sql_backend!(PostgresStore, Postgres, PgConnection, "FOR UPDATE", true);
+crate::sql::sql_writes!(
     Postgres,
     PgConnection,
     "FOR UPDATE",
     "nextval('resource_res_key_seq')",
     "BEGIN",
-    true,
     Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
 );
 

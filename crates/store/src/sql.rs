@@ -3,21 +3,17 @@
 //! locking, migration locking, pool set-up) is passed in by the backend module.
 
 /// Generates the storage trait implementations for `$store`, a struct with
-/// `reader` and `writer` pools of database `$db` and connection type `$conn`.
-/// `$lock` is the row-locking clause appended to the read-for-update query.
-/// `$key` is the SQL expression that numbers a new resource row (`res_key`).
-/// `$begin` starts a write transaction. `$plan_each` says whether a search
-/// that combines filters is planned for its values each time rather than
-/// kept prepared: PostgreSQL switches a prepared statement to a generic plan
-/// after five runs, and a generic plan cannot tell a reference that matches
-/// 50 rows from a code that matches 50,000 (a search with one filter has one
-/// way in, and skips the planning)
+/// `reader` and `writer` pools of database `$db` and connection type `$conn`
+/// and an async `submit` that commits a write set. `$lock` is the
+/// row-locking clause appended to the read-for-update query. `$plan_each`
+/// says whether a search that combines filters is planned for its values
+/// each time rather than kept prepared: PostgreSQL switches a prepared
+/// statement to a generic plan after five runs, and a generic plan cannot
+/// tell a reference that matches 50 rows from a code that matches 50,000 (a
+/// search with one filter has one way in, and skips the planning)
 /// (https://www.postgresql.org/docs/current/sql-prepare.html, "Notes").
-/// `$match_lock` (bound to the criteria text) makes conditional writes with
-/// equal criteria wait for each other before they search; `None` where writes
-/// run one at a time anyway.
 macro_rules! sql_backend {
-    ($store:ident, $db:ty, $conn:ty, $lock:literal, $key:literal, $begin:literal, $plan_each:literal, $match_lock:expr) => {
+    ($store:ident, $db:ty, $conn:ty, $lock:literal, $plan_each:literal) => {
         use sqlx::Row as _;
 
         use crate::error::StoreError;
@@ -55,41 +51,6 @@ macro_rules! sql_backend {
             })
         }
 
-        /// Sets `id` and `meta.versionId`/`meta.lastUpdated`, keeping every other
-        /// meta element, with `resourceType`, `id` and `meta` first.
-        fn finalize_body(
-            resource_type: &str,
-            id: &str,
-            version_id: i64,
-            last_updated: i64,
-            body: serde_json::Value,
-        ) -> StoreResult<serde_json::Value> {
-            let serde_json::Value::Object(mut fields) = body else {
-                return Err(StoreError::Corrupt("resource body is not a JSON object".into()));
-            };
-            let mut meta = match fields.shift_remove("meta") {
-                Some(serde_json::Value::Object(m)) => m,
-                _ => serde_json::Map::new(),
-            };
-            meta.shift_remove("versionId");
-            meta.shift_remove("lastUpdated");
-            let mut ordered_meta = serde_json::Map::new();
-            ordered_meta.insert("versionId".into(), version_id.to_string().into());
-            ordered_meta.insert(
-                "lastUpdated".into(),
-                crate::instant::format_micros(last_updated).into(),
-            );
-            ordered_meta.extend(meta);
-            fields.shift_remove("resourceType");
-            fields.shift_remove("id");
-            let mut out = serde_json::Map::with_capacity(fields.len() + 3);
-            out.insert("resourceType".into(), resource_type.into());
-            out.insert("id".into(), id.into());
-            out.insert("meta".into(), serde_json::Value::Object(ordered_meta));
-            out.extend(fields);
-            Ok(serde_json::Value::Object(out))
-        }
-
         /// Replaces the index rows of the resource row `key`.
         async fn write_index(
             conn: &mut $conn,
@@ -110,268 +71,6 @@ macro_rules! sql_backend {
                     .await.db()?;
             }
             Ok(())
-        }
-
-        /// The current row (locked for the write) and its `res_key`.
-        async fn select_current(
-            conn: &mut $conn,
-            resource_type: &str,
-            id: &str,
-        ) -> StoreResult<Option<(StoredResource, i64)>> {
-            let row = sqlx::query(concat!(
-                "SELECT resource_type, id, version_id, last_updated, deleted, body, res_key FROM resource ",
-                "WHERE resource_type = $1 AND id = $2 ",
-                $lock
-            ))
-            .bind(resource_type)
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await.db()?;
-            row.as_ref()
-                .map(|r| Ok((row_to_resource(r)?, r.try_get::<i64, _>("res_key").db()?)))
-                .transpose()
-        }
-
-        /// Takes the criteria locks of every conditional write of a set up
-        /// front, in one order, so that two sets with the same criteria in
-        /// different orders wait for each other instead of deadlocking.
-        async fn lock_criteria(conn: &mut $conn, ops: &[WriteOp]) -> StoreResult<()> {
-            let lock: Option<&'static str> = $match_lock;
-            let Some(lock) = lock else {
-                return Ok(());
-            };
-            let mut criteria: Vec<&str> = ops
-                .iter()
-                .filter_map(|op| op.matching.as_ref().map(|m| m.criteria.as_str()))
-                .collect();
-            criteria.sort_unstable();
-            criteria.dedup();
-            for c in criteria {
-                sqlx::query(lock).bind(c).execute(&mut *conn).await.db()?;
-            }
-            Ok(())
-        }
-
-        /// The first two current matches of a conditional write's criteria,
-        /// searched in the write's transaction after waiting for writes with
-        /// the same criteria.
-        async fn find_matches(conn: &mut $conn, matching: &Matching) -> StoreResult<Vec<StoredResource>> {
-            let lock: Option<&'static str> = $match_lock;
-            if let Some(lock) = lock {
-                sqlx::query(lock)
-                    .bind(&matching.criteria)
-                    .execute(&mut *conn)
-                    .await.db()?;
-            }
-            let q = SearchQuery {
-                count: 1,
-                cursor: None,
-                total: TotalMode::None,
-                ..matching.query.clone()
-            };
-            let plan = query::search(&q)?;
-            let rows = bind_all(sqlx::query(&plan.select.text), plan.select.binds)
-                .persistent(false)
-                .fetch_all(&mut *conn)
-                .await.db()?;
-            rows.iter().map(row_to_resource).collect()
-        }
-
-        /// Applies one write inside an open transaction. Every refusal
-        /// (`refused_alone` in the SQLite writer) comes before the first
-        /// statement that writes, so a refused write has changed nothing.
-        async fn apply(conn: &mut $conn, op: &WriteOp) -> StoreResult<WriteOutcome> {
-            let rt = op.resource_type.as_str();
-            let id = op.id.as_str();
-            let mut matched = None;
-            if let Some(matching) = &op.matching {
-                let found = find_matches(conn, matching).await?;
-                match crate::sql::conditional(op, matching, found)? {
-                    crate::sql::Conditional::Proceed => {}
-                    crate::sql::Conditional::Target(found) => matched = Some(found),
-                    crate::sql::Conditional::Answer(outcome) => return Ok(outcome),
-                }
-            }
-            let id = matched.as_ref().map_or(id, |found| found.id.as_str());
-            // A create under an id the server has just chosen inserts
-            // without reading first: the insert's conflict clause tells
-            // whether the id was taken after all, and then the write goes
-            // round again with the locking read.
-            let mut unread = matches!(op.kind, WriteKind::Create(_)) && op.if_match.is_none();
-            loop {
-                let selected = if std::mem::take(&mut unread) {
-                    None
-                } else {
-                    select_current(conn, rt, id).await?
-                };
-                let current_key = selected.as_ref().map(|(_, key)| *key);
-                let current = selected.map(|(row, _)| row);
-                // The match was searched without a lock: a write to it since
-                // then makes this attempt void, and the write set is retried.
-                if let Some(found) = &matched {
-                    let live = current.as_ref().filter(|c| !c.deleted).map(|c| c.version_id);
-                    if live != Some(found.version_id) {
-                        return Err(StoreError::Contention);
-                    }
-                }
-                if let Some(expected) = op.if_match {
-                    let live_version = current.as_ref().filter(|c| !c.deleted).map(|c| c.version_id);
-                    if live_version != Some(expected) {
-                        return Err(StoreError::VersionConflict {
-                            resource_type: rt.into(),
-                            id: id.into(),
-                            expected,
-                            current: current.as_ref().map(|c| c.version_id),
-                        });
-                    }
-                }
-                let live = current.as_ref().filter(|c| !c.deleted);
-                let next_version = current.as_ref().map_or(1, |c| c.version_id + 1);
-                let now = crate::instant::now_micros()
-                    .max(current.as_ref().map_or(0, |c| c.last_updated));
-                // The stored text and the index rows of the final body.
-                let finish = |body: serde_json::Value| -> StoreResult<(String, Vec<IndexEntry>)> {
-                    let body = match &op.finalize {
-                        Some(f) => f(body, live).map_err(StoreError::Rejected)?,
-                        None => body,
-                    };
-                    let body = finalize_body(rt, id, next_version, now, body)?;
-                    let entries = op.index.as_ref().map(|index| index(rt, &body)).unwrap_or_default();
-                    let text = serde_json::to_string(&body)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    Ok((text, entries))
-                };
-                let (deleted, body) = match &op.kind {
-                    WriteKind::Create(body) => {
-                        if live.is_some() {
-                            return Err(StoreError::AlreadyExists {
-                                resource_type: rt.into(),
-                                id: id.into(),
-                            });
-                        }
-                        (false, finish(body.clone())?)
-                    }
-                    WriteKind::Put(body) => (false, finish(body.clone())?),
-                    WriteKind::Modify(transform) => {
-                        let existing = match &current {
-                            None => {
-                                return Err(StoreError::NotFound {
-                                    resource_type: rt.into(),
-                                    id: id.into(),
-                                })
-                            }
-                            Some(c) if c.deleted => {
-                                return Err(StoreError::Gone {
-                                    resource_type: rt.into(),
-                                    id: id.into(),
-                                    version_id: c.version_id,
-                                })
-                            }
-                            Some(c) => c,
-                        };
-                        let body = transform(existing).map_err(StoreError::Rejected)?;
-                        (false, finish(body)?)
-                    }
-                    WriteKind::Delete => match &current {
-                        None => {
-                            return Err(StoreError::NotFound {
-                                resource_type: rt.into(),
-                                id: id.into(),
-                            })
-                        }
-                        Some(c) if c.deleted => {
-                            return Ok(WriteOutcome {
-                                resource: c.clone(),
-                                created: false,
-                                changed: false,
-                            })
-                        }
-                        Some(_) => (true, (String::new(), Vec::new())),
-                    },
-                };
-                let (body, entries) = body;
-                let record = StoredResource {
-                    resource_type: rt.into(),
-                    id: id.into(),
-                    version_id: next_version,
-                    last_updated: now,
-                    deleted,
-                    body,
-                };
-                if current.is_some() && current_key.is_none() {
-                    return Err(StoreError::Corrupt("a stored row has no key".into()));
-                }
-                let key = if current.is_none() {
-                    let inserted = sqlx::query(concat!(
-                        "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, body, res_key) \
-                         VALUES ($1, $2, $3, $4, $5, $6, ", $key, ") ON CONFLICT (resource_type, id) DO NOTHING \
-                         RETURNING res_key",
-                    ))
-                    .bind(rt)
-                    .bind(id)
-                    .bind(record.version_id)
-                    .bind(record.last_updated)
-                    .bind(record.deleted)
-                    .bind(&record.body)
-                    .fetch_optional(&mut *conn)
-                    .await.db()?;
-                    match inserted {
-                        Some(row) => row.try_get::<i64, _>(0).db()?,
-                        // A concurrent transaction created the same id first; the
-                        // locking read now waits for it and takes the update path.
-                        None => continue,
-                    }
-                } else {
-                    sqlx::query(
-                        "UPDATE resource SET version_id = $3, last_updated = $4, deleted = $5, body = $6 \
-                         WHERE resource_type = $1 AND id = $2",
-                    )
-                    .bind(rt)
-                    .bind(id)
-                    .bind(record.version_id)
-                    .bind(record.last_updated)
-                    .bind(record.deleted)
-                    .bind(&record.body)
-                    .execute(&mut *conn)
-                    .await.db()?;
-                    current_key.unwrap_or_default()
-                };
-                write_index(conn, key, rt, &entries, current.is_some()).await?;
-                return Ok(WriteOutcome {
-                    created: live.is_none() && !deleted,
-                    changed: true,
-                    resource: record,
-                });
-            }
-        }
-
-        /// Retries a whole write set a few times when the database reports contention.
-        const CONTENTION_RETRIES: usize = 3;
-
-        /// Applies `ops` in one transaction of its own, all or nothing,
-        /// retrying a few times when the database reports contention.
-        async fn write_set(pool: &sqlx::Pool<$db>, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let result: StoreResult<Vec<WriteOutcome>> = async {
-                    let mut tx = pool.begin_with($begin).await.db()?;
-                    lock_criteria(&mut tx, ops).await?;
-                    let mut outcomes = Vec::with_capacity(ops.len());
-                    for op in ops {
-                        outcomes.push(apply(&mut tx, op).await?);
-                    }
-                    tx.commit().await.db()?;
-                    Ok(outcomes)
-                }
-                .await;
-                match result {
-                    Err(StoreError::Contention) if attempt < CONTENTION_RETRIES => {
-                        tracing::debug!(attempt, "write contention; retrying");
-                    }
-                    other => return other,
-                }
-            }
         }
 
         impl $store {
@@ -633,8 +332,375 @@ macro_rules! sql_backend {
 
 pub(crate) use sql_backend;
 
+/// The write path on sqlx, for PostgreSQL, where writes run side by side on
+/// the pool's connections (SQLite's one writer is `sqlite_writer`, on a
+/// thread of its own). Expanded beside `sql_backend!` in the same module.
+/// `$lock` is the row-locking clause of the read-for-update query. `$key`
+/// is the SQL expression that numbers a new resource row (`res_key`).
+/// `$begin` starts a write transaction. `$match_lock` (bound to the
+/// criteria text) makes conditional writes with equal criteria wait for
+/// each other before they search.
+macro_rules! sql_writes {
+    ($db:ty, $conn:ty, $lock:literal, $key:literal, $begin:literal, $match_lock:expr) => {
+        /// The current row (locked for the write) and its `res_key`.
+        async fn select_current(
+            conn: &mut $conn,
+            resource_type: &str,
+            id: &str,
+        ) -> StoreResult<Option<(StoredResource, i64)>> {
+            let row = sqlx::query(concat!(
+                "SELECT resource_type, id, version_id, last_updated, deleted, body, res_key FROM resource ",
+                "WHERE resource_type = $1 AND id = $2 ",
+                $lock
+            ))
+            .bind(resource_type)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await.db()?;
+            row.as_ref()
+                .map(|r| Ok((row_to_resource(r)?, r.try_get::<i64, _>("res_key").db()?)))
+                .transpose()
+        }
+
+        /// Takes the criteria locks of every conditional write of a set up
+        /// front, in one order, so that two sets with the same criteria in
+        /// different orders wait for each other instead of deadlocking.
+        async fn lock_criteria(conn: &mut $conn, ops: &[WriteOp]) -> StoreResult<()> {
+            let lock: Option<&'static str> = $match_lock;
+            let Some(lock) = lock else {
+                return Ok(());
+            };
+            let mut criteria: Vec<&str> = ops
+                .iter()
+                .filter_map(|op| op.matching.as_ref().map(|m| m.criteria.as_str()))
+                .collect();
+            criteria.sort_unstable();
+            criteria.dedup();
+            for c in criteria {
+                sqlx::query(lock).bind(c).execute(&mut *conn).await.db()?;
+            }
+            Ok(())
+        }
+
+        /// The first two current matches of a conditional write's criteria,
+        /// searched in the write's transaction after waiting for writes with
+        /// the same criteria.
+        async fn find_matches(conn: &mut $conn, matching: &Matching) -> StoreResult<Vec<StoredResource>> {
+            let lock: Option<&'static str> = $match_lock;
+            if let Some(lock) = lock {
+                sqlx::query(lock)
+                    .bind(&matching.criteria)
+                    .execute(&mut *conn)
+                    .await.db()?;
+            }
+            let plan = query::search(&crate::sql::match_query(matching))?;
+            let rows = bind_all(sqlx::query(&plan.select.text), plan.select.binds)
+                .persistent(false)
+                .fetch_all(&mut *conn)
+                .await.db()?;
+            rows.iter().map(row_to_resource).collect()
+        }
+
+        /// Applies one write inside an open transaction. Every refusal
+        /// comes before the first statement that writes (`crate::sql::decide`).
+        async fn apply(conn: &mut $conn, op: &WriteOp) -> StoreResult<WriteOutcome> {
+            let mut matched = None;
+            if let Some(matching) = &op.matching {
+                let found = find_matches(conn, matching).await?;
+                match crate::sql::conditional(op, matching, found)? {
+                    crate::sql::Conditional::Proceed => {}
+                    crate::sql::Conditional::Target(found) => matched = Some(found),
+                    crate::sql::Conditional::Answer(outcome) => return Ok(outcome),
+                }
+            }
+            let id = matched.as_ref().map_or(op.id.as_str(), |found| found.id.as_str());
+            let mut unread = crate::sql::inserts_unread(op);
+            loop {
+                let selected = if std::mem::take(&mut unread) {
+                    None
+                } else {
+                    select_current(conn, &op.resource_type, id).await?
+                };
+                let plan = match crate::sql::decide(op, id, matched.as_ref(), selected)? {
+                    crate::sql::Step::Answer(outcome) => return Ok(outcome),
+                    crate::sql::Step::Store(plan) => plan,
+                };
+                let r = &plan.outcome.resource;
+                let key = match plan.key {
+                    None => {
+                        let inserted = sqlx::query(concat!(
+                            "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, body, res_key) \
+                             VALUES ($1, $2, $3, $4, $5, $6, ", $key, ") ON CONFLICT (resource_type, id) DO NOTHING \
+                             RETURNING res_key",
+                        ))
+                        .bind(&r.resource_type)
+                        .bind(&r.id)
+                        .bind(r.version_id)
+                        .bind(r.last_updated)
+                        .bind(r.deleted)
+                        .bind(&r.body)
+                        .fetch_optional(&mut *conn)
+                        .await.db()?;
+                        match inserted {
+                            Some(row) => row.try_get::<i64, _>(0).db()?,
+                            // The id was taken after all (a concurrent transaction
+                            // created it first); the locking read now waits for it
+                            // and takes the update path.
+                            None => continue,
+                        }
+                    }
+                    Some(key) => {
+                        sqlx::query(crate::sql::UPDATE_ROW)
+                            .bind(&r.resource_type)
+                            .bind(&r.id)
+                            .bind(r.version_id)
+                            .bind(r.last_updated)
+                            .bind(r.deleted)
+                            .bind(&r.body)
+                            .execute(&mut *conn)
+                            .await.db()?;
+                        key
+                    }
+                };
+                write_index(conn, key, &r.resource_type, &plan.entries, plan.key.is_some()).await?;
+                return Ok(plan.outcome);
+            }
+        }
+
+        /// Retries a whole write set a few times when the database reports contention.
+        const CONTENTION_RETRIES: usize = 3;
+
+        /// Applies `ops` in one transaction of its own, all or nothing,
+        /// retrying a few times when the database reports contention.
+        async fn write_set(pool: &sqlx::Pool<$db>, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let result: StoreResult<Vec<WriteOutcome>> = async {
+                    let mut tx = pool.begin_with($begin).await.db()?;
+                    lock_criteria(&mut tx, ops).await?;
+                    let mut outcomes = Vec::with_capacity(ops.len());
+                    for op in ops {
+                        outcomes.push(apply(&mut tx, op).await?);
+                    }
+                    tx.commit().await.db()?;
+                    Ok(outcomes)
+                }
+                .await;
+                match result {
+                    Err(StoreError::Contention) if attempt < CONTENTION_RETRIES => {
+                        tracing::debug!(attempt, "write contention; retrying");
+                    }
+                    other => return other,
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use sql_writes;
+
 use crate::error::{Refusal, StoreError};
-use crate::model::{Matching, StoredResource, WriteKind, WriteOp, WriteOutcome};
+use crate::model::{
+    IndexEntry, Matching, SearchQuery, StoredResource, TotalMode, WriteKind, WriteOp, WriteOutcome,
+};
+
+/// Stores a new version over a resource's row; binds: type, id, version,
+/// last updated, deleted, body (as the insert's first six).
+pub(crate) const UPDATE_ROW: &str =
+    "UPDATE resource SET version_id = $3, last_updated = $4, deleted = $5, body = $6 \
+     WHERE resource_type = $1 AND id = $2";
+
+/// The search of a conditional write: two matches at most, no total.
+pub(crate) fn match_query(matching: &Matching) -> SearchQuery {
+    SearchQuery {
+        count: 1,
+        cursor: None,
+        total: TotalMode::None,
+        ..matching.query.clone()
+    }
+}
+
+/// Whether a write may insert without reading the current row first: a
+/// create under an id the server has just chosen. The insert's conflict
+/// clause tells whether the id was taken after all, and then the write goes
+/// round again with the (locking) read.
+pub(crate) fn inserts_unread(op: &WriteOp) -> bool {
+    matches!(op.kind, WriteKind::Create(_)) && op.if_match.is_none()
+}
+
+/// What a write stores, decided before anything is written.
+pub(crate) struct Planned {
+    /// The answer once stored; its resource is the row to store.
+    pub outcome: WriteOutcome,
+    /// The index rows of the stored body (none for a deletion).
+    pub entries: Vec<IndexEntry>,
+    /// The key of the row to store over; `None`: insert a new row.
+    pub key: Option<i64>,
+}
+
+/// What a write does once the current row is known.
+pub(crate) enum Step {
+    /// Write nothing and answer this (deleting what is deleted already).
+    Answer(WriteOutcome),
+    Store(Planned),
+}
+
+/// Decides a write from the current row of its resource (with its key),
+/// if any, and the match a conditional write found. Every refusal of a
+/// write is made here, before the first statement that writes: a refused
+/// write has changed nothing, which lets the SQLite writer commit a lone
+/// write without a savepoint.
+pub(crate) fn decide(
+    op: &WriteOp,
+    id: &str,
+    matched: Option<&StoredResource>,
+    selected: Option<(StoredResource, i64)>,
+) -> Result<Step, StoreError> {
+    let rt = op.resource_type.as_str();
+    let (current, key) = match selected {
+        Some((row, key)) => (Some(row), Some(key)),
+        None => (None, None),
+    };
+    // The match was searched without a lock: a write to it since then
+    // makes this attempt void, and the write set is retried.
+    if let Some(found) = matched {
+        let live = current
+            .as_ref()
+            .filter(|c| !c.deleted)
+            .map(|c| c.version_id);
+        if live != Some(found.version_id) {
+            return Err(StoreError::Contention);
+        }
+    }
+    if let Some(expected) = op.if_match {
+        let live_version = current
+            .as_ref()
+            .filter(|c| !c.deleted)
+            .map(|c| c.version_id);
+        if live_version != Some(expected) {
+            return Err(StoreError::VersionConflict {
+                resource_type: rt.into(),
+                id: id.into(),
+                expected,
+                current: current.as_ref().map(|c| c.version_id),
+            });
+        }
+    }
+    let live = current.as_ref().filter(|c| !c.deleted);
+    let next_version = current.as_ref().map_or(1, |c| c.version_id + 1);
+    let now = crate::instant::now_micros().max(current.as_ref().map_or(0, |c| c.last_updated));
+    // The stored text and the index rows of the final body.
+    let finish = |body: serde_json::Value| -> Result<(String, Vec<IndexEntry>), StoreError> {
+        let body = match &op.finalize {
+            Some(f) => f(body, live).map_err(StoreError::Rejected)?,
+            None => body,
+        };
+        let body = finalize_body(rt, id, next_version, now, body)?;
+        let entries = op
+            .index
+            .as_ref()
+            .map(|index| index(rt, &body))
+            .unwrap_or_default();
+        let text = serde_json::to_string(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok((text, entries))
+    };
+    let not_found = || StoreError::NotFound {
+        resource_type: rt.into(),
+        id: id.into(),
+    };
+    let (deleted, (body, entries)) = match &op.kind {
+        WriteKind::Create(body) => {
+            if live.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    resource_type: rt.into(),
+                    id: id.into(),
+                });
+            }
+            (false, finish(body.clone())?)
+        }
+        WriteKind::Put(body) => (false, finish(body.clone())?),
+        WriteKind::Modify(transform) => {
+            let existing = match &current {
+                None => return Err(not_found()),
+                Some(c) if c.deleted => {
+                    return Err(StoreError::Gone {
+                        resource_type: rt.into(),
+                        id: id.into(),
+                        version_id: c.version_id,
+                    })
+                }
+                Some(c) => c,
+            };
+            let body = transform(existing).map_err(StoreError::Rejected)?;
+            (false, finish(body)?)
+        }
+        WriteKind::Delete => match &current {
+            None => return Err(not_found()),
+            Some(c) if c.deleted => {
+                return Ok(Step::Answer(WriteOutcome {
+                    resource: c.clone(),
+                    created: false,
+                    changed: false,
+                }))
+            }
+            Some(_) => (true, (String::new(), Vec::new())),
+        },
+    };
+    Ok(Step::Store(Planned {
+        outcome: WriteOutcome {
+            created: live.is_none() && !deleted,
+            changed: true,
+            resource: StoredResource {
+                resource_type: rt.into(),
+                id: id.into(),
+                version_id: next_version,
+                last_updated: now,
+                deleted,
+                body,
+            },
+        },
+        entries,
+        key,
+    }))
+}
+
+/// Sets `id` and `meta.versionId`/`meta.lastUpdated`, keeping every other
+/// meta element, with `resourceType`, `id` and `meta` first.
+pub(crate) fn finalize_body(
+    resource_type: &str,
+    id: &str,
+    version_id: i64,
+    last_updated: i64,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, StoreError> {
+    let serde_json::Value::Object(mut fields) = body else {
+        return Err(StoreError::Corrupt(
+            "resource body is not a JSON object".into(),
+        ));
+    };
+    let mut meta = match fields.shift_remove("meta") {
+        Some(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    meta.shift_remove("versionId");
+    meta.shift_remove("lastUpdated");
+    let mut ordered_meta = serde_json::Map::new();
+    ordered_meta.insert("versionId".into(), version_id.to_string().into());
+    ordered_meta.insert(
+        "lastUpdated".into(),
+        crate::instant::format_micros(last_updated).into(),
+    );
+    ordered_meta.extend(meta);
+    fields.shift_remove("resourceType");
+    fields.shift_remove("id");
+    let mut out = serde_json::Map::with_capacity(fields.len() + 3);
+    out.insert("resourceType".into(), resource_type.into());
+    out.insert("id".into(), id.into());
+    out.insert("meta".into(), serde_json::Value::Object(ordered_meta));
+    out.extend(fields);
+    Ok(serde_json::Value::Object(out))
+}
 
 /// What a conditional write does once its criteria are searched
 /// (R4 §3.1.0.8, docs/search.md "Conditional interactions").

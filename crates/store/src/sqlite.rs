@@ -1,13 +1,12 @@
-//! SQLite backend: one writer connection (SQLite allows one writer at a time;
-//! a single connection serialises writes without SQLITE_BUSY), a small pool of
+//! SQLite backend: one writer (SQLite allows one writer at a time; a single
+//! connection serialises writes without SQLITE_BUSY), a small pool of
 //! readers, WAL mode so readers never wait for the writer.
 //!
-//! Writes reach the writer through a queue, and the writer commits what has
-//! queued up while it was busy in one transaction (group commit), each write
-//! set in a savepoint of its own: a write set still succeeds or fails alone,
-//! and a caller hears of success only once its write is committed. Committing
-//! together shares the pages a commit writes (the tails of the tables and the
-//! index pages the writes have in common) and the commit itself.
+//! Writes reach the writer (`sqlite_writer`, a thread of its own) through a
+//! queue, and the writer commits what has queued up while it was busy in one
+//! transaction (group commit). Committing together shares the pages a commit
+//! writes (the tails of the tables and the index pages the writes have in
+//! common) and the commit itself.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -18,20 +17,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-// SQLite has one writer at a time, so the next key is the largest plus one.
-// A write transaction takes the write lock at its start (waiting up to the
-// busy timeout for another process), rather than failing when a read turns
-// into a write (https://www.sqlite.org/lang_transaction.html).
-crate::sql::sql_backend!(
-    SqliteStore,
-    Sqlite,
-    SqliteConnection,
-    "",
-    "(SELECT COALESCE(MAX(res_key), 0) + 1 FROM resource)",
-    "BEGIN IMMEDIATE",
-    false,
-    None
-);
+use crate::sqlite_writer::{self, Pending};
+
+// The sqlx pools read, rebuild index rows (`fhirbox reindex`) and migrate;
+// writes go through `sqlite_writer`.
+crate::sql::sql_backend!(SqliteStore, Sqlite, SqliteConnection, "", false);
 
 /// Resources in an embedded SQLite file.
 #[derive(Clone)]
@@ -42,18 +32,11 @@ pub struct SqliteStore {
 }
 
 const READERS: u32 = 4;
-/// The most write sets one transaction commits together.
-const MAX_GROUP: usize = 32;
 /// Write sets that may wait for the writer; beyond that, callers wait to
 /// hand theirs over.
 const QUEUE: usize = 1024;
-/// A write set of more writes than this is committed in a transaction of
-/// its own. In a savepoint, SQLite walks the savepoint's in-memory journal
-/// from its start at the end of every statement (`memjrnlTruncate` in
-/// SQLite's memjournal.c), so a large write set there costs the square of
-/// its size: a 2,000-entry Synthea bundle spent more than half its time so.
-const MAX_GROUPED_OPS: usize = 16;
-/// The writer connection's page cache, in KiB (64 MiB).
+/// The sqlx write connection's page cache, in KiB (64 MiB), for a rebuild
+/// of the index (the writer thread has its own, `sqlite_writer`).
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 /// Each reader connection's page cache, in KiB (16 MiB): a search that
 /// checks a few thousand candidates reads their index and resource pages
@@ -67,12 +50,6 @@ const READER_CACHE_KIB: u32 = 16 * 1024;
 /// (https://www.sqlite.org/mmap.html): a disk I/O error while reading
 /// becomes a crash of the process rather than an error of the request.
 const READER_MMAP_BYTES: u64 = 1 << 30;
-
-/// A write set waiting for the writer, and where its outcome goes.
-struct Pending {
-    ops: Vec<WriteOp>,
-    reply: oneshot::Sender<StoreResult<Vec<WriteOutcome>>>,
-}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and migrates it.
@@ -140,7 +117,7 @@ impl SqliteStore {
             .await
             .db()?;
         let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(group_commit(writer.clone(), pending));
+        sqlite_writer::start(sqlite_writer::open(path)?, pending)?;
         Ok(SqliteStore {
             writer,
             reader,
@@ -162,159 +139,9 @@ impl SqliteStore {
 }
 
 /// The writer dropped a write set without an answer: it panicked on the
-/// group (logged by tokio), so nothing of the group was committed.
+/// group (logged), so nothing of the group was committed.
 fn abandoned() -> StoreError {
     StoreError::Unavailable("the SQLite writer could not complete the write".into())
-}
-
-/// The writer: takes every write set that queued up (at most `MAX_GROUP`)
-/// and commits them together. Each group runs in a task of its own, so a
-/// panic in a write (a transform, a finalizer, the indexer) fails that group
-/// only, and the writer goes on. Ends when every handle to the store is gone.
-async fn group_commit(pool: SqlitePool, mut queue: mpsc::Receiver<Pending>) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let taken = std::mem::replace(&mut group, Vec::with_capacity(MAX_GROUP));
-        if let Err(err) = tokio::spawn(commit_group(pool.clone(), taken)).await {
-            tracing::error!(error = %err, "the SQLite writer failed on a group of writes; those not answered yet were not committed");
-        }
-    }
-}
-
-/// Commits `group` and answers each caller.
-async fn commit_group(pool: SqlitePool, group: Vec<Pending>) {
-    // Large write sets (transaction bundles) gain nothing from sharing a
-    // commit, and in a savepoint they would cost the square of their size.
-    // They go first: write sets that wait together were sent concurrently,
-    // so no order among them is promised.
-    let (alone, mut group): (Vec<_>, Vec<_>) = group
-        .into_iter()
-        .partition(|p| p.ops.len() > MAX_GROUPED_OPS);
-    tracing::trace!(
-        size = group.len(),
-        alone = alone.len(),
-        "committing a group of write sets"
-    );
-    for p in alone {
-        if !p.reply.is_closed() {
-            let _ = p.reply.send(write_set(&pool, &p.ops).await);
-        }
-    }
-    group.retain(|p| !p.reply.is_closed());
-    if group.len() <= 1 {
-        for p in group {
-            let _ = p.reply.send(write_set(&pool, &p.ops).await);
-        }
-        return;
-    }
-    match commit_together(&pool, &group).await {
-        Ok(results) => {
-            for (p, result) in group.into_iter().zip(results) {
-                let _ = p.reply.send(result);
-            }
-        }
-        // The database is not there (or the writer connection is busy
-        // elsewhere for longer than the pool waits): every caller hears so,
-        // rather than each waiting its turn to fail the same way.
-        Err(StoreError::Unavailable(err)) => {
-            let message = err.to_string();
-            for p in group {
-                let _ = p
-                    .reply
-                    .send(Err(StoreError::Unavailable(message.clone().into())));
-            }
-        }
-        Err(err) => {
-            // Nothing of the group was committed: each write set gets a
-            // transaction of its own, so a fault stays with its cause.
-            tracing::warn!(error = %err, size = group.len(), "a group commit failed; committing its writes one by one");
-            for p in group {
-                if !p.reply.is_closed() {
-                    let _ = p.reply.send(write_set(&pool, &p.ops).await);
-                }
-            }
-        }
-    }
-}
-
-/// One transaction for the whole group, each write set in a savepoint: a
-/// write set refused for its own reasons (a conflict, a refusal, a missing
-/// resource) is rolled back alone and reported; a database fault fails the
-/// whole transaction (`Err`, nothing committed). A write set whose caller
-/// has given up by the time its turn comes is skipped.
-async fn commit_together(
-    pool: &SqlitePool,
-    group: &[Pending],
-) -> StoreResult<Vec<StoreResult<Vec<WriteOutcome>>>> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.db()?;
-    let mut results = Vec::with_capacity(group.len());
-    for p in group {
-        if p.reply.is_closed() {
-            results.push(Ok(Vec::new()));
-            continue;
-        }
-        // A single write refused for its own reasons has written nothing
-        // (`apply` refuses before it writes), so it needs no savepoint:
-        // two statements fewer for the common write set of one.
-        if let [op] = p.ops.as_slice() {
-            results.push(match apply(&mut tx, op).await {
-                Ok(outcome) => Ok(vec![outcome]),
-                Err(err) if refused_alone(&err) => Err(err),
-                Err(err) => return Err(err),
-            });
-            continue;
-        }
-        sqlx::query("SAVEPOINT write_set")
-            .execute(&mut *tx)
-            .await
-            .db()?;
-        let mut outcomes = Vec::with_capacity(p.ops.len());
-        let mut refused = None;
-        for op in &p.ops {
-            match apply(&mut tx, op).await {
-                Ok(outcome) => outcomes.push(outcome),
-                Err(err) if refused_alone(&err) => {
-                    refused = Some(err);
-                    break;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        if refused.is_some() {
-            sqlx::query("ROLLBACK TO write_set")
-                .execute(&mut *tx)
-                .await
-                .db()?;
-        }
-        sqlx::query("RELEASE write_set")
-            .execute(&mut *tx)
-            .await
-            .db()?;
-        results.push(match refused {
-            Some(err) => Err(err),
-            None => Ok(outcomes),
-        });
-    }
-    tx.commit().await.db()?;
-    Ok(results)
-}
-
-/// Whether a write set failed for reasons of its own, which leave the
-/// transaction sound, rather than because of the database.
-fn refused_alone(err: &StoreError) -> bool {
-    matches!(
-        err,
-        StoreError::NotFound { .. }
-            | StoreError::Gone { .. }
-            | StoreError::VersionConflict { .. }
-            | StoreError::AlreadyExists { .. }
-            | StoreError::MultipleMatches { .. }
-            | StoreError::MatchAppeared { .. }
-            | StoreError::MatchChanged { .. }
-            | StoreError::NoMatch { .. }
-            | StoreError::Rejected(_)
-            | StoreError::Corrupt(_)
-    )
 }
 
 #[cfg(test)]
@@ -371,6 +198,12 @@ mod tests {
         page.resources.len()
     }
 
+    /// A second write connection to the store's file, for driving the
+    /// writer's group commit directly.
+    fn writer(dir: &tempfile::TempDir) -> rusqlite::Connection {
+        sqlite_writer::open(dir.path().join("g.db").to_str().unwrap()).unwrap()
+    }
+
     /// A store in a directory of its own (removed when the guard drops).
     async fn fresh() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -402,7 +235,7 @@ mod tests {
         let (a, _ra) = pending(vec![put("a")]);
         let (b, _rb) = pending(vec![put("b"), missing]);
         let (c, _rc) = pending(vec![put("c")]);
-        let results = commit_together(&store.writer, &[a, b, c]).await.unwrap();
+        let results = sqlite_writer::commit_together(&mut writer(&_dir), &[a, b, c]).unwrap();
         assert_eq!(results[0].as_ref().unwrap()[0].resource.id, "a");
         assert!(
             matches!(results[1], Err(StoreError::NotFound { .. })),
@@ -443,9 +276,7 @@ mod tests {
         let (c, _rc) = pending(vec![refused]);
         let (d, _rd) = pending(vec![missing]);
         let (e, _re) = pending(vec![put("e")]);
-        let results = commit_together(&store.writer, &[a, b, c, d, e])
-            .await
-            .unwrap();
+        let results = sqlite_writer::commit_together(&mut writer(&_dir), &[a, b, c, d, e]).unwrap();
         assert!(matches!(results[1], Err(StoreError::AlreadyExists { .. })));
         assert!(matches!(results[2], Err(StoreError::Rejected(_))));
         assert!(matches!(results[3], Err(StoreError::NotFound { .. })));
@@ -472,7 +303,7 @@ mod tests {
     async fn a_large_write_set_commits_alone_beside_a_group() {
         let (_dir, store) = fresh().await;
         let bulk = |prefix: &str| {
-            (0..=MAX_GROUPED_OPS)
+            (0..=sqlite_writer::MAX_GROUPED_OPS)
                 .map(|i| put(&format!("{prefix}{i}")))
                 .collect::<Vec<_>>()
         };
@@ -485,9 +316,12 @@ mod tests {
         let (big, rbig) = pending(bulk("k"));
         let (bad, rbad) = pending(failing);
         let (c, rc) = pending(vec![put("c")]);
-        commit_group(store.writer.clone(), vec![a, big, bad, c]).await;
+        sqlite_writer::commit_group(&mut writer(&_dir), vec![a, big, bad, c]);
         assert_eq!(ra.await.unwrap().unwrap()[0].resource.id, "a");
-        assert_eq!(rbig.await.unwrap().unwrap().len(), MAX_GROUPED_OPS + 1);
+        assert_eq!(
+            rbig.await.unwrap().unwrap().len(),
+            sqlite_writer::MAX_GROUPED_OPS + 1
+        );
         assert!(matches!(
             rbad.await.unwrap(),
             Err(StoreError::NotFound { .. })
@@ -510,7 +344,7 @@ mod tests {
         let (a, ra) = pending(vec![put("a")]);
         let (b, _rb) = pending(vec![put("b")]);
         drop(ra);
-        commit_together(&store.writer, &[a, b]).await.unwrap();
+        sqlite_writer::commit_together(&mut writer(&_dir), &[a, b]).unwrap();
         assert!(store.read("Patient", "a").await.unwrap().is_none());
         assert!(store.read("Patient", "b").await.unwrap().is_some());
     }
