@@ -117,7 +117,7 @@ impl SqliteStore {
             .await
             .db()?;
         let (queue, pending) = mpsc::channel(QUEUE);
-        sqlite_writer::start(sqlite_writer::open(path)?, pending)?;
+        sqlite_writer::start(path, pending)?;
         Ok(SqliteStore {
             writer,
             reader,
@@ -335,6 +335,24 @@ mod tests {
             ("f0", false),
         ];
         assert_kept(&store, &kept).await;
+    }
+
+    /// The checkpointer thread copies committed pages into the database
+    /// file while the writer goes on: the file itself grows once enough
+    /// groups have been committed, well before the writer's own backstop.
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_beside_the_writer() {
+        let (dir, store) = fresh().await;
+        let file = dir.path().join("g.db");
+        let size = || std::fs::metadata(&file).unwrap().len();
+        let before = size();
+        for i in 0..2 * sqlite_writer::CHECKPOINT_EVERY {
+            store.write(put(&format!("p{i}"))).await.unwrap();
+        }
+        assert!(
+            fhirbox_test_support::wait_until(Duration::from_secs(10), || size() > before),
+            "the database file stayed at {before} bytes"
+        );
     }
 
     /// A write set whose caller has gone is skipped; the others commit.

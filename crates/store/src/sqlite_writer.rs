@@ -49,6 +49,15 @@ const CACHE_KIB: i64 = 64 * 1024;
 /// shapes of index inserts (`query::index_inserts`), and room to spare.
 const STATEMENTS: usize = 32;
 
+/// Groups the writer commits between two checkpoints. A create by one
+/// client writes about 15 pages to the WAL, so 64 of them come near
+/// SQLite's own default of a checkpoint per 1,000 pages
+/// (https://www.sqlite.org/wal.html#automatic_checkpoint).
+pub(crate) const CHECKPOINT_EVERY: u32 = 64;
+/// WAL pages after which the writer checkpoints by itself, should the
+/// checkpointer thread fall behind (40 MB of 4 KiB pages).
+const BACKSTOP_PAGES: u32 = 10_000;
+
 /// A new resource row. SQLite has one writer at a time, so the next key is
 /// the largest plus one.
 const INSERT_ROW: &str =
@@ -84,14 +93,42 @@ pub(crate) fn open(path: &str) -> StoreResult<Connection> {
     Ok(conn)
 }
 
-/// Starts the writer thread on `conn`. It ends when every sender of
-/// `queue` (every handle to the store) is gone.
-pub(crate) fn start(conn: Connection, queue: mpsc::Receiver<Pending>) -> StoreResult<()> {
-    std::thread::Builder::new()
-        .name("sqlite-writer".into())
-        .spawn(move || run(conn, queue))
-        .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-    Ok(())
+/// Starts the writer thread on the database at `path`, and the thread
+/// that checkpoints its WAL. Both end when every sender of `queue` (every
+/// handle to the store) is gone.
+pub(crate) fn start(path: &str, queue: mpsc::Receiver<Pending>) -> StoreResult<()> {
+    let writer = open(path)?;
+    writer
+        .pragma_update(None, "wal_autocheckpoint", BACKSTOP_PAGES)
+        .db()?;
+    let checkpointer = open(path)?;
+    let (due, checkpoints) = std::sync::mpsc::sync_channel(1);
+    let spawn = |name: &str, work: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(work)
+            .map(drop)
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))
+    };
+    spawn(
+        "sqlite-checkpoint",
+        Box::new(move || checkpoint(&checkpointer, &checkpoints)),
+    )?;
+    spawn("sqlite-writer", Box::new(move || run(writer, queue, &due)))
+}
+
+/// Copies committed pages from the WAL into the database file each time
+/// the writer says enough have gathered, off the writer's path: a
+/// checkpoint ends with an `fsync` of the database file, which the writer
+/// (checkpointing by itself, as SQLite does by default) made the commit of
+/// every 60th or so write wait for. A PASSIVE checkpoint never waits for
+/// the writer or the readers (https://www.sqlite.org/c3ref/wal_checkpoint_v2.html).
+fn checkpoint(conn: &Connection, due: &std::sync::mpsc::Receiver<()>) {
+    while due.recv().is_ok() {
+        if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %err, "a checkpoint of the SQLite WAL failed; the next one retries");
+        }
+    }
 }
 
 /// Takes every write set that queued up (at most `MAX_GROUP`) and commits
@@ -99,7 +136,12 @@ pub(crate) fn start(conn: Connection, queue: mpsc::Receiver<Pending>) -> StoreRe
 /// indexer) fails its group only: the transaction rolls back as the panic
 /// unwinds, the group's callers hear that the writer could not complete
 /// their writes, and the writer goes on.
-fn run(mut conn: Connection, mut queue: mpsc::Receiver<Pending>) {
+fn run(
+    mut conn: Connection,
+    mut queue: mpsc::Receiver<Pending>,
+    checkpoint_due: &std::sync::mpsc::SyncSender<()>,
+) {
+    let mut since_checkpoint = 0;
     while let Some(first) = queue.blocking_recv() {
         let mut group = Vec::with_capacity(MAX_GROUP);
         group.push(first);
@@ -114,6 +156,13 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Pending>) {
         }));
         if committed.is_err() {
             tracing::error!("the SQLite writer failed on a group of writes; those not answered yet were not committed");
+        }
+        since_checkpoint += 1;
+        if since_checkpoint >= CHECKPOINT_EVERY {
+            since_checkpoint = 0;
+            // One pending request is enough: a checkpoint copies whatever
+            // has been committed by the time it runs.
+            let _ = checkpoint_due.try_send(());
         }
     }
 }
