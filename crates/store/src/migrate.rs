@@ -58,6 +58,7 @@ pub(crate) const SQLITE: &[(i64, &[&str])] = &[
     (7, PROBE_INDEX),
     (8, LIVE_BY_KEY),
     (9, SQLITE_HISTORY_TRIGGERS),
+    (10, SQLITE_KEY_AS_ROWID),
 ];
 
 /// The indexes of `search_index`, the same on both backends: one for
@@ -132,6 +133,34 @@ const SQLITE_HISTORY_TRIGGERS: &[&str] = &[
     "CREATE TRIGGER resource_history_on_update AFTER UPDATE ON resource BEGIN \
      INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, body) \
      VALUES (NEW.resource_type, NEW.id, NEW.version_id, NEW.last_updated, NEW.deleted, NEW.body); END",
+];
+
+/// `res_key` becomes the resource table's own key (`INTEGER PRIMARY KEY`,
+/// SQLite's rowid): a search reads its page's rows by key straight from the
+/// table rather than through an index of keys, and a write has one index
+/// fewer to update (https://www.sqlite.org/lang_createtable.html#rowid).
+/// SQLite cannot change a table's key in place, so the table is copied once.
+const SQLITE_KEY_AS_ROWID: &[&str] = &[
+    "CREATE TABLE resource_keyed (
+        res_key INTEGER PRIMARY KEY,
+        resource_type TEXT NOT NULL,
+        id TEXT NOT NULL,
+        version_id INTEGER NOT NULL,
+        last_updated INTEGER NOT NULL,
+        deleted BOOLEAN NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (resource_type, id)
+    )",
+    "INSERT INTO resource_keyed (res_key, resource_type, id, version_id, last_updated, deleted, body) \
+     SELECT res_key, resource_type, id, version_id, last_updated, deleted, body FROM resource",
+    // Also drops the table's indexes and its history triggers.
+    "DROP TABLE resource",
+    "ALTER TABLE resource_keyed RENAME TO resource",
+    "CREATE INDEX resource_by_updated ON resource (resource_type, last_updated, id)",
+    "CREATE INDEX resource_by_id ON resource (id, resource_type)",
+    "CREATE INDEX resource_live_by_key ON resource (resource_type, deleted, res_key)",
+    SQLITE_HISTORY_TRIGGERS[0],
+    SQLITE_HISTORY_TRIGGERS[1],
 ];
 
 /// The same copy on PostgreSQL, as a row trigger

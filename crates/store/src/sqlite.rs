@@ -151,7 +151,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{Condition, Filter, ResourceSearch, SearchQuery};
+    use crate::{Condition, Filter, ResourceRead, ResourceSearch, SearchQuery};
 
     fn put(id: &str) -> WriteOp {
         let tag: Indexer = Arc::new(|_, body| {
@@ -352,6 +352,67 @@ mod tests {
         assert!(
             fhirbox_test_support::wait_until(Duration::from_secs(10), || size() > before),
             "the database file stayed at {before} bytes"
+        );
+    }
+
+    /// A database of schema 9 (`res_key` beside the rowid) moves to `res_key`
+    /// as the rowid: rows, keys, versions and index rows are kept, the
+    /// history triggers still copy each version, and a new row is keyed
+    /// after the largest key.
+    #[tokio::test]
+    async fn keys_become_rowids_and_everything_stays() {
+        use sqlx::Connection as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let path = path.to_str().unwrap();
+        {
+            let options = SqliteConnectOptions::from_str("sqlite:")
+                .unwrap()
+                .filename(path)
+                .create_if_missing(true);
+            let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+            run_migrations(&mut conn, &crate::migrate::SQLITE[..9], None)
+                .await
+                .unwrap();
+            for statement in [
+                "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, body, res_key) \
+                 VALUES ('Patient', 'a', 2, 1, FALSE, '{\"resourceType\":\"Patient\",\"id\":\"a\"}', 7)",
+                "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, body, res_key) \
+                 VALUES ('Patient', 'b', 1, 2, FALSE, '{\"resourceType\":\"Patient\",\"id\":\"b\"}', 3)",
+                "INSERT INTO search_index (res_key, resource_type, param, kind, code) \
+                 VALUES (7, 'Patient', 'tag', 2, 'a')",
+            ] {
+                sqlx::query(statement).execute(&mut conn).await.unwrap();
+            }
+        }
+        let store = SqliteStore::open(path).await.unwrap();
+        let key = |id: &'static str| {
+            sqlx::query_scalar::<_, i64>("SELECT rowid FROM resource WHERE id = $1")
+                .bind(id)
+                .fetch_one(&store.reader)
+        };
+        assert_eq!((key("a").await.unwrap(), key("b").await.unwrap()), (7, 3));
+        assert_eq!(tagged(&store, "a").await, 1, "the index row still finds a");
+        assert_eq!(
+            store
+                .read("Patient", "a")
+                .await
+                .unwrap()
+                .unwrap()
+                .version_id,
+            2
+        );
+        let written = store.write(put("c")).await.unwrap();
+        assert_eq!(key("c").await.unwrap(), 8, "keyed after the largest");
+        assert!(store.vread("Patient", "c", 1).await.unwrap().is_some());
+        let updated = store.write(put("a")).await.unwrap();
+        assert_eq!(
+            (written.resource.version_id, updated.resource.version_id),
+            (1, 3)
+        );
+        assert!(
+            store.vread("Patient", "a", 3).await.unwrap().is_some(),
+            "the trigger copied it"
         );
     }
 

@@ -58,12 +58,12 @@ pub(crate) const CHECKPOINT_EVERY: u32 = 64;
 /// checkpointer thread fall behind (40 MB of 4 KiB pages).
 const BACKSTOP_PAGES: u32 = 10_000;
 
-/// A new resource row. SQLite has one writer at a time, so the next key is
-/// the largest plus one.
+/// A new resource row; SQLite numbers it (`res_key` is the rowid: the
+/// largest so far plus one, never a key used before, as resource rows are
+/// never removed; a deletion keeps its row).
 const INSERT_ROW: &str =
-    "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, body, res_key) \
-     VALUES ($1, $2, $3, $4, $5, $6, (SELECT COALESCE(MAX(res_key), 0) + 1 FROM resource)) \
-     ON CONFLICT (resource_type, id) DO NOTHING RETURNING res_key";
+    "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, body) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (resource_type, id) DO NOTHING RETURNING res_key";
 
 /// A write set waiting for the writer, and where its outcome goes.
 pub(crate) struct Pending {
