@@ -161,6 +161,8 @@ const SQLITE_KEY_AS_ROWID: &[&str] = &[
     "CREATE INDEX resource_live_by_key ON resource (resource_type, deleted, res_key)",
     SQLITE_HISTORY_TRIGGERS[0],
     SQLITE_HISTORY_TRIGGERS[1],
+    // Dropping the table dropped its planner statistics.
+    "ANALYZE resource",
 ];
 
 /// The same copy on PostgreSQL, as a row trigger

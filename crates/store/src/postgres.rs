@@ -7,7 +7,14 @@ use crate::error::DbResult;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-crate::sql::sql_backend!(PostgresStore, Postgres, PgConnection, "FOR UPDATE", true);
+crate::sql::sql_backend!(
+    PostgresStore,
+    Postgres,
+    PgConnection,
+    "FOR UPDATE",
+    "BEGIN",
+    true
+);
 crate::sql::sql_writes!(
     Postgres,
     PgConnection,
@@ -25,10 +32,10 @@ pub struct PostgresStore {
 }
 
 const MAX_CONNECTIONS: u32 = 16;
-/// Serialises migrations when several instances start at once.
 /// How long a pooled connection may sit idle before it is pinged again.
 const PING_AFTER_IDLE: Duration = Duration::from_millis(500);
 
+/// Serialises migrations when several instances start at once.
 const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7262890113)";
 
 impl PostgresStore {

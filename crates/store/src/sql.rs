@@ -5,7 +5,8 @@
 /// Generates the storage trait implementations for `$store`, a struct with
 /// `reader` and `writer` pools of database `$db` and connection type `$conn`
 /// and an async `submit` that commits a write set. `$lock` is the
-/// row-locking clause appended to the read-for-update query. `$plan_each`
+/// row-locking clause appended to the read-for-update query. `$begin`
+/// starts a write transaction of the index rebuild. `$plan_each`
 /// says whether a search that combines filters is planned for its values
 /// each time rather than kept prepared: PostgreSQL switches a prepared
 /// statement to a generic plan after five runs, and a generic plan cannot
@@ -13,7 +14,7 @@
 /// search with one filter has one way in, and skips the planning)
 /// (https://www.postgresql.org/docs/current/sql-prepare.html, "Notes").
 macro_rules! sql_backend {
-    ($store:ident, $db:ty, $conn:ty, $lock:literal, $plan_each:literal) => {
+    ($store:ident, $db:ty, $conn:ty, $lock:literal, $begin:literal, $plan_each:literal) => {
         use sqlx::Row as _;
 
         use crate::error::StoreError;
@@ -74,7 +75,8 @@ macro_rules! sql_backend {
         }
 
         impl $store {
-            /// Closes both pools.
+            /// Closes both pools. (SQLite's writer thread ends once every
+            /// handle to the store is dropped.)
             pub async fn close(&self) {
                 self.writer.close().await;
                 self.reader.close().await;
@@ -236,7 +238,7 @@ macro_rules! sql_backend {
                 version_id: i64,
                 entries: Vec<IndexEntry>,
             ) -> StoreResult<bool> {
-                let mut tx = self.writer.begin().await.db()?;
+                let mut tx = self.writer.begin_with($begin).await.db()?;
                 // Locked like a write's read, so a write running beside the
                 // rebuild either waits for it (and then replaces the rebuilt
                 // rows) or goes first (and the rebuild, built from an older
@@ -402,7 +404,8 @@ macro_rules! sql_writes {
         }
 
         /// Applies one write inside an open transaction. Every refusal
-        /// comes before the first statement that writes (`crate::sql::decide`).
+        /// comes before the first statement that writes (`crate::sql::conditional`
+        /// and `crate::sql::decide`).
         async fn apply(conn: &mut $conn, op: &WriteOp) -> StoreResult<WriteOutcome> {
             let mut matched = None;
             if let Some(matching) = &op.matching {
@@ -548,7 +551,8 @@ pub(crate) enum Step {
 
 /// Decides a write from the current row of its resource (with its key),
 /// if any, and the match a conditional write found. Every refusal of a
-/// write is made here, before the first statement that writes: a refused
+/// write is made here or in `conditional`, before the first statement that
+/// writes: a refused
 /// write has changed nothing, which lets the SQLite writer commit a lone
 /// write without a savepoint.
 pub(crate) fn decide(

@@ -1,6 +1,7 @@
 //! SQLite backend: one writer (SQLite allows one writer at a time; a single
-//! connection serialises writes without SQLITE_BUSY), a small pool of
-//! readers, WAL mode so readers never wait for the writer.
+//! connection serialises writes), a small pool of readers, WAL mode so
+//! readers never wait for the writer. The index rebuild and migrations use
+//! a second write connection, which waits for the writer's lock.
 //!
 //! Writes reach the writer (`sqlite_writer`, a thread of its own) through a
 //! queue, and the writer commits what has queued up while it was busy in one
@@ -20,8 +21,18 @@ use tokio::sync::{mpsc, oneshot};
 use crate::sqlite_writer::{self, Pending};
 
 // The sqlx pools read, rebuild index rows (`fhirbox reindex`) and migrate;
-// writes go through `sqlite_writer`.
-crate::sql::sql_backend!(SqliteStore, Sqlite, SqliteConnection, "", false);
+// writes go through `sqlite_writer`. A rebuild's transaction takes the write
+// lock at its start, waiting up to the busy timeout for the writer thread,
+// rather than failing when its read turns into a write
+// (https://www.sqlite.org/lang_transaction.html).
+crate::sql::sql_backend!(
+    SqliteStore,
+    Sqlite,
+    SqliteConnection,
+    "",
+    "BEGIN IMMEDIATE",
+    false
+);
 
 /// Resources in an embedded SQLite file.
 #[derive(Clone)]

@@ -73,7 +73,10 @@ pub(crate) struct Pending {
 
 /// Opens the write connection to the (migrated) database at `path`.
 pub(crate) fn open(path: &str) -> StoreResult<Connection> {
-    let conn = Connection::open(path).db()?;
+    // The plain file name, as the sqlx readers open it (not as a URI).
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).db()?;
     conn.busy_timeout(Duration::from_secs(5)).db()?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
@@ -241,8 +244,8 @@ pub(crate) fn commit_together(
             continue;
         }
         // A single write refused for its own reasons has written nothing
-        // (`decide` refuses before anything is written), so it needs no
-        // savepoint.
+        // (`conditional` and `decide` refuse before anything is written),
+        // so it needs no savepoint.
         if let [op] = p.ops.as_slice() {
             results.push(match apply(&tx, op) {
                 Ok(outcome) => Ok(vec![outcome]),
@@ -472,7 +475,9 @@ fn bind(statement: &mut Statement<'_>, values: &[&dyn ToSql]) -> StoreResult<()>
             .and_then(|n| n.parse::<usize>().ok())
             .filter(|n| (1..=values.len()).contains(n))
             .ok_or_else(|| {
-                StoreError::Corrupt(format!("a statement's parameter {index} has no value"))
+                // Not a refusal: it may come after the write's row was
+                // stored, so it fails the whole group (`refused_alone`).
+                StoreError::Database(format!("a statement's parameter {index} has no value").into())
             })?;
         statement
             .raw_bind_parameter(index, values[number - 1])
