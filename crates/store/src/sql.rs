@@ -403,6 +403,16 @@ macro_rules! sql_writes {
             rows.iter().map(row_to_resource).collect()
         }
 
+        /// Binds a row's six columns, in `UPDATE_ROW`'s and the insert's order.
+        fn bind_row<'q>(q: Query<'q>, r: &'q StoredResource) -> Query<'q> {
+            q.bind(&r.resource_type)
+                .bind(&r.id)
+                .bind(r.version_id)
+                .bind(r.last_updated)
+                .bind(r.deleted)
+                .bind(&r.body)
+        }
+
         /// Applies one write inside an open transaction. Every refusal
         /// comes before the first statement that writes (`crate::sql::conditional`
         /// and `crate::sql::decide`).
@@ -431,19 +441,14 @@ macro_rules! sql_writes {
                 let r = &plan.outcome.resource;
                 let key = match plan.key {
                     None => {
-                        let inserted = sqlx::query(concat!(
+                        let insert = sqlx::query(concat!(
                             "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, body, res_key) \
                              VALUES ($1, $2, $3, $4, $5, $6, ", $key, ") ON CONFLICT (resource_type, id) DO NOTHING \
                              RETURNING res_key",
-                        ))
-                        .bind(&r.resource_type)
-                        .bind(&r.id)
-                        .bind(r.version_id)
-                        .bind(r.last_updated)
-                        .bind(r.deleted)
-                        .bind(&r.body)
-                        .fetch_optional(&mut *conn)
-                        .await.db()?;
+                        ));
+                        let inserted = bind_row(insert, r)
+                            .fetch_optional(&mut *conn)
+                            .await.db()?;
                         match inserted {
                             Some(row) => row.try_get::<i64, _>(0).db()?,
                             // The id was taken after all (a concurrent transaction
@@ -453,13 +458,7 @@ macro_rules! sql_writes {
                         }
                     }
                     Some(key) => {
-                        sqlx::query(crate::sql::UPDATE_ROW)
-                            .bind(&r.resource_type)
-                            .bind(&r.id)
-                            .bind(r.version_id)
-                            .bind(r.last_updated)
-                            .bind(r.deleted)
-                            .bind(&r.body)
+                        bind_row(sqlx::query(crate::sql::UPDATE_ROW), r)
                             .execute(&mut *conn)
                             .await.db()?;
                         key
