@@ -257,17 +257,30 @@ fn push_chains(sql: &mut Sql, lookup: Lookup, types: &[&str], filter: &Filter) -
         return false;
     }
     index_rows(sql, lookup, types, IndexKind::Reference, param);
-    sql.push(" AND (target_type, target_id) IN (");
-    for (i, (_, target_type, filters)) in chains.iter().enumerate() {
-        if i > 0 {
-            sql.push(" UNION ALL ");
+    // The ids alone first: SQLite seeks the reference index by `target_id`
+    // for a plain `IN`, but for a row value `IN` it reads every reference
+    // row of the parameter (20 times slower on Synthea's Observations).
+    // The pairs then keep a target of another type with the same id out.
+    for pairs in [false, true] {
+        sql.push(if pairs {
+            " AND (target_type, target_id) IN ("
+        } else {
+            " AND target_id IN ("
+        });
+        for (i, (_, target_type, filters)) in chains.iter().enumerate() {
+            if i > 0 {
+                sql.push(" UNION ALL ");
+            }
+            sql.push("SELECT ");
+            if pairs {
+                sql.bind(Bind::Text((*target_type).clone())).push(", ");
+            }
+            sql.push("id FROM resource");
+            push_filters(sql, &inner_query(target_type, filters));
         }
-        sql.push("SELECT ")
-            .bind(Bind::Text((*target_type).clone()))
-            .push(", id FROM resource");
-        push_filters(sql, &inner_query(target_type, filters));
+        sql.push(")");
     }
-    sql.push("))");
+    sql.push(")");
     true
 }
 
