@@ -718,9 +718,13 @@ fn push_number(sql: &mut Sql, op: RangeOp, low: f64, high: f64) {
 /// backends' limits).
 const ROWS_PER_INSERT: usize = 256;
 
+/// A row of `index_inserts` that is not there: one NULL per column.
+const PADDING_ROW: &str =
+    "(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)";
+
 /// The INSERT statements of a resource's index rows: one per
 /// `ROWS_PER_INSERT` rows, all kinds together. Each statement is written for
-/// a power-of-two number of rows, the unused ones bound as NULL and skipped,
+/// a power-of-two number of rows, the unused ones NULL and skipped,
 /// so that every write reuses one of nine prepared statements instead of
 /// preparing one of its own (and pushing the hot statements out of the
 /// connection's statement cache). SQLite and PostgreSQL both name the
@@ -734,21 +738,26 @@ pub(crate) fn index_inserts(key: i64, resource_type: &str, entries: &[IndexEntry
             "INSERT INTO search_index (res_key, resource_type, param, kind, text_norm, text_exact, \
              system, code, low, high, number, target_type, target_id) SELECT * FROM (VALUES ",
         );
-        let rows = chunk.len().next_power_of_two();
-        for i in 0..rows {
+        // $1 and $2, the key and the type, are bound once and named in
+        // every row; padding rows are NULLs, typed by the real rows.
+        sql.binds.push(Bind::Int(key));
+        sql.binds.push(Bind::Text(resource_type.to_owned()));
+        for i in 0..chunk.len().next_power_of_two() {
             if i > 0 {
                 sql.push(", ");
             }
-            let (key, columns) = match chunk.get(i) {
-                Some(entry) => (Bind::Int(key), entry_columns(entry)),
-                None => (Bind::NullInt, null_columns()),
-            };
-            sql.push("(").bind(key).push(", ");
-            sql.bind(Bind::Text(resource_type.to_owned()));
-            for column in columns {
-                sql.push(", ").bind(column);
+            match chunk.get(i) {
+                Some(entry) => {
+                    sql.push("($1, $2");
+                    for column in entry_columns(entry) {
+                        sql.push(", ").bind(column);
+                    }
+                    sql.push(")");
+                }
+                None => {
+                    sql.push(PADDING_ROW);
+                }
             }
-            sql.push(")");
         }
         sql.push(") AS v WHERE column1 IS NOT NULL");
         out.push(sql);
@@ -916,15 +925,6 @@ fn entry_columns(entry: &IndexEntry) -> Vec<Bind> {
         row.number.map_or(Bind::NullFloat, Bind::Float),
         text(row.target_type),
         text(row.target_id),
-    ]
-}
-
-/// The columns `entry_columns` gives, all NULL (a padding row).
-fn null_columns() -> Vec<Bind> {
-    use Bind::{NullFloat, NullInt, NullText};
-    vec![
-        NullText, NullInt, NullText, NullText, NullText, NullText, NullInt, NullInt, NullFloat,
-        NullText, NullText,
     ]
 }
 

@@ -469,9 +469,6 @@ macro_rules! sql_writes {
             }
         }
 
-        /// Retries a whole write set a few times when the database reports contention.
-        const CONTENTION_RETRIES: usize = 3;
-
         /// Applies `ops` in one transaction of its own, all or nothing,
         /// retrying a few times when the database reports contention.
         async fn write_set(pool: &sqlx::Pool<$db>, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
@@ -490,7 +487,7 @@ macro_rules! sql_writes {
                 }
                 .await;
                 match result {
-                    Err(StoreError::Contention) if attempt < CONTENTION_RETRIES => {
+                    Err(StoreError::Contention) if attempt < crate::sql::CONTENTION_RETRIES => {
                         tracing::debug!(attempt, "write contention; retrying");
                     }
                     other => return other,
@@ -506,6 +503,10 @@ use crate::error::{Refusal, StoreError};
 use crate::model::{
     IndexEntry, Matching, SearchQuery, StoredResource, TotalMode, WriteKind, WriteOp, WriteOutcome,
 };
+
+/// How many times a write set is tried when the database reports contention
+/// or a conditional write's match changed between its search and its write.
+pub(crate) const CONTENTION_RETRIES: usize = 3;
 
 /// Stores a new version over a resource's row; binds: type, id, version,
 /// last updated, deleted, body (as the insert's first six).

@@ -46,9 +46,6 @@ const READERS: u32 = 4;
 /// Write sets that may wait for the writer; beyond that, callers wait to
 /// hand theirs over.
 const QUEUE: usize = 1024;
-/// The sqlx write connection's page cache, in KiB (64 MiB), for a rebuild
-/// of the index (the writer thread has its own, `sqlite_writer`).
-const WRITER_CACHE_KIB: u32 = 64 * 1024;
 /// Each reader connection's page cache, in KiB (16 MiB): a search that
 /// checks a few thousand candidates reads their index and resource pages
 /// from it rather than asking the operating system for each one.
@@ -93,14 +90,11 @@ impl SqliteStore {
             // temporary file (https://www.sqlite.org/pragma.html#pragma_temp_store).
             .pragma("temp_store", "memory")
             .foreign_keys(true);
-        // The writer's page cache holds a whole group of writes (a large
-        // transaction bundle dirties tens of thousands of index pages);
-        // with SQLite's default of 2 MiB it spills dirty pages to the WAL
-        // mid-transaction and reads the same pages back
-        // (https://www.sqlite.org/pragma.html#pragma_cache_size).
+        // The page cache of the writer thread's connection: an index rebuild
+        // dirties as many pages as a large write set.
         let writer_options = options
             .clone()
-            .pragma("cache_size", format!("-{}", WRITER_CACHE_KIB));
+            .pragma("cache_size", format!("-{}", sqlite_writer::CACHE_KIB));
         // A connection to a local file has no other end that could hang
         // up: the pools skip sqlx's ping before each use, a round trip to
         // the connection's worker thread.

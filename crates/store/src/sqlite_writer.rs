@@ -39,12 +39,12 @@ const MAX_GROUP: usize = 32;
 /// SQLite's memjournal.c), so a large write set there costs the square of
 /// its size: a 2,000-entry Synthea bundle spent more than half its time so.
 pub(crate) const MAX_GROUPED_OPS: usize = 16;
-/// The writer connection's page cache, in KiB (64 MiB): it holds a whole
+/// A write connection's page cache, in KiB (64 MiB): it holds a whole
 /// group of writes (a large transaction bundle dirties tens of thousands of
 /// index pages); with SQLite's default of 2 MiB it spills dirty pages to the
 /// WAL mid-transaction and reads the same pages back
 /// (https://www.sqlite.org/pragma.html#pragma_cache_size).
-const CACHE_KIB: i64 = 64 * 1024;
+pub(crate) const CACHE_KIB: i64 = 64 * 1024;
 /// Prepared statements the writer keeps: the few of a write, the nine
 /// shapes of index inserts (`query::index_inserts`), and room to spare.
 const STATEMENTS: usize = 32;
@@ -298,10 +298,6 @@ fn refused_alone(err: &StoreError) -> bool {
     )
 }
 
-/// Retries a whole write set a few times when a conditional write's match
-/// changed between its search and its write.
-const CONTENTION_RETRIES: usize = 3;
-
 /// Applies `ops` in one transaction of their own, all or nothing.
 fn write_set(conn: &mut Connection, ops: &[WriteOp]) -> StoreResult<Vec<WriteOutcome>> {
     let mut attempt = 0;
@@ -319,7 +315,7 @@ fn write_set(conn: &mut Connection, ops: &[WriteOp]) -> StoreResult<Vec<WriteOut
             Ok(outcomes)
         })();
         match result {
-            Err(StoreError::Contention) if attempt < CONTENTION_RETRIES => {
+            Err(StoreError::Contention) if attempt < crate::sql::CONTENTION_RETRIES => {
                 tracing::debug!(attempt, "write contention; retrying");
             }
             other => return other,
