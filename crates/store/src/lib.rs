@@ -11,6 +11,7 @@ mod postgres;
 mod query;
 mod sql;
 mod sqlite;
+mod sqlite_reader;
 mod sqlite_writer;
 
 use std::future::Future;

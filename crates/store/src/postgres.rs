@@ -4,17 +4,12 @@
 use std::time::Duration;
 
 use crate::error::DbResult;
-use sqlx::postgres::PgPoolOptions;
+use crate::sql::{Columns, TotalFrom};
+use crate::{ChangeMarker, ResourceHistory, ResourceRead, ResourceSearch, StoreHealth};
+use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres};
 
-crate::sql::sql_backend!(
-    PostgresStore,
-    Postgres,
-    PgConnection,
-    "FOR UPDATE",
-    "BEGIN",
-    true
-);
+crate::sql::sql_backend!(PostgresStore, Postgres, PgConnection, "FOR UPDATE", "BEGIN");
 crate::sql::sql_writes!(
     Postgres,
     PgConnection,
@@ -75,5 +70,151 @@ impl PostgresStore {
             writer: pool.clone(),
             reader: pool,
         })
+    }
+}
+
+impl PostgresStore {
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    async fn setting(&self, name: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query(crate::sql::READ_SETTING)
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+            .db()?;
+        row.map(|r| r.try_get::<String, _>(0)).transpose().db()
+    }
+}
+
+impl Columns for PgRow {
+    fn text(&self, name: &str) -> StoreResult<Option<String>> {
+        self.try_get(name).db()
+    }
+    fn int(&self, name: &str) -> StoreResult<Option<i64>> {
+        self.try_get(name).db()
+    }
+    fn float(&self, name: &str) -> StoreResult<Option<f64>> {
+        self.try_get(name).db()
+    }
+    fn flag(&self, name: &str) -> StoreResult<bool> {
+        self.try_get(name).db()
+    }
+}
+
+impl ResourceRead for PostgresStore {
+    async fn read(&self, resource_type: &str, id: &str) -> StoreResult<Option<StoredResource>> {
+        let row = sqlx::query(crate::sql::READ_ROW)
+            .bind(resource_type)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .db()?;
+        row.as_ref().map(crate::sql::stored).transpose()
+    }
+
+    async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version_id: i64,
+    ) -> StoreResult<Option<StoredResource>> {
+        let row = sqlx::query(crate::sql::READ_VERSION)
+            .bind(resource_type)
+            .bind(id)
+            .bind(version_id)
+            .fetch_optional(&self.reader)
+            .await
+            .db()?;
+        row.as_ref().map(crate::sql::stored).transpose()
+    }
+}
+
+impl ResourceSearch for PostgresStore {
+    async fn search(&self, q: SearchQuery) -> StoreResult<SearchPage> {
+        let mut plan = query::search(&q)?;
+        // A search that combines filters is planned for its values each
+        // time rather than kept prepared: PostgreSQL switches a prepared
+        // statement to a generic plan after five runs, and a generic plan
+        // cannot tell a reference that matches 50 rows from a code that
+        // matches 50,000 (a search with one filter has one way in, and
+        // skips the planning)
+        // (https://www.postgresql.org/docs/current/sql-prepare.html, "Notes").
+        let prepared = q.filters.len() <= 1;
+        let rows = bind_all(sqlx::query(&plan.select.text), std::mem::take(&mut plan.select.binds))
+            .persistent(prepared)
+            .fetch_all(&self.reader)
+            .await
+            .db()?;
+        let mut in_page = None;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (hit, total) = crate::sql::hit(row, &plan)?;
+            in_page = in_page.or(total);
+            found.push(hit);
+        }
+        let total = match crate::sql::total_from(&q, &plan, found.len(), in_page) {
+            TotalFrom::Known(total) => total,
+            TotalFrom::Count(count) => {
+                let row = bind_all(sqlx::query(&count.text), count.binds)
+                    .persistent(prepared)
+                    .fetch_one(&self.reader)
+                    .await
+                    .db()?;
+                query::counted(q.total, row.try_get::<i64, _>(0).db()?)
+            }
+        };
+        Ok(query::search_page(&q, plan.backwards, found, total))
+    }
+}
+
+impl ResourceHistory for PostgresStore {
+    async fn history(&self, q: HistoryQuery) -> StoreResult<HistoryPage> {
+        let (select, count) = query::history(&q)?;
+        let rows = bind_all(sqlx::query(&select.text), select.binds)
+            .fetch_all(&self.reader)
+            .await
+            .db()?;
+        let rows = rows
+            .iter()
+            .map(|row| Ok((crate::sql::stored(row)?, row.try_get::<i64, _>("seq").db()?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let (entries, next, counted) = crate::sql::history_page(&q, rows);
+        let total = if counted {
+            let row = bind_all(sqlx::query(&count.text), count.binds)
+                .fetch_one(&self.reader)
+                .await
+                .db()?;
+            query::counted(TotalMode::Bounded, row.try_get::<i64, _>(0).db()?)
+        } else {
+            Some(entries.len() as i64)
+        };
+        Ok(HistoryPage {
+            entries,
+            total,
+            next,
+        })
+    }
+}
+
+impl ChangeMarker for PostgresStore {
+    async fn latest_change(&self, resource_types: &[&str]) -> StoreResult<i64> {
+        let sql = crate::sql::latest_change_sql(resource_types.len());
+        let mut q = sqlx::query(&sql);
+        for t in resource_types {
+            q = q.bind(*t);
+        }
+        let row = q.fetch_one(&self.reader).await.db()?;
+        row.try_get::<i64, _>(0).db()
+    }
+}
+
+impl StoreHealth for PostgresStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await.db()?;
+        Ok(())
     }
 }

@@ -1,29 +1,25 @@
-//! The SQL store logic, written once and instantiated for each sqlx backend by
-//! `sql_backend!`. Both backends run the same statements; what differs (row
-//! locking, migration locking, pool set-up) is passed in by the backend module.
+//! The SQL store logic both backends share: the decisions of a write, the
+//! decoding of result rows and the paging of searches and history (plain
+//! functions), and the sqlx code of writes, index rebuilds and migrations
+//! (`sql_backend!`, `sql_writes!`), instantiated by each backend module.
+//! Both backends run the same statements (built by `query`); what differs
+//! (row locking, migration locking, the driver of reads) is the backend
+//! module's.
 
-/// Generates the storage trait implementations for `$store`, a struct with
-/// `reader` and `writer` pools of database `$db` and connection type `$conn`
-/// and an async `submit` that commits a write set. `$lock` is the
-/// row-locking clause appended to the read-for-update query. `$begin`
-/// starts a write transaction of the index rebuild. `$plan_each`
-/// says whether a search that combines filters is planned for its values
-/// each time rather than kept prepared: PostgreSQL switches a prepared
-/// statement to a generic plan after five runs, and a generic plan cannot
-/// tell a reference that matches 50 rows from a code that matches 50,000 (a
-/// search with one filter has one way in, and skips the planning)
-/// (https://www.postgresql.org/docs/current/sql-prepare.html, "Notes").
+/// Generates the write-side trait implementations for `$store`, a struct
+/// with a `writer` pool of database `$db` (connection type `$conn`), an
+/// async `submit` that commits a write set and an async `setting` that
+/// reads a row of `fhirbox_setting`. `$lock` is the row-locking clause
+/// appended to the read-for-update query. `$begin` starts a write
+/// transaction of the index rebuild.
 macro_rules! sql_backend {
-    ($store:ident, $db:ty, $conn:ty, $lock:literal, $begin:literal, $plan_each:literal) => {
+    ($store:ident, $db:ty, $conn:ty, $lock:literal, $begin:literal) => {
         use sqlx::Row as _;
 
         use crate::error::StoreError;
         use crate::model::*;
         use crate::query::{self, Bind};
-        use crate::{
-            ChangeMarker, ResourceHistory, ResourceRead, ResourceSearch, ResourceWrite, StoreHealth,
-            StoreResult,
-        };
+        use crate::{ResourceWrite, StoreResult};
 
         type Query<'q> = sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>;
 
@@ -39,17 +35,6 @@ macro_rules! sql_backend {
                 };
             }
             q
-        }
-
-        fn row_to_resource(row: &<$db as sqlx::Database>::Row) -> StoreResult<StoredResource> {
-            Ok(StoredResource {
-                resource_type: row.try_get("resource_type").db()?,
-                id: row.try_get("id").db()?,
-                version_id: row.try_get("version_id").db()?,
-                last_updated: row.try_get("last_updated").db()?,
-                deleted: row.try_get("deleted").db()?,
-                body: row.try_get("body").db()?,
-            })
         }
 
         /// Replaces the index rows of the resource row `key`.
@@ -74,47 +59,6 @@ macro_rules! sql_backend {
             Ok(())
         }
 
-        impl $store {
-            /// Closes both pools. (SQLite's writer thread ends once every
-            /// handle to the store is dropped.)
-            pub async fn close(&self) {
-                self.writer.close().await;
-                self.reader.close().await;
-            }
-        }
-
-        impl ResourceRead for $store {
-            async fn read(&self, resource_type: &str, id: &str) -> StoreResult<Option<StoredResource>> {
-                let row = sqlx::query(
-                    "SELECT resource_type, id, version_id, last_updated, deleted, body FROM resource \
-                     WHERE resource_type = $1 AND id = $2",
-                )
-                .bind(resource_type)
-                .bind(id)
-                .fetch_optional(&self.reader)
-                .await.db()?;
-                row.as_ref().map(row_to_resource).transpose()
-            }
-
-            async fn vread(
-                &self,
-                resource_type: &str,
-                id: &str,
-                version_id: i64,
-            ) -> StoreResult<Option<StoredResource>> {
-                let row = sqlx::query(
-                    "SELECT resource_type, id, version_id, last_updated, deleted, body FROM resource_history \
-                     WHERE resource_type = $1 AND id = $2 AND version_id = $3",
-                )
-                .bind(resource_type)
-                .bind(id)
-                .bind(version_id)
-                .fetch_optional(&self.reader)
-                .await.db()?;
-                row.as_ref().map(row_to_resource).transpose()
-            }
-        }
-
         impl ResourceWrite for $store {
             async fn write(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
                 let mut outcomes = self.submit(vec![op]).await?;
@@ -125,108 +69,6 @@ macro_rules! sql_backend {
 
             async fn write_all(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
                 self.submit(ops).await
-            }
-        }
-
-        impl ResourceSearch for $store {
-            async fn search(&self, q: SearchQuery) -> StoreResult<SearchPage> {
-                let plan = query::search(&q)?;
-                // A search that combines filters is planned for its values.
-                let prepared = !($plan_each && q.filters.len() > 1);
-                let rows = bind_all(sqlx::query(&plan.select.text), plan.select.binds)
-                    .persistent(prepared)
-                    .fetch_all(&self.reader)
-                    .await.db()?;
-                let mut in_page = None;
-                let mut found = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    if plan.total == query::Total::InPage {
-                        in_page = Some(row.try_get::<i64, _>("total").db()?);
-                    }
-                    let mut values = Vec::with_capacity(plan.sort_values.len());
-                    for (i, kind) in plan.sort_values.iter().enumerate() {
-                        let column = format!("s{i}");
-                        let column = column.as_str();
-                        values.push(match kind {
-                            query::SortValue::Text => row.try_get::<Option<String>, _>(column).db()?.into(),
-                            query::SortValue::Int => row.try_get::<Option<i64>, _>(column).db()?.into(),
-                            query::SortValue::Float => row.try_get::<Option<f64>, _>(column).db()?.into(),
-                        });
-                    }
-                    found.push((row_to_resource(row)?, row.try_get::<i64, _>("res_key").db()?, values));
-                }
-                let total = match plan.total {
-                    query::Total::Skip => None,
-                    _ if in_page.is_some() => in_page,
-                    // A first page that holds every match is its own count.
-                    _ if q.cursor.is_none() && found.len() <= q.count as usize => {
-                        Some(found.len() as i64)
-                    }
-                    query::Total::Count | query::Total::InPage => {
-                        let count = query::count(&q);
-                        let row = bind_all(sqlx::query(&count.text), count.binds)
-                            .persistent(prepared)
-                            .fetch_one(&self.reader)
-                            .await.db()?;
-                        query::counted(q.total, row.try_get::<i64, _>(0).db()?)
-                    }
-                };
-                Ok(query::search_page(&q, plan.backwards, found, total))
-            }
-        }
-
-        impl ResourceHistory for $store {
-            async fn history(&self, q: HistoryQuery) -> StoreResult<HistoryPage> {
-                let (select, count) = query::history(&q)?;
-                let rows = bind_all(sqlx::query(&select.text), select.binds)
-                    .fetch_all(&self.reader)
-                    .await.db()?;
-                let mut entries = Vec::with_capacity(rows.len());
-                let mut last_seq = None;
-                for row in rows.iter().take(q.count as usize) {
-                    entries.push(row_to_resource(row)?);
-                    last_seq = Some(row.try_get::<i64, _>("seq").db()?);
-                }
-                let next = if rows.len() > q.count as usize {
-                    last_seq.map(query::history_cursor)
-                } else {
-                    None
-                };
-                // A first page that holds every version is its own count.
-                let total = if q.cursor.is_none() && next.is_none() {
-                    Some(entries.len() as i64)
-                } else {
-                    let row = bind_all(sqlx::query(&count.text), count.binds)
-                        .fetch_one(&self.reader)
-                        .await.db()?;
-                    query::counted(TotalMode::Bounded, row.try_get::<i64, _>(0).db()?)
-                };
-                Ok(HistoryPage {
-                    entries,
-                    total,
-                    next,
-                })
-            }
-        }
-
-        impl ChangeMarker for $store {
-            async fn latest_change(&self, resource_types: &[&str]) -> StoreResult<i64> {
-                let mut sql = String::from(
-                    "SELECT COALESCE(MAX(seq), 0) FROM resource_history WHERE resource_type IN (",
-                );
-                for i in 0..resource_types.len() {
-                    if i > 0 {
-                        sql.push_str(", ");
-                    }
-                    sql.push_str(&format!("${}", i + 1));
-                }
-                sql.push(')');
-                let mut q = sqlx::query(&sql);
-                for t in resource_types {
-                    q = q.bind(*t);
-                }
-                let row = q.fetch_one(&self.reader).await.db()?;
-                row.try_get::<i64, _>(0).db()
             }
         }
 
@@ -263,10 +105,7 @@ macro_rules! sql_backend {
             }
 
             async fn index_version(&self) -> StoreResult<Option<String>> {
-                let row = sqlx::query("SELECT value FROM fhirbox_setting WHERE name = 'search-index'")
-                    .fetch_optional(&self.reader)
-                    .await.db()?;
-                row.map(|r| r.try_get::<String, _>(0)).transpose().db()
+                self.setting(crate::sql::INDEX_VERSION).await
             }
 
             async fn analyze(&self) -> StoreResult<()> {
@@ -276,19 +115,13 @@ macro_rules! sql_backend {
 
             async fn set_index_version(&self, version: &str) -> StoreResult<()> {
                 sqlx::query(
-                    "INSERT INTO fhirbox_setting (name, value) VALUES ('search-index', $1) \
+                    "INSERT INTO fhirbox_setting (name, value) VALUES ($1, $2) \
                      ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 )
+                .bind(crate::sql::INDEX_VERSION)
                 .bind(version)
                 .execute(&self.writer)
                 .await.db()?;
-                Ok(())
-            }
-        }
-
-        impl StoreHealth for $store {
-            async fn ping(&self) -> StoreResult<()> {
-                sqlx::query("SELECT 1").execute(&self.reader).await.db()?;
                 Ok(())
             }
         }
@@ -360,7 +193,7 @@ macro_rules! sql_writes {
             .fetch_optional(&mut *conn)
             .await.db()?;
             row.as_ref()
-                .map(|r| Ok((row_to_resource(r)?, r.try_get::<i64, _>("res_key").db()?)))
+                .map(|r| Ok((crate::sql::stored(r)?, r.try_get::<i64, _>("res_key").db()?)))
                 .transpose()
         }
 
@@ -400,7 +233,7 @@ macro_rules! sql_writes {
                 .persistent(false)
                 .fetch_all(&mut *conn)
                 .await.db()?;
-            rows.iter().map(row_to_resource).collect()
+            rows.iter().map(crate::sql::stored).collect()
         }
 
         /// Binds a row's six columns, in `UPDATE_ROW`'s and the insert's order.
@@ -499,10 +332,141 @@ macro_rules! sql_writes {
 
 pub(crate) use sql_writes;
 
+use crate::cursor::Cursor;
 use crate::error::{Refusal, StoreError};
 use crate::model::{
-    IndexEntry, Matching, SearchQuery, StoredResource, TotalMode, WriteKind, WriteOp, WriteOutcome,
+    HistoryQuery, IndexEntry, Matching, SearchQuery, StoredResource, TotalMode, WriteKind, WriteOp,
+    WriteOutcome,
 };
+use crate::query::{self, Hit, SearchPlan, SortValue, Sql};
+use crate::StoreResult;
+
+/// The `fhirbox_setting` row naming the index definitions the stored index
+/// rows were built from.
+pub(crate) const INDEX_VERSION: &str = "search-index";
+
+/// The current row of a resource; binds: type, id.
+pub(crate) const READ_ROW: &str =
+    "SELECT resource_type, id, version_id, last_updated, deleted, body FROM resource \
+     WHERE resource_type = $1 AND id = $2";
+
+/// A version of a resource; binds: type, id, version.
+pub(crate) const READ_VERSION: &str =
+    "SELECT resource_type, id, version_id, last_updated, deleted, body FROM resource_history \
+     WHERE resource_type = $1 AND id = $2 AND version_id = $3";
+
+/// A row of `fhirbox_setting`; binds: name.
+pub(crate) const READ_SETTING: &str = "SELECT value FROM fhirbox_setting WHERE name = $1";
+
+/// The newest change to resources of the types bound as `$1`, `$2`, … (one
+/// per type): the largest history sequence number, 0 for none.
+pub(crate) fn latest_change_sql(types: usize) -> String {
+    let mut sql =
+        String::from("SELECT COALESCE(MAX(seq), 0) FROM resource_history WHERE resource_type IN (");
+    for i in 1..=types {
+        if i > 1 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("${i}"));
+    }
+    sql.push(')');
+    sql
+}
+
+/// A result row's columns by name, as each backend's driver reads them.
+pub(crate) trait Columns {
+    fn text(&self, name: &str) -> StoreResult<Option<String>>;
+    fn int(&self, name: &str) -> StoreResult<Option<i64>>;
+    fn float(&self, name: &str) -> StoreResult<Option<f64>>;
+    fn flag(&self, name: &str) -> StoreResult<bool>;
+}
+
+fn required<T>(value: Option<T>, name: &str) -> StoreResult<T> {
+    value.ok_or_else(|| StoreError::Corrupt(format!("a stored row has no {name}")))
+}
+
+/// The resource of a row holding `query::COLUMNS`.
+pub(crate) fn stored(row: &impl Columns) -> StoreResult<StoredResource> {
+    Ok(StoredResource {
+        resource_type: required(row.text("resource_type")?, "resource_type")?,
+        id: required(row.text("id")?, "id")?,
+        version_id: required(row.int("version_id")?, "version_id")?,
+        last_updated: required(row.int("last_updated")?, "last_updated")?,
+        deleted: row.flag("deleted")?,
+        body: required(row.text("body")?, "body")?,
+    })
+}
+
+/// A row of a search's page (`SearchPlan::select`): the resource, its
+/// storage key and sort values, and the total it carries under
+/// `Total::InPage`.
+pub(crate) fn hit(row: &impl Columns, plan: &SearchPlan) -> StoreResult<(Hit, Option<i64>)> {
+    let in_page = match plan.total {
+        query::Total::InPage => Some(required(row.int("total")?, "total")?),
+        _ => None,
+    };
+    let mut values = Vec::with_capacity(plan.sort_values.len());
+    for (i, kind) in plan.sort_values.iter().enumerate() {
+        let column = format!("s{i}");
+        values.push(match kind {
+            SortValue::Text => row.text(&column)?.into(),
+            SortValue::Int => row.int(&column)?.into(),
+            SortValue::Float => row.float(&column)?.into(),
+        });
+    }
+    let key = required(row.int("res_key")?, "res_key")?;
+    Ok(((stored(row)?, key, values), in_page))
+}
+
+/// Where a search's total comes from once its page is read.
+pub(crate) enum TotalFrom {
+    Known(Option<i64>),
+    /// The count statement, whose result goes through `query::counted`.
+    Count(Sql),
+}
+
+/// The total of a search whose page holds `found` rows (one more than the
+/// page, when there are more), and `in_page` when a row carried it.
+pub(crate) fn total_from(
+    q: &SearchQuery,
+    plan: &SearchPlan,
+    found: usize,
+    in_page: Option<i64>,
+) -> TotalFrom {
+    match plan.total {
+        query::Total::Skip => TotalFrom::Known(None),
+        _ if in_page.is_some() => TotalFrom::Known(in_page),
+        // A first page that holds every match is its own count.
+        _ if q.cursor.is_none() && found <= q.count as usize => {
+            TotalFrom::Known(Some(found as i64))
+        }
+        query::Total::Count | query::Total::InPage => TotalFrom::Count(query::count(q)),
+    }
+}
+
+/// A page of history from the rows of `query::history`'s select (one more
+/// than the page, when there are more), each with its `seq`: the versions,
+/// the cursor of the next page, and whether the total needs the count
+/// statement (a first page that holds every version is its own count).
+pub(crate) fn history_page(
+    q: &HistoryQuery,
+    rows: Vec<(StoredResource, i64)>,
+) -> (Vec<StoredResource>, Option<Cursor>, bool) {
+    let more = rows.len() > q.count as usize;
+    let mut entries = Vec::with_capacity(rows.len().min(q.count as usize));
+    let mut last_seq = None;
+    for (resource, seq) in rows.into_iter().take(q.count as usize) {
+        entries.push(resource);
+        last_seq = Some(seq);
+    }
+    let next = if more {
+        last_seq.map(query::history_cursor)
+    } else {
+        None
+    };
+    let counted = q.cursor.is_some() || next.is_some();
+    (entries, next, counted)
+}
 
 /// How many times a write set is tried when the database reports contention
 /// or a conditional write's match changed between its search and its write.

@@ -1,7 +1,7 @@
 //! SQLite backend: one writer (SQLite allows one writer at a time; a single
-//! connection serialises writes), a small pool of readers, WAL mode so
-//! readers never wait for the writer. The index rebuild and migrations use
-//! a second write connection, which waits for the writer's lock.
+//! connection serialises writes), a few readers (`sqlite_reader`), WAL mode
+//! so readers never wait for the writer. The index rebuild and migrations
+//! use a second write connection, which waits for the writer's lock.
 //!
 //! Writes reach the writer (`sqlite_writer`, a thread of its own) through a
 //! queue, and the writer commits what has queued up while it was busy in one
@@ -11,38 +11,40 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::DbResult;
+use crate::sql::TotalFrom;
+use crate::sqlite_reader::Readers;
+use crate::sqlite_writer::{self, bind, bind_values, Pending};
+use crate::{ChangeMarker, ResourceHistory, ResourceRead, ResourceSearch, StoreHealth};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sqlite_writer::{self, Pending};
-
-// The sqlx pools read, rebuild index rows (`fhirbox reindex`) and migrate;
-// writes go through `sqlite_writer`. A rebuild's transaction takes the write
-// lock at its start, waiting up to the busy timeout for the writer thread,
-// rather than failing when its read turns into a write
-// (https://www.sqlite.org/lang_transaction.html).
+// The sqlx pool rebuilds index rows (`fhirbox reindex`) and migrates;
+// writes go through `sqlite_writer`, reads through `sqlite_reader`. A
+// rebuild's transaction takes the write lock at its start, waiting up to
+// the busy timeout for the writer thread, rather than failing when its
+// read turns into a write (https://www.sqlite.org/lang_transaction.html).
 crate::sql::sql_backend!(
     SqliteStore,
     Sqlite,
     SqliteConnection,
     "",
-    "BEGIN IMMEDIATE",
-    false
+    "BEGIN IMMEDIATE"
 );
 
 /// Resources in an embedded SQLite file.
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
-    reader: SqlitePool,
+    readers: Arc<Readers>,
     queue: mpsc::Sender<Pending>,
 }
 
-const READERS: u32 = 4;
+const READERS: usize = 4;
 /// Write sets that may wait for the writer; beyond that, callers wait to
 /// hand theirs over.
 const QUEUE: usize = 1024;
@@ -109,25 +111,37 @@ impl SqliteStore {
             let mut conn = writer.acquire().await.db()?;
             run_migrations(&mut conn, crate::migrate::SQLITE, None).await?;
         }
-        let reader = SqlitePoolOptions::new()
-            .max_connections(READERS)
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(
-                options
-                    .read_only(true)
-                    .pragma("cache_size", format!("-{}", READER_CACHE_KIB))
-                    .pragma("mmap_size", READER_MMAP_BYTES.to_string()),
-            )
-            .await
-            .db()?;
+        let readers = Readers::open(path, READERS, |conn| {
+            conn.pragma_update(None, "cache_size", -i64::from(READER_CACHE_KIB))?;
+            conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
+            conn.pragma_update(None, "temp_store", "MEMORY")
+        })?;
         let (queue, pending) = mpsc::channel(QUEUE);
         sqlite_writer::start(path, pending)?;
         Ok(SqliteStore {
             writer,
-            reader,
+            readers,
             queue,
         })
+    }
+
+    /// Closes the pool of the index rebuild and migrations. (The readers
+    /// close, and the writer thread ends, once every handle to the store
+    /// is dropped.)
+    pub async fn close(&self) {
+        self.writer.close().await;
+    }
+
+    async fn setting(&self, name: &str) -> StoreResult<Option<String>> {
+        let name = name.to_owned();
+        self.readers
+            .run(move |conn| {
+                let mut select = conn.prepare_cached(crate::sql::READ_SETTING).db()?;
+                bind(&mut select, &[&name])?;
+                let mut rows = select.raw_query();
+                rows.next().db()?.map(|row| row.get(0)).transpose().db()
+            })
+            .await
     }
 
     /// Hands `ops` to the writer and waits until they are committed (or
@@ -140,6 +154,140 @@ impl SqliteStore {
             .await
             .map_err(|_| abandoned())?;
         outcome.await.map_err(|_| abandoned())?
+    }
+}
+
+/// The one row `sql` (bound to `binds`) selects, if any, as a resource.
+fn one_row(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    binds: &[&dyn rusqlite::ToSql],
+) -> StoreResult<Option<StoredResource>> {
+    let mut select = conn.prepare_cached(sql).db()?;
+    bind(&mut select, binds)?;
+    let mut rows = select.raw_query();
+    rows.next().db()?.map(crate::sql::stored).transpose()
+}
+
+/// The number a bound statement that selects one (a count, a maximum)
+/// returns.
+fn number(select: &mut rusqlite::Statement<'_>) -> StoreResult<i64> {
+    let mut rows = select.raw_query();
+    match rows.next().db()? {
+        Some(row) => row.get(0).db(),
+        None => Err(StoreError::Corrupt("an aggregate returned no row".into())),
+    }
+}
+
+/// The count of a search or a history page.
+fn count_of(conn: &rusqlite::Connection, count: &query::Sql) -> StoreResult<i64> {
+    let mut select = conn.prepare_cached(&count.text).db()?;
+    bind_values(&mut select, &count.binds)?;
+    number(&mut select)
+}
+
+impl ResourceRead for SqliteStore {
+    async fn read(&self, resource_type: &str, id: &str) -> StoreResult<Option<StoredResource>> {
+        let (resource_type, id) = (resource_type.to_owned(), id.to_owned());
+        self.readers
+            .run(move |conn| one_row(conn, crate::sql::READ_ROW, &[&resource_type, &id]))
+            .await
+    }
+
+    async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version_id: i64,
+    ) -> StoreResult<Option<StoredResource>> {
+        let (resource_type, id) = (resource_type.to_owned(), id.to_owned());
+        self.readers
+            .run(move |conn| {
+                one_row(
+                    conn,
+                    crate::sql::READ_VERSION,
+                    &[&resource_type, &id, &version_id],
+                )
+            })
+            .await
+    }
+}
+
+impl ResourceSearch for SqliteStore {
+    async fn search(&self, q: SearchQuery) -> StoreResult<SearchPage> {
+        let plan = query::search(&q)?;
+        self.readers
+            .run(move |conn| {
+                let mut select = conn.prepare_cached(&plan.select.text).db()?;
+                bind_values(&mut select, &plan.select.binds)?;
+                let mut rows = select.raw_query();
+                let mut in_page = None;
+                let mut found = Vec::new();
+                while let Some(row) = rows.next().db()? {
+                    let (hit, total) = crate::sql::hit(row, &plan)?;
+                    in_page = in_page.or(total);
+                    found.push(hit);
+                }
+                let total = match crate::sql::total_from(&q, &plan, found.len(), in_page) {
+                    TotalFrom::Known(total) => total,
+                    TotalFrom::Count(count) => query::counted(q.total, count_of(conn, &count)?),
+                };
+                Ok(query::search_page(&q, plan.backwards, found, total))
+            })
+            .await
+    }
+}
+
+impl ResourceHistory for SqliteStore {
+    async fn history(&self, q: HistoryQuery) -> StoreResult<HistoryPage> {
+        let (select, count) = query::history(&q)?;
+        self.readers
+            .run(move |conn| {
+                let mut statement = conn.prepare_cached(&select.text).db()?;
+                bind_values(&mut statement, &select.binds)?;
+                let mut rows = statement.raw_query();
+                let mut found = Vec::new();
+                while let Some(row) = rows.next().db()? {
+                    found.push((crate::sql::stored(row)?, row.get("seq").db()?));
+                }
+                let (entries, next, counted) = crate::sql::history_page(&q, found);
+                let total = if counted {
+                    query::counted(TotalMode::Bounded, count_of(conn, &count)?)
+                } else {
+                    Some(entries.len() as i64)
+                };
+                Ok(HistoryPage {
+                    entries,
+                    total,
+                    next,
+                })
+            })
+            .await
+    }
+}
+
+impl ChangeMarker for SqliteStore {
+    async fn latest_change(&self, resource_types: &[&str]) -> StoreResult<i64> {
+        let types: Vec<String> = resource_types.iter().map(|t| (*t).to_owned()).collect();
+        self.readers
+            .run(move |conn| {
+                let mut select = conn
+                    .prepare_cached(&crate::sql::latest_change_sql(types.len()))
+                    .db()?;
+                let binds: Vec<&dyn rusqlite::ToSql> =
+                    types.iter().map(|t| t as &dyn rusqlite::ToSql).collect();
+                bind(&mut select, &binds)?;
+                number(&mut select)
+            })
+            .await
+    }
+}
+
+impl StoreHealth for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.readers
+            .run(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).db())
+            .await
     }
 }
 
@@ -250,7 +398,7 @@ mod tests {
         assert_eq!(results[2].as_ref().unwrap()[0].resource.id, "c");
         assert_kept(&store, &[("a", true), ("b", false), ("c", true)]).await;
         let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM resource_history")
-            .fetch_one(&store.reader)
+            .fetch_one(&store.writer)
             .await
             .unwrap();
         assert_eq!(versions, 2, "no history row of b");
@@ -296,7 +444,7 @@ mod tests {
         )
         .await;
         let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM resource_history")
-            .fetch_one(&store.reader)
+            .fetch_one(&store.writer)
             .await
             .unwrap();
         assert_eq!(versions, 3, "a, e and the first version of taken");
@@ -394,7 +542,7 @@ mod tests {
         let key = |id: &'static str| {
             sqlx::query_scalar::<_, i64>("SELECT rowid FROM resource WHERE id = $1")
                 .bind(id)
-                .fetch_one(&store.reader)
+                .fetch_one(&store.writer)
         };
         assert_eq!((key("a").await.unwrap(), key("b").await.unwrap()), (7, 3));
         assert_eq!(tagged(&store, "a").await, 1, "the index row still finds a");

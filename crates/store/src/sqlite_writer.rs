@@ -8,8 +8,8 @@
 //! a read about 6, and the switches took more of the processor than SQLite
 //! itself (`perf`, bench/README.md). Here the statements of a whole group
 //! run on the thread that holds the connection, through rusqlite, so a
-//! write crosses threads twice: to the writer and back. Reads stay on the
-//! sqlx reader pool, and the decisions of a write (`crate::sql::decide`,
+//! write crosses threads twice: to the writer and back. Reads run on
+//! rusqlite connections of their own (`sqlite_reader`), and the decisions of a write (`crate::sql::decide`,
 //! `conditional`, the SQL of searches and index rows) are the same code the
 //! PostgreSQL backend runs.
 //!
@@ -410,7 +410,7 @@ fn select_current(
     let Some(row) = rows.next().db()? else {
         return Ok(None);
     };
-    Ok(Some((resource(row)?, row.get("res_key").db()?)))
+    Ok(Some((crate::sql::stored(row)?, row.get("res_key").db()?)))
 }
 
 /// The first two current matches of a conditional write's criteria.
@@ -421,7 +421,7 @@ fn find_matches(conn: &Connection, matching: &Matching) -> StoreResult<Vec<Store
     let mut rows = select.raw_query();
     let mut found = Vec::new();
     while let Some(row) = rows.next().db()? {
-        found.push(resource(row)?);
+        found.push(crate::sql::stored(row)?);
     }
     Ok(found)
 }
@@ -449,21 +449,10 @@ fn write_index(
     Ok(())
 }
 
-fn resource(row: &rusqlite::Row<'_>) -> StoreResult<StoredResource> {
-    Ok(StoredResource {
-        resource_type: row.get("resource_type").db()?,
-        id: row.get("id").db()?,
-        version_id: row.get("version_id").db()?,
-        last_updated: row.get("last_updated").db()?,
-        deleted: row.get("deleted").db()?,
-        body: row.get("body").db()?,
-    })
-}
-
 /// Binds `values` to a statement's `$1`, `$2`, … by number, wherever each
 /// placeholder sits in the text (SQLite numbers parameters in the order
 /// they first appear, so `$3` may be its first).
-fn bind(statement: &mut Statement<'_>, values: &[&dyn ToSql]) -> StoreResult<()> {
+pub(crate) fn bind(statement: &mut Statement<'_>, values: &[&dyn ToSql]) -> StoreResult<()> {
     for index in 1..=statement.parameter_count() {
         let number = statement
             .parameter_name(index)
@@ -483,7 +472,7 @@ fn bind(statement: &mut Statement<'_>, values: &[&dyn ToSql]) -> StoreResult<()>
 }
 
 /// `bind` for the binds of SQL built by `query`.
-fn bind_values(statement: &mut Statement<'_>, binds: &[Bind]) -> StoreResult<()> {
+pub(crate) fn bind_values(statement: &mut Statement<'_>, binds: &[Bind]) -> StoreResult<()> {
     let values: Vec<Value> = binds
         .iter()
         .map(|b| match b {

@@ -1,0 +1,201 @@
+//! SQLite's readers: a few read-only connections, each used by one read at
+//! a time, on the thread of the request that reads.
+//!
+//! sqlx hands every statement to a worker thread of the connection and each
+//! row back through a channel; on this project's 2-core machines a read by
+//! id spent more of the processor on those thread switches than in SQLite
+//! (bench/README.md). A read here runs its statements where it is asked
+//! for, which costs a point read or a selective search a few microseconds
+//! of the runtime's thread. A read that runs longer must not hold that
+//! thread (the runtime has one per core, and every request waits behind
+//! it): SQLite's progress handler stops it once it has run for
+//! `INLINE_BUDGET` (https://www.sqlite.org/c3ref/progress_handler.html),
+//! and it starts again on a thread of tokio's blocking pool, where it may
+//! run as long as it needs. What the first attempt did is thrown away; it
+//! wrote nothing.
+
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Semaphore;
+
+use crate::error::{DbResult, StoreError};
+use crate::StoreResult;
+
+/// How long a read may run on the requesting thread before it moves to
+/// the blocking pool.
+const INLINE_BUDGET: Duration = Duration::from_micros(500);
+/// SQLite virtual machine steps between two looks at the clock (a step
+/// is tens of nanoseconds).
+const STEPS_PER_CHECK: i32 = 1000;
+/// How long a read on the blocking pool waits for a lock it needs (WAL
+/// readers rarely do: only while the WAL index is rebuilt), as the busy
+/// timeout of the other connections.
+const BUSY_WAIT: Duration = Duration::from_secs(5);
+/// Prepared statements each reader keeps: the point reads and the
+/// searches a server runs most.
+const STATEMENTS: usize = 64;
+
+thread_local! {
+    /// While a read runs on the requesting thread, when it must stop.
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Whether the read on this thread was stopped to move.
+    static STOPPED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The reader connections of one database file.
+pub(crate) struct Readers {
+    idle: Mutex<Vec<Connection>>,
+    /// One permit per connection in `idle`.
+    permits: Semaphore,
+}
+
+impl Readers {
+    /// Opens `count` read-only connections to the (migrated) database at
+    /// `path`, each with `configure` applied.
+    pub(crate) fn open(
+        path: &str,
+        count: usize,
+        configure: impl Fn(&Connection) -> rusqlite::Result<()>,
+    ) -> StoreResult<Arc<Readers>> {
+        let mut idle = Vec::with_capacity(count);
+        for _ in 0..count {
+            // The plain file name, as the writer opens it (not as a URI).
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = Connection::open_with_flags(path, flags).db()?;
+            conn.busy_handler(Some(busy)).db()?;
+            conn.progress_handler(STEPS_PER_CHECK, Some(out_of_time));
+            conn.set_prepared_statement_cache_capacity(STATEMENTS);
+            configure(&conn).db()?;
+            idle.push(conn);
+        }
+        Ok(Arc::new(Readers {
+            permits: Semaphore::new(idle.len()),
+            idle: Mutex::new(idle),
+        }))
+    }
+
+    /// Runs `work` on a free connection (waiting for one if all are in
+    /// use): on this thread within `INLINE_BUDGET`, else again from the
+    /// start on the blocking pool.
+    pub(crate) async fn run<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        F: Fn(&Connection) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite readers are closed".into()))?;
+        let mut lent = Lent {
+            readers: self,
+            conn: self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop(),
+        };
+        let Some(conn) = lent.conn.as_ref() else {
+            return Err(StoreError::Corrupt("a reader permit without a connection".into()));
+        };
+        let first = {
+            let _inline = Inline::start();
+            work(conn)
+        };
+        if !STOPPED.replace(false) {
+            return first;
+        }
+        let conn = lent.conn.take().expect("lent above");
+        let moved = tokio::task::spawn_blocking(move || {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(&conn)));
+            (conn, result)
+        })
+        .await;
+        let (conn, result) = match moved {
+            Ok(done) => done,
+            // The runtime is shutting down and dropped the task with its
+            // connection: one connection fewer, and one permit fewer.
+            Err(err) => {
+                permit.forget();
+                return Err(StoreError::Unavailable(Box::new(err)));
+            }
+        };
+        lent.conn = Some(conn);
+        result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+/// A connection taken from the idle list, put back when the read is over
+/// (also when it panics: a statement is reset as it drops, and a read
+/// leaves nothing else behind).
+struct Lent<'a> {
+    readers: &'a Readers,
+    conn: Option<Connection>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self.readers.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.push(conn);
+        }
+    }
+}
+
+/// The requesting thread's read, timed while it lasts.
+struct Inline;
+
+impl Inline {
+    fn start() -> Inline {
+        STOPPED.set(false);
+        DEADLINE.set(Some(Instant::now() + INLINE_BUDGET));
+        Inline
+    }
+}
+
+impl Drop for Inline {
+    fn drop(&mut self) {
+        DEADLINE.set(None);
+    }
+}
+
+/// SQLite's progress handler: stops a read on the requesting thread once
+/// its time is up (`true` interrupts the statement).
+fn out_of_time() -> bool {
+    let stop = DEADLINE.get().is_some_and(|deadline| Instant::now() >= deadline);
+    if stop {
+        STOPPED.set(true);
+    }
+    stop
+}
+
+/// SQLite's busy handler: a read on the requesting thread never waits for
+/// a lock; it moves to the blocking pool, which waits up to `BUSY_WAIT`
+/// (`true` tries again).
+fn busy(attempts: i32) -> bool {
+    if DEADLINE.get().is_some() {
+        STOPPED.set(true);
+        return false;
+    }
+    const PAUSE: Duration = Duration::from_millis(1);
+    if PAUSE * u32::try_from(attempts).unwrap_or(u32::MAX) >= BUSY_WAIT {
+        return false;
+    }
+    std::thread::sleep(PAUSE);
+    true
+}
+
+impl crate::sql::Columns for rusqlite::Row<'_> {
+    fn text(&self, name: &str) -> StoreResult<Option<String>> {
+        self.get(name).db()
+    }
+    fn int(&self, name: &str) -> StoreResult<Option<i64>> {
+        self.get(name).db()
+    }
+    fn float(&self, name: &str) -> StoreResult<Option<f64>> {
+        self.get(name).db()
+    }
+    fn flag(&self, name: &str) -> StoreResult<bool> {
+        self.get(name).db()
+    }
+}
