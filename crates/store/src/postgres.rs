@@ -144,11 +144,14 @@ impl ResourceSearch for PostgresStore {
         // skips the planning)
         // (https://www.postgresql.org/docs/current/sql-prepare.html, "Notes").
         let prepared = q.filters.len() <= 1;
-        let rows = bind_all(sqlx::query(&plan.select.text), std::mem::take(&mut plan.select.binds))
-            .persistent(prepared)
-            .fetch_all(&self.reader)
-            .await
-            .db()?;
+        let rows = bind_all(
+            sqlx::query(&plan.select.text),
+            std::mem::take(&mut plan.select.binds),
+        )
+        .persistent(prepared)
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
         let mut in_page = None;
         let mut found = Vec::with_capacity(rows.len());
         for row in &rows {

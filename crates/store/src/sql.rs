@@ -49,12 +49,14 @@ macro_rules! sql_backend {
                 sqlx::query("DELETE FROM search_index WHERE res_key = $1")
                     .bind(key)
                     .execute(&mut *conn)
-                    .await.db()?;
+                    .await
+                    .db()?;
             }
             for statement in query::index_inserts(key, resource_type, entries) {
                 bind_all(sqlx::query(&statement.text), statement.binds)
                     .execute(&mut *conn)
-                    .await.db()?;
+                    .await
+                    .db()?;
             }
             Ok(())
         }
@@ -95,7 +97,8 @@ macro_rules! sql_backend {
                 .bind(id)
                 .bind(version_id)
                 .fetch_optional(&mut *tx)
-                .await.db()?;
+                .await
+                .db()?;
                 let Some(key) = row.map(|r| r.try_get::<i64, _>(0)).transpose().db()? else {
                     return Ok(false);
                 };
@@ -121,7 +124,8 @@ macro_rules! sql_backend {
                 .bind(crate::sql::INDEX_VERSION)
                 .bind(version)
                 .execute(&self.writer)
-                .await.db()?;
+                .await
+                .db()?;
                 Ok(())
             }
         }
@@ -134,17 +138,20 @@ macro_rules! sql_backend {
         ) -> StoreResult<()> {
             sqlx::query(crate::migrate::CREATE_SCHEMA_TABLE)
                 .execute(&mut *conn)
-                .await.db()?;
+                .await
+                .db()?;
             let mut tx = sqlx::Connection::begin(&mut *conn).await.db()?;
             if let Some(lock) = lock {
                 sqlx::query(lock).execute(&mut *tx).await.db()?;
             }
             let applied: Vec<i64> = sqlx::query("SELECT version FROM fhirbox_schema")
                 .fetch_all(&mut *tx)
-                .await.db()?
+                .await
+                .db()?
                 .iter()
                 .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<_, _>>().db()?;
+                .collect::<Result<_, _>>()
+                .db()?;
             for (version, statements) in list {
                 if applied.contains(version) {
                     continue;
@@ -156,7 +163,8 @@ macro_rules! sql_backend {
                     .bind(*version)
                     .bind(crate::instant::now_micros())
                     .execute(&mut *tx)
-                    .await.db()?;
+                    .await
+                    .db()?;
                 tracing::info!(version, "applied schema migration");
             }
             tx.commit().await.db()?;

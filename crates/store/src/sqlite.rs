@@ -28,13 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 // rebuild's transaction takes the write lock at its start, waiting up to
 // the busy timeout for the writer thread, rather than failing when its
 // read turns into a write (https://www.sqlite.org/lang_transaction.html).
-crate::sql::sql_backend!(
-    SqliteStore,
-    Sqlite,
-    SqliteConnection,
-    "",
-    "BEGIN IMMEDIATE"
-);
+crate::sql::sql_backend!(SqliteStore, Sqlite, SqliteConnection, "", "BEGIN IMMEDIATE");
 
 /// Resources in an embedded SQLite file.
 #[derive(Clone)]

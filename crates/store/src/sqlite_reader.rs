@@ -96,7 +96,9 @@ impl Readers {
             conn: self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop(),
         };
         let Some(conn) = lent.conn.as_ref() else {
-            return Err(StoreError::Corrupt("a reader permit without a connection".into()));
+            return Err(StoreError::Corrupt(
+                "a reader permit without a connection".into(),
+            ));
         };
         let first = {
             let _inline = Inline::start();
@@ -162,7 +164,9 @@ impl Drop for Inline {
 /// SQLite's progress handler: stops a read on the requesting thread once
 /// its time is up (`true` interrupts the statement).
 fn out_of_time() -> bool {
-    let stop = DEADLINE.get().is_some_and(|deadline| Instant::now() >= deadline);
+    let stop = DEADLINE
+        .get()
+        .is_some_and(|deadline| Instant::now() >= deadline);
     if stop {
         STOPPED.set(true);
     }
@@ -197,5 +201,118 @@ impl crate::sql::Columns for rusqlite::Row<'_> {
     }
     fn flag(&self, name: &str) -> StoreResult<bool> {
         self.get(name).db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::thread::ThreadId;
+
+    use super::*;
+
+    /// A sum SQLite takes far longer than `INLINE_BUDGET` to count up.
+    const LONG: &str =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) \
+                        SELECT sum(x) FROM c";
+    const LONG_SUM: i64 = 3_000_000 * 3_000_001 / 2;
+
+    fn readers(dir: &tempfile::TempDir, count: usize) -> Arc<Readers> {
+        let path = dir.path().join("r.db");
+        let path = path.to_str().unwrap();
+        Connection::open(path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        Readers::open(path, count, |_| Ok(())).unwrap()
+    }
+
+    /// Runs `sql` (one integer back) on `readers`, noting the thread of
+    /// each attempt in `threads`.
+    async fn sum(
+        readers: &Readers,
+        sql: &'static str,
+        threads: &Arc<Mutex<Vec<ThreadId>>>,
+    ) -> StoreResult<i64> {
+        let threads = Arc::clone(threads);
+        readers
+            .run(move |conn| {
+                threads.lock().unwrap().push(std::thread::current().id());
+                conn.query_row(sql, [], |row| row.get(0)).db()
+            })
+            .await
+    }
+
+    /// A short read runs once, on the requesting thread; a long one is
+    /// stopped there and runs again elsewhere, with the whole answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_read_moves_off_the_requesting_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let readers = readers(&dir, 1);
+        let here = std::thread::current().id();
+
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        assert_eq!(sum(&readers, "SELECT 7", &threads).await.unwrap(), 7);
+        assert_eq!(*threads.lock().unwrap(), vec![here]);
+
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        assert_eq!(sum(&readers, LONG, &threads).await.unwrap(), LONG_SUM);
+        let threads = threads.lock().unwrap().clone();
+        assert_eq!(threads.len(), 2, "{threads:?}");
+        assert_eq!(
+            threads[0], here,
+            "the first attempt runs where it was asked for"
+        );
+        assert_ne!(threads[1], here, "the second runs on the blocking pool");
+
+        // The one connection came back: the next read finds it.
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        assert_eq!(sum(&readers, "SELECT 8", &threads).await.unwrap(), 8);
+    }
+
+    /// More long reads than connections: each waits its turn and all
+    /// finish; afterwards every connection is back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_reads_share_the_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let readers = readers(&dir, 2);
+        let runs: Vec<_> = (0..5)
+            .map(|_| {
+                let readers = Arc::clone(&readers);
+                tokio::spawn(async move {
+                    let threads = Arc::new(Mutex::new(Vec::new()));
+                    sum(&readers, LONG, &threads).await
+                })
+            })
+            .collect();
+        for run in runs {
+            assert_eq!(run.await.unwrap().unwrap(), LONG_SUM);
+        }
+        assert_eq!(readers.idle.lock().unwrap().len(), 2);
+        assert_eq!(readers.permits.available_permits(), 2);
+    }
+
+    /// A read that panics on the blocking pool panics its caller, and its
+    /// connection is still returned.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_read_gives_its_connection_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let readers = readers(&dir, 1);
+        let panicking = Arc::clone(&readers);
+        let outcome = tokio::spawn(async move {
+            panicking
+                .run(|conn| {
+                    if DEADLINE.get().is_none() {
+                        panic!("a read failed on the blocking pool");
+                    }
+                    conn.query_row(LONG, [], |row| row.get::<_, i64>(0)).db()
+                })
+                .await
+        })
+        .await;
+        assert!(outcome.unwrap_err().is_panic());
+        assert_eq!(readers.idle.lock().unwrap().len(), 1);
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        assert_eq!(sum(&readers, "SELECT 9", &threads).await.unwrap(), 9);
     }
 }
