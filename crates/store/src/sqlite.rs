@@ -119,10 +119,11 @@ impl SqliteStore {
         })
     }
 
-    /// Closes the pool of the index rebuild and migrations. (The readers
-    /// close, and the writer thread ends, once every handle to the store
+    /// Closes the readers and the pool of the index rebuild and
+    /// migrations. (The writer thread ends once every handle to the store
     /// is dropped.)
     pub async fn close(&self) {
+        self.readers.close();
         self.writer.close().await;
     }
 

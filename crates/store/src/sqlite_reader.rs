@@ -78,6 +78,13 @@ impl Readers {
         }))
     }
 
+    /// Closes every connection: reads from now on fail as unavailable, and
+    /// a connection still in use closes when its read is over.
+    pub(crate) fn close(&self) {
+        self.permits.close();
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Runs `work` on a free connection (waiting for one if all are in
     /// use): on this thread within `INLINE_BUDGET`, else again from the
     /// start on the blocking pool.
@@ -137,7 +144,11 @@ struct Lent<'a> {
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(conn) = self
+            .conn
+            .take()
+            .filter(|_| !self.readers.permits.is_closed())
+        {
             let mut idle = self.readers.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.push(conn);
         }
@@ -290,6 +301,22 @@ mod tests {
         }
         assert_eq!(readers.idle.lock().unwrap().len(), 2);
         assert_eq!(readers.permits.available_permits(), 2);
+    }
+
+    /// Once closed, reads fail as unavailable and no connection is kept.
+    #[tokio::test]
+    async fn closed_readers_refuse_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let readers = readers(&dir, 2);
+        readers.close();
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let refused = sum(&readers, "SELECT 1", &threads).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert!(threads.lock().unwrap().is_empty());
+        assert!(readers.idle.lock().unwrap().is_empty());
     }
 
     /// A read that panics on the blocking pool panics its caller, and its
