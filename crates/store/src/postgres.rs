@@ -71,9 +71,7 @@ impl PostgresStore {
             reader: pool,
         })
     }
-}
 
-impl PostgresStore {
     /// Closes the pool.
     pub async fn close(&self) {
         self.writer.close().await;

@@ -1,5 +1,6 @@
 //! SQL text for search and history, shared by both backends. Placeholders are
-//! `$N`, which PostgreSQL and SQLite (through sqlx) both accept.
+//! `$N`, which PostgreSQL takes by number and SQLite as names (bound by
+//! position in `sqlite_writer::bind_values`, as they appear in order).
 
 use crate::cursor::Cursor;
 use crate::error::StoreError;

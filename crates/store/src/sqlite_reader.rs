@@ -15,12 +15,11 @@
 //! wrote nothing.
 
 use std::cell::Cell;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{DbResult, StoreError};
 use crate::StoreResult;
@@ -35,6 +34,9 @@ const STEPS_PER_CHECK: i32 = 1000;
 /// readers rarely do: only while the WAL index is rebuilt), as the busy
 /// timeout of the other connections.
 const BUSY_WAIT: Duration = Duration::from_secs(5);
+/// How long a read waits for a free connection before it fails as
+/// unavailable.
+const ACQUIRE_WAIT: Duration = Duration::from_secs(30);
 /// Prepared statements each reader keeps: the point reads and the
 /// searches a server runs most.
 const STATEMENTS: usize = 64;
@@ -50,12 +52,13 @@ thread_local! {
 pub(crate) struct Readers {
     idle: Mutex<Vec<Connection>>,
     /// One permit per connection in `idle`.
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 impl Readers {
     /// Opens `count` read-only connections to the (migrated) database at
-    /// `path`, each with `configure` applied.
+    /// `path`, each with `configure` applied (which must not set a busy
+    /// timeout: that would replace `busy`).
     pub(crate) fn open(
         path: &str,
         count: usize,
@@ -73,7 +76,7 @@ impl Readers {
             idle.push(conn);
         }
         Ok(Arc::new(Readers {
-            permits: Semaphore::new(idle.len()),
+            permits: Arc::new(Semaphore::new(idle.len())),
             idle: Mutex::new(idle),
         }))
     }
@@ -81,31 +84,40 @@ impl Readers {
     /// Closes every connection: reads from now on fail as unavailable, and
     /// a connection still in use closes when its read is over.
     pub(crate) fn close(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         self.permits.close();
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        idle.clear();
     }
 
-    /// Runs `work` on a free connection (waiting for one if all are in
-    /// use): on this thread within `INLINE_BUDGET`, else again from the
-    /// start on the blocking pool.
-    pub(crate) async fn run<T, F>(&self, work: F) -> StoreResult<T>
+    /// Runs `work` on a free connection (waiting up to `ACQUIRE_WAIT` for
+    /// one if all are in use): on this thread within `INLINE_BUDGET`, else
+    /// again from the start on the blocking pool.
+    pub(crate) async fn run<T, F>(self: &Arc<Self>, work: F) -> StoreResult<T>
     where
         F: Fn(&Connection) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        let permit = self
-            .permits
-            .acquire()
+        let closed = || StoreError::Unavailable("the SQLite readers are closed".into());
+        let permit = tokio::time::timeout(ACQUIRE_WAIT, Arc::clone(&self.permits).acquire_owned())
             .await
-            .map_err(|_| StoreError::Unavailable("the SQLite readers are closed".into()))?;
-        let mut lent = Lent {
-            readers: self,
+            .map_err(|_| {
+                StoreError::Unavailable(
+                    format!(
+                        "no SQLite reader was free within {} s",
+                        ACQUIRE_WAIT.as_secs()
+                    )
+                    .into(),
+                )
+            })?
+            .map_err(|_| closed())?;
+        let lent = Lent {
             conn: self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop(),
+            readers: Arc::clone(self),
+            _permit: permit,
         };
         let Some(conn) = lent.conn.as_ref() else {
-            return Err(StoreError::Corrupt(
-                "a reader permit without a connection".into(),
-            ));
+            // `close` ran between the permit and the connection.
+            return Err(closed());
         };
         let first = {
             let _inline = Inline::start();
@@ -114,43 +126,41 @@ impl Readers {
         if !STOPPED.replace(false) {
             return first;
         }
-        let conn = lent.conn.take().expect("lent above");
+        // The connection and its permit go with the read, and come back
+        // when it ends, even if nobody waits for it any more.
         let moved = tokio::task::spawn_blocking(move || {
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(&conn)));
-            (conn, result)
+            let conn = lent.conn.as_ref().expect("checked above");
+            work(conn)
         })
         .await;
-        let (conn, result) = match moved {
-            Ok(done) => done,
-            // The runtime is shutting down and dropped the task with its
-            // connection: one connection fewer, and one permit fewer.
-            Err(err) => {
-                permit.forget();
-                return Err(StoreError::Unavailable(Box::new(err)));
-            }
-        };
-        lent.conn = Some(conn);
-        result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        match moved {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // The runtime is shutting down; the task was dropped, and the
+            // connection with it went back.
+            Err(err) => Err(StoreError::Unavailable(Box::new(err))),
+        }
     }
 }
 
-/// A connection taken from the idle list, put back when the read is over
-/// (also when it panics: a statement is reset as it drops, and a read
-/// leaves nothing else behind).
-struct Lent<'a> {
-    readers: &'a Readers,
+/// A connection taken from the idle list with its permit, both given back
+/// when the read is over (also when it panics: a statement is reset as it
+/// drops, and a read leaves nothing else behind). The connection is back
+/// in the list before the permit is released (fields drop after `drop`).
+struct Lent {
     conn: Option<Connection>,
+    readers: Arc<Readers>,
+    _permit: OwnedSemaphorePermit,
 }
 
-impl Drop for Lent<'_> {
+impl Drop for Lent {
     fn drop(&mut self) {
-        if let Some(conn) = self
-            .conn
-            .take()
-            .filter(|_| !self.readers.permits.is_closed())
-        {
+        if let Some(conn) = self.conn.take() {
             let mut idle = self.readers.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.push(conn);
+            // After `close`, a connection closes rather than going back.
+            if !self.readers.permits.is_closed() {
+                idle.push(conn);
+            }
         }
     }
 }
@@ -241,7 +251,7 @@ mod tests {
     /// Runs `sql` (one integer back) on `readers`, noting the thread of
     /// each attempt in `threads`.
     async fn sum(
-        readers: &Readers,
+        readers: &Arc<Readers>,
         sql: &'static str,
         threads: &Arc<Mutex<Vec<ThreadId>>>,
     ) -> StoreResult<i64> {
@@ -301,6 +311,33 @@ mod tests {
         }
         assert_eq!(readers.idle.lock().unwrap().len(), 2);
         assert_eq!(readers.permits.available_permits(), 2);
+    }
+
+    /// A read given up while it runs on the blocking pool (its client went
+    /// away) keeps its connection until it ends, then gives it back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_read_gives_its_connection_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let readers = readers(&dir, 1);
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let abandoned = {
+            let (readers, threads) = (Arc::clone(&readers), Arc::clone(&threads));
+            tokio::spawn(async move { sum(&readers, LONG, &threads).await })
+        };
+        assert!(
+            fhirbox_test_support::wait_until(Duration::from_secs(30), || {
+                threads.lock().unwrap().len() == 2
+            }),
+            "the read never moved"
+        );
+        abandoned.abort();
+        assert!(abandoned.await.unwrap_err().is_cancelled());
+        for (sql, expected) in [("SELECT 1", 1), ("SELECT 2", 2), ("SELECT 3", 3)] {
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            assert_eq!(sum(&readers, sql, &threads).await.unwrap(), expected);
+        }
+        assert_eq!(readers.idle.lock().unwrap().len(), 1);
+        assert_eq!(readers.permits.available_permits(), 1);
     }
 
     /// Once closed, reads fail as unavailable and no connection is kept.

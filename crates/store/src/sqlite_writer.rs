@@ -9,9 +9,9 @@
 //! itself (`perf`, bench/README.md). Here the statements of a whole group
 //! run on the thread that holds the connection, through rusqlite, so a
 //! write crosses threads twice: to the writer and back. Reads run on
-//! rusqlite connections of their own (`sqlite_reader`), and the decisions of a write (`crate::sql::decide`,
-//! `conditional`, the SQL of searches and index rows) are the same code the
-//! PostgreSQL backend runs.
+//! rusqlite connections of their own (`sqlite_reader`), and the decisions
+//! of a write (`crate::sql::decide`, `conditional`, the SQL of searches and
+//! index rows) are the same code the PostgreSQL backend runs.
 //!
 //! Writes that queue up while the writer is busy are committed in one
 //! transaction (group commit); a write set of several writes sits in a
@@ -478,11 +478,15 @@ pub(crate) fn bind(statement: &mut Statement<'_>, values: &[&dyn ToSql]) -> Stor
 /// the statement's names: for an index insert of hundreds of values that
 /// walk cost the square of their number.
 pub(crate) fn bind_values(statement: &mut Statement<'_>, binds: &[Bind]) -> StoreResult<()> {
-    if statement.parameter_count() != binds.len() {
+    let last = format!("${}", binds.len());
+    if statement.parameter_count() != binds.len()
+        || (!binds.is_empty() && statement.parameter_name(binds.len()) != Some(last.as_str()))
+    {
         return Err(StoreError::Database(
             format!(
-                "a statement of {} parameters was given {} values",
+                "a statement of {} parameters, the last named {:?}, was given {} values",
                 statement.parameter_count(),
+                statement.parameter_name(statement.parameter_count()),
                 binds.len()
             )
             .into(),
