@@ -183,21 +183,15 @@ impl ResourceHistory for PostgresStore {
             .iter()
             .map(|row| Ok((crate::sql::stored(row)?, row.try_get::<i64, _>("seq").db()?)))
             .collect::<StoreResult<Vec<_>>>()?;
-        let (entries, next, counted) = crate::sql::history_page(&q, rows);
-        let total = if counted {
+        let (mut page, to_count) = crate::sql::history_page(&q, rows);
+        if to_count {
             let row = bind_all(sqlx::query(&count.text), count.binds)
                 .fetch_one(&self.reader)
                 .await
                 .db()?;
-            query::counted(TotalMode::Bounded, row.try_get::<i64, _>(0).db()?)
-        } else {
-            Some(entries.len() as i64)
-        };
-        Ok(HistoryPage {
-            entries,
-            total,
-            next,
-        })
+            crate::sql::counted_history(&mut page, row.try_get::<i64, _>(0).db()?);
+        }
+        Ok(page)
     }
 }
 

@@ -340,11 +340,10 @@ macro_rules! sql_writes {
 
 pub(crate) use sql_writes;
 
-use crate::cursor::Cursor;
 use crate::error::{Refusal, StoreError};
 use crate::model::{
-    HistoryQuery, IndexEntry, Matching, SearchQuery, StoredResource, TotalMode, WriteKind, WriteOp,
-    WriteOutcome,
+    HistoryPage, HistoryQuery, IndexEntry, Matching, SearchQuery, StoredResource, TotalMode,
+    WriteKind, WriteOp, WriteOutcome,
 };
 use crate::query::{self, Hit, SearchPlan, SortValue, Sql};
 use crate::StoreResult;
@@ -453,13 +452,13 @@ pub(crate) fn total_from(
 }
 
 /// A page of history from the rows of `query::history`'s select (one more
-/// than the page, when there are more), each with its `seq`: the versions,
-/// the cursor of the next page, and whether the total needs the count
-/// statement (a first page that holds every version is its own count).
+/// than the page, when there are more), each with its `seq`, and whether
+/// its total is still to be counted (`counted_history` sets it): a first
+/// page that holds every version is its own count.
 pub(crate) fn history_page(
     q: &HistoryQuery,
     rows: Vec<(StoredResource, i64)>,
-) -> (Vec<StoredResource>, Option<Cursor>, bool) {
+) -> (HistoryPage, bool) {
     let more = rows.len() > q.count as usize;
     let mut entries = Vec::with_capacity(rows.len().min(q.count as usize));
     let mut last_seq = None;
@@ -472,8 +471,21 @@ pub(crate) fn history_page(
     } else {
         None
     };
-    let counted = q.cursor.is_some() || next.is_some();
-    (entries, next, counted)
+    let to_count = q.cursor.is_some() || next.is_some();
+    let total = (!to_count).then_some(entries.len() as i64);
+    (
+        HistoryPage {
+            entries,
+            total,
+            next,
+        },
+        to_count,
+    )
+}
+
+/// The total of a history page from its count statement's result.
+pub(crate) fn counted_history(page: &mut HistoryPage, count: i64) {
+    page.total = query::counted(TotalMode::Bounded, count);
 }
 
 /// How many times a write set is tried when the database reports contention

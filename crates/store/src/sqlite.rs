@@ -245,17 +245,11 @@ impl ResourceHistory for SqliteStore {
                 while let Some(row) = rows.next().db()? {
                     found.push((crate::sql::stored(row)?, row.get("seq").db()?));
                 }
-                let (entries, next, counted) = crate::sql::history_page(&q, found);
-                let total = if counted {
-                    query::counted(TotalMode::Bounded, count_of(conn, &count)?)
-                } else {
-                    Some(entries.len() as i64)
-                };
-                Ok(HistoryPage {
-                    entries,
-                    total,
-                    next,
-                })
+                let (mut page, to_count) = crate::sql::history_page(&q, found);
+                if to_count {
+                    crate::sql::counted_history(&mut page, count_of(conn, &count)?);
+                }
+                Ok(page)
             })
             .await
     }
