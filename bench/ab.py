@@ -3,10 +3,11 @@
 quick A/B check of a change to the request or storage path.
 
     bench/ab.py BEFORE AFTER [--rounds 3] [--seconds 3] [--concurrency 1,16,64]
-                [--scenarios read,identifier,create,crud]
+                [--scenarios read,identifier,create,crud,upsert]
 
 Both servers run at once, each on a fresh database seeded with the same
-2,000 Patients (each with an identifier); every round runs each scenario on
+2,000 Patients (each with an identifier); `upsert` is a conditional create
+(If-None-Exist) over 1,000 identifiers, as in the search benchmark. Every round runs each scenario on
 both, in an order that alternates between rounds. It prints the median
 requests/s and p50 of each, and AFTER / BEFORE. `crud` needs the
 `crud-load` release binary (`cargo build --release -p fhirbox-bench`).
@@ -21,6 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as bench  # noqa: E402
 
 PATIENTS = 2000
+UPSERT = ('math.randomseed(os.time())\nwrk.headers["Content-Type"] = "application/fhir+json"\n'
+          'request = function()\n  local n = math.random(0, 999)\n'
+          '  wrk.headers["If-None-Exist"] = "identifier=urn:bench:upsert|u" .. n\n'
+          '  return wrk.format("POST", "/fhir/Patient", nil, \'{"resourceType":"Patient","identifier":'
+          '[{"system":"urn:bench:upsert","value":"u\' .. n .. \'"}]}\')\nend\n')
 IDENTIFIER = ('math.randomseed(os.time())\nrequest = function() return wrk.format("GET", '
               f'"/fhir/Patient?identifier=urn:oid:1.2.3|v" .. math.random(0, {PATIENTS - 1})) end\n')
 
@@ -40,6 +46,8 @@ def measure(port, scenario, c, seconds, auth):
         return bench.wrk(port, "/fhir", c, seconds, bench.lua("read", PATIENTS), auth)
     if scenario == "identifier":
         return bench.wrk(port, "/fhir", c, seconds, IDENTIFIER, auth)
+    if scenario == "upsert":
+        return bench.wrk(port, "/fhir", c, seconds, UPSERT, auth)
     if scenario == "create":
         return bench.wrk(port, "/fhir", c, seconds, bench.lua("create", PATIENTS), auth)
     if scenario == "crud":
