@@ -20,25 +20,12 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as bench  # noqa: E402
+import search  # noqa: E402
 
 PATIENTS = 2000
-UPSERT = ('math.randomseed(os.time())\nwrk.headers["Content-Type"] = "application/fhir+json"\n'
-          'request = function()\n  local n = math.random(0, 999)\n'
-          '  wrk.headers["If-None-Exist"] = "identifier=urn:bench:upsert|u" .. n\n'
-          '  return wrk.format("POST", "/fhir/Patient", nil, \'{"resourceType":"Patient","identifier":'
-          '[{"system":"urn:bench:upsert","value":"u\' .. n .. \'"}]}\')\nend\n')
+IDENTIFIER_SYSTEM = "urn:oid:1.2.3"
 IDENTIFIER = ('math.randomseed(os.time())\nrequest = function() return wrk.format("GET", '
-              f'"/fhir/Patient?identifier=urn:oid:1.2.3|v" .. math.random(0, {PATIENTS - 1})) end\n')
-
-
-def seed(port, auth):
-    for start in range(0, PATIENTS, 500):
-        entries = [{"resource": {"resourceType": "Patient", "id": f"p{i}", "name": [{"family": f"Seed{i}"}],
-                                 "identifier": [{"system": "urn:oid:1.2.3", "value": f"v{i}"}], "gender": "female"},
-                    "request": {"method": "PUT", "url": f"Patient/p{i}"}} for i in range(start, start + 500)]
-        status, body = bench.http(port, "POST", "/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": entries}, auth)
-        if status != 200:
-            raise RuntimeError(f"seeding failed: {status} {body[:300]}")
+              f'"/fhir/Patient?identifier={IDENTIFIER_SYSTEM}|v" .. math.random(0, {PATIENTS - 1})) end\n')
 
 
 def measure(port, scenario, c, seconds, auth):
@@ -47,7 +34,7 @@ def measure(port, scenario, c, seconds, auth):
     if scenario == "identifier":
         return bench.wrk(port, "/fhir", c, seconds, IDENTIFIER, auth)
     if scenario == "upsert":
-        return bench.wrk(port, "/fhir", c, seconds, UPSERT, auth)
+        return bench.wrk(port, "/fhir", c, seconds, search.upsert_script("/fhir"), auth)
     if scenario == "create":
         return bench.wrk(port, "/fhir", c, seconds, bench.lua("create", PATIENTS), auth)
     if scenario == "crud":
@@ -75,7 +62,7 @@ def main():
                        RUST_LOG="warn", BOX_WEB_PORT=str(port))
             env.pop("BOX_VAULT_CONFIG", None)
             servers[name] = bench.Server(name, [binary], env, port)
-            seed(port, auth)
+            bench.seed(port, PATIENTS, auth, identifier_system=IDENTIFIER_SYSTEM)
         figures = {}
         for r in range(args.rounds):
             order = ["before", "after"] if r % 2 == 0 else ["after", "before"]

@@ -139,10 +139,17 @@ def lua(kind, n, base="/fhir"):
     raise ValueError(kind)
 
 
-def seed(port, n, auth, base="/fhir"):
+def seed(port, n, auth, base="/fhir", identifier_system=None):
+    """Patients p0 … p{n-1}; with `identifier_system`, Patient pN carries the
+    identifier `identifier_system|vN`."""
+    def patient(i):
+        resource = {"resourceType": "Patient", "id": f"p{i}", "name": [{"family": f"Seed{i}"}], "gender": "female"}
+        if identifier_system:
+            resource["identifier"] = [{"system": identifier_system, "value": f"v{i}"}]
+        return resource
     for start in range(0, n, 500):
-        entries = [{"resource": {"resourceType": "Patient", "id": f"p{i}", "name": [{"family": f"Seed{i}"}], "gender": "female"},
-                    "request": {"method": "PUT", "url": f"Patient/p{i}"}} for i in range(start, min(n, start + 500))]
+        entries = [{"resource": patient(i), "request": {"method": "PUT", "url": f"Patient/p{i}"}}
+                   for i in range(start, min(n, start + 500))]
         status, body = http(port, "POST", base or "/", {"resourceType": "Bundle", "type": "transaction", "entry": entries}, auth)
         if status != 200:
             raise RuntimeError(f"seeding failed: {status} {body[:300]}")

@@ -215,16 +215,19 @@ def resolve_paths(target, values):
     return paths, matches, refused
 
 
-def wrk_upsert(target, concurrency, seconds):
-    """Conditional creates of Patients over 1,000 identifiers: the first of
-    each creates, the rest answer the match."""
+def upsert_script(base):
+    """wrk's requests for conditional creates of Patients over 1,000
+    identifiers: the first of each creates, the rest answer the match."""
     body = ('{"resourceType":"Patient","identifier":[{"system":"urn:bench:upsert","value":"u\' .. n .. \'"}],'
             '"name":[{"family":"Upsert"}]}')
-    script = ('math.randomseed(os.time())\nwrk.headers["Content-Type"] = "application/fhir+json"\n'
-              'request = function()\n  local n = math.random(0, 999)\n'
-              '  wrk.headers["If-None-Exist"] = "identifier=urn:bench:upsert|u" .. n\n'
-              f'  return wrk.format("POST", "{target.base}/Patient", nil, \'{body}\')\nend\n')
-    return bench.wrk(target.server.port, "/", concurrency, seconds, script, target.auth)
+    return ('math.randomseed(os.time())\nwrk.headers["Content-Type"] = "application/fhir+json"\n'
+            'request = function()\n  local n = math.random(0, 999)\n'
+            '  wrk.headers["If-None-Exist"] = "identifier=urn:bench:upsert|u" .. n\n'
+            f'  return wrk.format("POST", "{base}/Patient", nil, \'{body}\')\nend\n')
+
+
+def wrk_upsert(target, concurrency, seconds):
+    return bench.wrk(target.server.port, "/", concurrency, seconds, upsert_script(target.base), target.auth)
 
 
 def wrk_get(target, path, concurrency, seconds):
