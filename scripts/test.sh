@@ -5,6 +5,11 @@
 # generated Synthea patients under strict validation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The real OpenID provider the token tests start (npm oidc-provider, pinned by
+# its package-lock.json), installed once per checkout.
+if [ ! -d crates/server/tests/oidc-provider/node_modules/oidc-provider ]; then
+  npm ci --prefix crates/server/tests/oidc-provider --no-audit --no-fund
+fi
 cargo test --workspace
 scripts/validate-deploy.sh
 scripts/tutorial-local.sh

@@ -13,6 +13,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::external::External;
 use super::policy::Engine;
 use super::{AuthService, Identity};
 
@@ -87,8 +88,39 @@ impl RequestFacts {
         matches!(self.method.as_str(), "post" | "put" | "patch" | "delete")
     }
 
-    /// The JSON a `matcho` policy is matched against.
+    /// The JSON a `matcho` policy is matched against, for a client.
     pub fn context(&self, client_id: &str) -> Value {
+        let mut context = self.request_context();
+        context.insert(
+            "client".into(),
+            json!({"id": client_id, "resourceType": "Client"}),
+        );
+        Value::Object(context)
+    }
+
+    /// The JSON a `matcho` policy is matched against, for the bearer of
+    /// another issuer's token: its verified claims under `jwt`, an
+    /// introspection response under `token`, the user it names under
+    /// `user`, and no `client` (docs/tokens.md).
+    pub fn external_context(&self, caller: &External) -> Value {
+        let mut context = self.request_context();
+        if let Some(claims) = &caller.jwt {
+            context.insert("jwt".into(), claims.clone());
+        }
+        if let Some(response) = &caller.token {
+            context.insert("token".into(), response.clone());
+        }
+        if let Some(user) = &caller.user {
+            context.insert("user".into(), json!({"id": user}));
+        }
+        context.insert(
+            "token-introspector".into(),
+            json!({"id": caller.introspector, "resourceType": "TokenIntrospector"}),
+        );
+        Value::Object(context)
+    }
+
+    fn request_context(&self) -> Map<String, Value> {
         let mut query = Map::new();
         for (name, value) in &self.query {
             match query.get_mut(name) {
@@ -123,14 +155,13 @@ impl RequestFacts {
                 params.insert(key.to_owned(), Value::String(v.clone()));
             }
         }
-        json!({
-            "request-method": self.method,
-            "uri": self.uri,
-            "query-string": self.query_string,
-            "params": params,
-            "query": query,
-            "client": {"id": client_id, "resourceType": "Client"},
-        })
+        let mut context = Map::new();
+        context.insert("request-method".into(), json!(self.method));
+        context.insert("uri".into(), json!(self.uri));
+        context.insert("query-string".into(), json!(self.query_string));
+        context.insert("params".into(), Value::Object(params));
+        context.insert("query".into(), Value::Object(query));
+        context
     }
 }
 
@@ -147,7 +178,7 @@ impl Denial {
     /// What the client is told (it names no policy and no other client).
     pub fn message(&self) -> String {
         match self {
-            Denial::NoPolicy => "no access policy allows this request for this client; link an AccessPolicy to the client that allows it".to_owned(),
+            Denial::NoPolicy => "no access policy allows this request for this caller; link an AccessPolicy that allows it to the client (or, for another issuer's tokens, to its TokenIntrospector)".to_owned(),
             Denial::AdminType(t) => format!(
                 "only the root client may create, change or delete {t} resources (see docs/security.md)"
             ),
@@ -164,12 +195,13 @@ impl Denial {
 
 impl AuthService {
     /// The one authorization decision: may `identity` make the request
-    /// described by `facts`? Root may do everything; a client needs a linked
-    /// policy that allows it, and never writes the server's own types.
+    /// described by `facts`? Root may do everything; a client, or the bearer
+    /// of another issuer's token, needs a linked policy that allows it, and
+    /// never writes the server's own types.
     pub fn authorize(&self, identity: &Identity, facts: &RequestFacts) -> Result<(), Denial> {
-        let Identity::Client { id } = identity else {
+        if matches!(identity, Identity::Root { .. }) {
             return Ok(());
-        };
+        }
         if facts.is_write() {
             if let Some(t) = facts.resource_type.as_deref().filter(|t| is_admin_type(t)) {
                 return Err(Denial::AdminType(t.to_owned()));
@@ -177,11 +209,19 @@ impl AuthService {
         }
         let snapshot = self.snapshot();
         let mut context = None;
-        for policy in snapshot.policies.iter().filter(|p| p.applies_to(id)) {
+        let applies = |policy: &&super::policy::Policy| match identity {
+            Identity::Client { id } => policy.applies_to(id),
+            Identity::External(caller) => policy.applies_to_introspector(&caller.introspector),
+            Identity::Root { .. } => true,
+        };
+        for policy in snapshot.policies.iter().filter(applies) {
             match &policy.engine {
                 Engine::Allow => return Ok(()),
                 Engine::Matcho(pattern) => {
-                    let value = context.get_or_insert_with(|| facts.context(id));
+                    let value = context.get_or_insert_with(|| match identity {
+                        Identity::External(caller) => facts.external_context(caller),
+                        _ => facts.context(identity.id()),
+                    });
                     if pattern.matches(Some(value)) {
                         return Ok(());
                     }

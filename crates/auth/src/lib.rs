@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod clients;
+pub mod external;
 pub mod policy;
 pub mod secret_hash;
 pub mod throttle;
@@ -28,7 +29,7 @@ use policy::Policy;
 use token::TokenSigner;
 
 /// Resource types whose changes invalidate the snapshot.
-pub const AUTH_TYPES: &[&str] = &["Client", "AccessPolicy"];
+pub const AUTH_TYPES: &[&str] = &["Client", "AccessPolicy", "TokenIntrospector"];
 
 /// How long a verified (client, version, secret) triple is trusted without the KDF after its last use.
 const VERIFIED_TTL: Duration = Duration::from_secs(30);
@@ -52,14 +53,23 @@ const LOAD_PAGE: u32 = 1000;
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
-    Root { id: String },
-    Client { id: String },
+    Root {
+        id: String,
+    },
+    Client {
+        id: String,
+    },
+    /// The bearer of another issuer's token (docs/tokens.md).
+    External(Arc<external::External>),
 }
 
 impl Identity {
+    /// Who the caller is, for logs: a client's id, or an external token's
+    /// user (else its introspector).
     pub fn id(&self) -> &str {
         match self {
             Identity::Root { id } | Identity::Client { id } => id,
+            Identity::External(caller) => caller.user.as_deref().unwrap_or(&caller.introspector),
         }
     }
 }
@@ -85,6 +95,7 @@ pub enum AuthFailure {
     SecretUnavailable,
     Throttled,
     Token(token::TokenError),
+    External(external::ExternalFailure),
 }
 
 impl AuthFailure {
@@ -100,7 +111,19 @@ impl AuthFailure {
             AuthFailure::SecretUnavailable => "secret_unavailable",
             AuthFailure::Throttled => "throttled",
             AuthFailure::Token(e) => e.reason(),
+            AuthFailure::External(e) => e.reason(),
         }
+    }
+
+    /// True when the credentials could not be checked at all (the issuer or
+    /// a key is unavailable): 503 rather than 401 (docs/tokens.md).
+    pub fn is_unavailable(self) -> bool {
+        matches!(self, AuthFailure::External(e) if e.is_unavailable())
+    }
+
+    /// True for a refused Bearer token (the `WWW-Authenticate` challenge names it).
+    pub fn is_token(self) -> bool {
+        matches!(self, AuthFailure::Token(_) | AuthFailure::External(_))
     }
 }
 
@@ -109,6 +132,8 @@ impl AuthFailure {
 struct Snapshot {
     clients: HashMap<String, Arc<ClientRecord>>,
     policies: Vec<Policy>,
+    /// Sorted by id; the first of several naming one issuer wins.
+    introspectors: Vec<Arc<external::introspector::Introspector>>,
 }
 
 struct RootCredential {
@@ -137,6 +162,7 @@ pub struct AuthService {
     kdf: Arc<throttle::KdfGate>,
     reload: tokio::sync::Mutex<()>,
     vault: Option<fhirbox_secrets::SecretResolver>,
+    external: external::ExternalTokens,
 }
 
 impl AuthService {
@@ -173,9 +199,15 @@ impl AuthService {
             kdf: Arc::new(throttle::KdfGate::new(measure_kdf().await)),
             reload: tokio::sync::Mutex::new(()),
             vault,
+            external: external::ExternalTokens::new(external::ExternalOptions::default()),
         };
         service.reload(store).await?;
         Ok(service)
+    }
+
+    /// Sets how other issuers' tokens are checked (call before sharing the service).
+    pub fn configure_external(&mut self, options: external::ExternalOptions) {
+        self.external = external::ExternalTokens::new(options);
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -207,6 +239,12 @@ impl AuthService {
                         "Client" => ClientRecord::from_body(&body, stored.version_id).map(|c| {
                             snapshot.clients.insert(c.id.clone(), Arc::new(c));
                         }),
+                        "TokenIntrospector" => external::introspector::Introspector::parse(&body)
+                            .map(|mut i| {
+                                i.id = stored.id.clone();
+                                i.version = stored.version_id;
+                                snapshot.introspectors.push(Arc::new(i));
+                            }),
                         _ => Policy::parse(&body).map(|p| snapshot.policies.push(p)),
                     };
                     if let Err(problem) = parsed {
@@ -219,6 +257,17 @@ impl AuthService {
                 }
             }
         }
+        snapshot.introspectors.sort_by(|a, b| a.id.cmp(&b.id));
+        for (i, later) in snapshot.introspectors.iter().enumerate() {
+            let Some(iss) = later.issuer() else { continue };
+            if let Some(first) = snapshot.introspectors[..i]
+                .iter()
+                .find(|e| e.issuer() == Some(iss))
+            {
+                tracing::warn!(introspector = %later.id, used = %first.id, issuer = iss, "two TokenIntrospectors name one issuer; only the first by id is used");
+            }
+        }
+        self.external.retain(&snapshot.introspectors);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
         self.marker.store(marker, Ordering::SeqCst);
         // Verified entries stay: each is keyed by the client's version, so a
@@ -463,6 +512,52 @@ impl AuthService {
         Ok(Identity::Client {
             id: client.id.clone(),
         })
+    }
+
+    /// Checks a Bearer token: one of this server's own, or another issuer's
+    /// matched to a TokenIntrospector (docs/tokens.md).
+    pub async fn verify_bearer(&self, token: &str) -> Result<Identity, AuthFailure> {
+        let snapshot = self.snapshot();
+        if snapshot.introspectors.is_empty() {
+            return self.verify_token(token);
+        }
+        match external::route(token, &snapshot.introspectors) {
+            external::Route::Own => self.verify_token(token),
+            route => self
+                .external
+                .verify(route, token, self.vault.as_ref())
+                .await
+                .map(Identity::External)
+                .map_err(AuthFailure::External),
+        }
+    }
+
+    /// Which resources use each vault secret: `Client/<id>` and
+    /// `TokenIntrospector/<id>`, by secret name (for `/admin/secrets`).
+    pub fn secret_users(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let snapshot = self.snapshot();
+        let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for client in snapshot.clients.values() {
+            if let ClientSecret::Reference(name) = &client.secret {
+                users
+                    .entry(name.clone())
+                    .or_default()
+                    .push(format!("Client/{}", client.id));
+            }
+        }
+        for introspector in &snapshot.introspectors {
+            for name in introspector.secret_names() {
+                users
+                    .entry(name.to_owned())
+                    .or_default()
+                    .push(format!("TokenIntrospector/{}", introspector.id));
+            }
+        }
+        for list in users.values_mut() {
+            list.sort();
+            list.dedup();
+        }
+        users
     }
 
     /// Issues an access token for a verified caller; returns (token,

@@ -95,8 +95,11 @@ pub enum Engine {
 pub struct Policy {
     pub id: String,
     pub engine: Engine,
-    /// Client ids this policy is linked to; empty = applies to every request.
+    /// Client ids this policy is linked to.
     pub clients: Vec<String>,
+    /// TokenIntrospector ids whose tokens this policy is linked to
+    /// (docs/tokens.md); with no links at all a policy applies to every request.
+    pub introspectors: Vec<String>,
     /// Links to other subjects (User, Operation): the policy is linked but not to clients.
     pub linked_elsewhere: bool,
 }
@@ -128,6 +131,7 @@ impl Policy {
             None => return Err("engine is missing; use \"allow\" or \"matcho\"".into()),
         };
         let mut clients = Vec::new();
+        let mut introspectors = Vec::new();
         let mut linked_elsewhere = false;
         match body.get("link") {
             None => {}
@@ -154,8 +158,9 @@ impl Policy {
                     };
                     match rtype {
                         "Client" => clients.push(rid.to_owned()),
+                        "TokenIntrospector" => introspectors.push(rid.to_owned()),
                         "User" | "Operation" => linked_elsewhere = true,
-                        other => return Err(format!("link[{i}] names {other:?}; a policy links to Client, User or Operation")),
+                        other => return Err(format!("link[{i}] names {other:?}; a policy links to Client, TokenIntrospector, User or Operation")),
                     }
                 }
             }
@@ -165,17 +170,25 @@ impl Policy {
             id,
             engine,
             clients,
+            introspectors,
             linked_elsewhere,
         })
     }
 
+    fn unlinked(&self) -> bool {
+        self.clients.is_empty() && self.introspectors.is_empty() && !self.linked_elsewhere
+    }
+
     /// True when the policy is evaluated for requests of `client_id`.
     pub fn applies_to(&self, client_id: &str) -> bool {
-        if self.clients.is_empty() {
-            !self.linked_elsewhere
-        } else {
-            self.clients.iter().any(|c| c == client_id)
-        }
+        self.unlinked() || self.clients.iter().any(|c| c == client_id)
+    }
+
+    /// True when the policy is evaluated for tokens accepted by the
+    /// TokenIntrospector `introspector`. Client links never apply to them:
+    /// another issuer's token cannot take a client's policies by naming it.
+    pub fn applies_to_introspector(&self, introspector: &str) -> bool {
+        self.unlinked() || self.introspectors.iter().any(|t| t == introspector)
     }
 }
 
@@ -249,5 +262,21 @@ mod tests {
                 .is_err()
         );
         assert!(Policy::parse(&json!({"engine": "allow", "link": "Client/a"})).is_err());
+        let tokens = Policy::parse(
+            &json!({"engine": "allow", "link": [{"reference": "TokenIntrospector/kc"}]}),
+        )
+        .unwrap();
+        assert!(tokens.applies_to_introspector("kc") && !tokens.applies_to_introspector("other"));
+        assert!(
+            !tokens.applies_to("kc"),
+            "an introspector link is no client link"
+        );
+        assert!(
+            !p.applies_to_introspector("a"),
+            "a client link is no introspector link"
+        );
+        assert!(Policy::parse(&json!({"engine": "allow"}))
+            .unwrap()
+            .applies_to_introspector("kc"));
     }
 }

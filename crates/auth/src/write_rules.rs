@@ -149,6 +149,14 @@ pub fn finalize_client(
     Ok(body)
 }
 
+/// A TokenIntrospector must be loadable: one key source, consistent keys,
+/// `jwks_uri` with `jwt.iss` (docs/tokens.md).
+pub fn finalize_introspector(body: Value) -> Result<Value, Refusal> {
+    crate::external::introspector::Introspector::parse(&body)
+        .map_err(|e| refuse(format!("TokenIntrospector: {e}"), "TokenIntrospector"))?;
+    Ok(body)
+}
+
 pub fn finalize_policy(body: Value, _current: Option<&StoredResource>) -> Result<Value, Refusal> {
     Policy::parse(&body).map_err(|e| refuse(format!("AccessPolicy: {e}"), "AccessPolicy"))?;
     Ok(body)

@@ -36,6 +36,8 @@ pub fn finalizer(
         match resource_type.as_str() {
             "Client" => write_rules::finalize_client(body, current, &prehashed),
             "AccessPolicy" => write_rules::finalize_policy(body, current),
+            "TokenIntrospector" => carry_over_literals("TokenIntrospector", body, current)
+                .and_then(write_rules::finalize_introspector),
             other => carry_over_literals(other, body, current),
         }
     })

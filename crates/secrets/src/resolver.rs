@@ -276,9 +276,11 @@ enum SlotState {
     Failed(SecretError),
 }
 
-/// The value before the last rotation, accepted by `verify_client_secret` until `until`.
+/// The value before the last rotation, accepted by `verify_client_secret` and offered by
+/// `resolve_with_previous` until `until`.
 #[derive(Clone)]
 struct Previous {
+    value: SecretValue,
     digest: Digest,
     until: Instant,
 }
@@ -434,6 +436,28 @@ impl SecretResolver {
         let result = self.with_slot(name, requester, |slot| match slot.serving() {
             Ok(loaded) => Ok(loaded.value.clone()),
             Err(err) => Err(err.clone()),
+        });
+        self.report(name, &result);
+        result
+    }
+
+    /// The value of secret `name` for `requester`, as [`resolve`](Self::resolve), with the
+    /// value it had before its last rotation while the secret's `rotation_grace` lasts: keys
+    /// that verify signatures try both, so tokens signed with the old key keep working for
+    /// the grace and no longer (docs/tokens.md, "Rotation").
+    pub fn resolve_with_previous(
+        &self,
+        name: &str,
+        requester: &Requester,
+    ) -> Result<(SecretValue, Option<SecretValue>), SecretError> {
+        let result = self.with_slot(name, requester, |slot| {
+            let current = slot.serving().map_err(Clone::clone)?.value.clone();
+            let previous = slot
+                .previous
+                .as_ref()
+                .filter(|p| Instant::now() < p.until)
+                .map(|p| p.value.clone());
+            Ok((current, previous))
         });
         self.report(name, &result);
         result
@@ -787,6 +811,7 @@ impl Inner {
                     // secret that failed (e.g. was removed from the mount) must not come back.
                     slot.previous = match (slot.serving(), entry.rotation_grace()) {
                         (Ok(old), Some(grace)) if !grace.is_zero() => Some(Previous {
+                            value: old.value.clone(),
                             digest: old.digest.clone(),
                             until: saturating_add(now, grace),
                         }),

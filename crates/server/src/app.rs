@@ -289,7 +289,7 @@ async fn open(settings: Settings, guard: Guard) -> Result<App, StartupError> {
         .root_client
         .as_ref()
         .map(|r| (r.id.as_str(), &r.secret));
-    let auth = AuthService::start(
+    let mut auth = AuthService::start(
         &store,
         root,
         settings.token_signing_key.as_ref(),
@@ -297,6 +297,10 @@ async fn open(settings: Settings, guard: Guard) -> Result<App, StartupError> {
     )
     .await
     .map_err(database_error)?;
+    auth.configure_external(fhirbox_auth::external::ExternalOptions {
+        timeout: settings.issuer_timeout,
+        events: metrics.token_events(),
+    });
     let structure = validator(settings.validation)?;
     let checks = WriteChecks {
         vault,

@@ -30,6 +30,12 @@ struct ReasonLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IntrospectorLabels {
+    introspector: String,
+    result: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.1 ms .. ~3.3 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
@@ -104,6 +110,41 @@ impl Metrics {
             .inc();
     }
 
+    /// The counters of other issuers' tokens (docs/tokens.md), registered
+    /// here. Introspector ids are labels: an operator configures them, so
+    /// they are few; tokens and users never are.
+    pub fn token_events(&self) -> Arc<dyn fhirbox_auth::external::TokenEvents> {
+        let events = TokenMetrics {
+            verifications: Family::default(),
+            jwks_fetches: Family::default(),
+            introspections: Family::new_with_constructor(latency_histogram),
+            cache_hits: Family::default(),
+        };
+        self.with_registry(|registry| {
+            registry.register(
+                "external_token_verifications",
+                "Other issuers' tokens checked, by TokenIntrospector and result (ok or a failure reason)",
+                events.verifications.clone(),
+            );
+            registry.register(
+                "external_jwks_fetches",
+                "Fetches of issuers' key sets, by TokenIntrospector and result (ok, failed)",
+                events.jwks_fetches.clone(),
+            );
+            registry.register(
+                "external_introspection_duration_seconds",
+                "Calls to introspection endpoints, by TokenIntrospector and result (active, inactive, error)",
+                events.introspections.clone(),
+            );
+            registry.register(
+                "external_token_cache_hits",
+                "Verdicts on other issuers' tokens served from the cache, by TokenIntrospector",
+                events.cache_hits.clone(),
+            );
+        });
+        Arc::new(events)
+    }
+
     /// Lets other parts of the server add their own metrics.
     pub fn with_registry(&self, f: impl FnOnce(&mut Registry)) {
         f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
@@ -116,6 +157,47 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+struct TokenMetrics {
+    verifications: Family<IntrospectorLabels, Counter>,
+    jwks_fetches: Family<IntrospectorLabels, Counter>,
+    introspections: Family<IntrospectorLabels, Histogram, fn() -> Histogram>,
+    cache_hits: Family<IntrospectorLabels, Counter>,
+}
+
+fn introspector_labels(introspector: &str, result: &str) -> IntrospectorLabels {
+    IntrospectorLabels {
+        introspector: introspector.to_owned(),
+        result: result.to_owned(),
+    }
+}
+
+impl fhirbox_auth::external::TokenEvents for TokenMetrics {
+    fn verification(&self, introspector: &str, result: &'static str) {
+        self.verifications
+            .get_or_create(&introspector_labels(introspector, result))
+            .inc();
+    }
+
+    fn jwks_fetch(&self, introspector: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.jwks_fetches
+            .get_or_create(&introspector_labels(introspector, result))
+            .inc();
+    }
+
+    fn introspection(&self, introspector: &str, seconds: f64, outcome: &'static str) {
+        self.introspections
+            .get_or_create(&introspector_labels(introspector, outcome))
+            .observe(seconds);
+    }
+
+    fn cache_hit(&self, introspector: &str) {
+        self.cache_hits
+            .get_or_create(&introspector_labels(introspector, "hit"))
+            .inc();
     }
 }
 

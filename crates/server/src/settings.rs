@@ -167,6 +167,9 @@ pub struct Settings {
     /// How often cached clients and policies are compared with the database,
     /// to pick up changes made through other instances (`BOX_AUTH_RECHECK_MS`).
     pub auth_recheck: Duration,
+    /// Bound on one call to another issuer, for its key set or a token
+    /// introspection (`BOX_AUTH_ISSUER_TIMEOUT_MS`, docs/tokens.md).
+    pub issuer_timeout: Duration,
     /// `BOX_VAULT_CONFIG` (alias `AIDBOX_VAULT_CONFIG`): the vault config; `None` = feature off.
     pub vault_config: Option<PathBuf>,
     /// Stat-based re-read interval of the vault config and secret files (`BOX_VAULT_POLL_MS`).
@@ -227,6 +230,7 @@ impl Settings {
             token_signing_key: None,
             init_bundle: None,
             auth_recheck: DEFAULT_AUTH_RECHECK,
+            issuer_timeout: fhirbox_auth::external::DEFAULT_TIMEOUT,
             vault_config: None,
             vault_poll: DEFAULT_VAULT_POLL,
             vault_watch: true,
@@ -335,6 +339,11 @@ impl Settings {
             "a number of milliseconds (at least 10)",
         )?
         .map_or(DEFAULT_AUTH_RECHECK, Duration::from_millis);
+        let issuer_timeout = millis(
+            env,
+            "BOX_AUTH_ISSUER_TIMEOUT_MS",
+            fhirbox_auth::external::DEFAULT_TIMEOUT,
+        )?;
         let vault_config = match (non_empty(env, "BOX_VAULT_CONFIG"), non_empty(env, "AIDBOX_VAULT_CONFIG")) {
             (Some(a), Some(b)) if a != b => {
                 return Err(err(
@@ -413,6 +422,7 @@ impl Settings {
             token_signing_key,
             init_bundle,
             auth_recheck,
+            issuer_timeout,
         })
     }
 }

@@ -214,8 +214,21 @@ fn rotation_grace_keeps_the_previous_value_valid_until_it_ends() {
     assert!(r
         .verify_client_secret("strict", &who, b"new-strict")
         .unwrap());
-    // resolve() only ever gives the current value.
+    // resolve() only ever gives the current value; resolve_with_previous() adds the old one
+    // while the grace lasts (signature keys try both), and never for "strict".
     assert_eq!(current(&r, "graced", &who).unwrap(), b"new-graced");
+    let both = |name: &str| {
+        let (now, before) = r.resolve_with_previous(name, &who).unwrap();
+        (
+            now.expose_bytes().to_vec(),
+            before.map(|v| v.expose_bytes().to_vec()),
+        )
+    };
+    assert_eq!(
+        both("graced"),
+        (b"new-graced".to_vec(), Some(b"old-graced".to_vec()))
+    );
+    assert_eq!(both("strict"), (b"new-strict".to_vec(), None));
 
     // The grace ends, and not before its time.
     assert!(wait_until(Duration::from_secs(3), || !r
@@ -231,6 +244,7 @@ fn rotation_grace_keeps_the_previous_value_valid_until_it_ends() {
     assert!(r
         .verify_client_secret("graced", &who, b"new-graced")
         .unwrap());
+    assert_eq!(both("graced"), (b"new-graced".to_vec(), None));
 }
 
 #[test]

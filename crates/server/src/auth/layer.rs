@@ -18,7 +18,10 @@ use crate::extract::FhirQuery;
 use fhirbox_rest::resource::{check_id, check_type};
 use fhirbox_rest::search::{self, QueryUse};
 
-/// The 401 every authentication failure gets: it never says which part was wrong.
+/// The 401 every authentication failure gets: it never says which part was
+/// wrong. A token that could not be checked at all (its issuer or a key is
+/// unavailable) gets a 503 instead, so the client retries rather than asks
+/// its user to sign in again (docs/tokens.md).
 pub fn unauthorized(app: &AuthState, failure: AuthFailure, client_id: Option<&str>) -> Response {
     app.metrics.auth_failure(failure.reason());
     tracing::warn!(
@@ -26,13 +29,25 @@ pub fn unauthorized(app: &AuthState, failure: AuthFailure, client_id: Option<&st
         client = %crate::logging::truncate_for_log(client_id.unwrap_or("")),
         "authentication failed"
     );
+    if failure.is_unavailable() {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            IssueType::Transient,
+            "the token could not be checked now: its issuer did not answer, or the key to check it is unavailable; try again shortly",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return response;
+    }
     let mut response = ApiError::new(
         StatusCode::UNAUTHORIZED,
         IssueType::Login,
-        "authentication failed: send valid client credentials with HTTP Basic, or a Bearer token from POST /auth/token",
+        "authentication failed: send valid client credentials with HTTP Basic, or a Bearer token from POST /auth/token or from an issuer a TokenIntrospector accepts",
     )
     .into_response();
-    if matches!(failure, AuthFailure::Token(_)) {
+    if failure.is_token() {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"fhirbox\", error=\"invalid_token\""),
@@ -178,7 +193,7 @@ pub async fn require_auth(State(app): State<AuthState>, req: Request, next: Next
                 .map(|v| v.identity),
             Some(id),
         ),
-        Ok(Credentials::Bearer(token)) => (app.auth.verify_token(&token), None),
+        Ok(Credentials::Bearer(token)) => (app.auth.verify_bearer(&token).await, None),
     };
     let identity = match identity {
         Ok(identity) => identity,

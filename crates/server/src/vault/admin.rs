@@ -9,7 +9,7 @@ use fhirbox_fhir::IssueType;
 use fhirbox_secrets::{SecretResolver, SecretState};
 use serde_json::{json, Value};
 
-use crate::auth::Identity;
+use crate::auth::{AuthState, Identity};
 use crate::error::ApiError;
 
 fn time_text(t: Option<SystemTime>) -> Value {
@@ -18,9 +18,11 @@ fn time_text(t: Option<SystemTime>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// `GET /admin/secrets` (root only): names, paths, scopes, states and times — never values.
+/// `GET /admin/secrets` (root only): names, paths, scopes, states and times,
+/// and the Clients and TokenIntrospectors that use each secret — never values.
 pub async fn admin_secrets(
     State(vault): State<Option<SecretResolver>>,
+    State(auth): State<AuthState>,
     identity: Option<Extension<Identity>>,
 ) -> Response {
     if !matches!(identity.as_deref(), Some(Identity::Root { .. })) {
@@ -38,6 +40,7 @@ pub async fn admin_secrets(
         .into_response();
     };
     let config = vault.config_status();
+    let users = auth.auth.secret_users();
     let secrets: Vec<Value> = vault
         .status()
         .into_iter()
@@ -62,6 +65,7 @@ pub async fn admin_secrets(
                 "lastLoaded": time_text(s.last_loaded),
                 "lastRotated": time_text(s.last_rotated),
                 "sizeBytes": s.size,
+                "usedBy": users.get(&s.name).cloned().unwrap_or_default(),
             })
         })
         .collect();

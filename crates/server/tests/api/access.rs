@@ -784,7 +784,9 @@ async fn patch_never_reads_the_stored_hash(app: TestApp) {
 async fn literal_secrets_of_other_fields_are_never_returned_but_kept(app: TestApp) {
     let literal = "hmac-literal-value-0123456789abcdef";
     let body = json!({"resourceType": "TokenIntrospector", "id": "ti", "type": "jwt",
-        "jwt": {"iss": "https://idp.example", "secret": literal, "keys": [{"kid": "a", "k": "key-literal-aaaa"}]}});
+        "jwt": {"iss": "https://idp.example", "keys": [
+            {"kid": "a", "alg": "HS256", "k": "key-literal-aaaa-0123456789"},
+            {"kid": "b", "alg": "HS512", "k": literal}]}});
     let put = app.put("/fhir/TokenIntrospector/ti", &body).await;
     assert_eq!(put.status, 201, "{}", put.text);
     let mut reads = vec![put];
@@ -810,12 +812,21 @@ async fn literal_secrets_of_other_fields_are_never_returned_but_kept(app: TestAp
         );
     }
     let shown = reads[1].json();
+    for i in 0..2 {
+        assert_eq!(
+            shown["jwt"]["keys"][i]["_k"]["extension"][0]["valueCode"],
+            "masked"
+        );
+    }
+    // jwt.secret, the other key source, is masked the same way.
+    let hs = json!({"resourceType": "TokenIntrospector", "id": "hs", "type": "jwt",
+        "jwt": {"iss": "https://hs.example", "secret": literal}});
+    let put = app.put("/fhir/TokenIntrospector/hs", &hs).await;
+    assert_eq!(put.status, 201, "{}", put.text);
+    let read = app.get("/fhir/TokenIntrospector/hs").await;
+    assert!(!put.text.contains(literal) && !read.text.contains(literal));
     assert_eq!(
-        shown["jwt"]["_secret"]["extension"][0]["valueCode"],
-        "masked"
-    );
-    assert_eq!(
-        shown["jwt"]["keys"][0]["_k"]["extension"][0]["valueCode"],
+        read.json()["jwt"]["_secret"]["extension"][0]["valueCode"],
         "masked"
     );
     // Sending the masked view back, or patching beside it, keeps the values.
@@ -834,7 +845,7 @@ async fn literal_secrets_of_other_fields_are_never_returned_but_kept(app: TestAp
     let copy = app
         .patch(
             "/fhir/TokenIntrospector/ti",
-            &json!([{"op": "copy", "from": "/jwt/secret", "path": "/jwt/iss"}]),
+            &json!([{"op": "copy", "from": "/jwt/keys/1/k", "path": "/jwt/iss"}]),
         )
         .await;
     assert_eq!(copy.status, 422, "{}", copy.text);

@@ -2,6 +2,7 @@
 //! real HTTP, on SQLite always and on PostgreSQL when configured.
 
 mod helpers;
+mod oidc;
 mod raw_http;
 
 mod access;
@@ -22,6 +23,7 @@ mod search;
 mod search_params;
 mod shaping;
 mod token_endpoint;
+mod tokens;
 mod transport;
 mod validation;
 mod vault;

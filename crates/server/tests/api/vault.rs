@@ -21,14 +21,14 @@ const DAR: &str = "http://hl7.org/fhir/StructureDefinition/data-absent-reason";
 const REF: &str = "http://health-samurai.io/fhir/secret-reference";
 
 /// A CSI-style secret mount (atomic-writer layout) plus a vault config file.
-struct Vault {
+pub struct Vault {
     dir: tempfile::TempDir,
     mount: AtomicWriterDir,
     values: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl Vault {
-    fn new(secrets: &[(&str, &str)]) -> Vault {
+    pub fn new(secrets: &[(&str, &str)]) -> Vault {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
         let mount = AtomicWriterDir::new(dir.path().join("run/vault-secrets")).unwrap();
@@ -46,7 +46,7 @@ impl Vault {
         vault
     }
 
-    fn publish(&self) {
+    pub fn publish(&self) {
         let values = self.values.lock().unwrap();
         let files: Vec<(&str, &[u8])> = values
             .iter()
@@ -56,7 +56,7 @@ impl Vault {
     }
 
     /// One rotation as the CSI driver does it: a new timestamped dir swapped in.
-    fn rotate(&self, name: &str, value: &[u8]) {
+    pub fn rotate(&self, name: &str, value: &[u8]) {
         self.values
             .lock()
             .unwrap()
@@ -65,43 +65,43 @@ impl Vault {
     }
 
     /// The object removed from the mount (its visible link goes away).
-    fn remove(&self, name: &str) {
+    pub fn remove(&self, name: &str) {
         self.values.lock().unwrap().remove(name);
         self.publish();
     }
 
-    fn secret_path(&self, name: &str) -> String {
+    pub fn secret_path(&self, name: &str) -> String {
         self.mount.path_of(name).display().to_string()
     }
 
-    fn config_path(&self) -> PathBuf {
+    pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("etc/vault-config.json")
     }
 
     /// Replaces the config the way a ConfigMap update does: never half-written.
-    fn write_config(&self, config: &Value) {
+    pub fn write_config(&self, config: &Value) {
         let tmp = self.dir.path().join("etc/.vault-config.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         std::fs::rename(tmp, self.config_path()).unwrap();
     }
 
-    fn write_raw_config(&self, text: &str) {
+    pub fn write_raw_config(&self, text: &str) {
         let tmp = self.dir.path().join("etc/.vault-config.tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(tmp, self.config_path()).unwrap();
     }
 
-    fn tutorial_config(&self, scope: Value) -> Value {
+    pub fn tutorial_config(&self, scope: Value) -> Value {
         json!({"secret": {"client-secret": {"path": self.secret_path("client-secret"), "scope": scope}}})
     }
 }
 
-async fn spawn_with_vault(backend: Backend, vault: &Vault) -> TestApp {
+pub async fn spawn_with_vault(backend: Backend, vault: &Vault) -> TestApp {
     let path = vault.config_path();
     TestApp::spawn_with(backend, move |s| s.vault_config = Some(path)).await
 }
 
-fn reference(name: &str) -> Value {
+pub fn reference(name: &str) -> Value {
     json!({"extension": [{"url": DAR, "valueCode": "masked"}, {"url": REF, "valueString": name}]})
 }
 
@@ -343,8 +343,12 @@ async fn all_nine_fields_are_stored_as_references_and_read_back_unchanged(backen
     let bodies = [
         json!({"resourceType": "IdentityProvider", "id": "idp", "client": {"id": "x", "_secret": reference("shared"),
                "_private-key": reference("pem"), "_certificate": reference("pem")}}),
+        // The three TokenIntrospector fields, in the two shapes that hold them.
         json!({"resourceType": "TokenIntrospector", "id": "ti", "type": "jwt",
-               "jwt": {"_secret": reference("shared"), "keys": [{"kty": "OCT", "_k": reference("shared")}]},
+               "jwt": {"iss": "https://idp.local", "_secret": reference("shared")}}),
+        json!({"resourceType": "TokenIntrospector", "id": "ti-keys", "type": "jwt",
+               "jwt": {"iss": "https://idp2.local", "keys": [{"kty": "OCT", "alg": "HS256", "_k": reference("shared")}]}}),
+        json!({"resourceType": "TokenIntrospector", "id": "ti-opaque", "type": "opaque",
                "introspection_endpoint": {"url": "http://idp.local/introspect", "_authorization": reference("shared")}}),
         json!({"resourceType": "AidboxTopicDestination", "id": "kafka", "kind": "kafka-at-least-once", "parameter": [
                {"name": "saslJaasConfig", "_valueString": reference("shared")},

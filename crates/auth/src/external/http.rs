@@ -1,0 +1,126 @@
+//! The outbound HTTP calls of external tokens: key sets and RFC 7662
+//! introspection. Every call is bounded in time and in the size of what it
+//! reads, and its errors never carry a header value or a token.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The most bytes read from an issuer's answer.
+const MAX_BODY: usize = 1 << 20;
+
+/// Why a call gave no usable answer (said in logs and counted; never sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    Timeout,
+    Unreachable(String),
+    Status(u16),
+    TooLarge,
+    Invalid(String),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Timeout => f.write_str("no answer in time"),
+            FetchError::Unreachable(e) => write!(f, "unreachable: {e}"),
+            FetchError::Status(code) => write!(f, "answered HTTP {code}"),
+            FetchError::TooLarge => write!(f, "answer larger than {MAX_BODY} bytes"),
+            FetchError::Invalid(e) => write!(f, "answer not usable: {e}"),
+        }
+    }
+}
+
+/// One HTTP client with a deadline for whole calls.
+#[derive(Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+impl Fetcher {
+    pub fn new(timeout: Duration) -> Fetcher {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            // An issuer's key set or verdict comes from the URL configured,
+            // never from wherever a redirect points.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("fhirbox/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Fetcher { client, timeout }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// `GET url`, expecting a JSON object.
+    pub async fn get_json(&self, url: &str) -> Result<Value, FetchError> {
+        let request = self
+            .client
+            .get(url)
+            .header(reqwest::header::ACCEPT, "application/json");
+        self.json_of(request).await
+    }
+
+    /// `POST url` with a form body and an optional `Authorization` value
+    /// (RFC 7662 §2.1), expecting a JSON object.
+    pub async fn post_form(
+        &self,
+        url: &str,
+        authorization: Option<&str>,
+        form: &[(&str, &str)],
+    ) -> Result<Value, FetchError> {
+        let mut request = self
+            .client
+            .post(url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(form);
+        if let Some(value) = authorization {
+            let mut header = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+                FetchError::Invalid("the authorization value is not a valid header value".into())
+            })?;
+            header.set_sensitive(true);
+            request = request.header(reqwest::header::AUTHORIZATION, header);
+        }
+        self.json_of(request).await
+    }
+
+    async fn json_of(&self, request: reqwest::RequestBuilder) -> Result<Value, FetchError> {
+        let work = async {
+            let mut response = request.send().await.map_err(describe)?;
+            if !response.status().is_success() {
+                return Err(FetchError::Status(response.status().as_u16()));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(describe)? {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(FetchError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let value = fhirbox_fhir::json::from_slice_strict(&body)
+                .map_err(|e| FetchError::Invalid(format!("not JSON: {e}")))?;
+            if !value.is_object() {
+                return Err(FetchError::Invalid("not a JSON object".into()));
+            }
+            Ok(value)
+        };
+        // The client's own timeout covers each phase; this covers the whole.
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or(Err(FetchError::Timeout))
+    }
+}
+
+fn describe(e: reqwest::Error) -> FetchError {
+    if e.is_timeout() {
+        return FetchError::Timeout;
+    }
+    // Without the URL's query (reqwest adds the URL; ours never carry secrets,
+    // but the message stays short) and without the source chain's details.
+    let e = e.without_url();
+    FetchError::Unreachable(e.to_string())
+}

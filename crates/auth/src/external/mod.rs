@@ -1,0 +1,702 @@
+//! Access tokens from other issuers (docs/tokens.md): a Bearer token that is
+//! not fhirbox's own is matched to a `TokenIntrospector` and checked there —
+//! a JWT by its signature (a shared secret, configured keys, or the issuer's
+//! key set), an opaque token by RFC 7662 introspection. Keys and credentials
+//! that come from the vault are resolved at each use, so a rotated file
+//! applies to the next token with no restart.
+
+pub mod http;
+pub mod introspector;
+pub mod jwks;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use fhirbox_secrets::{Requester, SecretResolver};
+use http::Fetcher;
+use introspector::{Introspector, KeyMaterial, KeySource, Kind, SecretSlot};
+use jwks::{Fetched, JwksCache};
+
+/// Clock skew allowed on `exp` and `nbf` of other issuers' tokens, in seconds.
+pub const LEEWAY_SECONDS: u64 = 30;
+/// Default bound on one call to an issuer (key set or introspection).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Introspection calls in flight at once; more wait for a slot, within the call's deadline.
+const MAX_INTROSPECTIONS: usize = 32;
+/// Bound on remembered verdicts; the map is cleared when it is full.
+const VERDICTS_MAX: usize = 10_000;
+
+/// A caller authenticated by another issuer's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct External {
+    /// The id of the TokenIntrospector that accepted the token.
+    pub introspector: String,
+    /// The user: the `box_user` claim, else `sub`.
+    pub user: Option<String>,
+    /// The verified claims of a JWT.
+    pub jwt: Option<Value>,
+    /// The introspection response of an opaque token.
+    pub token: Option<Value>,
+}
+
+/// Why another issuer's token was refused (logged and counted, never sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExternalFailure {
+    Malformed,
+    /// Its `iss` names no introspector.
+    UnknownIssuer,
+    /// `none`, or an algorithm the key was not configured for.
+    Algorithm,
+    /// The header's `typ` is not what the introspector requires.
+    Type,
+    /// No configured or published key has its `kid` and `alg`.
+    UnknownKey,
+    Signature,
+    Expired,
+    Issuer,
+    /// The introspection endpoint says `active: false`.
+    Inactive,
+    /// The key or credential from the vault cannot be used now.
+    KeyUnavailable,
+    /// The issuer's key set or introspection endpoint gave no answer.
+    IssuerUnavailable,
+}
+
+impl ExternalFailure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            ExternalFailure::Malformed => "external_malformed",
+            ExternalFailure::UnknownIssuer => "external_unknown_issuer",
+            ExternalFailure::Algorithm => "external_algorithm",
+            ExternalFailure::Type => "external_type",
+            ExternalFailure::UnknownKey => "external_unknown_key",
+            ExternalFailure::Signature => "external_signature",
+            ExternalFailure::Expired => "external_expired",
+            ExternalFailure::Issuer => "external_issuer",
+            ExternalFailure::Inactive => "external_inactive",
+            ExternalFailure::KeyUnavailable => "external_key_unavailable",
+            ExternalFailure::IssuerUnavailable => "external_issuer_unavailable",
+        }
+    }
+
+    /// True when the token could not be checked (503), rather than was
+    /// checked and refused (401).
+    pub fn is_unavailable(self) -> bool {
+        matches!(
+            self,
+            ExternalFailure::KeyUnavailable | ExternalFailure::IssuerUnavailable
+        )
+    }
+}
+
+/// What the operator's metrics hear about external tokens.
+pub trait TokenEvents: Send + Sync {
+    /// One token checked by `introspector`: `ok` or a failure's reason.
+    fn verification(&self, _introspector: &str, _result: &'static str) {}
+    /// One fetch of an introspector's key set.
+    fn jwks_fetch(&self, _introspector: &str, _ok: bool) {}
+    /// One call to an introspection endpoint: `active`, `inactive` or `error`.
+    fn introspection(&self, _introspector: &str, _seconds: f64, _outcome: &'static str) {}
+    /// A verdict served from the cache (an asymmetric JWT or an opaque token).
+    fn cache_hit(&self, _introspector: &str) {}
+}
+
+struct NoEvents;
+impl TokenEvents for NoEvents {}
+
+/// Settings of external token checks.
+#[derive(Clone)]
+pub struct ExternalOptions {
+    /// Bound on one call to an issuer.
+    pub timeout: Duration,
+    pub events: Arc<dyn TokenEvents>,
+}
+
+impl Default for ExternalOptions {
+    fn default() -> Self {
+        ExternalOptions {
+            timeout: DEFAULT_TIMEOUT,
+            events: Arc::new(NoEvents),
+        }
+    }
+}
+
+/// A remembered verdict on one token.
+struct Verdict {
+    outcome: Result<Arc<External>, ExternalFailure>,
+    /// The token's `exp` (seconds), checked again at each hit.
+    exp: Option<u64>,
+    until: Instant,
+    /// The key set generation a JWT verdict was reached with.
+    generation: u64,
+    /// Added to `exp` at each hit: the leeway for JWTs, none for introspection.
+    leeway: u64,
+}
+
+/// The header fields that choose a key, read strictly.
+struct JwtHeader {
+    alg: String,
+    kid: Option<String>,
+    typ: Option<String>,
+}
+
+/// How a Bearer token is to be checked.
+pub enum Route<'a> {
+    /// One of fhirbox's own tokens (or no introspector could take it).
+    Own,
+    /// A JWT whose `iss` names this introspector.
+    Jwt(&'a Arc<Introspector>),
+    /// Introspection at these endpoints, in order.
+    Opaque(Vec<&'a Arc<Introspector>>),
+    /// A JWT of an issuer no introspector names.
+    Unknown,
+}
+
+/// Decodes one base64url JSON part of a compact JWS, strictly.
+fn part(text: &str) -> Option<Map<String, Value>> {
+    let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+    match fhirbox_fhir::json::from_slice_strict(&bytes).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// Chooses how to check `token` among `introspectors` (sorted by id).
+pub fn route<'a>(token: &str, introspectors: &'a [Arc<Introspector>]) -> Route<'a> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        let opaque: Vec<_> = introspectors
+            .iter()
+            .filter(|i| matches!(i.kind, Kind::Opaque { iss: None, .. }))
+            .collect();
+        return if opaque.is_empty() {
+            Route::Own
+        } else {
+            Route::Opaque(opaque)
+        };
+    };
+    let Some(iss) = part(payload).and_then(|claims| match claims.get("iss") {
+        Some(Value::String(iss)) => Some(iss.clone()),
+        _ => None,
+    }) else {
+        return Route::Own;
+    };
+    if iss == crate::token::ISSUER {
+        return Route::Own;
+    }
+    match introspectors
+        .iter()
+        .find(|i| i.issuer() == Some(iss.as_str()))
+    {
+        Some(found) if matches!(found.kind, Kind::Jwt { .. }) => Route::Jwt(found),
+        Some(found) => Route::Opaque(vec![found]),
+        None => Route::Unknown,
+    }
+}
+
+fn algorithm(name: &str) -> Option<Algorithm> {
+    name.parse().ok().filter(|a| {
+        !matches!(
+            a,
+            Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 | Algorithm::EdDSA
+        )
+    })
+}
+
+fn now_seconds() -> u64 {
+    crate::token::now_seconds()
+}
+
+/// Checks other issuers' tokens; holds their key sets and verdicts.
+pub struct ExternalTokens {
+    fetcher: Fetcher,
+    events: Arc<dyn TokenEvents>,
+    /// Key sets by (introspector, version).
+    jwks: Mutex<HashMap<(String, i64), Arc<JwksCache>>>,
+    verdicts: Mutex<HashMap<[u8; 32], Verdict>>,
+    introspections: tokio::sync::Semaphore,
+}
+
+impl ExternalTokens {
+    pub fn new(options: ExternalOptions) -> ExternalTokens {
+        ExternalTokens {
+            fetcher: Fetcher::new(options.timeout),
+            events: options.events,
+            jwks: Mutex::new(HashMap::new()),
+            verdicts: Mutex::new(HashMap::new()),
+            introspections: tokio::sync::Semaphore::new(MAX_INTROSPECTIONS),
+        }
+    }
+
+    /// Drops the key sets of introspectors that are gone or changed.
+    pub fn retain(&self, introspectors: &[Arc<Introspector>]) {
+        let mut jwks = self.jwks.lock().unwrap_or_else(|p| p.into_inner());
+        jwks.retain(|(id, version), _| {
+            introspectors
+                .iter()
+                .any(|i| &i.id == id && i.version == *version)
+        });
+        self.verdicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    fn verdict_key(introspector: &Introspector, token: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(introspector.id.as_bytes());
+        hasher.update([0]);
+        hasher.update(introspector.version.to_be_bytes());
+        hasher.update(token.as_bytes());
+        hasher.finalize().into()
+    }
+
+    fn remembered(
+        &self,
+        key: &[u8; 32],
+        generation: Option<u64>,
+    ) -> Option<Result<Arc<External>, ExternalFailure>> {
+        let verdicts = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        let verdict = verdicts.get(key)?;
+        if Instant::now() >= verdict.until || generation.is_some_and(|g| g != verdict.generation) {
+            return None;
+        }
+        if let (Ok(_), Some(exp)) = (&verdict.outcome, verdict.exp) {
+            if now_seconds() >= exp.saturating_add(verdict.leeway) {
+                return Some(Err(ExternalFailure::Expired));
+            }
+        }
+        Some(verdict.outcome.clone())
+    }
+
+    fn remember(&self, key: [u8; 32], verdict: Verdict) {
+        let mut verdicts = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        if verdicts.len() >= VERDICTS_MAX {
+            verdicts.clear();
+        }
+        verdicts.insert(key, verdict);
+    }
+
+    /// Checks `token` by the route `route` chose.
+    pub async fn verify(
+        &self,
+        route: Route<'_>,
+        token: &str,
+        vault: Option<&SecretResolver>,
+    ) -> Result<Arc<External>, ExternalFailure> {
+        match route {
+            Route::Own => Err(ExternalFailure::UnknownIssuer),
+            Route::Unknown => Err(ExternalFailure::UnknownIssuer),
+            Route::Jwt(introspector) => {
+                let result = self.verify_jwt(introspector, token, vault).await;
+                let label = match &result {
+                    Ok(_) => "ok",
+                    Err(e) => e.reason(),
+                };
+                self.events.verification(&introspector.id, label);
+                result
+            }
+            Route::Opaque(introspectors) => {
+                let mut failure = ExternalFailure::Inactive;
+                for introspector in introspectors {
+                    let result = self.introspect(introspector, token, vault).await;
+                    let label = match &result {
+                        Ok(_) => "ok",
+                        Err(e) => e.reason(),
+                    };
+                    self.events.verification(&introspector.id, label);
+                    match result {
+                        Ok(found) => return Ok(found),
+                        // An endpoint that could not answer outweighs one that said no:
+                        // the token may be good there.
+                        Err(e) if e.is_unavailable() || !failure.is_unavailable() => failure = e,
+                        Err(_) => {}
+                    }
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    fn key_set_cache(&self, introspector: &Introspector, url: &str) -> Arc<JwksCache> {
+        let mut jwks = self.jwks.lock().unwrap_or_else(|p| p.into_inner());
+        jwks.entry((introspector.id.clone(), introspector.version))
+            .or_insert_with(|| Arc::new(JwksCache::new(url.to_owned(), introspector.cache_ttl)))
+            .clone()
+    }
+
+    async fn verify_jwt(
+        &self,
+        introspector: &Introspector,
+        token: &str,
+        vault: Option<&SecretResolver>,
+    ) -> Result<Arc<External>, ExternalFailure> {
+        let Kind::Jwt { iss, source, typ } = &introspector.kind else {
+            return Err(ExternalFailure::UnknownIssuer);
+        };
+        let header = token
+            .split('.')
+            .next()
+            .and_then(part)
+            .ok_or(ExternalFailure::Malformed)?;
+        let header = read_header(&header)?;
+        // `none` and every algorithm outside the supported set stop here,
+        // before any key is looked at.
+        let alg = algorithm(&header.alg).ok_or(ExternalFailure::Algorithm)?;
+        if let Some(wanted) = typ {
+            let given = header.typ.as_deref().unwrap_or_default();
+            let given = given
+                .strip_prefix("application/")
+                .or_else(|| given.strip_prefix("APPLICATION/"))
+                .unwrap_or(given);
+            if !given.eq_ignore_ascii_case(wanted) {
+                return Err(ExternalFailure::Type);
+            }
+        }
+        let kid = header.kid.as_deref();
+        match source {
+            KeySource::Secret(slot) => {
+                if alg != Algorithm::HS256 {
+                    return Err(ExternalFailure::Algorithm);
+                }
+                let keys = self.symmetric(introspector, slot, vault)?;
+                check_with(token, iss, alg, keys.iter().map(Ok))
+                    .map(|claims| external(introspector, claims))
+            }
+            KeySource::Keys(configured) => {
+                let candidates: Vec<_> = configured
+                    .iter()
+                    .filter(|k| {
+                        k.alg == alg
+                            && match (kid, k.kid.as_deref()) {
+                                (Some(wanted), Some(have)) => wanted == have,
+                                _ => true,
+                            }
+                    })
+                    .collect();
+                if candidates.is_empty() {
+                    // A token whose alg no key was configured for: the key's
+                    // algorithm is pinned, whatever the header says.
+                    return Err(if configured.iter().any(|k| k.alg == alg) {
+                        ExternalFailure::UnknownKey
+                    } else {
+                        ExternalFailure::Algorithm
+                    });
+                }
+                let public = candidates
+                    .iter()
+                    .all(|k| matches!(k.material, KeyMaterial::Public(_)));
+                let cache_key = public.then(|| Self::verdict_key(introspector, token));
+                if let Some(found) = cache_key.as_ref().and_then(|k| self.remembered(k, Some(0))) {
+                    self.events.cache_hit(&introspector.id);
+                    return found;
+                }
+                let mut keys = Vec::new();
+                for candidate in &candidates {
+                    match &candidate.material {
+                        KeyMaterial::Public(key) => keys.push(key.clone()),
+                        KeyMaterial::Symmetric(slot) => {
+                            keys.extend(self.symmetric(introspector, slot, vault)?)
+                        }
+                    }
+                }
+                let result = check_with(token, iss, alg, keys.iter().map(Ok))
+                    .map(|claims| external(introspector, claims));
+                if let Some(key) = cache_key {
+                    self.remember_jwt(introspector, key, &result, 0);
+                }
+                result
+            }
+            KeySource::Jwks(url) => {
+                let cache = self.key_set_cache(introspector, url);
+                let set = cache
+                    .key_set(&self.fetcher, kid, |fetched| {
+                        self.events
+                            .jwks_fetch(&introspector.id, fetched == Fetched::Ok)
+                    })
+                    .await
+                    .map_err(|_| ExternalFailure::IssuerUnavailable)?;
+                let key = Self::verdict_key(introspector, token);
+                if let Some(found) = self.remembered(&key, Some(set.generation)) {
+                    self.events.cache_hit(&introspector.id);
+                    return found;
+                }
+                let candidates: Vec<_> = set.candidates(alg, kid).collect();
+                if candidates.is_empty() {
+                    return Err(if set.keys.iter().any(|k| k.algs.contains(&alg)) {
+                        ExternalFailure::UnknownKey
+                    } else {
+                        ExternalFailure::Algorithm
+                    });
+                }
+                let result = check_with(token, iss, alg, candidates.iter().map(|k| Ok(&k.key)))
+                    .map(|claims| external(introspector, claims));
+                self.remember_jwt(introspector, key, &result, set.generation);
+                result
+            }
+        }
+    }
+
+    /// Remembers a signature verdict: a good one until the token expires or
+    /// `cache_ttl` passes, a bad signature for `cache_ttl` (it can never
+    /// become good under the same keys).
+    fn remember_jwt(
+        &self,
+        introspector: &Introspector,
+        key: [u8; 32],
+        result: &Result<Arc<External>, ExternalFailure>,
+        generation: u64,
+    ) {
+        let exp = match result {
+            Ok(found) => found
+                .jwt
+                .as_ref()
+                .and_then(|c| c.get("exp"))
+                .and_then(Value::as_u64),
+            Err(ExternalFailure::Signature) => None,
+            Err(_) => return,
+        };
+        self.remember(
+            key,
+            Verdict {
+                outcome: result.clone(),
+                exp,
+                until: Instant::now() + introspector.cache_ttl,
+                generation,
+                leeway: LEEWAY_SECONDS,
+            },
+        );
+    }
+
+    /// The current key, and the previous one while its rotation grace lasts.
+    fn symmetric(
+        &self,
+        introspector: &Introspector,
+        slot: &SecretSlot,
+        vault: Option<&SecretResolver>,
+    ) -> Result<Vec<DecodingKey>, ExternalFailure> {
+        use secrecy::ExposeSecret;
+        let unusable = |reason: &str| {
+            tracing::warn!(introspector = %introspector.id, reason, "the introspector's key cannot be used");
+            ExternalFailure::KeyUnavailable
+        };
+        let key = |bytes: &[u8]| {
+            introspector::check_hmac_key(bytes)
+                .map_err(|_| unusable("not_a_shared_secret"))
+                .and_then(|()| DecodingKey::from_secret(bytes).map_err(|_| unusable("invalid_key")))
+        };
+        match slot {
+            SecretSlot::Literal(value) => Ok(vec![key(value.expose_secret())?]),
+            SecretSlot::Vault(name) => {
+                let vault = vault.ok_or_else(|| unusable("vault_disabled"))?;
+                let (current, previous) = vault
+                    .resolve_with_previous(name, &Requester::new("TokenIntrospector", &introspector.id))
+                    .map_err(|e| {
+                        tracing::warn!(introspector = %introspector.id, secret = name, reason = e.reason(), problem = %e, "external secret unusable");
+                        ExternalFailure::KeyUnavailable
+                    })?;
+                let mut keys = vec![key(current.expose_bytes())?];
+                if let Some(previous) = previous {
+                    if let Ok(k) = key(previous.expose_bytes()) {
+                        keys.push(k);
+                    }
+                }
+                Ok(keys)
+            }
+        }
+    }
+
+    async fn introspect(
+        &self,
+        introspector: &Introspector,
+        token: &str,
+        vault: Option<&SecretResolver>,
+    ) -> Result<Arc<External>, ExternalFailure> {
+        let Kind::Opaque { endpoint, .. } = &introspector.kind else {
+            return Err(ExternalFailure::UnknownIssuer);
+        };
+        let key = Self::verdict_key(introspector, token);
+        if let Some(found) = self.remembered(&key, None) {
+            self.events.cache_hit(&introspector.id);
+            return found;
+        }
+        // The header value is resolved for each call: a rotated file applies to the next one.
+        let authorization = match &endpoint.authorization {
+            None => None,
+            Some(SecretSlot::Literal(value)) => {
+                use secrecy::ExposeSecret;
+                Some(String::from_utf8_lossy(value.expose_secret()).into_owned())
+            }
+            Some(SecretSlot::Vault(name)) => {
+                let Some(vault) = vault else {
+                    tracing::warn!(introspector = %introspector.id, reason = "vault_disabled", "the introspector's credential cannot be used");
+                    return Err(ExternalFailure::KeyUnavailable);
+                };
+                let value = vault
+                    .resolve(name, &Requester::new("TokenIntrospector", &introspector.id))
+                    .and_then(|v| v.expose_utf8().map(str::to_owned))
+                    .map_err(|e| {
+                        tracing::warn!(introspector = %introspector.id, secret = name, reason = e.reason(), problem = %e, "external secret unusable");
+                        ExternalFailure::KeyUnavailable
+                    })?;
+                if !introspector::header_value_ok(value.as_bytes()) {
+                    tracing::warn!(introspector = %introspector.id, secret = name, reason = "not_a_header_value", "the authorization secret is not one line of visible ASCII");
+                    return Err(ExternalFailure::KeyUnavailable);
+                }
+                Some(value)
+            }
+        };
+        let started = Instant::now();
+        let call = async {
+            let _slot = self
+                .introspections
+                .acquire()
+                .await
+                .map_err(|_| http::FetchError::Timeout)?;
+            self.fetcher
+                .post_form(
+                    &endpoint.url,
+                    authorization.as_deref(),
+                    &[("token", token), ("token_type_hint", "access_token")],
+                )
+                .await
+        };
+        let answer = tokio::time::timeout(self.fetcher.timeout(), call)
+            .await
+            .unwrap_or(Err(http::FetchError::Timeout));
+        let seconds = started.elapsed().as_secs_f64();
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.events
+                    .introspection(&introspector.id, seconds, "error");
+                tracing::warn!(introspector = %introspector.id, url = %endpoint.url, problem = %e, "token introspection failed");
+                return Err(ExternalFailure::IssuerUnavailable);
+            }
+        };
+        // The endpoint is the authority on `active`; its `exp` only bounds
+        // how long the answer is kept, so no leeway is added to it.
+        let exp = answer.get("exp").and_then(Value::as_u64);
+        let active = answer.get("active") == Some(&Value::Bool(true))
+            && exp.is_none_or(|exp| now_seconds() < exp);
+        self.events.introspection(
+            &introspector.id,
+            seconds,
+            if active { "active" } else { "inactive" },
+        );
+        let outcome = if active {
+            let user = user_of(&answer);
+            Ok(Arc::new(External {
+                introspector: introspector.id.clone(),
+                user,
+                jwt: None,
+                token: Some(answer),
+            }))
+        } else {
+            Err(ExternalFailure::Inactive)
+        };
+        // Never kept past the token's own expiry (RFC 7662 §4).
+        let mut until = Instant::now() + introspector.cache_ttl;
+        if let Some(exp) = exp {
+            let left = exp.saturating_sub(now_seconds());
+            until = until.min(Instant::now() + Duration::from_secs(left));
+        }
+        self.remember(
+            key,
+            Verdict {
+                outcome: outcome.clone(),
+                exp,
+                until,
+                generation: 0,
+                leeway: 0,
+            },
+        );
+        outcome
+    }
+}
+
+fn read_header(header: &Map<String, Value>) -> Result<JwtHeader, ExternalFailure> {
+    // RFC 7515 §4.1.11: a `crit` extension this server does not understand
+    // makes the token invalid; it understands none.
+    if header.contains_key("crit") {
+        return Err(ExternalFailure::Malformed);
+    }
+    let text = |name: &str| match header.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ExternalFailure::Malformed),
+    };
+    Ok(JwtHeader {
+        alg: text("alg")?.ok_or(ExternalFailure::Malformed)?,
+        kid: text("kid")?,
+        typ: text("typ")?,
+    })
+}
+
+/// The user a token names: `box_user`, else `sub`.
+fn user_of(claims: &Value) -> Option<String> {
+    ["box_user", "sub"]
+        .iter()
+        .find_map(|name| claims.get(*name).and_then(Value::as_str))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn external(introspector: &Introspector, claims: Value) -> Arc<External> {
+    Arc::new(External {
+        introspector: introspector.id.clone(),
+        user: user_of(&claims),
+        jwt: Some(claims),
+        token: None,
+    })
+}
+
+/// Verifies the signature with each key in turn, then the claims: `iss`
+/// exactly, `exp` required, `nbf` when present, both with the leeway.
+fn check_with<'k>(
+    token: &str,
+    iss: &str,
+    alg: Algorithm,
+    keys: impl Iterator<Item = Result<&'k DecodingKey, ExternalFailure>>,
+) -> Result<Value, ExternalFailure> {
+    let mut validation = Validation::new(alg);
+    validation.set_issuer(&[iss]);
+    validation.set_required_spec_claims(&["exp", "iss"]);
+    validation.validate_nbf = true;
+    validation.validate_aud = false;
+    validation.leeway = LEEWAY_SECONDS;
+    let mut failure = ExternalFailure::UnknownKey;
+    for key in keys {
+        match jsonwebtoken::decode::<Value>(token, key?, &validation) {
+            Ok(data) => return Ok(data.claims),
+            Err(e) => {
+                let kind = match e.kind() {
+                    ErrorKind::InvalidSignature => ExternalFailure::Signature,
+                    ErrorKind::InvalidAlgorithm
+                    | ErrorKind::InvalidAlgorithmName
+                    | ErrorKind::InvalidKeyFormat => ExternalFailure::Algorithm,
+                    ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => {
+                        ExternalFailure::Expired
+                    }
+                    ErrorKind::InvalidIssuer => ExternalFailure::Issuer,
+                    _ => ExternalFailure::Malformed,
+                };
+                // A signature that held is the more telling failure.
+                if failure == ExternalFailure::UnknownKey || failure == ExternalFailure::Signature {
+                    failure = kind;
+                }
+            }
+        }
+    }
+    Err(failure)
+}
