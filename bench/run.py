@@ -170,6 +170,57 @@ def fresh_pg(name):
     return f"{PG_ADMIN}/{name}"
 
 
+PROVIDER_DIR = os.path.join(ROOT, "crates/server/tests/oidc-provider")
+EXTERNAL_JWT = "Bearer, external RS256 JWT (JWKS)"
+EXTERNAL_OPAQUE = "Bearer, external opaque (cached)"
+
+
+class Provider:
+    """The tests' real OpenID provider (npm oidc-provider), for tokens of another issuer."""
+
+    def __init__(self):
+        if not os.path.isdir(os.path.join(PROVIDER_DIR, "node_modules", "oidc-provider")):
+            subprocess.run(["npm", "ci", "--prefix", PROVIDER_DIR, "--no-audit", "--no-fund"], check=True,
+                           stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(["node", "provider.mjs"], cwd=PROVIDER_DIR, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, TOKEN_TTL="7200"))
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                self.issuer = json.loads(line)["issuer"]
+                break
+        else:
+            raise RuntimeError("the OpenID provider did not start")
+
+    def token(self, resource):
+        req = urllib.request.Request(f"{self.issuer}/token", method="POST",
+                                     data=f"grant_type=client_credentials&scope=read&resource={resource}".encode(),
+                                     headers={"authorization": basic(("svc", "svc-secret")),
+                                              "content-type": "application/x-www-form-urlencoded"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return "Bearer " + json.loads(r.read())["access_token"]
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def external_tokens(port, root, provider):
+    """TokenIntrospectors for the provider's JWTs (key set) and opaque tokens, an allow policy
+    linked to both, and one token of each kind, used once so reads start from warm caches."""
+    for body in ({"resourceType": "TokenIntrospector", "id": "idp", "type": "jwt", "jwt": {"iss": provider.issuer},
+                  "jwks_uri": f"{provider.issuer}/jwks"},
+                 {"resourceType": "TokenIntrospector", "id": "idp-opaque", "type": "opaque",
+                  "introspection_endpoint": {"url": f"{provider.issuer}/token/introspection",
+                                             "authorization": basic(("fhirbox", "rs-secret"))}},
+                 {"resourceType": "AccessPolicy", "id": "bench-external", "engine": "allow",
+                  "link": [{"reference": "TokenIntrospector/idp"}, {"reference": "TokenIntrospector/idp-opaque"}]}):
+        assert http(port, "PUT", f"/fhir/{body['resourceType']}/{body['id']}", body, root)[0] in (200, 201)
+    tokens = {EXTERNAL_JWT: provider.token("urn:fhirbox:jwt"), EXTERNAL_OPAQUE: provider.token("urn:fhirbox:opaque")}
+    for header in tokens.values():
+        assert http(port, "GET", "/fhir/Patient/p0", auth=header)[0] == 200
+    return tokens
+
+
 def run_fhirbox(db, cfg, work, results, footprint):
     mount = os.path.join(work, f"{db}-secrets")
     csi.write(mount, {"client-secret": VAULTED[1]})
@@ -192,12 +243,15 @@ def run_fhirbox(db, cfg, work, results, footprint):
     status, token = http(server.port, "POST", "/auth/token", b"grant_type=client_credentials", basic(LITERAL),
                          "application/x-www-form-urlencoded")
     bearer = "Bearer " + json.loads(token)["access_token"]
+    provider = Provider()
+    external = external_tokens(server.port, root, provider)
     baseline = Server(f"baseline-{db}", [f"{RELEASE}/baseline-server"], dict(env, BOX_WEB_PORT="18402"), 18402)
     n = cfg["patients"]
     # The baseline runs before and after the authenticated reads; ratios divide by the mean
     # of the two, so drift on this shared machine during the runs cancels out.
     reads = [(BASELINE, baseline.port, None), ("Basic, vault secret", server.port, basic(VAULTED)),
              ("Basic, literal secret", server.port, basic(LITERAL)), ("Bearer token", server.port, bearer),
+             (EXTERNAL_JWT, server.port, external[EXTERNAL_JWT]), (EXTERNAL_OPAQUE, server.port, external[EXTERNAL_OPAQUE]),
              (BASELINE_AGAIN, baseline.port, None)]
     for c in cfg["concurrency"]:
         for auth_name, port, header in reads:
@@ -215,6 +269,7 @@ def run_fhirbox(db, cfg, work, results, footprint):
     footprint[db] = fp
     baseline.stop()
     server.stop()
+    provider.stop()
 
 
 SYNTHEA = os.path.join(ROOT, "crates/server/tests/fixtures/synthea-style-transaction.json")
@@ -464,6 +519,12 @@ def main():
             r = find("fhirbox", db, "read", c_ref, auth)
             if r and base_rps:
                 ratios.append({"what": f"{db}: read with {auth} / no-auth baseline (c={c_ref})", "ratio": r["rps"] / base_rps, "target": ">= 0.95" if "vault" in auth else ""})
+        for c in cfg["concurrency"]:
+            own = find("fhirbox", db, "read", c, "Bearer token")
+            for auth, target in ((EXTERNAL_JWT, ">= 0.95"), (EXTERNAL_OPAQUE, ">= 0.9")):
+                r = find("fhirbox", db, "read", c, auth)
+                if r and own and own["rps"]:
+                    ratios.append({"what": f"{db}: read with {auth} / fhirbox's own Bearer token (c={c})", "ratio": r["rps"] / own["rps"], "target": target})
         for kind in ("create", "update"):
             on = find("fhirbox", db, f"{kind} (Synthea Patient)", c_ref, "root, BOX_VALIDATION=strict")
             off = find("fhirbox", db, f"{kind} (Synthea Patient)", c_ref, "root, BOX_VALIDATION=off")

@@ -69,7 +69,15 @@ impl Identity {
     pub fn id(&self) -> &str {
         match self {
             Identity::Root { id } | Identity::Client { id } => id,
-            Identity::External(caller) => caller.user.as_deref().unwrap_or(&caller.introspector),
+            Identity::External(caller) => {
+                // Another issuer chose this name: logs get at most 128 bytes of it.
+                let user = caller.user.as_deref().unwrap_or(&caller.introspector);
+                let mut end = user.len().min(128);
+                while !user.is_char_boundary(end) {
+                    end -= 1;
+                }
+                &user[..end]
+            }
         }
     }
 }
@@ -266,6 +274,21 @@ impl AuthService {
             {
                 tracing::warn!(introspector = %later.id, used = %first.id, issuer = iss, "two TokenIntrospectors name one issuer; only the first by id is used");
             }
+        }
+        for introspector in &snapshot.introspectors {
+            for url in introspector.urls() {
+                if external::introspector::is_plain_http_off_host(url) {
+                    tracing::warn!(introspector = %introspector.id, url = %external::http::for_log(url), "a TokenIntrospector calls a plain http URL off this host: anyone on the path could change its keys or answers; use https");
+                }
+            }
+        }
+        let opaque = snapshot
+            .introspectors
+            .iter()
+            .filter(|i| i.issuer().is_none())
+            .count();
+        if opaque > 1 {
+            tracing::warn!(count = opaque, "several opaque TokenIntrospectors name no issuer; opaque tokens go to the first by id only");
         }
         self.external.retain(&snapshot.introspectors);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);

@@ -34,8 +34,23 @@ impl std::fmt::Display for FetchError {
 /// One HTTP client with a deadline for whole calls.
 #[derive(Clone)]
 pub struct Fetcher {
-    client: reqwest::Client,
+    /// `Err` when no client could be built (no TLS roots, say): every call
+    /// then fails with that reason, rather than fall back to a client
+    /// without these settings.
+    client: Result<reqwest::Client, String>,
     timeout: Duration,
+}
+
+/// A URL as logs show it: scheme, host, port and path, no query.
+pub fn for_log(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
 }
 
 impl Fetcher {
@@ -48,8 +63,17 @@ impl Fetcher {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("fhirbox/", env!("CARGO_PKG_VERSION")))
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .map_err(|e| {
+                tracing::error!(problem = %e, "no HTTP client for other issuers' key sets and introspection; their tokens cannot be checked");
+                e.to_string()
+            });
         Fetcher { client, timeout }
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, FetchError> {
+        self.client
+            .as_ref()
+            .map_err(|e| FetchError::Unreachable(format!("no HTTP client: {e}")))
     }
 
     pub fn timeout(&self) -> Duration {
@@ -59,7 +83,7 @@ impl Fetcher {
     /// `GET url`, expecting a JSON object.
     pub async fn get_json(&self, url: &str) -> Result<Value, FetchError> {
         let request = self
-            .client
+            .client()?
             .get(url)
             .header(reqwest::header::ACCEPT, "application/json");
         self.json_of(request).await
@@ -74,7 +98,7 @@ impl Fetcher {
         form: &[(&str, &str)],
     ) -> Result<Value, FetchError> {
         let mut request = self
-            .client
+            .client()?
             .post(url)
             .header(reqwest::header::ACCEPT, "application/json")
             .form(form);

@@ -108,6 +108,18 @@ impl Introspector {
         }
     }
 
+    /// The URLs this introspector calls.
+    pub fn urls(&self) -> Vec<&str> {
+        match &self.kind {
+            Kind::Jwt {
+                source: KeySource::Jwks(url),
+                ..
+            } => vec![url],
+            Kind::Jwt { .. } => Vec::new(),
+            Kind::Opaque { endpoint, .. } => vec![&endpoint.url],
+        }
+    }
+
     /// The vault secrets this introspector refers to.
     pub fn secret_names(&self) -> Vec<&str> {
         fn vault(slot: &SecretSlot) -> Option<&str> {
@@ -284,6 +296,14 @@ fn http_url(text: &str, at: &str) -> Result<String, String> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// True for an `http` URL to a host other than the loopback interface:
+/// anyone on the path could change its answers (logged as a warning at load).
+pub fn is_plain_http_off_host(text: &str) -> bool {
+    reqwest::Url::parse(text).is_ok_and(|u| {
+        u.scheme() == "http" && !matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
+    })
 }
 
 fn endpoint(fields: &Map<String, Value>) -> Result<Endpoint, String> {

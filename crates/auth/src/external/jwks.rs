@@ -169,18 +169,28 @@ impl JwksCache {
                 return Ok(set);
             }
             let fresh = state.fetched.is_some_and(|at| at.elapsed() < self.ttl);
+            let before = state.last_miss_fetch;
             if fresh {
                 state.last_miss_fetch = Some(Instant::now());
             }
             state.in_flight = true;
-            fresh
+            (fresh, before)
         };
+        // A caller that goes away mid-fetch (its client hung up) must not
+        // leave the fetch marked as running, nor spend the refetch allowance.
+        let mut unfinished = Unfinished {
+            cache: self,
+            last_miss_fetch: Some(miss.1),
+        };
+        let miss = miss.0;
         let fetched = fetch(fetcher, &self.url).await;
-        self.lock().in_flight = false;
+        unfinished.last_miss_fetch = None;
+        drop(unfinished);
         match fetched {
             Ok(keys) => {
                 report(Fetched::Ok);
                 let mut state = self.lock();
+                state.in_flight = false;
                 state.generation += 1;
                 let set = Arc::new(KeySet {
                     keys,
@@ -193,8 +203,9 @@ impl JwksCache {
             }
             Err(e) => {
                 report(Fetched::Failed);
-                tracing::warn!(jwks_uri = %self.url, problem = %e, unknown_kid = miss, "fetching the issuer's key set failed; the last good set, if any, stays in use");
+                tracing::warn!(jwks_uri = %super::http::for_log(&self.url), problem = %e, unknown_kid = miss, "fetching the issuer's key set failed; the last good set, if any, stays in use");
                 let mut state = self.lock();
+                state.in_flight = false;
                 state.generation += 1;
                 match state.set.clone() {
                     Some(set) => {
@@ -214,6 +225,23 @@ impl JwksCache {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Undoes the marks of a fetch that never finished (its future was dropped).
+struct Unfinished<'a> {
+    cache: &'a JwksCache,
+    /// `Some(before)` until the fetch finishes: the refetch time to restore.
+    last_miss_fetch: Option<Option<Instant>>,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(before) = self.last_miss_fetch {
+            let mut state = self.cache.lock();
+            state.in_flight = false;
+            state.last_miss_fetch = before;
         }
     }
 }

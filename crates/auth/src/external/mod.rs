@@ -29,10 +29,16 @@ use jwks::{Fetched, JwksCache};
 pub const LEEWAY_SECONDS: u64 = 30;
 /// Default bound on one call to an issuer (key set or introspection).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Introspection calls in flight at once; more wait for a slot, within the call's deadline.
+/// Introspection calls in flight at once per introspector; more wait for a
+/// slot, within the call's deadline, so one silent endpoint starves no other.
 const MAX_INTROSPECTIONS: usize = 32;
-/// Bound on remembered verdicts; the map is cleared when it is full.
+/// Bound on remembered verdicts of each kind (accepted, refused); a map is
+/// cleared when it is full, so a flood of made-up tokens, which only ever
+/// fills the refused map, never pushes out the good verdicts.
 const VERDICTS_MAX: usize = 10_000;
+/// The longest a refusal is remembered: a token an endpoint called inactive
+/// a moment ago (a replica that had not seen it yet) is asked about again soon.
+const REFUSED_FOR: Duration = Duration::from_secs(30);
 
 /// A caller authenticated by another issuer's token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,8 +160,8 @@ pub enum Route<'a> {
     Own,
     /// A JWT whose `iss` names this introspector.
     Jwt(&'a Arc<Introspector>),
-    /// Introspection at these endpoints, in order.
-    Opaque(Vec<&'a Arc<Introspector>>),
+    /// Introspection at this endpoint.
+    Opaque(&'a Arc<Introspector>),
     /// A JWT of an issuer no introspector names.
     Unknown,
 }
@@ -175,14 +181,15 @@ pub fn route<'a>(token: &str, introspectors: &'a [Arc<Introspector>]) -> Route<'
     let (Some(_), Some(payload), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        let opaque: Vec<_> = introspectors
+        // A token is only ever shown to one endpoint: the first opaque
+        // introspector (by id) that names no issuer. Sending it to several
+        // would hand one issuer's tokens to another.
+        return match introspectors
             .iter()
-            .filter(|i| matches!(i.kind, Kind::Opaque { iss: None, .. }))
-            .collect();
-        return if opaque.is_empty() {
-            Route::Own
-        } else {
-            Route::Opaque(opaque)
+            .find(|i| matches!(i.kind, Kind::Opaque { iss: None, .. }))
+        {
+            Some(found) => Route::Opaque(found),
+            None => Route::Own,
         };
     };
     let Some(iss) = part(payload).and_then(|claims| match claims.get("iss") {
@@ -199,7 +206,7 @@ pub fn route<'a>(token: &str, introspectors: &'a [Arc<Introspector>]) -> Route<'
         .find(|i| i.issuer() == Some(iss.as_str()))
     {
         Some(found) if matches!(found.kind, Kind::Jwt { .. }) => Route::Jwt(found),
-        Some(found) => Route::Opaque(vec![found]),
+        Some(found) => Route::Opaque(found),
         None => Route::Unknown,
     }
 }
@@ -223,8 +230,10 @@ pub struct ExternalTokens {
     events: Arc<dyn TokenEvents>,
     /// Key sets by (introspector, version).
     jwks: Mutex<HashMap<(String, i64), Arc<JwksCache>>>,
-    verdicts: Mutex<HashMap<[u8; 32], Verdict>>,
-    introspections: tokio::sync::Semaphore,
+    accepted: Mutex<HashMap<[u8; 32], Verdict>>,
+    refused: Mutex<HashMap<[u8; 32], Verdict>>,
+    /// Introspection slots by introspector id.
+    introspections: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl ExternalTokens {
@@ -233,9 +242,21 @@ impl ExternalTokens {
             fetcher: Fetcher::new(options.timeout),
             events: options.events,
             jwks: Mutex::new(HashMap::new()),
-            verdicts: Mutex::new(HashMap::new()),
-            introspections: tokio::sync::Semaphore::new(MAX_INTROSPECTIONS),
+            accepted: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
+            introspections: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn slots(&self, introspector: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut slots = self
+            .introspections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry(introspector.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_INTROSPECTIONS)))
+            .clone()
     }
 
     /// Drops the key sets of introspectors that are gone or changed.
@@ -246,10 +267,13 @@ impl ExternalTokens {
                 .iter()
                 .any(|i| &i.id == id && i.version == *version)
         });
-        self.verdicts
+        self.introspections
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clear();
+            .retain(|id, _| introspectors.iter().any(|i| &i.id == id));
+        for map in [&self.accepted, &self.refused] {
+            map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
     }
 
     fn verdict_key(introspector: &Introspector, token: &str) -> [u8; 32] {
@@ -266,8 +290,15 @@ impl ExternalTokens {
         key: &[u8; 32],
         generation: Option<u64>,
     ) -> Option<Result<Arc<External>, ExternalFailure>> {
-        let verdicts = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
-        let verdict = verdicts.get(key)?;
+        let accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        let refused;
+        let verdict = match accepted.get(key) {
+            Some(verdict) => verdict,
+            None => {
+                refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+                refused.get(key)?
+            }
+        };
         if Instant::now() >= verdict.until || generation.is_some_and(|g| g != verdict.generation) {
             return None;
         }
@@ -279,8 +310,14 @@ impl ExternalTokens {
         Some(verdict.outcome.clone())
     }
 
-    fn remember(&self, key: [u8; 32], verdict: Verdict) {
-        let mut verdicts = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+    fn remember(&self, key: [u8; 32], mut verdict: Verdict) {
+        let map = if verdict.outcome.is_ok() {
+            &self.accepted
+        } else {
+            verdict.until = verdict.until.min(Instant::now() + REFUSED_FOR);
+            &self.refused
+        };
+        let mut verdicts = map.lock().unwrap_or_else(|p| p.into_inner());
         if verdicts.len() >= VERDICTS_MAX {
             verdicts.clear();
         }
@@ -306,24 +343,14 @@ impl ExternalTokens {
                 self.events.verification(&introspector.id, label);
                 result
             }
-            Route::Opaque(introspectors) => {
-                let mut failure = ExternalFailure::Inactive;
-                for introspector in introspectors {
-                    let result = self.introspect(introspector, token, vault).await;
-                    let label = match &result {
-                        Ok(_) => "ok",
-                        Err(e) => e.reason(),
-                    };
-                    self.events.verification(&introspector.id, label);
-                    match result {
-                        Ok(found) => return Ok(found),
-                        // An endpoint that could not answer outweighs one that said no:
-                        // the token may be good there.
-                        Err(e) if e.is_unavailable() || !failure.is_unavailable() => failure = e,
-                        Err(_) => {}
-                    }
-                }
-                Err(failure)
+            Route::Opaque(introspector) => {
+                let result = self.introspect(introspector, token, vault).await;
+                let label = match &result {
+                    Ok(_) => "ok",
+                    Err(e) => e.reason(),
+                };
+                self.events.verification(&introspector.id, label);
+                result
             }
         }
     }
@@ -458,11 +485,16 @@ impl ExternalTokens {
         generation: u64,
     ) {
         let exp = match result {
-            Ok(found) => found
+            Ok(found) => match found
                 .jwt
                 .as_ref()
                 .and_then(|c| c.get("exp"))
-                .and_then(Value::as_u64),
+                .map(numeric_date)
+            {
+                Some(Some(exp)) => Some(exp),
+                // Verified tokens always carry a numeric `exp`; keep nothing otherwise.
+                _ => return,
+            },
             Err(ExternalFailure::Signature) => None,
             Err(_) => return,
         };
@@ -557,9 +589,9 @@ impl ExternalTokens {
             }
         };
         let started = Instant::now();
+        let slots = self.slots(&introspector.id);
         let call = async {
-            let _slot = self
-                .introspections
+            let _slot = slots
                 .acquire()
                 .await
                 .map_err(|_| http::FetchError::Timeout)?;
@@ -580,15 +612,21 @@ impl ExternalTokens {
             Err(e) => {
                 self.events
                     .introspection(&introspector.id, seconds, "error");
-                tracing::warn!(introspector = %introspector.id, url = %endpoint.url, problem = %e, "token introspection failed");
+                tracing::warn!(introspector = %introspector.id, url = %http::for_log(&endpoint.url), problem = %e, "token introspection failed");
                 return Err(ExternalFailure::IssuerUnavailable);
             }
         };
         // The endpoint is the authority on `active`; its `exp` only bounds
         // how long the answer is kept, so no leeway is added to it.
-        let exp = answer.get("exp").and_then(Value::as_u64);
+        let exp = answer.get("exp").map(numeric_date);
         let active = answer.get("active") == Some(&Value::Bool(true))
-            && exp.is_none_or(|exp| now_seconds() < exp);
+            && match exp {
+                None => true,
+                Some(Some(exp)) => now_seconds() < exp,
+                // An `exp` that is not a time: nothing can bound the cache, refuse.
+                Some(None) => false,
+            };
+        let exp = exp.flatten();
         self.events.introspection(
             &introspector.id,
             seconds,
@@ -643,13 +681,28 @@ fn read_header(header: &Map<String, Value>) -> Result<JwtHeader, ExternalFailure
     })
 }
 
-/// The user a token names: `box_user`, else `sub`.
+/// The user a token names: a non-empty `box_user`, else `sub`.
 fn user_of(claims: &Value) -> Option<String> {
     ["box_user", "sub"]
         .iter()
-        .find_map(|name| claims.get(*name).and_then(Value::as_str))
-        .filter(|s| !s.is_empty())
+        .find_map(|name| {
+            claims
+                .get(*name)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        })
         .map(str::to_owned)
+}
+
+/// A NumericDate (RFC 7519 §2) as whole seconds, rounded down so a cache
+/// never keeps a verdict past the instant; `None` when it is not one.
+fn numeric_date(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .map(|f| f.floor() as u64)
+    })
 }
 
 fn external(introspector: &Introspector, claims: Value) -> Arc<External> {
@@ -699,4 +752,73 @@ fn check_with<'k>(
         }
     }
     Err(failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn numeric_dates_round_down_and_others_are_not_times() {
+        assert_eq!(numeric_date(&json!(1_760_000_000)), Some(1_760_000_000));
+        assert_eq!(numeric_date(&json!(1_760_000_000.9)), Some(1_760_000_000));
+        assert_eq!(numeric_date(&json!(-5)), None);
+        assert_eq!(numeric_date(&json!("1760000000")), None);
+    }
+
+    #[test]
+    fn the_user_is_box_user_else_sub() {
+        assert_eq!(
+            user_of(&json!({"box_user": "u1", "sub": "s"})).as_deref(),
+            Some("u1")
+        );
+        assert_eq!(
+            user_of(&json!({"box_user": "", "sub": "s"})).as_deref(),
+            Some("s")
+        );
+        assert_eq!(user_of(&json!({"sub": 5})), None);
+    }
+
+    fn introspector(body: Value, id: &str) -> Arc<Introspector> {
+        let mut parsed = Introspector::parse(&body).unwrap();
+        parsed.id = id.to_owned();
+        Arc::new(parsed)
+    }
+
+    #[test]
+    fn tokens_are_routed_by_issuer_and_opaque_ones_to_one_endpoint() {
+        let part = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let jwt = |iss: &str| {
+            format!(
+                "{}.{}.sig",
+                part(json!({"alg": "RS256"})),
+                part(json!({"iss": iss}))
+            )
+        };
+        let all = vec![
+            introspector(
+                json!({"type": "jwt", "jwt": {"iss": "https://a"}, "jwks_uri": "https://a/keys"}),
+                "a",
+            ),
+            introspector(
+                json!({"type": "opaque", "introspection_endpoint": {"url": "https://o1/i"}}),
+                "o1",
+            ),
+            introspector(
+                json!({"type": "opaque", "introspection_endpoint": {"url": "https://o2/i"}}),
+                "o2",
+            ),
+            introspector(
+                json!({"type": "opaque", "jwt": {"iss": "https://b"}, "introspection_endpoint": {"url": "https://b/i"}}),
+                "b",
+            ),
+        ];
+        assert!(matches!(route(&jwt("https://a"), &all), Route::Jwt(i) if i.id == "a"));
+        assert!(matches!(route(&jwt("https://b"), &all), Route::Opaque(i) if i.id == "b"));
+        assert!(matches!(route(&jwt("https://a/"), &all), Route::Unknown));
+        assert!(matches!(route(&jwt("fhirbox"), &all), Route::Own));
+        assert!(matches!(route("opaque-token", &all), Route::Opaque(i) if i.id == "o1"));
+        assert!(matches!(route("opaque-token", &all[..1]), Route::Own));
+    }
 }

@@ -30,6 +30,8 @@ pub struct ProviderOptions<'a> {
     pub kid: &'a str,
     /// Access token lifetime in seconds.
     pub token_ttl: u64,
+    /// How long each key-set answer is held back, in milliseconds.
+    pub jwks_delay_ms: u64,
 }
 
 impl Default for ProviderOptions<'_> {
@@ -38,6 +40,7 @@ impl Default for ProviderOptions<'_> {
             port: 0,
             kid: "k1",
             token_ttl: 300,
+            jwks_delay_ms: 0,
         }
     }
 }
@@ -62,6 +65,7 @@ impl OidcProvider {
             .env("PORT", options.port.to_string())
             .env("KID", options.kid)
             .env("TOKEN_TTL", options.token_ttl.to_string())
+            .env("JWKS_DELAY_MS", options.jwks_delay_ms.to_string())
             .env("KEY_PEM_OUT", &pem_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -329,8 +329,10 @@ async fn a_provider_jwt_is_accepted_and_policies_see_its_claims(backend: Backend
 }
 
 async fn unknown_kids_refetch_once_and_concurrent_misses_share_a_fetch(backend: Backend) {
+    // Each key-set answer takes 300 ms, so the concurrent requests below overlap the fetch.
     let provider = OidcProvider::start_with(ProviderOptions {
         kid: "k1",
+        jwks_delay_ms: 300,
         ..Default::default()
     });
     let app = TestApp::spawn(backend).await;
@@ -352,6 +354,7 @@ async fn unknown_kids_refetch_once_and_concurrent_misses_share_a_fetch(backend: 
     let provider = OidcProvider::start_with(ProviderOptions {
         port,
         kid: "k2",
+        jwks_delay_ms: 300,
         ..Default::default()
     });
     let second = provider.token("urn:fhirbox:jwt", "read").await;
@@ -651,15 +654,37 @@ async fn shared_secrets_and_configured_keys_verify_with_pinned_algorithms(backen
         "external_algorithm",
     )
     .await;
-    // HS256 signed with the RSA public key's PEM as the secret.
+    // HS256 signed with the RSA public key's PEM as the secret: naming the
+    // RSA key's kid finds no HS key of that kid; naming none, only the real
+    // HMAC key is tried (the RSA key verifies RS256 alone).
+    let pem_as_secret = EncodingKey::from_secret(rsa_public.as_bytes()).unwrap();
     let confused = mint(
         Algorithm::HS256,
-        &EncodingKey::from_secret(rsa_public.as_bytes()).unwrap(),
+        &pem_as_secret,
         Some("rsa"),
         None,
         &claims(ISS, "u1"),
     );
     refused(&app, &confused, "external_unknown_key").await;
+    let confused = mint(
+        Algorithm::HS256,
+        &pem_as_secret,
+        None,
+        None,
+        &claims(ISS, "u1"),
+    );
+    refused(&app, &confused, "external_signature").await;
+    // A policy linked to one introspector does not serve another's tokens.
+    must_put_introspector(
+        &app,
+        "hs2",
+        json!({"type": "jwt", "jwt": {"iss": "https://hs2.example", "secret": HS_KEY}}),
+    )
+    .await;
+    let other = hs(HS_KEY, None, &claims("https://hs2.example", "u1"));
+    bearer(&app, "/fhir/Patient?_count=1", &other)
+        .await
+        .assert_outcome(403, "no access policy allows");
     // `iss` must match exactly.
     refused(
         &app,
@@ -774,6 +799,25 @@ async fn a_silent_introspection_endpoint_gives_503_in_bounded_time(backend: Back
         before + 1
     );
     assert!(metric(&app, "fhirbox_external_introspection_duration_seconds_count{introspector=\"op\",result=\"error\"}").await >= 1);
+    // A key set that never comes: 503 in bounded time too.
+    must_put_introspector(
+        &app,
+        "keys",
+        json!({"type": "jwt", "jwt": {"iss": ISS}, "jwks_uri": url}),
+    )
+    .await;
+    let (private, _) = rsa_pair();
+    let key = EncodingKey::from_rsa_pem(&private).unwrap();
+    let token = mint(Algorithm::RS256, &key, Some("k1"), None, &claims(ISS, "u1"));
+    let started = Instant::now();
+    bearer(&app, "/fhir/Patient?_count=1", &token)
+        .await
+        .assert_outcome(503, "could not be checked");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     drop(silent);
 }
 

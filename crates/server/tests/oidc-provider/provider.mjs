@@ -2,7 +2,8 @@
 // It listens on 127.0.0.1:$PORT (0 = any free port) and prints one JSON line,
 // {"issuer": …, "port": …}, once it is ready. It signs with a fresh RSA key
 // whose `kid` is $KID, and writes that key's PKCS#8 PEM to $KEY_PEM_OUT (when
-// set) so a test can mint tokens an ID token would look like.
+// set) so a test can mint tokens an ID token would look like; $TOKEN_TTL sets
+// the access tokens' lifetime and $JWKS_DELAY_MS delays each key-set answer.
 //
 // Clients:
 //   svc      client_credentials, client_secret_basic, secret "svc-secret";
@@ -81,7 +82,14 @@ const provider = new Provider(issuer, {
     },
   },
 });
-// Every request is logged by the test harness only when a test fails.
+// $JWKS_DELAY_MS holds each key-set answer back, so concurrent fetches overlap.
+const jwksDelay = Number(process.env.JWKS_DELAY_MS || 0);
+provider.use(async (ctx, next) => {
+  if (jwksDelay && ctx.path === '/jwks') {
+    await new Promise((resolve) => setTimeout(resolve, jwksDelay));
+  }
+  await next();
+});
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 server.on('request', provider.callback());
 console.log(JSON.stringify({ issuer, port: server.address().port }));
