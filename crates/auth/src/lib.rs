@@ -544,6 +544,9 @@ impl AuthService {
         if snapshot.introspectors.is_empty() {
             return self.verify_token(token);
         }
+        if let Some(found) = self.external.cached(token, &snapshot.introspectors) {
+            return found.map(Identity::External).map_err(AuthFailure::External);
+        }
         match external::route(token, &snapshot.introspectors) {
             external::Route::Own => self.verify_token(token),
             route => self

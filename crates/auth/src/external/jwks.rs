@@ -112,6 +112,12 @@ impl JwksCache {
         self.ttl
     }
 
+    /// The generation of the set in use, if one was ever fetched.
+    pub fn generation(&self) -> Option<u64> {
+        let state = self.lock();
+        state.set.as_ref().map(|set| set.generation)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -137,6 +137,9 @@ impl Default for ExternalOptions {
 
 /// A remembered verdict on one token.
 struct Verdict {
+    /// The introspector (id and version) that reached it.
+    introspector: String,
+    version: i64,
     outcome: Result<Arc<External>, ExternalFailure>,
     /// The token's `exp` (seconds), checked again at each hit.
     exp: Option<u64>,
@@ -276,18 +279,68 @@ impl ExternalTokens {
         }
     }
 
-    fn verdict_key(introspector: &Introspector, token: &str) -> [u8; 32] {
-        let mut hasher = Sha256::new();
-        hasher.update(introspector.id.as_bytes());
-        hasher.update([0]);
-        hasher.update(introspector.version.to_be_bytes());
-        hasher.update(token.as_bytes());
-        hasher.finalize().into()
+    /// The key of a token's verdict: its SHA-256, so no token can find
+    /// another's verdict.
+    fn verdict_key(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// A verdict reached lately by an introspector still in force, before
+    /// the token is even routed: a token in use costs one digest and a
+    /// lookup (docs/tokens.md). Verdicts are dropped whenever introspectors
+    /// change, so the route they were reached by is the one the token would
+    /// take now.
+    pub fn cached(
+        &self,
+        token: &str,
+        introspectors: &[Arc<Introspector>],
+    ) -> Option<Result<Arc<External>, ExternalFailure>> {
+        let key = Self::verdict_key(token);
+        let (id, version) = {
+            let accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
+            match accepted.get(&key) {
+                Some(v) => (v.introspector.clone(), v.version),
+                None => {
+                    drop(accepted);
+                    let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+                    let v = refused.get(&key)?;
+                    (v.introspector.clone(), v.version)
+                }
+            }
+        };
+        let introspector = introspectors
+            .iter()
+            .find(|i| i.id == id && i.version == version)?;
+        let generation = match &introspector.kind {
+            Kind::Jwt {
+                source: KeySource::Jwks(_),
+                ..
+            } => Some(self.key_set_generation(introspector)?),
+            Kind::Jwt { .. } => Some(0),
+            Kind::Opaque { .. } => None,
+        };
+        let found = self.remembered(&key, introspector, generation)?;
+        self.events.cache_hit(&introspector.id);
+        self.events.verification(
+            &introspector.id,
+            match &found {
+                Ok(_) => "ok",
+                Err(e) => e.reason(),
+            },
+        );
+        Some(found)
+    }
+
+    fn key_set_generation(&self, introspector: &Introspector) -> Option<u64> {
+        let jwks = self.jwks.lock().unwrap_or_else(|p| p.into_inner());
+        jwks.get(&(introspector.id.clone(), introspector.version))?
+            .generation()
     }
 
     fn remembered(
         &self,
         key: &[u8; 32],
+        introspector: &Introspector,
         generation: Option<u64>,
     ) -> Option<Result<Arc<External>, ExternalFailure>> {
         let accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
@@ -299,7 +352,11 @@ impl ExternalTokens {
                 refused.get(key)?
             }
         };
-        if Instant::now() >= verdict.until || generation.is_some_and(|g| g != verdict.generation) {
+        if verdict.introspector != introspector.id
+            || verdict.version != introspector.version
+            || Instant::now() >= verdict.until
+            || generation.is_some_and(|g| g != verdict.generation)
+        {
             return None;
         }
         if let (Ok(_), Some(exp)) = (&verdict.outcome, verdict.exp) {
@@ -423,8 +480,11 @@ impl ExternalTokens {
                 let public = candidates
                     .iter()
                     .all(|k| matches!(k.material, KeyMaterial::Public(_)));
-                let cache_key = public.then(|| Self::verdict_key(introspector, token));
-                if let Some(found) = cache_key.as_ref().and_then(|k| self.remembered(k, Some(0))) {
+                let cache_key = public.then(|| Self::verdict_key(token));
+                if let Some(found) = cache_key
+                    .as_ref()
+                    .and_then(|k| self.remembered(k, introspector, Some(0)))
+                {
                     self.events.cache_hit(&introspector.id);
                     return found;
                 }
@@ -453,8 +513,8 @@ impl ExternalTokens {
                     })
                     .await
                     .map_err(|_| ExternalFailure::IssuerUnavailable)?;
-                let key = Self::verdict_key(introspector, token);
-                if let Some(found) = self.remembered(&key, Some(set.generation)) {
+                let key = Self::verdict_key(token);
+                if let Some(found) = self.remembered(&key, introspector, Some(set.generation)) {
                     self.events.cache_hit(&introspector.id);
                     return found;
                 }
@@ -501,6 +561,8 @@ impl ExternalTokens {
         self.remember(
             key,
             Verdict {
+                introspector: introspector.id.clone(),
+                version: introspector.version,
                 outcome: result.clone(),
                 exp,
                 until: Instant::now() + introspector.cache_ttl,
@@ -557,8 +619,8 @@ impl ExternalTokens {
         let Kind::Opaque { endpoint, .. } = &introspector.kind else {
             return Err(ExternalFailure::UnknownIssuer);
         };
-        let key = Self::verdict_key(introspector, token);
-        if let Some(found) = self.remembered(&key, None) {
+        let key = Self::verdict_key(token);
+        if let Some(found) = self.remembered(&key, introspector, None) {
             self.events.cache_hit(&introspector.id);
             return found;
         }
@@ -652,6 +714,8 @@ impl ExternalTokens {
         self.remember(
             key,
             Verdict {
+                introspector: introspector.id.clone(),
+                version: introspector.version,
                 outcome: outcome.clone(),
                 exp,
                 until,
