@@ -142,6 +142,9 @@ struct Snapshot {
     policies: Vec<Policy>,
     /// Sorted by id; the first of several naming one issuer wins.
     introspectors: Vec<Arc<external::introspector::Introspector>>,
+    /// Numbers this snapshot: verdicts on tokens reached under another one
+    /// are never served (the route a token takes may have changed).
+    epoch: u64,
 }
 
 struct RootCredential {
@@ -165,6 +168,8 @@ pub struct AuthService {
     snapshot: RwLock<Arc<Snapshot>>,
     /// History position the snapshot reflects.
     marker: AtomicI64,
+    /// The epoch of the last snapshot made.
+    epochs: std::sync::atomic::AtomicU64,
     /// Digest of (client, version, secret) -> when the verification expires.
     verified: Mutex<HashMap<[u8; 32], Instant>>,
     kdf: Arc<throttle::KdfGate>,
@@ -203,6 +208,7 @@ impl AuthService {
             signer,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             marker: AtomicI64::new(-1),
+            epochs: std::sync::atomic::AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
             kdf: Arc::new(throttle::KdfGate::new(measure_kdf().await)),
             reload: tokio::sync::Mutex::new(()),
@@ -290,6 +296,7 @@ impl AuthService {
         if opaque > 1 {
             tracing::warn!(count = opaque, "several opaque TokenIntrospectors name no issuer; opaque tokens go to the first by id only");
         }
+        snapshot.epoch = self.epochs.fetch_add(1, Ordering::SeqCst) + 1;
         self.external.retain(&snapshot.introspectors);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
         self.marker.store(marker, Ordering::SeqCst);
@@ -544,14 +551,17 @@ impl AuthService {
         if snapshot.introspectors.is_empty() {
             return self.verify_token(token);
         }
-        if let Some(found) = self.external.cached(token, &snapshot.introspectors) {
+        if let Some(found) = self
+            .external
+            .cached(token, &snapshot.introspectors, snapshot.epoch)
+        {
             return found.map(Identity::External).map_err(AuthFailure::External);
         }
         match external::route(token, &snapshot.introspectors) {
             external::Route::Own => self.verify_token(token),
             route => self
                 .external
-                .verify(route, token, self.vault.as_ref())
+                .verify(route, token, self.vault.as_ref(), snapshot.epoch)
                 .await
                 .map(Identity::External)
                 .map_err(AuthFailure::External),

@@ -41,12 +41,14 @@ pub struct Fetcher {
     timeout: Duration,
 }
 
-/// A URL as logs show it: scheme, host, port and path, no query.
+/// A URL as logs show it: scheme, host, port and path; no credentials, no query.
 pub fn for_log(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut parsed) => {
             parsed.set_query(None);
             parsed.set_fragment(None);
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
             parsed.to_string()
         }
         Err(_) => "(not a URL)".to_owned(),

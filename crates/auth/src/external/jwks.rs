@@ -112,9 +112,14 @@ impl JwksCache {
         self.ttl
     }
 
-    /// The generation of the set in use, if one was ever fetched.
+    /// The generation of the set in use while it is younger than
+    /// `cache_ttl`: a verdict reached with an older set is checked again
+    /// (and the set refetched) rather than served.
     pub fn generation(&self) -> Option<u64> {
         let state = self.lock();
+        if state.fetched.is_none_or(|at| at.elapsed() >= self.ttl) {
+            return None;
+        }
         state.set.as_ref().map(|set| set.generation)
     }
 
@@ -175,22 +180,21 @@ impl JwksCache {
                 return Ok(set);
             }
             let fresh = state.fetched.is_some_and(|at| at.elapsed() < self.ttl);
-            let before = state.last_miss_fetch;
             if fresh {
                 state.last_miss_fetch = Some(Instant::now());
             }
             state.in_flight = true;
-            (fresh, before)
+            fresh
         };
         // A caller that goes away mid-fetch (its client hung up) must not
-        // leave the fetch marked as running, nor spend the refetch allowance.
+        // leave the fetch marked as running. The refetch allowance stays
+        // spent: the request went out, and hanging up must not buy another.
         let mut unfinished = Unfinished {
             cache: self,
-            last_miss_fetch: Some(miss.1),
+            done: false,
         };
-        let miss = miss.0;
         let fetched = fetch(fetcher, &self.url).await;
-        unfinished.last_miss_fetch = None;
+        unfinished.done = true;
         drop(unfinished);
         match fetched {
             Ok(keys) => {
@@ -235,19 +239,16 @@ impl JwksCache {
     }
 }
 
-/// Undoes the marks of a fetch that never finished (its future was dropped).
+/// Clears the mark of a fetch that never finished (its future was dropped).
 struct Unfinished<'a> {
     cache: &'a JwksCache,
-    /// `Some(before)` until the fetch finishes: the refetch time to restore.
-    last_miss_fetch: Option<Option<Instant>>,
+    done: bool,
 }
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if let Some(before) = self.last_miss_fetch {
-            let mut state = self.cache.lock();
-            state.in_flight = false;
-            state.last_miss_fetch = before;
+        if !self.done {
+            self.cache.lock().in_flight = false;
         }
     }
 }

@@ -137,9 +137,11 @@ impl Default for ExternalOptions {
 
 /// A remembered verdict on one token.
 struct Verdict {
-    /// The introspector (id and version) that reached it.
+    /// The introspector (id and version) that reached it, and the epoch of
+    /// the introspectors it was routed among.
     introspector: String,
     version: i64,
+    epoch: u64,
     outcome: Result<Arc<External>, ExternalFailure>,
     /// The token's `exp` (seconds), checked again at each hit.
     exp: Option<u64>,
@@ -294,6 +296,7 @@ impl ExternalTokens {
         &self,
         token: &str,
         introspectors: &[Arc<Introspector>],
+        epoch: u64,
     ) -> Option<Result<Arc<External>, ExternalFailure>> {
         let key = Self::verdict_key(token);
         let (id, version) = {
@@ -319,7 +322,7 @@ impl ExternalTokens {
             Kind::Jwt { .. } => Some(0),
             Kind::Opaque { .. } => None,
         };
-        let found = self.remembered(&key, introspector, generation)?;
+        let found = self.remembered(&key, introspector, epoch, generation)?;
         self.events.cache_hit(&introspector.id);
         self.events.verification(
             &introspector.id,
@@ -341,6 +344,7 @@ impl ExternalTokens {
         &self,
         key: &[u8; 32],
         introspector: &Introspector,
+        epoch: u64,
         generation: Option<u64>,
     ) -> Option<Result<Arc<External>, ExternalFailure>> {
         let accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
@@ -354,6 +358,7 @@ impl ExternalTokens {
         };
         if verdict.introspector != introspector.id
             || verdict.version != introspector.version
+            || verdict.epoch != epoch
             || Instant::now() >= verdict.until
             || generation.is_some_and(|g| g != verdict.generation)
         {
@@ -368,12 +373,14 @@ impl ExternalTokens {
     }
 
     fn remember(&self, key: [u8; 32], mut verdict: Verdict) {
-        let map = if verdict.outcome.is_ok() {
-            &self.accepted
+        let (map, other) = if verdict.outcome.is_ok() {
+            (&self.accepted, &self.refused)
         } else {
             verdict.until = verdict.until.min(Instant::now() + REFUSED_FOR);
-            &self.refused
+            (&self.refused, &self.accepted)
         };
+        // A token has one verdict: the newer one replaces the other kind.
+        other.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         let mut verdicts = map.lock().unwrap_or_else(|p| p.into_inner());
         if verdicts.len() >= VERDICTS_MAX {
             verdicts.clear();
@@ -382,17 +389,20 @@ impl ExternalTokens {
     }
 
     /// Checks `token` by the route `route` chose.
+    /// `epoch` numbers the set of introspectors `route` chose among; verdicts
+    /// reached under another one are never served.
     pub async fn verify(
         &self,
         route: Route<'_>,
         token: &str,
         vault: Option<&SecretResolver>,
+        epoch: u64,
     ) -> Result<Arc<External>, ExternalFailure> {
         match route {
             Route::Own => Err(ExternalFailure::UnknownIssuer),
             Route::Unknown => Err(ExternalFailure::UnknownIssuer),
             Route::Jwt(introspector) => {
-                let result = self.verify_jwt(introspector, token, vault).await;
+                let result = self.verify_jwt(introspector, token, vault, epoch).await;
                 let label = match &result {
                     Ok(_) => "ok",
                     Err(e) => e.reason(),
@@ -401,7 +411,7 @@ impl ExternalTokens {
                 result
             }
             Route::Opaque(introspector) => {
-                let result = self.introspect(introspector, token, vault).await;
+                let result = self.introspect(introspector, token, vault, epoch).await;
                 let label = match &result {
                     Ok(_) => "ok",
                     Err(e) => e.reason(),
@@ -424,6 +434,7 @@ impl ExternalTokens {
         introspector: &Introspector,
         token: &str,
         vault: Option<&SecretResolver>,
+        epoch: u64,
     ) -> Result<Arc<External>, ExternalFailure> {
         let Kind::Jwt { iss, source, typ } = &introspector.kind else {
             return Err(ExternalFailure::UnknownIssuer);
@@ -483,7 +494,7 @@ impl ExternalTokens {
                 let cache_key = public.then(|| Self::verdict_key(token));
                 if let Some(found) = cache_key
                     .as_ref()
-                    .and_then(|k| self.remembered(k, introspector, Some(0)))
+                    .and_then(|k| self.remembered(k, introspector, epoch, Some(0)))
                 {
                     self.events.cache_hit(&introspector.id);
                     return found;
@@ -500,7 +511,7 @@ impl ExternalTokens {
                 let result = check_with(token, iss, alg, keys.iter().map(Ok))
                     .map(|claims| external(introspector, claims));
                 if let Some(key) = cache_key {
-                    self.remember_jwt(introspector, key, &result, 0);
+                    self.remember_jwt(introspector, key, &result, 0, epoch);
                 }
                 result
             }
@@ -514,7 +525,9 @@ impl ExternalTokens {
                     .await
                     .map_err(|_| ExternalFailure::IssuerUnavailable)?;
                 let key = Self::verdict_key(token);
-                if let Some(found) = self.remembered(&key, introspector, Some(set.generation)) {
+                if let Some(found) =
+                    self.remembered(&key, introspector, epoch, Some(set.generation))
+                {
                     self.events.cache_hit(&introspector.id);
                     return found;
                 }
@@ -528,7 +541,7 @@ impl ExternalTokens {
                 }
                 let result = check_with(token, iss, alg, candidates.iter().map(|k| Ok(&k.key)))
                     .map(|claims| external(introspector, claims));
-                self.remember_jwt(introspector, key, &result, set.generation);
+                self.remember_jwt(introspector, key, &result, set.generation, epoch);
                 result
             }
         }
@@ -543,6 +556,7 @@ impl ExternalTokens {
         key: [u8; 32],
         result: &Result<Arc<External>, ExternalFailure>,
         generation: u64,
+        epoch: u64,
     ) {
         let exp = match result {
             Ok(found) => match found
@@ -563,6 +577,7 @@ impl ExternalTokens {
             Verdict {
                 introspector: introspector.id.clone(),
                 version: introspector.version,
+                epoch,
                 outcome: result.clone(),
                 exp,
                 until: Instant::now() + introspector.cache_ttl,
@@ -580,8 +595,12 @@ impl ExternalTokens {
         vault: Option<&SecretResolver>,
     ) -> Result<Vec<DecodingKey>, ExternalFailure> {
         use secrecy::ExposeSecret;
+        let secret = match slot {
+            SecretSlot::Vault(name) => name.as_str(),
+            SecretSlot::Literal(_) => "",
+        };
         let unusable = |reason: &str| {
-            tracing::warn!(introspector = %introspector.id, reason, "the introspector's key cannot be used");
+            tracing::warn!(introspector = %introspector.id, secret, reason, "the introspector's key cannot be used");
             ExternalFailure::KeyUnavailable
         };
         let key = |bytes: &[u8]| {
@@ -615,12 +634,13 @@ impl ExternalTokens {
         introspector: &Introspector,
         token: &str,
         vault: Option<&SecretResolver>,
+        epoch: u64,
     ) -> Result<Arc<External>, ExternalFailure> {
         let Kind::Opaque { endpoint, .. } = &introspector.kind else {
             return Err(ExternalFailure::UnknownIssuer);
         };
         let key = Self::verdict_key(token);
-        if let Some(found) = self.remembered(&key, introspector, None) {
+        if let Some(found) = self.remembered(&key, introspector, epoch, None) {
             self.events.cache_hit(&introspector.id);
             return found;
         }
@@ -716,6 +736,7 @@ impl ExternalTokens {
             Verdict {
                 introspector: introspector.id.clone(),
                 version: introspector.version,
+                epoch,
                 outcome: outcome.clone(),
                 exp,
                 until,

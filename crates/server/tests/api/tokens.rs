@@ -65,6 +65,7 @@ fn key_pair(algorithm: &[&str]) -> (Vec<u8>, String) {
         .args(algorithm)
         .arg("-out")
         .arg(&private)
+        .stderr(std::process::Stdio::null())
         .status()
         .expect("openssl runs");
     assert!(status.success());
