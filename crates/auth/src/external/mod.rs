@@ -324,13 +324,8 @@ impl ExternalTokens {
         };
         let found = self.remembered(&key, introspector, epoch, generation)?;
         self.events.cache_hit(&introspector.id);
-        self.events.verification(
-            &introspector.id,
-            match &found {
-                Ok(_) => "ok",
-                Err(e) => e.reason(),
-            },
-        );
+        self.events
+            .verification(&introspector.id, result_label(&found));
         Some(found)
     }
 
@@ -398,28 +393,20 @@ impl ExternalTokens {
         vault: Option<&SecretResolver>,
         epoch: u64,
     ) -> Result<Arc<External>, ExternalFailure> {
-        match route {
-            Route::Own => Err(ExternalFailure::UnknownIssuer),
-            Route::Unknown => Err(ExternalFailure::UnknownIssuer),
-            Route::Jwt(introspector) => {
-                let result = self.verify_jwt(introspector, token, vault, epoch).await;
-                let label = match &result {
-                    Ok(_) => "ok",
-                    Err(e) => e.reason(),
-                };
-                self.events.verification(&introspector.id, label);
-                result
-            }
-            Route::Opaque(introspector) => {
-                let result = self.introspect(introspector, token, vault, epoch).await;
-                let label = match &result {
-                    Ok(_) => "ok",
-                    Err(e) => e.reason(),
-                };
-                self.events.verification(&introspector.id, label);
-                result
-            }
-        }
+        let (introspector, result) = match route {
+            Route::Own | Route::Unknown => return Err(ExternalFailure::UnknownIssuer),
+            Route::Jwt(introspector) => (
+                introspector,
+                self.verify_jwt(introspector, token, vault, epoch).await,
+            ),
+            Route::Opaque(introspector) => (
+                introspector,
+                self.introspect(introspector, token, vault, epoch).await,
+            ),
+        };
+        self.events
+            .verification(&introspector.id, result_label(&result));
+        result
     }
 
     fn key_set_cache(&self, introspector: &Introspector, url: &str) -> Arc<JwksCache> {
@@ -745,6 +732,14 @@ impl ExternalTokens {
             },
         );
         outcome
+    }
+}
+
+/// A verdict as the verification metric labels it.
+fn result_label(result: &Result<Arc<External>, ExternalFailure>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(e) => e.reason(),
     }
 }
 
