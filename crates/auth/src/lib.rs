@@ -7,6 +7,7 @@
 pub mod access;
 pub mod clients;
 pub mod external;
+pub mod identity_provider;
 pub mod policy;
 pub mod secret_hash;
 pub mod throttle;

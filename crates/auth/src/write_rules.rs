@@ -157,6 +157,15 @@ pub fn finalize_introspector(body: Value) -> Result<Value, Refusal> {
     Ok(body)
 }
 
+/// An IdentityProvider must be usable for sign-in: its endpoints, its
+/// client's one way of authenticating, literal keys of the right kind
+/// (docs/sign-in.md).
+pub fn finalize_identity_provider(body: Value) -> Result<Value, Refusal> {
+    crate::identity_provider::IdentityProvider::parse(&body)
+        .map_err(|e| refuse(format!("IdentityProvider: {e}"), "IdentityProvider"))?;
+    Ok(body)
+}
+
 pub fn finalize_policy(body: Value, _current: Option<&StoredResource>) -> Result<Value, Refusal> {
     Policy::parse(&body).map_err(|e| refuse(format!("AccessPolicy: {e}"), "AccessPolicy"))?;
     Ok(body)

@@ -38,6 +38,8 @@ pub fn finalizer(
             "AccessPolicy" => write_rules::finalize_policy(body, current),
             "TokenIntrospector" => carry_over_literals("TokenIntrospector", body, current)
                 .and_then(write_rules::finalize_introspector),
+            "IdentityProvider" => carry_over_literals("IdentityProvider", body, current)
+                .and_then(write_rules::finalize_identity_provider),
             other => carry_over_literals(other, body, current),
         }
     })

@@ -284,7 +284,7 @@ impl Introspector {
 }
 
 /// An absolute `http` or `https` URL.
-fn http_url(text: &str, at: &str) -> Result<String, String> {
+pub(crate) fn http_url(text: &str, at: &str) -> Result<String, String> {
     let parsed = reqwest::Url::parse(text)
         .map_err(|e| format!("{at} {text:?} is not an absolute URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {

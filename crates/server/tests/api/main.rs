@@ -16,6 +16,7 @@ mod crud;
 mod errors;
 mod first_run;
 mod history;
+mod identity_providers;
 mod includes;
 mod operations;
 mod operator_surface;

@@ -1,0 +1,325 @@
+//! `IdentityProvider` resources (Aidbox's shape) as sign-in will use them:
+//! an external OpenID provider's endpoints and fhirbox's client there. The
+//! parser checks every write (docs/sign-in.md), so what is stored can be
+//! used: the endpoints are http(s) URLs, the client authenticates one way
+//! (`symmetric` with a secret, `asymmetric` with a private key), and a
+//! literal key or certificate is a PEM of the right kind.
+
+use serde_json::{Map, Value};
+
+use crate::external::introspector::http_url;
+use crate::secret_hash;
+
+/// How fhirbox authenticates itself at the provider's token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// `client_secret_basic` / `client_secret_post` with `client.secret`.
+    Symmetric,
+    /// RFC 7523 `private_key_jwt`, signed with `client.private-key`.
+    Asymmetric,
+}
+
+/// A parsed IdentityProvider (the parts sign-in needs).
+#[derive(Debug, Clone)]
+pub struct IdentityProvider {
+    pub id: String,
+    pub active: bool,
+    pub system: Option<String>,
+    pub authorize_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub userinfo_endpoint: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub client_id: String,
+    pub redirect_uri: Option<String>,
+    pub auth_method: AuthMethod,
+}
+
+/// Whether a secret-capable field of `client` holds a value: a literal, or
+/// a reference in `_<key>`. Literal and reference together are refused.
+fn has_value(client: &Map<String, Value>, key: &str) -> Result<bool, String> {
+    let reference = secret_hash::referenced_name(client.get(&format!("_{key}"))).is_some();
+    match client.get(key) {
+        Some(Value::String(_)) if reference => Err(format!(
+            "client.{key} has both a literal value and a secret reference in client._{key}; keep one of them"
+        )),
+        Some(Value::String(s)) if s.is_empty() => Err(format!("client.{key} must not be empty")),
+        Some(Value::String(_)) => Ok(true),
+        None | Some(Value::Null) => Ok(reference),
+        Some(_) => Err(format!("client.{key} must be a string")),
+    }
+}
+
+/// The PEM blocks of `text`, by label; an error when there are none.
+fn pem_labels(text: &str) -> Result<Vec<String>, String> {
+    let blocks = pem::parse_many(text).map_err(|_| "is not valid PEM".to_owned())?;
+    if blocks.is_empty() {
+        return Err("holds no PEM block".into());
+    }
+    Ok(blocks.iter().map(|b| b.tag().to_owned()).collect())
+}
+
+fn check_private_key(text: &str) -> Result<(), String> {
+    let labels = pem_labels(text)?;
+    if labels.len() != 1 || !labels[0].ends_with("PRIVATE KEY") || labels[0].contains("ENCRYPTED") {
+        return Err("must be one unencrypted PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)".into());
+    }
+    let bytes = text.as_bytes();
+    let rsa = jsonwebtoken::EncodingKey::from_rsa_pem(bytes).is_ok();
+    let ec = jsonwebtoken::EncodingKey::from_ec_pem(bytes).is_ok();
+    if !rsa && !ec {
+        return Err("is not an RSA or EC private key that can sign".into());
+    }
+    Ok(())
+}
+
+fn check_certificate(text: &str) -> Result<(), String> {
+    let labels = pem_labels(text)?;
+    if labels.iter().any(|l| l != "CERTIFICATE") {
+        return Err(
+            "must hold PEM certificates only (BEGIN CERTIFICATE), the client's first".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The public key of the first certificate in `pem_text`, and the JWS
+/// algorithm a private key of its type signs with.
+fn certificate_key(
+    pem_text: &str,
+) -> Result<(jsonwebtoken::DecodingKey, jsonwebtoken::Algorithm), String> {
+    use jsonwebtoken::{Algorithm, DecodingKey};
+    use x509_cert::der::asn1::ObjectIdentifier;
+    use x509_cert::der::Decode;
+    const RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+    const EC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+    const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+    const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+    let first = pem::parse_many(pem_text)
+        .ok()
+        .and_then(|blocks| blocks.into_iter().next())
+        .ok_or("holds no certificate")?;
+    let certificate = x509_cert::Certificate::from_der(first.contents())
+        .map_err(|_| "is not an X.509 certificate")?;
+    let info = certificate.tbs_certificate().subject_public_key_info();
+    let key = info.subject_public_key.raw_bytes();
+    if info.algorithm.oid == RSA {
+        return Ok((DecodingKey::from_rsa_der(key), Algorithm::RS256));
+    }
+    if info.algorithm.oid == EC {
+        let curve = info
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+        let alg = match curve {
+            Some(c) if c == P256 => Algorithm::ES256,
+            Some(c) if c == P384 => Algorithm::ES384,
+            _ => return Err("holds an EC key on a curve other than P-256 or P-384".into()),
+        };
+        return Ok((DecodingKey::from_ec_der(key), alg));
+    }
+    Err("holds a key that is neither RSA nor EC".into())
+}
+
+/// Whether `private_pem` is the key of the first certificate in `cert_pem`:
+/// a probe signed with the one must verify with the other.
+fn key_matches_certificate(private_pem: &str, cert_pem: &str) -> Result<(), String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
+    let (public, alg) = certificate_key(cert_pem).map_err(|e| format!("client.certificate {e}"))?;
+    let mismatch = || {
+        "client.private-key is not the key of client.certificate; send the pair that belongs together".to_owned()
+    };
+    let private = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(private_pem.as_bytes()),
+        _ => EncodingKey::from_ec_pem(private_pem.as_bytes()),
+    }
+    .map_err(|_| mismatch())?;
+    let probe = serde_json::json!({"probe": "fhirbox: does this key belong to this certificate?"});
+    let signed =
+        jsonwebtoken::encode(&Header::new(alg), &probe, &private).map_err(|_| mismatch())?;
+    let mut validation = Validation::new(alg);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    jsonwebtoken::decode::<Value>(&signed, &public, &validation).map_err(|_| mismatch())?;
+    Ok(())
+}
+
+fn url(body: &Map<String, Value>, key: &str, at: &str) -> Result<Option<String>, String> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => http_url(text, at).map(Some),
+        Some(_) => Err(format!("{at} must be a string")),
+    }
+}
+
+impl IdentityProvider {
+    /// Reads a stored (or about-to-be-stored) IdentityProvider; the error
+    /// says what to fix, naming the element.
+    pub fn parse(body: &Value) -> Result<IdentityProvider, String> {
+        let Some(fields) = body.as_object() else {
+            return Err("must be a JSON object".into());
+        };
+        let id = fields
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let active = match fields.get("active") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err("active must be true or false".into()),
+        };
+        let system = fields
+            .get("system")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let authorize_endpoint = url(fields, "authorize_endpoint", "authorize_endpoint")?;
+        let token_endpoint = url(fields, "token_endpoint", "token_endpoint")?;
+        let userinfo_endpoint = url(fields, "userinfo_endpoint", "userinfo_endpoint")?;
+        let jwks_uri = url(fields, "jwks_uri", "jwks_uri")?;
+        if fields.get("userinfo-source").and_then(Value::as_str) == Some("userinfo-endpoint")
+            && userinfo_endpoint.is_none()
+        {
+            return Err("userinfo-source \"userinfo-endpoint\" needs userinfo_endpoint".into());
+        }
+        let client = match fields.get("client") {
+            Some(Value::Object(client)) => client,
+            None | Some(Value::Null) => {
+                return Err("client is missing: client.id names fhirbox at the provider".into())
+            }
+            Some(_) => return Err("client must be an object".into()),
+        };
+        let client_id = match client.get("id") {
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
+            _ => return Err("client.id must be the id fhirbox has at the provider".into()),
+        };
+        let redirect_uri = url(client, "redirect_uri", "client.redirect_uri")?;
+        let auth_method = match client.get("auth-method").and_then(Value::as_str) {
+            None | Some("symmetric") => AuthMethod::Symmetric,
+            Some("asymmetric") => AuthMethod::Asymmetric,
+            Some(other) => {
+                return Err(format!(
+                    "client.auth-method {other:?} is not known; use \"symmetric\" (a client secret) or \"asymmetric\" (a private key)"
+                ))
+            }
+        };
+        let secret = has_value(client, "secret")?;
+        let private_key = has_value(client, "private-key")?;
+        let certificate = has_value(client, "certificate")?;
+        match auth_method {
+            AuthMethod::Symmetric if !secret => {
+                return Err("client.auth-method \"symmetric\" needs client.secret, or a secret reference in client._secret".into())
+            }
+            AuthMethod::Asymmetric if !private_key => {
+                return Err("client.auth-method \"asymmetric\" needs client.private-key, or a secret reference in client._private-key".into())
+            }
+            _ => {}
+        }
+        if certificate && !private_key {
+            return Err(
+                "client.certificate belongs to client.private-key, which is missing".into(),
+            );
+        }
+        // Literal values are checked now; vault-backed ones at each use.
+        if let Some(Value::String(key)) = client.get("private-key") {
+            check_private_key(key).map_err(|e| format!("client.private-key {e}"))?;
+        }
+        if let Some(Value::String(cert)) = client.get("certificate") {
+            check_certificate(cert).map_err(|e| format!("client.certificate {e}"))?;
+            if let Some(Value::String(key)) = client.get("private-key") {
+                key_matches_certificate(key, cert)?;
+            }
+        }
+        Ok(IdentityProvider {
+            id,
+            active,
+            system,
+            authorize_endpoint,
+            token_endpoint,
+            userinfo_endpoint,
+            jwks_uri,
+            client_id,
+            redirect_uri,
+            auth_method,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn problem(body: Value) -> String {
+        match IdentityProvider::parse(&body) {
+            Ok(_) => panic!("accepted: {body}"),
+            Err(e) => e,
+        }
+    }
+
+    fn reference(name: &str) -> Value {
+        json!({"extension": [
+            {"url": fhirbox_fhir::secret_fields::DATA_ABSENT_REASON_URL, "valueCode": "masked"},
+            {"url": fhirbox_fhir::secret_fields::SECRET_REFERENCE_URL, "valueString": name}
+        ]})
+    }
+
+    #[test]
+    fn both_ways_of_authenticating_parse() {
+        let symmetric = IdentityProvider::parse(&json!({"id": "okta", "type": "OIDC", "system": "https://okta.example",
+            "authorize_endpoint": "https://okta.example/authorize", "token_endpoint": "https://okta.example/token",
+            "client": {"id": "fhirbox", "secret": "s3cret", "redirect_uri": "https://fhirbox.example/auth/callback/okta"}}))
+        .unwrap();
+        assert_eq!(symmetric.auth_method, AuthMethod::Symmetric);
+        assert!(symmetric.active);
+        let asymmetric = IdentityProvider::parse(&json!({"id": "azure", "active": false,
+            "client": {"id": "app", "auth-method": "asymmetric", "_private-key": reference("key"), "_certificate": reference("cert")}}))
+        .unwrap();
+        assert_eq!(asymmetric.auth_method, AuthMethod::Asymmetric);
+        assert!(!asymmetric.active);
+    }
+
+    #[test]
+    fn refusals_say_what_to_fix() {
+        assert!(problem(json!({"type": "OIDC"})).contains("client is missing"));
+        assert!(problem(json!({"client": {"secret": "s"}})).contains("client.id"));
+        assert!(problem(json!({"client": {"id": "x"}})).contains("needs client.secret"));
+        assert!(problem(
+            json!({"client": {"id": "x", "auth-method": "asymmetric", "secret": "s"}})
+        )
+        .contains("needs client.private-key"));
+        assert!(
+            problem(json!({"client": {"id": "x", "auth-method": "mtls"}})).contains("not known")
+        );
+        assert!(
+            problem(json!({"client": {"id": "x", "secret": "s", "_secret": reference("s")}}))
+                .contains("both")
+        );
+        assert!(problem(
+            json!({"client": {"id": "x", "secret": "s", "_certificate": reference("c")}})
+        )
+        .contains("private-key, which is missing"));
+        assert!(problem(
+            json!({"token_endpoint": "ftp://x/token", "client": {"id": "x", "secret": "s"}})
+        )
+        .contains("http or https"));
+        assert!(problem(
+            json!({"userinfo-source": "userinfo-endpoint", "client": {"id": "x", "secret": "s"}})
+        )
+        .contains("needs userinfo_endpoint"));
+        let key = |pem: &str| json!({"client": {"id": "x", "auth-method": "asymmetric", "private-key": pem}});
+        assert!(problem(key("not a pem")).contains("client.private-key"));
+        assert!(problem(key(
+            "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n"
+        ))
+        .contains("unencrypted PEM private key"));
+        assert!(problem(key(
+            "-----BEGIN PRIVATE KEY-----\nMCowBQYDK2VwAyEA\n-----END PRIVATE KEY-----\n"
+        ))
+        .contains("RSA or EC private key"));
+        let cert = json!({"client": {"id": "x", "auth-method": "asymmetric", "_private-key": reference("k"),
+            "certificate": "-----BEGIN PRIVATE KEY-----\nMCowBQYDK2VwAyEA\n-----END PRIVATE KEY-----\n"}});
+        assert!(problem(cert).contains("certificates only"));
+    }
+}
