@@ -49,35 +49,73 @@ fn has_value(client: &Map<String, Value>, key: &str) -> Result<bool, String> {
     }
 }
 
-/// The PEM blocks of `text`, by label; an error when there are none.
-fn pem_labels(text: &str) -> Result<Vec<String>, String> {
-    let blocks = pem::parse_many(text).map_err(|_| "is not valid PEM".to_owned())?;
-    if blocks.is_empty() {
-        return Err("holds no PEM block".into());
-    }
-    Ok(blocks.iter().map(|b| b.tag().to_owned()).collect())
+/// What a key signs to show it can, and that it belongs to a certificate.
+#[derive(serde::Serialize)]
+struct Probe {
+    probe: &'static str,
 }
 
-fn check_private_key(text: &str) -> Result<(), String> {
-    let labels = pem_labels(text)?;
-    if labels.len() != 1 || !labels[0].ends_with("PRIVATE KEY") || labels[0].contains("ENCRYPTED") {
-        return Err("must be one unencrypted PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)".into());
+const PROBE: Probe = Probe {
+    probe: "fhirbox: does this key sign, and belong to this certificate?",
+};
+
+/// A literal private key: one unencrypted PEM key (PKCS#8, or PKCS#1 for
+/// RSA) that signs, checked by signing a probe; with the algorithm it signs.
+fn check_private_key(
+    text: &str,
+) -> Result<(jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm), String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let blocks = crate::pem_guard::blocks(text)?;
+    let [block] = blocks.as_slice() else {
+        return Err("must be one PEM private key, not several blocks".into());
+    };
+    match block.tag() {
+        "PRIVATE KEY" | "RSA PRIVATE KEY" => {}
+        "EC PRIVATE KEY" => return Err(
+            "is a SEC1 EC key; convert it to PKCS#8 (openssl pkcs8 -topk8 -nocrypt) and send that"
+                .into(),
+        ),
+        "ENCRYPTED PRIVATE KEY" => {
+            return Err(
+                "is encrypted; send it unencrypted (it is masked on read) or keep it in the vault"
+                    .into(),
+            )
+        }
+        _ => {
+            return Err(
+                "must be a PEM private key (BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)".into(),
+            )
+        }
     }
     let bytes = text.as_bytes();
-    let rsa = jsonwebtoken::EncodingKey::from_rsa_pem(bytes).is_ok();
-    let ec = jsonwebtoken::EncodingKey::from_ec_pem(bytes).is_ok();
-    if !rsa && !ec {
-        return Err("is not an RSA or EC private key that can sign".into());
+    let signs = |key: &EncodingKey, alg: Algorithm| {
+        jsonwebtoken::encode(&Header::new(alg), &PROBE, key).is_ok()
+    };
+    if let Ok(key) = EncodingKey::from_rsa_pem(bytes) {
+        if signs(&key, Algorithm::RS256) {
+            return Ok((key, Algorithm::RS256));
+        }
     }
-    Ok(())
+    if let Ok(key) = EncodingKey::from_ec_pem(bytes) {
+        for alg in [Algorithm::ES256, Algorithm::ES384] {
+            if signs(&key, alg) {
+                return Ok((key, alg));
+            }
+        }
+    }
+    Err("is not an RSA or EC (P-256, P-384) private key that can sign".into())
 }
 
 fn check_certificate(text: &str) -> Result<(), String> {
-    let labels = pem_labels(text)?;
-    if labels.iter().any(|l| l != "CERTIFICATE") {
-        return Err(
-            "must hold PEM certificates only (BEGIN CERTIFICATE), the client's first".into(),
-        );
+    use x509_cert::der::Decode;
+    for block in crate::pem_guard::blocks(text)? {
+        if block.tag() != "CERTIFICATE" {
+            return Err(
+                "must hold PEM certificates only (BEGIN CERTIFICATE), the client's first".into(),
+            );
+        }
+        x509_cert::Certificate::from_der(block.contents())
+            .map_err(|_| "holds a block that is not an X.509 certificate")?;
     }
     Ok(())
 }
@@ -94,9 +132,9 @@ fn certificate_key(
     const EC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
     const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
     const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
-    let first = pem::parse_many(pem_text)
-        .ok()
-        .and_then(|blocks| blocks.into_iter().next())
+    let first = crate::pem_guard::blocks(pem_text)?
+        .into_iter()
+        .next()
         .ok_or("holds no certificate")?;
     let certificate = x509_cert::Certificate::from_der(first.contents())
         .map_err(|_| "is not an X.509 certificate")?;
@@ -121,22 +159,24 @@ fn certificate_key(
     Err("holds a key that is neither RSA nor EC".into())
 }
 
-/// Whether `private_pem` is the key of the first certificate in `cert_pem`:
-/// a probe signed with the one must verify with the other.
-fn key_matches_certificate(private_pem: &str, cert_pem: &str) -> Result<(), String> {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
+/// Whether `private` (signing with `private_alg`) is the key of the first
+/// certificate in `cert_pem`: a probe signed with the one must verify with
+/// the other.
+fn key_matches_certificate(
+    private: &jsonwebtoken::EncodingKey,
+    private_alg: jsonwebtoken::Algorithm,
+    cert_pem: &str,
+) -> Result<(), String> {
+    use jsonwebtoken::{Header, Validation};
     let (public, alg) = certificate_key(cert_pem).map_err(|e| format!("client.certificate {e}"))?;
     let mismatch = || {
         "client.private-key is not the key of client.certificate; send the pair that belongs together".to_owned()
     };
-    let private = match alg {
-        Algorithm::RS256 => EncodingKey::from_rsa_pem(private_pem.as_bytes()),
-        _ => EncodingKey::from_ec_pem(private_pem.as_bytes()),
+    if alg != private_alg {
+        return Err(mismatch());
     }
-    .map_err(|_| mismatch())?;
-    let probe = serde_json::json!({"probe": "fhirbox: does this key belong to this certificate?"});
     let signed =
-        jsonwebtoken::encode(&Header::new(alg), &probe, &private).map_err(|_| mismatch())?;
+        jsonwebtoken::encode(&Header::new(alg), &PROBE, private).map_err(|_| mismatch())?;
     let mut validation = Validation::new(alg);
     validation.required_spec_claims.clear();
     validation.validate_exp = false;
@@ -221,14 +261,17 @@ impl IdentityProvider {
                 "client.certificate belongs to client.private-key, which is missing".into(),
             );
         }
-        // Literal values are checked now; vault-backed ones at each use.
-        if let Some(Value::String(key)) = client.get("private-key") {
-            check_private_key(key).map_err(|e| format!("client.private-key {e}"))?;
-        }
+        // Literal values are checked now; vault-backed ones will be at use.
+        let key = match client.get("private-key") {
+            Some(Value::String(key)) => {
+                Some(check_private_key(key).map_err(|e| format!("client.private-key {e}"))?)
+            }
+            _ => None,
+        };
         if let Some(Value::String(cert)) = client.get("certificate") {
             check_certificate(cert).map_err(|e| format!("client.certificate {e}"))?;
-            if let Some(Value::String(key)) = client.get("private-key") {
-                key_matches_certificate(key, cert)?;
+            if let Some((key, alg)) = &key {
+                key_matches_certificate(key, *alg, cert)?;
             }
         }
         Ok(IdentityProvider {
@@ -311,15 +354,19 @@ mod tests {
         let key = |pem: &str| json!({"client": {"id": "x", "auth-method": "asymmetric", "private-key": pem}});
         assert!(problem(key("not a pem")).contains("client.private-key"));
         assert!(problem(key(
-            "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n"
+            "-----BEGIN PUBLIC KEY-----\nMAMCAQA=\n-----END PUBLIC KEY-----\n"
         ))
-        .contains("unencrypted PEM private key"));
+        .contains("must be a PEM private key"));
         assert!(problem(key(
-            "-----BEGIN PRIVATE KEY-----\nMCowBQYDK2VwAyEA\n-----END PRIVATE KEY-----\n"
+            "-----BEGIN EC PRIVATE KEY-----\nMAMCAQA=\n-----END EC PRIVATE KEY-----\n"
         ))
-        .contains("RSA or EC private key"));
+        .contains("PKCS#8"));
+        assert!(problem(key(
+            "-----BEGIN PRIVATE KEY-----\nMAMCAQA=\n-----END PRIVATE KEY-----\n"
+        ))
+        .contains("RSA or EC (P-256, P-384) private key"));
         let cert = json!({"client": {"id": "x", "auth-method": "asymmetric", "_private-key": reference("k"),
-            "certificate": "-----BEGIN PRIVATE KEY-----\nMCowBQYDK2VwAyEA\n-----END PRIVATE KEY-----\n"}});
+            "certificate": "-----BEGIN PRIVATE KEY-----\nMAMCAQA=\n-----END PRIVATE KEY-----\n"}});
         assert!(problem(cert).contains("certificates only"));
     }
 }

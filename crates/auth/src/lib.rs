@@ -8,6 +8,7 @@ pub mod access;
 pub mod clients;
 pub mod external;
 pub mod identity_provider;
+pub mod pem_guard;
 pub mod policy;
 pub mod secret_hash;
 pub mod throttle;

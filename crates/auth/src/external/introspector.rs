@@ -285,14 +285,15 @@ impl Introspector {
 
 /// An absolute `http` or `https` URL.
 pub(crate) fn http_url(text: &str, at: &str) -> Result<String, String> {
-    let parsed = reqwest::Url::parse(text)
-        .map_err(|e| format!("{at} {text:?} is not an absolute URL: {e}"))?;
+    // The text is not echoed: a mistyped URL may still carry a password.
+    let parsed =
+        reqwest::Url::parse(text).map_err(|e| format!("{at} is not an absolute URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(format!("{at} must be an http or https URL with a host"));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(format!(
-            "{at} must not carry credentials; use introspection_endpoint.authorization"
+            "{at} must not carry credentials; keep them in the resource's secret fields"
         ));
     }
     Ok(text.to_owned())
@@ -452,6 +453,7 @@ pub fn public_key(pem: &str, alg: Algorithm) -> Result<DecodingKey, String> {
     if pem.contains("PRIVATE KEY") {
         return Err("holds a private key; configure the public key only".into());
     }
+    crate::pem_guard::blocks(pem)?;
     let key = if key_type(alg) == "EC" {
         DecodingKey::from_ec_pem(pem.as_bytes())
     } else {
@@ -574,7 +576,7 @@ mod tests {
         assert!(problem(keys(json!({"alg": "HS256", "k": "short"}))).contains("16 bytes"));
         assert!(problem(keys(json!({"alg": "HS256", "pub": "x"}))).contains("shared secret"));
         assert!(problem(keys(json!({"alg": "RS256", "pub": "not a pem"})))
-            .contains("not a PEM RSA public key"));
+            .contains("pub holds no PEM block"));
         assert!(
             problem(keys(json!({"alg": "RS256", "k": "0123456789abcdef0"})))
                 .contains("public key in pub")

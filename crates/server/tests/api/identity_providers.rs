@@ -40,6 +40,26 @@ fn key_and_certificate_of(newkey: &[&str]) -> (String, String) {
     )
 }
 
+/// The same key in openssl's traditional form: PKCS#1 for RSA, SEC1 for EC.
+fn traditional(key: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["pkey", "-traditional"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(key.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
 backend_tests!(identity_providers_are_checked_on_write_and_keys_never_shown);
 
 async fn identity_providers_are_checked_on_write_and_keys_never_shown(app: TestApp) {
@@ -58,7 +78,7 @@ async fn identity_providers_are_checked_on_write_and_keys_never_shown(app: TestA
         ),
         (
             json!({"id": "fhirbox", "auth-method": "asymmetric", "private-key": certificate}),
-            "unencrypted PEM private key",
+            "must be a PEM private key",
         ),
         (
             json!({"id": "fhirbox", "auth-method": "asymmetric", "private-key": key, "certificate": key}),
@@ -100,6 +120,22 @@ async fn identity_providers_are_checked_on_write_and_keys_never_shown(app: TestA
         shown["client"]["_private-key"]["extension"][0]["valueCode"],
         "masked"
     );
+    // The RSA key in PKCS#1 form matches as well; a SEC1 EC key is refused
+    // with the conversion to make.
+    let pkcs1 = traditional(&key);
+    assert!(pkcs1.contains("BEGIN RSA PRIVATE KEY"), "{pkcs1}");
+    let mut rsa1 = good.clone();
+    rsa1["id"] = json!("azure-pkcs1");
+    rsa1["client"]["private-key"] = json!(pkcs1);
+    let r = app.put("/fhir/IdentityProvider/azure-pkcs1", &rsa1).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let mut sec1 = good.clone();
+    sec1["id"] = json!("azure-sec1");
+    sec1["client"]["private-key"] = json!(traditional(&ec_key));
+    sec1["client"]["certificate"] = json!(ec_certificate);
+    app.put("/fhir/IdentityProvider/azure-sec1", &sec1)
+        .await
+        .assert_outcome(422, "PKCS#8");
     // An EC pair is fine too.
     let mut ec = good.clone();
     ec["id"] = json!("azure-ec");
