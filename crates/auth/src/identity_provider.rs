@@ -292,6 +292,7 @@ impl IdentityProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::reference;
     use serde_json::json;
 
     fn problem(body: Value) -> String {
@@ -299,13 +300,6 @@ mod tests {
             Ok(_) => panic!("accepted: {body}"),
             Err(e) => e,
         }
-    }
-
-    fn reference(name: &str) -> Value {
-        json!({"extension": [
-            {"url": fhirbox_fhir::secret_fields::DATA_ABSENT_REASON_URL, "valueCode": "masked"},
-            {"url": fhirbox_fhir::secret_fields::SECRET_REFERENCE_URL, "valueString": name}
-        ]})
     }
 
     #[test]

@@ -15,6 +15,17 @@ pub mod throttle;
 pub mod token;
 pub mod write_rules;
 
+#[cfg(test)]
+mod test_support {
+    /// A masked secret-reference element naming vault secret `name`.
+    pub fn reference(name: &str) -> serde_json::Value {
+        serde_json::json!({"extension": [
+            {"url": fhirbox_fhir::secret_fields::DATA_ABSENT_REASON_URL, "valueCode": "masked"},
+            {"url": fhirbox_fhir::secret_fields::SECRET_REFERENCE_URL, "valueString": name}
+        ]})
+    }
+}
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
