@@ -7,8 +7,13 @@
 
 use serde_json::{Map, Value};
 
-use crate::external::introspector::http_url;
-use crate::secret_hash;
+use crate::fields::{http_url, slot};
+
+/// Whether a secret-capable field of `client` holds a value (a literal, or
+/// a vault reference; both at once is refused).
+fn has_value(client: &Map<String, Value>, key: &str) -> Result<bool, String> {
+    Ok(slot(client, key, &format!("client.{key}"))?.is_some())
+}
 
 /// How fhirbox authenticates itself at the provider's token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,21 +37,6 @@ pub struct IdentityProvider {
     pub client_id: String,
     pub redirect_uri: Option<String>,
     pub auth_method: AuthMethod,
-}
-
-/// Whether a secret-capable field of `client` holds a value: a literal, or
-/// a reference in `_<key>`. Literal and reference together are refused.
-fn has_value(client: &Map<String, Value>, key: &str) -> Result<bool, String> {
-    let reference = secret_hash::referenced_name(client.get(&format!("_{key}"))).is_some();
-    match client.get(key) {
-        Some(Value::String(_)) if reference => Err(format!(
-            "client.{key} has both a literal value and a secret reference in client._{key}; keep one of them"
-        )),
-        Some(Value::String(s)) if s.is_empty() => Err(format!("client.{key} must not be empty")),
-        Some(Value::String(_)) => Ok(true),
-        None | Some(Value::Null) => Ok(reference),
-        Some(_) => Err(format!("client.{key} must be a string")),
-    }
 }
 
 /// What a key signs to show it can, and that it belongs to a certificate.

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod clients;
 pub mod external;
+pub mod fields;
 pub mod identity_provider;
 pub mod pem_guard;
 pub mod policy;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
-use crate::secret_hash;
+use crate::fields::{http_url, slot};
 
 /// `cache_ttl` when none is given, and its bounds, in seconds.
 pub const DEFAULT_CACHE_TTL: u64 = 300;
@@ -283,22 +283,6 @@ impl Introspector {
     }
 }
 
-/// An absolute `http` or `https` URL.
-pub(crate) fn http_url(text: &str, at: &str) -> Result<String, String> {
-    // The text is not echoed: a mistyped URL may still carry a password.
-    let parsed =
-        reqwest::Url::parse(text).map_err(|e| format!("{at} is not an absolute URL: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(format!("{at} must be an http or https URL with a host"));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(format!(
-            "{at} must not carry credentials; keep them in the resource's secret fields"
-        ));
-    }
-    Ok(text.to_owned())
-}
-
 /// True for an `http` URL to a host other than the loopback interface:
 /// anyone on the path could change its answers (logged as a warning at load).
 pub fn is_plain_http_off_host(text: &str) -> bool {
@@ -336,24 +320,6 @@ pub fn header_value_ok(value: &[u8]) -> bool {
         && value
             .iter()
             .all(|b| (0x20..0x7f).contains(b) || *b == b'\t')
-}
-
-/// A secret-capable field: its literal value, or the name in `_<key>`.
-fn slot(fields: &Map<String, Value>, key: &str, at: &str) -> Result<Option<SecretSlot>, String> {
-    let element = fields.get(&format!("_{key}"));
-    match (fields.get(key), secret_hash::referenced_name(element)) {
-        (Some(Value::String(_)), Some(_)) => Err(format!(
-            "{at} has both a literal value and a secret reference; keep one of them"
-        )),
-        (Some(Value::String(value)), None) if !value.is_empty() => Ok(Some(SecretSlot::Literal(
-            std::sync::Arc::new(value.as_bytes().to_vec().into()),
-        ))),
-        (Some(Value::Null) | None, Some(name)) => Ok(Some(SecretSlot::Vault(name.to_owned()))),
-        (Some(Value::Null) | None, None) => Ok(None),
-        _ => Err(format!(
-            "{at} must be a non-empty string or a secret reference in _{key}"
-        )),
-    }
 }
 
 fn algorithm(name: &str) -> Option<Algorithm> {

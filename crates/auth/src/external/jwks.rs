@@ -104,14 +104,6 @@ impl JwksCache {
         }
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// The generation of the set in use while it is younger than
     /// `cache_ttl`: a verdict reached with an older set is checked again
     /// (and the set refetched) rather than served.

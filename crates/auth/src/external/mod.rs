@@ -148,8 +148,6 @@ struct Verdict {
     until: Instant,
     /// The key set generation a JWT verdict was reached with.
     generation: u64,
-    /// Added to `exp` at each hit: the leeway for JWTs, none for introspection.
-    leeway: u64,
 }
 
 /// The header fields that choose a key, read strictly.
@@ -359,8 +357,14 @@ impl ExternalTokens {
         {
             return None;
         }
-        if let (Ok(_), Some(exp)) = (&verdict.outcome, verdict.exp) {
-            if now_seconds() >= exp.saturating_add(verdict.leeway) {
+        if let (Ok(found), Some(exp)) = (&verdict.outcome, verdict.exp) {
+            // JWTs get the leeway; an introspection endpoint's exp is its own.
+            let leeway = if found.jwt.is_some() {
+                LEEWAY_SECONDS
+            } else {
+                0
+            };
+            if now_seconds() >= exp.saturating_add(leeway) {
                 return Some(Err(ExternalFailure::Expired));
             }
         }
@@ -569,7 +573,6 @@ impl ExternalTokens {
                 exp,
                 until: Instant::now() + introspector.cache_ttl,
                 generation,
-                leeway: LEEWAY_SECONDS,
             },
         );
     }
@@ -728,7 +731,6 @@ impl ExternalTokens {
                 exp,
                 until,
                 generation: 0,
-                leeway: 0,
             },
         );
         outcome
