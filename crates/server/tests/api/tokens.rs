@@ -1032,6 +1032,34 @@ async fn bundles_and_admin_types_hold_for_external_tokens(backend: Backend) {
             .starts_with("403"),
         "{entries}"
     );
+    // Includes: a referring Observation the token may not read is withheld,
+    // and shown once a policy lets it read Observations.
+    let obs = json!({"resourceType": "Observation", "id": "o1", "status": "final",
+        "code": {"text": "heart rate"}, "subject": {"reference": "Patient/p1"}});
+    assert_eq!(app.put("/fhir/Observation/o1", &obs).await.status, 201);
+    let rev = "/fhir/Patient?_id=p1&_revinclude=Observation:subject";
+    let withheld = bearer(&app, rev, &token).await;
+    assert_eq!(withheld.status, 200, "{}", withheld.text);
+    assert!(!withheld.text.contains("heart rate"), "{}", withheld.text);
+    assert!(withheld.text.contains("withheld"), "{}", withheld.text);
+    // Chains: an Observation search through Patient needs both types.
+    let chain = "/fhir/Observation?subject:Patient.name=Chalmers";
+    policy_for_introspector(
+        &app,
+        "observations",
+        "hs",
+        json!({"request-method": "get", "uri": "#^/fhir/Observation"}),
+    )
+    .await;
+    let shown = bearer(&app, rev, &token).await;
+    assert!(shown.text.contains("heart rate"), "{}", shown.text);
+    let found = bearer(&app, chain, &token).await;
+    assert_eq!(found.status, 200, "{}", found.text);
+    assert!(found.text.contains("\"o1\""), "{}", found.text);
+    app.delete("/fhir/AccessPolicy/patients").await;
+    bearer(&app, chain, &token)
+        .await
+        .assert_outcome(403, "no access policy allows");
     // Even an allow-everything policy never lets another issuer's token
     // write the server's own types.
     policy_for_introspector(&app, "patients", "hs", Value::Null).await;
