@@ -84,7 +84,7 @@ fn basic_auth(c: &mut Criterion) {
             panic!("parses")
         };
         runtime
-            .block_on(auth.verify_secret(&id, &secret, Grant::Basic, None))
+            .block_on(auth.verify_secret(&id, &secret, &[Grant::Basic], None))
             .unwrap()
     };
     verify(); // the one KDF run; every later check hits the verified-credential cache

@@ -98,6 +98,18 @@ impl RequestFacts {
         Value::Object(context)
     }
 
+    /// The JSON a `matcho` policy is matched against, for a signed-in user:
+    /// the application under `client`, the User resource under `user`.
+    pub fn user_context(&self, client_id: &str, user: &Value) -> Value {
+        let mut context = self.request_context();
+        context.insert(
+            "client".into(),
+            json!({"id": client_id, "resourceType": "Client"}),
+        );
+        context.insert("user".into(), user.clone());
+        Value::Object(context)
+    }
+
     /// The JSON a `matcho` policy is matched against, for the bearer of
     /// another issuer's token: its verified claims under `jwt`, an
     /// introspection response under `token`, the user it names under
@@ -212,6 +224,7 @@ impl AuthService {
         let applies = |policy: &&super::policy::Policy| match identity {
             Identity::Client { id } => policy.applies_to(id),
             Identity::External(caller) => policy.applies_to_introspector(&caller.introspector),
+            Identity::User { client, user } => policy.applies_to_user(client, user),
             Identity::Root { .. } => true,
         };
         for policy in snapshot.policies.iter().filter(applies) {
@@ -220,6 +233,14 @@ impl AuthService {
                 Engine::Matcho(pattern) => {
                     let value = context.get_or_insert_with(|| match identity {
                         Identity::External(caller) => facts.external_context(caller),
+                        Identity::User { client, user } => {
+                            let body = snapshot
+                                .users
+                                .get(user)
+                                .map(|u| u.body.clone())
+                                .unwrap_or_else(|| json!({"id": user, "resourceType": "User"}));
+                            facts.user_context(client, &body)
+                        }
                         _ => facts.context(identity.id()),
                     });
                     if pattern.matches(Some(value)) {

@@ -21,6 +21,7 @@ pub enum ClientSecret {
 pub enum Grant {
     Basic,
     ClientCredentials,
+    AuthorizationCode,
 }
 
 impl Grant {
@@ -28,12 +29,102 @@ impl Grant {
         match self {
             Grant::Basic => "basic",
             Grant::ClientCredentials => "client_credentials",
+            Grant::AuthorizationCode => "authorization_code",
         }
     }
 }
 
 /// Default `expires_in` of an access token, in seconds.
 pub const DEFAULT_TOKEN_LIFETIME: u64 = 3600;
+
+/// How a client uses the authorization code grant
+/// (`auth.authorization_code`, Aidbox's shape; docs/sign-in.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeFlow {
+    /// The one registered redirect URI, matched exactly (RFC 6749 §3.1.2).
+    pub redirect_uri: String,
+    /// PKCE (RFC 7636, S256) is required: always for a client without a
+    /// secret, and for any client that sets `pkce: true`.
+    pub pkce: bool,
+    /// The client must authenticate at the token endpoint.
+    pub secret_required: bool,
+    /// The IdentityProvider `/auth/authorize` sends users to.
+    pub default_identity_provider: Option<String>,
+    /// `expires_in` of the access tokens of this grant.
+    pub token_lifetime: u64,
+}
+
+impl CodeFlow {
+    fn parse(body: &Value) -> Result<Option<CodeFlow>, String> {
+        let allowed = matches!(body.get("grant_types"), Some(Value::Array(g)) if g.iter().any(|g| g == "authorization_code"));
+        let flow = match body.pointer("/auth/authorization_code") {
+            None | Some(Value::Null) if !allowed => return Ok(None),
+            None | Some(Value::Null) => {
+                return Err("grant_types has authorization_code: auth.authorization_code.redirect_uri must name the application's redirect URI".into())
+            }
+            Some(Value::Object(flow)) => flow,
+            Some(_) => return Err("auth.authorization_code must be an object".into()),
+        };
+        let redirect_uri = match flow.get("redirect_uri") {
+            Some(Value::String(uri)) => {
+                let parsed = reqwest::Url::parse(uri).map_err(|_| {
+                    "auth.authorization_code.redirect_uri must be an absolute URL".to_owned()
+                })?;
+                if parsed.fragment().is_some() {
+                    return Err("auth.authorization_code.redirect_uri must not have a fragment (RFC 6749 §3.1.2)".into());
+                }
+                uri.clone()
+            }
+            None | Some(Value::Null) if !allowed => String::new(),
+            _ => return Err("auth.authorization_code.redirect_uri must be the application's redirect URI (a string)".into()),
+        };
+        let flag = |key: &str| match flow.get(key) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(format!(
+                "auth.authorization_code.{key} must be true or false"
+            )),
+        };
+        let default_identity_provider = match flow.get("default_identity_provider") {
+            None | Some(Value::Null) => None,
+            Some(reference) => {
+                let text = reference
+                    .get("reference")
+                    .and_then(Value::as_str)
+                    .and_then(|r| r.strip_prefix("IdentityProvider/"))
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        (reference.get("resourceType").and_then(Value::as_str)
+                            == Some("IdentityProvider"))
+                        .then(|| {
+                            reference
+                                .get("id")
+                                .and_then(Value::as_str)
+                                .map(str::to_owned)
+                        })
+                        .flatten()
+                    });
+                Some(text.filter(|id| !id.is_empty()).ok_or(
+                    "auth.authorization_code.default_identity_provider must be {\"reference\": \"IdentityProvider/<id>\"}",
+                )?)
+            }
+        };
+        let token_lifetime = match flow.get("access_token_expiration") {
+            None | Some(Value::Null) => DEFAULT_TOKEN_LIFETIME,
+            Some(v) => v.as_u64().filter(|n| *n > 0).ok_or(
+                "auth.authorization_code.access_token_expiration must be a positive whole number of seconds",
+            )?,
+        };
+        Ok(Some(CodeFlow {
+            redirect_uri,
+            pkce: flag("pkce")?,
+            secret_required: flag("secret_required")?,
+            default_identity_provider,
+            token_lifetime,
+        })
+        .filter(|_| allowed))
+    }
+}
 
 /// The parts of a Client that authentication needs.
 #[derive(Debug, Clone)]
@@ -44,6 +135,9 @@ pub struct ClientRecord {
     pub grant_types: Vec<String>,
     pub secret: ClientSecret,
     pub token_lifetime: u64,
+    /// The authorization code grant, when `grant_types` allows it; `Err`
+    /// says why a stored client cannot use it (a write is refused with it).
+    pub code_flow: Result<Option<CodeFlow>, String>,
 }
 
 impl ClientRecord {
@@ -95,7 +189,13 @@ impl ClientRecord {
             grant_types,
             secret,
             token_lifetime,
+            code_flow: CodeFlow::parse(body),
         })
+    }
+
+    /// True when the client has a secret to authenticate with.
+    pub fn has_secret(&self) -> bool {
+        !matches!(self.secret, ClientSecret::None)
     }
 
     pub fn allows(&self, grant: Grant) -> bool {
@@ -129,5 +229,37 @@ mod tests {
             1
         )
         .is_err());
+    }
+
+    #[test]
+    fn reads_the_authorization_code_flow() {
+        let app = ClientRecord::from_body(
+            &json!({"grant_types": ["authorization_code"], "auth": {"authorization_code": {
+                "redirect_uri": "https://app.example/cb", "pkce": true,
+                "default_identity_provider": {"reference": "IdentityProvider/okta"}}}}),
+            1,
+        )
+        .unwrap();
+        let flow = app.code_flow.unwrap().unwrap();
+        assert_eq!(flow.redirect_uri, "https://app.example/cb");
+        assert!(flow.pkce && !flow.secret_required);
+        assert_eq!(flow.default_identity_provider.as_deref(), Some("okta"));
+        let problem = |body: Value| {
+            ClientRecord::from_body(&body, 1)
+                .unwrap()
+                .code_flow
+                .unwrap_err()
+        };
+        assert!(problem(json!({"grant_types": ["authorization_code"]})).contains("redirect_uri"));
+        assert!(problem(json!({"grant_types": ["authorization_code"], "auth": {"authorization_code": {"redirect_uri": "/cb"}}})).contains("absolute"));
+        assert!(problem(json!({"grant_types": ["authorization_code"], "auth": {"authorization_code": {"redirect_uri": "https://a/cb#x"}}})).contains("fragment"));
+        assert!(problem(json!({"grant_types": ["authorization_code"], "auth": {"authorization_code": {"redirect_uri": "https://a/cb", "default_identity_provider": {"reference": "Client/x"}}}})).contains("IdentityProvider/<id>"));
+        // Without the grant, the flow is not used.
+        let basic = ClientRecord::from_body(
+            &json!({"grant_types": ["basic"], "auth": {"authorization_code": {"pkce": true}}}),
+            1,
+        )
+        .unwrap();
+        assert_eq!(basic.code_flow, Ok(None));
     }
 }

@@ -7,13 +7,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::external::introspector::SecretSlot;
 use crate::fields::{http_url, slot};
-
-/// Whether a secret-capable field of `client` holds a value (a literal, or
-/// a vault reference; both at once is refused).
-fn has_value(client: &Map<String, Value>, key: &str) -> Result<bool, String> {
-    Ok(slot(client, key, &format!("client.{key}"))?.is_some())
-}
 
 /// How fhirbox authenticates itself at the provider's token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,19 +19,44 @@ pub enum AuthMethod {
     Asymmetric,
 }
 
+/// How fhirbox presents `client.secret` (`symmetric`): RFC 6749 §2.3.1
+/// allows either; `client.token_endpoint_auth_method` chooses (the names of
+/// OpenID Connect Dynamic Client Registration §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretMethod {
+    Basic,
+    Post,
+}
+
+/// Where a user's claims come from (`userinfo-source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserinfoSource {
+    IdToken,
+    UserinfoEndpoint,
+}
+
 /// A parsed IdentityProvider (the parts sign-in needs).
 #[derive(Debug, Clone)]
 pub struct IdentityProvider {
     pub id: String,
+    pub version: i64,
     pub active: bool,
     pub system: Option<String>,
+    /// The `iss` its ID tokens carry.
+    pub issuer: Option<String>,
     pub authorize_endpoint: Option<String>,
     pub token_endpoint: Option<String>,
     pub userinfo_endpoint: Option<String>,
     pub jwks_uri: Option<String>,
+    pub scopes: Vec<String>,
+    pub userinfo_source: UserinfoSource,
     pub client_id: String,
     pub redirect_uri: Option<String>,
     pub auth_method: AuthMethod,
+    pub secret_method: SecretMethod,
+    pub secret: Option<SecretSlot>,
+    pub private_key: Option<SecretSlot>,
+    pub certificate: Option<SecretSlot>,
 }
 
 /// What a key signs to show it can, and that it belongs to a certificate.
@@ -51,7 +71,7 @@ const PROBE: Probe = Probe {
 
 /// A literal private key: one unencrypted PEM key (PKCS#8, or PKCS#1 for
 /// RSA) that signs, checked by signing a probe; with the algorithm it signs.
-fn check_private_key(
+pub fn check_private_key(
     text: &str,
 ) -> Result<(jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm), String> {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -152,7 +172,7 @@ fn certificate_key(
 /// Whether `private` (signing with `private_alg`) is the key of the first
 /// certificate in `cert_pem`: a probe signed with the one must verify with
 /// the other.
-fn key_matches_certificate(
+pub fn key_matches_certificate(
     private: &jsonwebtoken::EncodingKey,
     private_alg: jsonwebtoken::Algorithm,
     cert_pem: &str,
@@ -183,7 +203,43 @@ fn url(body: &Map<String, Value>, key: &str, at: &str) -> Result<Option<String>,
     }
 }
 
+/// The SHA-1 and SHA-256 thumbprints of the first certificate's DER,
+/// base64url: the `x5t` and `x5t#S256` header parameters (RFC 7515 §4.1.7–8).
+pub fn certificate_thumbprints(pem_text: &str) -> Result<(String, String), String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use sha1::Digest as _;
+    let first = crate::pem_guard::blocks(pem_text)?
+        .into_iter()
+        .next()
+        .ok_or("holds no certificate")?;
+    let der = first.contents();
+    Ok((
+        URL_SAFE_NO_PAD.encode(sha1::Sha1::digest(der)),
+        URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(der)),
+    ))
+}
+
 impl IdentityProvider {
+    /// The identifier system of the Users this provider signs in: `system`,
+    /// else `issuer`, else one made from the provider's id.
+    pub fn user_system(&self) -> String {
+        self.system
+            .clone()
+            .or_else(|| self.issuer.clone())
+            .unwrap_or_else(|| format!("urn:fhirbox:identity-provider:{}", self.id))
+    }
+
+    /// The vault secrets this provider uses, by name.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        [&self.secret, &self.private_key, &self.certificate]
+            .into_iter()
+            .filter_map(|slot| match slot {
+                Some(SecretSlot::Vault(name)) => Some(name.as_str()),
+                _ => None,
+            })
+    }
+
     /// Reads a stored (or about-to-be-stored) IdentityProvider; the error
     /// says what to fix, naming the element.
     pub fn parse(body: &Value) -> Result<IdentityProvider, String> {
@@ -234,19 +290,56 @@ impl IdentityProvider {
                 ))
             }
         };
-        let secret = has_value(client, "secret")?;
-        let private_key = has_value(client, "private-key")?;
-        let certificate = has_value(client, "certificate")?;
+        let secret = slot(client, "secret", "client.secret")?;
+        let private_key = slot(client, "private-key", "client.private-key")?;
+        let certificate = slot(client, "certificate", "client.certificate")?;
+        let secret_method = match (
+            auth_method,
+            client.get("token_endpoint_auth_method").and_then(Value::as_str),
+        ) {
+            (AuthMethod::Symmetric, None | Some("client_secret_basic")) => SecretMethod::Basic,
+            (AuthMethod::Symmetric, Some("client_secret_post")) => SecretMethod::Post,
+            (AuthMethod::Asymmetric, None | Some("private_key_jwt")) => SecretMethod::Basic,
+            (_, Some(other)) => {
+                return Err(format!(
+                    "client.token_endpoint_auth_method {other:?} does not fit client.auth-method: symmetric takes client_secret_basic or client_secret_post, asymmetric private_key_jwt"
+                ))
+            }
+        };
+        let scopes = match fields.get("scopes") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|s| {
+                    s.as_str()
+                        .filter(|s| !s.is_empty() && !s.contains(' '))
+                        .map(str::to_owned)
+                        .ok_or("scopes must be an array of scope names without spaces")
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err("scopes must be an array of strings".into()),
+        };
+        let issuer = match fields.get("issuer") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) if !text.is_empty() => Some(text.clone()),
+            Some(_) => {
+                return Err("issuer must be the provider's issuer identifier (a string)".into())
+            }
+        };
+        let userinfo_source = match fields.get("userinfo-source").and_then(Value::as_str) {
+            Some("userinfo-endpoint") => UserinfoSource::UserinfoEndpoint,
+            _ => UserinfoSource::IdToken,
+        };
         match auth_method {
-            AuthMethod::Symmetric if !secret => {
+            AuthMethod::Symmetric if secret.is_none() => {
                 return Err("client.auth-method \"symmetric\" needs client.secret, or a secret reference in client._secret".into())
             }
-            AuthMethod::Asymmetric if !private_key => {
+            AuthMethod::Asymmetric if private_key.is_none() => {
                 return Err("client.auth-method \"asymmetric\" needs client.private-key, or a secret reference in client._private-key".into())
             }
             _ => {}
         }
-        if certificate && !private_key {
+        if certificate.is_some() && private_key.is_none() {
             return Err(
                 "client.certificate belongs to client.private-key, which is missing".into(),
             );
@@ -266,15 +359,23 @@ impl IdentityProvider {
         }
         Ok(IdentityProvider {
             id,
+            version: 0,
             active,
             system,
+            issuer,
             authorize_endpoint,
             token_endpoint,
             userinfo_endpoint,
             jwks_uri,
+            scopes,
+            userinfo_source,
             client_id,
             redirect_uri,
             auth_method,
+            secret_method,
+            secret,
+            private_key,
+            certificate,
         })
     }
 }

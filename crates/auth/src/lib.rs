@@ -12,8 +12,10 @@ pub mod identity_provider;
 pub mod pem_guard;
 pub mod policy;
 pub mod secret_hash;
+pub mod signin;
 pub mod throttle;
 pub mod token;
+pub mod users;
 pub mod write_rules;
 
 #[cfg(test)]
@@ -43,7 +45,13 @@ use policy::Policy;
 use token::TokenSigner;
 
 /// Resource types whose changes invalidate the snapshot.
-pub const AUTH_TYPES: &[&str] = &["Client", "AccessPolicy", "TokenIntrospector"];
+pub const AUTH_TYPES: &[&str] = &[
+    "Client",
+    "AccessPolicy",
+    "TokenIntrospector",
+    "IdentityProvider",
+    "User",
+];
 
 /// How long a verified (client, version, secret) triple is trusted without the KDF after its last use.
 const VERIFIED_TTL: Duration = Duration::from_secs(30);
@@ -75,6 +83,11 @@ pub enum Identity {
     },
     /// The bearer of another issuer's token (docs/tokens.md).
     External(Arc<external::External>),
+    /// A User signed in through an application (docs/sign-in.md).
+    User {
+        client: String,
+        user: String,
+    },
 }
 
 impl Identity {
@@ -83,6 +96,7 @@ impl Identity {
     pub fn id(&self) -> &str {
         match self {
             Identity::Root { id } | Identity::Client { id } => id,
+            Identity::User { user, .. } => user,
             Identity::External(caller) => {
                 // Another issuer chose this name: logs get at most 128 bytes of it.
                 let user = caller.user.as_deref().unwrap_or(&caller.introspector);
@@ -102,6 +116,17 @@ pub struct Verified {
     pub identity: Identity,
     generation: String,
     lifetime: u64,
+    /// The client's grant types (`None` for root, which has every one).
+    grants: Option<Vec<String>>,
+}
+
+impl Verified {
+    /// Whether the verified caller may use `grant`.
+    pub fn allows(&self, grant: Grant) -> bool {
+        self.grants
+            .as_ref()
+            .is_none_or(|grants| grants.iter().any(|g| g == grant.code()))
+    }
 }
 
 /// Why authentication failed; the reason is logged and counted, never sent.
@@ -112,6 +137,7 @@ pub enum AuthFailure {
     UnknownClient,
     WrongSecret,
     InactiveClient,
+    InactiveUser,
     GrantNotAllowed,
     NoSecret,
     SecretUnavailable,
@@ -128,6 +154,7 @@ impl AuthFailure {
             AuthFailure::UnknownClient => "unknown_client",
             AuthFailure::WrongSecret => "wrong_secret",
             AuthFailure::InactiveClient => "inactive_client",
+            AuthFailure::InactiveUser => "inactive_user",
             AuthFailure::GrantNotAllowed => "grant_not_allowed",
             AuthFailure::NoSecret => "no_secret",
             AuthFailure::SecretUnavailable => "secret_unavailable",
@@ -156,6 +183,8 @@ struct Snapshot {
     policies: Vec<Policy>,
     /// Sorted by id; the first of several naming one issuer wins.
     introspectors: Vec<Arc<external::introspector::Introspector>>,
+    identity_providers: HashMap<String, Arc<identity_provider::IdentityProvider>>,
+    users: HashMap<String, Arc<users::UserRecord>>,
     /// Numbers this snapshot: verdicts on tokens reached under another one
     /// are never served (the route a token takes may have changed).
     epoch: u64,
@@ -190,6 +219,7 @@ pub struct AuthService {
     reload: tokio::sync::Mutex<()>,
     vault: Option<fhirbox_secrets::SecretResolver>,
     external: external::ExternalTokens,
+    signin: signin::SignIn,
 }
 
 impl AuthService {
@@ -228,6 +258,7 @@ impl AuthService {
             reload: tokio::sync::Mutex::new(()),
             vault,
             external: external::ExternalTokens::new(external::ExternalOptions::default()),
+            signin: signin::SignIn::new(external::DEFAULT_TIMEOUT),
         };
         service.reload(store).await?;
         Ok(service)
@@ -235,6 +266,7 @@ impl AuthService {
 
     /// Sets how other issuers' tokens are checked (call before sharing the service).
     pub fn configure_external(&mut self, options: external::ExternalOptions) {
+        self.signin = signin::SignIn::new(options.timeout);
         self.external = external::ExternalTokens::new(options);
     }
 
@@ -273,6 +305,19 @@ impl AuthService {
                                 i.version = stored.version_id;
                                 snapshot.introspectors.push(Arc::new(i));
                             }),
+                        "IdentityProvider" => identity_provider::IdentityProvider::parse(&body)
+                            .map(|mut p| {
+                                p.id = stored.id.clone();
+                                p.version = stored.version_id;
+                                snapshot
+                                    .identity_providers
+                                    .insert(p.id.clone(), Arc::new(p));
+                            }),
+                        "User" => {
+                            let user = users::UserRecord::from_body(body, stored.version_id);
+                            snapshot.users.insert(stored.id.clone(), Arc::new(user));
+                            Ok(())
+                        }
                         _ => Policy::parse(&body).map(|p| snapshot.policies.push(p)),
                     };
                     if let Err(problem) = parsed {
@@ -338,7 +383,7 @@ impl AuthService {
         &self,
         id: &str,
         secret: &SecretString,
-        grant: Grant,
+        grants: &[Grant],
         peer: Option<std::net::IpAddr>,
     ) -> Result<Verified, AuthFailure> {
         let started = Instant::now();
@@ -349,9 +394,12 @@ impl AuthService {
                 identity: Identity::Root { id: id.to_owned() },
                 generation: self.root_generation(),
                 lifetime: clients::DEFAULT_TOKEN_LIFETIME,
+                grants: None,
             }),
             Some(client) if !client.active => Err(AuthFailure::InactiveClient),
-            Some(client) if !client.allows(grant) => Err(AuthFailure::GrantNotAllowed),
+            Some(client) if !grants.iter().any(|g| client.allows(*g)) => {
+                Err(AuthFailure::GrantNotAllowed)
+            }
             // The generation is the version whose secret was just checked, so
             // a token can never outlive a change made during the check.
             Some(client) => Ok(Verified {
@@ -360,6 +408,7 @@ impl AuthService {
                 },
                 generation: client.version_id.to_string(),
                 lifetime: client.token_lifetime,
+                grants: Some(client.grant_types.clone()),
             }),
         });
         match result {
@@ -550,6 +599,24 @@ impl AuthService {
         if !client.active {
             return Err(AuthFailure::InactiveClient);
         }
+        if let Some(user) = claims.usr {
+            // A signed-in user's token: the application must still allow
+            // the grant, and the User must still exist and be active.
+            if !client.allows(Grant::AuthorizationCode) {
+                return Err(AuthFailure::GrantNotAllowed);
+            }
+            let snapshot = self.snapshot();
+            let Some(record) = snapshot.users.get(&user) else {
+                return Err(stale);
+            };
+            if !record.active {
+                return Err(AuthFailure::InactiveUser);
+            }
+            return Ok(Identity::User {
+                client: client.id.clone(),
+                user,
+            });
+        }
         if !client.allows(Grant::ClientCredentials) {
             return Err(AuthFailure::GrantNotAllowed);
         }
@@ -601,6 +668,14 @@ impl AuthService {
                     .entry(name.to_owned())
                     .or_default()
                     .push(format!("TokenIntrospector/{}", introspector.id));
+            }
+        }
+        for provider in snapshot.identity_providers.values() {
+            for name in provider.secret_names() {
+                users
+                    .entry(name.to_owned())
+                    .or_default()
+                    .push(format!("IdentityProvider/{}", provider.id));
             }
         }
         for list in users.values_mut() {

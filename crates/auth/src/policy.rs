@@ -100,7 +100,10 @@ pub struct Policy {
     /// TokenIntrospector ids whose tokens this policy is linked to
     /// (docs/tokens.md); with no links at all a policy applies to every request.
     pub introspectors: Vec<String>,
-    /// Links to other subjects (User, Operation): the policy is linked but not to clients.
+    /// User ids: the policy applies to these users' requests, through any
+    /// application (docs/sign-in.md).
+    pub users: Vec<String>,
+    /// Links to other subjects (Operation): the policy is linked but not to clients.
     pub linked_elsewhere: bool,
 }
 
@@ -132,6 +135,7 @@ impl Policy {
         };
         let mut clients = Vec::new();
         let mut introspectors = Vec::new();
+        let mut users = Vec::new();
         let mut linked_elsewhere = false;
         match body.get("link") {
             None => {}
@@ -159,7 +163,8 @@ impl Policy {
                     match rtype {
                         "Client" => clients.push(rid.to_owned()),
                         "TokenIntrospector" => introspectors.push(rid.to_owned()),
-                        "User" | "Operation" => linked_elsewhere = true,
+                        "User" => users.push(rid.to_owned()),
+                        "Operation" => linked_elsewhere = true,
                         other => return Err(format!("link[{i}] names {other:?}; a policy links to Client, TokenIntrospector, User or Operation")),
                     }
                 }
@@ -171,17 +176,27 @@ impl Policy {
             engine,
             clients,
             introspectors,
+            users,
             linked_elsewhere,
         })
     }
 
     fn unlinked(&self) -> bool {
-        self.clients.is_empty() && self.introspectors.is_empty() && !self.linked_elsewhere
+        self.clients.is_empty()
+            && self.introspectors.is_empty()
+            && self.users.is_empty()
+            && !self.linked_elsewhere
     }
 
     /// True when the policy is evaluated for requests of `client_id`.
     pub fn applies_to(&self, client_id: &str) -> bool {
         self.unlinked() || self.clients.iter().any(|c| c == client_id)
+    }
+
+    /// True when the policy is evaluated for `user` signed in through the
+    /// application `client_id`: linked to either, or to nothing.
+    pub fn applies_to_user(&self, client_id: &str, user: &str) -> bool {
+        self.applies_to(client_id) || self.users.iter().any(|u| u == user)
     }
 
     /// True when the policy is evaluated for tokens accepted by the
@@ -257,6 +272,12 @@ mod tests {
         let user_only =
             Policy::parse(&json!({"engine": "allow", "link": [{"reference": "User/u"}]})).unwrap();
         assert!(!user_only.applies_to("anyone"));
+        assert!(user_only.applies_to_user("any-app", "u"));
+        assert!(!user_only.applies_to_user("any-app", "v"));
+        assert!(
+            p.applies_to_user("a", "v"),
+            "a client link serves its users too"
+        );
         assert!(
             Policy::parse(&json!({"engine": "allow", "link": [{"reference": "Patient/x"}]}))
                 .is_err()

@@ -34,6 +34,10 @@ pub struct Claims {
     /// changed, deleted or re-created.
     #[serde(default)]
     pub gen: String,
+    /// The User the token acts for, when it came from a sign-in
+    /// (docs/sign-in.md); `sub` is then the application's client id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usr: Option<String>,
 }
 
 /// Why a token was refused (logged and counted, never sent in detail).
@@ -104,10 +108,42 @@ impl TokenSigner {
             .collect()
     }
 
+    /// The full HMAC-SHA256 of `parts` (each length-prefixed): seals state
+    /// that travels through a browser.
+    pub fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.mac();
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Issues a token for `user` through the application `client_id`.
+    pub fn issue_for_user(
+        &self,
+        client_id: &str,
+        generation: &str,
+        user: &str,
+        lifetime_secs: u64,
+    ) -> (String, Claims) {
+        self.sign(client_id, generation, Some(user), lifetime_secs)
+    }
+
     /// Issues a token for `client_id` valid for `lifetime_secs`. The keys
     /// are made from the redacted secret at each use (a copy of 32 bytes),
     /// so no long-lived copy of it sits outside `SecretBox`.
     pub fn issue(&self, client_id: &str, generation: &str, lifetime_secs: u64) -> (String, Claims) {
+        self.sign(client_id, generation, None, lifetime_secs)
+    }
+
+    fn sign(
+        &self,
+        client_id: &str,
+        generation: &str,
+        user: Option<&str>,
+        lifetime_secs: u64,
+    ) -> (String, Claims) {
         let iat = now_seconds();
         let claims = Claims {
             iss: ISSUER.to_owned(),
@@ -116,6 +152,7 @@ impl TokenSigner {
             exp: iat.saturating_add(lifetime_secs),
             jti: uuid::Uuid::new_v4().to_string(),
             gen: generation.to_owned(),
+            usr: user.map(str::to_owned),
         };
         let token = EncodingKey::from_secret(self.key.expose_secret())
             .and_then(|key| jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key))

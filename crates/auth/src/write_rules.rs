@@ -145,7 +145,14 @@ pub fn finalize_client(
             }
         }
     }
-    ClientRecord::from_body(&body, 0).map_err(|e| refuse(format!("Client: {e}"), "Client"))?;
+    let record =
+        ClientRecord::from_body(&body, 0).map_err(|e| refuse(format!("Client: {e}"), "Client"))?;
+    if let Err(e) = record.code_flow {
+        return Err(refuse(
+            format!("Client: {e}"),
+            "Client.auth.authorization_code",
+        ));
+    }
     Ok(body)
 }
 

@@ -395,7 +395,7 @@ fn assemble(
             id: "(benchmark baseline)".to_owned(),
         })),
     };
-    // Metadata, health and the token endpoint answer without credentials.
+    // Metadata, health, the token endpoint and sign-in answer without credentials.
     let public = Router::new()
         .route(
             "/fhir/metadata",
@@ -406,6 +406,18 @@ fn assemble(
         .route(
             "/auth/token",
             axum::routing::post(auth::endpoint::token).fallback(fhir_api::method_not_allowed),
+        )
+        .route(
+            "/auth/authorize",
+            get(auth::signin::authorize).fallback(fhir_api::method_not_allowed),
+        )
+        .route(
+            "/auth/redirect/{idp}",
+            get(auth::signin::redirect).fallback(fhir_api::method_not_allowed),
+        )
+        .route(
+            "/auth/callback/{idp}",
+            get(auth::signin::callback).fallback(fhir_api::method_not_allowed),
         );
     let router = public
         .merge(api)

@@ -47,6 +47,13 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     auth_failures: Family<ReasonLabels, Counter>,
+    sign_ins: Family<SignInLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignInLabels {
+    identity_provider: String,
+    result: String,
 }
 
 impl Default for Metrics {
@@ -78,11 +85,18 @@ impl Metrics {
             "Refused authentications and authorizations by reason",
             auth_failures.clone(),
         );
+        let sign_ins = Family::<SignInLabels, Counter>::default();
+        registry.register(
+            "sign_ins",
+            "Sign-ins through IdentityProviders, by provider and result (ok or a failure reason)",
+            sign_ins.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
             latency,
             auth_failures,
+            sign_ins,
         }
     }
 
@@ -106,6 +120,17 @@ impl Metrics {
         self.auth_failures
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// One sign-in's end. Provider ids are labels: an operator configures
+    /// them; a path naming an unknown one is counted as `(unknown)`.
+    pub fn sign_in(&self, identity_provider: &str, result: &str) {
+        self.sign_ins
+            .get_or_create(&SignInLabels {
+                identity_provider: identity_provider.to_owned(),
+                result: result.to_owned(),
             })
             .inc();
     }

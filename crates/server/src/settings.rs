@@ -176,6 +176,9 @@ pub struct Settings {
     pub vault_poll: Duration,
     /// Directory watch with inotify (`BOX_VAULT_WATCH`, default on); off leaves only the poll.
     pub vault_watch: bool,
+    /// Whether sign-in cookies carry `Secure` (`BOX_AUTH_COOKIE_SECURE`,
+    /// default true; false only for local plain-HTTP trials, docs/sign-in.md).
+    pub cookie_secure: bool,
     /// Limits of the HTTP transport (`BOX_*_TIMEOUT_MS`, `BOX_MAX_CONNECTIONS`, `BOX_MAX_HEADER_BYTES`).
     pub connections: ConnectionLimits,
     /// Structural validation of every write (`BOX_VALIDATION`).
@@ -234,6 +237,7 @@ impl Settings {
             vault_config: None,
             vault_poll: DEFAULT_VAULT_POLL,
             vault_watch: true,
+            cookie_secure: true,
             validation: Validation::Strict,
             connections: ConnectionLimits::default(),
         }
@@ -367,6 +371,12 @@ impl Settings {
             _ => Err("must be true or false".into()),
         })?
         .unwrap_or(true);
+        let cookie_secure = setting(env, "BOX_AUTH_COOKIE_SECURE", |v| match v {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err("must be true or false".into()),
+        })?
+        .unwrap_or(true);
         let validation = setting(env, "BOX_VALIDATION", |v| match v {
             "strict" => Ok(Validation::Strict),
             "allow-unknown-elements" => Ok(Validation::AllowUnknownElements),
@@ -409,6 +419,7 @@ impl Settings {
             vault_config,
             vault_poll,
             vault_watch,
+            cookie_secure,
             port,
             metrics_port,
             database: database_url(env)?,

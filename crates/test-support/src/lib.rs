@@ -9,7 +9,7 @@
 pub mod postgres;
 mod wait;
 
-pub use wait::{wait_until, wait_until_async};
+pub use wait::{wait_for_async, wait_until, wait_until_async};
 
 /// The database a test variant runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

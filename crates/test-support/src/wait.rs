@@ -50,6 +50,26 @@ where
     }
 }
 
+/// [`wait_until_async`] for a condition that yields a value: the first
+/// `Some` it gives, or `None` once `within` has passed.
+pub async fn wait_for_async<T, F, Fut>(within: Duration, mut condition: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = condition().await {
+            return Some(value);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL_ASYNC.min(deadline - now)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

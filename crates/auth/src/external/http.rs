@@ -15,6 +15,8 @@ pub enum FetchError {
     Timeout,
     Unreachable(String),
     Status(u16),
+    /// An OAuth error response (RFC 6749 §5.2): the status and its `error` code.
+    OAuth(u16, String),
     TooLarge,
     Invalid(String),
 }
@@ -25,6 +27,7 @@ impl std::fmt::Display for FetchError {
             FetchError::Timeout => f.write_str("no answer in time"),
             FetchError::Unreachable(e) => write!(f, "unreachable: {e}"),
             FetchError::Status(code) => write!(f, "answered HTTP {code}"),
+            FetchError::OAuth(code, error) => write!(f, "answered HTTP {code}, error {error}"),
             FetchError::TooLarge => write!(f, "answer larger than {MAX_BODY} bytes"),
             FetchError::Invalid(e) => write!(f, "answer not usable: {e}"),
         }
@@ -91,6 +94,24 @@ impl Fetcher {
         self.json_of(request).await
     }
 
+    /// `GET url` with an `Authorization` value (a userinfo request), expecting a JSON object.
+    pub async fn get_json_authorized(
+        &self,
+        url: &str,
+        authorization: &str,
+    ) -> Result<Value, FetchError> {
+        let mut header = reqwest::header::HeaderValue::from_str(authorization).map_err(|_| {
+            FetchError::Invalid("the authorization value is not a valid header value".into())
+        })?;
+        header.set_sensitive(true);
+        let request = self
+            .client()?
+            .get(url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(reqwest::header::AUTHORIZATION, header);
+        self.json_of(request).await
+    }
+
     /// `POST url` with a form body and an optional `Authorization` value
     /// (RFC 7662 §2.1), expecting a JSON object.
     pub async fn post_form(
@@ -117,8 +138,14 @@ impl Fetcher {
     async fn json_of(&self, request: reqwest::RequestBuilder) -> Result<Value, FetchError> {
         let work = async {
             let mut response = request.send().await.map_err(describe)?;
-            if !response.status().is_success() {
-                return Err(FetchError::Status(response.status().as_u16()));
+            let status = response.status();
+            if status == reqwest::StatusCode::BAD_REQUEST
+                || status == reqwest::StatusCode::UNAUTHORIZED
+            {
+                return Err(oauth_error(status.as_u16(), response).await);
+            }
+            if !status.is_success() {
+                return Err(FetchError::Status(status.as_u16()));
             }
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(describe)? {
@@ -138,6 +165,26 @@ impl Fetcher {
         tokio::time::timeout(self.timeout, work)
             .await
             .unwrap_or(Err(FetchError::Timeout))
+    }
+}
+
+/// The `error` code of an RFC 6749 §5.2 answer (a short token of the
+/// characters the RFC allows, nothing else of the body), else the status.
+async fn oauth_error(status: u16, mut response: reqwest::Response) -> FetchError {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > 4096 {
+            return FetchError::Status(status);
+        }
+    }
+    let code = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+        .filter(|e| e.len() <= 64 && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+    match code {
+        Some(code) => FetchError::OAuth(status, code),
+        None => FetchError::Status(status),
     }
 }
 

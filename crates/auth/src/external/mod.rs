@@ -151,10 +151,10 @@ struct Verdict {
 }
 
 /// The header fields that choose a key, read strictly.
-struct JwtHeader {
-    alg: String,
-    kid: Option<String>,
-    typ: Option<String>,
+pub(crate) struct JwtHeader {
+    pub(crate) alg: String,
+    pub(crate) kid: Option<String>,
+    pub(crate) typ: Option<String>,
 }
 
 /// How a Bearer token is to be checked.
@@ -170,7 +170,7 @@ pub enum Route<'a> {
 }
 
 /// Decodes one base64url JSON part of a compact JWS, strictly.
-fn part(text: &str) -> Option<Map<String, Value>> {
+pub(crate) fn part(text: &str) -> Option<Map<String, Value>> {
     let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
     match fhirbox_fhir::json::from_slice_strict(&bytes).ok()? {
         Value::Object(map) => Some(map),
@@ -214,7 +214,7 @@ pub fn route<'a>(token: &str, introspectors: &'a [Arc<Introspector>]) -> Route<'
     }
 }
 
-fn algorithm(name: &str) -> Option<Algorithm> {
+pub(crate) fn algorithm(name: &str) -> Option<Algorithm> {
     name.parse().ok().filter(|a| {
         !matches!(
             a,
@@ -745,7 +745,7 @@ fn result_label(result: &Result<Arc<External>, ExternalFailure>) -> &'static str
     }
 }
 
-fn read_header(header: &Map<String, Value>) -> Result<JwtHeader, ExternalFailure> {
+pub(crate) fn read_header(header: &Map<String, Value>) -> Result<JwtHeader, ExternalFailure> {
     // RFC 7515 §4.1.11: a `crit` extension this server does not understand
     // makes the token invalid; it understands none.
     if header.contains_key("crit") {

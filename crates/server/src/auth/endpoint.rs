@@ -1,6 +1,7 @@
 //! `POST /auth/token`: the OAuth 2.0 `client_credentials` grant (RFC 6749
-//! §4.4), with credentials in a Basic header or in the body (form or JSON).
-//! Errors follow RFC 6749 §5.2.
+//! §4.4), with credentials in a Basic header or in the body (form or JSON),
+//! and the `authorization_code` grant of sign-in (§4.1.3, PKCE RFC 7636;
+//! docs/sign-in.md). Errors follow RFC 6749 §5.2.
 //!
 //! A token request is a few short fields, so its body is capped far below the
 //! API's (`TOKEN_BODY_LIMIT`), and credentials in a Basic header are checked
@@ -150,7 +151,7 @@ pub async fn token(
         Err(HeaderProblem::Missing) => None,
     };
     let verified = match &header_credentials {
-        Some((id, secret)) => match verify(&app, id, secret, peer).await {
+        Some((id, secret)) => match verify(&app, id, secret, TOKEN_GRANTS, peer).await {
             Ok(identity) => Some(identity),
             Err(response) => return response,
         },
@@ -174,11 +175,14 @@ pub async fn token(
     };
     match field("grant_type").as_deref() {
         Some("client_credentials") => {}
+        Some("authorization_code") => {
+            return authorization_code(&app, verified, &field, peer).await;
+        }
         Some(_) => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                "only grant_type=client_credentials is supported",
+                "grant_type must be client_credentials or authorization_code",
             )
         }
         None => {
@@ -190,10 +194,21 @@ pub async fn token(
         }
     }
     let verified_caller = match verified {
+        Some(identity) if !identity.allows(Grant::ClientCredentials) => {
+            return grant_refused(&app, identity.identity.id(), "client_credentials")
+        }
         Some(identity) => identity,
         None => match (field("client_id"), field("client_secret")) {
             (Some(id), Some(secret)) => {
-                match verify(&app, &id, &SecretString::from(secret), peer).await {
+                match verify(
+                    &app,
+                    &id,
+                    &SecretString::from(secret),
+                    &[Grant::ClientCredentials],
+                    peer,
+                )
+                .await
+                {
                     Ok(identity) => identity,
                     Err(response) => return response,
                 }
@@ -218,29 +233,134 @@ pub async fn token(
     response
 }
 
-/// Checks a client's credentials for the `client_credentials` grant.
+/// The grants a client authenticating in the header may be asking for
+/// (the body, read after the check, says which).
+const TOKEN_GRANTS: &[Grant] = &[Grant::ClientCredentials, Grant::AuthorizationCode];
+
+fn grant_refused(app: &AuthState, id: &str, grant: &str) -> Response {
+    app.metrics
+        .auth_failure(AuthFailure::GrantNotAllowed.reason());
+    tracing::warn!(client = %truncate_for_log(id), reason = "grant_not_allowed", "token request refused");
+    oauth_error(
+        StatusCode::BAD_REQUEST,
+        "unauthorized_client",
+        &format!("this client may not use the {grant} grant"),
+    )
+}
+
+/// `grant_type=authorization_code`: a confidential client authenticates
+/// (header or `client_secret`), a public one names itself in `client_id`
+/// and proves the code with its PKCE verifier.
+async fn authorization_code(
+    app: &AuthState,
+    verified: Option<Verified>,
+    field: &impl Fn(&str) -> Option<String>,
+    peer: Option<IpAddr>,
+) -> Response {
+    let (client_id, authenticated) =
+        match verified {
+            Some(v) if matches!(v.identity, super::Identity::Root { .. }) => {
+                return grant_refused(app, v.identity.id(), "authorization_code")
+            }
+            Some(v) if !v.allows(Grant::AuthorizationCode) => {
+                return grant_refused(app, v.identity.id(), "authorization_code")
+            }
+            Some(v) => {
+                let id = v.identity.id().to_owned();
+                if field("client_id").is_some_and(|named| named != id) {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "client_id is not the client that authenticated",
+                    );
+                }
+                (id, true)
+            }
+            None => match (field("client_id"), field("client_secret")) {
+                (Some(id), Some(secret)) => {
+                    match verify(
+                        app,
+                        &id,
+                        &SecretString::from(secret),
+                        &[Grant::AuthorizationCode],
+                        peer,
+                    )
+                    .await
+                    {
+                        Ok(_) => (id, true),
+                        Err(response) => return response,
+                    }
+                }
+                (Some(id), None) => (id, false),
+                (None, _) => return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "send client_id (and client_secret, or HTTP Basic, for a confidential client)",
+                ),
+            },
+        };
+    let Some(code) = field("code") else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "code is missing",
+        );
+    };
+    let exchanged = app.auth.exchange_code(
+        &client_id,
+        authenticated,
+        &code,
+        field("redirect_uri").as_deref(),
+        field("code_verifier").as_deref(),
+    );
+    match exchanged {
+        Ok(token) => {
+            let mut body = json!({"token_type": "Bearer", "access_token": token.access_token, "expires_in": token.expires_in});
+            if let Some(scope) = token.scope {
+                body["scope"] = Value::String(scope);
+            }
+            let mut response = Json(body).into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(fhirbox_auth::signin::CodeFailure::InvalidGrant(reason)) => {
+            app.metrics.auth_failure(reason);
+            tracing::warn!(client = %truncate_for_log(&client_id), reason, "code exchange refused");
+            oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "the code is unknown, used, expired, or was issued for another client or redirect_uri, or code_verifier does not match it",
+            )
+        }
+        Err(fhirbox_auth::signin::CodeFailure::UnauthorizedClient) => {
+            app.metrics.auth_failure("code_client");
+            tracing::warn!(client = %truncate_for_log(&client_id), reason = "code_client", "code exchange refused");
+            oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "this client may not exchange codes this way: a client with a secret must authenticate, and the client must allow authorization_code",
+            )
+        }
+    }
+}
+
+/// Checks a client's credentials for one of `grants`.
 async fn verify(
     app: &AuthState,
     id: &str,
     secret: &SecretString,
+    grants: &[Grant],
     peer: Option<IpAddr>,
 ) -> Result<Verified, Response> {
-    match app
-        .auth
-        .verify_secret(id, secret, Grant::ClientCredentials, peer)
-        .await
-    {
+    match app.auth.verify_secret(id, secret, grants, peer).await {
         Ok(verified) => Ok(verified),
-        Err(AuthFailure::GrantNotAllowed) => {
-            app.metrics
-                .auth_failure(AuthFailure::GrantNotAllowed.reason());
-            tracing::warn!(client = %truncate_for_log(id), reason = "grant_not_allowed", "token request refused");
-            Err(oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unauthorized_client",
-                "this client may not use the client_credentials grant",
-            ))
-        }
+        Err(AuthFailure::GrantNotAllowed) => Err(grant_refused(
+            app,
+            id,
+            grants.first().map_or("requested", |g| g.code()),
+        )),
         Err(failure) => {
             app.metrics.auth_failure(failure.reason());
             tracing::warn!(client = %truncate_for_log(id), reason = failure.reason(), "token request refused");

@@ -188,7 +188,7 @@ pub async fn require_auth(State(app): State<AuthState>, req: Request, next: Next
         }
         Ok(Credentials::Basic { id, secret }) => (
             app.auth
-                .verify_secret(&id, &secret, Grant::Basic, peer)
+                .verify_secret(&id, &secret, &[Grant::Basic], peer)
                 .await
                 .map(|v| v.identity),
             Some(id),

@@ -8,6 +8,7 @@ pub use fhirbox_auth::*;
 pub mod credentials;
 pub mod endpoint;
 pub mod layer;
+pub mod signin;
 
 use std::sync::Arc;
 

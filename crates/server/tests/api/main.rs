@@ -23,6 +23,7 @@ mod operator_surface;
 mod search;
 mod search_params;
 mod shaping;
+mod signin;
 mod token_endpoint;
 mod tokens;
 mod transport;

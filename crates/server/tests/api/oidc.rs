@@ -32,6 +32,11 @@ pub struct ProviderOptions<'a> {
     pub token_ttl: u64,
     /// How long each key-set answer is held back, in milliseconds.
     pub jwks_delay_ms: u64,
+    /// fhirbox's callback URLs the sign-in clients may redirect to; none
+    /// leaves the sign-in clients out.
+    pub signin_redirect_uris: Vec<String>,
+    /// Certificates whose public keys `signin-jwt` signs its assertions with.
+    pub signin_certs: Vec<PathBuf>,
 }
 
 impl Default for ProviderOptions<'_> {
@@ -41,6 +46,8 @@ impl Default for ProviderOptions<'_> {
             kid: "k1",
             token_ttl: 300,
             jwks_delay_ms: 0,
+            signin_redirect_uris: Vec::new(),
+            signin_certs: Vec::new(),
         }
     }
 }
@@ -67,6 +74,19 @@ impl OidcProvider {
             .env("TOKEN_TTL", options.token_ttl.to_string())
             .env("JWKS_DELAY_MS", options.jwks_delay_ms.to_string())
             .env("KEY_PEM_OUT", &pem_path)
+            .env(
+                "SIGNIN_REDIRECT_URIS",
+                options.signin_redirect_uris.join(","),
+            )
+            .env(
+                "SIGNIN_CERTS",
+                options
+                    .signin_certs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -93,6 +113,14 @@ impl OidcProvider {
             key_pem: std::fs::read(&pem_path).unwrap(),
             _dir: scratch,
         }
+    }
+
+    /// Chooses the account the next sign-in logs in as.
+    pub async fn login_as(&self, sub: &str) {
+        let response = reqwest::get(format!("{}/test/login-as?sub={sub}", self.issuer))
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
     }
 
     pub fn jwks_uri(&self) -> String {

@@ -124,7 +124,7 @@ async fn policy_for_introspector(app: &TestApp, policy: &str, introspector: &str
     assert!(r.status == 200 || r.status == 201, "{}", r.text);
 }
 
-async fn bearer(app: &TestApp, path: &str, token: &str) -> Resp {
+pub async fn bearer(app: &TestApp, path: &str, token: &str) -> Resp {
     app.send(app.anon.get(app.url(path)).bearer_auth(token))
         .await
 }
@@ -134,7 +134,7 @@ async fn status_with(app: &TestApp, token: &str) -> u16 {
 }
 
 /// The value of one metric line (0 when it is absent).
-async fn metric(app: &TestApp, line_start: &str) -> u64 {
+pub async fn metric(app: &TestApp, line_start: &str) -> u64 {
     let text = app.get("/metrics").await.text;
     text.lines()
         .find(|l| l.starts_with(line_start))

@@ -12,9 +12,20 @@
 //   fhirbox  the resource server: introspects with secret $RS_SECRET
 //            (default "rs-secret").
 //   fhirbox2 a second introspecting client, secret "rs-secret-2".
+//
+// Sign-in clients, when $SIGNIN_REDIRECT_URIS (comma-separated) is set; each
+// may redirect to any of those URIs, and uses the authorization code flow:
+//   signin-basic  client_secret_basic, secret "basic-secret"
+//   signin-post   client_secret_post, secret "post-secret"
+//   signin-jwt    private_key_jwt, with the public keys of the certificates
+//                 whose PEM files $SIGNIN_CERTS (comma-separated) names
+// Users sign in without a page: the interaction logs in the account
+// `GET /test/login-as?sub=<id>` chose last (default "alice") and consents
+// to whatever was asked. Accounts have claims sub, email <id>@example.org,
+// name, given_name.
 import http from 'node:http';
-import { writeFileSync } from 'node:fs';
-import { generateKeyPairSync } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
 
 const port = Number(process.env.PORT || 0);
@@ -26,13 +37,36 @@ if (process.env.KEY_PEM_OUT) {
 }
 const signing = { ...privateKey.export({ format: 'jwk' }), kid, use: 'sig', alg: 'RS256' };
 
+const redirectUris = (process.env.SIGNIN_REDIRECT_URIS || '').split(',').filter(Boolean);
+const signinKeys = (process.env.SIGNIN_CERTS || '').split(',').filter(Boolean)
+  .map((path) => ({ ...new X509Certificate(readFileSync(path)).publicKey.export({ format: 'jwk' }), use: 'sig' }));
+const signinClients = redirectUris.length === 0 ? [] : [
+  { client_id: 'signin-basic', client_secret: 'basic-secret', token_endpoint_auth_method: 'client_secret_basic' },
+  { client_id: 'signin-post', client_secret: 'post-secret', token_endpoint_auth_method: 'client_secret_post' },
+  { client_id: 'signin-jwt', token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: signinKeys } },
+].map((client) => ({
+  ...client,
+  grant_types: ['authorization_code'],
+  response_types: ['code'],
+  redirect_uris: redirectUris,
+  scope: 'openid email profile',
+}));
+let nextLogin = 'alice';
+
 const server = http.createServer();
 await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
 const issuer = `http://127.0.0.1:${server.address().port}`;
 
 const provider = new Provider(issuer, {
   jwks: { keys: [signing] },
+  findAccount: async (ctx, sub) => ({
+    accountId: sub,
+    claims: async () => ({ sub, email: `${sub}@example.org`, name: `${sub} Example`, given_name: sub }),
+  }),
+  claims: { openid: ['sub'], email: ['email'], profile: ['name', 'given_name'] },
+  conformIdTokenClaims: false,
   clients: [
+    ...signinClients,
     {
       client_id: 'svc',
       client_secret: 'svc-secret',
@@ -59,7 +93,7 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: 'client_secret_basic',
     },
   ],
-  scopes: ['openid', 'read', 'write'],
+  scopes: ['openid', 'email', 'profile', 'read', 'write'],
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
@@ -67,7 +101,8 @@ const provider = new Provider(issuer, {
     revocation: { enabled: true },
     resourceIndicators: {
       enabled: true,
-      defaultResource: () => 'urn:fhirbox:jwt',
+      // Sign-in clients get no resource: their access token is for userinfo.
+      defaultResource: (ctx, client) => (client.clientId.startsWith('signin-') ? undefined : 'urn:fhirbox:jwt'),
       useGrantedResource: () => true,
       getResourceServerInfo: (ctx, resource) => {
         const common = { scope: 'read write', accessTokenTTL: Number(process.env.TOKEN_TTL || 300) };
@@ -91,5 +126,40 @@ provider.use(async (ctx, next) => {
   await next();
 });
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
-server.on('request', provider.callback());
+const handle = provider.callback();
+server.on('request', async (req, res) => {
+  try {
+    const url = new URL(req.url, issuer);
+    if (url.pathname === '/test/login-as') {
+      nextLogin = url.searchParams.get('sub');
+      res.end('ok');
+      return;
+    }
+    if (url.pathname.startsWith('/interaction/')) {
+      const details = await provider.interactionDetails(req, res);
+      let result;
+      if (details.prompt.name === 'login') {
+        result = { login: { accountId: nextLogin } };
+      } else {
+        const grant = details.grantId
+          ? await provider.Grant.find(details.grantId)
+          : new provider.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
+        const missing = details.prompt.details;
+        if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+        if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+        for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes || {})) {
+          grant.addResourceScope(indicator, scopes.join(' '));
+        }
+        result = { consent: { grantId: await grant.save() } };
+      }
+      await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
+      return;
+    }
+    handle(req, res);
+  } catch (err) {
+    console.error('test handler', err);
+    res.statusCode = 500;
+    res.end(String(err));
+  }
+});
 console.log(JSON.stringify({ issuer, port: server.address().port }));
