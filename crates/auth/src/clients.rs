@@ -22,6 +22,7 @@ pub enum Grant {
     Basic,
     ClientCredentials,
     AuthorizationCode,
+    RefreshToken,
 }
 
 impl Grant {
@@ -30,6 +31,7 @@ impl Grant {
             Grant::Basic => "basic",
             Grant::ClientCredentials => "client_credentials",
             Grant::AuthorizationCode => "authorization_code",
+            Grant::RefreshToken => "refresh_token",
         }
     }
 }
@@ -50,9 +52,20 @@ pub struct CodeFlow {
     pub secret_required: bool,
     /// The IdentityProvider `/auth/authorize` sends users to.
     pub default_identity_provider: Option<String>,
+    /// Every IdentityProvider its users may sign in with: the default and
+    /// those `identity_providers` lists (fhirbox). No other provider's
+    /// users can take this application's policies.
+    pub identity_providers: Vec<String>,
     /// `expires_in` of the access tokens of this grant.
     pub token_lifetime: u64,
+    /// How long the refresh tokens of one sign-in last, replaced or not
+    /// (`refresh_token_expiration`; they are issued when `grant_types` has
+    /// `refresh_token`).
+    pub refresh_lifetime: u64,
 }
+
+/// Default lifetime of a sign-in's refresh tokens: 30 days.
+pub const DEFAULT_REFRESH_LIFETIME: u64 = 30 * 24 * 3600;
 
 impl CodeFlow {
     fn parse(body: &Value) -> Result<Option<CodeFlow>, String> {
@@ -73,6 +86,18 @@ impl CodeFlow {
                 if parsed.fragment().is_some() {
                     return Err("auth.authorization_code.redirect_uri must not have a fragment (RFC 6749 §3.1.2)".into());
                 }
+                // RFC 9700 §2.6: codes travel over TLS, or stay on the device
+                // (a loopback address, or a native app's private-use scheme,
+                // RFC 8252 §7.1, which names a reversed domain).
+                let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"));
+                let fine = match parsed.scheme() {
+                    "https" => true,
+                    "http" => loopback,
+                    scheme => scheme.contains('.'),
+                };
+                if !fine {
+                    return Err("auth.authorization_code.redirect_uri must be https (http only on a loopback address, or a private-use scheme such as com.example.app:/callback)".into());
+                }
                 uri.clone()
             }
             None | Some(Value::Null) if !allowed => String::new(),
@@ -85,41 +110,62 @@ impl CodeFlow {
                 "auth.authorization_code.{key} must be true or false"
             )),
         };
+        let provider = |reference: &Value, at: &str| -> Result<String, String> {
+            reference
+                .get("reference")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("IdentityProvider/"))
+                .or_else(|| {
+                    (reference.get("resourceType").and_then(Value::as_str)
+                        == Some("IdentityProvider"))
+                    .then(|| reference.get("id").and_then(Value::as_str))
+                    .flatten()
+                })
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .ok_or(format!(
+                    "auth.authorization_code.{at} must be {{\"reference\": \"IdentityProvider/<id>\"}}"
+                ))
+        };
         let default_identity_provider = match flow.get("default_identity_provider") {
             None | Some(Value::Null) => None,
-            Some(reference) => {
-                let text = reference
-                    .get("reference")
-                    .and_then(Value::as_str)
-                    .and_then(|r| r.strip_prefix("IdentityProvider/"))
-                    .map(str::to_owned)
-                    .or_else(|| {
-                        (reference.get("resourceType").and_then(Value::as_str)
-                            == Some("IdentityProvider"))
-                        .then(|| {
-                            reference
-                                .get("id")
-                                .and_then(Value::as_str)
-                                .map(str::to_owned)
-                        })
-                        .flatten()
-                    });
-                Some(text.filter(|id| !id.is_empty()).ok_or(
-                    "auth.authorization_code.default_identity_provider must be {\"reference\": \"IdentityProvider/<id>\"}",
-                )?)
-            }
+            Some(reference) => Some(provider(reference, "default_identity_provider")?),
         };
+        let mut identity_providers: Vec<String> =
+            default_identity_provider.iter().cloned().collect();
+        match flow.get("identity_providers") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    identity_providers.push(provider(item, &format!("identity_providers[{i}]"))?);
+                }
+            }
+            Some(_) => {
+                return Err(
+                    "auth.authorization_code.identity_providers must be an array of references"
+                        .into(),
+                )
+            }
+        }
         let token_lifetime = match flow.get("access_token_expiration") {
             None | Some(Value::Null) => DEFAULT_TOKEN_LIFETIME,
             Some(v) => v.as_u64().filter(|n| *n > 0).ok_or(
                 "auth.authorization_code.access_token_expiration must be a positive whole number of seconds",
             )?,
         };
+        let refresh_lifetime = match flow.get("refresh_token_expiration") {
+            None | Some(Value::Null) => DEFAULT_REFRESH_LIFETIME,
+            Some(v) => v.as_u64().filter(|n| *n > 0).ok_or(
+                "auth.authorization_code.refresh_token_expiration must be a positive whole number of seconds",
+            )?,
+        };
         Ok(Some(CodeFlow {
+            refresh_lifetime,
             redirect_uri,
             pkce: flag("pkce")?,
             secret_required: flag("secret_required")?,
             default_identity_provider,
+            identity_providers,
             token_lifetime,
         })
         .filter(|_| allowed))

@@ -321,10 +321,8 @@ impl IdentityProvider {
         };
         let issuer = match fields.get("issuer") {
             None | Some(Value::Null) => None,
-            Some(Value::String(text)) if !text.is_empty() => Some(text.clone()),
-            Some(_) => {
-                return Err("issuer must be the provider's issuer identifier (a string)".into())
-            }
+            Some(Value::String(text)) => Some(http_url(text, "issuer")?),
+            Some(_) => return Err("issuer must be the provider's issuer identifier (a URL)".into()),
         };
         let userinfo_source = match fields.get("userinfo-source").and_then(Value::as_str) {
             Some("userinfo-endpoint") => UserinfoSource::UserinfoEndpoint,

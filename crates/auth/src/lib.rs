@@ -258,7 +258,7 @@ impl AuthService {
             reload: tokio::sync::Mutex::new(()),
             vault,
             external: external::ExternalTokens::new(external::ExternalOptions::default()),
-            signin: signin::SignIn::new(external::DEFAULT_TIMEOUT),
+            signin: signin::SignIn::new(store.clone(), external::DEFAULT_TIMEOUT),
         };
         service.reload(store).await?;
         Ok(service)
@@ -266,7 +266,7 @@ impl AuthService {
 
     /// Sets how other issuers' tokens are checked (call before sharing the service).
     pub fn configure_external(&mut self, options: external::ExternalOptions) {
-        self.signin = signin::SignIn::new(options.timeout);
+        self.signin.provider = signin::provider::ProviderClient::new(options.timeout);
         self.external = external::ExternalTokens::new(options);
     }
 

@@ -108,11 +108,16 @@ pub fn signed_in_body(
     if !name.is_empty() {
         body.insert("name".into(), Value::Object(name));
     }
-    let data: Map<String, Value> = claims
-        .iter()
-        .filter(|(k, _)| !TOKEN_MECHANICS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    // The provider's claims are merged into `data`: keys an operator added stay.
+    let mut data = match body.remove("data") {
+        Some(Value::Object(data)) => data,
+        _ => Map::new(),
+    };
+    for (key, value) in claims {
+        if !TOKEN_MECHANICS.contains(&key.as_str()) {
+            data.insert(key.clone(), value.clone());
+        }
+    }
     body.insert("data".into(), Value::Object(data));
     let after = Value::Object(body);
     (after != before).then_some(after)
@@ -154,8 +159,10 @@ mod tests {
             None
         );
         later.insert("email".into(), json!("new@example.org"));
+        stored["data"]["ward"] = json!("7");
         let changed = signed_in_body(Some(&stored), "u-1", "https://idp", "alice", &later).unwrap();
         assert_eq!(changed["email"], "new@example.org");
+        assert_eq!(changed["data"]["ward"], "7", "an operator's data stays");
     }
 
     #[test]

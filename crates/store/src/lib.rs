@@ -107,6 +107,50 @@ pub trait SearchIndex {
     fn analyze(&self) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
+/// A grant of sign-in as stored: the digest of its value (never the value),
+/// what it is, the family it belongs to, what it grants (JSON the auth
+/// crate reads), and when it expires (seconds since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredGrant {
+    pub digest: String,
+    pub kind: String,
+    pub family: String,
+    pub body: String,
+    pub expires_at: i64,
+}
+
+/// What redeeming a grant found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeemed {
+    /// Live and unused until now; it is marked used.
+    Fresh(StoredGrant),
+    /// Redeemed before: a replay (its family is named, to revoke).
+    Used { family: String },
+    /// Unknown, or expired.
+    Unknown,
+}
+
+/// The grants of sign-in (docs/sign-in.md), kept in the database so any
+/// instance can redeem, once, what another issued.
+pub trait GrantStore {
+    /// Stores a grant, and drops those expired before `now`.
+    fn put_grant(
+        &self,
+        grant: StoredGrant,
+        now: i64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Marks the grant `digest` of `kind` used, atomically: of two
+    /// redemptions at once, one gets it.
+    fn redeem_grant(
+        &self,
+        digest: &str,
+        kind: &str,
+        now: i64,
+    ) -> impl Future<Output = StoreResult<Redeemed>> + Send;
+    /// Drops every grant of `family` (a replayed code or refresh token).
+    fn revoke_family(&self, family: &str) -> impl Future<Output = StoreResult<u64>> + Send;
+}
+
 /// Liveness of the database connection.
 pub trait StoreHealth {
     fn ping(&self) -> impl Future<Output = StoreResult<()>> + Send;
@@ -219,6 +263,18 @@ impl SearchIndex for Store {
     }
     async fn analyze(&self) -> StoreResult<()> {
         delegate!(self, s => s.analyze())
+    }
+}
+
+impl GrantStore for Store {
+    async fn put_grant(&self, grant: StoredGrant, now: i64) -> StoreResult<()> {
+        delegate!(self, s => s.put_grant(grant, now))
+    }
+    async fn redeem_grant(&self, digest: &str, kind: &str, now: i64) -> StoreResult<Redeemed> {
+        delegate!(self, s => s.redeem_grant(digest, kind, now))
+    }
+    async fn revoke_family(&self, family: &str) -> StoreResult<u64> {
+        delegate!(self, s => s.revoke_family(family))
     }
 }
 

@@ -59,6 +59,17 @@ pub(crate) const SQLITE: &[(i64, &[&str])] = &[
     (8, LIVE_BY_KEY),
     (9, SQLITE_HISTORY_TRIGGERS),
     (10, SQLITE_KEY_AS_ROWID),
+    (11, AUTH_GRANTS),
+];
+
+/// The grants of sign-in (authorization codes, refresh tokens), by the
+/// digest of their value, the same on both backends: `kind` says what a
+/// row is and whether it was used (`code`, `code-used`, …), `family` ties a
+/// refresh token to the code and the tokens it came from.
+const AUTH_GRANTS: &[&str] = &[
+    "CREATE TABLE auth_grant (digest TEXT PRIMARY KEY, kind TEXT NOT NULL, family TEXT NOT NULL, body TEXT NOT NULL, expires_at BIGINT NOT NULL)",
+    "CREATE INDEX auth_grant_by_expiry ON auth_grant (expires_at)",
+    "CREATE INDEX auth_grant_by_family ON auth_grant (family)",
 ];
 
 /// The indexes of `search_index`, the same on both backends: one for
@@ -241,6 +252,7 @@ pub(crate) const POSTGRES: &[(i64, &[&str])] = &[
     (7, PROBE_INDEX),
     (8, LIVE_BY_KEY),
     (9, POSTGRES_HISTORY_TRIGGER),
+    (10, AUTH_GRANTS),
 ];
 
 /// Bookkeeping table, the same on both backends.

@@ -130,6 +130,81 @@ macro_rules! sql_backend {
             }
         }
 
+        impl crate::GrantStore for $store {
+            async fn put_grant(&self, grant: crate::StoredGrant, now: i64) -> StoreResult<()> {
+                sqlx::query("DELETE FROM auth_grant WHERE expires_at < $1")
+                    .bind(now)
+                    .execute(&self.writer)
+                    .await
+                    .db()?;
+                sqlx::query(
+                    "INSERT INTO auth_grant (digest, kind, family, body, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(grant.digest)
+                .bind(grant.kind)
+                .bind(grant.family)
+                .bind(grant.body)
+                .bind(grant.expires_at)
+                .execute(&self.writer)
+                .await
+                .db()?;
+                Ok(())
+            }
+
+            async fn redeem_grant(
+                &self,
+                digest: &str,
+                kind: &str,
+                now: i64,
+            ) -> StoreResult<crate::Redeemed> {
+                let used = format!("{kind}-used");
+                let row = sqlx::query(
+                    "UPDATE auth_grant SET kind = $3 WHERE digest = $1 AND kind = $2 \
+                     RETURNING family, body, expires_at",
+                )
+                .bind(digest)
+                .bind(kind)
+                .bind(&used)
+                .fetch_optional(&self.writer)
+                .await
+                .db()?;
+                if let Some(row) = row {
+                    let grant = crate::StoredGrant {
+                        digest: digest.to_owned(),
+                        kind: kind.to_owned(),
+                        family: row.try_get(0).db()?,
+                        body: row.try_get(1).db()?,
+                        expires_at: row.try_get(2).db()?,
+                    };
+                    if grant.expires_at <= now {
+                        return Ok(crate::Redeemed::Unknown);
+                    }
+                    return Ok(crate::Redeemed::Fresh(grant));
+                }
+                let row = sqlx::query("SELECT family FROM auth_grant WHERE digest = $1 AND kind = $2")
+                    .bind(digest)
+                    .bind(&used)
+                    .fetch_optional(&self.writer)
+                    .await
+                    .db()?;
+                Ok(match row {
+                    Some(row) => crate::Redeemed::Used {
+                        family: row.try_get(0).db()?,
+                    },
+                    None => crate::Redeemed::Unknown,
+                })
+            }
+
+            async fn revoke_family(&self, family: &str) -> StoreResult<u64> {
+                let done = sqlx::query("DELETE FROM auth_grant WHERE family = $1")
+                    .bind(family)
+                    .execute(&self.writer)
+                    .await
+                    .db()?;
+                Ok(done.rows_affected())
+            }
+        }
+
         /// Applies the migrations in `list` that are not yet recorded.
         async fn run_migrations(
             conn: &mut $conn,

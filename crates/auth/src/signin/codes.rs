@@ -1,62 +1,64 @@
-//! The authorization codes fhirbox gives applications (RFC 6749 §4.1.2):
-//! random, kept only as a SHA-256 digest, single-use, alive for
-//! [`CODE_TTL`], bound to the client, the redirect URI and the PKCE
-//! challenge (RFC 7636) they were issued for.
+//! The grants fhirbox gives applications: authorization codes (RFC 6749
+//! §4.1.2) and refresh tokens (§6). Each is random, stored only as the
+//! SHA-256 of its value in the database (`fhirbox_store::GrantStore`), so
+//! any instance redeems what another issued, and only once. A code lives
+//! [`CODE_TTL`] and is bound to the client, the redirect URI and the PKCE
+//! challenge (RFC 7636) it was issued for. A refresh token is replaced at
+//! each use; presenting a used code or refresh token again revokes every
+//! refresh token of its family (RFC 9700 §4.14.2).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use fhirbox_store::{GrantStore, Redeemed, Store, StoreError, StoredGrant};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::token::now_seconds;
 
 /// How long a code may wait for its exchange (RFC 6749 §4.1.2 recommends
 /// at most 10 minutes; an application exchanges at once).
 pub const CODE_TTL: Duration = Duration::from_secs(60);
-/// The most codes waiting at once; beyond it sign-ins are refused until
-/// some are used or expire.
-const MAX_CODES: usize = 10_000;
+const CODE: &str = "code";
+const REFRESH: &str = "refresh";
 
 /// What a code stands for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CodeGrant {
     pub client_id: String,
     pub redirect_uri: String,
     pub code_challenge: Option<String>,
     pub user: String,
     pub scope: Option<String>,
-    expires: Instant,
 }
 
-impl CodeGrant {
-    pub fn new(
-        client_id: String,
-        redirect_uri: String,
-        code_challenge: Option<String>,
-        user: String,
-        scope: Option<String>,
-    ) -> CodeGrant {
-        CodeGrant {
-            client_id,
-            redirect_uri,
-            code_challenge,
-            user,
-            scope,
-            expires: Instant::now() + CODE_TTL,
-        }
-    }
+/// What a refresh token stands for; it ends at `until` however often it is
+/// replaced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshGrant {
+    pub client_id: String,
+    pub user: String,
+    pub scope: Option<String>,
+    pub until: u64,
 }
 
-/// The codes waiting for their exchange, on this instance.
-#[derive(Default)]
-pub struct Codes {
-    waiting: Mutex<HashMap<[u8; 32], CodeGrant>>,
+/// What presenting a code or refresh token found.
+#[derive(Debug)]
+pub enum Redemption<T> {
+    /// Its grant, and its family (for the tokens it leads to).
+    Fresh(T, String),
+    /// Presented before: its family is revoked.
+    Replayed,
+    Unknown,
 }
 
-fn digest(code: &str) -> [u8; 32] {
-    Sha256::digest(code.as_bytes()).into()
+fn digest(value: &str) -> String {
+    Sha256::digest(value.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// 32 random bytes, base64url: a code, a `state`, a nonce, a PKCE verifier.
@@ -66,28 +68,91 @@ pub fn random_text() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-impl Codes {
-    /// A new code for `grant`; `None` when too many are waiting.
-    pub fn issue(&self, grant: CodeGrant) -> Option<String> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if waiting.len() >= MAX_CODES {
-            let now = Instant::now();
-            waiting.retain(|_, g| g.expires > now);
-            if waiting.len() >= MAX_CODES {
-                return None;
+/// The grants in the database.
+#[derive(Clone)]
+pub struct Grants {
+    store: Store,
+}
+
+impl Grants {
+    pub fn new(store: Store) -> Grants {
+        Grants { store }
+    }
+
+    async fn put(
+        &self,
+        kind: &str,
+        family: String,
+        body: &impl Serialize,
+        expires_at: u64,
+    ) -> Result<String, StoreError> {
+        let value = random_text();
+        self.store
+            .put_grant(
+                StoredGrant {
+                    digest: digest(&value),
+                    kind: kind.to_owned(),
+                    family,
+                    body: serde_json::to_string(body).expect("a grant serializes"),
+                    expires_at: i64::try_from(expires_at).unwrap_or(i64::MAX),
+                },
+                i64::try_from(now_seconds()).unwrap_or(i64::MAX),
+            )
+            .await?;
+        Ok(value)
+    }
+
+    async fn redeem<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: &str,
+        value: &str,
+    ) -> Result<Redemption<T>, StoreError> {
+        let now = i64::try_from(now_seconds()).unwrap_or(i64::MAX);
+        match self.store.redeem_grant(&digest(value), kind, now).await? {
+            Redeemed::Fresh(grant) => Ok(match serde_json::from_str(&grant.body) {
+                Ok(body) => Redemption::Fresh(body, grant.family),
+                Err(_) => Redemption::Unknown,
+            }),
+            Redeemed::Used { family } => {
+                let revoked = self.store.revoke_family(&family).await?;
+                tracing::warn!(kind, revoked, "a used grant was presented again; the refresh tokens of its family are revoked");
+                Ok(Redemption::Replayed)
             }
+            Redeemed::Unknown => Ok(Redemption::Unknown),
         }
-        let code = random_text();
-        waiting.insert(digest(&code), grant);
-        Some(code)
+    }
+
+    /// A new code for `grant`, starting a family.
+    pub async fn issue_code(&self, grant: &CodeGrant) -> Result<String, StoreError> {
+        self.put(
+            CODE,
+            random_text(),
+            grant,
+            now_seconds() + CODE_TTL.as_secs(),
+        )
+        .await
     }
 
     /// The grant of `code`, which is used up by asking, whatever happens next.
-    pub fn take(&self, code: &str) -> Option<CodeGrant> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        waiting
-            .remove(&digest(code))
-            .filter(|g| g.expires > Instant::now())
+    pub async fn redeem_code(&self, code: &str) -> Result<Redemption<CodeGrant>, StoreError> {
+        self.redeem(CODE, code).await
+    }
+
+    /// A refresh token of `family` for `grant`.
+    pub async fn issue_refresh(
+        &self,
+        family: String,
+        grant: &RefreshGrant,
+    ) -> Result<String, StoreError> {
+        self.put(REFRESH, family, grant, grant.until).await
+    }
+
+    /// The grant of a refresh token, used up by asking.
+    pub async fn redeem_refresh(
+        &self,
+        token: &str,
+    ) -> Result<Redemption<RefreshGrant>, StoreError> {
+        self.redeem(REFRESH, token).await
     }
 }
 
@@ -118,34 +183,6 @@ pub fn verifier_matches(verifier: &str, challenge: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn grant() -> CodeGrant {
-        CodeGrant::new(
-            "app".into(),
-            "https://app/cb".into(),
-            None,
-            "u-1".into(),
-            None,
-        )
-    }
-
-    #[test]
-    fn a_code_is_used_once() {
-        let codes = Codes::default();
-        let code = codes.issue(grant()).unwrap();
-        assert_eq!(codes.take(&code).unwrap().user, "u-1");
-        assert!(codes.take(&code).is_none());
-        assert!(codes.take("made-up").is_none());
-    }
-
-    #[test]
-    fn an_expired_code_is_refused() {
-        let codes = Codes::default();
-        let mut old = grant();
-        old.expires = Instant::now() - Duration::from_secs(1);
-        let code = codes.issue(old).unwrap();
-        assert!(codes.take(&code).is_none());
-    }
 
     #[test]
     fn pkce_follows_rfc_7636() {

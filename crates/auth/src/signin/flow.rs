@@ -30,6 +30,9 @@ pub struct Approved {
     /// The client's `default_identity_provider`.
     #[serde(skip)]
     pub identity_provider: Option<String>,
+    /// The providers the client's users may sign in with.
+    #[serde(skip)]
+    pub identity_providers: Vec<String>,
 }
 
 /// Why an authorization request was refused.
@@ -182,6 +185,7 @@ pub fn check_authorize(
         scope,
         code_challenge,
         identity_provider: flow.default_identity_provider.clone(),
+        identity_providers: flow.identity_providers.clone(),
     })
 }
 
@@ -353,6 +357,7 @@ mod tests {
                 scope: None,
                 code_challenge: None,
                 identity_provider: None,
+                identity_providers: vec![],
             },
         };
         let sealed = flow.seal(tag);

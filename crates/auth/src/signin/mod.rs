@@ -18,22 +18,48 @@ use crate::identity_provider::IdentityProvider;
 use crate::token::now_seconds;
 use crate::users::{self, UserRecord};
 use crate::AuthService;
-use codes::{random_text, verifier_matches, CodeGrant, Codes};
+use codes::{random_text, verifier_matches, CodeGrant, Grants, Redemption, RefreshGrant};
 use flow::{Approved, AuthorizeError, Flow, FLOW_TTL};
 use provider::{ProviderClient, ProviderUser, SignInFailure};
 
-/// What sign-in keeps between requests on one instance.
+/// What sign-in keeps: the grants (in the database) and the provider calls.
 pub struct SignIn {
-    codes: Codes,
-    provider: ProviderClient,
+    grants: Grants,
+    pub(crate) provider: ProviderClient,
+    /// The `state`s of sign-ins this instance finished, until they expire:
+    /// a sealed cookie is good for one callback.
+    finished: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
+/// The most finished sign-ins remembered; beyond it (after dropping the
+/// expired) callbacks are refused until some expire.
+const MAX_FINISHED: usize = 100_000;
+
 impl SignIn {
-    pub fn new(timeout: Duration) -> SignIn {
+    pub fn new(store: fhirbox_store::Store, timeout: Duration) -> SignIn {
         SignIn {
-            codes: Codes::default(),
+            grants: Grants::new(store),
             provider: ProviderClient::new(timeout),
+            finished: std::sync::Mutex::default(),
         }
+    }
+
+    /// Records that the sign-in `state` (alive until `exp`) reached its
+    /// callback; false when it did before, or when too many are remembered.
+    fn first_callback(&self, state: &str, exp: u64) -> bool {
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        if finished.contains_key(state) {
+            return false;
+        }
+        if finished.len() >= MAX_FINISHED {
+            let now = now_seconds();
+            finished.retain(|_, until| *until > now);
+            if finished.len() >= MAX_FINISHED {
+                return false;
+            }
+        }
+        finished.insert(state.to_owned(), exp);
+        true
     }
 }
 
@@ -75,13 +101,19 @@ pub struct Finished {
     pub user: ProviderUser,
 }
 
-/// Why a code exchange was refused (RFC 6749 §5.2 `invalid_grant`).
+/// Why a code exchange or a refresh was refused (RFC 6749 §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodeFailure {
-    /// Unknown, used, expired, or issued to another client or redirect URI.
+    /// `invalid_grant`: unknown, used, expired, or issued to another client
+    /// or redirect URI.
     InvalidGrant(&'static str),
     /// The client may not use this grant.
     UnauthorizedClient,
+    /// `invalid_client`: no such active client, or one with a secret (or
+    /// that must use one) that did not authenticate.
+    ClientAuthentication,
+    /// The database did not answer.
+    Unavailable,
 }
 
 /// The User a sign-in names is inactive: it may not sign in.
@@ -93,6 +125,8 @@ pub struct UserToken {
     pub access_token: String,
     pub expires_in: u64,
     pub scope: Option<String>,
+    /// When the client has the `refresh_token` grant.
+    pub refresh_token: Option<String>,
 }
 
 impl AuthService {
@@ -120,6 +154,9 @@ impl AuthService {
         app: Approved,
         default_callback: Option<String>,
     ) -> Result<Begun, SignInFailure> {
+        if !app.identity_providers.iter().any(|allowed| allowed == idp) {
+            return Err(SignInFailure::NotAllowed);
+        }
         let provider = self
             .signin
             .provider
@@ -171,13 +208,14 @@ impl AuthService {
     pub async fn finish_sign_in(
         &self,
         idp: &str,
+        state: &str,
         cookie: Option<&str>,
         code: Option<&str>,
         provider_error: Option<&str>,
     ) -> Result<Finished, CallbackFailure> {
         let flow = cookie
             .and_then(|value| Flow::open(value, |json| self.flow_tag(json), now_seconds()))
-            .filter(|flow| flow.idp == idp)
+            .filter(|flow| flow.idp == idp && flow.state == state)
             .ok_or(CallbackFailure {
                 app: None,
                 reason: "signin_state",
@@ -185,6 +223,14 @@ impl AuthService {
                 description: "this sign-in was not started in this browser, or took longer than 10 minutes; start again from the application",
             })?;
         let app = Some(flow.app.clone());
+        if !self.signin.first_callback(&flow.state, flow.exp) {
+            return Err(CallbackFailure {
+                app,
+                reason: "signin_replayed",
+                error: "invalid_request",
+                description: "this sign-in was already completed; start again from the application",
+            });
+        }
         if let Some(error) = provider_error {
             let error: String = error
                 .chars()
@@ -220,44 +266,137 @@ impl AuthService {
         })
     }
 
-    /// The User a finished sign-in is, and the body to store for it when it
-    /// is new or its claims changed. `Err` when that User is inactive.
-    pub fn signed_in_user(
-        &self,
-        finished: &Finished,
-    ) -> Result<(String, Option<Value>), InactiveUser> {
-        let system = finished.identity_provider.user_system();
-        let id = users::user_id(&system, &finished.user.sub);
-        let existing = self.snapshot().users.get(&id).cloned();
-        if existing.as_ref().is_some_and(|u| !u.active) {
-            return Err(InactiveUser);
-        }
-        let body = users::signed_in_body(
-            existing.as_ref().map(|u| &u.body),
-            &id,
-            &system,
+    /// The id of the User a finished sign-in is.
+    pub fn signed_in_user_id(&self, finished: &Finished) -> String {
+        users::user_id(
+            &finished.identity_provider.user_system(),
             &finished.user.sub,
-            &finished.user.claims,
-        );
-        Ok((id, body))
+        )
     }
 
-    /// A code for the application, standing for `user`; `None` when too
-    /// many codes are waiting.
-    pub fn issue_code(&self, app: &Approved, user: &str) -> Option<String> {
-        self.signin.codes.issue(CodeGrant::new(
-            app.client_id.clone(),
-            app.redirect_uri.clone(),
-            app.code_challenge.clone(),
-            user.to_owned(),
-            app.scope.clone(),
+    /// The body to store for the User of a finished sign-in, given its
+    /// stored body (read from the database just now, not from the cache,
+    /// so a User disabled through another instance stays disabled);
+    /// `Ok(None)` when nothing changed, `Err` when the User is inactive.
+    pub fn signed_in_user_body(
+        &self,
+        finished: &Finished,
+        current: Option<&Value>,
+    ) -> Result<Option<Value>, InactiveUser> {
+        let id = self.signed_in_user_id(finished);
+        if let Some(body) = current {
+            if !UserRecord::from_body(body.clone(), 0).active {
+                return Err(InactiveUser);
+            }
+        }
+        Ok(users::signed_in_body(
+            current,
+            &id,
+            &finished.identity_provider.user_system(),
+            &finished.user.sub,
+            &finished.user.claims,
         ))
+    }
+
+    /// A code for the application, standing for `user`.
+    pub async fn issue_code(
+        &self,
+        app: &Approved,
+        user: &str,
+    ) -> Result<String, fhirbox_store::StoreError> {
+        self.signin
+            .grants
+            .issue_code(&CodeGrant {
+                client_id: app.client_id.clone(),
+                redirect_uri: app.redirect_uri.clone(),
+                code_challenge: app.code_challenge.clone(),
+                user: user.to_owned(),
+                scope: app.scope.clone(),
+            })
+            .await
+    }
+
+    /// The client of a code exchange or refresh: active, allowed `grant`
+    /// and the code flow, and authenticated when it has a secret.
+    fn token_client(
+        &self,
+        client_id: &str,
+        authenticated: bool,
+        grant: Grant,
+    ) -> Result<(Arc<crate::clients::ClientRecord>, crate::clients::CodeFlow), CodeFailure> {
+        let client = self
+            .snapshot()
+            .clients
+            .get(client_id)
+            .cloned()
+            .filter(|c| c.active)
+            .ok_or(CodeFailure::ClientAuthentication)?;
+        if !client.allows(grant) {
+            return Err(CodeFailure::UnauthorizedClient);
+        }
+        let Ok(Some(flow)) = client.code_flow.clone() else {
+            return Err(CodeFailure::UnauthorizedClient);
+        };
+        if !authenticated && (client.has_secret() || flow.secret_required) {
+            return Err(CodeFailure::ClientAuthentication);
+        }
+        Ok((client, flow))
+    }
+
+    /// The tokens of a sign-in's grant: an access token, and a refresh
+    /// token of `family` when the client has the `refresh_token` grant.
+    async fn user_tokens(
+        &self,
+        client: &crate::clients::ClientRecord,
+        flow: &crate::clients::CodeFlow,
+        user: &str,
+        scope: Option<String>,
+        family: String,
+        refresh_until: Option<u64>,
+    ) -> Result<UserToken, CodeFailure> {
+        let record = self
+            .snapshot()
+            .users
+            .get(user)
+            .cloned()
+            .filter(|u| u.active)
+            .ok_or(CodeFailure::InvalidGrant("user_inactive"))?;
+        let refresh_token = if client.allows(Grant::RefreshToken) {
+            let grant = RefreshGrant {
+                client_id: client.id.clone(),
+                user: record.id.clone(),
+                scope: scope.clone(),
+                until: refresh_until.unwrap_or_else(|| now_seconds() + flow.refresh_lifetime),
+            };
+            Some(
+                self.signin
+                    .grants
+                    .issue_refresh(family, &grant)
+                    .await
+                    .map_err(|_| CodeFailure::Unavailable)?,
+            )
+        } else {
+            None
+        };
+        let (access_token, _) = self.signer.issue_for_user(
+            &client.id,
+            &client.version_id.to_string(),
+            &record.id,
+            flow.token_lifetime,
+        );
+        Ok(UserToken {
+            access_token,
+            expires_in: flow.token_lifetime,
+            scope,
+            refresh_token,
+        })
     }
 
     /// `grant_type=authorization_code` at `/auth/token` (RFC 6749 §4.1.3):
     /// `client_id` is the authenticated client, or a public one naming
-    /// itself; the code is used up by this call whatever its outcome.
-    pub fn exchange_code(
+    /// itself; the code is used up by this call whatever its outcome, and
+    /// a code presented again revokes the refresh tokens it led to.
+    pub async fn exchange_code(
         &self,
         client_id: &str,
         authenticated: bool,
@@ -265,23 +404,19 @@ impl AuthService {
         redirect_uri: Option<&str>,
         verifier: Option<&str>,
     ) -> Result<UserToken, CodeFailure> {
-        let snapshot = self.snapshot();
-        let client = snapshot
-            .clients
-            .get(client_id)
-            .filter(|c| c.active && c.allows(Grant::AuthorizationCode))
-            .ok_or(CodeFailure::UnauthorizedClient)?;
-        let Ok(Some(flow)) = &client.code_flow else {
-            return Err(CodeFailure::UnauthorizedClient);
-        };
-        if !authenticated && (client.has_secret() || flow.secret_required) {
-            return Err(CodeFailure::UnauthorizedClient);
-        }
-        let grant = self
+        let (client, flow) =
+            self.token_client(client_id, authenticated, Grant::AuthorizationCode)?;
+        let redeemed = self
             .signin
-            .codes
-            .take(code)
-            .ok_or(CodeFailure::InvalidGrant("code_unknown"))?;
+            .grants
+            .redeem_code(code)
+            .await
+            .map_err(|_| CodeFailure::Unavailable)?;
+        let (grant, family) = match redeemed {
+            Redemption::Fresh(grant, family) => (grant, family),
+            Redemption::Replayed => return Err(CodeFailure::InvalidGrant("code_replayed")),
+            Redemption::Unknown => return Err(CodeFailure::InvalidGrant("code_unknown")),
+        };
         if grant.client_id != client.id {
             return Err(CodeFailure::InvalidGrant("code_other_client"));
         }
@@ -295,22 +430,43 @@ impl AuthService {
             (None, None) => {}
             _ => return Err(CodeFailure::InvalidGrant("code_verifier")),
         }
-        let user = snapshot
-            .users
-            .get(&grant.user)
-            .filter(|u| u.active)
-            .ok_or(CodeFailure::InvalidGrant("user_inactive"))?;
-        let (access_token, _) = self.signer.issue_for_user(
-            &client.id,
-            &client.version_id.to_string(),
-            &user.id,
-            flow.token_lifetime,
-        );
-        Ok(UserToken {
-            access_token,
-            expires_in: flow.token_lifetime,
-            scope: grant.scope,
-        })
+        self.user_tokens(&client, &flow, &grant.user, grant.scope, family, None)
+            .await
+    }
+
+    /// `grant_type=refresh_token` (RFC 6749 §6): a new access token and a
+    /// new refresh token in place of the one presented, which is used up; a
+    /// used one presented again revokes its family.
+    pub async fn refresh(
+        &self,
+        client_id: &str,
+        authenticated: bool,
+        refresh_token: &str,
+    ) -> Result<UserToken, CodeFailure> {
+        let (client, flow) = self.token_client(client_id, authenticated, Grant::RefreshToken)?;
+        let redeemed = self
+            .signin
+            .grants
+            .redeem_refresh(refresh_token)
+            .await
+            .map_err(|_| CodeFailure::Unavailable)?;
+        let (grant, family) = match redeemed {
+            Redemption::Fresh(grant, family) => (grant, family),
+            Redemption::Replayed => return Err(CodeFailure::InvalidGrant("refresh_replayed")),
+            Redemption::Unknown => return Err(CodeFailure::InvalidGrant("refresh_unknown")),
+        };
+        if grant.client_id != client.id {
+            return Err(CodeFailure::InvalidGrant("refresh_other_client"));
+        }
+        self.user_tokens(
+            &client,
+            &flow,
+            &grant.user,
+            grant.scope,
+            family,
+            Some(grant.until),
+        )
+        .await
     }
 
     /// The User `id`, as last loaded.

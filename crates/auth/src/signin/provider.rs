@@ -54,6 +54,8 @@ pub enum SignInFailure {
     Userinfo,
     /// The discovery document could not be fetched, or names another issuer.
     Discovery,
+    /// The application may not sign its users in through this provider.
+    NotAllowed,
 }
 
 impl SignInFailure {
@@ -69,6 +71,7 @@ impl SignInFailure {
             SignInFailure::IdToken(reason) => reason,
             SignInFailure::Userinfo => "idp_userinfo",
             SignInFailure::Discovery => "idp_discovery",
+            SignInFailure::NotAllowed => "idp_not_allowed",
         }
     }
 
@@ -79,6 +82,7 @@ impl SignInFailure {
                 "temporarily_unavailable"
             }
             SignInFailure::ProviderRefused => "access_denied",
+            SignInFailure::NotAllowed => "unauthorized_client",
             _ => "server_error",
         }
     }
@@ -100,13 +104,18 @@ pub struct ProviderClient {
     discovered: Mutex<HashMap<String, Discovered>>,
 }
 
-/// A provider with the endpoints its discovery document gave.
+/// A provider with the endpoints its discovery document gave, or (`None`)
+/// the time its fetch last failed.
 struct Discovered {
     /// The IdentityProvider's version it was made for.
     version: i64,
     at: std::time::Instant,
-    provider: Arc<IdentityProvider>,
+    provider: Option<Arc<IdentityProvider>>,
 }
+
+/// How long a failed discovery is answered from memory, so sign-ins do not
+/// each wait on a provider that is down.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(10);
 
 impl ProviderClient {
     pub fn new(timeout: Duration) -> ProviderClient {
@@ -119,17 +128,18 @@ impl ProviderClient {
 
     /// The provider with the endpoints it leaves out filled from its
     /// OpenID discovery document (OpenID Connect Discovery §4), fetched
-    /// from `issuer` and kept for an hour; the endpoints it names win.
+    /// from `issuer` and kept for an hour (a failure for
+    /// [`DISCOVERY_RETRY`]); the endpoints it names win.
     pub async fn complete(
         &self,
         idp: Arc<IdentityProvider>,
     ) -> Result<Arc<IdentityProvider>, SignInFailure> {
+        let wants_userinfo = idp.userinfo_source == UserinfoSource::UserinfoEndpoint;
         let missing = idp.authorize_endpoint.is_none()
             || idp.token_endpoint.is_none()
             || idp.jwks_uri.is_none()
-            || (idp.userinfo_source == UserinfoSource::UserinfoEndpoint
-                && idp.userinfo_endpoint.is_none());
-        let Some(issuer) = idp.issuer.as_deref().filter(|_| missing) else {
+            || (wants_userinfo && idp.userinfo_endpoint.is_none());
+        let Some(issuer) = idp.issuer.clone().filter(|_| missing) else {
             return Ok(idp);
         };
         if let Some(known) = self
@@ -138,39 +148,65 @@ impl ProviderClient {
             .unwrap_or_else(|p| p.into_inner())
             .get(&idp.id)
         {
-            if known.version == idp.version && known.at.elapsed() < DISCOVERY_TTL {
-                return Ok(known.provider.clone());
+            if known.version == idp.version {
+                match &known.provider {
+                    Some(provider) if known.at.elapsed() < DISCOVERY_TTL => {
+                        return Ok(provider.clone())
+                    }
+                    None if known.at.elapsed() < DISCOVERY_RETRY => {
+                        return Err(SignInFailure::Discovery)
+                    }
+                    _ => {}
+                }
             }
         }
         let url = format!(
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let fail = |problem: String| {
+        let fetched = self.discover(&idp, &issuer, &url).await;
+        if let Err(problem) = &fetched {
             tracing::warn!(identity_provider = %idp.id, reason = "idp_discovery", url = %crate::external::http::for_log(&url), %problem, "the provider's discovery document cannot be used");
-            SignInFailure::Discovery
-        };
+        }
+        self.discovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                idp.id.clone(),
+                Discovered {
+                    version: idp.version,
+                    at: std::time::Instant::now(),
+                    provider: fetched.as_ref().ok().cloned(),
+                },
+            );
+        fetched.map_err(|_| SignInFailure::Discovery)
+    }
+
+    async fn discover(
+        &self,
+        idp: &IdentityProvider,
+        issuer: &str,
+        url: &str,
+    ) -> Result<Arc<IdentityProvider>, String> {
         let document = self
             .fetcher
-            .get_json(&url)
+            .get_json(url)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         // Discovery §4.3: the document's issuer must be the one asked about.
         if document.get("issuer").and_then(Value::as_str) != Some(issuer) {
-            return Err(fail(
+            return Err(
                 "its issuer is not the IdentityProvider's issuer, character for character".into(),
-            ));
+            );
         }
-        let endpoint = |key: &str| -> Result<Option<String>, SignInFailure> {
+        let endpoint = |key: &str| -> Result<Option<String>, String> {
             match document.get(key) {
                 None | Some(Value::Null) => Ok(None),
-                Some(Value::String(text)) => {
-                    crate::fields::http_url(text, key).map(Some).map_err(fail)
-                }
-                Some(_) => Err(fail(format!("{key} is not a string"))),
+                Some(Value::String(text)) => crate::fields::http_url(text, key).map(Some),
+                Some(_) => Err(format!("{key} is not a string")),
             }
         };
-        let mut filled = (*idp).clone();
+        let mut filled = idp.clone();
         if filled.authorize_endpoint.is_none() {
             filled.authorize_endpoint = endpoint("authorization_endpoint")?;
         }
@@ -180,22 +216,12 @@ impl ProviderClient {
         if filled.jwks_uri.is_none() {
             filled.jwks_uri = endpoint("jwks_uri")?;
         }
-        if filled.userinfo_endpoint.is_none() {
+        if filled.userinfo_endpoint.is_none()
+            && filled.userinfo_source == UserinfoSource::UserinfoEndpoint
+        {
             filled.userinfo_endpoint = endpoint("userinfo_endpoint")?;
         }
-        let filled = Arc::new(filled);
-        self.discovered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                idp.id.clone(),
-                Discovered {
-                    version: idp.version,
-                    at: std::time::Instant::now(),
-                    provider: filled.clone(),
-                },
-            );
-        Ok(filled)
+        Ok(Arc::new(filled))
     }
 
     /// The provider's authorization URL for this sign-in. It carries no
@@ -236,20 +262,19 @@ impl ProviderClient {
         code: &str,
     ) -> Result<ProviderUser, SignInFailure> {
         let tokens = self.exchange(idp, vault, flow, code).await?;
-        let id_token = tokens.get("id_token").and_then(Value::as_str);
-        let mut claims = match id_token {
-            Some(token) => self.verify_id_token(idp, token, &flow.nonce).await?,
-            None if idp.userinfo_endpoint.is_some() => Map::new(),
-            None => return Err(SignInFailure::IdToken("id_token_missing")),
+        // An ID token is required: it binds the answer to this sign-in
+        // (its nonce) and to fhirbox (its audience).
+        let Some(id_token) = tokens.get("id_token").and_then(Value::as_str) else {
+            tracing::warn!(identity_provider = %idp.id, reason = "id_token_missing", "the provider gave no ID token; ask for the openid scope");
+            return Err(SignInFailure::IdToken("id_token_missing"));
         };
-        if idp.userinfo_source == UserinfoSource::UserinfoEndpoint || id_token.is_none() {
+        let mut claims = self.verify_id_token(idp, id_token, &flow.nonce).await?;
+        if idp.userinfo_source == UserinfoSource::UserinfoEndpoint {
             let info = self.userinfo(idp, &tokens).await?;
             // OpenID Connect Core §5.3.2: the userinfo `sub` must be the ID token's.
-            if let Some(sub) = claims.get("sub") {
-                if info.get("sub") != Some(sub) {
-                    tracing::warn!(identity_provider = %idp.id, reason = "userinfo_sub", "userinfo names another subject than the ID token");
-                    return Err(SignInFailure::Userinfo);
-                }
+            if info.get("sub") != claims.get("sub") {
+                tracing::warn!(identity_provider = %idp.id, reason = "userinfo_sub", "userinfo names another subject than the ID token");
+                return Err(SignInFailure::Userinfo);
             }
             claims.extend(info);
         }

@@ -176,13 +176,16 @@ pub async fn token(
     match field("grant_type").as_deref() {
         Some("client_credentials") => {}
         Some("authorization_code") => {
-            return authorization_code(&app, verified, &field, peer).await;
+            return user_grant(&app, verified, &field, peer, Grant::AuthorizationCode).await;
+        }
+        Some("refresh_token") => {
+            return user_grant(&app, verified, &field, peer, Grant::RefreshToken).await;
         }
         Some(_) => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                "grant_type must be client_credentials or authorization_code",
+                "grant_type must be client_credentials, authorization_code or refresh_token",
             )
         }
         None => {
@@ -235,7 +238,11 @@ pub async fn token(
 
 /// The grants a client authenticating in the header may be asking for
 /// (the body, read after the check, says which).
-const TOKEN_GRANTS: &[Grant] = &[Grant::ClientCredentials, Grant::AuthorizationCode];
+const TOKEN_GRANTS: &[Grant] = &[
+    Grant::ClientCredentials,
+    Grant::AuthorizationCode,
+    Grant::RefreshToken,
+];
 
 fn grant_refused(app: &AuthState, id: &str, grant: &str) -> Response {
     app.metrics
@@ -248,45 +255,37 @@ fn grant_refused(app: &AuthState, id: &str, grant: &str) -> Response {
     )
 }
 
-/// `grant_type=authorization_code`: a confidential client authenticates
+/// `grant_type=authorization_code` and `refresh_token`, the grants of a
+/// signed-in user (docs/sign-in.md): a confidential client authenticates
 /// (header or `client_secret`), a public one names itself in `client_id`
-/// and proves the code with its PKCE verifier.
-async fn authorization_code(
+/// (and proves a code with its PKCE verifier).
+async fn user_grant(
     app: &AuthState,
     verified: Option<Verified>,
     field: &impl Fn(&str) -> Option<String>,
     peer: Option<IpAddr>,
+    grant: Grant,
 ) -> Response {
-    let (client_id, authenticated) =
-        match verified {
-            Some(v) if matches!(v.identity, super::Identity::Root { .. }) => {
-                return grant_refused(app, v.identity.id(), "authorization_code")
+    let (client_id, authenticated) = match verified {
+        Some(v) if matches!(v.identity, super::Identity::Root { .. }) => {
+            return grant_refused(app, v.identity.id(), grant.code())
+        }
+        Some(v) if !v.allows(grant) => return grant_refused(app, v.identity.id(), grant.code()),
+        Some(v) => {
+            let id = v.identity.id().to_owned();
+            if field("client_id").is_some_and(|named| named != id) {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "client_id is not the client that authenticated",
+                );
             }
-            Some(v) if !v.allows(Grant::AuthorizationCode) => {
-                return grant_refused(app, v.identity.id(), "authorization_code")
-            }
-            Some(v) => {
-                let id = v.identity.id().to_owned();
-                if field("client_id").is_some_and(|named| named != id) {
-                    return oauth_error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request",
-                        "client_id is not the client that authenticated",
-                    );
-                }
-                (id, true)
-            }
-            None => match (field("client_id"), field("client_secret")) {
+            (id, true)
+        }
+        None => {
+            match (field("client_id"), field("client_secret")) {
                 (Some(id), Some(secret)) => {
-                    match verify(
-                        app,
-                        &id,
-                        &SecretString::from(secret),
-                        &[Grant::AuthorizationCode],
-                        peer,
-                    )
-                    .await
-                    {
+                    match verify(app, &id, &SecretString::from(secret), &[grant], peer).await {
                         Ok(_) => (id, true),
                         Err(response) => return response,
                     }
@@ -297,27 +296,45 @@ async fn authorization_code(
                     "invalid_request",
                     "send client_id (and client_secret, or HTTP Basic, for a confidential client)",
                 ),
-            },
-        };
-    let Some(code) = field("code") else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "code is missing",
-        );
+            }
+        }
     };
-    let exchanged = app.auth.exchange_code(
-        &client_id,
-        authenticated,
-        &code,
-        field("redirect_uri").as_deref(),
-        field("code_verifier").as_deref(),
-    );
+    let exchanged = if grant == Grant::RefreshToken {
+        let Some(refresh_token) = field("refresh_token") else {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "refresh_token is missing",
+            );
+        };
+        app.auth
+            .refresh(&client_id, authenticated, &refresh_token)
+            .await
+    } else {
+        let Some(code) = field("code") else {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "code is missing",
+            );
+        };
+        app.auth
+            .exchange_code(
+                &client_id,
+                authenticated,
+                &code,
+                field("redirect_uri").as_deref(),
+                field("code_verifier").as_deref(),
+            )
+            .await
+    };
     match exchanged {
         Ok(token) => {
             let mut body = json!({"token_type": "Bearer", "access_token": token.access_token, "expires_in": token.expires_in});
-            if let Some(scope) = token.scope {
-                body["scope"] = Value::String(scope);
+            // No `scope`: access is what policies allow, not what was asked
+            // (docs/sign-in.md), so echoing the request would mislead.
+            if let Some(refresh) = token.refresh_token {
+                body["refresh_token"] = Value::String(refresh);
             }
             let mut response = Json(body).into_response();
             response
@@ -327,21 +344,41 @@ async fn authorization_code(
         }
         Err(fhirbox_auth::signin::CodeFailure::InvalidGrant(reason)) => {
             app.metrics.auth_failure(reason);
-            tracing::warn!(client = %truncate_for_log(&client_id), reason, "code exchange refused");
+            tracing::warn!(client = %truncate_for_log(&client_id), reason, "token request refused");
             oauth_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
-                "the code is unknown, used, expired, or was issued for another client or redirect_uri, or code_verifier does not match it",
+                if grant == Grant::RefreshToken {
+                    "the refresh token is unknown, used, expired, or was issued to another client"
+                } else {
+                    "the code is unknown, used, expired, or was issued for another client or redirect_uri, or code_verifier does not match it"
+                },
             )
         }
         Err(fhirbox_auth::signin::CodeFailure::UnauthorizedClient) => {
-            app.metrics.auth_failure("code_client");
-            tracing::warn!(client = %truncate_for_log(&client_id), reason = "code_client", "code exchange refused");
+            grant_refused(app, &client_id, grant.code())
+        }
+        Err(fhirbox_auth::signin::CodeFailure::ClientAuthentication) => {
+            app.metrics.auth_failure("client_must_authenticate");
+            tracing::warn!(client = %truncate_for_log(&client_id), reason = "client_must_authenticate", "token request refused");
             oauth_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
-                "this client may not exchange codes this way: a client with a secret must authenticate, and the client must allow authorization_code",
+                "client authentication failed: a client with a secret authenticates with HTTP Basic or client_secret, a public one names itself in client_id",
             )
+        }
+        Err(fhirbox_auth::signin::CodeFailure::Unavailable) => {
+            app.metrics.auth_failure("grant_store_unavailable");
+            tracing::error!(client = %truncate_for_log(&client_id), reason = "grant_store_unavailable", "the database did not answer a token request");
+            let mut response = oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "try again shortly",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
         }
     }
 }

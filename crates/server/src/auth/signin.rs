@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct SignInState {
     pub auth: Arc<AuthService>,
+    pub store: fhirbox_store::Store,
     pub metrics: Arc<Metrics>,
     pub rest: Rest,
     /// `BOX_AUTH_COOKIE_SECURE`.
@@ -34,6 +35,7 @@ impl FromRef<AppState> for SignInState {
     fn from_ref(app: &AppState) -> SignInState {
         SignInState {
             auth: app.auth.clone(),
+            store: app.store.clone(),
             metrics: app.metrics.clone(),
             rest: app.rest.clone(),
             cookie_secure: app.settings.cookie_secure,
@@ -59,7 +61,10 @@ fn page(text: &str) -> Response {
     private(
         (
             StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
             format!("Sign-in failed: {text}\n"),
         )
             .into_response(),
@@ -225,7 +230,13 @@ pub async fn callback(
     let sealed = cookie_name.as_deref().and_then(|n| cookie(&headers, n));
     let finished = app
         .auth
-        .finish_sign_in(&idp, sealed, param("code"), param("error"))
+        .finish_sign_in(
+            &idp,
+            state.unwrap_or(""),
+            sealed,
+            param("code"),
+            param("error"),
+        )
         .await;
     let mut response = match finished {
         Err(failure) => {
@@ -245,7 +256,9 @@ pub async fn callback(
         }
         Ok(finished) => complete(&app, &idp, finished).await,
     };
-    if let Some(name) = cookie_name.filter(|_| sealed.is_some()) {
+    if let Some(name) =
+        cookie_name.filter(|_| sealed.is_some() && fhirbox_fhir::id::is_valid_id(&idp))
+    {
         // The flow is spent either way: the browser forgets it.
         let clear =
             format!("{name}=; Path=/auth/callback/{idp}; Max-Age=0; HttpOnly; SameSite=Lax");
@@ -254,6 +267,65 @@ pub async fn callback(
         }
     }
     response
+}
+
+enum UserProblem {
+    Inactive,
+    NotStored(String),
+}
+
+/// Creates the User of a sign-in, or updates it when its claims changed:
+/// read from the database (not the cache), written with `If-Match` on
+/// that version, and read again when another write came first, so a User
+/// disabled meanwhile (through any instance) stays disabled.
+async fn store_user(
+    app: &SignInState,
+    finished: &fhirbox_auth::signin::Finished,
+    user: &str,
+) -> Result<(), UserProblem> {
+    use fhirbox_store::ResourceRead;
+    let base = app.base_url.as_deref().unwrap_or("http://localhost");
+    for _ in 0..3 {
+        let stored = app
+            .store
+            .read("User", user)
+            .await
+            .map_err(|e| UserProblem::NotStored(e.to_string()))?
+            .filter(|s| !s.deleted);
+        let current = match &stored {
+            Some(s) => Some(
+                serde_json::from_str::<serde_json::Value>(&s.body)
+                    .map_err(|e| UserProblem::NotStored(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let body = app
+            .auth
+            .signed_in_user_body(finished, current.as_ref())
+            .map_err(|_| UserProblem::Inactive)?;
+        let Some(body) = body else {
+            return Ok(());
+        };
+        let written = app
+            .rest
+            .update(
+                &format!("{base}/fhir"),
+                "User",
+                user,
+                body,
+                stored.as_ref().map(|s| s.version_id),
+                ReturnPreference::Minimal,
+            )
+            .await;
+        match written {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind == fhirbox_rest::ErrorKind::PreconditionFailed => continue,
+            Err(e) => return Err(UserProblem::NotStored(e.to_string())),
+        }
+    }
+    Err(UserProblem::NotStored(
+        "the User kept changing while it was written".into(),
+    ))
 }
 
 /// Stores the User (new, or with changed claims) and sends the application its code.
@@ -272,36 +344,30 @@ async fn complete(
             ],
         ))
     };
-    let Ok((user, body)) = app.auth.signed_in_user(&finished) else {
-        app.metrics.sign_in(idp, "user_inactive");
-        tracing::warn!(identity_provider = %idp, reason = "user_inactive", "an inactive User tried to sign in");
-        return tell("access_denied", "this user is inactive");
-    };
-    if let Some(body) = body {
-        let base = app.base_url.as_deref().unwrap_or("http://localhost");
-        let stored = app
-            .rest
-            .update(
-                &format!("{base}/fhir"),
-                "User",
-                &user,
-                body,
-                None,
-                ReturnPreference::Minimal,
-            )
-            .await;
-        if let Err(e) = stored {
+    let user = app.auth.signed_in_user_id(&finished);
+    match store_user(app, &finished, &user).await {
+        Ok(()) => {}
+        Err(UserProblem::Inactive) => {
+            app.metrics.sign_in(idp, "user_inactive");
+            tracing::warn!(identity_provider = %idp, user = %user, reason = "user_inactive", "an inactive User tried to sign in");
+            return tell("access_denied", "this user is inactive");
+        }
+        Err(UserProblem::NotStored(problem)) => {
             app.metrics.sign_in(idp, "user_not_stored");
-            tracing::error!(identity_provider = %idp, user = %user, problem = %e, "the signed-in User could not be stored");
+            tracing::error!(identity_provider = %idp, user = %user, %problem, "the signed-in User could not be stored");
             return tell("server_error", "the user could not be recorded; try again");
         }
     }
-    let Some(code) = app.auth.issue_code(&finished.app, &user) else {
-        app.metrics.sign_in(idp, "codes_full");
-        return tell(
-            "temporarily_unavailable",
-            "too many sign-ins are waiting; try again shortly",
-        );
+    let code = match app.auth.issue_code(&finished.app, &user).await {
+        Ok(code) => code,
+        Err(e) => {
+            app.metrics.sign_in(idp, "code_not_stored");
+            tracing::error!(identity_provider = %idp, problem = %e, "the code of a sign-in could not be stored");
+            return tell(
+                "temporarily_unavailable",
+                "the sign-in could not be recorded; try again shortly",
+            );
+        }
     };
     app.metrics.sign_in(idp, "ok");
     tracing::info!(identity_provider = %idp, client = %finished.app.client_id, user = %user, "signed in");

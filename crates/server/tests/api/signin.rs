@@ -314,12 +314,24 @@ async fn setup(backend: Backend, files: &[(&str, &str)], provider_certs: &[&str]
             r.text
         );
     }
+    let others: Vec<Value> = [
+        "idp-post",
+        "idp-jwt",
+        "idp-forged",
+        "idp-discovered",
+        "idp-misspelled",
+    ]
+    .iter()
+    .map(|id| json!({"reference": format!("IdentityProvider/{id}")}))
+    .collect();
     let r = app
         .put(
             "/fhir/Client/app",
-            &json!({"resourceType": "Client", "id": "app", "grant_types": ["authorization_code"],
+            &json!({"resourceType": "Client", "id": "app",
+                "grant_types": ["authorization_code", "refresh_token"],
                 "auth": {"authorization_code": {"redirect_uri": APP_CALLBACK, "pkce": true,
-                    "default_identity_provider": {"reference": "IdentityProvider/idp-basic"}}}}),
+                    "default_identity_provider": {"reference": "IdentityProvider/idp-basic"},
+                    "identity_providers": others}}}),
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
@@ -589,8 +601,45 @@ async fn codes_states_and_redirects_are_checked(backend: Backend) {
     forged_url.query_pairs_mut().clear().extend_pairs(forged);
     let r = first.walk(forged_url.as_str(), None).await;
     assert!(matches!(&r, Landed::Page(400, _)), "{r:?}");
-    // The genuine answer still works in the browser that began it.
+    // The genuine answer still works in the browser that began it, once:
+    // the cookie put back and the answer replayed is refused.
+    let sealed = first.cookies.clone();
     assert!(matches!(first.walk(&back, None).await, Landed::App(q) if q.contains_key("code")));
+    first.cookies = sealed;
+    assert_eq!(first.walk(&back, None).await.error(), "invalid_request");
+    assert_eq!(
+        metric(
+            &app,
+            "fhirbox_sign_ins_total{identity_provider=\"idp-basic\",result=\"signin_replayed\"}"
+        )
+        .await,
+        1
+    );
+    // An application signs its users in only through the providers it names.
+    let r = app
+        .put(
+            "/fhir/Client/narrow",
+            &json!({"resourceType": "Client", "id": "narrow", "grant_types": ["authorization_code"],
+                "auth": {"authorization_code": {"redirect_uri": APP_CALLBACK,
+                    "default_identity_provider": {"reference": "IdentityProvider/idp-basic"}}}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let other = app.url(&format!(
+        "/auth/redirect/idp-jwt?{}",
+        authorize_query("narrow", "n")
+    ));
+    assert_eq!(
+        Browser::new().walk(&other, None).await.error(),
+        "unauthorized_client"
+    );
+    let line = "fhirbox_sign_ins_total{identity_provider=\"idp-jwt\",result=\"idp_not_allowed\"}";
+    assert_eq!(metric(&app, line).await, 1);
+    let mine = app.url(&format!(
+        "/auth/redirect/idp-basic?{}",
+        authorize_query("narrow", "n")
+    ));
+    assert!(Browser::new().walk(&mine, None).await.code().len() > 20);
     assert!(
         metric(
             &app,
@@ -845,4 +894,147 @@ async fn id_tokens_are_checked_and_endpoints_discovered(backend: Backend) {
     let line =
         "fhirbox_sign_ins_total{identity_provider=\"idp-misspelled\",result=\"idp_discovery\"}";
     assert_eq!(metric(&app, line).await, 1);
+}
+
+/// `POST /auth/token` with a refresh token, as the public client `app`.
+async fn refresh(app: &TestApp, token: &str) -> (u16, Value) {
+    let response = app
+        .anon
+        .post(app.url("/auth/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", "app"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+backend_tests!(per_backend: refresh_tokens_rotate_and_any_instance_redeems_a_code_once);
+
+async fn refresh_tokens_rotate_and_any_instance_redeems_a_code_once(backend: Backend) {
+    let (key, cert) = key_and_certificate();
+    let Setup {
+        app,
+        provider,
+        vault: _vault,
+        _certs,
+    } = setup(
+        backend,
+        &[
+            ("basic-credential", "basic-secret"),
+            ("post-credential", "post-secret"),
+            ("jwt-key", &key),
+            ("jwt-cert", &cert),
+        ],
+        &[&cert],
+    )
+    .await;
+    let r = app
+        .put(
+            "/fhir/AccessPolicy/readers",
+            &json!({"resourceType": "AccessPolicy", "id": "readers", "engine": "matcho",
+                "matcho": {"request-method": "get", "user": {"id": "present?"}},
+                "link": [{"reference": "Client/app"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    provider.login_as("carol").await;
+    let start = app.url(&format!("/auth/authorize?{}", authorize_query("app", "r")));
+
+    // A code issued by one instance is redeemed by another, once.
+    let code = Browser::new().walk(&start, None).await.code();
+    let sibling = app.sibling(|_| {}).await;
+    let (status, body) = exchange(&sibling, &code, VERIFIER).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.get("scope").is_none(),
+        "access is what policies allow, not what was asked"
+    );
+    assert_eq!(
+        bearer(
+            &sibling,
+            "/fhir/Patient",
+            body["access_token"].as_str().unwrap()
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        exchange(&app, &code, VERIFIER).await.0,
+        400,
+        "a code redeemed elsewhere"
+    );
+
+    // A refresh token is replaced at each use.
+    let code = Browser::new().walk(&start, None).await.code();
+    let (_, first) = exchange(&app, &code, VERIFIER).await;
+    let first_refresh = first["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned();
+    let (status, second) = refresh(&app, &first_refresh).await;
+    assert_eq!(status, 200, "{second}");
+    let second_refresh = second["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(second_refresh, first_refresh);
+    assert_eq!(
+        bearer(
+            &app,
+            "/fhir/Patient",
+            second["access_token"].as_str().unwrap()
+        )
+        .await
+        .status,
+        200
+    );
+    // The used one presented again is refused, and takes its successor with it
+    // (RFC 9700 §4.14.2): whoever stole one of the two holds nothing usable.
+    let (status, body) = refresh(&app, &first_refresh).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!(refresh(&sibling, &second_refresh).await.0, 400);
+    assert_eq!(
+        metric(
+            &app,
+            "fhirbox_auth_failures_total{reason=\"refresh_replayed\"}"
+        )
+        .await,
+        1
+    );
+
+    // A replayed code revokes the refresh tokens it led to.
+    let code = Browser::new().walk(&start, None).await.code();
+    let (_, tokens) = exchange(&app, &code, VERIFIER).await;
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(exchange(&app, &code, VERIFIER).await.0, 400);
+    assert_eq!(refresh(&app, &refresh_token).await.0, 400);
+
+    // A disabled User cannot refresh.
+    let code = Browser::new().walk(&start, None).await.code();
+    let (_, tokens) = exchange(&app, &code, VERIFIER).await;
+    let carol = fhirbox_auth::users::user_id(&provider.issuer, "carol");
+    let mut disabled = app.get(&format!("/fhir/User/{carol}")).await.json();
+    disabled["active"] = json!(false);
+    assert_eq!(
+        app.put(&format!("/fhir/User/{carol}"), &disabled)
+            .await
+            .status,
+        200
+    );
+    let (status, body) = refresh(&app, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    // No code, refresh token or access token reached a log line.
+    let logs = captured_logs();
+    for value in [&code, &first_refresh, &second_refresh] {
+        assert!(!logs.contains(value.as_str()));
+    }
 }
