@@ -220,6 +220,8 @@ pub struct AuthService {
     vault: Option<fhirbox_secrets::SecretResolver>,
     external: external::ExternalTokens,
     signin: signin::SignIn,
+    /// Signs the ID tokens of sign-ins (`BOX_AUTH_ID_TOKEN_KEY_FILE`).
+    id_tokens: Option<signin::id_token::IdTokenKey>,
 }
 
 impl AuthService {
@@ -259,6 +261,7 @@ impl AuthService {
             vault,
             external: external::ExternalTokens::new(external::ExternalOptions::default()),
             signin: signin::SignIn::new(store.clone(), external::DEFAULT_TIMEOUT),
+            id_tokens: None,
         };
         service.reload(store).await?;
         Ok(service)

@@ -111,6 +111,8 @@ pub enum StartupError {
     Validation(#[from] fhirbox_validation::SchemaError),
     #[error("BOX_INIT_BUNDLE {path}: {message}")]
     InitBundle { path: String, message: String },
+    #[error("BOX_AUTH_ID_TOKEN_KEY_FILE: {0}")]
+    IdTokenKey(String),
 }
 
 /// Registers routes and the interactions they implement, so the
@@ -297,6 +299,11 @@ async fn open(settings: Settings, guard: Guard) -> Result<App, StartupError> {
     )
     .await
     .map_err(database_error)?;
+    if let (Some(path), Some(base)) = (&settings.id_token_key_file, &settings.base_url) {
+        let key = fhirbox_auth::signin::id_token::IdTokenKey::new(path.clone(), base.clone());
+        key.check().map_err(StartupError::IdTokenKey)?;
+        auth.configure_id_tokens(key);
+    }
     auth.configure_external(fhirbox_auth::external::ExternalOptions {
         timeout: settings.issuer_timeout,
         events: metrics.token_events(),
@@ -418,6 +425,14 @@ fn assemble(
         .route(
             "/auth/callback/{idp}",
             get(auth::signin::callback).fallback(fhir_api::method_not_allowed),
+        )
+        .route(
+            "/auth/jwks",
+            get(auth::signin::jwks).fallback(fhir_api::method_not_allowed),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(auth::signin::openid_configuration).fallback(fhir_api::method_not_allowed),
         );
     let router = public
         .merge(api)

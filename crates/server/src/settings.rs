@@ -176,6 +176,10 @@ pub struct Settings {
     pub vault_poll: Duration,
     /// Directory watch with inotify (`BOX_VAULT_WATCH`, default on); off leaves only the poll.
     pub vault_watch: bool,
+    /// The private key (PEM file) that signs the ID tokens of sign-ins
+    /// (`BOX_AUTH_ID_TOKEN_KEY_FILE`, docs/sign-in.md); needs `base_url`,
+    /// the tokens' issuer.
+    pub id_token_key_file: Option<PathBuf>,
     /// Whether sign-in cookies carry `Secure` (`BOX_AUTH_COOKIE_SECURE`,
     /// default true; false only for local plain-HTTP trials, docs/sign-in.md).
     pub cookie_secure: bool,
@@ -238,6 +242,7 @@ impl Settings {
             vault_poll: DEFAULT_VAULT_POLL,
             vault_watch: true,
             cookie_secure: true,
+            id_token_key_file: None,
             validation: Validation::Strict,
             connections: ConnectionLimits::default(),
         }
@@ -371,6 +376,19 @@ impl Settings {
             _ => Err("must be true or false".into()),
         })?
         .unwrap_or(true);
+        let id_token_key_file = setting(env, "BOX_AUTH_ID_TOKEN_KEY_FILE", |v| {
+            if v.starts_with('/') {
+                Ok(PathBuf::from(v))
+            } else {
+                Err("must be an absolute path to a PEM private key".into())
+            }
+        })?;
+        if id_token_key_file.is_some() && base_url.is_none() {
+            return Err(err(
+                "BOX_AUTH_ID_TOKEN_KEY_FILE",
+                "ID tokens name fhirbox's public address as their issuer: set BOX_WEB_BASE_URL too",
+            ));
+        }
         let cookie_secure = setting(env, "BOX_AUTH_COOKIE_SECURE", |v| match v {
             "true" => Ok(true),
             "false" => Ok(false),
@@ -420,6 +438,7 @@ impl Settings {
             vault_poll,
             vault_watch,
             cookie_secure,
+            id_token_key_file,
             port,
             metrics_port,
             database: database_url(env)?,
@@ -870,5 +889,32 @@ mod tests {
         assert_eq!(strip_one_newline("a\r\n"), "a");
         assert_eq!(strip_one_newline("a\n\n"), "a\n");
         assert_eq!(strip_one_newline("a"), "a");
+    }
+
+    #[test]
+    fn id_token_key_needs_the_public_address_and_cookies_may_drop_secure() {
+        let e = Settings::from_env(&[("BOX_AUTH_ID_TOKEN_KEY_FILE", "/keys/id.pem")]).unwrap_err();
+        assert_eq!(e.variable, "BOX_AUTH_ID_TOKEN_KEY_FILE");
+        let s = Settings::from_env(&[
+            ("BOX_AUTH_ID_TOKEN_KEY_FILE", "/keys/id.pem"),
+            ("BOX_WEB_BASE_URL", "https://fhirbox.example"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.id_token_key_file.as_deref(),
+            Some(std::path::Path::new("/keys/id.pem"))
+        );
+        assert!(Settings::from_env(&[
+            ("BOX_AUTH_ID_TOKEN_KEY_FILE", "id.pem"),
+            ("BOX_WEB_BASE_URL", "https://fhirbox.example"),
+        ])
+        .is_err());
+        assert!(s.cookie_secure);
+        assert!(
+            !Settings::from_env(&[("BOX_AUTH_COOKIE_SECURE", "false")])
+                .unwrap()
+                .cookie_secure
+        );
+        assert!(Settings::from_env(&[("BOX_AUTH_COOKIE_SECURE", "no")]).is_err());
     }
 }

@@ -32,6 +32,9 @@ pub struct CodeGrant {
     pub code_challenge: Option<String>,
     pub user: String,
     pub scope: Option<String>,
+    /// The application's `nonce`, for its ID token.
+    #[serde(default)]
+    pub nonce: Option<String>,
 }
 
 /// What a refresh token stands for; it ends at `until` however often it is

@@ -27,6 +27,9 @@ pub struct Approved {
     pub state: Option<String>,
     pub scope: Option<String>,
     pub code_challenge: Option<String>,
+    /// The application's `nonce`, for its ID token.
+    #[serde(default)]
+    pub nonce: Option<String>,
     /// The client's `default_identity_provider`.
     #[serde(skip)]
     pub identity_provider: Option<String>,
@@ -150,6 +153,10 @@ pub fn check_authorize(
         }
     }
     let scope = param("scope").map(str::to_owned);
+    let nonce = param("nonce").map(str::to_owned);
+    if nonce.as_ref().is_some_and(|n| n.len() > MAX_STATE) {
+        return refuse("invalid_request", "nonce is longer than 512 characters");
+    }
     if scope.as_ref().is_some_and(|s| s.len() > MAX_SCOPE) {
         return refuse("invalid_scope", "scope is longer than 1024 characters");
     }
@@ -184,6 +191,7 @@ pub fn check_authorize(
         state,
         scope,
         code_challenge,
+        nonce,
         identity_provider: flow.default_identity_provider.clone(),
         identity_providers: flow.identity_providers.clone(),
     })
@@ -356,6 +364,7 @@ mod tests {
                 state: None,
                 scope: None,
                 code_challenge: None,
+                nonce: None,
                 identity_provider: None,
                 identity_providers: vec![],
             },

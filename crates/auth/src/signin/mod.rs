@@ -6,6 +6,7 @@
 
 pub mod codes;
 pub mod flow;
+pub mod id_token;
 pub mod provider;
 
 use std::sync::Arc;
@@ -127,6 +128,8 @@ pub struct UserToken {
     pub scope: Option<String>,
     /// When the client has the `refresh_token` grant.
     pub refresh_token: Option<String>,
+    /// When the code's request asked for `openid` and an ID-token key is set.
+    pub id_token: Option<String>,
 }
 
 impl AuthService {
@@ -312,6 +315,7 @@ impl AuthService {
                 code_challenge: app.code_challenge.clone(),
                 user: user.to_owned(),
                 scope: app.scope.clone(),
+                nonce: app.nonce.clone(),
             })
             .await
     }
@@ -389,6 +393,7 @@ impl AuthService {
             expires_in: flow.token_lifetime,
             scope,
             refresh_token,
+            id_token: None,
         })
     }
 
@@ -430,8 +435,58 @@ impl AuthService {
             (None, None) => {}
             _ => return Err(CodeFailure::InvalidGrant("code_verifier")),
         }
-        self.user_tokens(&client, &flow, &grant.user, grant.scope, family, None)
-            .await
+        let openid = grant
+            .scope
+            .as_deref()
+            .is_some_and(|s| s.split(' ').any(|s| s == "openid"));
+        let nonce = grant.nonce.clone();
+        let mut tokens = self
+            .user_tokens(&client, &flow, &grant.user, grant.scope, family, None)
+            .await?;
+        if openid {
+            tokens.id_token = self.id_token(&client.id, &grant.user, nonce);
+        }
+        Ok(tokens)
+    }
+
+    /// An ID token for `user` and the application `client` (OpenID Connect
+    /// Core §3.1.3.3), when a key is configured.
+    fn id_token(&self, client: &str, user: &str, nonce: Option<String>) -> Option<String> {
+        let key = self.id_tokens.as_ref()?;
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), Value::String(user.to_owned()));
+        claims.insert("aud".into(), Value::String(client.to_owned()));
+        if let Some(nonce) = nonce {
+            claims.insert("nonce".into(), Value::String(nonce));
+        }
+        if let Some(record) = self.snapshot().users.get(user) {
+            for claim in ["email", "name"] {
+                let value = match claim {
+                    "name" => record.body.pointer("/name/text"),
+                    _ => record.body.get(claim),
+                };
+                if let Some(Value::String(text)) = value {
+                    claims.insert(claim.into(), Value::String(text.clone()));
+                }
+            }
+        }
+        match key.sign(claims) {
+            Ok(token) => Some(token),
+            Err(problem) => {
+                tracing::error!(reason = "id_token_key", %problem, "no ID token: the key in BOX_AUTH_ID_TOKEN_KEY_FILE cannot be used");
+                None
+            }
+        }
+    }
+
+    /// Sets the key ID tokens are signed with (call before sharing the service).
+    pub fn configure_id_tokens(&mut self, key: id_token::IdTokenKey) {
+        self.id_tokens = Some(key);
+    }
+
+    /// The ID-token key, when one is configured.
+    pub fn id_token_key(&self) -> Option<&id_token::IdTokenKey> {
+        self.id_tokens.as_ref()
     }
 
     /// `grant_type=refresh_token` (RFC 6749 §6): a new access token and a

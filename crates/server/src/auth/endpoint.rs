@@ -336,6 +336,9 @@ async fn user_grant(
             if let Some(refresh) = token.refresh_token {
                 body["refresh_token"] = Value::String(refresh);
             }
+            if let Some(id_token) = token.id_token {
+                body["id_token"] = Value::String(id_token);
+            }
             let mut response = Json(body).into_response();
             response
                 .headers_mut()

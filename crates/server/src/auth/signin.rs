@@ -379,3 +379,60 @@ async fn complete(
         ],
     ))
 }
+
+fn not_configured() -> Response {
+    let mut response = crate::error::ApiError::new(
+        StatusCode::NOT_FOUND,
+        fhirbox_fhir::IssueType::NotFound,
+        "fhirbox issues no ID tokens: set BOX_AUTH_ID_TOKEN_KEY_FILE and BOX_WEB_BASE_URL (docs/sign-in.md)",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /auth/jwks`: the public key of fhirbox's ID tokens (RFC 7517).
+pub async fn jwks(State(app): State<SignInState>) -> Response {
+    let Some(key) = app.auth.id_token_key() else {
+        return not_configured();
+    };
+    match key.key_set() {
+        Ok(set) => axum::Json(set).into_response(),
+        Err(problem) => {
+            tracing::error!(reason = "id_token_key", %problem, "the ID-token key cannot be published");
+            crate::error::ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                fhirbox_fhir::IssueType::Transient,
+                "the ID-token key cannot be read now",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// `GET /.well-known/openid-configuration` (OpenID Connect Discovery §4),
+/// when fhirbox issues ID tokens.
+pub async fn openid_configuration(State(app): State<SignInState>) -> Response {
+    let Some(key) = app.auth.id_token_key() else {
+        return not_configured();
+    };
+    let Ok(alg) = key.check() else {
+        return not_configured();
+    };
+    let issuer = key.issuer();
+    axum::Json(serde_json::json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/auth/authorize"),
+        "token_endpoint": format!("{issuer}/auth/token"),
+        "jwks_uri": format!("{issuer}/auth/jwks"),
+        "response_types_supported": ["code"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [format!("{alg:?}")],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+    }))
+    .into_response()
+}

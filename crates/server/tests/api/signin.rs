@@ -249,6 +249,16 @@ const IDPS: [&str; 5] = [
 /// `provider_certs` are the certificates the provider accepts assertions
 /// from; `files` the vault's initial files.
 async fn setup(backend: Backend, files: &[(&str, &str)], provider_certs: &[&str]) -> Setup {
+    setup_with(backend, files, provider_certs, |_| {}).await
+}
+
+/// [`setup`] with more settings.
+async fn setup_with(
+    backend: Backend,
+    files: &[(&str, &str)],
+    provider_certs: &[&str],
+    adjust: impl FnOnce(&mut fhirbox_server::settings::Settings) + Send + 'static,
+) -> Setup {
     let vault = Vault::new(files);
     let scope = json!([{"resource_type": "IdentityProvider"}]);
     let secrets: serde_json::Map<String, Value> = files
@@ -265,6 +275,7 @@ async fn setup(backend: Backend, files: &[(&str, &str)], provider_certs: &[&str]
     let app = TestApp::spawn_with(backend, move |s| {
         s.vault_config = Some(path);
         s.cookie_secure = false;
+        adjust(s);
     })
     .await;
     let certs = tempfile::tempdir().unwrap();
@@ -559,6 +570,11 @@ async fn codes_states_and_redirects_are_checked(backend: Backend) {
         "/auth/authorize?client_id=app&response_type=code&redirect_uri={}&code_challenge={}&code_challenge_method=S256",
         urlencode("http://127.0.0.1:9/evil"),
         challenge(VERIFIER)
+    );
+    // Without an ID-token key there is nothing to publish.
+    assert_eq!(
+        app.send(app.anon.get(app.url("/auth/jwks"))).await.status,
+        404
     );
     let r = app.send(app.anon.get(app.url(&evil))).await;
     assert_eq!(r.status, 400);
@@ -1037,4 +1053,105 @@ async fn refresh_tokens_rotate_and_any_instance_redeems_a_code_once(backend: Bac
     for value in [&code, &first_refresh, &second_refresh] {
         assert!(!logs.contains(value.as_str()));
     }
+}
+
+backend_tests!(per_backend: applications_that_ask_for_openid_get_an_id_token);
+
+async fn applications_that_ask_for_openid_get_an_id_token(backend: Backend) {
+    let (key, cert) = key_and_certificate();
+    let keys = tempfile::tempdir().unwrap();
+    let id_key = keys.path().join("id-token-key.pem");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&id_key)
+        .status()
+        .expect("openssl runs");
+    assert!(status.success());
+    let key_file = id_key.clone();
+    let Setup {
+        app,
+        provider,
+        vault: _vault,
+        _certs,
+    } = setup_with(
+        backend,
+        &[
+            ("basic-credential", "basic-secret"),
+            ("post-credential", "post-secret"),
+            ("jwt-key", &key),
+            ("jwt-cert", &cert),
+        ],
+        &[&cert],
+        move |s| {
+            s.base_url = Some("https://fhirbox.test".into());
+            s.id_token_key_file = Some(key_file);
+        },
+    )
+    .await;
+    provider.login_as("dana").await;
+    let start = app.url(&format!(
+        "/auth/authorize?{}&nonce=app-nonce-1",
+        authorize_query("app", "o")
+    ));
+    let code = Browser::new().walk(&start, None).await.code();
+    let (status, tokens) = exchange(&app, &code, VERIFIER).await;
+    assert_eq!(status, 200, "{tokens}");
+    let id_token = tokens["id_token"]
+        .as_str()
+        .expect("an ID token for scope openid");
+
+    // It verifies with the published key, names fhirbox, the application,
+    // the User, and the application's nonce.
+    let set: jsonwebtoken::jwk::JwkSet = app
+        .send(app.anon.get(app.url("/auth/jwks")))
+        .await
+        .json()
+        .as_object()
+        .map(|o| serde_json::from_value(Value::Object(o.clone())).unwrap())
+        .unwrap();
+    let header = jsonwebtoken::decode_header(id_token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+    assert_eq!(header.kid, set.keys[0].common.key_id);
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_issuer(&["https://fhirbox.test"]);
+    validation.set_audience(&["app"]);
+    let key = jsonwebtoken::DecodingKey::from_jwk(&set.keys[0]).unwrap();
+    let claims = jsonwebtoken::decode::<Value>(id_token, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(
+        claims["sub"],
+        fhirbox_auth::users::user_id(&provider.issuer, "dana")
+    );
+    assert_eq!(claims["nonce"], "app-nonce-1");
+    assert_eq!(claims["email"], "dana@example.org");
+    let discovery = app
+        .send(app.anon.get(app.url("/.well-known/openid-configuration")))
+        .await
+        .json();
+    assert_eq!(discovery["issuer"], "https://fhirbox.test");
+    assert_eq!(discovery["jwks_uri"], "https://fhirbox.test/auth/jwks");
+    assert_eq!(
+        discovery["code_challenge_methods_supported"],
+        json!(["S256"])
+    );
+
+    // Without openid, no ID token.
+    let plain = format!(
+        "/auth/authorize?client_id=app&response_type=code&state=p&code_challenge={}&code_challenge_method=S256",
+        challenge(VERIFIER)
+    );
+    let code = Browser::new().walk(&app.url(&plain), None).await.code();
+    let (_, tokens) = exchange(&app, &code, VERIFIER).await;
+    assert!(tokens.get("id_token").is_none(), "{tokens}");
+    // The private key is never published.
+    let published = app.send(app.anon.get(app.url("/auth/jwks"))).await.text;
+    assert!(!published.contains("\"d\""), "{published}");
 }
