@@ -59,9 +59,11 @@ pub struct CodeFlow {
     /// `expires_in` of the access tokens of this grant.
     pub token_lifetime: u64,
     /// How long the refresh tokens of one sign-in last, replaced or not
-    /// (`refresh_token_expiration`; they are issued when `grant_types` has
-    /// `refresh_token`).
+    /// (`refresh_token_expiration`).
     pub refresh_lifetime: u64,
+    /// Aidbox's `refresh_token: true`: refresh tokens are issued as when
+    /// `grant_types` has `refresh_token`.
+    pub refresh_tokens: bool,
 }
 
 /// Default lifetime of a sign-in's refresh tokens: 30 days.
@@ -161,6 +163,7 @@ impl CodeFlow {
         };
         Ok(Some(CodeFlow {
             refresh_lifetime,
+            refresh_tokens: flag("refresh_token")?,
             redirect_uri,
             pkce: flag("pkce")?,
             secret_required: flag("secret_required")?,
@@ -246,6 +249,8 @@ impl ClientRecord {
 
     pub fn allows(&self, grant: Grant) -> bool {
         self.grant_types.iter().any(|g| g == grant.code())
+            || (grant == Grant::RefreshToken
+                && matches!(&self.code_flow, Ok(Some(flow)) if flow.refresh_tokens))
     }
 }
 

@@ -4,8 +4,24 @@
 
 use serde_json::{Map, Value};
 
-use crate::external::introspector::SecretSlot;
 use crate::secret_hash;
+
+/// A value that may be written literally or as a vault secret reference.
+#[derive(Clone)]
+pub enum SecretSlot {
+    Literal(std::sync::Arc<secrecy::SecretSlice<u8>>),
+    /// The name of a secret in the vault config, resolved at each use.
+    Vault(String),
+}
+
+impl std::fmt::Debug for SecretSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSlot::Literal(_) => f.write_str("Literal([REDACTED])"),
+            SecretSlot::Vault(name) => write!(f, "Vault({name:?})"),
+        }
+    }
+}
 
 /// An absolute `http` or `https` URL.
 pub fn http_url(text: &str, at: &str) -> Result<String, String> {

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::external::introspector::SecretSlot;
+use crate::fields::SecretSlot;
 use crate::fields::{http_url, slot};
 
 /// How fhirbox authenticates itself at the provider's token endpoint.

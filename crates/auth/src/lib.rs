@@ -222,7 +222,15 @@ pub struct AuthService {
     signin: signin::SignIn,
     /// Signs the ID tokens of sign-ins (`BOX_AUTH_ID_TOKEN_KEY_FILE`).
     id_tokens: Option<signin::id_token::IdTokenKey>,
+    /// The store the snapshot is loaded from, for catching up early.
+    store: Store,
+    /// When `catch_up` last asked the store (milliseconds since start).
+    caught_up: AtomicI64,
+    started: Instant,
 }
+
+/// The least time between two early catch-ups (`AuthService::catch_up`).
+const CATCH_UP_EVERY_MS: i64 = 100;
 
 impl AuthService {
     /// Builds the service and loads clients and policies from `store`.
@@ -262,6 +270,9 @@ impl AuthService {
             external: external::ExternalTokens::new(external::ExternalOptions::default()),
             signin: signin::SignIn::new(store.clone(), external::DEFAULT_TIMEOUT),
             id_tokens: None,
+            store: store.clone(),
+            caught_up: AtomicI64::new(-CATCH_UP_EVERY_MS),
+            started: Instant::now(),
         };
         service.reload(store).await?;
         Ok(service)
@@ -300,6 +311,9 @@ impl AuthService {
                     };
                     let parsed = match *resource_type {
                         "Client" => ClientRecord::from_body(&body, stored.version_id).map(|c| {
+                            if let Err(problem) = &c.code_flow {
+                                tracing::warn!(client = %c.id, %problem, "the client cannot use the authorization code grant until it is corrected");
+                            }
                             snapshot.clients.insert(c.id.clone(), Arc::new(c));
                         }),
                         "TokenIntrospector" => external::introspector::Introspector::parse(&body)
@@ -366,6 +380,27 @@ impl AuthService {
         // changed or re-created client never matches an old entry, and an
         // unrelated write does not send every client back to the KDF.
         Ok(())
+    }
+
+    /// Reloads now if another instance changed clients, policies or Users,
+    /// rather than at the next periodic re-check: for a token or a code
+    /// naming what this instance has not seen yet. At most once per
+    /// [`CATCH_UP_EVERY_MS`], so tokens naming what does not exist cannot
+    /// make every request query the store.
+    pub async fn catch_up(&self) {
+        let now = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let last = self.caught_up.load(Ordering::SeqCst);
+        if now - last < CATCH_UP_EVERY_MS
+            || self
+                .caught_up
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return;
+        }
+        if let Err(e) = self.reload_if_changed(&self.store).await {
+            tracing::warn!(error = %e, "could not catch up with clients, policies and users");
+        }
     }
 
     /// Reloads when another instance changed clients or policies.
@@ -628,12 +663,26 @@ impl AuthService {
         })
     }
 
+    /// Checks one of this server's own tokens; one naming a client version
+    /// or a User this instance has not seen yet (another instance changed
+    /// or created it a moment ago) is checked again after catching up.
+    async fn verify_own(&self, token: &str) -> Result<Identity, AuthFailure> {
+        match self.verify_token(token) {
+            // The signature held: only a token this server signed gets here.
+            Err(AuthFailure::Token(token::TokenError::Revoked) | AuthFailure::UnknownClient) => {
+                self.catch_up().await;
+                self.verify_token(token)
+            }
+            other => other,
+        }
+    }
+
     /// Checks a Bearer token: one of this server's own, or another issuer's
     /// matched to a TokenIntrospector (docs/tokens.md).
     pub async fn verify_bearer(&self, token: &str) -> Result<Identity, AuthFailure> {
         let snapshot = self.snapshot();
         if snapshot.introspectors.is_empty() {
-            return self.verify_token(token);
+            return self.verify_own(token).await;
         }
         if let Some(found) = self
             .external
@@ -642,7 +691,7 @@ impl AuthService {
             return found.map(Identity::External).map_err(AuthFailure::External);
         }
         match external::route(token, &snapshot.introspectors) {
-            external::Route::Own => self.verify_token(token),
+            external::Route::Own => self.verify_own(token).await,
             route => self
                 .external
                 .verify(route, token, self.vault.as_ref(), snapshot.epoch)

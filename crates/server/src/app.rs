@@ -56,6 +56,19 @@ impl FromRef<AppState> for AuthState {
     }
 }
 
+impl FromRef<AppState> for auth::signin::SignInState {
+    fn from_ref(app: &AppState) -> auth::signin::SignInState {
+        auth::signin::SignInState {
+            auth: app.auth.clone(),
+            store: app.store.clone(),
+            metrics: app.metrics.clone(),
+            rest: app.rest.clone(),
+            cookie_secure: app.settings.cookie_secure,
+            base_url: app.settings.base_url.as_deref().map(Arc::from),
+        }
+    }
+}
+
 impl FromRef<AppState> for HealthState {
     fn from_ref(app: &AppState) -> HealthState {
         HealthState {

@@ -149,6 +149,14 @@ pub trait GrantStore {
     ) -> impl Future<Output = StoreResult<Redeemed>> + Send;
     /// Drops every grant of `family` (a replayed code or refresh token).
     fn revoke_family(&self, family: &str) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// Drops the grants of `family` of `kind` other than `keep`; `false`
+    /// when `keep` itself is gone (the family was revoked).
+    fn prune_family(
+        &self,
+        family: &str,
+        kind: &str,
+        keep: &str,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
 }
 
 /// Liveness of the database connection.
@@ -275,6 +283,9 @@ impl GrantStore for Store {
     }
     async fn revoke_family(&self, family: &str) -> StoreResult<u64> {
         delegate!(self, s => s.revoke_family(family))
+    }
+    async fn prune_family(&self, family: &str, kind: &str, keep: &str) -> StoreResult<bool> {
+        delegate!(self, s => s.prune_family(family, kind, keep))
     }
 }
 

@@ -195,6 +195,27 @@ macro_rules! sql_backend {
                 })
             }
 
+            async fn prune_family(
+                &self,
+                family: &str,
+                kind: &str,
+                keep: &str,
+            ) -> StoreResult<bool> {
+                sqlx::query("DELETE FROM auth_grant WHERE family = $1 AND kind = $2 AND digest <> $3")
+                    .bind(family)
+                    .bind(kind)
+                    .bind(keep)
+                    .execute(&self.writer)
+                    .await
+                    .db()?;
+                let kept = sqlx::query("SELECT 1 FROM auth_grant WHERE digest = $1")
+                    .bind(keep)
+                    .fetch_optional(&self.writer)
+                    .await
+                    .db()?;
+                Ok(kept.is_some())
+            }
+
             async fn revoke_family(&self, family: &str) -> StoreResult<u64> {
                 let done = sqlx::query("DELETE FROM auth_grant WHERE family = $1")
                     .bind(family)

@@ -10,28 +10,11 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
-use crate::fields::{http_url, slot};
+use crate::fields::{http_url, slot, SecretSlot};
 
 /// `cache_ttl` when none is given, and its bounds, in seconds.
 pub const DEFAULT_CACHE_TTL: u64 = 300;
 const MAX_CACHE_TTL: u64 = 86_400;
-
-/// A value that may be written literally or as a vault secret reference.
-#[derive(Clone)]
-pub enum SecretSlot {
-    Literal(std::sync::Arc<secrecy::SecretSlice<u8>>),
-    /// The name of a secret in the vault config, resolved at each use.
-    Vault(String),
-}
-
-impl std::fmt::Debug for SecretSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SecretSlot::Literal(_) => f.write_str("Literal([REDACTED])"),
-            SecretSlot::Vault(name) => write!(f, "Vault({name:?})"),
-        }
-    }
-}
 
 /// What signs the tokens of a key.
 #[derive(Clone)]

@@ -20,9 +20,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::fields::SecretSlot;
 use fhirbox_secrets::{Requester, SecretResolver};
 use http::Fetcher;
-use introspector::{Introspector, KeyMaterial, KeySource, Kind, SecretSlot};
+use introspector::{Introspector, KeyMaterial, KeySource, Kind};
 use jwks::{Fetched, JwksCache};
 
 /// Clock skew allowed on `exp` and `nbf` of other issuers' tokens, in seconds.

@@ -141,6 +141,11 @@ impl Grants {
         self.redeem(CODE, code).await
     }
 
+    /// Drops every grant of `family`.
+    pub async fn revoke(&self, family: &str) -> Result<u64, StoreError> {
+        self.store.revoke_family(family).await
+    }
+
     /// A refresh token of `family` for `grant`.
     pub async fn issue_refresh(
         &self,
@@ -156,6 +161,22 @@ impl Grants {
         token: &str,
     ) -> Result<Redemption<RefreshGrant>, StoreError> {
         self.redeem(REFRESH, token).await
+    }
+
+    /// After `used` was redeemed and its successor issued: forgets the
+    /// family's older used tokens (a replay of one of those is then merely
+    /// unknown), so a client refreshing in a loop does not grow the table;
+    /// and `false` when the family was revoked meanwhile (by a replay racing
+    /// this refresh), in which case the successor is dropped too.
+    pub async fn settle_refresh(&self, family: &str, used: &str) -> Result<bool, StoreError> {
+        let kept = self
+            .store
+            .prune_family(family, &format!("{REFRESH}-used"), &digest(used))
+            .await?;
+        if !kept {
+            self.store.revoke_family(family).await?;
+        }
+        Ok(kept)
     }
 }
 

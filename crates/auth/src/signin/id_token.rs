@@ -2,9 +2,13 @@
 //! Connect Core §2, §3.1.3.3): signed with the private key in the file
 //! `BOX_AUTH_ID_TOKEN_KEY_FILE` names, whose public half `/auth/jwks`
 //! publishes (RFC 7517) under its RFC 7638 thumbprint as `kid`. The file is
-//! read at each use, so a rotated key applies at once (docs/sign-in.md).
+//! read again when its size or modification time changes, and at least
+//! every [`RELOAD_EVERY`], so a rotated key applies within seconds
+//! (docs/sign-in.md).
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -13,10 +17,21 @@ use serde_json::Value;
 /// How long an ID token is good for: the application checks it at once.
 pub const ID_TOKEN_LIFETIME: u64 = 300;
 
+/// The longest a loaded key is used without reading its file again.
+const RELOAD_EVERY: Duration = Duration::from_secs(10);
+
 /// The ID-token key, by the path of its file, and the issuer it names.
 pub struct IdTokenKey {
     path: PathBuf,
     issuer: String,
+    /// The key last read, with the file's size and modification time then.
+    cached: Mutex<Option<Cached>>,
+}
+
+struct Cached {
+    read_at: Instant,
+    stamp: (u64, Option<SystemTime>),
+    loaded: Arc<Loaded>,
 }
 
 /// The key as read just now.
@@ -28,7 +43,11 @@ struct Loaded {
 
 impl IdTokenKey {
     pub fn new(path: PathBuf, issuer: String) -> IdTokenKey {
-        IdTokenKey { path, issuer }
+        IdTokenKey {
+            path,
+            issuer,
+            cached: Mutex::new(None),
+        }
     }
 
     pub fn issuer(&self) -> &str {
@@ -42,9 +61,26 @@ impl IdTokenKey {
         self.load().map(|loaded| loaded.alg)
     }
 
-    fn load(&self) -> Result<Loaded, String> {
+    fn load(&self) -> Result<Arc<Loaded>, String> {
         let metadata = std::fs::metadata(&self.path)
             .map_err(|e| format!("{} cannot be read: {e}", self.path.display()))?;
+        let stamp = (metadata.len(), metadata.modified().ok());
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cached.as_ref() {
+            if c.stamp == stamp && c.read_at.elapsed() < RELOAD_EVERY {
+                return Ok(c.loaded.clone());
+            }
+        }
+        let loaded = Arc::new(self.read(&metadata)?);
+        *cached = Some(Cached {
+            read_at: Instant::now(),
+            stamp,
+            loaded: loaded.clone(),
+        });
+        Ok(loaded)
+    }
+
+    fn read(&self, metadata: &std::fs::Metadata) -> Result<Loaded, String> {
         if metadata.len() > crate::pem_guard::MAX_PEM_BYTES as u64 {
             return Err(format!("{} is larger than a PEM key", self.path.display()));
         }
@@ -69,7 +105,7 @@ impl IdTokenKey {
     /// The key set `/auth/jwks` serves.
     pub fn key_set(&self) -> Result<JwkSet, String> {
         Ok(JwkSet {
-            keys: vec![self.load()?.jwk],
+            keys: vec![self.load()?.jwk.clone()],
         })
     }
 

@@ -32,8 +32,10 @@ pub struct SignIn {
     finished: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
-/// The most finished sign-ins remembered; beyond it (after dropping the
-/// expired) callbacks are refused until some expire.
+/// The most finished sign-ins remembered. Beyond it (after dropping the
+/// expired) the memory starts afresh: a flood of sign-ins then weakens the
+/// replay check (a replayed answer costs one more call to the provider,
+/// which refuses its used code) but never locks users out.
 const MAX_FINISHED: usize = 100_000;
 
 impl SignIn {
@@ -56,7 +58,7 @@ impl SignIn {
             let now = now_seconds();
             finished.retain(|_, until| *until > now);
             if finished.len() >= MAX_FINISHED {
-                return false;
+                finished.clear();
             }
         }
         finished.insert(state.to_owned(), exp);
@@ -130,6 +132,40 @@ pub struct UserToken {
     pub refresh_token: Option<String>,
     /// When the code's request asked for `openid` and an ID-token key is set.
     pub id_token: Option<String>,
+}
+
+impl AuthService {
+    /// The User `id`: from the snapshot, or, when this instance has not
+    /// yet seen it (another instance created it a moment ago), after a
+    /// reload.
+    pub async fn fresh_user(&self, id: &str) -> Option<Arc<UserRecord>> {
+        if let Some(user) = self.snapshot().users.get(id) {
+            return Some(user.clone());
+        }
+        self.catch_up().await;
+        self.snapshot().users.get(id).cloned()
+    }
+
+    /// Another client presented a grant of this family: it is spent.
+    async fn revoke(&self, family: &str) {
+        if let Err(e) = self.signin.grants.revoke(family).await {
+            tracing::error!(problem = %e, "a sign-in's refresh tokens could not be revoked");
+        }
+    }
+}
+
+/// The grant and family of a redemption that found a fresh grant; else
+/// `invalid_grant` with the reason for a replay or an unknown value.
+fn fresh<T>(
+    redeemed: Result<Redemption<T>, fhirbox_store::StoreError>,
+    replayed: &'static str,
+    unknown: &'static str,
+) -> Result<(T, String), CodeFailure> {
+    match redeemed.map_err(|_| CodeFailure::Unavailable)? {
+        Redemption::Fresh(grant, family) => Ok((grant, family)),
+        Redemption::Replayed => Err(CodeFailure::InvalidGrant(replayed)),
+        Redemption::Unknown => Err(CodeFailure::InvalidGrant(unknown)),
+    }
 }
 
 impl AuthService {
@@ -359,10 +395,8 @@ impl AuthService {
         refresh_until: Option<u64>,
     ) -> Result<UserToken, CodeFailure> {
         let record = self
-            .snapshot()
-            .users
-            .get(user)
-            .cloned()
+            .fresh_user(user)
+            .await
             .filter(|u| u.active)
             .ok_or(CodeFailure::InvalidGrant("user_inactive"))?;
         let refresh_token = if client.allows(Grant::RefreshToken) {
@@ -411,18 +445,13 @@ impl AuthService {
     ) -> Result<UserToken, CodeFailure> {
         let (client, flow) =
             self.token_client(client_id, authenticated, Grant::AuthorizationCode)?;
-        let redeemed = self
-            .signin
-            .grants
-            .redeem_code(code)
-            .await
-            .map_err(|_| CodeFailure::Unavailable)?;
-        let (grant, family) = match redeemed {
-            Redemption::Fresh(grant, family) => (grant, family),
-            Redemption::Replayed => return Err(CodeFailure::InvalidGrant("code_replayed")),
-            Redemption::Unknown => return Err(CodeFailure::InvalidGrant("code_unknown")),
-        };
+        let (grant, family) = fresh(
+            self.signin.grants.redeem_code(code).await,
+            "code_replayed",
+            "code_unknown",
+        )?;
         if grant.client_id != client.id {
+            self.revoke(&family).await;
             return Err(CodeFailure::InvalidGrant("code_other_client"));
         }
         // RFC 6749 §4.1.3: required, and identical, when the request had it;
@@ -460,13 +489,15 @@ impl AuthService {
             claims.insert("nonce".into(), Value::String(nonce));
         }
         if let Some(record) = self.snapshot().users.get(user) {
-            for claim in ["email", "name"] {
-                let value = match claim {
-                    "name" => record.body.pointer("/name/text"),
-                    _ => record.body.get(claim),
-                };
-                if let Some(Value::String(text)) = value {
-                    claims.insert(claim.into(), Value::String(text.clone()));
+            if let Some(Value::String(name)) = record.body.pointer("/name/text") {
+                claims.insert("name".into(), Value::String(name.clone()));
+            }
+            // An address the provider did not say it verified is not
+            // passed on: an application may link accounts by it.
+            if record.body.pointer("/data/email_verified") == Some(&Value::Bool(true)) {
+                if let Some(Value::String(email)) = record.body.get("email") {
+                    claims.insert("email".into(), Value::String(email.clone()));
+                    claims.insert("email_verified".into(), Value::Bool(true));
                 }
             }
         }
@@ -499,29 +530,35 @@ impl AuthService {
         refresh_token: &str,
     ) -> Result<UserToken, CodeFailure> {
         let (client, flow) = self.token_client(client_id, authenticated, Grant::RefreshToken)?;
-        let redeemed = self
-            .signin
-            .grants
-            .redeem_refresh(refresh_token)
-            .await
-            .map_err(|_| CodeFailure::Unavailable)?;
-        let (grant, family) = match redeemed {
-            Redemption::Fresh(grant, family) => (grant, family),
-            Redemption::Replayed => return Err(CodeFailure::InvalidGrant("refresh_replayed")),
-            Redemption::Unknown => return Err(CodeFailure::InvalidGrant("refresh_unknown")),
-        };
+        let (grant, family) = fresh(
+            self.signin.grants.redeem_refresh(refresh_token).await,
+            "refresh_replayed",
+            "refresh_unknown",
+        )?;
         if grant.client_id != client.id {
+            self.revoke(&family).await;
             return Err(CodeFailure::InvalidGrant("refresh_other_client"));
         }
-        self.user_tokens(
-            &client,
-            &flow,
-            &grant.user,
-            grant.scope,
-            family,
-            Some(grant.until),
-        )
-        .await
+        let tokens = self
+            .user_tokens(
+                &client,
+                &flow,
+                &grant.user,
+                grant.scope,
+                family.clone(),
+                Some(grant.until),
+            )
+            .await?;
+        match self
+            .signin
+            .grants
+            .settle_refresh(&family, refresh_token)
+            .await
+        {
+            Ok(true) => Ok(tokens),
+            Ok(false) => Err(CodeFailure::InvalidGrant("refresh_replayed")),
+            Err(_) => Err(CodeFailure::Unavailable),
+        }
     }
 
     /// The User `id`, as last loaded.

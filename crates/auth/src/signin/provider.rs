@@ -19,9 +19,9 @@ use serde_json::{json, Map, Value};
 use super::codes::challenge_of;
 use super::flow::{with_query, Flow};
 use crate::external::http::{FetchError, Fetcher};
-use crate::external::introspector::SecretSlot;
 use crate::external::jwks::JwksCache;
 use crate::external::LEEWAY_SECONDS;
+use crate::fields::SecretSlot;
 use crate::identity_provider::{self, AuthMethod, IdentityProvider, SecretMethod, UserinfoSource};
 use crate::token::now_seconds;
 

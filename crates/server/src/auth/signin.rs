@@ -7,14 +7,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRef, Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fhirbox_auth::signin::flow::{with_query, Approved, AuthorizeError, COOKIE_PREFIX};
 use fhirbox_rest::{Rest, ReturnPreference};
 
 use super::AuthService;
-use crate::app::AppState;
 use crate::logging::truncate_for_log;
 use crate::metrics::Metrics;
 
@@ -29,19 +28,6 @@ pub struct SignInState {
     pub cookie_secure: bool,
     /// `BOX_WEB_BASE_URL`, for fhirbox's default redirect URI at a provider.
     pub base_url: Option<Arc<str>>,
-}
-
-impl FromRef<AppState> for SignInState {
-    fn from_ref(app: &AppState) -> SignInState {
-        SignInState {
-            auth: app.auth.clone(),
-            store: app.store.clone(),
-            metrics: app.metrics.clone(),
-            rest: app.rest.clone(),
-            cookie_secure: app.settings.cookie_secure,
-            base_url: app.settings.base_url.as_deref().map(Arc::from),
-        }
-    }
 }
 
 /// Headers every sign-in answer carries: nothing in it may be cached, and
@@ -399,7 +385,15 @@ pub async fn jwks(State(app): State<SignInState>) -> Response {
         return not_configured();
     };
     match key.key_set() {
-        Ok(set) => axum::Json(set).into_response(),
+        Ok(set) => {
+            let mut response = axum::Json(set).into_response();
+            // Short, so a rotated key is seen within a minute.
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=60"),
+            );
+            response
+        }
         Err(problem) => {
             tracing::error!(reason = "id_token_key", %problem, "the ID-token key cannot be published");
             crate::error::ApiError::new(

@@ -7,7 +7,7 @@ use crate::backend_tests;
 use crate::helpers::TestApp;
 
 /// A fresh RSA private key (PKCS#8 PEM) and a self-signed certificate for it, from openssl.
-fn key_and_certificate() -> (String, String) {
+pub fn key_and_certificate() -> (String, String) {
     key_and_certificate_of(&["-newkey", "rsa:2048"])
 }
 

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::backend_tests;
 use crate::helpers::{captured_logs, Backend, TestApp};
+use crate::identity_providers::key_and_certificate;
 use crate::oidc::{OidcProvider, ProviderOptions};
 use crate::tokens::{bearer, metric};
 use crate::vault::{reference, Vault};
@@ -20,28 +21,6 @@ const VERIFIER: &str = "a-verifier-of-the-application-that-is-long-enough-012345
 
 fn challenge(verifier: &str) -> String {
     fhirbox_auth::signin::codes::challenge_of(verifier)
-}
-
-/// A fresh RSA key (PKCS#8 PEM) and a self-signed certificate for it.
-fn key_and_certificate() -> (String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=fhirbox-signin-test", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(status.success());
-    (
-        std::fs::read_to_string(key).unwrap(),
-        std::fs::read_to_string(cert).unwrap(),
-    )
 }
 
 /// A browser: follows redirects by hand, keeps cookies (one host, as
@@ -354,27 +333,32 @@ async fn setup_with(
     }
 }
 
+/// [`setup`] with the right credentials in the vault: the provider's
+/// secrets, and a key and certificate it knows.
+async fn standard_setup(backend: Backend) -> Setup {
+    let (key, cert) = key_and_certificate();
+    setup(backend, &standard_files(&key, &cert), &[&cert]).await
+}
+
+fn standard_files<'a>(key: &'a str, cert: &'a str) -> [(&'static str, &'a str); 4] {
+    [
+        ("basic-credential", "basic-secret"),
+        ("post-credential", "post-secret"),
+        ("jwt-key", key),
+        ("jwt-cert", cert),
+    ]
+}
+
 backend_tests!(per_backend: users_sign_in_through_a_provider_and_read_under_their_policy);
 
 async fn users_sign_in_through_a_provider_and_read_under_their_policy(backend: Backend) {
-    let (key, cert) = key_and_certificate();
     // The vault and the certificates must outlive the test: bound, not dropped.
     let Setup {
         app,
         provider,
         vault: _vault,
         _certs,
-    } = setup(
-        backend,
-        &[
-            ("basic-credential", "basic-secret"),
-            ("post-credential", "post-secret"),
-            ("jwt-key", &key),
-            ("jwt-cert", &cert),
-        ],
-        &[&cert],
-    )
-    .await;
+    } = standard_setup(backend).await;
     let alice = fhirbox_auth::users::user_id(&provider.issuer, "alice");
     // Alice may read Patients through `app`; nobody else may.
     let r = app
@@ -513,24 +497,13 @@ async fn users_sign_in_through_a_provider_and_read_under_their_policy(backend: B
 backend_tests!(per_backend: codes_states_and_redirects_are_checked);
 
 async fn codes_states_and_redirects_are_checked(backend: Backend) {
-    let (key, cert) = key_and_certificate();
     // The vault and the certificates must outlive the test: bound, not dropped.
     let Setup {
         app,
         provider,
         vault: _vault,
         _certs,
-    } = setup(
-        backend,
-        &[
-            ("basic-credential", "basic-secret"),
-            ("post-credential", "post-secret"),
-            ("jwt-key", &key),
-            ("jwt-cert", &cert),
-        ],
-        &[&cert],
-    )
-    .await;
+    } = standard_setup(backend).await;
     let start = app.url(&format!(
         "/auth/authorize?{}",
         authorize_query("app", "xyz")
@@ -791,24 +764,13 @@ async fn forging_token_endpoint(claims: Arc<Mutex<Value>>, key_pem: Vec<u8>) -> 
 backend_tests!(per_backend: id_tokens_are_checked_and_endpoints_discovered);
 
 async fn id_tokens_are_checked_and_endpoints_discovered(backend: Backend) {
-    let (key, cert) = key_and_certificate();
     // The vault and the certificates must outlive the test: bound, not dropped.
     let Setup {
         app,
         provider,
         vault: _vault,
         _certs,
-    } = setup(
-        backend,
-        &[
-            ("basic-credential", "basic-secret"),
-            ("post-credential", "post-secret"),
-            ("jwt-key", &key),
-            ("jwt-cert", &cert),
-        ],
-        &[&cert],
-    )
-    .await;
+    } = standard_setup(backend).await;
     let forged = Arc::new(Mutex::new(json!({})));
     let mut idp = identity_provider(
         &app,
@@ -932,23 +894,26 @@ async fn refresh(app: &TestApp, token: &str) -> (u16, Value) {
 backend_tests!(per_backend: refresh_tokens_rotate_and_any_instance_redeems_a_code_once);
 
 async fn refresh_tokens_rotate_and_any_instance_redeems_a_code_once(backend: Backend) {
+    const SIGNING_KEY: &str = "a-token-signing-key-both-instances-share";
     let (key, cert) = key_and_certificate();
+    // The vault and the certificates must outlive the test: bound, not dropped.
     let Setup {
         app,
         provider,
         vault: _vault,
         _certs,
-    } = setup(
-        backend,
-        &[
-            ("basic-credential", "basic-secret"),
-            ("post-credential", "post-secret"),
-            ("jwt-key", &key),
-            ("jwt-cert", &cert),
-        ],
-        &[&cert],
-    )
+    } = setup_with(backend, &standard_files(&key, &cert), &[&cert], |s| {
+        s.token_signing_key = Some(SIGNING_KEY.into());
+    })
     .await;
+    // A second instance, started before anyone signs in, that would not
+    // re-read Users by itself for an hour.
+    let sibling = app
+        .sibling(|s| {
+            s.token_signing_key = Some(SIGNING_KEY.into());
+            s.auth_recheck = std::time::Duration::from_secs(3600);
+        })
+        .await;
     let r = app
         .put(
             "/fhir/AccessPolicy/readers",
@@ -961,9 +926,9 @@ async fn refresh_tokens_rotate_and_any_instance_redeems_a_code_once(backend: Bac
     provider.login_as("carol").await;
     let start = app.url(&format!("/auth/authorize?{}", authorize_query("app", "r")));
 
-    // A code issued by one instance is redeemed by another, once.
+    // A code issued by one instance is redeemed by another, once, for a
+    // User that instance had not seen; its token works on both at once.
     let code = Browser::new().walk(&start, None).await.code();
-    let sibling = app.sibling(|_| {}).await;
     let (status, body) = exchange(&sibling, &code, VERIFIER).await;
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -1024,6 +989,34 @@ async fn refresh_tokens_rotate_and_any_instance_redeems_a_code_once(backend: Bac
         1
     );
 
+    // Another client presenting the application's refresh token is
+    // refused, and the token's line is revoked.
+    let r = app
+        .put(
+            "/fhir/Client/other",
+            &json!({"resourceType": "Client", "id": "other", "grant_types": ["authorization_code", "refresh_token"],
+                "auth": {"authorization_code": {"redirect_uri": APP_CALLBACK,
+                    "default_identity_provider": {"reference": "IdentityProvider/idp-basic"}}}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let code = Browser::new().walk(&start, None).await.code();
+    let (_, tokens) = exchange(&app, &code, VERIFIER).await;
+    let stolen = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let response = app
+        .anon
+        .post(app.url("/auth/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", stolen.as_str()),
+            ("client_id", "other"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(refresh(&app, &stolen).await.0, 400);
+
     // A replayed code revokes the refresh tokens it led to.
     let code = Browser::new().walk(&start, None).await.code();
     let (_, tokens) = exchange(&app, &code, VERIFIER).await;
@@ -1080,20 +1073,10 @@ async fn applications_that_ask_for_openid_get_an_id_token(backend: Backend) {
         provider,
         vault: _vault,
         _certs,
-    } = setup_with(
-        backend,
-        &[
-            ("basic-credential", "basic-secret"),
-            ("post-credential", "post-secret"),
-            ("jwt-key", &key),
-            ("jwt-cert", &cert),
-        ],
-        &[&cert],
-        move |s| {
-            s.base_url = Some("https://fhirbox.test".into());
-            s.id_token_key_file = Some(key_file);
-        },
-    )
+    } = setup_with(backend, &standard_files(&key, &cert), &[&cert], move |s| {
+        s.base_url = Some("https://fhirbox.test".into());
+        s.id_token_key_file = Some(key_file);
+    })
     .await;
     provider.login_as("dana").await;
     let start = app.url(&format!(

@@ -21,8 +21,8 @@
 //                 whose PEM files $SIGNIN_CERTS (comma-separated) names
 // Users sign in without a page: the interaction logs in the account
 // `GET /test/login-as?sub=<id>` chose last (default "alice") and consents
-// to whatever was asked. Accounts have claims sub, email <id>@example.org,
-// name, given_name.
+// to whatever was asked. Accounts have claims sub, email <id>@example.org
+// (verified), name, given_name.
 import http from 'node:http';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { generateKeyPairSync, X509Certificate } from 'node:crypto';
@@ -61,9 +61,9 @@ const provider = new Provider(issuer, {
   jwks: { keys: [signing] },
   findAccount: async (ctx, sub) => ({
     accountId: sub,
-    claims: async () => ({ sub, email: `${sub}@example.org`, name: `${sub} Example`, given_name: sub }),
+    claims: async () => ({ sub, email: `${sub}@example.org`, email_verified: true, name: `${sub} Example`, given_name: sub }),
   }),
-  claims: { openid: ['sub'], email: ['email'], profile: ['name', 'given_name'] },
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'given_name'] },
   conformIdTokenClaims: false,
   clients: [
     ...signinClients,
