@@ -2,7 +2,8 @@
 //! (store `Finalize`): literal Client secrets become salted hashes
 //! (docs/external-secrets.md, "Literal secrets"),
 //! masked literals sent back are kept, Client and AccessPolicy shapes are
-//! checked so the authenticator can trust what it loads. And the other way:
+//! checked so the authenticator can trust what it loads, and
+//! AidboxTopicDestination shapes so delivery can (docs/subscriptions.md). And the other way:
 //! the one view of a stored body a client may see (`public_body`).
 
 use std::sync::Arc;
@@ -40,6 +41,10 @@ pub fn finalizer(
                 .and_then(write_rules::finalize_introspector),
             "IdentityProvider" => carry_over_literals("IdentityProvider", body, current)
                 .and_then(write_rules::finalize_identity_provider),
+            "AidboxTopicDestination" => {
+                carry_over_literals("AidboxTopicDestination", body, current)
+                    .and_then(fhirbox_subscriptions::destination::finalize)
+            }
             other => carry_over_literals(other, body, current),
         }
     })

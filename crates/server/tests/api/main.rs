@@ -24,6 +24,7 @@ mod search;
 mod search_params;
 mod shaping;
 mod signin;
+mod subscriptions;
 mod token_endpoint;
 mod tokens;
 mod transport;

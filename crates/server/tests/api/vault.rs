@@ -350,9 +350,15 @@ async fn all_nine_fields_are_stored_as_references_and_read_back_unchanged(backen
                "jwt": {"iss": "https://idp2.local", "keys": [{"kty": "OCT", "alg": "HS256", "_k": reference("shared")}]}}),
         json!({"resourceType": "TokenIntrospector", "id": "ti-opaque", "type": "opaque",
                "introspection_endpoint": {"url": "http://idp.local/introspect", "_authorization": reference("shared")}}),
-        json!({"resourceType": "AidboxTopicDestination", "id": "kafka", "kind": "kafka-at-least-once", "parameter": [
+        json!({"resourceType": "AidboxTopicDestination", "id": "kafka", "kind": "kafka-at-least-once",
+               "topic": "http://hospital.example/topics/patients", "parameter": [
+               {"name": "kafkaTopic", "valueString": "fhir.patients"},
+               {"name": "bootstrapServers", "valueString": "kafka:9093"},
+               {"name": "securityProtocol", "valueString": "SASL_SSL"},
+               {"name": "saslMechanism", "valueString": "SCRAM-SHA-512"},
                {"name": "saslJaasConfig", "_valueString": reference("shared")},
-               {"name": "sslKeystoreKey", "_valueString": reference("shared")}]}),
+               {"name": "sslKeystoreKey", "_valueString": reference("shared")},
+               {"name": "sslKeystoreCertificateChain", "valueString": "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n"}]}),
     ];
     for body in bodies {
         let path = format!(

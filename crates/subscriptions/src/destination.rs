@@ -1,0 +1,625 @@
+//! `AidboxTopicDestination` resources (Aidbox's shape): where a topic's
+//! notifications go. Every write is checked here (docs/subscriptions.md),
+//! so a stored destination can be delivered to: a known `kind`, the
+//! parameters that kind takes with the value types Aidbox documents,
+//! nothing contradictory (SASL without credentials, a client key without
+//! TLS). Secret-capable parameters (`saslJaasConfig`, `sslKeystoreKey`)
+//! may be vault references in `_valueString`; literal ones are checked now,
+//! referenced ones when delivery reads them.
+
+use fhirbox_fhir::secret_refs::referenced_name;
+use serde_json::{Map, Value};
+
+use crate::jaas;
+
+/// Delivery kinds fhirbox knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    WebhookAtLeastOnce,
+    KafkaAtLeastOnce,
+    KafkaBestEffort,
+}
+
+const KINDS: &[(&str, Kind)] = &[
+    ("webhook-at-least-once", Kind::WebhookAtLeastOnce),
+    ("kafka-at-least-once", Kind::KafkaAtLeastOnce),
+    ("kafka-best-effort", Kind::KafkaBestEffort),
+];
+
+/// What a notification carries of the changed resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    FullResource,
+    IdOnly,
+    Empty,
+}
+
+/// A checked destination.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub topic: String,
+    pub kind: Kind,
+    pub active: bool,
+    pub content: Content,
+}
+
+/// The value types a parameter may carry.
+#[derive(Clone, Copy)]
+enum Type {
+    Text,
+    Url,
+    Integer,
+    UnsignedInt,
+}
+
+impl Type {
+    fn element(self) -> &'static str {
+        match self {
+            Type::Text => "valueString",
+            Type::Url => "valueUrl",
+            Type::Integer => "valueInteger",
+            Type::UnsignedInt => "valueUnsignedInt",
+        }
+    }
+}
+
+/// One parameter a kind takes: its name, type, whether it may repeat, and
+/// whether it is secret-capable.
+struct Spec {
+    name: &'static str,
+    kind: Type,
+    repeats: bool,
+    secret: bool,
+}
+
+const fn spec(name: &'static str, kind: Type) -> Spec {
+    Spec {
+        name,
+        kind,
+        repeats: false,
+        secret: false,
+    }
+}
+
+const WEBHOOK: &[Spec] = &[
+    spec("endpoint", Type::Url),
+    spec("timeout", Type::UnsignedInt),
+    spec("keepAlive", Type::Integer),
+    spec("maxMessagesInBatch", Type::UnsignedInt),
+    Spec {
+        name: "header",
+        kind: Type::Text,
+        repeats: true,
+        secret: false,
+    },
+];
+
+const KAFKA: &[Spec] = &[
+    spec("kafkaTopic", Type::Text),
+    spec("bootstrapServers", Type::Text),
+    spec("securityProtocol", Type::Text),
+    spec("saslMechanism", Type::Text),
+    Spec {
+        name: "saslJaasConfig",
+        kind: Type::Text,
+        repeats: false,
+        secret: true,
+    },
+    Spec {
+        name: "sslKeystoreKey",
+        kind: Type::Text,
+        repeats: false,
+        secret: true,
+    },
+    // fhirbox's names (Kafka's own settings' names) for what Aidbox lacks:
+    // the client certificate that goes with sslKeystoreKey, and the CA
+    // certificates the broker's certificate must chain to.
+    spec("sslKeystoreCertificateChain", Type::Text),
+    spec("sslTruststoreCertificates", Type::Text),
+    spec("compressionType", Type::Text),
+    spec("batchSize", Type::Integer),
+    spec("deliveryTimeoutMs", Type::Integer),
+    spec("maxBlockMs", Type::Integer),
+    spec("maxRequestSize", Type::Integer),
+    spec("requestTimeoutMs", Type::Integer),
+];
+
+/// A parameter's value: a literal, or a vault reference.
+enum Given<'a> {
+    Literal(&'a Value),
+    Secret,
+}
+
+/// The parameters of a destination, by name, after the shape checks.
+struct Params<'a> {
+    values: Vec<(&'static str, Given<'a>)>,
+}
+
+impl<'a> Params<'a> {
+    fn text(&self, name: &str) -> Option<&'a str> {
+        self.values.iter().find_map(|(n, v)| match v {
+            Given::Literal(Value::String(s)) if *n == name => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    fn present(&self, name: &str) -> bool {
+        self.values.iter().any(|(n, _)| *n == name)
+    }
+
+    fn all_text<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
+        self.values.iter().filter_map(move |(n, v)| match v {
+            Given::Literal(Value::String(s)) if *n == name => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    fn number(&self, name: &str) -> Option<i64> {
+        self.values.iter().find_map(|(n, v)| match v {
+            Given::Literal(value) if *n == name => value.as_i64(),
+            _ => None,
+        })
+    }
+}
+
+fn read_params<'a>(
+    fields: &'a Map<String, Value>,
+    specs: &[Spec],
+    kind: &str,
+) -> Result<Params<'a>, String> {
+    let list = match fields.get("parameter") {
+        None | Some(Value::Null) => return Ok(Params { values: Vec::new() }),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err("parameter must be an array of {name, value[x]}".into()),
+    };
+    let mut values: Vec<(&'static str, Given<'a>)> = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        let at = format!("parameter[{i}]");
+        let Some(entry) = entry.as_object() else {
+            return Err(format!("{at} must be an object"));
+        };
+        let Some(name) = entry.get("name").and_then(Value::as_str) else {
+            return Err(format!("{at}.name is missing"));
+        };
+        let Some(spec) = specs.iter().find(|s| s.name == name) else {
+            if name == "saslClientCallbackHandlerClass" {
+                return Err(format!(
+                    "{at}: saslClientCallbackHandlerClass names a Java class, which fhirbox cannot run; give the credentials in saslJaasConfig"
+                ));
+            }
+            let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+            return Err(format!(
+                "{at}: {name:?} is not a parameter of kind {kind}; it takes {}",
+                known.join(", ")
+            ));
+        };
+        if !spec.repeats && values.iter().any(|(n, _)| *n == spec.name) {
+            return Err(format!("{at}: {name} is given twice"));
+        }
+        let element = spec.kind.element();
+        let others: Vec<&String> = entry
+            .keys()
+            .filter(|k| k.starts_with("value") && k.as_str() != element)
+            .collect();
+        if let Some(other) = others.first() {
+            return Err(format!("{at}: {name} takes {element}, not {other}"));
+        }
+        let reference = referenced_name(entry.get(&format!("_{element}")));
+        let given = match (entry.get(element), reference) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{at}: {name} has both a literal value and a secret reference; keep one of them"
+                ))
+            }
+            (None, Some(_)) if spec.secret => Given::Secret,
+            (None, Some(_)) => {
+                return Err(format!(
+                    "{at}: {name} is not secret-capable; only saslJaasConfig and sslKeystoreKey may refer to a vault secret"
+                ))
+            }
+            (Some(value), None) => {
+                let fits = match spec.kind {
+                    Type::Text | Type::Url => value.as_str().is_some_and(|s| !s.is_empty()),
+                    Type::Integer => value.as_i64().is_some(),
+                    Type::UnsignedInt => value.as_u64().is_some(),
+                };
+                if !fits {
+                    return Err(format!("{at}: {name}.{element} has the wrong type"));
+                }
+                Given::Literal(value)
+            }
+            (None, None) => return Err(format!("{at}: {name} has no {element}")),
+        };
+        values.push((spec.name, given));
+    }
+    Ok(Params { values })
+}
+
+fn webhook(params: &Params<'_>) -> Result<(), String> {
+    let endpoint = params
+        .text("endpoint")
+        .ok_or("webhook-at-least-once needs the parameter endpoint (valueUrl)")?;
+    let url = url::Url::parse(endpoint).map_err(|_| "endpoint is not an absolute URL")?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("endpoint must be an http or https URL".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("endpoint must not carry credentials; send them in a header parameter".into());
+    }
+    if params
+        .number("timeout")
+        .is_some_and(|t| !(1..=300).contains(&t))
+    {
+        return Err("timeout must be 1 to 300 seconds".into());
+    }
+    if params.number("keepAlive").is_some_and(|k| k < -1) {
+        return Err("keepAlive must be seconds, or -1 to close each connection".into());
+    }
+    if params
+        .number("maxMessagesInBatch")
+        .is_some_and(|m| !(1..=1000).contains(&m))
+    {
+        return Err("maxMessagesInBatch must be 1 to 1000".into());
+    }
+    for header in params.all_text("header") {
+        let Some((name, _)) = header.split_once(':') else {
+            return Err("header must be \"Name: value\"".into());
+        };
+        let name = name.trim();
+        // RFC 9110 §5.1: a field name is a token.
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return Err(
+                "header must start with a field name (letters, digits, - and the like) and a colon"
+                    .into(),
+            );
+        }
+        if header.contains(['\r', '\n']) {
+            return Err("header must be one line".into());
+        }
+    }
+    Ok(())
+}
+
+fn kafka(params: &Params<'_>) -> Result<(), String> {
+    let topic = params
+        .text("kafkaTopic")
+        .ok_or("a kafka destination needs the parameter kafkaTopic (valueString)")?;
+    // Kafka's topic names: letters, digits, '.', '_', '-', at most 249.
+    if topic.len() > 249
+        || !topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(
+            "kafkaTopic must be a Kafka topic name: letters, digits, '.', '_' and '-', at most 249"
+                .into(),
+        );
+    }
+    let servers = params.text("bootstrapServers").ok_or(
+        "a kafka destination needs the parameter bootstrapServers (valueString, host:port,…)",
+    )?;
+    for server in servers.split(',') {
+        let server = server.trim();
+        let port = server.rsplit_once(':').map(|(_, p)| p);
+        if server.is_empty() || port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+            return Err("bootstrapServers must be host:port pairs separated by commas".into());
+        }
+    }
+    let protocol = params.text("securityProtocol").unwrap_or("PLAINTEXT");
+    let (sasl, tls) = match protocol {
+        "PLAINTEXT" => (false, false),
+        "SSL" => (false, true),
+        "SASL_PLAINTEXT" => (true, false),
+        "SASL_SSL" => (true, true),
+        _ => {
+            return Err(
+                "securityProtocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL".into(),
+            )
+        }
+    };
+    let mechanism = params.text("saslMechanism");
+    match (sasl, mechanism) {
+        (true, None) => {
+            return Err(format!(
+                "securityProtocol {protocol} needs saslMechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
+            ))
+        }
+        (true, Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512")) => {}
+        (true, Some(_)) => {
+            return Err("saslMechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512".into())
+        }
+        (false, Some(_)) => {
+            return Err(format!(
+                "saslMechanism is set but securityProtocol {protocol} does not use SASL"
+            ))
+        }
+        (false, None) => {}
+    }
+    if sasl && !params.present("saslJaasConfig") {
+        return Err(format!(
+            "securityProtocol {protocol} needs saslJaasConfig (literal, or a vault reference in _valueString)"
+        ));
+    }
+    if !sasl && params.present("saslJaasConfig") {
+        return Err(format!(
+            "saslJaasConfig is set but securityProtocol {protocol} does not use SASL"
+        ));
+    }
+    if let Some(text) = params.text("saslJaasConfig") {
+        let parsed = jaas::parse(text).map_err(|e| format!("saslJaasConfig {e}"))?;
+        let fits = match parsed.module {
+            jaas::Module::Plain => mechanism == Some("PLAIN"),
+            jaas::Module::Scram => mechanism.is_some_and(|m| m.starts_with("SCRAM-")),
+        };
+        if !fits {
+            return Err("saslJaasConfig's login module does not fit saslMechanism: PLAIN takes PlainLoginModule, SCRAM-SHA-256/512 take ScramLoginModule".into());
+        }
+    }
+    for name in [
+        "sslKeystoreKey",
+        "sslKeystoreCertificateChain",
+        "sslTruststoreCertificates",
+    ] {
+        if params.present(name) && !tls {
+            return Err(format!(
+                "{name} is set but securityProtocol {protocol} does not use TLS (use SSL or SASL_SSL)"
+            ));
+        }
+    }
+    if params.present("sslKeystoreKey") != params.present("sslKeystoreCertificateChain") {
+        return Err("sslKeystoreKey and sslKeystoreCertificateChain go together: the client's key and its certificate".into());
+    }
+    if let Some(key) = params.text("sslKeystoreKey") {
+        if !(key.contains("-----BEGIN") && key.contains("PRIVATE KEY-----")) {
+            return Err("sslKeystoreKey must be a PEM private key".into());
+        }
+    }
+    for name in ["sslKeystoreCertificateChain", "sslTruststoreCertificates"] {
+        if let Some(pem) = params.text(name) {
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(format!("{name} must hold PEM certificates"));
+            }
+        }
+    }
+    if let Some(compression) = params.text("compressionType") {
+        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&compression) {
+            return Err("compressionType must be none, gzip, snappy, lz4 or zstd".into());
+        }
+    }
+    for name in [
+        "batchSize",
+        "deliveryTimeoutMs",
+        "maxBlockMs",
+        "maxRequestSize",
+        "requestTimeoutMs",
+    ] {
+        if params
+            .number(name)
+            .is_some_and(|n| !(1..=i64::from(i32::MAX)).contains(&n))
+        {
+            return Err(format!("{name} must be a positive whole number"));
+        }
+    }
+    Ok(())
+}
+
+impl Destination {
+    /// Reads a stored (or about-to-be-stored) destination; the error says
+    /// what to fix, naming the element, and never echoes a value.
+    pub fn parse(body: &Value) -> Result<Destination, String> {
+        let Some(fields) = body.as_object() else {
+            return Err("must be a JSON object".into());
+        };
+        let topic = match fields.get("topic") {
+            Some(Value::String(topic)) if !topic.is_empty() => topic.clone(),
+            _ => return Err("topic must be the url of an AidboxSubscriptionTopic".into()),
+        };
+        let kind_name = fields
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(kind) = KINDS.iter().find(|(n, _)| *n == kind_name).map(|(_, k)| *k) else {
+            let known: Vec<&str> = KINDS.iter().map(|(n, _)| *n).collect();
+            return Err(format!(
+                "kind must be one of {} (other Aidbox kinds are not delivered by fhirbox)",
+                known.join(", ")
+            ));
+        };
+        let active = match fields.get("status").and_then(Value::as_str) {
+            None | Some("active") => true,
+            Some("off") => false,
+            Some(_) => return Err("status must be active or off".into()),
+        };
+        let content = match fields.get("content").and_then(Value::as_str) {
+            None | Some("full-resource") => Content::FullResource,
+            Some("id-only") => Content::IdOnly,
+            Some("empty") => Content::Empty,
+            Some(_) => return Err("content must be full-resource, id-only or empty".into()),
+        };
+        match kind {
+            Kind::WebhookAtLeastOnce => webhook(&read_params(fields, WEBHOOK, kind_name)?)?,
+            Kind::KafkaAtLeastOnce | Kind::KafkaBestEffort => {
+                kafka(&read_params(fields, KAFKA, kind_name)?)?
+            }
+        }
+        Ok(Destination {
+            topic,
+            kind,
+            active,
+            content,
+        })
+    }
+}
+
+/// The write rule of `AidboxTopicDestination` (rest's finalizer).
+pub fn finalize(body: Value) -> Result<Value, fhirbox_store::Refusal> {
+    Destination::parse(&body).map_err(|e| {
+        fhirbox_store::Refusal::invalid(format!("AidboxTopicDestination: {e}"))
+            .at("AidboxTopicDestination")
+    })?;
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn reference(name: &str) -> Value {
+        json!({"extension": [
+            {"url": fhirbox_fhir::secret_fields::DATA_ABSENT_REASON_URL, "valueCode": "masked"},
+            {"url": fhirbox_fhir::secret_fields::SECRET_REFERENCE_URL, "valueString": name}]})
+    }
+
+    fn kafka(params: Value) -> Value {
+        json!({"resourceType": "AidboxTopicDestination", "topic": "http://example.org/topics/patients",
+            "kind": "kafka-at-least-once", "parameter": params})
+    }
+
+    fn problem(body: Value) -> String {
+        Destination::parse(&body).unwrap_err()
+    }
+
+    const JAAS: &str = r#"org.apache.kafka.common.security.scram.ScramLoginModule required username="fhirbox" password="kafka-pass";"#;
+
+    #[test]
+    fn good_destinations_parse() {
+        let webhook = json!({"topic": "t", "kind": "webhook-at-least-once", "content": "id-only", "parameter": [
+            {"name": "endpoint", "valueUrl": "https://hooks.example/fhir"},
+            {"name": "timeout", "valueUnsignedInt": 10},
+            {"name": "keepAlive", "valueInteger": -1},
+            {"name": "header", "valueString": "X-Tenant: ward-7"},
+            {"name": "header", "valueString": "X-Other: 1"}]});
+        let parsed = Destination::parse(&webhook).unwrap();
+        assert_eq!(
+            (parsed.kind, parsed.content),
+            (Kind::WebhookAtLeastOnce, Content::IdOnly)
+        );
+        let sasl = kafka(json!([
+            {"name": "kafkaTopic", "valueString": "fhir.patients"},
+            {"name": "bootstrapServers", "valueString": "k1:9093, k2:9093"},
+            {"name": "securityProtocol", "valueString": "SASL_SSL"},
+            {"name": "saslMechanism", "valueString": "SCRAM-SHA-512"},
+            {"name": "saslJaasConfig", "_valueString": reference("kafka-jaas")},
+            {"name": "sslTruststoreCertificates", "valueString": "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"},
+            {"name": "batchSize", "valueInteger": 16384}]));
+        assert_eq!(
+            Destination::parse(&sasl).unwrap().kind,
+            Kind::KafkaAtLeastOnce
+        );
+        let literal = kafka(json!([
+            {"name": "kafkaTopic", "valueString": "t"}, {"name": "bootstrapServers", "valueString": "k:9092"},
+            {"name": "securityProtocol", "valueString": "SASL_PLAINTEXT"}, {"name": "saslMechanism", "valueString": "SCRAM-SHA-256"},
+            {"name": "saslJaasConfig", "valueString": JAAS}]));
+        assert!(Destination::parse(&literal).is_ok());
+    }
+
+    #[test]
+    fn refusals_say_what_to_fix_and_never_echo_a_secret() {
+        let base = |extra: Value| {
+            let mut list = vec![
+                json!({"name": "kafkaTopic", "valueString": "t"}),
+                json!({"name": "bootstrapServers", "valueString": "k:9092"}),
+            ];
+            list.extend(extra.as_array().unwrap().iter().cloned());
+            kafka(Value::Array(list))
+        };
+        let sasl = |jaas: &str, mechanism: &str| {
+            base(json!([
+            {"name": "securityProtocol", "valueString": "SASL_SSL"},
+            {"name": "saslMechanism", "valueString": mechanism},
+            {"name": "saslJaasConfig", "valueString": jaas}]))
+        };
+        for (body, needle) in [
+            (json!({"kind": "kafka-at-least-once"}), "topic must be"),
+            (
+                json!({"topic": "t", "kind": "amqp-at-least-once"}),
+                "kind must be one of",
+            ),
+            (
+                kafka(json!([{"name": "topic", "valueString": "t"}])),
+                "\"topic\" is not a parameter of kind kafka-at-least-once; it takes kafkaTopic",
+            ),
+            (
+                kafka(json!([{"name": "bootstrapServers", "valueString": "k:9092"}])),
+                "needs the parameter kafkaTopic",
+            ),
+            (
+                base(json!([{"name": "securityProtocol", "valueString": "SASL_SSL"}])),
+                "needs saslMechanism",
+            ),
+            (
+                base(
+                    json!([{"name": "securityProtocol", "valueString": "SASL_SSL"}, {"name": "saslMechanism", "valueString": "PLAIN"}]),
+                ),
+                "needs saslJaasConfig",
+            ),
+            (sasl(JAAS, "PLAIN"), "does not fit saslMechanism"),
+            (
+                sasl(
+                    "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;",
+                    "PLAIN",
+                ),
+                "only a Java client",
+            ),
+            (
+                sasl(&JAAS.replace(';', ""), "SCRAM-SHA-256"),
+                "must end with ;",
+            ),
+            (
+                base(
+                    json!([{"name": "saslClientCallbackHandlerClass", "valueString": "com.example.Handler"}]),
+                ),
+                "Java class",
+            ),
+            (
+                base(
+                    json!([{"name": "sslKeystoreKey", "valueString": "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----"}]),
+                ),
+                "does not use TLS",
+            ),
+            (
+                base(
+                    json!([{"name": "securityProtocol", "valueString": "SSL"}, {"name": "sslKeystoreKey", "_valueString": reference("k")}]),
+                ),
+                "go together",
+            ),
+            (
+                base(json!([{"name": "kafkaTopic", "valueString": "again"}])),
+                "given twice",
+            ),
+            (
+                base(json!([{"name": "batchSize", "valueString": "10"}])),
+                "takes valueInteger, not valueString",
+            ),
+            (
+                base(json!([{"name": "compressionType", "valueString": "brotli"}])),
+                "compressionType",
+            ),
+            (
+                base(json!([{"name": "compressionType", "_valueString": reference("x")}])),
+                "not secret-capable",
+            ),
+            (
+                json!({"topic": "t", "kind": "webhook-at-least-once", "parameter": [{"name": "endpoint", "valueUrl": "https://u:p@h.example/"}]}),
+                "must not carry credentials",
+            ),
+            (
+                json!({"topic": "t", "kind": "webhook-at-least-once", "parameter": [{"name": "endpoint", "valueUrl": "https://h.example/"}, {"name": "header", "valueString": "no colon"}]}),
+                "Name: value",
+            ),
+            (
+                json!({"topic": "t", "kind": "webhook-at-least-once", "parameter": [{"name": "timeout", "valueUnsignedInt": 5}]}),
+                "needs the parameter endpoint",
+            ),
+        ] {
+            let got = problem(body.clone());
+            assert!(got.contains(needle), "{body}: {got}");
+            assert!(!got.contains("kafka-pass"), "{got}");
+        }
+    }
+}
