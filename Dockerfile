@@ -17,12 +17,13 @@ COPY crates/fhir/Cargo.toml crates/fhir/
 COPY crates/secrets/Cargo.toml crates/secrets/
 COPY crates/store/Cargo.toml crates/store/
 COPY crates/auth/Cargo.toml crates/auth/
+COPY crates/subscriptions/Cargo.toml crates/subscriptions/
 COPY crates/validation/Cargo.toml crates/validation/
 COPY crates/rest/Cargo.toml crates/rest/
 COPY crates/server/Cargo.toml crates/server/
 COPY crates/test-support/Cargo.toml crates/test-support/
 COPY bench/Cargo.toml bench/
-RUN for member in crates/json crates/fhir crates/secrets crates/store crates/auth crates/validation crates/rest crates/server crates/test-support bench; do \
+RUN for member in crates/json crates/fhir crates/secrets crates/store crates/auth crates/subscriptions crates/validation crates/rest crates/server crates/test-support bench; do \
       mkdir -p "$member/src" && touch "$member/src/lib.rs"; \
     done \
  && echo 'fn main() {}' > crates/server/src/main.rs \

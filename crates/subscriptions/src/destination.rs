@@ -156,7 +156,10 @@ impl<'a> Params<'a> {
 
     fn number(&self, name: &str) -> Option<i64> {
         self.values.iter().find_map(|(n, v)| match v {
-            Given::Literal(value) if *n == name => value.as_i64(),
+            // A number beyond i64 is out of every range checked here.
+            Given::Literal(value) if *n == name => {
+                value.as_i64().or_else(|| value.as_u64().map(|_| i64::MAX))
+            }
             _ => None,
         })
     }
@@ -188,8 +191,12 @@ fn read_params<'a>(
                 ));
             }
             let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+            let mut shown: String = name.chars().take(64).collect();
+            if shown.len() < name.len() {
+                shown.push('…');
+            }
             return Err(format!(
-                "{at}: {name:?} is not a parameter of kind {kind}; it takes {}",
+                "{at}: {shown:?} is not a parameter of kind {kind}; it takes {}",
                 known.join(", ")
             ));
         };
@@ -244,7 +251,10 @@ fn webhook(params: &Params<'_>) -> Result<(), String> {
         return Err("endpoint must be an http or https URL".into());
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("endpoint must not carry credentials; send them in a header parameter".into());
+        return Err(
+            "endpoint must not carry credentials (they would be stored and shown in plain text)"
+                .into(),
+        );
     }
     if params
         .number("timeout")
@@ -277,8 +287,33 @@ fn webhook(params: &Params<'_>) -> Result<(), String> {
                     .into(),
             );
         }
-        if header.contains(['\r', '\n']) {
-            return Err("header must be one line".into());
+        if header.chars().any(|c| c.is_control() && c != '\t') {
+            return Err("header must be one line of text, without control characters".into());
+        }
+        let lower = name.to_ascii_lowercase();
+        // Framing and connection fields are the HTTP client's to set.
+        if [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "content-type",
+        ]
+        .contains(&lower.as_str())
+        {
+            return Err(format!(
+                "header {name} is set by fhirbox itself; leave it out"
+            ));
+        }
+        // A header parameter is stored and shown as written: no credentials.
+        if ["authorization", "proxy-authorization", "cookie"].contains(&lower.as_str())
+            || ["token", "secret", "password", "api-key", "apikey"]
+                .iter()
+                .any(|word| lower.contains(word))
+        {
+            return Err(format!(
+                "header {name} looks like a credential, and a header parameter is stored and shown in plain text; vault-backed headers come with delivery (docs/subscriptions.md)"
+            ));
         }
     }
     Ok(())
@@ -290,6 +325,8 @@ fn kafka(params: &Params<'_>) -> Result<(), String> {
         .ok_or("a kafka destination needs the parameter kafkaTopic (valueString)")?;
     // Kafka's topic names: letters, digits, '.', '_', '-', at most 249.
     if topic.len() > 249
+        || topic == "."
+        || topic == ".."
         || !topic
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
@@ -302,12 +339,32 @@ fn kafka(params: &Params<'_>) -> Result<(), String> {
     let servers = params.text("bootstrapServers").ok_or(
         "a kafka destination needs the parameter bootstrapServers (valueString, host:port,…)",
     )?;
-    for server in servers.split(',') {
-        let server = server.trim();
-        let port = server.rsplit_once(':').map(|(_, p)| p);
-        if server.is_empty() || port.and_then(|p| p.parse::<u16>().ok()).is_none() {
-            return Err("bootstrapServers must be host:port pairs separated by commas".into());
+    let mut servers_seen = 0;
+    for server in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        servers_seen += 1;
+        // An optional listener prefix (`SASL_SSL://`), as Kafka accepts.
+        let server = server.split_once("://").map_or(server, |(_, rest)| rest);
+        let fits = server.rsplit_once(':').is_some_and(|(host, port)| {
+            let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                Some(ipv6) => ipv6.parse::<std::net::Ipv6Addr>().is_ok(),
+                None => {
+                    !host.is_empty()
+                        && host
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+                }
+            };
+            let port_ok = !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok_and(|p| p > 0);
+            host_ok && port_ok
+        });
+        if !fits {
+            return Err("bootstrapServers must be host:port pairs (port 1-65535, IPv6 in brackets) separated by commas".into());
         }
+    }
+    if servers_seen == 0 {
+        return Err("bootstrapServers names no server".into());
     }
     let protocol = params.text("securityProtocol").unwrap_or("PLAINTEXT");
     let (sasl, tls) = match protocol {
@@ -376,6 +433,9 @@ fn kafka(params: &Params<'_>) -> Result<(), String> {
     if let Some(key) = params.text("sslKeystoreKey") {
         if !(key.contains("-----BEGIN") && key.contains("PRIVATE KEY-----")) {
             return Err("sslKeystoreKey must be a PEM private key".into());
+        }
+        if key.contains("ENCRYPTED") {
+            return Err("sslKeystoreKey is encrypted, and fhirbox takes no passphrase; send it unencrypted (it is masked on read) or keep it in the vault".into());
         }
     }
     for name in ["sslKeystoreCertificateChain", "sslTruststoreCertificates"] {
@@ -621,5 +681,72 @@ mod tests {
             assert!(got.contains(needle), "{body}: {got}");
             assert!(!got.contains("kafka-pass"), "{got}");
         }
+    }
+
+    #[test]
+    fn servers_headers_and_numbers_at_their_edges() {
+        let servers = |list: &str| {
+            Destination::parse(&kafka(json!([
+                {"name": "kafkaTopic", "valueString": "t"},
+                {"name": "bootstrapServers", "valueString": list}])))
+        };
+        assert!(servers("[::1]:9092, k1:9092,").is_ok());
+        assert!(servers("SASL_SSL://k1:9093").is_ok());
+        for bad in [
+            ":9092",
+            "a b:9092",
+            "k:0",
+            "k:+9092",
+            "k",
+            ",",
+            "[nope]:9092",
+        ] {
+            assert!(
+                servers(bad).unwrap_err().contains("bootstrapServers"),
+                "{bad}"
+            );
+        }
+        let hook = |params: Value| {
+            let mut list =
+                vec![json!({"name": "endpoint", "valueUrl": "https://h.example/in?tenant=7"})];
+            list.extend(params.as_array().unwrap().iter().cloned());
+            Destination::parse(
+                &json!({"topic": "t", "kind": "webhook-at-least-once", "parameter": list}),
+            )
+        };
+        assert!(hook(json!([])).is_ok());
+        assert!(
+            hook(json!([{"name": "timeout", "valueUnsignedInt": u64::MAX}]))
+                .unwrap_err()
+                .contains("timeout")
+        );
+        for (header, needle) in [
+            ("Authorization: Bearer abc", "credential"),
+            ("X-Api-Key: abc", "credential"),
+            ("Content-Length: 5", "set by fhirbox"),
+            ("X-Ok: a\u{0}b", "control characters"),
+        ] {
+            let got = hook(json!([{"name": "header", "valueString": header}])).unwrap_err();
+            assert!(got.contains(needle), "{header}: {got}");
+            assert!(!got.contains("abc"), "{got}");
+        }
+        let long = "x".repeat(5000);
+        let got =
+            Destination::parse(&kafka(json!([{"name": long, "valueString": "v"}]))).unwrap_err();
+        assert!(got.len() < 600, "{}", got.len());
+        let encrypted = kafka(json!([
+            {"name": "kafkaTopic", "valueString": "t"}, {"name": "bootstrapServers", "valueString": "k:9093"},
+            {"name": "securityProtocol", "valueString": "SSL"},
+            {"name": "sslKeystoreKey", "valueString": "-----BEGIN ENCRYPTED PRIVATE KEY-----\nx\n-----END ENCRYPTED PRIVATE KEY-----"},
+            {"name": "sslKeystoreCertificateChain", "valueString": "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----"}]));
+        assert!(Destination::parse(&encrypted)
+            .unwrap_err()
+            .contains("encrypted"));
+        let dots = kafka(
+            json!([{"name": "kafkaTopic", "valueString": ".."}, {"name": "bootstrapServers", "valueString": "k:1"}]),
+        );
+        assert!(Destination::parse(&dots)
+            .unwrap_err()
+            .contains("kafkaTopic"));
     }
 }

@@ -1,8 +1,10 @@
 //! Kafka's `sasl.jaas.config` strings, as Aidbox's `saslJaasConfig`
 //! parameter carries them: `<LoginModule> <flag> key="value" …;` (Kafka's
-//! `JaasConfig` grammar: a login module class, a control flag, options
-//! whose values are bare words or double-quoted strings with `\"` and `\\`
-//! escapes, and a closing `;`). Only the login modules a non-Java client can
+//! `JaasConfig` grammar, a `StreamTokenizer`: a login module class, a
+//! control flag, options whose values are bare words or strings in double
+//! or single quotes with backslash escapes, and a closing `;`; white space
+//! is the bytes up to the space). Comments, which Kafka skips, are refused
+//! rather than guessed at. Only the login modules a non-Java client can
 //! act on are accepted: PLAIN and SCRAM with a username and password.
 //! Errors name what is wrong, never a value.
 
@@ -37,6 +39,28 @@ impl std::fmt::Debug for Jaas {
     }
 }
 
+/// Option names an error may show: the ones Kafka's login modules know.
+/// Anything else might be a piece of a password that lost its quotes.
+const KNOWN_OPTIONS: &[&str] = &[
+    "username",
+    "password",
+    "tokenauth",
+    "serviceName",
+    "useKeyTab",
+    "keyTab",
+    "principal",
+    "storeKey",
+    "unsecuredLoginStringClaim_sub",
+];
+
+fn shown(option: &str) -> String {
+    if KNOWN_OPTIONS.contains(&option) {
+        format!("option {option}")
+    } else {
+        "an option it does not know (or a value with spaces that lost its quotes)".to_owned()
+    }
+}
+
 /// A token of the configuration.
 enum Token {
     Word(String),
@@ -50,8 +74,11 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
     let mut chars = text.chars().peekable();
     while let Some(&c) = chars.peek() {
         match c {
-            c if c.is_whitespace() => {
+            c if (c as u32) <= 32 => {
                 chars.next();
+            }
+            '/' => {
+                return Err("holds a comment or a bare '/'; quote values that contain '/'".into())
             }
             '=' => {
                 chars.next();
@@ -61,14 +88,18 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
                 chars.next();
                 out.push(Token::Semicolon);
             }
-            '"' => {
+            '"' | '\'' => {
+                let quote = c;
                 chars.next();
                 let mut value = String::new();
                 loop {
                     match chars.next() {
                         None => return Err("has a quoted value that is never closed".into()),
-                        Some('"') => break,
+                        Some(q) if q == quote => break,
                         Some('\\') => match chars.next() {
+                            Some('n') => value.push('\n'),
+                            Some('t') => value.push('\t'),
+                            Some('r') => value.push('\r'),
                             Some(escaped) => value.push(escaped),
                             None => return Err("ends inside a quoted value".into()),
                         },
@@ -80,7 +111,7 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
             _ => {
                 let mut word = String::new();
                 while let Some(&c) = chars.peek() {
-                    if c.is_whitespace() || c == '=' || c == ';' || c == '"' {
+                    if (c as u32) <= 32 || matches!(c, '=' | ';' | '"' | '\'' | '/') {
                         break;
                     }
                     word.push(c);
@@ -125,18 +156,19 @@ pub fn parse(text: &str) -> Result<Jaas, String> {
             Some(Token::Semicolon) => break,
             Some(Token::Word(key)) => {
                 if !matches!(tokens.next(), Some(Token::Equals)) {
-                    return Err(format!("has option {key} without =value"));
+                    return Err(format!("has {} without =value", shown(&key)));
                 }
                 let value = match tokens.next() {
                     Some(Token::Word(v) | Token::Quoted(v)) => v,
-                    _ => return Err(format!("has option {key} without a value")),
+                    _ => return Err(format!("has {} without a value", shown(&key))),
                 };
                 let slot = match key.as_str() {
                     "username" => &mut username,
                     "password" => &mut password,
                     other => {
                         return Err(format!(
-                            "has option {other}, which fhirbox does not act on; only username and password are taken"
+                            "has {}, which fhirbox does not act on; only username and password are taken",
+                            shown(other)
                         ))
                     }
                 };
@@ -185,6 +217,12 @@ mod tests {
         assert_eq!(scram.module, Module::Scram);
         assert_eq!(scram.username, "svc");
         assert!(!format!("{scram:?}").contains("s3cret"));
+        // Confluent's snippets use single quotes.
+        let single = parse(
+            "org.apache.kafka.common.security.plain.PlainLoginModule required username='KEY' password='SE CRET';",
+        )
+        .unwrap();
+        assert_eq!(single.password.expose_secret(), "SE CRET");
     }
 
     #[test]
@@ -232,6 +270,14 @@ mod tests {
             (
                 "PlainLoginModule required;".to_owned(),
                 "must start with a login module class",
+            ),
+            (
+                format!("{scram} required username=u password=hunter2 secret;"),
+                "does not know",
+            ),
+            (
+                format!("{scram} required username=u password=hunter2 // note\n;"),
+                "comment",
             ),
         ] {
             let got = problem(&text);
