@@ -153,6 +153,20 @@ pub(crate) struct FileRead {
     pub(crate) value: SecretValue,
     pub(crate) digest: Digest,
     pub(crate) file: FileId,
+    /// The file's modification time and size when it was opened: two reads of the
+    /// same content settle only if nothing wrote the file between them (a writer that
+    /// rewrites the same half-value again and again must not look settled).
+    pub(crate) stamp: Stamp,
+}
+
+/// A file's modification time (seconds, nanoseconds) and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stamp(i64, i64, u64);
+
+impl Stamp {
+    fn of(meta: &Metadata) -> Self {
+        Stamp(meta.mtime(), meta.mtime_nsec(), meta.len())
+    }
 }
 
 /// Reads the secret `name` from `path` and normalises it (docs/external-secrets.md,
@@ -348,7 +362,9 @@ pub(crate) fn read_settled(
 
 fn same_outcome(a: &Result<FileRead, SecretError>, b: &Result<FileRead, SecretError>) -> bool {
     match (a, b) {
-        (Ok(a), Ok(b)) => a.file == b.file && bool::from(a.digest.ct_eq(&b.digest)),
+        (Ok(a), Ok(b)) => {
+            a.file == b.file && a.stamp == b.stamp && bool::from(a.digest.ct_eq(&b.digest))
+        }
         (Err(a), Err(b)) => a == b,
         _ => false,
     }
@@ -356,7 +372,7 @@ fn same_outcome(a: &Result<FileRead, SecretError>, b: &Result<FileRead, SecretEr
 
 /// One read of a secret file, normalised, with its digest; refuses system trees.
 fn read_once(name: &str, path: &Path, max_size: u64) -> Result<FileRead, SecretError> {
-    let (raw, file) =
+    let (raw, file, stamp) =
         read_guarded(path, max_size, true).map_err(|f| f.into_secret_error(name, path))?;
     let value = strip_one_trailing_newline(&raw);
     if value.iter().all(u8::is_ascii_whitespace) {
@@ -372,6 +388,7 @@ fn read_once(name: &str, path: &Path, max_size: u64) -> Result<FileRead, SecretE
         value,
         digest,
         file,
+        stamp,
     })
 }
 
@@ -379,7 +396,7 @@ fn read_once(name: &str, path: &Path, max_size: u64) -> Result<FileRead, SecretE
 /// on drop. Never opens a FIFO or device in a way that could block, never reads more than
 /// `max_size + 1` bytes. Used for the vault config; secrets go through [`read_settled`].
 pub(crate) fn read_bounded(path: &Path, max_size: u64) -> Result<Zeroizing<Vec<u8>>, FileFault> {
-    read_guarded(path, max_size, false).map(|(bytes, _)| bytes)
+    read_guarded(path, max_size, false).map(|(bytes, _, _)| bytes)
 }
 
 /// [`read_bounded`], also returning the file's identity; with `refuse_system`, a path under
@@ -389,7 +406,7 @@ fn read_guarded(
     path: &Path,
     max_size: u64,
     refuse_system: bool,
-) -> Result<(Zeroizing<Vec<u8>>, FileId), FileFault> {
+) -> Result<(Zeroizing<Vec<u8>>, FileId, Stamp), FileFault> {
     if refuse_system {
         if let Some((root, resolved)) = refused_location(path) {
             return Err(FileFault::Refused { root, resolved });
@@ -429,7 +446,7 @@ fn read_guarded(
         return Err(FileFault::TooLarge { limit: max_size });
     }
     let bytes = read_capped(&mut file, meta.len(), max_size)?;
-    Ok((bytes, FileId::of(&meta)))
+    Ok((bytes, FileId::of(&meta), Stamp::of(&meta)))
 }
 
 /// Reads into a buffer sized in advance, growing it by hand (copy, then wipe the old one)
@@ -758,6 +775,48 @@ mod tests {
             // The writer may have been descheduled for the whole settle time; then the value
             // did hold still and was fairly adopted.
             Ok(read) => assert!(read.value.expose_bytes().starts_with(b"value-")),
+        }
+    }
+
+    #[test]
+    fn the_same_half_value_written_again_and_again_never_settles() {
+        // An editor saving in place over and over writes the same first half each time:
+        // two reads that agree on the content but not on the file's modification time
+        // saw a writer at work in between, not a value holding still.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        fs::write(&p, b"the-full-current-value").unwrap();
+        let cached = read_one(&p);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (p, stop) = (p.clone(), stop.clone());
+            thread::spawn(move || {
+                let started = Instant::now();
+                // The same half-value, rewritten in place, for longer than the settle time…
+                while started.elapsed() < Duration::from_millis(150) {
+                    fs::write(&p, b"the-full-").unwrap();
+                    thread::sleep(Duration::from_millis(3));
+                }
+                // …then the writer puts the whole value back.
+                fs::write(&p, b"the-full-current-value").unwrap();
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            })
+        };
+        // Let the writer start before the first read.
+        thread::sleep(Duration::from_millis(5));
+        let rule = SettleRule::new(Duration::from_millis(40));
+        let out = read_settled(
+            &[request(&p, Some((&cached.digest, Some(cached.file))))],
+            64,
+            rule,
+        );
+        writer.join().unwrap();
+        if let Ok(read) = &out[0] {
+            assert_ne!(
+                read.value.expose_bytes(),
+                b"the-full-",
+                "a half-value rewritten in place was adopted"
+            );
         }
     }
 
