@@ -197,11 +197,7 @@ impl ClientRecord {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let active = match body.get("active") {
-            None | Some(Value::Null) => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err("active must be true or false".into()),
-        };
+        let active = crate::fields::active(body)?;
         let grant_types = match body.get("grant_types") {
             None => Vec::new(),
             Some(Value::Array(items)) => items

@@ -23,6 +23,15 @@ impl std::fmt::Debug for SecretSlot {
     }
 }
 
+/// The `active` flag of a server resource: true unless it says false.
+pub fn active(body: &Value) -> Result<bool, String> {
+    match body.get("active") {
+        None | Some(Value::Null) => Ok(true),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err("active must be true or false".into()),
+    }
+}
+
 /// An absolute `http` or `https` URL.
 pub fn http_url(text: &str, at: &str) -> Result<String, String> {
     // The text is not echoed: a mistyped URL may still carry a password.

@@ -251,11 +251,7 @@ impl IdentityProvider {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let active = match fields.get("active") {
-            None | Some(Value::Null) => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err("active must be true or false".into()),
-        };
+        let active = crate::fields::active(body)?;
         let system = fields
             .get("system")
             .and_then(Value::as_str)

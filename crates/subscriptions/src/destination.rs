@@ -81,16 +81,22 @@ const fn spec(name: &'static str, kind: Type) -> Spec {
     }
 }
 
+/// A secret-capable text parameter (a literal, or a vault reference).
+const fn secret(name: &'static str) -> Spec {
+    Spec {
+        secret: true,
+        ..spec(name, Type::Text)
+    }
+}
+
 const WEBHOOK: &[Spec] = &[
     spec("endpoint", Type::Url),
     spec("timeout", Type::UnsignedInt),
     spec("keepAlive", Type::Integer),
     spec("maxMessagesInBatch", Type::UnsignedInt),
     Spec {
-        name: "header",
-        kind: Type::Text,
         repeats: true,
-        secret: false,
+        ..spec("header", Type::Text)
     },
 ];
 
@@ -99,18 +105,8 @@ const KAFKA: &[Spec] = &[
     spec("bootstrapServers", Type::Text),
     spec("securityProtocol", Type::Text),
     spec("saslMechanism", Type::Text),
-    Spec {
-        name: "saslJaasConfig",
-        kind: Type::Text,
-        repeats: false,
-        secret: true,
-    },
-    Spec {
-        name: "sslKeystoreKey",
-        kind: Type::Text,
-        repeats: false,
-        secret: true,
-    },
+    secret("saslJaasConfig"),
+    secret("sslKeystoreKey"),
     // fhirbox's names (Kafka's own settings' names) for what Aidbox lacks:
     // the client certificate that goes with sslKeystoreKey, and the CA
     // certificates the broker's certificate must chain to.

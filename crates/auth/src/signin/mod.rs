@@ -127,7 +127,6 @@ pub struct InactiveUser;
 pub struct UserToken {
     pub access_token: String,
     pub expires_in: u64,
-    pub scope: Option<String>,
     /// When the client has the `refresh_token` grant.
     pub refresh_token: Option<String>,
     /// When the code's request asked for `openid` and an ID-token key is set.
@@ -403,7 +402,7 @@ impl AuthService {
             let grant = RefreshGrant {
                 client_id: client.id.clone(),
                 user: record.id.clone(),
-                scope: scope.clone(),
+                scope,
                 until: refresh_until.unwrap_or_else(|| now_seconds() + flow.refresh_lifetime),
             };
             Some(
@@ -425,7 +424,6 @@ impl AuthService {
         Ok(UserToken {
             access_token,
             expires_in: flow.token_lifetime,
-            scope,
             refresh_token,
             id_token: None,
         })
@@ -559,11 +557,6 @@ impl AuthService {
             Ok(false) => Err(CodeFailure::InvalidGrant("refresh_replayed")),
             Err(_) => Err(CodeFailure::Unavailable),
         }
-    }
-
-    /// The User `id`, as last loaded.
-    pub fn user(&self, id: &str) -> Option<Arc<UserRecord>> {
-        self.snapshot().users.get(id).cloned()
     }
 }
 
