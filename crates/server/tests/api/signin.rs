@@ -1138,3 +1138,132 @@ async fn applications_that_ask_for_openid_get_an_id_token(backend: Backend) {
     let published = app.send(app.anon.get(app.url("/auth/jwks"))).await.text;
     assert!(!published.contains("\"d\""), "{published}");
 }
+
+backend_tests!(per_backend: a_users_token_is_checked_in_bundle_entries_includes_and_chains);
+
+/// A signed-in user's token meets the same one authorization decision as a
+/// client's on every way into the data: each entry of a batch, each
+/// included resource, each chain. Denied first, then allowed once the
+/// User's policy grows.
+async fn a_users_token_is_checked_in_bundle_entries_includes_and_chains(backend: Backend) {
+    // The vault and the certificates must outlive the test: bound, not dropped.
+    let Setup {
+        app,
+        provider,
+        vault: _vault,
+        _certs,
+    } = standard_setup(backend).await;
+    app.put_patient("p1", "Chalmers").await;
+    let r = app
+        .put(
+            "/fhir/Observation/o1",
+            &json!({"resourceType": "Observation", "id": "o1", "status": "final",
+                "code": {"text": "weight"}, "subject": {"reference": "Patient/p1"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let alice = fhirbox_auth::users::user_id(&provider.issuer, "alice");
+    let link = json!([{"reference": format!("User/{alice}")}]);
+    for (id, matcho) in [
+        (
+            "alice-observations",
+            json!({"request-method": "get", "params": {"resource/type": "Observation"}}),
+        ),
+        (
+            "alice-bundles",
+            json!({"request-method": "post", "uri": "/fhir"}),
+        ),
+    ] {
+        let r = app
+            .put(
+                &format!("/fhir/AccessPolicy/{id}"),
+                &json!({"resourceType": "AccessPolicy", "id": id, "engine": "matcho",
+                    "matcho": matcho, "link": link}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    provider.login_as("alice").await;
+    let token = sign_in(
+        &app,
+        &format!("/auth/authorize?{}", authorize_query("app", "b1")),
+    )
+    .await;
+    let batch = |token: String| {
+        let body = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": "Observation/o1"}},
+            {"request": {"method": "GET", "url": "Patient/p1"}},
+            {"request": {"method": "GET", "url": "Observation?subject=Patient/p1&_include=Observation:subject"}}]});
+        let app = &app;
+        async move {
+            let r = app
+                .send(app.fhir(app.anon.post(app.url("/fhir")).bearer_auth(token), &body))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            r
+        }
+    };
+    let include = "/fhir/Observation?subject=Patient/p1&_include=Observation:subject";
+    let chain = "/fhir/Observation?patient:Patient.name=Chalmers";
+
+    // Observations only: the patient is withheld everywhere.
+    assert_eq!(
+        bearer(&app, "/fhir/Observation/o1", &token).await.status,
+        200
+    );
+    assert_eq!(bearer(&app, "/fhir/Patient/p1", &token).await.status, 403);
+    let r = batch(token.clone()).await;
+    let entries = r.json()["entry"].clone();
+    assert!(entries[0]["response"]["status"]
+        .as_str()
+        .unwrap()
+        .starts_with("200"));
+    assert!(
+        entries[1]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("403"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("withheld"), "{}", r.text);
+    assert!(!r.text.contains("Chalmers"), "{}", r.text);
+    let r = bearer(&app, include, &token).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.text.contains("1 included resources were withheld"),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains("Chalmers"), "{}", r.text);
+    bearer(&app, chain, &token)
+        .await
+        .assert_outcome(403, "no access policy allows");
+
+    // Patients too: the same requests now show the patient.
+    let r = app
+        .put(
+            "/fhir/AccessPolicy/alice-patients",
+            &json!({"resourceType": "AccessPolicy", "id": "alice-patients", "engine": "matcho",
+                "matcho": {"request-method": "get", "params": {"resource/type": "Patient"}},
+                "link": link}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = batch(token.clone()).await;
+    let entries = r.json()["entry"].clone();
+    assert!(
+        entries[1]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("200"),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains("withheld"), "{}", r.text);
+    let r = bearer(&app, include, &token).await;
+    assert!(r.text.contains("Chalmers"), "{}", r.text);
+    let r = bearer(&app, chain, &token).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["entry"][0]["resource"]["id"], "o1");
+}
