@@ -41,6 +41,10 @@ pub fn finalizer(
                 .and_then(write_rules::finalize_introspector),
             "IdentityProvider" => carry_over_literals("IdentityProvider", body, current)
                 .and_then(write_rules::finalize_identity_provider),
+            "AidboxSubscriptionTopic" => {
+                carry_over_literals("AidboxSubscriptionTopic", body, current)
+                    .and_then(fhirbox_subscriptions::topic::finalize)
+            }
             "AidboxTopicDestination" => {
                 carry_over_literals("AidboxTopicDestination", body, current)
                     .and_then(fhirbox_subscriptions::destination::finalize)

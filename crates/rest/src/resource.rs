@@ -322,6 +322,7 @@ fn stored_write(
         )),
         index: Some(crate::indexing::indexer()),
         matching: None,
+        notify: None,
     }
 }
 
@@ -426,6 +427,7 @@ pub fn prepare_delete(
         finalize: None,
         index: None,
         matching: None,
+        notify: None,
     })
 }
 

@@ -7,6 +7,7 @@ mod error;
 pub mod instant;
 mod migrate;
 mod model;
+mod outbox;
 mod postgres;
 mod query;
 mod sql;
@@ -19,11 +20,13 @@ use std::future::Future;
 pub use cursor::Cursor;
 pub use error::{ErrorSource, Refusal, RefusalIssue, RefusalKind, StoreError};
 pub use model::{
-    CompositeFirst, CompositeSecond, CompositeTest, Condition, Filter, Finalize, HistoryPage,
-    HistoryQuery, HistoryScope, IndexEntry, IndexKind, Indexer, Matching, RangeOp, SearchPage,
-    SearchQuery, SortBy, SortField, SortKey, StoredResource, TargetCheck, TimeBound, TotalMode,
-    Transform, UriOp, WriteKind, WriteOp, WriteOutcome, BOUNDED_TOTAL,
+    Change, CompositeFirst, CompositeSecond, CompositeTest, Condition, Filter, Finalize,
+    HistoryPage, HistoryQuery, HistoryScope, IndexEntry, IndexKind, Indexer, Matching, Notify,
+    OutboxEvent, OutboxRow, RangeOp, SearchPage, SearchQuery, SortBy, SortField, SortKey,
+    StoredResource, TargetCheck, TimeBound, TotalMode, Transform, UriOp, WriteKind, WriteOp,
+    WriteOutcome, BOUNDED_TOTAL,
 };
+pub use outbox::{Outbox, OutboxClaim};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

@@ -60,7 +60,23 @@ pub(crate) const SQLITE: &[(i64, &[&str])] = &[
     (9, SQLITE_HISTORY_TRIGGERS),
     (10, SQLITE_KEY_AS_ROWID),
     (11, AUTH_GRANTS),
+    (
+        12,
+        &[
+            "CREATE TABLE subscription_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL, topic TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, version_id INTEGER NOT NULL, interaction TEXT NOT NULL, created_at INTEGER NOT NULL)",
+            OUTBOX_INDEX,
+            OUTBOX_LEASE,
+        ],
+    ),
 ];
+
+/// The subscriptions' outbox (docs/subscriptions.md) is read per
+/// destination, oldest first.
+const OUTBOX_INDEX: &str =
+    "CREATE INDEX subscription_outbox_by_destination ON subscription_outbox (destination, seq)";
+/// One row per destination, locked (PostgreSQL's `FOR UPDATE SKIP LOCKED`)
+/// by the one worker delivering that destination's notifications.
+const OUTBOX_LEASE: &str = "CREATE TABLE subscription_lease (destination TEXT PRIMARY KEY)";
 
 /// The grants of sign-in (authorization codes, refresh tokens), by the
 /// digest of their value, the same on both backends: `kind` says what a
@@ -253,6 +269,14 @@ pub(crate) const POSTGRES: &[(i64, &[&str])] = &[
     (8, LIVE_BY_KEY),
     (9, POSTGRES_HISTORY_TRIGGER),
     (10, AUTH_GRANTS),
+    (
+        11,
+        &[
+            "CREATE TABLE subscription_outbox (seq BIGSERIAL PRIMARY KEY, destination TEXT NOT NULL, topic TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, version_id BIGINT NOT NULL, interaction TEXT NOT NULL, created_at BIGINT NOT NULL)",
+            OUTBOX_INDEX,
+            OUTBOX_LEASE,
+        ],
+    ),
 ];
 
 /// Bookkeeping table, the same on both backends.

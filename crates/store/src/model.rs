@@ -84,6 +84,51 @@ pub struct WriteOp {
     /// conditional create, update, patch or delete); `id` is then used
     /// only when the write creates.
     pub matching: Option<Matching>,
+    /// Says, inside the write's transaction, which notifications the change
+    /// queues (subscriptions, docs/subscriptions.md); they are inserted into
+    /// the outbox in the same transaction, so a committed change always has
+    /// its notifications and a failed one has none. `None`: nothing queued.
+    pub notify: Option<Notify>,
+}
+
+/// The change a write makes, as its [`Notify`] sees it.
+pub struct Change<'a> {
+    pub resource_type: &'a str,
+    pub id: &'a str,
+    /// The live version before the change (`None`: the write creates).
+    pub previous: Option<&'a StoredResource>,
+    /// The body stored (`None`: the write deletes).
+    pub current: Option<&'a Value>,
+}
+
+/// One notification a change queues: for which destination, of which topic,
+/// and what the change was (`create`, `update`, `delete`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub destination: String,
+    pub topic: String,
+    pub interaction: &'static str,
+}
+
+/// Decides the notifications of a change, inside the write's transaction.
+/// Like `Finalize`, it may run more than once and must not have side effects.
+pub type Notify = Arc<dyn Fn(&Change<'_>) -> Vec<OutboxEvent> + Send + Sync>;
+
+/// A queued notification, as the outbox holds it: the event and the version
+/// of the resource it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Its place in the outbox: later changes of one resource have larger
+    /// numbers.
+    pub seq: i64,
+    pub destination: String,
+    pub topic: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub version_id: i64,
+    pub interaction: String,
+    /// When the change was committed, microseconds since the Unix epoch.
+    pub created_at: i64,
 }
 
 /// The criteria of a conditional interaction (R4 §3.1.0.8), searched inside

@@ -34,6 +34,11 @@ const PING_AFTER_IDLE: Duration = Duration::from_millis(500);
 const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7262890113)";
 
 impl PostgresStore {
+    /// The pool writes outside a resource write use (the outbox).
+    pub(crate) fn write_pool(&self) -> &sqlx::PgPool {
+        &self.writer
+    }
+
     /// Each write set runs in a transaction of its own on one of the pool's
     /// connections; PostgreSQL runs them side by side.
     async fn submit(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {

@@ -402,6 +402,18 @@ macro_rules! sql_writes {
                     }
                 };
                 write_index(conn, key, &r.resource_type, &plan.entries, plan.key.is_some()).await?;
+                for event in &plan.events {
+                    sqlx::query(crate::sql::INSERT_EVENT)
+                        .bind(&event.destination)
+                        .bind(&event.topic)
+                        .bind(&r.resource_type)
+                        .bind(&r.id)
+                        .bind(r.version_id)
+                        .bind(event.interaction)
+                        .bind(r.last_updated)
+                        .execute(&mut *conn)
+                        .await.db()?;
+                }
                 return Ok(plan.outcome);
             }
         }
@@ -438,11 +450,17 @@ pub(crate) use sql_writes;
 
 use crate::error::{Refusal, StoreError};
 use crate::model::{
-    HistoryPage, HistoryQuery, IndexEntry, Matching, SearchQuery, StoredResource, TotalMode,
-    WriteKind, WriteOp, WriteOutcome,
+    Change, HistoryPage, HistoryQuery, IndexEntry, Matching, OutboxEvent, SearchQuery,
+    StoredResource, TotalMode, WriteKind, WriteOp, WriteOutcome,
 };
 use crate::query::{self, Hit, SearchPlan, SortValue, Sql};
 use crate::StoreResult;
+
+/// Queues one notification in the outbox (docs/subscriptions.md), in the
+/// change's transaction; the same statement on both backends.
+pub(crate) const INSERT_EVENT: &str = "INSERT INTO subscription_outbox \
+     (destination, topic, resource_type, resource_id, version_id, interaction, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 /// The `fhirbox_setting` row naming the index definitions the stored index
 /// rows were built from.
@@ -620,6 +638,8 @@ pub(crate) struct Planned {
     pub entries: Vec<IndexEntry>,
     /// The key of the row to store over; `None`: insert a new row.
     pub key: Option<i64>,
+    /// The notifications the change queues (`WriteOp::notify`).
+    pub events: Vec<OutboxEvent>,
 }
 
 /// What a write does once the current row is known.
@@ -674,8 +694,20 @@ pub(crate) fn decide(
     let live = current.as_ref().filter(|c| !c.deleted);
     let next_version = current.as_ref().map_or(1, |c| c.version_id + 1);
     let now = crate::instant::now_micros().max(current.as_ref().map_or(0, |c| c.last_updated));
-    // The stored text and the index rows of the final body.
-    let finish = |body: serde_json::Value| -> Result<(String, Vec<IndexEntry>), StoreError> {
+    // The notifications of the change.
+    let events = |current: Option<&serde_json::Value>| -> Vec<OutboxEvent> {
+        op.notify.as_ref().map_or_else(Vec::new, |notify| {
+            notify(&Change {
+                resource_type: rt,
+                id,
+                previous: live,
+                current,
+            })
+        })
+    };
+    // The stored text, the index rows and the notifications of the final body.
+    type Finished = (String, Vec<IndexEntry>, Vec<OutboxEvent>);
+    let finish = |body: serde_json::Value| -> Result<Finished, StoreError> {
         let body = match &op.finalize {
             Some(f) => f(body, live).map_err(StoreError::Rejected)?,
             None => body,
@@ -687,13 +719,13 @@ pub(crate) fn decide(
             .map(|index| index(rt, &body))
             .unwrap_or_default();
         let text = serde_json::to_string(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok((text, entries))
+        Ok((text, entries, events(Some(&body))))
     };
     let not_found = || StoreError::NotFound {
         resource_type: rt.into(),
         id: id.into(),
     };
-    let (deleted, (body, entries)) = match &op.kind {
+    let (deleted, (body, entries, events)) = match &op.kind {
         WriteKind::Create(body) => {
             if live.is_some() {
                 return Err(StoreError::AlreadyExists {
@@ -728,7 +760,7 @@ pub(crate) fn decide(
                     changed: false,
                 }))
             }
-            Some(_) => (true, (String::new(), Vec::new())),
+            Some(_) => (true, (String::new(), Vec::new(), events(None))),
         },
     };
     Ok(Step::Store(Planned {
@@ -746,6 +778,7 @@ pub(crate) fn decide(
         },
         entries,
         key,
+        events,
     }))
 }
 

@@ -56,6 +56,11 @@ const READER_CACHE_KIB: u32 = 16 * 1024;
 const READER_MMAP_BYTES: u64 = 1 << 30;
 
 impl SqliteStore {
+    /// The pool writes outside a resource write use (the outbox).
+    pub(crate) fn write_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
     /// Opens (creating if needed) the database file at `path` and migrates it.
     pub async fn open(path: &str) -> StoreResult<SqliteStore> {
         if path.is_empty() || path == ":memory:" {
@@ -312,6 +317,7 @@ mod tests {
             finalize: None,
             index: Some(tag),
             matching: None,
+            notify: None,
         }
     }
 

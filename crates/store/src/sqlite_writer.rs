@@ -389,6 +389,22 @@ fn apply(conn: &Connection, op: &WriteOp) -> StoreResult<WriteOutcome> {
             &plan.entries,
             plan.key.is_some(),
         )?;
+        for event in &plan.events {
+            let mut insert = conn.prepare_cached(crate::sql::INSERT_EVENT).db()?;
+            bind(
+                &mut insert,
+                &[
+                    &event.destination,
+                    &event.topic,
+                    &r.resource_type,
+                    &r.id,
+                    &r.version_id,
+                    &event.interaction,
+                    &r.last_updated,
+                ],
+            )?;
+            insert.raw_execute().db()?;
+        }
         return Ok(plan.outcome);
     }
 }

@@ -12,10 +12,11 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use fhirbox_store::{
-    ChangeMarker, Condition, Cursor, Filter, HistoryQuery, HistoryScope, IndexEntry, IndexKind,
-    Indexer, RangeOp, ResourceHistory, ResourceRead, ResourceSearch, ResourceWrite, SearchIndex,
-    SearchQuery, SortBy, SortField, SortKey, Store, StoreError, StoreHealth, StoredResource,
-    TimeBound, TotalMode, Transform, UriOp, WriteKind, WriteOp, WriteOutcome, BOUNDED_TOTAL,
+    Change, ChangeMarker, Condition, Cursor, Filter, HistoryQuery, HistoryScope, IndexEntry,
+    IndexKind, Indexer, Notify, Outbox, OutboxEvent, RangeOp, ResourceHistory, ResourceRead,
+    ResourceSearch, ResourceWrite, SearchIndex, SearchQuery, SortBy, SortField, SortKey, Store,
+    StoreError, StoreHealth, StoredResource, TimeBound, TotalMode, Transform, UriOp, WriteKind,
+    WriteOp, WriteOutcome, BOUNDED_TOTAL,
 };
 use fhirbox_test_support::postgres::TestDatabase;
 use fhirbox_test_support::{backend_variants, Backend};
@@ -41,6 +42,7 @@ backend_variants!(
     bounded_totals_count_up_to_their_bound,
     sorts_by_parameters_keep_missing_last_and_page_both_ways,
     index_rows_of_any_number_are_written_whole,
+    notifications_are_queued_with_the_change_and_taken_in_order,
 );
 
 /// A store on a database of its own, removed when the test ends.
@@ -88,6 +90,7 @@ fn op(resource_type: &str, id: &str, kind: WriteKind) -> WriteOp {
         finalize: None,
         index: None,
         matching: None,
+        notify: None,
     }
 }
 
@@ -851,6 +854,7 @@ fn indexed(id: &str, body: Value) -> WriteOp {
     WriteOp {
         index: Some(test_indexer()),
         matching: None,
+        notify: None,
         ..op("Patient", id, WriteKind::Put(body))
     }
 }
@@ -1644,4 +1648,83 @@ async fn index_rows_of_any_number_are_written_whole(store: TestStore) {
         found(&store, vec![code("again-1".into())]).await,
         vec!["n300".to_owned()]
     );
+}
+
+/// A notifier that queues one event for destination `d` per change of a
+/// Patient, naming what the change did and, for an update, whether the
+/// family name changed.
+fn patient_notifier() -> Notify {
+    Arc::new(|change: &Change<'_>| {
+        if change.resource_type != "Patient" {
+            return Vec::new();
+        }
+        let interaction = match (change.previous, change.current) {
+            (None, Some(_)) => "create",
+            (Some(_), Some(_)) => "update",
+            _ => "delete",
+        };
+        vec![OutboxEvent {
+            destination: "d".into(),
+            topic: "http://t".into(),
+            interaction,
+        }]
+    })
+}
+
+async fn notifications_are_queued_with_the_change_and_taken_in_order(store: TestStore) {
+    let notified = |op: WriteOp| WriteOp {
+        notify: Some(patient_notifier()),
+        ..op
+    };
+    write(&store, notified(put("Patient", "a", "One"))).await;
+    write(&store, notified(put("Patient", "a", "Two"))).await;
+    write(&store, notified(op("Patient", "a", WriteKind::Delete))).await;
+    write(&store, notified(put("Observation", "o", "x"))).await;
+    // A refused write set queues nothing: its events go with its changes.
+    let refused = store
+        .write_all(vec![
+            notified(put("Patient", "b", "B")),
+            notified(if_match(7, put("Patient", "c", "C"))),
+        ])
+        .await;
+    assert!(refused.is_err());
+    assert_eq!(store.count_events("d").await.unwrap(), 3);
+    assert_eq!(store.count_events("other").await.unwrap(), 0);
+
+    let claim = store.claim_events("d", 2).await.unwrap().unwrap();
+    let taken: Vec<(String, i64)> = claim
+        .rows()
+        .iter()
+        .map(|r| (r.interaction.clone(), r.version_id))
+        .collect();
+    assert_eq!(taken, [("create".to_owned(), 1), ("update".to_owned(), 2)]);
+    assert!(claim.rows()[0].seq < claim.rows()[1].seq);
+    assert_eq!(claim.rows()[0].resource_type, "Patient");
+    assert_eq!(claim.rows()[0].resource_id, "a");
+    assert_eq!(claim.rows()[0].topic, "http://t");
+    // While one worker holds the destination, another is told so (the
+    // PostgreSQL lease; an SQLite database has one process).
+    if matches!(&*store, Store::Postgres(_)) {
+        assert!(store.claim_events("d", 2).await.unwrap().is_none());
+    }
+    // Only what was acknowledged goes.
+    let first = claim.rows()[0].seq;
+    claim.acknowledge(&[first]).await.unwrap();
+    let claim = store.claim_events("d", 10).await.unwrap().unwrap();
+    let left: Vec<&str> = claim
+        .rows()
+        .iter()
+        .map(|r| r.interaction.as_str())
+        .collect();
+    assert_eq!(left, ["update", "delete"]);
+    claim.release().await.unwrap();
+    assert_eq!(store.count_events("d").await.unwrap(), 2);
+    assert_eq!(store.drop_events("d").await.unwrap(), 2);
+    assert!(store
+        .claim_events("d", 10)
+        .await
+        .unwrap()
+        .unwrap()
+        .rows()
+        .is_empty());
 }

@@ -9,3 +9,4 @@
 
 pub mod destination;
 pub mod jaas;
+pub mod topic;

@@ -153,6 +153,8 @@ fn values_of(param_type: ParamType, item: &Item<'_>, out: &mut Vec<IndexValue>) 
             }
             return;
         }
+        // A search parameter's expression selects values of the resource.
+        Node::Literal(_) => return,
     };
     match param_type {
         ParamType::String => match value {

@@ -1,5 +1,6 @@
 //! The subset of FHIRPath (HL7 FHIRPath, normative release 2) that R4's
-//! SearchParameter expressions use, evaluated over resources as JSON:
+//! SearchParameter expressions and subscription topic criteria use,
+//! evaluated over resources as JSON:
 //!
 //! - paths `Patient.name.given`, with arrays flattened and choice elements
 //!   found by their JSON name (`Observation.value` reads `valueQuantity`,
@@ -7,14 +8,19 @@
 //! - unions `a | b`, parentheses, the indexer `[0]`;
 //! - `as T`, `.as(T)`, `.ofType(T)` (a choice variant, or a value of that
 //!   type);
-//! - `.where(…)` with `resolve() is T` (the type a reference names),
-//!   `name = 'literal'` (e.g. `type='composed-of'`, `system='phone'`);
-//! - `.exists()`, `!= false`, `and` (as in `Patient.deceased.exists() and
-//!   Patient.deceased != false`);
-//! - `.extension('url')` and `.first()`.
+//! - `.where(…)` with `resolve() is T` (the type a reference names);
+//! - equality `=`, `!=` and ordering `<`, `>`, `<=`, `>=` between paths
+//!   and literals (strings `'…'`, numbers, `true`/`false`, dates `@2020-01-01`);
+//! - `and`, `or` (three-valued, as FHIRPath §6.5 defines them), `.not()`,
+//!   `.exists()`, `.exists(criteria)`, `.empty()`;
+//! - `.extension('url')` and `.first()`;
+//! - variables: `%resource` (search), and the ones a caller allows
+//!   (`%current` and `%previous` for subscription topics).
 //!
 //! Anything else is refused when the expression is compiled, naming the
 //! part that is not supported.
+
+use std::cmp::Ordering;
 
 use serde_json::Value;
 
@@ -23,7 +29,8 @@ use serde_json::Value;
 pub enum Expr {
     /// `a | b | …`
     Union(Vec<Expr>),
-    /// A start (a resource type name, or nothing inside `where`) and steps.
+    /// A start (a resource type name, a `%variable`, or nothing inside
+    /// `where`) and steps.
     Path {
         start: Option<String>,
         steps: Vec<Step>,
@@ -34,14 +41,29 @@ pub enum Expr {
     As(Box<Expr>, String),
     /// `left and right`
     And(Box<Expr>, Box<Expr>),
-    /// `left != literal` / `left = literal`
+    /// `left or right`
+    Or(Box<Expr>, Box<Expr>),
+    /// `left <op> right`
     Compare {
         left: Box<Expr>,
-        equal: bool,
-        literal: Literal,
+        op: CompareOp,
+        right: Box<Expr>,
     },
+    /// A literal value.
+    Literal(Literal),
     /// `resolve() is T`: the reference names a resource of type T.
     ResolvesTo(String),
+}
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
 }
 
 /// One step of a path.
@@ -57,17 +79,24 @@ pub enum Step {
     Where(Box<Expr>),
     /// `.exists()`
     Exists,
+    /// `.empty()`
+    Empty,
+    /// `.not()`
+    Not,
     /// `.first()`
     First,
     /// `.extension('url')`
     Extension(String),
 }
 
-/// A literal in a comparison.
+/// A literal.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Literal {
     Text(String),
     Bool(bool),
+    Number(f64),
+    /// `@2020-01-01`, `@2020-01-01T10:00:00Z` (without the `@`).
+    Date(String),
 }
 
 /// A value an expression selected, with its FHIR type when the JSON name
@@ -80,11 +109,13 @@ pub struct Item<'a> {
     pub type_hint: Option<String>,
 }
 
-/// A selected JSON value, or a boolean an expression computed.
+/// A selected JSON value, or a value an expression computed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node<'a> {
     Json(&'a Value),
     Bool(bool),
+    /// A literal of the expression.
+    Literal(&'a Literal),
 }
 
 /// Why an expression cannot be compiled.
@@ -104,20 +135,28 @@ enum Token {
     Ident(String),
     Text(String),
     Number(usize),
+    Decimal(f64),
+    Date(String),
     Dot,
     Pipe,
     Open,
     Close,
     OpenBracket,
     CloseBracket,
-    Equal,
-    NotEqual,
+    Operator(CompareOp),
 }
 
 fn lex(text: &str) -> Result<Vec<Token>, Unsupported> {
     let mut tokens = Vec::new();
     let mut chars = text.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
+        let next_is = |chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>, want: char| {
+            let yes = chars.peek().map(|(_, c)| *c) == Some(want);
+            if yes {
+                chars.next();
+            }
+            yes
+        };
         match c {
             c if c.is_whitespace() => {}
             '.' => tokens.push(Token::Dot),
@@ -126,11 +165,18 @@ fn lex(text: &str) -> Result<Vec<Token>, Unsupported> {
             ')' => tokens.push(Token::Close),
             '[' => tokens.push(Token::OpenBracket),
             ']' => tokens.push(Token::CloseBracket),
-            '=' => tokens.push(Token::Equal),
-            '!' if chars.peek().map(|(_, c)| *c) == Some('=') => {
-                chars.next();
-                tokens.push(Token::NotEqual);
-            }
+            '=' => tokens.push(Token::Operator(CompareOp::Equal)),
+            '!' if next_is(&mut chars, '=') => tokens.push(Token::Operator(CompareOp::NotEqual)),
+            '<' => tokens.push(Token::Operator(if next_is(&mut chars, '=') {
+                CompareOp::LessOrEqual
+            } else {
+                CompareOp::Less
+            })),
+            '>' => tokens.push(Token::Operator(if next_is(&mut chars, '=') {
+                CompareOp::GreaterOrEqual
+            } else {
+                CompareOp::Greater
+            })),
             '\'' => {
                 let mut literal = String::new();
                 loop {
@@ -146,19 +192,41 @@ fn lex(text: &str) -> Result<Vec<Token>, Unsupported> {
                 }
                 tokens.push(Token::Text(literal));
             }
-            c if c.is_ascii_digit() => {
-                let mut end = i + c.len_utf8();
-                while let Some((j, d)) = chars.peek().copied() {
-                    if !d.is_ascii_digit() {
+            '@' => {
+                let mut date = String::new();
+                while let Some((_, d)) = chars.peek().copied() {
+                    if !(d.is_ascii_digit() || matches!(d, '-' | ':' | '.' | '+' | 'T' | 'Z')) {
                         break;
                     }
+                    date.push(d);
+                    chars.next();
+                }
+                if crate::datetime::parse_range(&date).is_err() {
+                    return Err(Unsupported(format!("the date literal @{date}")));
+                }
+                tokens.push(Token::Date(date));
+            }
+            c if c.is_ascii_digit() => {
+                let mut end = i + c.len_utf8();
+                let mut decimal = false;
+                while let Some((j, d)) = chars.peek().copied() {
+                    let point = d == '.'
+                        && !decimal
+                        && text[j + 1..].starts_with(|n: char| n.is_ascii_digit());
+                    if !(d.is_ascii_digit() || point) {
+                        break;
+                    }
+                    decimal |= point;
                     end = j + d.len_utf8();
                     chars.next();
                 }
-                let n = text[i..end]
-                    .parse()
-                    .map_err(|_| Unsupported(format!("the number {:?}", &text[i..end])))?;
-                tokens.push(Token::Number(n));
+                let number = &text[i..end];
+                let bad = || Unsupported(format!("the number {number:?}"));
+                tokens.push(if decimal {
+                    Token::Decimal(number.parse().map_err(|_| bad())?)
+                } else {
+                    Token::Number(number.parse().map_err(|_| bad())?)
+                });
             }
             c if c.is_alphabetic() || c == '_' || c == '%' => {
                 let mut end = i + c.len_utf8();
@@ -179,12 +247,20 @@ fn lex(text: &str) -> Result<Vec<Token>, Unsupported> {
 
 // ---------------------------------------------------------------- parsing
 
-struct Parser {
+struct Parser<'v> {
     tokens: Vec<Token>,
     at: usize,
+    /// The variables an expression may name, beside `%resource`.
+    variables: &'v [&'v str],
+    /// How deeply the parser has nested (parentheses, `where`): bounded,
+    /// so a hostile expression cannot exhaust the stack.
+    depth: usize,
 }
 
-impl Parser {
+/// The deepest nesting an expression may have.
+const MAX_DEPTH: usize = 32;
+
+impl Parser<'_> {
     fn peek(&self) -> Option<&Token> {
         self.tokens.get(self.at)
     }
@@ -209,13 +285,24 @@ impl Parser {
         }
     }
 
-    /// union := and ('|' and)*
+    fn is_word(&self, word: &str) -> bool {
+        matches!(self.peek(), Some(Token::Ident(w)) if w == word)
+    }
+
+    /// union := or ('|' or)*
     fn union(&mut self) -> Result<Expr, Unsupported> {
-        let mut parts = vec![self.and()?];
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(Unsupported(format!(
+                "nesting deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        let mut parts = vec![self.or()?];
         while self.peek() == Some(&Token::Pipe) {
             self.next();
-            parts.push(self.and()?);
+            parts.push(self.or()?);
         }
+        self.depth -= 1;
         Ok(if parts.len() == 1 {
             parts.remove(0)
         } else {
@@ -223,10 +310,24 @@ impl Parser {
         })
     }
 
+    /// or := and ('or' and)*
+    fn or(&mut self) -> Result<Expr, Unsupported> {
+        let mut left = self.and()?;
+        while self.is_word("or") {
+            self.next();
+            let right = self.and()?;
+            left = Expr::Or(Box::new(left), Box::new(right));
+        }
+        if self.is_word("xor") || self.is_word("implies") {
+            return Err(Unsupported(format!("the operator {:?}", self.peek())));
+        }
+        Ok(left)
+    }
+
     /// and := comparison ('and' comparison)*
     fn and(&mut self) -> Result<Expr, Unsupported> {
         let mut left = self.comparison()?;
-        while self.peek() == Some(&Token::Ident("and".into())) {
+        while self.is_word("and") {
             self.next();
             let right = self.comparison()?;
             left = Expr::And(Box::new(left), Box::new(right));
@@ -234,26 +335,40 @@ impl Parser {
         Ok(left)
     }
 
-    /// comparison := typed (('=' | '!=') literal)?
+    /// comparison := operand (op operand)?
     fn comparison(&mut self) -> Result<Expr, Unsupported> {
-        let left = self.typed()?;
-        let equal = match self.peek() {
-            Some(Token::Equal) => true,
-            Some(Token::NotEqual) => false,
+        let left = self.operand()?;
+        let op = match self.peek() {
+            Some(Token::Operator(op)) => *op,
             _ => return Ok(left),
         };
         self.next();
-        let literal = match self.next() {
-            Some(Token::Text(t)) => Literal::Text(t),
-            Some(Token::Ident(b)) if b == "true" => Literal::Bool(true),
-            Some(Token::Ident(b)) if b == "false" => Literal::Bool(false),
-            other => return Err(Unsupported(format!("a comparison with {other:?}"))),
-        };
+        let right = self.operand()?;
+        if let Some(Token::Operator(_)) = self.peek() {
+            return Err(Unsupported(
+                "a comparison of a comparison (add parentheses)".into(),
+            ));
+        }
         Ok(Expr::Compare {
             left: Box::new(left),
-            equal,
-            literal,
+            op,
+            right: Box::new(right),
         })
+    }
+
+    /// operand := literal | typed
+    fn operand(&mut self) -> Result<Expr, Unsupported> {
+        let literal = match self.peek() {
+            Some(Token::Text(t)) => Literal::Text(t.clone()),
+            Some(Token::Decimal(n)) => Literal::Number(*n),
+            Some(Token::Number(n)) => Literal::Number(*n as f64),
+            Some(Token::Date(d)) => Literal::Date(d.clone()),
+            Some(Token::Ident(b)) if b == "true" => Literal::Bool(true),
+            Some(Token::Ident(b)) if b == "false" => Literal::Bool(false),
+            _ => return self.typed(),
+        };
+        self.next();
+        Ok(Expr::Literal(literal))
     }
 
     /// typed := term (('as' | 'is') TypeName)?
@@ -300,14 +415,16 @@ impl Parser {
                 steps: Vec::new(),
             });
         }
-        // A path starts with a type name (upper case), `%resource` (the
-        // resource being searched, in composite components) or, inside
-        // `where`, with an element name.
-        if first.starts_with('%') && first != "%resource" {
-            return Err(Unsupported(format!("the variable {first}")));
+        // A path starts with a type name (upper case), a variable
+        // (`%resource`, the resource being searched, in composite
+        // components) or, inside `where`, with an element name.
+        if let Some(name) = first.strip_prefix('%') {
+            if first != "%resource" && !self.variables.contains(&name) {
+                return Err(Unsupported(format!("the variable {first}")));
+            }
         }
         let (start, mut steps) =
-            if first == "%resource" || first.chars().next().is_some_and(char::is_uppercase) {
+            if first.starts_with('%') || first.chars().next().is_some_and(char::is_uppercase) {
                 (Some(first), Vec::new())
             } else {
                 (None, vec![Step::Child(first)])
@@ -326,7 +443,13 @@ impl Parser {
                     let name = self.ident()?;
                     if self.peek() == Some(&Token::Open) {
                         self.next();
-                        steps.push(self.function(&name)?);
+                        if name == "exists" && self.peek() != Some(&Token::Close) {
+                            // `exists(criteria)` is `where(criteria).exists()`.
+                            steps.push(Step::Where(Box::new(self.union()?)));
+                            steps.push(Step::Exists);
+                        } else {
+                            steps.push(self.function(&name)?);
+                        }
                         self.expect(Token::Close)?;
                     } else {
                         steps.push(Step::Child(name));
@@ -351,6 +474,8 @@ impl Parser {
             "as" | "ofType" => Ok(Step::OfType(self.ident()?)),
             "where" => Ok(Step::Where(Box::new(self.union()?))),
             "exists" => Ok(Step::Exists),
+            "empty" => Ok(Step::Empty),
+            "not" => Ok(Step::Not),
             "first" => Ok(Step::First),
             "extension" => match self.next() {
                 Some(Token::Text(url)) => Ok(Step::Extension(url)),
@@ -361,11 +486,18 @@ impl Parser {
     }
 }
 
-/// Compiles an expression.
+/// Compiles an expression that may name no variable but `%resource`.
 pub fn compile(text: &str) -> Result<Expr, Unsupported> {
+    compile_with(text, &[])
+}
+
+/// Compiles an expression that may also name `variables` (without `%`).
+pub fn compile_with(text: &str, variables: &[&str]) -> Result<Expr, Unsupported> {
     let mut parser = Parser {
         tokens: lex(text)?,
         at: 0,
+        variables,
+        depth: 0,
     };
     let expr = parser.union()?;
     match parser.next() {
@@ -375,6 +507,15 @@ pub fn compile(text: &str) -> Result<Expr, Unsupported> {
 }
 
 // ---------------------------------------------------------------- evaluation
+
+/// What an evaluation runs in: the resource `%resource` names and the
+/// values of the other variables.
+struct Env<'a, 'v> {
+    root: Item<'a>,
+    variables: &'v [(&'v str, Option<&'a Value>)],
+}
+
+static NOTHING: Value = Value::Null;
 
 impl Expr {
     /// The parts of a union that apply to `resource_type` (a parameter with
@@ -386,7 +527,7 @@ impl Expr {
             Expr::Group { inner, .. } | Expr::As(inner, _) => {
                 inner.for_type(resource_type).is_some()
             }
-            Expr::And(left, _) => left.for_type(resource_type).is_some(),
+            Expr::And(left, _) | Expr::Or(left, _) => left.for_type(resource_type).is_some(),
             Expr::Compare { left, .. } => left.for_type(resource_type).is_some(),
             _ => false,
         };
@@ -404,26 +545,43 @@ impl Expr {
     }
 
     /// Evaluates the expression on a resource.
-    pub fn evaluate<'a>(&self, resource: &'a Value) -> Vec<Item<'a>> {
+    pub fn evaluate<'a>(&'a self, resource: &'a Value) -> Vec<Item<'a>> {
         self.evaluate_on(resource, resource)
     }
 
     /// Evaluates the expression on `value`, a part of `resource` (what
     /// `%resource` names): how a composite's components are evaluated.
-    pub fn evaluate_on<'a>(&self, value: &'a Value, resource: &'a Value) -> Vec<Item<'a>> {
-        let item = |v: &'a Value| Item {
-            value: Node::Json(v),
-            type_hint: None,
+    pub fn evaluate_on<'a>(&'a self, value: &'a Value, resource: &'a Value) -> Vec<Item<'a>> {
+        let env = Env {
+            root: json_item(resource),
+            variables: &[],
         };
-        self.eval(std::slice::from_ref(&item(value)), &item(resource))
+        self.eval(std::slice::from_ref(&json_item(value)), &env)
     }
 
-    fn eval<'a>(&self, context: &[Item<'a>], root: &Item<'a>) -> Vec<Item<'a>> {
+    /// Evaluates the expression as a condition with these variables (a
+    /// variable whose value is `None` is the empty collection), on
+    /// `context`: `Some(true)`, `Some(false)`, or `None` when the result is
+    /// empty or not a single value (FHIRPath §4.5, singleton evaluation).
+    pub fn test(
+        &self,
+        context: Option<&Value>,
+        variables: &[(&str, Option<&Value>)],
+    ) -> Option<bool> {
+        let env = Env {
+            root: json_item(context.unwrap_or(&NOTHING)),
+            variables,
+        };
+        let start: Vec<Item<'_>> = context.map(json_item).into_iter().collect();
+        truth(&self.eval(&start, &env))
+    }
+
+    fn eval<'a>(&'a self, context: &[Item<'a>], env: &Env<'a, '_>) -> Vec<Item<'a>> {
         match self {
             Expr::Union(parts) => {
                 let mut out = Vec::new();
                 for part in parts {
-                    for item in part.eval(context, root) {
+                    for item in part.eval(context, env) {
                         // The same value once (by identity: two elements
                         // with equal content are two values).
                         if !out
@@ -437,47 +595,63 @@ impl Expr {
                 out
             }
             // A path starting with a type name starts at the resource itself.
-            Expr::Path { start, steps } if start.as_deref() == Some("%resource") => {
-                apply_steps(vec![root.clone()], steps, root)
-            }
-            Expr::Path { steps, .. } => apply_steps(context.to_vec(), steps, root),
-            Expr::Group { inner, steps } => apply_steps(inner.eval(context, root), steps, root),
-            Expr::As(inner, type_name) => of_type(inner.eval(context, root), type_name),
-            Expr::And(left, right) => {
-                let truth = |items: Vec<Item<'_>>| {
-                    matches!(
-                        items.as_slice(),
-                        [Item {
-                            value: Node::Bool(true),
-                            ..
-                        }]
-                    )
+            Expr::Path {
+                start: Some(name),
+                steps,
+            } if name.starts_with('%') => {
+                let start = if name == "%resource" {
+                    vec![env.root.clone()]
+                } else {
+                    env.variables
+                        .iter()
+                        .find(|(n, _)| Some(*n) == name.strip_prefix('%'))
+                        .and_then(|(_, v)| *v)
+                        .map(json_item)
+                        .into_iter()
+                        .collect()
                 };
-                vec![bool_item(
-                    truth(left.eval(context, root)) && truth(right.eval(context, root)),
-                )]
+                apply_steps(start, steps, env)
             }
-            Expr::Compare {
-                left,
-                equal,
-                literal,
-            } => {
-                let values = left.eval(context, root);
-                if values.is_empty() {
-                    return Vec::new();
+            Expr::Path { steps, .. } => apply_steps(context.to_vec(), steps, env),
+            Expr::Group { inner, steps } => apply_steps(inner.eval(context, env), steps, env),
+            Expr::As(inner, type_name) => of_type(inner.eval(context, env), type_name),
+            Expr::And(left, right) => {
+                // FHIRPath §6.5.1: false wins, then empty.
+                let l = truth(&left.eval(context, env));
+                if l == Some(false) {
+                    return vec![bool_item(false)];
                 }
-                let same = values.iter().any(|item| match (&item.value, literal) {
-                    (Node::Json(Value::String(s)), Literal::Text(t)) => s == t,
-                    (Node::Json(Value::Bool(b)), Literal::Bool(l))
-                    | (Node::Bool(b), Literal::Bool(l)) => b == l,
-                    _ => false,
-                });
-                vec![bool_item(same == *equal)]
+                match (l, truth(&right.eval(context, env))) {
+                    (_, Some(false)) => vec![bool_item(false)],
+                    (Some(true), Some(true)) => vec![bool_item(true)],
+                    _ => Vec::new(),
+                }
             }
+            Expr::Or(left, right) => {
+                // FHIRPath §6.5.2: true wins, then empty.
+                let l = truth(&left.eval(context, env));
+                if l == Some(true) {
+                    return vec![bool_item(true)];
+                }
+                match (l, truth(&right.eval(context, env))) {
+                    (_, Some(true)) => vec![bool_item(true)],
+                    (Some(false), Some(false)) => vec![bool_item(false)],
+                    _ => Vec::new(),
+                }
+            }
+            Expr::Compare { left, op, right } => {
+                let l = left.eval(context, env);
+                let r = right.eval(context, env);
+                compare(&l, *op, &r).map(bool_item).into_iter().collect()
+            }
+            Expr::Literal(literal) => vec![Item {
+                value: Node::Literal(literal),
+                type_hint: None,
+            }],
             Expr::ResolvesTo(type_name) => {
                 let hits = context.iter().any(|item| match &item.value {
                     Node::Json(v) => reference_type(v).is_some_and(|t| t == type_name),
-                    Node::Bool(_) => false,
+                    _ => false,
                 });
                 vec![bool_item(hits)]
             }
@@ -490,10 +664,126 @@ fn is_abstract_base(name: &str) -> bool {
     matches!(name, "Resource" | "DomainResource")
 }
 
+fn json_item(value: &Value) -> Item<'_> {
+    Item {
+        value: Node::Json(value),
+        type_hint: None,
+    }
+}
+
 fn bool_item<'a>(b: bool) -> Item<'a> {
     Item {
         value: Node::Bool(b),
         type_hint: None,
+    }
+}
+
+/// A collection as a condition (FHIRPath §4.5): empty is unknown, one
+/// boolean is itself, any other single value is true, several are unknown.
+fn truth(items: &[Item<'_>]) -> Option<bool> {
+    match items {
+        [one] => Some(match &one.value {
+            Node::Bool(b) | Node::Json(Value::Bool(b)) | Node::Literal(Literal::Bool(b)) => *b,
+            _ => true,
+        }),
+        _ => None,
+    }
+}
+
+/// A value as a comparable scalar.
+enum Scalar<'a> {
+    Text(&'a str),
+    Number(f64),
+    Bool(bool),
+    Other(&'a Value),
+}
+
+fn scalar<'a>(node: &Node<'a>) -> Scalar<'a> {
+    match node {
+        Node::Bool(b) => Scalar::Bool(*b),
+        Node::Literal(Literal::Bool(b)) => Scalar::Bool(*b),
+        Node::Literal(Literal::Number(n)) => Scalar::Number(*n),
+        Node::Literal(Literal::Text(t) | Literal::Date(t)) => Scalar::Text(t),
+        Node::Json(Value::Bool(b)) => Scalar::Bool(*b),
+        Node::Json(Value::String(s)) => Scalar::Text(s),
+        Node::Json(Value::Number(n)) => n.as_f64().map_or(Scalar::Other(&NOTHING), Scalar::Number),
+        Node::Json(other) => Scalar::Other(other),
+    }
+}
+
+/// The order of two single values, `None` when they cannot be compared
+/// (different kinds, or dates of different precision that agree as far as
+/// both go, FHIRPath §6.1.1 and §6.2).
+fn order(a: &Node<'_>, b: &Node<'_>) -> Option<Ordering> {
+    match (scalar(a), scalar(b)) {
+        (Scalar::Number(x), Scalar::Number(y)) => x.partial_cmp(&y),
+        (Scalar::Bool(x), Scalar::Bool(y)) => Some(x.cmp(&y)),
+        (Scalar::Text(x), Scalar::Text(y)) => {
+            match (
+                crate::datetime::parse_range(x),
+                crate::datetime::parse_range(y),
+            ) {
+                // Two dates: the instants they cover.
+                (Ok(a), Ok(b)) => {
+                    if a.end <= b.start {
+                        Some(Ordering::Less)
+                    } else if b.end <= a.start {
+                        Some(Ordering::Greater)
+                    } else if a == b {
+                        Some(Ordering::Equal)
+                    } else {
+                        None
+                    }
+                }
+                _ => Some(x.cmp(y)),
+            }
+        }
+        (Scalar::Other(x), Scalar::Other(y)) => (x == y).then_some(Ordering::Equal),
+        _ => None,
+    }
+}
+
+/// `left op right` over two collections (FHIRPath §6.1, §6.2): empty when
+/// either is empty; equality compares the collections item by item in
+/// order; ordering needs single values.
+fn compare(left: &[Item<'_>], op: CompareOp, right: &[Item<'_>]) -> Option<bool> {
+    if left.is_empty() || right.is_empty() {
+        return None;
+    }
+    let equal = || {
+        if left.len() != right.len() {
+            return Some(false);
+        }
+        let mut all = Some(true);
+        for (l, r) in left.iter().zip(right) {
+            match order(&l.value, &r.value) {
+                Some(Ordering::Equal) => {}
+                Some(_) => return Some(false),
+                // Values of different kinds are not equal; dates of
+                // different precision are unknown.
+                None => match (scalar(&l.value), scalar(&r.value)) {
+                    (Scalar::Text(_), Scalar::Text(_)) => all = None,
+                    _ => return Some(false),
+                },
+            }
+        }
+        all
+    };
+    match op {
+        CompareOp::Equal => equal(),
+        CompareOp::NotEqual => equal().map(|e| !e),
+        _ => {
+            let ([l], [r]) = (left, right) else {
+                return None;
+            };
+            let o = order(&l.value, &r.value)?;
+            Some(match op {
+                CompareOp::Less => o == Ordering::Less,
+                CompareOp::LessOrEqual => o != Ordering::Greater,
+                CompareOp::Greater => o == Ordering::Greater,
+                _ => o != Ordering::Less,
+            })
+        }
     }
 }
 
@@ -502,11 +792,16 @@ fn same_node(a: &Node<'_>, b: &Node<'_>) -> bool {
     match (a, b) {
         (Node::Json(x), Node::Json(y)) => std::ptr::eq(*x, *y),
         (Node::Bool(x), Node::Bool(y)) => x == y,
+        (Node::Literal(x), Node::Literal(y)) => std::ptr::eq(*x, *y),
         _ => false,
     }
 }
 
-fn apply_steps<'a>(mut items: Vec<Item<'a>>, steps: &[Step], root: &Item<'a>) -> Vec<Item<'a>> {
+fn apply_steps<'a>(
+    mut items: Vec<Item<'a>>,
+    steps: &'a [Step],
+    env: &Env<'a, '_>,
+) -> Vec<Item<'a>> {
     for step in steps {
         items = match step {
             Step::Child(name) => items.iter().flat_map(|i| children(i, name)).collect(),
@@ -514,16 +809,12 @@ fn apply_steps<'a>(mut items: Vec<Item<'a>>, steps: &[Step], root: &Item<'a>) ->
             Step::First => items.into_iter().take(1).collect(),
             Step::OfType(t) => of_type(items, t),
             Step::Exists => vec![bool_item(!items.is_empty())],
+            Step::Empty => vec![bool_item(items.is_empty())],
+            Step::Not => truth(&items).map(|b| bool_item(!b)).into_iter().collect(),
             Step::Where(condition) => items
                 .into_iter()
                 .filter(|item| {
-                    matches!(
-                        condition.eval(std::slice::from_ref(item), root).as_slice(),
-                        [Item {
-                            value: Node::Bool(true),
-                            ..
-                        }]
-                    )
+                    truth(&condition.eval(std::slice::from_ref(item), env)) == Some(true)
                 })
                 .collect(),
             Step::Extension(url) => items
@@ -531,7 +822,7 @@ fn apply_steps<'a>(mut items: Vec<Item<'a>>, steps: &[Step], root: &Item<'a>) ->
                 .flat_map(|i| children(i, "extension"))
                 .filter(|e| match &e.value {
                     Node::Json(v) => v.get("url").and_then(Value::as_str) == Some(url.as_str()),
-                    Node::Bool(_) => false,
+                    _ => false,
                 })
                 .collect(),
         };
@@ -631,13 +922,14 @@ mod tests {
     use serde_json::json;
 
     fn values<'a>(expr: &str, resource: &'a Value) -> Vec<&'a Value> {
-        compile(expr)
-            .unwrap()
-            .evaluate(resource)
+        // The items may borrow the expression's literals: it lives as long
+        // as the test.
+        let expr: &'static Expr = Box::leak(Box::new(compile(expr).unwrap()));
+        expr.evaluate(resource)
             .into_iter()
             .filter_map(|i| match i.value {
                 Node::Json(v) => Some(v),
-                Node::Bool(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -751,6 +1043,137 @@ mod tests {
             let e = compile(text).unwrap_err();
             assert!(e.0.contains(says), "{text}: {e}");
         }
+    }
+
+    /// A topic criterion over `%current` and `%previous`.
+    fn criterion(text: &str, current: Option<Value>, previous: Option<Value>) -> Option<bool> {
+        let expr = compile_with(text, &["current", "previous"]).unwrap();
+        expr.test(
+            current.as_ref(),
+            &[
+                ("current", current.as_ref()),
+                ("previous", previous.as_ref()),
+            ],
+        )
+    }
+
+    #[test]
+    fn criteria_over_current_and_previous() {
+        let active = json!({"resourceType": "Encounter", "status": "in-progress"});
+        let done = json!({"resourceType": "Encounter", "status": "finished"});
+        let became = "%current.status = 'finished' and %previous.status != 'finished'";
+        assert_eq!(
+            criterion(became, Some(done.clone()), Some(active.clone())),
+            Some(true)
+        );
+        assert_eq!(
+            criterion(became, Some(done.clone()), Some(done.clone())),
+            Some(false)
+        );
+        // On create `%previous` is empty, and so is a comparison with it
+        // (FHIRPath §6.1): a criterion says what it wants then.
+        assert_eq!(criterion(became, Some(done.clone()), None), None);
+        let or_new = "%current.status = 'finished' and (%previous.empty() or %previous.status != 'finished')";
+        assert_eq!(criterion(or_new, Some(done.clone()), None), Some(true));
+        assert_eq!(
+            criterion(
+                "%previous.status = %current.status",
+                Some(done.clone()),
+                Some(active.clone())
+            ),
+            Some(false)
+        );
+        assert_eq!(
+            criterion(
+                "%current.status != %previous.status",
+                Some(done.clone()),
+                Some(active)
+            ),
+            Some(true)
+        );
+        // A bare path reads `%current`; on delete it is empty.
+        assert_eq!(
+            criterion("status = 'finished'", Some(done.clone()), None),
+            Some(true)
+        );
+        assert_eq!(
+            criterion("Encounter.status = 'finished'", Some(done.clone()), None),
+            Some(true)
+        );
+        assert_eq!(
+            criterion("%current.exists().not()", None, Some(done.clone())),
+            Some(true)
+        );
+        assert_eq!(
+            criterion(
+                "status = 'planned' or status = 'finished'",
+                Some(done.clone()),
+                None
+            ),
+            Some(true)
+        );
+        assert_eq!(
+            criterion(
+                "status = 'planned' or %previous.status = 'x'",
+                Some(done),
+                None
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn criteria_compare_numbers_dates_and_collections() {
+        let o = json!({"resourceType": "Observation", "valueQuantity": {"value": 120.5},
+            "effectiveDateTime": "2024-03-01T10:00:00Z",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}, {"system": "x", "code": "y"}]}});
+        let t = |text: &str| criterion(text, Some(o.clone()), None);
+        assert_eq!(t("%current.value.value > 100"), Some(true));
+        assert_eq!(t("%current.valueQuantity.value <= 120.5"), Some(true));
+        assert_eq!(t("%current.valueQuantity.value < 120"), Some(false));
+        assert_eq!(t("%current.effective >= @2024-03-01T09:00:00Z"), Some(true));
+        assert_eq!(t("%current.effective < @2024-02"), Some(false));
+        // The same day at another precision: unknown, not true.
+        assert_eq!(t("%current.effective > @2024-03-01"), None);
+        assert_eq!(
+            t("%current.code.coding.exists(system = 'http://loinc.org' and code = '8867-4')"),
+            Some(true)
+        );
+        assert_eq!(
+            t("%current.code.coding.where(code = 'zzz').exists()"),
+            Some(false)
+        );
+        // Equality of collections is item by item; ordering needs one value.
+        assert_eq!(t("%current.code.coding.code = '8867-4'"), Some(false));
+        assert_eq!(t("%current.code.coding.code > 'a'"), None);
+        assert_eq!(
+            t("%current.code.coding.code.first() = '8867-4'"),
+            Some(true)
+        );
+        assert_eq!(t("'b' > 'a'"), Some(true));
+        assert_eq!(t("%current.valueQuantity.value = 'x'"), Some(false));
+    }
+
+    #[test]
+    fn criteria_forms_that_are_refused_say_what() {
+        for (text, says) in [
+            ("%current.name.count() > 1", "count"),
+            ("%other.status = 'x'", "%other"),
+            ("%current.active xor %previous.active", "xor"),
+            ("%current.status = 'a' = true", "comparison of a comparison"),
+            ("%current.birthDate > @yesterday", "date literal"),
+            ("%current.value - 1 > 0", "character"),
+        ] {
+            let e = compile_with(text, &["current", "previous"]).unwrap_err();
+            assert!(e.0.contains(says), "{text}: {e}");
+        }
+        let deep = format!("{}%current.active{}", "(".repeat(40), ")".repeat(40));
+        assert!(compile_with(&deep, &["current"])
+            .unwrap_err()
+            .0
+            .contains("nesting"));
+        // Search expressions name no topic variable.
+        assert!(compile("%current.status").is_err());
     }
 
     #[test]
