@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use fhirbox_auth::AuthService;
 use fhirbox_store::{ResourceWrite, Store, StoreResult, WriteOp, WriteOutcome};
+use fhirbox_subscriptions::Subscriptions;
 
 pub use error::{ErrorKind, RestError};
 pub use reply::{Prefer, ReadConditions, Reply, ReturnPreference};
@@ -60,6 +61,9 @@ pub struct Rest {
     /// What every write is checked against (secret references, structure, size).
     checks: WriteChecks,
     events: Arc<dyn RestEvents>,
+    /// Topics and destinations: every write asks which notifications it
+    /// queues (docs/subscriptions.md).
+    subscriptions: Subscriptions,
 }
 
 impl Rest {
@@ -68,13 +72,19 @@ impl Rest {
         auth: Arc<AuthService>,
         checks: WriteChecks,
         events: Arc<dyn RestEvents>,
+        subscriptions: Subscriptions,
     ) -> Rest {
         Rest {
             store,
             auth,
             checks,
             events,
+            subscriptions,
         }
+    }
+
+    pub fn subscriptions(&self) -> &Subscriptions {
+        &self.subscriptions
     }
 
     pub fn store(&self) -> &Store {
@@ -82,22 +92,69 @@ impl Rest {
     }
 
     /// Stores one write, then refreshes caches that depend on what was written.
-    pub async fn write(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+    pub async fn write(&self, mut op: WriteOp) -> StoreResult<WriteOutcome> {
+        op.notify = self.subscriptions.registry.notifier();
+        let notifies = op.notify.is_some();
         let outcome = self.store.write(op).await?;
-        self.after_writes(std::slice::from_ref(&outcome)).await;
+        self.after_writes(std::slice::from_ref(&outcome), notifies)
+            .await;
         Ok(outcome)
     }
 
     /// Stores several writes atomically, then refreshes caches.
-    pub async fn write_all(&self, ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
+    pub async fn write_all(&self, mut ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
+        let notify = self.subscriptions.registry.notifier();
+        let notifies = notify.is_some();
+        for op in &mut ops {
+            op.notify.clone_from(&notify);
+        }
         let outcomes = self.store.write_all(ops).await?;
-        self.after_writes(&outcomes).await;
+        self.after_writes(&outcomes, notifies).await;
         Ok(outcomes)
+    }
+
+    /// `GET /AidboxTopicDestination/{id}/$status` (docs/subscriptions.md):
+    /// the destination's delivery counters on this instance and its queue.
+    pub async fn destination_status(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Reply, RestError> {
+        if resource_type != "AidboxTopicDestination" {
+            return Err(RestError::not_found(
+                "$status is an operation of AidboxTopicDestination only",
+            ));
+        }
+        resource::check_id(id)?;
+        let registry = &self.subscriptions.registry;
+        if registry.destination(id).is_none() && registry.problem(id).is_none() {
+            // Perhaps created through another instance a moment ago.
+            registry.reload_if_changed(&self.store).await?;
+        }
+        match self.subscriptions.delivery.status(id).await? {
+            Some(parameters) => Ok(Reply::json(parameters.to_string())),
+            None => Err(RestError::not_found(format!(
+                "AidboxTopicDestination/{id} is not stored"
+            ))),
+        }
     }
 
     /// A changed Client or AccessPolicy takes effect on this instance before
     /// the write is answered (other instances pick it up on their re-check).
-    async fn after_writes(&self, outcomes: &[WriteOutcome]) {
+    async fn after_writes(&self, outcomes: &[WriteOutcome], notifies: bool) {
+        let touches_subscriptions = outcomes.iter().any(|o| {
+            o.changed
+                && fhirbox_subscriptions::registry::TYPES
+                    .contains(&o.resource.resource_type.as_str())
+        });
+        if touches_subscriptions {
+            if let Err(e) = self.subscriptions.registry.reload(&self.store).await {
+                tracing::error!(error = %e, "could not reload subscription topics and destinations after a write");
+            }
+        }
+        if notifies {
+            self.subscriptions.registry.wake();
+        }
         let touches_auth = outcomes.iter().any(|o| {
             o.changed && fhirbox_auth::AUTH_TYPES.contains(&o.resource.resource_type.as_str())
         });

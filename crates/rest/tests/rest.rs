@@ -64,7 +64,16 @@ async fn open(backend: Backend) -> Fixture {
         max_bundle_entries: 100,
         conditional_delete_max: 1,
     };
-    let rest = Rest::new(store, Arc::new(auth), checks, denials.clone());
+    let subscriptions = fhirbox_subscriptions::Subscriptions::load(&store, None)
+        .await
+        .expect("topics and destinations load");
+    let rest = Rest::new(
+        store,
+        Arc::new(auth),
+        checks,
+        denials.clone(),
+        subscriptions,
+    );
     Fixture {
         rest,
         denials,

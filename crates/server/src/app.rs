@@ -235,6 +235,13 @@ fn fhir_routes() -> (Router<AppState>, Interactions) {
         "/fhir/{type}/{id}/$validate",
         post(fhir_api::validate_instance),
     );
+    // Aidbox's operation on AidboxTopicDestination (docs/subscriptions.md);
+    // not one of HL7's, so the CapabilityStatement's operations leave it out.
+    let mut table = table;
+    table.router = table.router.route(
+        "/fhir/{type}/{id}/$status",
+        get(fhir_api::destination_status).fallback(fhir_api::method_not_allowed),
+    );
     (table.router, table.interactions)
 }
 
@@ -261,6 +268,12 @@ pub async fn build_app(settings: Settings) -> Result<App, StartupError> {
         app.state.store.clone(),
         app.state.settings.auth_recheck,
     );
+    // Notifications queued before this start (even by a process that was
+    // killed) are delivered now (docs/subscriptions.md).
+    app.state
+        .rest
+        .subscriptions()
+        .start(&app.state.store, app.state.settings.auth_recheck);
     Ok(app)
 }
 
@@ -321,6 +334,10 @@ async fn open(settings: Settings, guard: Guard) -> Result<App, StartupError> {
         timeout: settings.issuer_timeout,
         events: metrics.token_events(),
     });
+    let subscriptions =
+        fhirbox_subscriptions::Subscriptions::load(&store, settings.base_url.clone())
+            .await
+            .map_err(database_error)?;
     let structure = validator(settings.validation)?;
     let checks = WriteChecks {
         vault,
@@ -329,7 +346,15 @@ async fn open(settings: Settings, guard: Guard) -> Result<App, StartupError> {
         max_bundle_entries: settings.max_bundle_entries,
         conditional_delete_max: settings.conditional_delete_max,
     };
-    Ok(assemble(settings, store, auth, metrics, checks, guard))
+    Ok(assemble(
+        settings,
+        store,
+        auth,
+        metrics,
+        checks,
+        subscriptions,
+        guard,
+    ))
 }
 
 /// The structural validator `BOX_VALIDATION` asks for (docs/validation.md).
@@ -376,6 +401,7 @@ fn assemble(
     auth: AuthService,
     metrics: Metrics,
     checks: WriteChecks,
+    subscriptions: fhirbox_subscriptions::Subscriptions,
     guard: Guard,
 ) -> App {
     let (api, mut interactions) = fhir_routes();
@@ -384,7 +410,13 @@ fn assemble(
     let auth = Arc::new(auth);
     let metrics = Arc::new(metrics);
     let vault = checks.vault.clone();
-    let rest = Rest::new(store.clone(), auth.clone(), checks, metrics.clone());
+    let rest = Rest::new(
+        store.clone(),
+        auth.clone(),
+        checks,
+        metrics.clone(),
+        subscriptions,
+    );
     let public_base = PublicBase(settings.base_url.as_deref().map(Arc::from));
     let state = AppState {
         store,

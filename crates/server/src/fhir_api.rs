@@ -357,6 +357,14 @@ pub async fn validate_instance(
     Ok(render(reply))
 }
 
+/// `GET /fhir/AidboxTopicDestination/{id}/$status`.
+pub async fn destination_status(
+    State(rest): State<Rest>,
+    FhirPath((resource_type, id)): FhirPath<(String, String)>,
+) -> Answer {
+    Ok(render(rest.destination_status(&resource_type, &id).await?))
+}
+
 /// Answers an unknown path with a 404 OperationOutcome.
 pub async fn unknown_route(uri: axum::http::Uri) -> Response {
     ApiError::not_found(format!(

@@ -41,6 +41,23 @@ pub struct Destination {
     pub kind: Kind,
     pub active: bool,
     pub content: Content,
+    /// The webhook's settings (kind `webhook-at-least-once`).
+    pub webhook: Option<Webhook>,
+}
+
+/// Where and how a webhook destination posts, with Aidbox's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub endpoint: String,
+    /// Seconds a delivery may take (default 30).
+    pub timeout_secs: u64,
+    /// Seconds an idle connection is kept; `None`: a connection per
+    /// delivery (`keepAlive` -1). Default 120.
+    pub keep_alive_secs: Option<u64>,
+    /// Most notifications one request carries (default 20).
+    pub max_batch: usize,
+    /// Literal `header` parameters, as name and value.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The value types a parameter may carry.
@@ -238,7 +255,7 @@ fn read_params<'a>(
     Ok(Params { values })
 }
 
-fn webhook(params: &Params<'_>) -> Result<(), String> {
+fn webhook(params: &Params<'_>) -> Result<Webhook, String> {
     let endpoint = params
         .text("endpoint")
         .ok_or("webhook-at-least-once needs the parameter endpoint (valueUrl)")?;
@@ -312,7 +329,26 @@ fn webhook(params: &Params<'_>) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    let positive = |name: &str, default: u64| {
+        params
+            .number(name)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(default)
+    };
+    Ok(Webhook {
+        endpoint: endpoint.to_owned(),
+        timeout_secs: positive("timeout", 30),
+        keep_alive_secs: match params.number("keepAlive") {
+            Some(-1) => None,
+            other => Some(other.and_then(|n| u64::try_from(n).ok()).unwrap_or(120)),
+        },
+        max_batch: usize::try_from(positive("maxMessagesInBatch", 20)).unwrap_or(20),
+        headers: params
+            .all_text("header")
+            .filter_map(|h| h.split_once(':'))
+            .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+            .collect(),
+    })
 }
 
 fn kafka(params: &Params<'_>) -> Result<(), String> {
@@ -496,17 +532,19 @@ impl Destination {
             Some("empty") => Content::Empty,
             Some(_) => return Err("content must be full-resource, id-only or empty".into()),
         };
-        match kind {
-            Kind::WebhookAtLeastOnce => webhook(&read_params(fields, WEBHOOK, kind_name)?)?,
+        let webhook = match kind {
+            Kind::WebhookAtLeastOnce => Some(webhook(&read_params(fields, WEBHOOK, kind_name)?)?),
             Kind::KafkaAtLeastOnce | Kind::KafkaBestEffort => {
-                kafka(&read_params(fields, KAFKA, kind_name)?)?
+                kafka(&read_params(fields, KAFKA, kind_name)?)?;
+                None
             }
-        }
+        };
         Ok(Destination {
             topic,
             kind,
             active,
             content,
+            webhook,
         })
     }
 }

@@ -1,12 +1,52 @@
 //! Subscriptions (docs/subscriptions.md): which resource changes are
-//! published (`AidboxSubscriptionTopic`) and where they are delivered
-//! (`AidboxTopicDestination`: a webhook, or Kafka with credentials that may
-//! come from vault files). It depends on `fhir` and `store` (and, for
-//! delivery, will on `secrets`), never on `rest` or the server.
-//!
-//! Built so far: the destination's shape, checked on every write
-//! (`destination`), with the Kafka JAAS configuration parsed (`jaas`).
+//! published (`AidboxSubscriptionTopic`, `topic`) and where they are
+//! delivered (`AidboxTopicDestination`, `destination`: a webhook, or Kafka
+//! with credentials that may come from vault files). A write queues its
+//! notifications in the outbox in its own transaction (the notifier of
+//! `registry`); `delivery` sends them (`notification` is their shape). It
+//! depends on `fhir` and `store`, never on `rest` or the server.
 
+pub mod delivery;
 pub mod destination;
 pub mod jaas;
+pub mod notification;
+pub mod registry;
 pub mod topic;
+
+use std::sync::Arc;
+
+use fhirbox_store::Store;
+
+/// Subscriptions of one server instance: the registry every write consults
+/// and the delivery workers.
+#[derive(Clone)]
+pub struct Subscriptions {
+    pub registry: Arc<registry::Registry>,
+    pub delivery: Arc<delivery::Delivery>,
+}
+
+impl Subscriptions {
+    /// Loads topics and destinations from `store`; nothing is delivered
+    /// until [`Subscriptions::start`]. `base` is the public base URL, for
+    /// the `fullUrl` of notification entries.
+    pub async fn load(
+        store: &Store,
+        base: Option<String>,
+    ) -> Result<Subscriptions, fhirbox_store::StoreError> {
+        let registry = Arc::new(registry::Registry::new());
+        registry.reload(store).await?;
+        let delivery = Arc::new(delivery::Delivery::new(
+            registry.clone(),
+            store.clone(),
+            base,
+        ));
+        Ok(Subscriptions { registry, delivery })
+    }
+
+    /// Starts delivery and the periodic re-check of topics and
+    /// destinations changed through other instances.
+    pub fn start(&self, store: &Store, recheck: std::time::Duration) {
+        registry::spawn_recheck(&self.registry, store.clone(), recheck);
+        delivery::spawn(&self.delivery);
+    }
+}

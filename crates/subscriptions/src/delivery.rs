@@ -1,0 +1,326 @@
+//! Delivery of queued notifications (docs/subscriptions.md, "Delivery"):
+//! one task per destination takes the oldest notifications from the outbox,
+//! sends them as one notification, and deletes them only once the receiver
+//! acknowledged (a 2xx answer). A failure keeps them, waits (0.5 s doubling
+//! to 30 s) and tries again, so they arrive in order and none is lost,
+//! whatever happens to the receiver or to fhirbox (kill -9 included: what
+//! was not acknowledged is still in the outbox at the next start).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fhirbox_store::{Outbox, Store};
+use serde_json::{json, Value};
+
+use crate::destination::Webhook;
+use crate::registry::{Live, Registry};
+
+/// How often a worker looks for notifications queued through another
+/// instance (its own instance's writes wake it at once).
+const POLL: Duration = Duration::from_millis(250);
+/// The first wait after a failure, doubled after each until [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What happened to one destination's notifications on this instance since
+/// it started (`$status`, metrics).
+#[derive(Default)]
+pub struct Stats {
+    pub delivered: AtomicU64,
+    pub attempts: AtomicU64,
+    pub failures: AtomicU64,
+    pub in_process: AtomicU64,
+    last_error: Mutex<Option<(String, SystemTime)>>,
+}
+
+impl Stats {
+    /// The last failure: what went wrong (never a credential or a response
+    /// body) and when.
+    pub fn last_error(&self) -> Option<(String, SystemTime)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn failed(&self, message: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((message, SystemTime::now()));
+    }
+}
+
+/// The delivery side of subscriptions: the workers and their counters.
+pub struct Delivery {
+    registry: Arc<Registry>,
+    store: Store,
+    base: Option<String>,
+    started: SystemTime,
+    stats: Mutex<HashMap<String, Arc<Stats>>>,
+}
+
+impl Delivery {
+    pub fn new(registry: Arc<Registry>, store: Store, base: Option<String>) -> Delivery {
+        Delivery {
+            registry,
+            store,
+            base,
+            started: SystemTime::now(),
+            stats: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The counters of destination `id` (created on first use).
+    pub fn stats(&self, id: &str) -> Arc<Stats> {
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Every destination's counters, by id.
+    pub fn all_stats(&self) -> Vec<(String, Arc<Stats>)> {
+        let mut all: Vec<(String, Arc<Stats>)> = self
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// `$status` of destination `id` as a `Parameters` resource; `None`
+    /// when no such destination is stored.
+    pub async fn status(&self, id: &str) -> Result<Option<Value>, fhirbox_store::StoreError> {
+        let live = self.registry.destination(id);
+        let problem = self.registry.problem(id);
+        if live.is_none() && problem.is_none() {
+            return Ok(None);
+        }
+        let stats = self.stats(id);
+        let queued = self.store.count_events(id).await?;
+        let status = match (&live, &problem) {
+            (_, Some(_)) => "error",
+            (Some(l), None) if !l.destination.active => "off",
+            _ => "active",
+        };
+        let count = |n: u64| json!(n);
+        let mut parameters = vec![
+            json!({"name": "messagesDelivered", "valueDecimal": count(stats.delivered.load(Ordering::Relaxed))}),
+            json!({"name": "messagesDeliveryAttempts", "valueDecimal": count(stats.attempts.load(Ordering::Relaxed))}),
+            json!({"name": "messagesInProcess", "valueDecimal": count(stats.in_process.load(Ordering::Relaxed))}),
+            json!({"name": "messagesQueued", "valueDecimal": queued}),
+            json!({"name": "startTimestamp", "valueDateTime": instant(self.started)}),
+            json!({"name": "status", "valueString": status}),
+        ];
+        let error = problem
+            .map(|p| (p, SystemTime::now()))
+            .or_else(|| stats.last_error());
+        if let Some((message, at)) = error {
+            parameters.push(json!({"name": "lastErrorDetail", "part": [
+                {"name": "message", "valueString": message},
+                {"name": "timestamp", "valueDateTime": instant(at)}]}));
+        }
+        Ok(Some(
+            json!({"resourceType": "Parameters", "parameter": parameters}),
+        ))
+    }
+}
+
+fn instant(at: SystemTime) -> String {
+    let micros = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    fhirbox_store::instant::format_micros(micros)
+}
+
+/// Starts the supervisor that keeps one worker per delivered destination.
+/// The supervisor and the workers hold the delivery weakly: they end when
+/// the server that owns it is dropped.
+pub fn spawn(delivery: &Arc<Delivery>) {
+    let weak = Arc::downgrade(delivery);
+    let registry = delivery.registry.clone();
+    tokio::spawn(async move {
+        let mut workers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            let changed = registry.wake.notified();
+            workers.retain(|_, handle| !handle.is_finished());
+            if weak.strong_count() == 0 {
+                break;
+            }
+            for live in registry.delivered() {
+                if !workers.contains_key(&live.id) {
+                    let task = tokio::spawn(work(weak.clone(), registry.clone(), live.id.clone()));
+                    workers.insert(live.id.clone(), task);
+                }
+            }
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+}
+
+/// The webhook client of one version of a destination.
+struct Client {
+    version: i64,
+    http: reqwest::Client,
+}
+
+fn client(live: &Live, webhook: &Webhook) -> Result<Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(webhook.timeout_secs.max(1)))
+        .connect_timeout(Duration::from_secs(webhook.timeout_secs.clamp(1, 10)))
+        // A notification goes where the destination says, never elsewhere.
+        .redirect(reqwest::redirect::Policy::none());
+    builder = match webhook.keep_alive_secs {
+        Some(secs) => builder.pool_idle_timeout(Duration::from_secs(secs)),
+        None => builder.pool_max_idle_per_host(0),
+    };
+    let http = builder
+        .build()
+        .map_err(|_| "the HTTP client could not be built".to_owned())?;
+    Ok(Client {
+        version: live.version,
+        http,
+    })
+}
+
+/// Delivers destination `id` until it is no longer delivered (or the
+/// server is gone).
+async fn work(weak: std::sync::Weak<Delivery>, registry: Arc<Registry>, id: String) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut http: Option<Client> = None;
+    tracing::info!(destination = %id, "subscription delivery started");
+    loop {
+        let Some(delivery) = weak.upgrade() else {
+            break;
+        };
+        let stats = delivery.stats(&id);
+        let Some(live) = registry
+            .destination(&id)
+            .filter(|l| l.destination.active && l.destination.kind.is_delivered())
+        else {
+            break;
+        };
+        let Some(webhook) = live.destination.webhook.as_ref() else {
+            break;
+        };
+        if http.as_ref().is_none_or(|c| c.version != live.version) {
+            match client(&live, webhook) {
+                Ok(c) => http = Some(c),
+                Err(message) => {
+                    stats.failed(message);
+                    tokio::time::sleep(MAX_BACKOFF).await;
+                    continue;
+                }
+            }
+        }
+        let Some(client) = http.as_ref() else { break };
+        // Listen before looking, so a write that lands in between is not missed.
+        let woken = registry.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let claim = match delivery.store.claim_events(&id, webhook.max_batch).await {
+            Ok(Some(claim)) if !claim.rows().is_empty() => claim,
+            Ok(other) => {
+                // Nothing queued, or another instance delivers it.
+                if let Some(claim) = other {
+                    let _ = claim.release().await;
+                }
+                drop(delivery);
+                tokio::select! {
+                    () = &mut woken => {}
+                    () = tokio::time::sleep(POLL) => {}
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(destination = %id, error = %e, "could not read the subscription outbox");
+                stats.failed("the outbox could not be read".into());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let count = claim.rows().len() as u64;
+        stats.in_process.store(count, Ordering::Relaxed);
+        stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let sent = match crate::notification::bundle(
+            &delivery.store,
+            &live,
+            claim.rows(),
+            delivery.base.as_deref(),
+        )
+        .await
+        {
+            Ok(bundle) => post(client, webhook, &bundle).await,
+            Err(e) => {
+                tracing::warn!(destination = %id, error = %e, "could not read the changed resources");
+                Err("the changed resources could not be read".to_owned())
+            }
+        };
+        let seqs: Vec<i64> = claim.rows().iter().map(|r| r.seq).collect();
+        match sent {
+            Ok(()) => match claim.acknowledge(&seqs).await {
+                Ok(()) => {
+                    stats.delivered.fetch_add(count, Ordering::Relaxed);
+                    backoff = FIRST_BACKOFF;
+                }
+                Err(e) => {
+                    // Delivered, but still queued: sent again (at least once).
+                    tracing::warn!(destination = %id, error = %e, "delivered notifications could not be removed from the outbox; they will be sent again");
+                    stats.failed(
+                        "delivered notifications could not be removed from the outbox".into(),
+                    );
+                    tokio::time::sleep(backoff).await;
+                }
+            },
+            Err(message) => {
+                let _ = claim.release().await;
+                tracing::warn!(destination = %id, problem = %message, retry_in_ms = backoff.as_millis() as u64, "subscription delivery failed; retrying");
+                stats.failed(message);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        stats.in_process.store(0, Ordering::Relaxed);
+    }
+    tracing::info!(destination = %id, "subscription delivery stopped");
+}
+
+/// Posts one notification; the error says what went wrong without the
+/// endpoint (its query may carry a key), a credential or the answer's body.
+async fn post(client: &Client, webhook: &Webhook, bundle: &Value) -> Result<(), String> {
+    let mut request = client
+        .http
+        .post(&webhook.endpoint)
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string());
+    for (name, value) in &webhook.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    match request.send().await {
+        Ok(answer) if answer.status().is_success() => Ok(()),
+        Ok(answer) => Err(format!(
+            "the endpoint answered HTTP {}",
+            answer.status().as_u16()
+        )),
+        Err(e) if e.is_timeout() => Err(format!(
+            "the endpoint did not answer within {} s",
+            webhook.timeout_secs
+        )),
+        Err(e) if e.is_connect() => Err("could not connect to the endpoint".into()),
+        Err(e) if e.is_builder() => {
+            Err("the request could not be built (check the header parameters)".into())
+        }
+        Err(_) => Err("the request to the endpoint failed".into()),
+    }
+}
