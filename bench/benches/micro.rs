@@ -67,6 +67,7 @@ fn basic_auth(c: &mut Criterion) {
                 finalize: None,
                 index: None,
                 matching: None,
+                notify: None,
             })
             .await
             .unwrap();

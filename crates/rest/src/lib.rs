@@ -93,7 +93,7 @@ impl Rest {
 
     /// Stores one write, then refreshes caches that depend on what was written.
     pub async fn write(&self, mut op: WriteOp) -> StoreResult<WriteOutcome> {
-        op.notify = self.subscriptions.registry.notifier();
+        op.notify = self.notifier().await;
         let notifies = op.notify.is_some();
         let outcome = self.store.write(op).await?;
         self.after_writes(std::slice::from_ref(&outcome), notifies)
@@ -103,7 +103,7 @@ impl Rest {
 
     /// Stores several writes atomically, then refreshes caches.
     pub async fn write_all(&self, mut ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
-        let notify = self.subscriptions.registry.notifier();
+        let notify = self.notifier().await;
         let notifies = notify.is_some();
         for op in &mut ops {
             op.notify.clone_from(&notify);
@@ -137,6 +137,21 @@ impl Rest {
                 "AidboxTopicDestination/{id} is not stored"
             ))),
         }
+    }
+
+    /// The notifier of the topics and destinations in force. Instances
+    /// sharing a PostgreSQL database first catch up with destinations
+    /// written through another instance (one indexed query), so a change
+    /// made after a destination's write was answered is always notified,
+    /// whichever instance makes it; an SQLite database has one instance.
+    async fn notifier(&self) -> Option<fhirbox_store::Notify> {
+        let registry = &self.subscriptions.registry;
+        if matches!(self.store, Store::Postgres(_)) {
+            if let Err(e) = registry.reload_if_changed(&self.store).await {
+                tracing::warn!(error = %e, "could not check for new subscription destinations");
+            }
+        }
+        registry.notifier()
     }
 
     /// A changed Client or AccessPolicy takes effect on this instance before

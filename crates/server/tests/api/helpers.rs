@@ -47,7 +47,7 @@ pub enum TestDb {
 }
 
 impl TestDb {
-    async fn create(backend: Backend) -> TestDb {
+    pub async fn create(backend: Backend) -> TestDb {
         match backend {
             Backend::Sqlite => {
                 let unique = uuid::Uuid::new_v4().simple().to_string();

@@ -501,3 +501,184 @@ async fn queued_notifications_survive_a_restart(backend: Backend) {
     );
     drop(app);
 }
+
+/// A fhirbox process (the real binary) on a database of the test's.
+struct Process {
+    child: std::process::Child,
+    base: String,
+}
+
+const ROOT_SECRET: &str = "process-root-secret-0123456789";
+
+impl Process {
+    async fn start(database_url: &str) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirbox"))
+            .env("BOX_DB_URL", database_url)
+            .env("BOX_WEB_PORT", port.to_string())
+            .env("BOX_ROOT_CLIENT_ID", "root")
+            .env("BOX_ROOT_CLIENT_SECRET", ROOT_SECRET)
+            .env("BOX_AUTH_RECHECK_MS", "200")
+            .env_remove("BOX_VAULT_CONFIG")
+            .env_remove("BOX_INIT_BUNDLE")
+            .env_remove("BOX_METRICS_PORT")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = Process {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let up = wait_until_async(Duration::from_secs(60), || async {
+            client
+                .get(format!("{}/health", process.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(up, "fhirbox did not start on {}", process.base);
+        process
+    }
+
+    async fn put(&self, path: &str, body: &Value) -> u16 {
+        reqwest::Client::new()
+            .put(format!("{}{path}", self.base))
+            .basic_auth("root", Some(ROOT_SECRET))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn put_patient(&self, id: &str) {
+        let status = self
+            .put(
+                &format!("/fhir/Patient/{id}"),
+                &json!({"resourceType": "Patient", "id": id}),
+            )
+            .await;
+        assert!(status == 201 || status == 200, "{id}: {status}");
+    }
+
+    async fn subscribe(&self, endpoint: &str) {
+        let topic = json!({"resourceType": "AidboxSubscriptionTopic", "id": "patients",
+            "url": "http://hospital.example/topics/patients", "trigger": [{"resource": "Patient"}]});
+        assert_eq!(
+            self.put("/fhir/AidboxSubscriptionTopic/patients", &topic)
+                .await,
+            201
+        );
+        let destination = json!({"resourceType": "AidboxTopicDestination", "id": "patients",
+            "topic": "http://hospital.example/topics/patients", "kind": "webhook-at-least-once",
+            "content": "id-only", "parameter": [{"name": "endpoint", "valueUrl": endpoint},
+                {"name": "maxMessagesInBatch", "valueUnsignedInt": 1}]});
+        assert_eq!(
+            self.put("/fhir/AidboxTopicDestination/patients", &destination)
+                .await,
+            201
+        );
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The order of first arrival of each focus, and whether any came twice.
+fn first_arrivals(receiver: &Receiver) -> (Vec<String>, bool) {
+    let mut first: Vec<String> = Vec::new();
+    let mut repeated = false;
+    for (_, focus, _, _) in receiver.events() {
+        if first.contains(&focus) {
+            repeated = true;
+        } else {
+            first.push(focus);
+        }
+    }
+    (first, repeated)
+}
+
+backend_tests!(per_backend: a_killed_process_loses_no_notification);
+
+/// kill -9 in the middle of delivery: a new process on the database
+/// delivers every notification that was not acknowledged, in order.
+async fn a_killed_process_loses_no_notification(backend: Backend) {
+    let db = crate::helpers::TestDb::create(backend).await;
+    let receiver = Receiver::start().await;
+    receiver.delay_ms.store(150, Ordering::SeqCst);
+    let mut first = Process::start(&db.url()).await;
+    first.subscribe(&receiver.url).await;
+    let ids: Vec<String> = (0..12).map(|i| format!("p{i:02}")).collect();
+    for id in &ids {
+        first.put_patient(id).await;
+    }
+    assert!(receiver.wait_for(2).await);
+    first.kill();
+    let delivered_before = receiver.events().len();
+    assert!(
+        delivered_before < ids.len(),
+        "all delivered before the kill"
+    );
+    let _second = Process::start(&db.url()).await;
+    assert!(
+        receiver.wait_for(ids.len()).await,
+        "{:?}",
+        receiver.events()
+    );
+    let expected: Vec<String> = ids.iter().map(|id| format!("Patient/{id}")).collect();
+    let arrived = wait_until_async(Duration::from_secs(20), || async {
+        first_arrivals(&receiver).0.len() == ids.len()
+    })
+    .await;
+    assert!(arrived, "{:?}", receiver.events());
+    assert_eq!(first_arrivals(&receiver).0, expected);
+}
+
+fhirbox_test_support::postgres_variant! {
+    /// Two replicas on one PostgreSQL database: the destination's lease row
+    /// lets one of them deliver at a time, so every notification arrives
+    /// once and in the order of the changes, whichever replica made them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_on_one_postgresql_deliver_each_notification_once_in_order() {
+    let db = crate::helpers::TestDb::create(Backend::Postgres).await;
+    let receiver = Receiver::start().await;
+    receiver.delay_ms.store(20, Ordering::SeqCst);
+    let a = Process::start(&db.url()).await;
+    let b = Process::start(&db.url()).await;
+    a.subscribe(&receiver.url).await;
+    let ids: Vec<String> = (0..30).map(|i| format!("p{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        if i % 2 == 0 {
+            a.put_patient(id).await;
+        } else {
+            b.put_patient(id).await;
+        }
+    }
+    assert!(receiver.wait_for(ids.len()).await, "{:?}", receiver.events());
+    // Give a second delivery of anything a moment to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (order, repeated) = first_arrivals(&receiver);
+    let expected: Vec<String> = ids.iter().map(|id| format!("Patient/{id}")).collect();
+    assert_eq!(order, expected);
+    assert!(!repeated, "{:?}", receiver.events());
+    assert_eq!(receiver.events().len(), ids.len());
+}
+}
