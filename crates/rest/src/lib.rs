@@ -167,6 +167,17 @@ impl Rest {
                 tracing::error!(error = %e, "could not reload subscription topics and destinations after a write");
             }
         }
+        for o in outcomes {
+            if o.changed
+                && o.resource.deleted
+                && o.resource.resource_type == "AidboxTopicDestination"
+            {
+                self.subscriptions
+                    .delivery
+                    .deleted(&o.resource.id, o.resource.last_updated)
+                    .await;
+            }
+        }
         if notifies {
             self.subscriptions.registry.wake();
         }

@@ -22,6 +22,10 @@ use crate::{PostgresStore, SqliteStore, Store, StoreResult};
 const SELECT_ROWS: &str = "SELECT seq, destination, topic, resource_type, resource_id, version_id, interaction, created_at \
      FROM subscription_outbox WHERE destination = $1 ORDER BY seq LIMIT $2";
 
+const DROP_EVENTS: &str =
+    "DELETE FROM subscription_outbox WHERE destination = $1 AND created_at < $2";
+const QUEUED_DESTINATIONS: &str = "SELECT DISTINCT destination FROM subscription_outbox";
+
 /// Reads an outbox row of either backend.
 macro_rules! outbox_row {
     ($row:expr) => {{
@@ -112,9 +116,17 @@ pub trait Outbox {
     /// How many notifications of `destination` are queued.
     fn count_events(&self, destination: &str) -> impl Future<Output = StoreResult<i64>> + Send;
 
-    /// Removes every queued notification of `destination` (it was deleted);
+    /// Removes the notifications of `destination` queued before `before`
+    /// (microseconds since the epoch: when the destination was deleted);
     /// returns how many there were.
-    fn drop_events(&self, destination: &str) -> impl Future<Output = StoreResult<u64>> + Send;
+    fn drop_events(
+        &self,
+        destination: &str,
+        before: i64,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// The destinations that have queued notifications.
+    fn queued_destinations(&self) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 }
 
 fn limit_of(limit: usize) -> i64 {
@@ -173,13 +185,22 @@ impl Outbox for PostgresStore {
             .db()
     }
 
-    async fn drop_events(&self, destination: &str) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM subscription_outbox WHERE destination = $1")
+    async fn drop_events(&self, destination: &str, before: i64) -> StoreResult<u64> {
+        let done = sqlx::query(DROP_EVENTS)
             .bind(destination)
+            .bind(before)
             .execute(self.write_pool())
             .await
             .db()?;
         Ok(done.rows_affected())
+    }
+
+    async fn queued_destinations(&self) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(QUEUED_DESTINATIONS)
+            .fetch_all(self.write_pool())
+            .await
+            .db()?;
+        rows.iter().map(|r| r.try_get(0).db()).collect()
     }
 }
 
@@ -216,13 +237,22 @@ impl Outbox for SqliteStore {
             .db()
     }
 
-    async fn drop_events(&self, destination: &str) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM subscription_outbox WHERE destination = $1")
+    async fn drop_events(&self, destination: &str, before: i64) -> StoreResult<u64> {
+        let done = sqlx::query(DROP_EVENTS)
             .bind(destination)
+            .bind(before)
             .execute(self.write_pool())
             .await
             .db()?;
         Ok(done.rows_affected())
+    }
+
+    async fn queued_destinations(&self) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(QUEUED_DESTINATIONS)
+            .fetch_all(self.write_pool())
+            .await
+            .db()?;
+        rows.iter().map(|r| r.try_get(0).db()).collect()
     }
 }
 
@@ -246,7 +276,10 @@ impl Outbox for Store {
     async fn count_events(&self, destination: &str) -> StoreResult<i64> {
         delegate!(self, s => s.count_events(destination))
     }
-    async fn drop_events(&self, destination: &str) -> StoreResult<u64> {
-        delegate!(self, s => s.drop_events(destination))
+    async fn drop_events(&self, destination: &str, before: i64) -> StoreResult<u64> {
+        delegate!(self, s => s.drop_events(destination, before))
+    }
+    async fn queued_destinations(&self) -> StoreResult<Vec<String>> {
+        delegate!(self, s => s.queued_destinations())
     }
 }

@@ -1719,7 +1719,11 @@ async fn notifications_are_queued_with_the_change_and_taken_in_order(store: Test
     assert_eq!(left, ["update", "delete"]);
     claim.release().await.unwrap();
     assert_eq!(store.count_events("d").await.unwrap(), 2);
-    assert_eq!(store.drop_events("d").await.unwrap(), 2);
+    assert_eq!(store.queued_destinations().await.unwrap(), ["d"]);
+    // Only what was queued before the given time goes.
+    assert_eq!(store.drop_events("d", 0).await.unwrap(), 0);
+    assert_eq!(store.drop_events("d", i64::MAX).await.unwrap(), 2);
+    assert!(store.queued_destinations().await.unwrap().is_empty());
     assert!(store
         .claim_events("d", 10)
         .await

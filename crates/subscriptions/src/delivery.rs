@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use fhirbox_store::{Outbox, Store};
+use fhirbox_store::{Outbox, ResourceRead, Store};
 use serde_json::{json, Value};
 
 use crate::destination::Webhook;
@@ -23,6 +23,8 @@ const POLL: Duration = Duration::from_millis(250);
 /// The first wait after a failure, doubled after each until [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the notifications of deleted destinations are looked for.
+const CLEANUP_EVERY: Duration = Duration::from_secs(5);
 
 /// What happened to one destination's notifications on this instance since
 /// it started (`$status`, metrics).
@@ -133,6 +135,47 @@ impl Delivery {
     }
 }
 
+impl Delivery {
+    /// After destination `id` was deleted at `at` (microseconds): its
+    /// queued notifications go with it.
+    pub async fn deleted(&self, id: &str, at: i64) {
+        match self.store.drop_events(id, at.saturating_add(1)).await {
+            Ok(0) => {}
+            Ok(dropped) => {
+                tracing::info!(destination = %id, dropped, "notifications of a deleted destination removed from the outbox");
+            }
+            Err(e) => {
+                tracing::warn!(destination = %id, error = %e, "could not remove the notifications of a deleted destination; retried later")
+            }
+        }
+    }
+
+    /// Removes the queued notifications of deleted destinations: those
+    /// queued before the deletion (a destination created again under the
+    /// same id keeps what was queued for it since).
+    async fn forget_deleted(&self) {
+        let queued = match self.store.queued_destinations().await {
+            Ok(queued) => queued,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the subscription outbox");
+                return;
+            }
+        };
+        for id in queued {
+            if self.registry.destination(&id).is_some() {
+                continue;
+            }
+            let Ok(Some(stored)) = self.store.read("AidboxTopicDestination", &id).await else {
+                continue;
+            };
+            if !stored.deleted {
+                continue;
+            }
+            self.deleted(&id, stored.last_updated).await;
+        }
+    }
+}
+
 fn instant(at: SystemTime) -> String {
     let micros = at
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -148,11 +191,20 @@ pub fn spawn(delivery: &Arc<Delivery>) {
     let registry = delivery.registry.clone();
     tokio::spawn(async move {
         let mut workers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut last_cleanup = std::time::Instant::now()
+            .checked_sub(CLEANUP_EVERY)
+            .unwrap_or_else(std::time::Instant::now);
         loop {
             let changed = registry.wake.notified();
             workers.retain(|_, handle| !handle.is_finished());
             if weak.strong_count() == 0 {
                 break;
+            }
+            if last_cleanup.elapsed() >= CLEANUP_EVERY {
+                if let Some(delivery) = weak.upgrade() {
+                    delivery.forget_deleted().await;
+                }
+                last_cleanup = std::time::Instant::now();
             }
             for live in registry.delivered() {
                 if !workers.contains_key(&live.id) {

@@ -475,6 +475,43 @@ async fn failed_and_slow_deliveries_are_retried_in_order_and_nothing_is_lost(app
     assert!(drained);
 }
 
+backend_tests!(a_deleted_destination_takes_its_queue_with_it);
+
+/// Deleting a destination removes what was queued for it: the same id
+/// created again starts with an empty queue.
+async fn a_deleted_destination_takes_its_queue_with_it(app: TestApp) {
+    let receiver = Receiver::start().await;
+    receiver.answer(500);
+    subscribe(&app, "patients", "Patient", None, &receiver.url, json!([])).await;
+    app.put_patient("p1", "One").await;
+    app.put_patient("p2", "Two").await;
+    let path = "/fhir/AidboxTopicDestination/patients/$status";
+    let queued = wait_until_async(Duration::from_secs(10), || async {
+        receiver.refused.load(Ordering::SeqCst) >= 1
+            && status_value(&app.get(path).await.json(), "messagesQueued") == json!(2)
+    })
+    .await;
+    assert!(queued);
+    assert_eq!(
+        app.delete("/fhir/AidboxTopicDestination/patients")
+            .await
+            .status,
+        204
+    );
+    app.get(path).await.assert_outcome(404, "not stored");
+    receiver.answer(200);
+    subscribe(&app, "patients", "Patient", None, &receiver.url, json!([])).await;
+    assert_eq!(
+        status_value(&app.get(path).await.json(), "messagesQueued"),
+        json!(0)
+    );
+    app.put_patient("p3", "Three").await;
+    assert!(receiver.wait_for(1).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let focus: Vec<String> = receiver.events().iter().map(|e| e.1.clone()).collect();
+    assert_eq!(focus, ["Patient/p3"]);
+}
+
 backend_tests!(per_backend: queued_notifications_survive_a_restart);
 
 /// Notifications queued while the receiver is down are kept in the
