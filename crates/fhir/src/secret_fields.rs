@@ -31,40 +31,49 @@ pub struct SecretField {
     pub location: FieldLocation,
     /// What the server uses the value for.
     pub purpose: &'static str,
+    /// Whether a literal value is masked on read. Every field's is but a
+    /// webhook `header`'s: a literal header is shown as written (Aidbox
+    /// does), so credentials go in a referenced one.
+    pub masks_literals: bool,
 }
 
 /// The published list (docs/external-secrets.md, "The secret-capable fields");
-/// all nine must work end to end.
+/// all ten must work end to end.
 pub const SECRET_FIELDS: &[SecretField] = &[
     SecretField {
         resource_type: "Client",
         display: "secret",
         location: FieldLocation::Path(&["secret"]),
         purpose: "HTTP Basic and client_credentials authentication of the client",
+        masks_literals: true,
     },
     SecretField {
         resource_type: "IdentityProvider",
         display: "client.secret",
         location: FieldLocation::Path(&["client", "secret"]),
         purpose: "client secret sent to an external OpenID Connect provider",
+        masks_literals: true,
     },
     SecretField {
         resource_type: "IdentityProvider",
         display: "client.private-key",
         location: FieldLocation::Path(&["client", "private-key"]),
         purpose: "private key for private_key_jwt client authentication",
+        masks_literals: true,
     },
     SecretField {
         resource_type: "IdentityProvider",
         display: "client.certificate",
         location: FieldLocation::Path(&["client", "certificate"]),
         purpose: "certificate that goes with the private key",
+        masks_literals: true,
     },
     SecretField {
         resource_type: "TokenIntrospector",
         display: "jwt.secret",
         location: FieldLocation::Path(&["jwt", "secret"]),
         purpose: "shared HMAC key to verify external JWTs",
+        masks_literals: true,
     },
     SecretField {
         resource_type: "TokenIntrospector",
@@ -74,12 +83,14 @@ pub const SECRET_FIELDS: &[SecretField] = &[
             field: "k",
         },
         purpose: "symmetric key entries of a key set",
+        masks_literals: true,
     },
     SecretField {
         resource_type: "TokenIntrospector",
         display: "introspection_endpoint.authorization",
         location: FieldLocation::Path(&["introspection_endpoint", "authorization"]),
         purpose: "Authorization header value for RFC 7662 introspection calls",
+        masks_literals: true,
     },
     SecretField {
         resource_type: "AidboxTopicDestination",
@@ -88,6 +99,7 @@ pub const SECRET_FIELDS: &[SecretField] = &[
             name: "saslJaasConfig",
         },
         purpose: "Kafka SASL JAAS configuration",
+        masks_literals: true,
     },
     SecretField {
         resource_type: "AidboxTopicDestination",
@@ -96,6 +108,14 @@ pub const SECRET_FIELDS: &[SecretField] = &[
             name: "sslKeystoreKey",
         },
         purpose: "Kafka TLS client key",
+        masks_literals: true,
+    },
+    SecretField {
+        resource_type: "AidboxTopicDestination",
+        display: "parameter[name=header].valueString",
+        location: FieldLocation::NamedParameter { name: "header" },
+        purpose: "an HTTP header line (Name: value) of webhook deliveries",
+        masks_literals: false,
     },
 ];
 
@@ -182,15 +202,24 @@ pub fn field_slots(resource_type: &str, body: &serde_json::Value) -> Vec<FieldSl
             }
             FieldLocation::NamedParameter { name } => {
                 if let Some(items) = body.get("parameter").and_then(Value::as_array) {
+                    // A parameter that may repeat (`header`) is told
+                    // apart by its place among those of its name.
+                    let mut nth = 0;
                     for (i, item) in items.iter().enumerate() {
                         if item.get("name").and_then(Value::as_str) == Some(name) {
                             let parent = format!("/parameter/{i}");
+                            let ident = if name == "header" {
+                                format!("parameter[name=header][#{nth}].valueString")
+                            } else {
+                                field.display.to_owned()
+                            };
+                            nth += 1;
                             slots.push(FieldSlot {
                                 field,
                                 context: Some(parent.clone()),
                                 parent,
                                 key: "valueString",
-                                ident: field.display.to_owned(),
+                                ident,
                             });
                         }
                     }
@@ -206,12 +235,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_slots_of_all_nine_fields() {
+    fn finds_the_slots_of_all_ten_fields() {
         let body = serde_json::json!({
             "client": {"secret": "a", "private-key": "b"},
             "jwt": {"secret": "c", "keys": [{"k": "d"}, "not an object", {"kid": "x"}]},
             "introspection_endpoint": {},
-            "parameter": [{"name": "other"}, {"name": "sslKeystoreKey", "valueString": "e"}],
+            "parameter": [{"name": "other"}, {"name": "sslKeystoreKey", "valueString": "e"},
+                {"name": "header", "valueString": "A: 1"}, {"name": "header", "valueString": "B: 2"}],
         });
         let idents = |t| {
             field_slots(t, &body)
@@ -234,15 +264,31 @@ mod tests {
         );
         assert_eq!(
             idents("AidboxTopicDestination"),
-            ["/parameter/1valueString"]
+            [
+                "/parameter/1valueString",
+                "/parameter/2valueString",
+                "/parameter/3valueString"
+            ]
+        );
+        let headers: Vec<String> = field_slots("AidboxTopicDestination", &body)
+            .into_iter()
+            .skip(1)
+            .map(|s| s.ident)
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                "parameter[name=header][#0].valueString",
+                "parameter[name=header][#1].valueString"
+            ]
         );
         assert_eq!(idents("Client"), ["secret"]);
         assert!(idents("Patient").is_empty());
     }
 
     #[test]
-    fn nine_fields_on_four_types() {
-        assert_eq!(SECRET_FIELDS.len(), 9);
+    fn ten_fields_on_four_types() {
+        assert_eq!(SECRET_FIELDS.len(), 10);
         assert_eq!(
             secret_capable_types(),
             [

@@ -1,5 +1,5 @@
 //! Where secret references sit in a resource body, and whether the place is
-//! one of the secret-capable fields (docs/external-secrets.md, "The nine
+//! one of the secret-capable fields (docs/external-secrets.md, "The
 //! secret-capable fields"): the JSON side of the extension pattern, shared by
 //! the write rules and anything else that reads references.
 

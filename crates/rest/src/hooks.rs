@@ -79,6 +79,9 @@ pub fn mask_secrets(resource_type: &str, body: &mut Value) -> bool {
         }
     }
     for slot in field_slots(resource_type, body) {
+        if !slot.field.masks_literals {
+            continue;
+        }
         let Some(parent) = body
             .pointer_mut(&slot.parent)
             .and_then(Value::as_object_mut)

@@ -1,4 +1,4 @@
-//! The write-time rules for secret references on the nine secret-capable
+//! The write-time rules for secret references on the ten secret-capable
 //! fields (docs/external-secrets.md, "Rules on write").
 
 use fhirbox_fhir::secret_fields::{DATA_ABSENT_REASON_URL, SECRET_REFERENCE_URL};
@@ -115,7 +115,7 @@ mod tests {
     }
 
     #[test]
-    fn recognises_all_nine_locations() {
+    fn recognises_all_ten_locations() {
         let bodies = [
             ("Client", json!({"_secret": reference("a")})),
             (
@@ -131,7 +131,8 @@ mod tests {
                 "AidboxTopicDestination",
                 json!({"parameter": [
                 {"name": "saslJaasConfig", "_valueString": reference("a")},
-                {"name": "sslKeystoreKey", "_valueString": reference("a")}]}),
+                {"name": "sslKeystoreKey", "_valueString": reference("a")},
+                {"name": "header", "_valueString": reference("a")}]}),
             ),
         ];
         let mut total = 0;
@@ -150,7 +151,7 @@ mod tests {
                 e.message
             );
         }
-        assert_eq!(total, 9);
+        assert_eq!(total, 10);
     }
 
     #[test]

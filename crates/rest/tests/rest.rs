@@ -64,9 +64,14 @@ async fn open(backend: Backend) -> Fixture {
         max_bundle_entries: 100,
         conditional_delete_max: 1,
     };
-    let subscriptions = fhirbox_subscriptions::Subscriptions::load(&store, None)
-        .await
-        .expect("topics and destinations load");
+    let subscriptions = fhirbox_subscriptions::Subscriptions::load(
+        &store,
+        None,
+        None,
+        Arc::new(fhirbox_subscriptions::delivery::NoEvents),
+    )
+    .await
+    .expect("topics and destinations load");
     let rest = Rest::new(
         store,
         Arc::new(auth),

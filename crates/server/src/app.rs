@@ -334,10 +334,14 @@ async fn open(settings: Settings, guard: Guard) -> Result<App, StartupError> {
         timeout: settings.issuer_timeout,
         events: metrics.token_events(),
     });
-    let subscriptions =
-        fhirbox_subscriptions::Subscriptions::load(&store, settings.base_url.clone())
-            .await
-            .map_err(database_error)?;
+    let subscriptions = fhirbox_subscriptions::Subscriptions::load(
+        &store,
+        vault.clone(),
+        settings.base_url.clone(),
+        metrics.delivery_events(),
+    )
+    .await
+    .map_err(database_error)?;
     let structure = validator(settings.validation)?;
     let checks = WriteChecks {
         vault,

@@ -1,5 +1,7 @@
 //! Prometheus metrics (`GET /metrics`, text exposition format). Labels are
-//! route templates, methods, statuses and reason codes: never ids, secrets or tokens.
+//! route templates, methods, statuses, reason codes and the ids of resources
+//! an operator configures (IdentityProviders, TokenIntrospectors,
+//! destinations): never the ids of data, secrets or tokens.
 
 use std::sync::{Arc, Mutex};
 
@@ -170,6 +172,34 @@ impl Metrics {
         Arc::new(events)
     }
 
+    /// The counters of subscription delivery (docs/subscriptions.md),
+    /// registered here, labelled by destination id.
+    pub fn delivery_events(&self) -> Arc<dyn fhirbox_subscriptions::delivery::DeliveryEvents> {
+        let events = DeliveryMetrics {
+            attempts: Family::default(),
+            delivered: Family::default(),
+            latency: Family::new_with_constructor(delivery_histogram),
+        };
+        self.with_registry(|registry| {
+            registry.register(
+                "subscription_delivery_attempts",
+                "Attempts to deliver a batch of notifications, by destination and result (ok, failed)",
+                events.attempts.clone(),
+            );
+            registry.register(
+                "subscription_messages_delivered",
+                "Notifications acknowledged by their receiver, by destination",
+                events.delivered.clone(),
+            );
+            registry.register(
+                "subscription_delivery_latency_seconds",
+                "Time from a change being stored to its notification being acknowledged, by destination",
+                events.latency.clone(),
+            );
+        });
+        Arc::new(events)
+    }
+
     /// Lets other parts of the server add their own metrics.
     pub fn with_registry(&self, f: impl FnOnce(&mut Registry)) {
         f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
@@ -223,6 +253,52 @@ impl fhirbox_auth::external::TokenEvents for TokenMetrics {
         self.cache_hits
             .get_or_create(&introspector_labels(introspector, "hit"))
             .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    destination: String,
+    result: String,
+}
+
+fn delivery_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+struct DeliveryMetrics {
+    attempts: Family<AttemptLabels, Counter>,
+    delivered: Family<DestinationLabels, Counter>,
+    latency: Family<DestinationLabels, Histogram, fn() -> Histogram>,
+}
+
+impl fhirbox_subscriptions::delivery::DeliveryEvents for DeliveryMetrics {
+    fn attempt(&self, destination: &str, ok: bool) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                destination: destination.to_owned(),
+                result: if ok { "ok" } else { "failed" }.to_owned(),
+            })
+            .inc();
+    }
+
+    fn delivered(&self, destination: &str, seconds_since_change: &[f64]) {
+        let labels = DestinationLabels {
+            destination: destination.to_owned(),
+        };
+        self.delivered
+            .get_or_create(&labels)
+            .inc_by(seconds_since_change.len() as u64);
+        let histogram = self.latency.get_or_create(&labels);
+        for seconds in seconds_since_change {
+            histogram.observe(*seconds);
+        }
     }
 }
 

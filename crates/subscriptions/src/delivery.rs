@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use fhirbox_store::{Outbox, ResourceRead, Store};
 use serde_json::{json, Value};
 
-use crate::destination::Webhook;
+use crate::destination::{header_line, Header, Webhook};
 use crate::registry::{Live, Registry};
 
 /// How often a worker looks for notifications queued through another
@@ -54,20 +54,49 @@ impl Stats {
     }
 }
 
+/// What delivery reports to the server's metrics. Destination ids are
+/// labels: an operator configures them, so they are few.
+pub trait DeliveryEvents: Send + Sync {
+    /// An attempt to deliver a batch ended (`ok`: acknowledged).
+    fn attempt(&self, destination: &str, ok: bool);
+    /// Notifications were acknowledged, each this many seconds after its
+    /// change was stored.
+    fn delivered(&self, destination: &str, seconds_since_change: &[f64]);
+}
+
+/// Reports nothing.
+pub struct NoEvents;
+
+impl DeliveryEvents for NoEvents {
+    fn attempt(&self, _destination: &str, _ok: bool) {}
+    fn delivered(&self, _destination: &str, _seconds_since_change: &[f64]) {}
+}
+
 /// The delivery side of subscriptions: the workers and their counters.
 pub struct Delivery {
+    events: Arc<dyn DeliveryEvents>,
     registry: Arc<Registry>,
     store: Store,
+    /// External secrets (referenced `header` parameters); `None` when off.
+    vault: Option<fhirbox_secrets::SecretResolver>,
     base: Option<String>,
     started: SystemTime,
     stats: Mutex<HashMap<String, Arc<Stats>>>,
 }
 
 impl Delivery {
-    pub fn new(registry: Arc<Registry>, store: Store, base: Option<String>) -> Delivery {
+    pub fn new(
+        registry: Arc<Registry>,
+        store: Store,
+        vault: Option<fhirbox_secrets::SecretResolver>,
+        base: Option<String>,
+        events: Arc<dyn DeliveryEvents>,
+    ) -> Delivery {
         Delivery {
+            events,
             registry,
             store,
+            vault,
             base,
             started: SystemTime::now(),
             stats: Mutex::new(HashMap::new()),
@@ -313,17 +342,28 @@ async fn work(weak: std::sync::Weak<Delivery>, registry: Arc<Registry>, id: Stri
         )
         .await
         {
-            Ok(bundle) => post(client, webhook, &bundle).await,
+            Ok(bundle) => match delivery.headers(&live, webhook) {
+                Ok(headers) => post(client, webhook, headers, &bundle).await,
+                Err(message) => Err(message),
+            },
             Err(e) => {
                 tracing::warn!(destination = %id, error = %e, "could not read the changed resources");
                 Err("the changed resources could not be read".to_owned())
             }
         };
         let seqs: Vec<i64> = claim.rows().iter().map(|r| r.seq).collect();
+        let claim_times: Vec<i64> = claim.rows().iter().map(|r| r.created_at).collect();
         match sent {
             Ok(()) => match claim.acknowledge(&seqs).await {
                 Ok(()) => {
                     stats.delivered.fetch_add(count, Ordering::Relaxed);
+                    let now = fhirbox_store::instant::now_micros();
+                    let ages: Vec<f64> = claim_times
+                        .iter()
+                        .map(|t| (now - t).max(0) as f64 / 1e6)
+                        .collect();
+                    delivery.events.attempt(&id, true);
+                    delivery.events.delivered(&id, &ages);
                     backoff = FIRST_BACKOFF;
                 }
                 Err(e) => {
@@ -337,6 +377,7 @@ async fn work(weak: std::sync::Weak<Delivery>, registry: Arc<Registry>, id: Stri
             },
             Err(message) => {
                 let _ = claim.release().await;
+                delivery.events.attempt(&id, false);
                 tracing::warn!(destination = %id, problem = %message, retry_in_ms = backoff.as_millis() as u64, "subscription delivery failed; retrying");
                 stats.failed(message);
                 tokio::time::sleep(backoff).await;
@@ -348,16 +389,62 @@ async fn work(weak: std::sync::Weak<Delivery>, registry: Arc<Registry>, id: Stri
     tracing::info!(destination = %id, "subscription delivery stopped");
 }
 
+impl Delivery {
+    /// The headers of a delivery: literal ones as written, referenced ones
+    /// read from the vault now (with the secret's scope), so a rotated file
+    /// applies to the next delivery. The error names the secret and what is
+    /// wrong, never the value.
+    fn headers(
+        &self,
+        live: &Live,
+        webhook: &Webhook,
+    ) -> Result<Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>, String> {
+        let requester = fhirbox_secrets::Requester::new("AidboxTopicDestination", &live.id);
+        let mut out = Vec::with_capacity(webhook.headers.len());
+        for header in &webhook.headers {
+            let (name, value, sensitive) = match header {
+                Header::Literal(name, value) => (name.clone(), value.clone(), false),
+                Header::Vault(secret) => {
+                    let vault = self.vault.as_ref().ok_or_else(|| {
+                        format!("header secret {secret:?} cannot be read: external secrets are off (BOX_VAULT_CONFIG)")
+                    })?;
+                    let value = vault
+                        .resolve(secret, &requester)
+                        .map_err(|e| format!("header secret {secret:?} cannot be used: {e}"))?;
+                    let line = value
+                        .expose_utf8()
+                        .map_err(|e| format!("header secret {secret:?} cannot be used: {e}"))?;
+                    let (name, value) =
+                        header_line(line).map_err(|e| format!("header secret {secret:?}: {e}"))?;
+                    (name.to_owned(), value.to_owned(), true)
+                }
+            };
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("header {name} is not a valid header name"))?;
+            let mut value = reqwest::header::HeaderValue::from_str(&value)
+                .map_err(|_| format!("header {name} has a value that cannot be sent"))?;
+            value.set_sensitive(sensitive);
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+}
+
 /// Posts one notification; the error says what went wrong without the
 /// endpoint (its query may carry a key), a credential or the answer's body.
-async fn post(client: &Client, webhook: &Webhook, bundle: &Value) -> Result<(), String> {
+async fn post(
+    client: &Client,
+    webhook: &Webhook,
+    headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    bundle: &Value,
+) -> Result<(), String> {
     let mut request = client
         .http
         .post(&webhook.endpoint)
         .header("content-type", "application/fhir+json")
         .body(bundle.to_string());
-    for (name, value) in &webhook.headers {
-        request = request.header(name.as_str(), value.as_str());
+    for (name, value) in headers {
+        request = request.header(name, value);
     }
     match request.send().await {
         Ok(answer) if answer.status().is_success() => Ok(()),

@@ -3,9 +3,9 @@
 //! so a stored destination can be delivered to: a known `kind`, the
 //! parameters that kind takes with the value types Aidbox documents,
 //! nothing contradictory (SASL without credentials, a client key without
-//! TLS). Secret-capable parameters (`saslJaasConfig`, `sslKeystoreKey`)
-//! may be vault references in `_valueString`; literal ones are checked now,
-//! referenced ones when delivery reads them.
+//! TLS). Secret-capable parameters (`saslJaasConfig`, `sslKeystoreKey`,
+//! `header`) may be vault references in `_valueString`; literal ones are
+//! checked now, referenced ones when delivery reads them.
 
 use fhirbox_fhir::secret_refs::referenced_name;
 use serde_json::{Map, Value};
@@ -56,8 +56,27 @@ pub struct Webhook {
     pub keep_alive_secs: Option<u64>,
     /// Most notifications one request carries (default 20).
     pub max_batch: usize,
-    /// Literal `header` parameters, as name and value.
-    pub headers: Vec<(String, String)>,
+    /// The `header` parameters, in order.
+    pub headers: Vec<Header>,
+}
+
+/// A webhook `header` parameter.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Header {
+    /// Written in the resource: name and value.
+    Literal(String, String),
+    /// A vault secret whose value is the whole line, `Name: value`,
+    /// resolved at each delivery.
+    Vault(String),
+}
+
+impl std::fmt::Debug for Header {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Header::Literal(name, _) => write!(f, "Literal({name:?}, ..)"),
+            Header::Vault(secret) => write!(f, "Vault({secret:?})"),
+        }
+    }
 }
 
 /// The value types a parameter may carry.
@@ -113,7 +132,7 @@ const WEBHOOK: &[Spec] = &[
     spec("maxMessagesInBatch", Type::UnsignedInt),
     Spec {
         repeats: true,
-        ..spec("header", Type::Text)
+        ..secret("header")
     },
 ];
 
@@ -137,10 +156,10 @@ const KAFKA: &[Spec] = &[
     spec("requestTimeoutMs", Type::Integer),
 ];
 
-/// A parameter's value: a literal, or a vault reference.
+/// A parameter's value: a literal, or a vault reference (by name).
 enum Given<'a> {
     Literal(&'a Value),
-    Secret,
+    Secret(&'a str),
 }
 
 /// The parameters of a destination, by name, after the shape checks.
@@ -231,10 +250,10 @@ fn read_params<'a>(
                     "{at}: {name} has both a literal value and a secret reference; keep one of them"
                 ))
             }
-            (None, Some(_)) if spec.secret => Given::Secret,
+            (None, Some(secret)) if spec.secret => Given::Secret(secret),
             (None, Some(_)) => {
                 return Err(format!(
-                    "{at}: {name} is not secret-capable; only saslJaasConfig and sslKeystoreKey may refer to a vault secret"
+                    "{at}: {name} is not secret-capable; only saslJaasConfig, sslKeystoreKey and header may refer to a vault secret"
                 ))
             }
             (Some(value), None) => {
@@ -285,47 +304,16 @@ fn webhook(params: &Params<'_>) -> Result<Webhook, String> {
         return Err("maxMessagesInBatch must be 1 to 1000".into());
     }
     for header in params.all_text("header") {
-        let Some((name, _)) = header.split_once(':') else {
-            return Err("header must be \"Name: value\"".into());
-        };
-        let name = name.trim();
-        // RFC 9110 §5.1: a field name is a token.
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        {
-            return Err(
-                "header must start with a field name (letters, digits, - and the like) and a colon"
-                    .into(),
-            );
-        }
-        if header.chars().any(|c| c.is_control() && c != '\t') {
-            return Err("header must be one line of text, without control characters".into());
-        }
+        let (name, _) = header_line(header)?;
         let lower = name.to_ascii_lowercase();
-        // Framing and connection fields are the HTTP client's to set.
-        if [
-            "host",
-            "content-length",
-            "transfer-encoding",
-            "connection",
-            "content-type",
-        ]
-        .contains(&lower.as_str())
-        {
-            return Err(format!(
-                "header {name} is set by fhirbox itself; leave it out"
-            ));
-        }
-        // A header parameter is stored and shown as written: no credentials.
+        // A literal header parameter is stored and shown as written: no credentials.
         if ["authorization", "proxy-authorization", "cookie"].contains(&lower.as_str())
             || ["token", "secret", "password", "api-key", "apikey"]
                 .iter()
                 .any(|word| lower.contains(word))
         {
             return Err(format!(
-                "header {name} looks like a credential, and a header parameter is stored and shown in plain text; vault-backed headers come with delivery (docs/subscriptions.md)"
+                "header {name} looks like a credential, and a literal header is stored and shown as written; keep the whole line (\"{name}: …\") in a vault secret and refer to it in _valueString (docs/subscriptions.md)"
             ));
         }
     }
@@ -344,11 +332,57 @@ fn webhook(params: &Params<'_>) -> Result<Webhook, String> {
         },
         max_batch: usize::try_from(positive("maxMessagesInBatch", 20)).unwrap_or(20),
         headers: params
-            .all_text("header")
-            .filter_map(|h| h.split_once(':'))
-            .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+            .values
+            .iter()
+            .filter(|(n, _)| *n == "header")
+            .filter_map(|(_, given)| match given {
+                Given::Literal(Value::String(line)) => header_line(line)
+                    .ok()
+                    .map(|(name, value)| Header::Literal(name.to_owned(), value.to_owned())),
+                Given::Secret(secret) => Some(Header::Vault((*secret).to_owned())),
+                Given::Literal(_) => None,
+            })
             .collect(),
     })
+}
+
+/// A header line, `Name: value`, checked: the name a token (RFC 9110 §5.1),
+/// one line without control characters, and not a header fhirbox sets
+/// itself. The error never repeats the line (it may hold a credential).
+pub fn header_line(line: &str) -> Result<(&str, &str), String> {
+    let Some((name, value)) = line.split_once(':') else {
+        return Err("header must be \"Name: value\"".into());
+    };
+    let name = name.trim();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err(
+            "header must start with a field name (letters, digits, - and the like) and a colon"
+                .into(),
+        );
+    }
+    if line.chars().any(|c| c.is_control() && c != '\t') {
+        return Err("header must be one line of text, without control characters".into());
+    }
+    let lower = name.to_ascii_lowercase();
+    // Framing and connection fields are the HTTP client's to set.
+    if [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "content-type",
+    ]
+    .contains(&lower.as_str())
+    {
+        return Err(format!(
+            "header {name} is set by fhirbox itself; leave it out"
+        ));
+    }
+    Ok((name, value.trim()))
 }
 
 fn kafka(params: &Params<'_>) -> Result<(), String> {

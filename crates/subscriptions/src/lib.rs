@@ -4,7 +4,7 @@
 //! with credentials that may come from vault files). A write queues its
 //! notifications in the outbox in its own transaction (the notifier of
 //! `registry`); `delivery` sends them (`notification` is their shape). It
-//! depends on `fhir` and `store`, never on `rest` or the server.
+//! depends on `fhir`, `store` and `secrets`, never on `rest` or the server.
 
 pub mod delivery;
 pub mod destination;
@@ -27,18 +27,23 @@ pub struct Subscriptions {
 
 impl Subscriptions {
     /// Loads topics and destinations from `store`; nothing is delivered
-    /// until [`Subscriptions::start`]. `base` is the public base URL, for
-    /// the `fullUrl` of notification entries.
+    /// until [`Subscriptions::start`]. `vault` resolves referenced
+    /// parameters at delivery; `base` is the public base URL, for the
+    /// `fullUrl` of notification entries; `events` go to the metrics.
     pub async fn load(
         store: &Store,
+        vault: Option<fhirbox_secrets::SecretResolver>,
         base: Option<String>,
+        events: Arc<dyn delivery::DeliveryEvents>,
     ) -> Result<Subscriptions, fhirbox_store::StoreError> {
         let registry = Arc::new(registry::Registry::new());
         registry.reload(store).await?;
         let delivery = Arc::new(delivery::Delivery::new(
             registry.clone(),
             store.clone(),
+            vault,
             base,
+            events,
         ));
         Ok(Subscriptions { registry, delivery })
     }

@@ -61,7 +61,7 @@ fn repeating_primitives_keep_nulls_to_align_their_extensions() {
 }
 
 #[test]
-fn the_secret_reference_pattern_is_valid_on_all_nine_fields() {
+fn the_secret_reference_pattern_is_valid_on_all_ten_fields() {
     let reference = json!({"extension": [
         {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "masked"},
         {"url": "http://health-samurai.io/fhir/secret-reference", "valueString": "name"}]});
@@ -75,6 +75,8 @@ fn the_secret_reference_pattern_is_valid_on_all_nine_fields() {
         json!({"resourceType": "AidboxTopicDestination", "kind": "kafka-at-least-once", "parameter": [
                {"name": "saslJaasConfig", "_valueString": reference},
                {"name": "sslKeystoreKey", "_valueString": reference}]}),
+        json!({"resourceType": "AidboxTopicDestination", "kind": "webhook-at-least-once", "parameter": [
+               {"name": "header", "_valueString": reference}, {"name": "header", "_valueString": reference}]}),
     ];
     for body in bodies {
         assert!(problems(&body).is_empty(), "{body}: {:?}", problems(&body));

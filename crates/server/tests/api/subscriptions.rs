@@ -368,6 +368,23 @@ async fn changes_reach_the_webhook_in_order_with_their_versions(app: TestApp) {
     assert_eq!(status["resourceType"], "Parameters");
     assert_eq!(status_value(&status, "status"), "active");
     assert_eq!(status_value(&status, "lastErrorDetail"), Value::Null);
+    // The metrics count the same.
+    assert_eq!(
+        crate::tokens::metric(
+            &app,
+            "fhirbox_subscription_messages_delivered_total{destination=\"patients\"}"
+        )
+        .await,
+        4
+    );
+    assert!(
+        crate::tokens::metric(
+            &app,
+            "fhirbox_subscription_delivery_latency_seconds_count{destination=\"patients\"}"
+        )
+        .await
+            == 4
+    );
     app.get("/fhir/AidboxTopicDestination/nobody/$status")
         .await
         .assert_outcome(404, "not stored");
@@ -431,6 +448,14 @@ async fn failed_and_slow_deliveries_are_retried_in_order_and_nothing_is_lost(app
     );
     assert_eq!(status_value(&status, "messagesDelivered"), json!(0));
     assert!(receiver.events().is_empty());
+    assert!(
+        crate::tokens::metric(
+            &app,
+            "fhirbox_subscription_delivery_attempts_total{destination=\"patients\",result=\"failed\"}"
+        )
+        .await
+            >= 2
+    );
 
     // A receiver slower than the destination's timeout fails the same way.
     receiver.answer(200);
@@ -718,4 +743,132 @@ fhirbox_test_support::postgres_variant! {
     assert!(!repeated, "{:?}", receiver.events());
     assert_eq!(receiver.events().len(), ids.len());
 }
+}
+
+backend_tests!(per_backend: webhook_headers_come_from_the_vault_rotate_and_never_show);
+
+/// A `header` parameter may refer to a vault secret holding the whole line:
+/// it is read at each delivery (a rotation applies to the next one), a bad
+/// file fails delivery without losing anything, and the value appears in
+/// no response, log line or database row.
+async fn webhook_headers_come_from_the_vault_rotate_and_never_show(backend: Backend) {
+    use crate::vault::{reference, Vault};
+    const FIRST: &str = "first-hook-token-4b1d";
+    const SECOND: &str = "second-hook-token-77c0e";
+    const THIRD: &str = "third-hook-token-a9";
+    let vault = Vault::new(&[("hook-auth", &format!("Authorization: Bearer {FIRST}"))]);
+    vault.write_config(
+        &json!({"secret": {"hook-auth": {"path": vault.secret_path("hook-auth"),
+        "scope": ["AidboxTopicDestination/patients"]}}}),
+    );
+    let config = vault.config_path();
+    let app = TestApp::spawn_with(backend, move |s| s.vault_config = Some(config)).await;
+    let receiver = Receiver::start().await;
+    subscribe(
+        &app,
+        "patients",
+        "Patient",
+        None,
+        &receiver.url,
+        json!([{"name": "header", "_valueString": reference("hook-auth")}]),
+    )
+    .await;
+    let destination = "/fhir/AidboxTopicDestination/patients";
+    let stored = app.get(destination).await;
+    assert_eq!(
+        stored.json()["parameter"][2]["_valueString"],
+        reference("hook-auth")
+    );
+    // A literal header is shown as written.
+    assert_eq!(
+        stored.json()["parameter"][1]["valueString"],
+        "X-Tenant: ward-7"
+    );
+    let authorization = |i: usize| -> String {
+        let accepted = receiver.accepted.lock().unwrap();
+        accepted[i].0["authorization"].to_str().unwrap().to_owned()
+    };
+    app.put_patient("p1", "One").await;
+    assert!(receiver.wait_for(1).await);
+    assert_eq!(authorization(0), format!("Bearer {FIRST}"));
+
+    // Rotated: the next delivery sends the new line.
+    let size_is = |n: usize| {
+        let app = &app;
+        async move {
+            wait_until_async(Duration::from_secs(5), || async {
+                app.get("/admin/secrets").await.json()["secrets"][0]["sizeBytes"] == json!(n)
+            })
+            .await
+        }
+    };
+    let second = format!("Authorization: Bearer {SECOND}");
+    vault.rotate("hook-auth", second.as_bytes());
+    assert!(size_is(second.len()).await);
+    app.put_patient("p2", "Two").await;
+    assert!(receiver.wait_for(2).await);
+    assert_eq!(authorization(1), format!("Bearer {SECOND}"));
+
+    // A file that is not a header line: delivery fails, saying why without
+    // the value, and keeps the notification.
+    let broken = format!("Bearer {THIRD}");
+    vault.rotate("hook-auth", broken.as_bytes());
+    assert!(size_is(broken.len()).await);
+    app.put_patient("p3", "Three").await;
+    let path = "/fhir/AidboxTopicDestination/patients/$status";
+    let failing = wait_until_async(Duration::from_secs(10), || async {
+        let status = app.get(path).await.json();
+        status_value(&status, "lastErrorDetail")[0]["valueString"]
+            .as_str()
+            .is_some_and(|m| m.contains("header secret \"hook-auth\"") && m.contains("Name: value"))
+            && status_value(&status, "messagesQueued") == json!(1)
+    })
+    .await;
+    let status_text = app.get(path).await.text;
+    assert!(failing, "{status_text}");
+    let third = format!("Authorization: Bearer {THIRD}");
+    vault.rotate("hook-auth", third.as_bytes());
+    assert!(receiver.wait_for(3).await, "{}", app.get(path).await.text);
+    assert_eq!(authorization(2), format!("Bearer {THIRD}"));
+    assert_eq!(receiver.events()[2].1, "Patient/p3");
+
+    // Scope and literal credentials are checked on write.
+    let mut other = app.get(destination).await.json();
+    other["id"] = json!("other");
+    put(&app, "other", other)
+        .await
+        .assert_outcome(422, "not in the scope");
+    let literal =
+        json!([{"name": "header", "valueString": format!("Authorization: Bearer {FIRST}")}]);
+    let r = put(
+        &app,
+        "literal",
+        json!({"resourceType": "AidboxTopicDestination", "topic": "http://t",
+            "kind": "webhook-at-least-once", "parameter": [
+                {"name": "endpoint", "valueUrl": receiver.url}, literal[0]]}),
+    )
+    .await;
+    r.assert_outcome(422, "keep the whole line");
+
+    // The values are nowhere fhirbox keeps or says anything.
+    let bodies = [
+        status_text,
+        app.get(path).await.text,
+        app.get(destination).await.text,
+        app.get("/admin/secrets").await.text,
+        app.get("/metrics").await.text,
+        r.text,
+    ];
+    let db = crate::helpers::database_bytes(&app);
+    let logs = crate::helpers::captured_logs();
+    for value in [FIRST, SECOND, THIRD] {
+        for body in &bodies {
+            assert!(!body.contains(value), "{value} in a response: {body}");
+        }
+        assert!(!logs.contains(value), "{value} in the logs");
+        assert!(
+            !db.windows(value.len()).any(|w| w == value.as_bytes()),
+            "{value} in the database"
+        );
+    }
 }

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Subscriptions (docs/subscriptions.md): what an active webhook destination
+costs writes, and how long a notification takes from the change to its
+receiver. One server, one webhook receiver (a threaded HTTP server in this
+process that acknowledges at once and notes when each notification
+arrived):
+
+1. write throughput: `POST /fhir/Patient` under wrk, in interleaved rounds
+   with the destination `off` (no notification queued: the baseline) and
+   `active` (each create queues one in its transaction and a worker sends
+   it); the ratio active / off is the figure (target >= 0.8);
+2. latency: creates at a steady rate (one client, a fixed interval) with
+   the destination active; for each notification, the time from the
+   change's `meta.lastUpdated` (taken just before its transaction commits)
+   to its arrival at the receiver: p50 and p99 (goal p50 < 50 ms).
+
+    python3 bench/subscriptions.py [--db sqlite|postgres] [--rounds 3] [--seconds 5]
+                                   [--concurrency 16] [--rate 50] [--latency-seconds 10]
+
+Needs the release binary (cargo build --release -p fhirbox-server) and wrk.
+Writes DIR/subscriptions-<db>-latest.{md,json} (bench/results by default).
+"""
+import argparse
+import datetime
+import http.server
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402
+
+PORT = 18431
+TOPIC = "http://bench.example/topics/patients"
+
+
+class Receiver:
+    """Acknowledges every notification at once; keeps (arrival, event timestamp)."""
+
+    def __init__(self):
+        self.arrivals = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                now = time.time()
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                status = json.loads(body)["entry"][0]["resource"]
+                with receiver.lock:
+                    for event in status["notificationEvent"]:
+                        receiver.arrivals.append((now, event["timestamp"]))
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def count(self):
+        with self.lock:
+            return len(self.arrivals)
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def instant(text):
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rate", type=int, default=50, help="creates per second in the latency run")
+    parser.add_argument("--latency-seconds", type=int, default=10)
+    parser.add_argument("--out", default=os.path.join(run.HERE, "results"))
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="fhirbox-subscriptions-")
+    url = f"sqlite:{work}/fhirbox.db" if args.db == "sqlite" else run.fresh_pg("fhirbox_subscriptions_bench")
+    env = dict(os.environ, BOX_DB_URL=url, BOX_ROOT_CLIENT_SECRET=run.ROOT_SECRET,
+               RUST_LOG="warn", BOX_WEB_PORT=str(PORT))
+    receiver = Receiver()
+    server = run.Server("fhirbox", [f"{run.RELEASE}/fhirbox"], env, PORT)
+    root = run.basic(("root", run.ROOT_SECRET))
+
+    def destination(status):
+        body = {"resourceType": "AidboxTopicDestination", "id": "bench", "topic": TOPIC,
+                "kind": "webhook-at-least-once", "status": status, "content": "full-resource",
+                "parameter": [{"name": "endpoint", "valueUrl": receiver.url}]}
+        assert run.http(PORT, "PUT", "/fhir/AidboxTopicDestination/bench", body, root)[0] in (200, 201)
+
+    def drained(expected, within=60):
+        deadline = time.time() + within
+        while receiver.count() < expected and time.time() < deadline:
+            time.sleep(0.05)
+        return receiver.count() >= expected
+
+    rows = []
+    try:
+        topic = {"resourceType": "AidboxSubscriptionTopic", "id": "bench", "url": TOPIC,
+                 "trigger": [{"resource": "Patient", "supportedInteraction": ["create"]}]}
+        assert run.http(PORT, "PUT", "/fhir/AidboxSubscriptionTopic/bench", topic, root)[0] == 201
+        script = run.lua("create", 1)
+        # Warm-up, then interleaved rounds.
+        destination("off")
+        run.wrk(PORT, "/", args.concurrency, 2, script, root)
+        for n in range(args.rounds):
+            for status in ("off", "active"):
+                destination(status)
+                before = receiver.count()
+                r = run.wrk(PORT, "/", args.concurrency, args.seconds, script, root)
+                rows.append(dict(destination=status, round=n + 1, **r))
+                if status == "active":
+                    # Let the queue drain, so the next round starts alike.
+                    sent = round(r["rps"] * args.seconds)
+                    drained(before + int(sent * 0.9))
+        # Latency at a steady rate.
+        destination("active")
+        time.sleep(0.5)
+        with receiver.lock:
+            receiver.arrivals.clear()
+        interval = 1.0 / args.rate
+        patient = {"resourceType": "Patient", "name": [{"family": "Latency"}]}
+        sent = 0
+        start = time.time()
+        while time.time() - start < args.latency_seconds:
+            due = start + sent * interval
+            if time.time() < due:
+                time.sleep(due - time.time())
+            assert run.http(PORT, "POST", "/fhir/Patient", patient, root)[0] == 201
+            sent += 1
+        complete = drained(sent)
+        with receiver.lock:
+            delays = [(arrived - instant(stamp)) * 1000 for arrived, stamp in receiver.arrivals]
+    finally:
+        server.stop()
+        receiver.stop()
+    errors = sum(r["errors"] for r in rows)
+    off = statistics.median(r["rps"] for r in rows if r["destination"] == "off")
+    active = statistics.median(r["rps"] for r in rows if r["destination"] == "active")
+    latency = {"sent": sent, "received": len(delays), "complete": complete,
+               "p50_ms": percentile(delays, 50) if delays else None,
+               "p99_ms": percentile(delays, 99) if delays else None,
+               "max_ms": max(delays) if delays else None}
+    commit = run.subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=run.ROOT,
+                                capture_output=True, text=True).stdout.strip()
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "commit": commit, "db": args.db, "concurrency": args.concurrency, "rounds": rows,
+              "write_ratio_active_to_off": active / off if off else 0, "write_rps_off": off,
+              "write_rps_active": active, "latency": latency, "errors": errors}
+    md = [f"# Subscriptions benchmark ({args.db}, {report['date']}, {commit})", "",
+          f"Creates at c={args.concurrency}, {args.rounds} interleaved rounds of {args.seconds} s; "
+          "medians. Ratio = with an active webhook destination / with it off (target >= 0.8).", "",
+          run.table(rows, [("destination", lambda r: r["destination"]), ("round", lambda r: str(r["round"])),
+                           ("req/s", lambda r: run.fmt(r["rps"])), ("p50 ms", lambda r: run.fmt(r["p50_ms"], 2)),
+                           ("p99 ms", lambda r: run.fmt(r["p99_ms"], 2)), ("errors", lambda r: str(r["errors"]))]),
+          "", f"- median req/s off {off:.1f}, active {active:.1f}: **ratio {report['write_ratio_active_to_off']:.2f}**",
+          f"- latency at {args.rate} creates/s for {args.latency_seconds} s, change stored to receipt: "
+          f"p50 **{run.fmt(latency['p50_ms'], 1)} ms**, p99 {run.fmt(latency['p99_ms'], 1)} ms, "
+          f"max {run.fmt(latency['max_ms'], 1)} ms ({latency['received']}/{latency['sent']} received; goal p50 < 50 ms)", ""]
+    run.save_report(args.out, f"subscriptions-{args.db}-latest", report, md)
+    print("\n".join(md))
+    if errors or not complete:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
