@@ -93,23 +93,22 @@ impl Rest {
 
     /// Stores one write, then refreshes caches that depend on what was written.
     pub async fn write(&self, mut op: WriteOp) -> StoreResult<WriteOutcome> {
-        op.notify = self.notifier().await;
-        let notifies = op.notify.is_some();
+        let (notify, queued) = self.notifier().await.unzip();
+        op.notify = notify;
         let outcome = self.store.write(op).await?;
-        self.after_writes(std::slice::from_ref(&outcome), notifies)
+        self.after_writes(std::slice::from_ref(&outcome), queued)
             .await;
         Ok(outcome)
     }
 
     /// Stores several writes atomically, then refreshes caches.
     pub async fn write_all(&self, mut ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
-        let notify = self.notifier().await;
-        let notifies = notify.is_some();
+        let (notify, queued) = self.notifier().await.unzip();
         for op in &mut ops {
             op.notify.clone_from(&notify);
         }
         let outcomes = self.store.write_all(ops).await?;
-        self.after_writes(&outcomes, notifies).await;
+        self.after_writes(&outcomes, queued).await;
         Ok(outcomes)
     }
 
@@ -144,7 +143,9 @@ impl Rest {
     /// written through another instance (one indexed query), so a change
     /// made after a destination's write was answered is always notified,
     /// whichever instance makes it; an SQLite database has one instance.
-    async fn notifier(&self) -> Option<fhirbox_store::Notify> {
+    async fn notifier(
+        &self,
+    ) -> Option<(fhirbox_store::Notify, Arc<std::sync::atomic::AtomicBool>)> {
         let registry = &self.subscriptions.registry;
         if matches!(self.store, Store::Postgres(_)) {
             if let Err(e) = registry.reload_if_changed(&self.store).await {
@@ -156,7 +157,11 @@ impl Rest {
 
     /// A changed Client or AccessPolicy takes effect on this instance before
     /// the write is answered (other instances pick it up on their re-check).
-    async fn after_writes(&self, outcomes: &[WriteOutcome], notifies: bool) {
+    async fn after_writes(
+        &self,
+        outcomes: &[WriteOutcome],
+        queued: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) {
         let touches_subscriptions = outcomes.iter().any(|o| {
             o.changed
                 && fhirbox_subscriptions::registry::TYPES
@@ -174,11 +179,11 @@ impl Rest {
             {
                 self.subscriptions
                     .delivery
-                    .deleted(&o.resource.id, o.resource.last_updated)
+                    .deleted(&o.resource.id, o.resource.version_id)
                     .await;
             }
         }
-        if notifies {
+        if queued.is_some_and(|q| q.load(std::sync::atomic::Ordering::SeqCst)) {
             self.subscriptions.registry.wake();
         }
         let touches_auth = outcomes.iter().any(|o| {

@@ -2,7 +2,7 @@
 //! builds the router. `main` and every test start the server through it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::StatusCode;
@@ -505,8 +505,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store = app.state.store.clone();
+    let subscriptions = app.state.rest.subscriptions().clone();
     let limits = app.state.settings.connections.clone();
     let result = crate::transport::serve(listener, app.router, limits, shutdown).await;
+    // Delivery gives its leases (and their connections) up first.
+    subscriptions.stop(Duration::from_secs(10)).await;
     store.close().await;
     result
 }

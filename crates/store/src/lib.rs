@@ -26,7 +26,7 @@ pub use model::{
     StoredResource, TargetCheck, TimeBound, TotalMode, Transform, UriOp, WriteKind, WriteOp,
     WriteOutcome, BOUNDED_TOTAL,
 };
-pub use outbox::{Outbox, OutboxClaim};
+pub use outbox::{Outbox, OutboxLease};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

@@ -63,20 +63,18 @@ pub(crate) const SQLITE: &[(i64, &[&str])] = &[
     (
         12,
         &[
-            "CREATE TABLE subscription_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL, topic TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, version_id INTEGER NOT NULL, interaction TEXT NOT NULL, created_at INTEGER NOT NULL)",
+            "CREATE TABLE subscription_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL, destination_version INTEGER NOT NULL, topic TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, version_id INTEGER NOT NULL, interaction TEXT NOT NULL, created_at INTEGER NOT NULL)",
             OUTBOX_INDEX,
-            OUTBOX_LEASE,
         ],
     ),
 ];
 
 /// The subscriptions' outbox (docs/subscriptions.md) is read per
-/// destination, oldest first.
+/// destination, oldest first. `destination_version` is the version of the
+/// destination a notification was queued for, so a destination deleted and
+/// created again never receives what was queued before.
 const OUTBOX_INDEX: &str =
     "CREATE INDEX subscription_outbox_by_destination ON subscription_outbox (destination, seq)";
-/// One row per destination, locked (PostgreSQL's `FOR UPDATE SKIP LOCKED`)
-/// by the one worker delivering that destination's notifications.
-const OUTBOX_LEASE: &str = "CREATE TABLE subscription_lease (destination TEXT PRIMARY KEY)";
 
 /// The grants of sign-in (authorization codes, refresh tokens), by the
 /// digest of their value, the same on both backends: `kind` says what a
@@ -272,9 +270,8 @@ pub(crate) const POSTGRES: &[(i64, &[&str])] = &[
     (
         11,
         &[
-            "CREATE TABLE subscription_outbox (seq BIGSERIAL PRIMARY KEY, destination TEXT NOT NULL, topic TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, version_id BIGINT NOT NULL, interaction TEXT NOT NULL, created_at BIGINT NOT NULL)",
+            "CREATE TABLE subscription_outbox (seq BIGSERIAL PRIMARY KEY, destination TEXT NOT NULL, destination_version BIGINT NOT NULL, topic TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, version_id BIGINT NOT NULL, interaction TEXT NOT NULL, created_at BIGINT NOT NULL)",
             OUTBOX_INDEX,
-            OUTBOX_LEASE,
         ],
     ),
 ];

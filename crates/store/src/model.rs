@@ -106,6 +106,8 @@ pub struct Change<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEvent {
     pub destination: String,
+    /// The version of the destination the event is for.
+    pub destination_version: i64,
     pub topic: String,
     pub interaction: &'static str,
 }
@@ -122,6 +124,7 @@ pub struct OutboxRow {
     /// numbers.
     pub seq: i64,
     pub destination: String,
+    pub destination_version: i64,
     pub topic: String,
     pub resource_type: String,
     pub resource_id: String,

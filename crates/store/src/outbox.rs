@@ -3,13 +3,15 @@
 //! delivery one destination at a time, oldest first, and deleted once the
 //! receiver acknowledged them.
 //!
-//! On PostgreSQL several instances may share the outbox: a worker holds
-//! its destination's row of `subscription_lease` (`FOR UPDATE SKIP
-//! LOCKED`) in a transaction for as long as it delivers, so each
-//! destination is delivered by one worker at a time, in order, and a worker
-//! that dies (even by kill -9) lets the lease go with its connection. An
-//! SQLite database belongs to one process, whose delivery runs one task
-//! per destination.
+//! On PostgreSQL several instances may share the outbox. A worker delivers
+//! a destination only while it holds the destination's lease: a
+//! session-level advisory lock (`pg_try_advisory_lock`, which does not wait
+//! for a lock another session holds) on a connection of its own. No
+//! transaction stays open while a notification is sent, so a slow receiver
+//! neither holds back vacuum nor takes connections from requests, and a
+//! worker that dies (even by kill -9) lets the lease go with its
+//! connection. An SQLite database belongs to one process, whose delivery
+//! runs one task per destination.
 
 use std::future::Future;
 
@@ -19,12 +21,16 @@ use crate::error::DbResult;
 use crate::model::OutboxRow;
 use crate::{PostgresStore, SqliteStore, Store, StoreResult};
 
-const SELECT_ROWS: &str = "SELECT seq, destination, topic, resource_type, resource_id, version_id, interaction, created_at \
+const SELECT_ROWS: &str = "SELECT seq, destination, destination_version, topic, resource_type, resource_id, version_id, interaction, created_at \
      FROM subscription_outbox WHERE destination = $1 ORDER BY seq LIMIT $2";
-
+const COUNT_EVENTS: &str = "SELECT COUNT(*) FROM subscription_outbox WHERE destination = $1";
 const DROP_EVENTS: &str =
-    "DELETE FROM subscription_outbox WHERE destination = $1 AND created_at < $2";
+    "DELETE FROM subscription_outbox WHERE destination = $1 AND destination_version < $2";
 const QUEUED_DESTINATIONS: &str = "SELECT DISTINCT destination FROM subscription_outbox";
+/// The lease of a destination: an advisory lock on the hash of its id in a
+/// key space of fhirbox's own (the second argument; migrations use another).
+const TRY_LEASE: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 7262890115))";
+const END_LEASE: &str = "SELECT pg_advisory_unlock(hashtextextended($1, 7262890115))";
 
 /// Reads an outbox row of either backend.
 macro_rules! outbox_row {
@@ -33,6 +39,7 @@ macro_rules! outbox_row {
         Ok::<OutboxRow, crate::StoreError>(OutboxRow {
             seq: r.try_get("seq").db()?,
             destination: r.try_get("destination").db()?,
+            destination_version: r.try_get("destination_version").db()?,
             topic: r.try_get("topic").db()?,
             resource_type: r.try_get("resource_type").db()?,
             resource_id: r.try_get("resource_id").db()?,
@@ -43,39 +50,66 @@ macro_rules! outbox_row {
     }};
 }
 
-/// The oldest queued notifications of one destination, taken for delivery.
-/// Acknowledge what was delivered; dropping the claim (or
-/// [`OutboxClaim::release`]) keeps every row for the next attempt.
-pub struct OutboxClaim {
-    rows: Vec<OutboxRow>,
+/// The right to deliver one destination's notifications. On PostgreSQL it
+/// holds a connection (and the advisory lock on it) until
+/// [`OutboxLease::release`] or drop; dropping it without `release` closes
+/// the connection, which ends the lock too.
+pub struct OutboxLease {
+    destination: String,
     hold: Hold,
 }
 
 enum Hold {
     Sqlite(sqlx::SqlitePool),
-    /// The transaction holding the destination's lease row.
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Postgres(Option<sqlx::pool::PoolConnection<sqlx::Postgres>>),
 }
 
-impl OutboxClaim {
-    /// The notifications taken, oldest first.
-    pub fn rows(&self) -> &[OutboxRow] {
-        &self.rows
+impl OutboxLease {
+    /// Up to `limit` of the oldest queued notifications, oldest first.
+    pub async fn next(&mut self, limit: usize) -> StoreResult<Vec<OutboxRow>> {
+        let limit = i64::try_from(limit.clamp(1, 10_000)).unwrap_or(1);
+        match &mut self.hold {
+            Hold::Postgres(Some(conn)) => sqlx::query(SELECT_ROWS)
+                .bind(&self.destination)
+                .bind(limit)
+                .fetch_all(&mut **conn)
+                .await
+                .db()?
+                .iter()
+                .map(|r| outbox_row!(r))
+                .collect(),
+            Hold::Postgres(None) => Err(crate::StoreError::Unavailable(
+                "the outbox lease was lost".into(),
+            )),
+            Hold::Sqlite(pool) => sqlx::query(SELECT_ROWS)
+                .bind(&self.destination)
+                .bind(limit)
+                .fetch_all(&*pool)
+                .await
+                .db()?
+                .iter()
+                .map(|r| outbox_row!(r))
+                .collect(),
+        }
     }
 
-    /// Deletes the rows numbered `seqs` (delivered) and lets the lease go.
-    pub async fn acknowledge(self, seqs: &[i64]) -> StoreResult<()> {
-        match self.hold {
-            Hold::Postgres(mut tx) => {
-                if !seqs.is_empty() {
-                    sqlx::query("DELETE FROM subscription_outbox WHERE seq = ANY($1)")
-                        .bind(seqs)
-                        .execute(&mut *tx)
-                        .await
-                        .db()?;
-                }
-                tx.commit().await.db()
+    /// Deletes the notifications numbered `seqs` (delivered).
+    pub async fn acknowledge(&mut self, seqs: &[i64]) -> StoreResult<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        match &mut self.hold {
+            Hold::Postgres(Some(conn)) => {
+                sqlx::query("DELETE FROM subscription_outbox WHERE seq = ANY($1)")
+                    .bind(seqs)
+                    .execute(&mut **conn)
+                    .await
+                    .db()?;
+                Ok(())
             }
+            Hold::Postgres(None) => Err(crate::StoreError::Unavailable(
+                "the outbox lease was lost".into(),
+            )),
             Hold::Sqlite(pool) => {
                 for chunk in seqs.chunks(500) {
                     let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
@@ -87,173 +121,126 @@ impl OutboxClaim {
                     for seq in chunk {
                         query = query.bind(seq);
                     }
-                    query.execute(&pool).await.db()?;
+                    query.execute(&*pool).await.db()?;
                 }
                 Ok(())
             }
         }
     }
 
-    /// Lets the lease go and keeps every row.
-    pub async fn release(self) -> StoreResult<()> {
-        match self.hold {
-            Hold::Postgres(tx) => tx.rollback().await.db(),
-            Hold::Sqlite(_) => Ok(()),
+    /// Gives the lease up (another instance may take it).
+    pub async fn release(mut self) {
+        if let Hold::Postgres(conn) = &mut self.hold {
+            if let Some(mut conn) = conn.take() {
+                let unlocked = sqlx::query(END_LEASE)
+                    .bind(&self.destination)
+                    .execute(&mut *conn)
+                    .await;
+                if unlocked.is_err() {
+                    // The lock ends with the session.
+                    drop(conn.detach());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for OutboxLease {
+    fn drop(&mut self) {
+        // A lease dropped without `release` (a failed worker): close the
+        // connection rather than return it to the pool still locked.
+        if let Hold::Postgres(conn) = &mut self.hold {
+            if let Some(conn) = conn.take() {
+                drop(conn.detach());
+            }
         }
     }
 }
 
 /// The outbox of subscription notifications.
 pub trait Outbox {
-    /// Takes up to `limit` of the oldest notifications of `destination`;
-    /// `None` when another worker is delivering that destination.
-    fn claim_events(
+    /// The lease of `destination`, or `None` while another worker (of any
+    /// instance) holds it.
+    fn lease(
         &self,
         destination: &str,
-        limit: usize,
-    ) -> impl Future<Output = StoreResult<Option<OutboxClaim>>> + Send;
+    ) -> impl Future<Output = StoreResult<Option<OutboxLease>>> + Send;
 
     /// How many notifications of `destination` are queued.
     fn count_events(&self, destination: &str) -> impl Future<Output = StoreResult<i64>> + Send;
 
-    /// Removes the notifications of `destination` queued before `before`
-    /// (microseconds since the epoch: when the destination was deleted);
-    /// returns how many there were.
+    /// Removes the notifications queued for versions of `destination` before
+    /// `version` (the version that deleted it); returns how many there were.
     fn drop_events(
         &self,
         destination: &str,
-        before: i64,
+        version: i64,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// The destinations that have queued notifications.
     fn queued_destinations(&self) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 }
 
-fn limit_of(limit: usize) -> i64 {
-    i64::try_from(limit.clamp(1, 10_000)).unwrap_or(1)
+macro_rules! shared_queries {
+    () => {
+        async fn count_events(&self, destination: &str) -> StoreResult<i64> {
+            sqlx::query(COUNT_EVENTS)
+                .bind(destination)
+                .fetch_one(self.write_pool())
+                .await
+                .db()?
+                .try_get(0)
+                .db()
+        }
+
+        async fn drop_events(&self, destination: &str, version: i64) -> StoreResult<u64> {
+            let done = sqlx::query(DROP_EVENTS)
+                .bind(destination)
+                .bind(version)
+                .execute(self.write_pool())
+                .await
+                .db()?;
+            Ok(done.rows_affected())
+        }
+
+        async fn queued_destinations(&self) -> StoreResult<Vec<String>> {
+            let rows = sqlx::query(QUEUED_DESTINATIONS)
+                .fetch_all(self.write_pool())
+                .await
+                .db()?;
+            rows.iter().map(|r| r.try_get(0).db()).collect()
+        }
+    };
 }
 
 impl Outbox for PostgresStore {
-    async fn claim_events(
-        &self,
-        destination: &str,
-        limit: usize,
-    ) -> StoreResult<Option<OutboxClaim>> {
-        let pool = self.write_pool();
-        sqlx::query(
-            "INSERT INTO subscription_lease (destination) VALUES ($1) ON CONFLICT DO NOTHING",
-        )
-        .bind(destination)
-        .execute(pool)
-        .await
-        .db()?;
-        let mut tx = pool.begin().await.db()?;
-        let held = sqlx::query(
-            "SELECT destination FROM subscription_lease WHERE destination = $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(destination)
-        .fetch_optional(&mut *tx)
-        .await
-        .db()?;
-        if held.is_none() {
-            tx.rollback().await.db()?;
-            return Ok(None);
-        }
-        let rows = sqlx::query(SELECT_ROWS)
+    async fn lease(&self, destination: &str) -> StoreResult<Option<OutboxLease>> {
+        let mut conn = self.outbox_pool().acquire().await.db()?;
+        let held: bool = sqlx::query(TRY_LEASE)
             .bind(destination)
-            .bind(limit_of(limit))
-            .fetch_all(&mut *tx)
-            .await
-            .db()?;
-        let rows = rows
-            .iter()
-            .map(|r| outbox_row!(r))
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(Some(OutboxClaim {
-            rows,
-            hold: Hold::Postgres(tx),
-        }))
-    }
-
-    async fn count_events(&self, destination: &str) -> StoreResult<i64> {
-        sqlx::query("SELECT COUNT(*) FROM subscription_outbox WHERE destination = $1")
-            .bind(destination)
-            .fetch_one(self.write_pool())
+            .fetch_one(&mut *conn)
             .await
             .db()?
             .try_get(0)
-            .db()
+            .db()?;
+        Ok(held.then(|| OutboxLease {
+            destination: destination.to_owned(),
+            hold: Hold::Postgres(Some(conn)),
+        }))
     }
 
-    async fn drop_events(&self, destination: &str, before: i64) -> StoreResult<u64> {
-        let done = sqlx::query(DROP_EVENTS)
-            .bind(destination)
-            .bind(before)
-            .execute(self.write_pool())
-            .await
-            .db()?;
-        Ok(done.rows_affected())
-    }
-
-    async fn queued_destinations(&self) -> StoreResult<Vec<String>> {
-        let rows = sqlx::query(QUEUED_DESTINATIONS)
-            .fetch_all(self.write_pool())
-            .await
-            .db()?;
-        rows.iter().map(|r| r.try_get(0).db()).collect()
-    }
+    shared_queries!();
 }
 
 impl Outbox for SqliteStore {
-    async fn claim_events(
-        &self,
-        destination: &str,
-        limit: usize,
-    ) -> StoreResult<Option<OutboxClaim>> {
-        let pool = self.write_pool().clone();
-        let rows = sqlx::query(SELECT_ROWS)
-            .bind(destination)
-            .bind(limit_of(limit))
-            .fetch_all(&pool)
-            .await
-            .db()?;
-        let rows = rows
-            .iter()
-            .map(|r| outbox_row!(r))
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(Some(OutboxClaim {
-            rows,
-            hold: Hold::Sqlite(pool),
+    async fn lease(&self, destination: &str) -> StoreResult<Option<OutboxLease>> {
+        Ok(Some(OutboxLease {
+            destination: destination.to_owned(),
+            hold: Hold::Sqlite(self.write_pool().clone()),
         }))
     }
 
-    async fn count_events(&self, destination: &str) -> StoreResult<i64> {
-        sqlx::query("SELECT COUNT(*) FROM subscription_outbox WHERE destination = $1")
-            .bind(destination)
-            .fetch_one(self.write_pool())
-            .await
-            .db()?
-            .try_get(0)
-            .db()
-    }
-
-    async fn drop_events(&self, destination: &str, before: i64) -> StoreResult<u64> {
-        let done = sqlx::query(DROP_EVENTS)
-            .bind(destination)
-            .bind(before)
-            .execute(self.write_pool())
-            .await
-            .db()?;
-        Ok(done.rows_affected())
-    }
-
-    async fn queued_destinations(&self) -> StoreResult<Vec<String>> {
-        let rows = sqlx::query(QUEUED_DESTINATIONS)
-            .fetch_all(self.write_pool())
-            .await
-            .db()?;
-        rows.iter().map(|r| r.try_get(0).db()).collect()
-    }
+    shared_queries!();
 }
 
 macro_rules! delegate {
@@ -266,18 +253,14 @@ macro_rules! delegate {
 }
 
 impl Outbox for Store {
-    async fn claim_events(
-        &self,
-        destination: &str,
-        limit: usize,
-    ) -> StoreResult<Option<OutboxClaim>> {
-        delegate!(self, s => s.claim_events(destination, limit))
+    async fn lease(&self, destination: &str) -> StoreResult<Option<OutboxLease>> {
+        delegate!(self, s => s.lease(destination))
     }
     async fn count_events(&self, destination: &str) -> StoreResult<i64> {
         delegate!(self, s => s.count_events(destination))
     }
-    async fn drop_events(&self, destination: &str, before: i64) -> StoreResult<u64> {
-        delegate!(self, s => s.drop_events(destination, before))
+    async fn drop_events(&self, destination: &str, version: i64) -> StoreResult<u64> {
+        delegate!(self, s => s.drop_events(destination, version))
     }
     async fn queued_destinations(&self) -> StoreResult<Vec<String>> {
         delegate!(self, s => s.queued_destinations())

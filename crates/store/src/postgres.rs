@@ -24,7 +24,14 @@ crate::sql::sql_writes!(
 pub struct PostgresStore {
     writer: PgPool,
     reader: PgPool,
+    /// Connections of subscription delivery (`outbox.rs`): each holds a
+    /// destination's lease for as long as its worker delivers, apart from
+    /// the connections requests use.
+    outbox: PgPool,
 }
+
+/// Most destinations one instance delivers at once (a connection each).
+const OUTBOX_CONNECTIONS: u32 = 32;
 
 const MAX_CONNECTIONS: u32 = 16;
 /// How long a pooled connection may sit idle before it is pinged again.
@@ -71,9 +78,15 @@ impl PostgresStore {
             let mut conn = pool.acquire().await.db()?;
             run_migrations(&mut conn, crate::migrate::POSTGRES, Some(MIGRATION_LOCK)).await?;
         }
+        let outbox = PgPoolOptions::new()
+            .max_connections(OUTBOX_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(url)
+            .db()?;
         Ok(PostgresStore {
             writer: pool.clone(),
             reader: pool,
+            outbox,
         })
     }
 
@@ -81,6 +94,14 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+        // A lease still held (a worker that did not stop in time) is
+        // ended with its connection rather than waited for.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.outbox.close()).await;
+    }
+
+    /// The pool of subscription delivery's leases.
+    pub(crate) fn outbox_pool(&self) -> &PgPool {
+        &self.outbox
     }
 
     async fn setting(&self, name: &str) -> StoreResult<Option<String>> {

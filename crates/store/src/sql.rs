@@ -411,6 +411,7 @@ macro_rules! sql_writes {
                         .bind(r.version_id)
                         .bind(event.interaction)
                         .bind(r.last_updated)
+                        .bind(event.destination_version)
                         .execute(&mut *conn)
                         .await.db()?;
                 }
@@ -459,8 +460,8 @@ use crate::StoreResult;
 /// Queues one notification in the outbox (docs/subscriptions.md), in the
 /// change's transaction; the same statement on both backends.
 pub(crate) const INSERT_EVENT: &str = "INSERT INTO subscription_outbox \
-     (destination, topic, resource_type, resource_id, version_id, interaction, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+     (destination, topic, resource_type, resource_id, version_id, interaction, created_at, destination_version) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// The `fhirbox_setting` row naming the index definitions the stored index
 /// rows were built from.
@@ -481,9 +482,16 @@ pub(crate) const READ_SETTING: &str = "SELECT value FROM fhirbox_setting WHERE n
 
 /// The newest change to resources of the types bound as `$1`, `$2`, … (one
 /// per type): the largest history sequence number, 0 for none.
+/// The change marker of some types: the newest history row and the number
+/// of rows, in one number. The number matters on PostgreSQL, where `seq` is
+/// taken when a row is inserted, not when it commits: a version that
+/// commits after a newer one was seen leaves the largest `seq` as it was,
+/// but not the count. (2^40 apart: equal markers need equal counts while
+/// `seq` stays below a trillion.)
 pub(crate) fn latest_change_sql(types: usize) -> String {
-    let mut sql =
-        String::from("SELECT COALESCE(MAX(seq), 0) FROM resource_history WHERE resource_type IN (");
+    let mut sql = String::from(
+        "SELECT COALESCE(MAX(seq), 0) + COUNT(*) * 1099511627776 FROM resource_history WHERE resource_type IN (",
+    );
     for i in 1..=types {
         if i > 1 {
             sql.push_str(", ");

@@ -401,6 +401,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> StoreResult<WriteOutcome> {
                     &r.version_id,
                     &event.interaction,
                     &r.last_updated,
+                    &event.destination_version,
                 ],
             )?;
             insert.raw_execute().db()?;

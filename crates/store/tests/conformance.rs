@@ -1665,6 +1665,7 @@ fn patient_notifier() -> Notify {
         };
         vec![OutboxEvent {
             destination: "d".into(),
+            destination_version: 3,
             topic: "http://t".into(),
             interaction,
         }]
@@ -1691,44 +1692,48 @@ async fn notifications_are_queued_with_the_change_and_taken_in_order(store: Test
     assert_eq!(store.count_events("d").await.unwrap(), 3);
     assert_eq!(store.count_events("other").await.unwrap(), 0);
 
-    let claim = store.claim_events("d", 2).await.unwrap().unwrap();
-    let taken: Vec<(String, i64)> = claim
-        .rows()
+    let mut lease = store.lease("d").await.unwrap().unwrap();
+    let rows = lease.next(2).await.unwrap();
+    let taken: Vec<(String, i64)> = rows
         .iter()
         .map(|r| (r.interaction.clone(), r.version_id))
         .collect();
     assert_eq!(taken, [("create".to_owned(), 1), ("update".to_owned(), 2)]);
-    assert!(claim.rows()[0].seq < claim.rows()[1].seq);
-    assert_eq!(claim.rows()[0].resource_type, "Patient");
-    assert_eq!(claim.rows()[0].resource_id, "a");
-    assert_eq!(claim.rows()[0].topic, "http://t");
+    assert!(rows[0].seq < rows[1].seq);
+    assert_eq!(rows[0].resource_type, "Patient");
+    assert_eq!(rows[0].resource_id, "a");
+    assert_eq!(rows[0].topic, "http://t");
+    assert_eq!(rows[0].destination_version, 3);
     // While one worker holds the destination, another is told so (the
     // PostgreSQL lease; an SQLite database has one process).
     if matches!(&*store, Store::Postgres(_)) {
-        assert!(store.claim_events("d", 2).await.unwrap().is_none());
+        assert!(store.lease("d").await.unwrap().is_none());
+        assert!(store.lease("other").await.unwrap().is_some());
     }
     // Only what was acknowledged goes.
-    let first = claim.rows()[0].seq;
-    claim.acknowledge(&[first]).await.unwrap();
-    let claim = store.claim_events("d", 10).await.unwrap().unwrap();
-    let left: Vec<&str> = claim
-        .rows()
-        .iter()
-        .map(|r| r.interaction.as_str())
-        .collect();
-    assert_eq!(left, ["update", "delete"]);
-    claim.release().await.unwrap();
-    assert_eq!(store.count_events("d").await.unwrap(), 2);
-    assert_eq!(store.queued_destinations().await.unwrap(), ["d"]);
-    // Only what was queued before the given time goes.
-    assert_eq!(store.drop_events("d", 0).await.unwrap(), 0);
-    assert_eq!(store.drop_events("d", i64::MAX).await.unwrap(), 2);
-    assert!(store.queued_destinations().await.unwrap().is_empty());
-    assert!(store
-        .claim_events("d", 10)
+    lease.acknowledge(&[rows[0].seq]).await.unwrap();
+    let left: Vec<String> = lease
+        .next(10)
         .await
         .unwrap()
-        .unwrap()
-        .rows()
-        .is_empty());
+        .into_iter()
+        .map(|r| r.interaction)
+        .collect();
+    assert_eq!(left, ["update", "delete"]);
+    lease.release().await;
+    // Released, the lease can be taken again; dropped, it ends too.
+    let dropped = store.lease("d").await.unwrap().unwrap();
+    drop(dropped);
+    let found =
+        fhirbox_test_support::wait_until_async(std::time::Duration::from_secs(5), || async {
+            store.lease("d").await.unwrap().is_some()
+        })
+        .await;
+    assert!(found);
+    assert_eq!(store.count_events("d").await.unwrap(), 2);
+    assert_eq!(store.queued_destinations().await.unwrap(), ["d"]);
+    // Only what was queued for versions before the given one goes.
+    assert_eq!(store.drop_events("d", 3).await.unwrap(), 0);
+    assert_eq!(store.drop_events("d", 4).await.unwrap(), 2);
+    assert!(store.queued_destinations().await.unwrap().is_empty());
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use fhirbox_store::{Outbox, ResourceRead, Store};
+use fhirbox_store::{Outbox, OutboxLease, OutboxRow, ResourceRead, Store};
 use serde_json::{json, Value};
 
 use crate::destination::{header_line, Header, Webhook};
@@ -72,8 +72,54 @@ impl DeliveryEvents for NoEvents {
     fn delivered(&self, _destination: &str, _seconds_since_change: &[f64]) {}
 }
 
+/// Tells the supervisor and the workers to stop, and counts the workers
+/// still running.
+#[derive(Default)]
+struct Stop {
+    asked: std::sync::atomic::AtomicBool,
+    signal: tokio::sync::Notify,
+    running: std::sync::atomic::AtomicUsize,
+}
+
+impl Stop {
+    fn asked(&self) -> bool {
+        self.asked.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps for `duration`, or less if stopping is asked meanwhile.
+    async fn pause(&self, duration: Duration) {
+        let stopping = self.signal.notified();
+        tokio::pin!(stopping);
+        stopping.as_mut().enable();
+        if self.asked() {
+            return;
+        }
+        tokio::select! {
+            () = stopping => {}
+            () = tokio::time::sleep(duration) => {}
+        }
+    }
+}
+
+/// A running worker, counted until it ends.
+struct Running(Arc<Stop>);
+
+impl Running {
+    fn new(stop: &Arc<Stop>) -> Running {
+        stop.running.fetch_add(1, Ordering::SeqCst);
+        Running(stop.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The delivery side of subscriptions: the workers and their counters.
 pub struct Delivery {
+    stop: Arc<Stop>,
     events: Arc<dyn DeliveryEvents>,
     registry: Arc<Registry>,
     store: Store,
@@ -93,6 +139,7 @@ impl Delivery {
         events: Arc<dyn DeliveryEvents>,
     ) -> Delivery {
         Delivery {
+            stop: Arc::new(Stop::default()),
             events,
             registry,
             store,
@@ -100,6 +147,20 @@ impl Delivery {
             base,
             started: SystemTime::now(),
             stats: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Stops the workers and waits (up to `within`) until they have given
+    /// their leases up: before the store closes, at shutdown. What they
+    /// were sending stays queued unless it was acknowledged.
+    pub async fn stop(&self, within: Duration) {
+        self.stop.asked.store(true, Ordering::SeqCst);
+        self.stop.signal.notify_waiters();
+        self.registry.wake.notify_waiters();
+        let deadline = tokio::time::Instant::now() + within;
+        while self.stop.running.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -165,10 +226,10 @@ impl Delivery {
 }
 
 impl Delivery {
-    /// After destination `id` was deleted at `at` (microseconds): its
-    /// queued notifications go with it.
-    pub async fn deleted(&self, id: &str, at: i64) {
-        match self.store.drop_events(id, at.saturating_add(1)).await {
+    /// After destination `id` was deleted by its version `version`: what
+    /// was queued for its earlier versions goes with it.
+    pub async fn deleted(&self, id: &str, version: i64) {
+        match self.store.drop_events(id, version).await {
             Ok(0) => {}
             Ok(dropped) => {
                 tracing::info!(destination = %id, dropped, "notifications of a deleted destination removed from the outbox");
@@ -180,8 +241,9 @@ impl Delivery {
     }
 
     /// Removes the queued notifications of deleted destinations: those
-    /// queued before the deletion (a destination created again under the
-    /// same id keeps what was queued for it since).
+    /// queued for the versions before the deletion (a destination created
+    /// again under the same id keeps what was queued for it since; a
+    /// worker drops what is older than its destination's creation).
     async fn forget_deleted(&self) {
         let queued = match self.store.queued_destinations().await {
             Ok(queued) => queued,
@@ -200,7 +262,7 @@ impl Delivery {
             if !stored.deleted {
                 continue;
             }
-            self.deleted(&id, stored.last_updated).await;
+            self.deleted(&id, stored.version_id).await;
         }
     }
 }
@@ -218,7 +280,9 @@ fn instant(at: SystemTime) -> String {
 pub fn spawn(delivery: &Arc<Delivery>) {
     let weak = Arc::downgrade(delivery);
     let registry = delivery.registry.clone();
+    let stop = delivery.stop.clone();
     tokio::spawn(async move {
+        let _running = Running::new(&stop);
         let mut workers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut last_cleanup = std::time::Instant::now()
             .checked_sub(CLEANUP_EVERY)
@@ -226,7 +290,7 @@ pub fn spawn(delivery: &Arc<Delivery>) {
         loop {
             let changed = registry.wake.notified();
             workers.retain(|_, handle| !handle.is_finished());
-            if weak.strong_count() == 0 {
+            if weak.strong_count() == 0 || stop.asked() {
                 break;
             }
             if last_cleanup.elapsed() >= CLEANUP_EVERY {
@@ -237,13 +301,18 @@ pub fn spawn(delivery: &Arc<Delivery>) {
             }
             for live in registry.delivered() {
                 if !workers.contains_key(&live.id) {
-                    let task = tokio::spawn(work(weak.clone(), registry.clone(), live.id.clone()));
+                    let task = tokio::spawn(work(
+                        weak.clone(),
+                        registry.clone(),
+                        stop.clone(),
+                        live.id.clone(),
+                    ));
                     workers.insert(live.id.clone(), task);
                 }
             }
             tokio::select! {
                 () = changed => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.pause(Duration::from_secs(1)) => {}
             }
         }
     });
@@ -274,13 +343,33 @@ fn client(live: &Live, webhook: &Webhook) -> Result<Client, String> {
     })
 }
 
+/// Waits for a write of this instance (`woken`), the poll interval, or
+/// the stop.
+async fn idle(woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>, stop: &Stop) {
+    tokio::select! {
+        () = woken => {}
+        () = stop.pause(POLL) => {}
+    }
+}
+
 /// Delivers destination `id` until it is no longer delivered (or the
-/// server is gone).
-async fn work(weak: std::sync::Weak<Delivery>, registry: Arc<Registry>, id: String) {
+/// server is gone). It takes the destination's lease once and keeps it
+/// while it delivers; another instance's worker waits for it.
+async fn work(
+    weak: std::sync::Weak<Delivery>,
+    registry: Arc<Registry>,
+    stop: Arc<Stop>,
+    id: String,
+) {
+    let _running = Running::new(&stop);
     let mut backoff = FIRST_BACKOFF;
     let mut http: Option<Client> = None;
+    let mut lease: Option<OutboxLease> = None;
     tracing::info!(destination = %id, "subscription delivery started");
     loop {
+        if stop.asked() {
+            break;
+        }
         let Some(delivery) = weak.upgrade() else {
             break;
         };
@@ -299,7 +388,8 @@ async fn work(weak: std::sync::Weak<Delivery>, registry: Arc<Registry>, id: Stri
                 Ok(c) => http = Some(c),
                 Err(message) => {
                     stats.failed(message);
-                    tokio::time::sleep(MAX_BACKOFF).await;
+                    drop(delivery);
+                    stop.pause(MAX_BACKOFF).await;
                     continue;
                 }
             }
@@ -309,35 +399,68 @@ async fn work(weak: std::sync::Weak<Delivery>, registry: Arc<Registry>, id: Stri
         let woken = registry.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let claim = match delivery.store.claim_events(&id, webhook.max_batch).await {
-            Ok(Some(claim)) if !claim.rows().is_empty() => claim,
-            Ok(other) => {
-                // Nothing queued, or another instance delivers it.
-                if let Some(claim) = other {
-                    let _ = claim.release().await;
+        let held = match &mut lease {
+            Some(held) => held,
+            None => match delivery.store.lease(&id).await {
+                Ok(Some(taken)) => lease.insert(taken),
+                Ok(None) => {
+                    // Another instance delivers this destination.
+                    drop(delivery);
+                    idle(woken, &stop).await;
+                    continue;
                 }
-                drop(delivery);
-                tokio::select! {
-                    () = &mut woken => {}
-                    () = tokio::time::sleep(POLL) => {}
+                Err(e) => {
+                    tracing::warn!(destination = %id, error = %e, "could not take the subscription outbox lease");
+                    stats.failed("the outbox could not be read".into());
+                    drop(delivery);
+                    stop.pause(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
                 }
-                continue;
-            }
+            },
+        };
+        let rows = match held.next(webhook.max_batch).await {
+            Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(destination = %id, error = %e, "could not read the subscription outbox");
                 stats.failed("the outbox could not be read".into());
-                tokio::time::sleep(backoff).await;
+                lease = None;
+                drop(delivery);
+                stop.pause(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
-        let count = claim.rows().len() as u64;
+        // Queued for a destination of this id that was deleted since.
+        let (stale, rows): (Vec<OutboxRow>, Vec<OutboxRow>) = rows
+            .into_iter()
+            .partition(|r| r.destination_version < live.since);
+        if !stale.is_empty() {
+            let seqs: Vec<i64> = stale.iter().map(|r| r.seq).collect();
+            if held.acknowledge(&seqs).await.is_err() {
+                lease = None;
+            } else {
+                tracing::info!(destination = %id, dropped = seqs.len(), "notifications queued for a deleted destination of this id dropped");
+            }
+            continue;
+        }
+        if rows.is_empty() {
+            drop(delivery);
+            idle(woken, &stop).await;
+            continue;
+        }
+        // One notification names one topic: a batch stops where the
+        // destination's topic changed.
+        let mut rows = rows;
+        let same_topic = rows.iter().take_while(|r| r.topic == rows[0].topic).count();
+        rows.truncate(same_topic);
+        let count = rows.len() as u64;
         stats.in_process.store(count, Ordering::Relaxed);
         stats.attempts.fetch_add(1, Ordering::Relaxed);
         let sent = match crate::notification::bundle(
             &delivery.store,
             &live,
-            claim.rows(),
+            &rows,
             delivery.base.as_deref(),
         )
         .await
@@ -351,16 +474,15 @@ async fn work(weak: std::sync::Weak<Delivery>, registry: Arc<Registry>, id: Stri
                 Err("the changed resources could not be read".to_owned())
             }
         };
-        let seqs: Vec<i64> = claim.rows().iter().map(|r| r.seq).collect();
-        let claim_times: Vec<i64> = claim.rows().iter().map(|r| r.created_at).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         match sent {
-            Ok(()) => match claim.acknowledge(&seqs).await {
+            Ok(()) => match held.acknowledge(&seqs).await {
                 Ok(()) => {
                     stats.delivered.fetch_add(count, Ordering::Relaxed);
                     let now = fhirbox_store::instant::now_micros();
-                    let ages: Vec<f64> = claim_times
+                    let ages: Vec<f64> = rows
                         .iter()
-                        .map(|t| (now - t).max(0) as f64 / 1e6)
+                        .map(|r| (now - r.created_at).max(0) as f64 / 1e6)
                         .collect();
                     delivery.events.attempt(&id, true);
                     delivery.events.delivered(&id, &ages);
@@ -372,19 +494,28 @@ async fn work(weak: std::sync::Weak<Delivery>, registry: Arc<Registry>, id: Stri
                     stats.failed(
                         "delivered notifications could not be removed from the outbox".into(),
                     );
-                    tokio::time::sleep(backoff).await;
+                    lease = None;
+                    stats.in_process.store(0, Ordering::Relaxed);
+                    drop(delivery);
+                    stop.pause(backoff).await;
+                    continue;
                 }
             },
             Err(message) => {
-                let _ = claim.release().await;
                 delivery.events.attempt(&id, false);
                 tracing::warn!(destination = %id, problem = %message, retry_in_ms = backoff.as_millis() as u64, "subscription delivery failed; retrying");
                 stats.failed(message);
-                tokio::time::sleep(backoff).await;
+                stats.in_process.store(0, Ordering::Relaxed);
+                drop(delivery);
+                stop.pause(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
             }
         }
         stats.in_process.store(0, Ordering::Relaxed);
+    }
+    if let Some(held) = lease {
+        held.release().await;
     }
     tracing::info!(destination = %id, "subscription delivery stopped");
 }
@@ -402,27 +533,37 @@ impl Delivery {
         let requester = fhirbox_secrets::Requester::new("AidboxTopicDestination", &live.id);
         let mut out = Vec::with_capacity(webhook.headers.len());
         for header in &webhook.headers {
-            let (name, value, sensitive) = match header {
-                Header::Literal(name, value) => (name.clone(), value.clone(), false),
+            let (name, value, sensitive, what) = match header {
+                Header::Literal(name, value) => {
+                    (name.clone(), value.clone(), false, format!("header {name}"))
+                }
                 Header::Vault(secret) => {
+                    let what = format!("header secret {secret:?}");
                     let vault = self.vault.as_ref().ok_or_else(|| {
-                        format!("header secret {secret:?} cannot be read: external secrets are off (BOX_VAULT_CONFIG)")
+                        format!(
+                            "{what} cannot be read: external secrets are off (BOX_VAULT_CONFIG)"
+                        )
                     })?;
-                    let value = vault
-                        .resolve(secret, &requester)
-                        .map_err(|e| format!("header secret {secret:?} cannot be used: {e}"))?;
-                    let line = value
-                        .expose_utf8()
-                        .map_err(|e| format!("header secret {secret:?} cannot be used: {e}"))?;
-                    let (name, value) =
-                        header_line(line).map_err(|e| format!("header secret {secret:?}: {e}"))?;
-                    (name.to_owned(), value.to_owned(), true)
+                    // `$status` is readable beyond root: it gets the reason;
+                    // the log gets the paths and scopes too.
+                    let unusable = |e: fhirbox_secrets::SecretError| {
+                        tracing::warn!(destination = %live.id, error = %e, "a webhook header secret cannot be used");
+                        format!(
+                            "{what} cannot be used ({}; details in the server log)",
+                            e.reason()
+                        )
+                    };
+                    let value = vault.resolve(secret, &requester).map_err(unusable)?;
+                    let line = value.expose_utf8().map_err(unusable)?;
+                    let (name, value) = header_line(line).map_err(|e| format!("{what}: {e}"))?;
+                    (name.to_owned(), value.to_owned(), true, what)
                 }
             };
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("header {name} is not a valid header name"))?;
-            let mut value = reqwest::header::HeaderValue::from_str(&value)
-                .map_err(|_| format!("header {name} has a value that cannot be sent"))?;
+                .map_err(|_| format!("{what} has a name that cannot be sent"))?;
+            let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                format!("{what} has a value that cannot be sent (not visible ASCII)")
+            })?;
             value.set_sensitive(sensitive);
             out.push((name, value));
         }

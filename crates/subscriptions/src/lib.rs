@@ -48,6 +48,12 @@ impl Subscriptions {
         Ok(Subscriptions { registry, delivery })
     }
 
+    /// Stops delivery (at shutdown, before the store closes), waiting up
+    /// to `within` for the workers to give their leases up.
+    pub async fn stop(&self, within: std::time::Duration) {
+        self.delivery.stop(within).await;
+    }
+
     /// Starts delivery and the periodic re-check of topics and
     /// destinations changed through other instances.
     pub fn start(&self, store: &Store, recheck: std::time::Duration) {

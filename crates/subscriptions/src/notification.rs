@@ -13,8 +13,9 @@ use serde_json::{json, Map, Value};
 use crate::destination::Content;
 use crate::registry::Live;
 
-/// The notification of `rows` (oldest first) for `live`. `base` is the
-/// server's public base URL (`BOX_WEB_BASE_URL`), for `fullUrl`.
+/// The notification of `rows` (oldest first, of one topic) for `live`.
+/// `base` is the server's public base URL (`BOX_WEB_BASE_URL`), for
+/// `fullUrl`.
 pub async fn bundle(
     store: &Store,
     live: &Live,
@@ -36,7 +37,7 @@ pub async fn bundle(
         "status": "active",
         "type": "event-notification",
         "notificationEvent": events,
-        "topic": live.destination.topic,
+        "topic": rows.first().map_or(live.destination.topic.as_str(), |r| r.topic.as_str()),
         "topic-destination": {"reference": format!("AidboxTopicDestination/{}", live.id)},
     }})];
     if live.destination.content != Content::Empty {

@@ -5,12 +5,13 @@
 //! inside the write's transaction, which destinations a change notifies.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fhirbox_store::{
-    Change, ChangeMarker, Notify, OutboxEvent, ResourceSearch, SearchQuery, Store, StoreError,
+    Change, ChangeMarker, HistoryQuery, HistoryScope, Notify, OutboxEvent, ResourceHistory,
+    ResourceSearch, SearchQuery, Store, StoreError,
 };
 use serde_json::Value;
 
@@ -28,6 +29,10 @@ const LOAD_PAGE: u32 = 500;
 pub struct Live {
     pub id: String,
     pub version: i64,
+    /// The first version since the destination was last deleted (1 if it
+    /// never was): notifications queued for earlier versions were for a
+    /// destination that no longer exists, and are never sent.
+    pub since: i64,
     pub destination: Destination,
     /// The stored body (its parameters are read at delivery).
     pub body: Value,
@@ -82,6 +87,28 @@ impl Registry {
     pub async fn reload(&self, store: &Store) -> Result<(), StoreError> {
         let _guard = self.reload.lock().await;
         let marker = store.latest_change(TYPES).await?;
+        self.load(store, marker).await
+    }
+
+    /// Reloads when another instance changed topics or destinations; of
+    /// several callers that notice one change, one reloads.
+    pub async fn reload_if_changed(&self, store: &Store) -> Result<bool, StoreError> {
+        let latest = store.latest_change(TYPES).await?;
+        if latest == self.marker.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let _guard = self.reload.lock().await;
+        let latest = store.latest_change(TYPES).await?;
+        if latest == self.marker.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.load(store, latest).await?;
+        Ok(true)
+    }
+
+    /// Reads every topic and destination (the caller holds the reload lock
+    /// and read `marker` before) and swaps the snapshot whole.
+    async fn load(&self, store: &Store, marker: i64) -> Result<(), StoreError> {
         let mut topics: HashMap<String, (String, Arc<Topic>)> = HashMap::new();
         let mut snapshot = Snapshot::default();
         for resource_type in TYPES {
@@ -119,11 +146,13 @@ impl Registry {
                     }
                     match Destination::parse(&body) {
                         Ok(destination) => {
+                            let since = incarnation(store, &stored.id, stored.version_id).await?;
                             snapshot.destinations.insert(
                                 stored.id.clone(),
                                 Arc::new(Live {
                                     id: stored.id.clone(),
                                     version: stored.version_id,
+                                    since,
                                     destination,
                                     body,
                                 }),
@@ -175,24 +204,17 @@ impl Registry {
         Ok(())
     }
 
-    /// Reloads when another instance changed topics or destinations.
-    pub async fn reload_if_changed(&self, store: &Store) -> Result<bool, StoreError> {
-        let latest = store.latest_change(TYPES).await?;
-        if latest == self.marker.load(Ordering::SeqCst) {
-            return Ok(false);
-        }
-        self.reload(store).await?;
-        Ok(true)
-    }
-
     /// The notifier a write carries, or `None` when no destination is in
-    /// force (a write then costs nothing more).
-    pub fn notifier(&self) -> Option<Notify> {
+    /// force (a write then costs nothing more), and a flag it raises when
+    /// it queued something (so only such writes wake the workers).
+    pub fn notifier(&self) -> Option<(Notify, Arc<AtomicBool>)> {
         let snapshot = self.snapshot();
         if snapshot.routes.is_empty() {
             return None;
         }
-        Some(Arc::new(move |change: &Change<'_>| {
+        let queued = Arc::new(AtomicBool::new(false));
+        let raised = queued.clone();
+        let notify: Notify = Arc::new(move |change: &Change<'_>| {
             let Some(routes) = snapshot.routes.get(change.resource_type) else {
                 return Vec::new();
             };
@@ -212,7 +234,7 @@ impl Registry {
                     })
                     .as_ref()
             };
-            routes
+            let events = routes
                 .iter()
                 .filter(|route| {
                     route.topic.fires(
@@ -224,11 +246,17 @@ impl Registry {
                 })
                 .map(|route| OutboxEvent {
                     destination: route.destination.id.clone(),
+                    destination_version: route.destination.version,
                     topic: route.topic.url.clone(),
                     interaction: interaction.as_str(),
                 })
-                .collect()
-        }))
+                .collect::<Vec<_>>();
+            if !events.is_empty() {
+                raised.store(true, Ordering::SeqCst);
+            }
+            events
+        });
+        Some((notify, queued))
     }
 
     /// The destinations whose notifications this instance delivers.
@@ -258,6 +286,32 @@ impl Registry {
     /// Wakes the delivery workers (a write queued notifications).
     pub fn wake(&self) {
         self.wake.notify_waiters();
+    }
+}
+
+/// The first version of destination `id` since it was last deleted.
+async fn incarnation(store: &Store, id: &str, version: i64) -> Result<i64, StoreError> {
+    if version == 1 {
+        return Ok(1);
+    }
+    let mut query = HistoryQuery {
+        scope: HistoryScope::Instance {
+            resource_type: "AidboxTopicDestination".into(),
+            id: id.into(),
+        },
+        since: None,
+        count: 100,
+        cursor: None,
+    };
+    loop {
+        let page = store.history(query.clone()).await?;
+        if let Some(deleted) = page.entries.iter().find(|v| v.deleted) {
+            return Ok(deleted.version_id + 1);
+        }
+        match page.next {
+            Some(next) => query.cursor = Some(next),
+            None => return Ok(1),
+        }
     }
 }
 

@@ -206,6 +206,34 @@ fn lex(text: &str) -> Result<Vec<Token>, Unsupported> {
                 }
                 tokens.push(Token::Date(date));
             }
+            '-' if text[i + 1..].starts_with(|n: char| n.is_ascii_digit())
+                && matches!(
+                    tokens.last(),
+                    None | Some(Token::Operator(_) | Token::Open | Token::Pipe)
+                )
+                || matches!(tokens.last(), Some(Token::Ident(w)) if w == "and" || w == "or") =>
+            {
+                // A negative number literal (FHIRPath's unary minus on one).
+                let mut end = i + 1;
+                let mut decimal = false;
+                while let Some((j, d)) = chars.peek().copied() {
+                    let point = d == '.'
+                        && !decimal
+                        && text[j + 1..].starts_with(|n: char| n.is_ascii_digit());
+                    if !(d.is_ascii_digit() || point) {
+                        break;
+                    }
+                    decimal |= point;
+                    end = j + d.len_utf8();
+                    chars.next();
+                }
+                let number = &text[i..end];
+                tokens.push(Token::Decimal(
+                    number
+                        .parse()
+                        .map_err(|_| Unsupported(format!("the number {number:?}")))?,
+                ));
+            }
             c if c.is_ascii_digit() => {
                 let mut end = i + c.len_utf8();
                 let mut decimal = false;
@@ -289,25 +317,18 @@ impl Parser<'_> {
         matches!(self.peek(), Some(Token::Ident(w)) if w == word)
     }
 
-    /// union := or ('|' or)*
-    fn union(&mut self) -> Result<Expr, Unsupported> {
+    /// expression := or (FHIRPath §10 precedence, loosest first: `or`,
+    /// `and`, `=` `!=`, `<` `>` `<=` `>=`, `|`, `as` `is`, `.`)
+    fn expression(&mut self) -> Result<Expr, Unsupported> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(Unsupported(format!(
                 "nesting deeper than {MAX_DEPTH} levels"
             )));
         }
-        let mut parts = vec![self.or()?];
-        while self.peek() == Some(&Token::Pipe) {
-            self.next();
-            parts.push(self.or()?);
-        }
+        let expr = self.or()?;
         self.depth -= 1;
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Expr::Union(parts)
-        })
+        Ok(expr)
     }
 
     /// or := and ('or' and)*
@@ -335,15 +356,15 @@ impl Parser<'_> {
         Ok(left)
     }
 
-    /// comparison := operand (op operand)?
+    /// comparison := union (op union)?
     fn comparison(&mut self) -> Result<Expr, Unsupported> {
-        let left = self.operand()?;
+        let left = self.union()?;
         let op = match self.peek() {
             Some(Token::Operator(op)) => *op,
             _ => return Ok(left),
         };
         self.next();
-        let right = self.operand()?;
+        let right = self.union()?;
         if let Some(Token::Operator(_)) = self.peek() {
             return Err(Unsupported(
                 "a comparison of a comparison (add parentheses)".into(),
@@ -353,6 +374,20 @@ impl Parser<'_> {
             left: Box::new(left),
             op,
             right: Box::new(right),
+        })
+    }
+
+    /// union := operand ('|' operand)*
+    fn union(&mut self) -> Result<Expr, Unsupported> {
+        let mut parts = vec![self.operand()?];
+        while self.peek() == Some(&Token::Pipe) {
+            self.next();
+            parts.push(self.operand()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Expr::Union(parts)
         })
     }
 
@@ -398,7 +433,7 @@ impl Parser<'_> {
     fn term(&mut self) -> Result<Expr, Unsupported> {
         if self.peek() == Some(&Token::Open) {
             self.next();
-            let inner = self.union()?;
+            let inner = self.expression()?;
             self.expect(Token::Close)?;
             let steps = self.steps()?;
             return Ok(Expr::Group {
@@ -445,7 +480,7 @@ impl Parser<'_> {
                         self.next();
                         if name == "exists" && self.peek() != Some(&Token::Close) {
                             // `exists(criteria)` is `where(criteria).exists()`.
-                            steps.push(Step::Where(Box::new(self.union()?)));
+                            steps.push(Step::Where(Box::new(self.expression()?)));
                             steps.push(Step::Exists);
                         } else {
                             steps.push(self.function(&name)?);
@@ -472,7 +507,7 @@ impl Parser<'_> {
     fn function(&mut self, name: &str) -> Result<Step, Unsupported> {
         match name {
             "as" | "ofType" => Ok(Step::OfType(self.ident()?)),
-            "where" => Ok(Step::Where(Box::new(self.union()?))),
+            "where" => Ok(Step::Where(Box::new(self.expression()?))),
             "exists" => Ok(Step::Exists),
             "empty" => Ok(Step::Empty),
             "not" => Ok(Step::Not),
@@ -499,7 +534,7 @@ pub fn compile_with(text: &str, variables: &[&str]) -> Result<Expr, Unsupported>
         variables,
         depth: 0,
     };
-    let expr = parser.union()?;
+    let expr = parser.expression()?;
     match parser.next() {
         None => Ok(expr),
         Some(t) => Err(Unsupported(format!("{t:?} after a complete expression"))),
@@ -717,7 +752,8 @@ fn scalar<'a>(node: &Node<'a>) -> Scalar<'a> {
 fn order(a: &Node<'_>, b: &Node<'_>) -> Option<Ordering> {
     match (scalar(a), scalar(b)) {
         (Scalar::Number(x), Scalar::Number(y)) => x.partial_cmp(&y),
-        (Scalar::Bool(x), Scalar::Bool(y)) => Some(x.cmp(&y)),
+        // Booleans are equal or not; they have no order.
+        (Scalar::Bool(x), Scalar::Bool(y)) => (x == y).then_some(Ordering::Equal),
         (Scalar::Text(x), Scalar::Text(y)) => {
             match (
                 crate::datetime::parse_range(x),
@@ -725,6 +761,11 @@ fn order(a: &Node<'_>, b: &Node<'_>) -> Option<Ordering> {
             ) {
                 // Two dates: the instants they cover.
                 (Ok(a), Ok(b)) => {
+                    // Seconds and fractions of a second are one precision
+                    // (FHIRPath §6.1.1): compare the instants themselves.
+                    if has_seconds(x) && has_seconds(y) {
+                        return Some(a.start.cmp(&b.start));
+                    }
                     if a.end <= b.start {
                         Some(Ordering::Less)
                     } else if b.end <= a.start {
@@ -741,6 +782,13 @@ fn order(a: &Node<'_>, b: &Node<'_>) -> Option<Ordering> {
         (Scalar::Other(x), Scalar::Other(y)) => (x == y).then_some(Ordering::Equal),
         _ => None,
     }
+}
+
+/// Whether a dateTime text goes down to seconds (`…T10:00:00Z`, with or
+/// without a fraction).
+fn has_seconds(text: &str) -> bool {
+    text.split_once('T')
+        .is_some_and(|(_, time)| time.len() >= 8 && time.as_bytes()[5] == b':')
 }
 
 /// `left op right` over two collections (FHIRPath §6.1, §6.2): empty when
@@ -1151,6 +1199,18 @@ mod tests {
             Some(true)
         );
         assert_eq!(t("'b' > 'a'"), Some(true));
+        assert_eq!(
+            t("%current.effective = @2024-03-01T10:00:00.000Z"),
+            Some(true)
+        );
+        assert_eq!(t("%current.valueQuantity.value > -1.5"), Some(true));
+        assert_eq!(t("-3 < %current.valueQuantity.value"), Some(true));
+        // `|` binds tighter than `=` (FHIRPath §10).
+        assert_eq!(
+            t("%current.valueQuantity.value | %current.effective = 'x'"),
+            Some(false)
+        );
+        assert_eq!(t("true > false"), None);
         assert_eq!(t("%current.valueQuantity.value = 'x'"), Some(false));
     }
 
