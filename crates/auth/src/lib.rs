@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use fhirbox_store::{ChangeMarker, ResourceSearch, SearchQuery, Store, StoreError};
+use fhirbox_store::{ChangeMarker, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -68,9 +68,6 @@ async fn measure_kdf() -> std::time::Duration {
     .await
     .unwrap_or(std::time::Duration::from_millis(50))
 }
-
-/// Page size when loading clients and policies.
-const LOAD_PAGE: u32 = 1000;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,53 +294,41 @@ impl AuthService {
         let marker = store.latest_change(AUTH_TYPES).await?;
         let mut snapshot = Snapshot::default();
         for resource_type in AUTH_TYPES {
-            let mut query = SearchQuery {
-                resource_type: Some((*resource_type).to_owned()),
-                count: LOAD_PAGE,
-                ..Default::default()
-            };
-            loop {
-                let page = store.search(query.clone()).await?;
-                for stored in &page.resources {
-                    let Ok(body) = serde_json::from_str::<Value>(&stored.body) else {
-                        tracing::error!(resource_type, id = %stored.id, "stored body is not JSON; ignored");
-                        continue;
-                    };
-                    let parsed = match *resource_type {
-                        "Client" => ClientRecord::from_body(&body, stored.version_id).map(|c| {
-                            if let Err(problem) = &c.code_flow {
-                                tracing::warn!(client = %c.id, %problem, "the client cannot use the authorization code grant until it is corrected");
-                            }
-                            snapshot.clients.insert(c.id.clone(), Arc::new(c));
-                        }),
-                        "TokenIntrospector" => external::introspector::Introspector::parse(&body)
-                            .map(|mut i| {
-                                i.id = stored.id.clone();
-                                i.version = stored.version_id;
-                                snapshot.introspectors.push(Arc::new(i));
-                            }),
-                        "IdentityProvider" => identity_provider::IdentityProvider::parse(&body)
-                            .map(|mut p| {
-                                p.id = stored.id.clone();
-                                p.version = stored.version_id;
-                                snapshot
-                                    .identity_providers
-                                    .insert(p.id.clone(), Arc::new(p));
-                            }),
-                        "User" => {
-                            let user = users::UserRecord::from_body(body, stored.version_id);
-                            snapshot.users.insert(stored.id.clone(), Arc::new(user));
-                            Ok(())
-                        }
-                        _ => Policy::parse(&body).map(|p| snapshot.policies.push(p)),
-                    };
-                    if let Err(problem) = parsed {
-                        tracing::warn!(resource_type, id = %stored.id, %problem, "stored resource cannot be used for access control; ignored");
+            for stored in &fhirbox_store::load_all(store, resource_type).await? {
+                let Ok(body) = serde_json::from_str::<Value>(&stored.body) else {
+                    tracing::error!(resource_type, id = %stored.id, "stored body is not JSON; ignored");
+                    continue;
+                };
+                let parsed = match *resource_type {
+                "Client" => ClientRecord::from_body(&body, stored.version_id).map(|c| {
+                    if let Err(problem) = &c.code_flow {
+                        tracing::warn!(client = %c.id, %problem, "the client cannot use the authorization code grant until it is corrected");
                     }
+                    snapshot.clients.insert(c.id.clone(), Arc::new(c));
+                }),
+                "TokenIntrospector" => external::introspector::Introspector::parse(&body)
+                    .map(|mut i| {
+                        i.id = stored.id.clone();
+                        i.version = stored.version_id;
+                        snapshot.introspectors.push(Arc::new(i));
+                    }),
+                "IdentityProvider" => identity_provider::IdentityProvider::parse(&body)
+                    .map(|mut p| {
+                        p.id = stored.id.clone();
+                        p.version = stored.version_id;
+                        snapshot
+                            .identity_providers
+                            .insert(p.id.clone(), Arc::new(p));
+                    }),
+                "User" => {
+                    let user = users::UserRecord::from_body(body, stored.version_id);
+                    snapshot.users.insert(stored.id.clone(), Arc::new(user));
+                    Ok(())
                 }
-                match page.next {
-                    Some(next) => query.cursor = Some(next),
-                    None => break,
+                _ => Policy::parse(&body).map(|p| snapshot.policies.push(p)),
+            };
+                if let Err(problem) = parsed {
+                    tracing::warn!(resource_type, id = %stored.id, %problem, "stored resource cannot be used for access control; ignored");
                 }
             }
         }

@@ -79,6 +79,28 @@ pub trait ResourceSearch {
 
 /// A cheap marker that changes whenever resources of some types change, so
 /// caches (clients, policies) can notice writes made by other instances.
+/// Every live resource of `resource_type`, read a page at a time: how the
+/// server loads its own types (clients, policies, topics, …), which are few.
+pub async fn load_all(
+    store: &impl ResourceSearch,
+    resource_type: &str,
+) -> StoreResult<Vec<StoredResource>> {
+    let mut query = SearchQuery {
+        resource_type: Some(resource_type.to_owned()),
+        count: 500,
+        ..Default::default()
+    };
+    let mut all = Vec::new();
+    loop {
+        let page = store.search(query.clone()).await?;
+        all.extend(page.resources);
+        match page.next {
+            Some(next) => query.cursor = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
 pub trait ChangeMarker {
     /// The newest history position among `resource_types` (0 when none).
     fn latest_change(

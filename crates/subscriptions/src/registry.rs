@@ -10,8 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fhirbox_store::{
-    Change, ChangeMarker, HistoryQuery, HistoryScope, Notify, OutboxEvent, ResourceHistory,
-    ResourceSearch, SearchQuery, Store, StoreError,
+    Change, ChangeMarker, HistoryQuery, HistoryScope, Notify, OutboxEvent, ResourceHistory, Store,
+    StoreError,
 };
 use serde_json::Value;
 
@@ -20,9 +20,6 @@ use crate::topic::{Interaction, Topic};
 
 /// The resource types whose changes reload the registry.
 pub const TYPES: &[&str] = &["AidboxSubscriptionTopic", "AidboxTopicDestination"];
-
-/// Resources read per page when loading.
-const LOAD_PAGE: u32 = 500;
 
 /// A destination in force.
 #[derive(Debug)]
@@ -112,61 +109,49 @@ impl Registry {
         let mut topics: HashMap<String, (String, Arc<Topic>)> = HashMap::new();
         let mut snapshot = Snapshot::default();
         for resource_type in TYPES {
-            let mut query = SearchQuery {
-                resource_type: Some((*resource_type).to_owned()),
-                count: LOAD_PAGE,
-                ..Default::default()
-            };
-            loop {
-                let page = store.search(query.clone()).await?;
-                for stored in &page.resources {
-                    let Ok(body) = serde_json::from_str::<Value>(&stored.body) else {
-                        tracing::error!(resource_type, id = %stored.id, "stored body is not JSON; ignored");
-                        continue;
-                    };
-                    if *resource_type == "AidboxSubscriptionTopic" {
-                        match Topic::parse(&body) {
-                            Ok(topic) => {
-                                // Two topics with one url: the first by id wins.
-                                let url = topic.url.clone();
-                                match topics.get(&url) {
-                                    Some((first, _)) if *first < stored.id => {
-                                        tracing::warn!(topic = %stored.id, used = %first, %url, "two AidboxSubscriptionTopics have one url; only the first by id is used");
-                                    }
-                                    _ => {
-                                        topics.insert(url, (stored.id.clone(), Arc::new(topic)));
-                                    }
+            for stored in &fhirbox_store::load_all(store, resource_type).await? {
+                let Ok(body) = serde_json::from_str::<Value>(&stored.body) else {
+                    tracing::error!(resource_type, id = %stored.id, "stored body is not JSON; ignored");
+                    continue;
+                };
+                if *resource_type == "AidboxSubscriptionTopic" {
+                    match Topic::parse(&body) {
+                        Ok(topic) => {
+                            // Two topics with one url: the first by id wins.
+                            let url = topic.url.clone();
+                            match topics.get(&url) {
+                                Some((first, _)) if *first < stored.id => {
+                                    tracing::warn!(topic = %stored.id, used = %first, %url, "two AidboxSubscriptionTopics have one url; only the first by id is used");
+                                }
+                                _ => {
+                                    topics.insert(url, (stored.id.clone(), Arc::new(topic)));
                                 }
                             }
-                            Err(problem) => {
-                                tracing::warn!(id = %stored.id, %problem, "stored AidboxSubscriptionTopic cannot be used; ignored");
-                            }
-                        }
-                        continue;
-                    }
-                    match Destination::parse(&body) {
-                        Ok(destination) => {
-                            let since = incarnation(store, &stored.id, stored.version_id).await?;
-                            snapshot.destinations.insert(
-                                stored.id.clone(),
-                                Arc::new(Live {
-                                    id: stored.id.clone(),
-                                    version: stored.version_id,
-                                    since,
-                                    destination,
-                                    body,
-                                }),
-                            );
                         }
                         Err(problem) => {
-                            tracing::warn!(id = %stored.id, %problem, "stored AidboxTopicDestination cannot be used; ignored");
-                            snapshot.problems.insert(stored.id.clone(), problem);
+                            tracing::warn!(id = %stored.id, %problem, "stored AidboxSubscriptionTopic cannot be used; ignored");
                         }
                     }
+                    continue;
                 }
-                match page.next {
-                    Some(next) => query.cursor = Some(next),
-                    None => break,
+                match Destination::parse(&body) {
+                    Ok(destination) => {
+                        let since = incarnation(store, &stored.id, stored.version_id).await?;
+                        snapshot.destinations.insert(
+                            stored.id.clone(),
+                            Arc::new(Live {
+                                id: stored.id.clone(),
+                                version: stored.version_id,
+                                since,
+                                destination,
+                                body,
+                            }),
+                        );
+                    }
+                    Err(problem) => {
+                        tracing::warn!(id = %stored.id, %problem, "stored AidboxTopicDestination cannot be used; ignored");
+                        snapshot.problems.insert(stored.id.clone(), problem);
+                    }
                 }
             }
         }

@@ -207,27 +207,13 @@ fn lex(text: &str) -> Result<Vec<Token>, Unsupported> {
                 tokens.push(Token::Date(date));
             }
             '-' if text[i + 1..].starts_with(|n: char| n.is_ascii_digit())
-                && matches!(
+                && (matches!(
                     tokens.last(),
                     None | Some(Token::Operator(_) | Token::Open | Token::Pipe)
-                )
-                || matches!(tokens.last(), Some(Token::Ident(w)) if w == "and" || w == "or") =>
+                ) || matches!(tokens.last(), Some(Token::Ident(w)) if w == "and" || w == "or")) =>
             {
                 // A negative number literal (FHIRPath's unary minus on one).
-                let mut end = i + 1;
-                let mut decimal = false;
-                while let Some((j, d)) = chars.peek().copied() {
-                    let point = d == '.'
-                        && !decimal
-                        && text[j + 1..].starts_with(|n: char| n.is_ascii_digit());
-                    if !(d.is_ascii_digit() || point) {
-                        break;
-                    }
-                    decimal |= point;
-                    end = j + d.len_utf8();
-                    chars.next();
-                }
-                let number = &text[i..end];
+                let (number, _) = number_at(text, i, &mut chars);
                 tokens.push(Token::Decimal(
                     number
                         .parse()
@@ -235,20 +221,7 @@ fn lex(text: &str) -> Result<Vec<Token>, Unsupported> {
                 ));
             }
             c if c.is_ascii_digit() => {
-                let mut end = i + c.len_utf8();
-                let mut decimal = false;
-                while let Some((j, d)) = chars.peek().copied() {
-                    let point = d == '.'
-                        && !decimal
-                        && text[j + 1..].starts_with(|n: char| n.is_ascii_digit());
-                    if !(d.is_ascii_digit() || point) {
-                        break;
-                    }
-                    decimal |= point;
-                    end = j + d.len_utf8();
-                    chars.next();
-                }
-                let number = &text[i..end];
+                let (number, decimal) = number_at(text, i, &mut chars);
                 let bad = || Unsupported(format!("the number {number:?}"));
                 tokens.push(if decimal {
                     Token::Decimal(number.parse().map_err(|_| bad())?)
@@ -271,6 +244,28 @@ fn lex(text: &str) -> Result<Vec<Token>, Unsupported> {
         }
     }
     Ok(tokens)
+}
+
+/// The number starting at byte `start` (its first character, a digit or
+/// `-`, already taken from `chars`): digits with at most one `.` followed
+/// by a digit. Returns its text and whether it has a fraction.
+fn number_at<'t>(
+    text: &'t str,
+    start: usize,
+    chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
+) -> (&'t str, bool) {
+    let mut end = start + 1;
+    let mut decimal = false;
+    while let Some((j, d)) = chars.peek().copied() {
+        let point = d == '.' && !decimal && text[j + 1..].starts_with(|n: char| n.is_ascii_digit());
+        if !(d.is_ascii_digit() || point) {
+            break;
+        }
+        decimal |= point;
+        end = j + d.len_utf8();
+        chars.next();
+    }
+    (&text[start..end], decimal)
 }
 
 // ---------------------------------------------------------------- parsing
