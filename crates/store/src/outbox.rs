@@ -27,8 +27,9 @@ const COUNT_EVENTS: &str = "SELECT COUNT(*) FROM subscription_outbox WHERE desti
 const DROP_EVENTS: &str =
     "DELETE FROM subscription_outbox WHERE destination = $1 AND destination_version < $2";
 const QUEUED_DESTINATIONS: &str = "SELECT DISTINCT destination FROM subscription_outbox";
-/// The lease of a destination: an advisory lock on the hash of its id in a
-/// key space of fhirbox's own (the second argument; migrations use another).
+const HAS_EVENTS: &str = "SELECT 1 FROM subscription_outbox WHERE destination = $1 LIMIT 1";
+/// The lease of a destination: an advisory lock on a 64-bit hash of its id
+/// (the second argument is the hash's seed).
 const TRY_LEASE: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 7262890115))";
 const END_LEASE: &str = "SELECT pg_advisory_unlock(hashtextextended($1, 7262890115))";
 
@@ -179,6 +180,10 @@ pub trait Outbox {
 
     /// The destinations that have queued notifications.
     fn queued_destinations(&self) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+
+    /// Whether `destination` has a queued notification (one cheap query,
+    /// without a lease).
+    fn has_events(&self, destination: &str) -> impl Future<Output = StoreResult<bool>> + Send;
 }
 
 macro_rules! shared_queries {
@@ -201,6 +206,15 @@ macro_rules! shared_queries {
                 .await
                 .db()?;
             Ok(done.rows_affected())
+        }
+
+        async fn has_events(&self, destination: &str) -> StoreResult<bool> {
+            Ok(sqlx::query(HAS_EVENTS)
+                .bind(destination)
+                .fetch_optional(self.write_pool())
+                .await
+                .db()?
+                .is_some())
         }
 
         async fn queued_destinations(&self) -> StoreResult<Vec<String>> {
@@ -264,5 +278,8 @@ impl Outbox for Store {
     }
     async fn queued_destinations(&self) -> StoreResult<Vec<String>> {
         delegate!(self, s => s.queued_destinations())
+    }
+    async fn has_events(&self, destination: &str) -> StoreResult<bool> {
+        delegate!(self, s => s.has_events(destination))
     }
 }

@@ -94,8 +94,9 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
-        // A lease still held (a worker that did not stop in time) is
-        // ended with its connection rather than waited for.
+        // A lease still held (a worker that did not stop in time, in the
+        // middle of a send) is not waited for: it ends when that worker
+        // gives it up or the process exits.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.outbox.close()).await;
     }
 

@@ -482,24 +482,24 @@ pub(crate) const READ_SETTING: &str = "SELECT value FROM fhirbox_setting WHERE n
 
 /// The newest change to resources of the types bound as `$1`, `$2`, … (one
 /// per type): the largest history sequence number, 0 for none.
-/// The change marker of some types: the newest history row and the number
-/// of rows, in one number. The number matters on PostgreSQL, where `seq` is
-/// taken when a row is inserted, not when it commits: a version that
-/// commits after a newer one was seen leaves the largest `seq` as it was,
-/// but not the count. (2^40 apart: equal markers need equal counts while
-/// `seq` stays below a trillion.)
+/// The change marker of some types: the newest history row's `seq` plus
+/// the number of their rows among the last 10,000 `seq`s. History is only
+/// ever appended, so every change makes the number grow. The count matters
+/// on PostgreSQL, where `seq` is taken when a row is inserted, not when it
+/// commits: a version that commits after a newer one was seen leaves the
+/// largest `seq` as it was, but not the count (unless 10,000 other history
+/// rows were written while it was in flight). The window keeps the count
+/// cheap however long the history.
 pub(crate) fn latest_change_sql(types: usize) -> String {
-    let mut sql = String::from(
-        "SELECT COALESCE(MAX(seq), 0) + COUNT(*) * 1099511627776 FROM resource_history WHERE resource_type IN (",
-    );
-    for i in 1..=types {
-        if i > 1 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("${i}"));
-    }
-    sql.push(')');
-    sql
+    let list = (1..=types)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT latest.m + (SELECT COUNT(*) FROM resource_history \
+         WHERE resource_type IN ({list}) AND seq > latest.m - 10000) \
+         FROM (SELECT COALESCE(MAX(seq), 0) AS m FROM resource_history WHERE resource_type IN ({list})) AS latest"
+    )
 }
 
 /// A result row's columns by name, as each backend's driver reads them.

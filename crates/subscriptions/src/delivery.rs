@@ -23,6 +23,8 @@ const POLL: Duration = Duration::from_millis(250);
 /// The first wait after a failure, doubled after each until [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a worker keeps its lease with nothing to send.
+const IDLE_RELEASE: Duration = Duration::from_secs(5);
 /// How often the notifications of deleted destinations are looked for.
 const CLEANUP_EVERY: Duration = Duration::from_secs(5);
 
@@ -365,6 +367,7 @@ async fn work(
     let mut backoff = FIRST_BACKOFF;
     let mut http: Option<Client> = None;
     let mut lease: Option<OutboxLease> = None;
+    let mut idle_since: Option<std::time::Instant> = None;
     tracing::info!(destination = %id, "subscription delivery started");
     loop {
         if stop.asked() {
@@ -399,6 +402,26 @@ async fn work(
         let woken = registry.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        if lease.is_none() {
+            // Without the lease, a cheap look first: a lease (a connection
+            // on PostgreSQL) is taken only when there is something to send.
+            match delivery.store.has_events(&id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    drop(delivery);
+                    idle(woken, &stop).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(destination = %id, error = %e, "could not read the subscription outbox");
+                    stats.failed("the outbox could not be read".into());
+                    drop(delivery);
+                    stop.pause(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            }
+        }
         let held = match &mut lease {
             Some(held) => held,
             None => match delivery.store.lease(&id).await {
@@ -439,14 +462,40 @@ async fn work(
             let seqs: Vec<i64> = stale.iter().map(|r| r.seq).collect();
             if held.acknowledge(&seqs).await.is_err() {
                 lease = None;
+                drop(delivery);
+                stop.pause(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             } else {
                 tracing::info!(destination = %id, dropped = seqs.len(), "notifications queued for a deleted destination of this id dropped");
             }
             continue;
         }
         if rows.is_empty() {
+            // Idle for a while: let the lease (and its connection) go.
+            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= IDLE_RELEASE {
+                if let Some(held) = lease.take() {
+                    held.release().await;
+                }
+                idle_since = None;
+            }
             drop(delivery);
             idle(woken, &stop).await;
+            continue;
+        }
+        idle_since = None;
+        // Queued for a version of the destination this instance has not
+        // loaded yet (changed through another instance): catch up first,
+        // so they go where that version says.
+        if rows.iter().any(|r| r.destination_version > live.version) {
+            let caught_up = registry
+                .reload_if_changed(&delivery.store)
+                .await
+                .unwrap_or(false);
+            if !caught_up {
+                drop(delivery);
+                stop.pause(POLL).await;
+            }
             continue;
         }
         // One notification names one topic: a batch stops where the
@@ -498,6 +547,7 @@ async fn work(
                     stats.in_process.store(0, Ordering::Relaxed);
                     drop(delivery);
                     stop.pause(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             },

@@ -819,6 +819,12 @@ fn compare(left: &[Item<'_>], op: CompareOp, right: &[Item<'_>]) -> Option<bool>
             let ([l], [r]) = (left, right) else {
                 return None;
             };
+            // Booleans have no order (FHIRPath §6.2).
+            if matches!(scalar(&l.value), Scalar::Bool(_))
+                || matches!(scalar(&r.value), Scalar::Bool(_))
+            {
+                return None;
+            }
             let o = order(&l.value, &r.value)?;
             Some(match op {
                 CompareOp::Less => o == Ordering::Less,
@@ -1206,6 +1212,8 @@ mod tests {
             Some(false)
         );
         assert_eq!(t("true > false"), None);
+        assert_eq!(t("true >= true"), None);
+        assert_eq!(t("true = true"), Some(true));
         assert_eq!(t("%current.valueQuantity.value = 'x'"), Some(false));
     }
 
