@@ -89,7 +89,7 @@ impl OidcProvider {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(scratch.path().join("stderr")).unwrap())
             .spawn()
             .expect("node starts");
         let stdout = child.stdout.take().unwrap();
@@ -102,9 +102,12 @@ impl OidcProvider {
                 }
             }
         });
-        let ready = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the OpenID provider prints its ready line within 30 s");
+        // A generous deadline: on this shared 2-core machine a start that
+        // normally takes half a second has taken over 30 s under load.
+        let ready = rx.recv_timeout(Duration::from_secs(90)).unwrap_or_else(|e| {
+            let stderr = std::fs::read_to_string(scratch.path().join("stderr")).unwrap_or_default();
+            panic!("the OpenID provider prints its ready line within 90 s ({e}); its stderr: {stderr}")
+        });
         let ready: Value = serde_json::from_str(&ready).unwrap();
         OidcProvider {
             child,
