@@ -108,11 +108,18 @@ def main():
                 "parameter": [{"name": "endpoint", "valueUrl": receiver.url}]}
         assert run.http(PORT, "PUT", "/fhir/AidboxTopicDestination/bench", body, root)[0] in (200, 201)
 
-    def drained(expected, within=60):
+    def drained(expected, within=120):
+        """Until the receiver has `expected` notifications and the outbox is empty."""
         deadline = time.time() + within
-        while receiver.count() < expected and time.time() < deadline:
+        while time.time() < deadline:
+            status, body = run.http(PORT, "GET", "/fhir/AidboxTopicDestination/bench/$status", None, root)
+            queued = None
+            if status == 200:
+                queued = next(p["valueDecimal"] for p in json.loads(body)["parameter"] if p["name"] == "messagesQueued")
+            if receiver.count() >= expected and queued == 0:
+                return True
             time.sleep(0.05)
-        return receiver.count() >= expected
+        return False
 
     rows = []
     try:
@@ -133,9 +140,10 @@ def main():
                     # Let the queue drain, so the next round starts alike.
                     sent = round(r["rps"] * args.seconds)
                     drained(before + int(sent * 0.9))
-        # Latency at a steady rate.
+        # Nothing left from the throughput rounds before the latency run.
         destination("active")
-        time.sleep(0.5)
+        drained(0)
+        # Latency at a steady rate.
         with receiver.lock:
             receiver.arrivals.clear()
         interval = 1.0 / args.rate

@@ -140,15 +140,16 @@ impl Rest {
 
     /// The notifier of the topics and destinations in force. Instances
     /// sharing a PostgreSQL database first catch up with destinations
-    /// written through another instance (one indexed query), so a change
-    /// made after a destination's write was answered is always notified,
-    /// whichever instance makes it; an SQLite database has one instance.
+    /// written through another instance (`Registry::catch_up`: at most one
+    /// indexed query every 25 ms), so a change made from 25 ms after a
+    /// destination's write was answered is notified, whichever instance
+    /// makes it; an SQLite database has one instance.
     async fn notifier(
         &self,
     ) -> Option<(fhirbox_store::Notify, Arc<std::sync::atomic::AtomicBool>)> {
         let registry = &self.subscriptions.registry;
         if matches!(self.store, Store::Postgres(_)) {
-            if let Err(e) = registry.reload_if_changed(&self.store).await {
+            if let Err(e) = registry.catch_up(&self.store).await {
                 tracing::warn!(error = %e, "could not check for new subscription destinations");
             }
         }

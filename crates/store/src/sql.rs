@@ -490,15 +490,28 @@ pub(crate) const READ_SETTING: &str = "SELECT value FROM fhirbox_setting WHERE n
 /// largest `seq` as it was, but not the count (unless 10,000 other history
 /// rows were written while it was in flight). The window keeps the count
 /// cheap however long the history.
+///
+/// Each type's newest row is its own lookup on `resource_history_by_type`
+/// (`resource_type, seq`): a `MAX(seq)` over `resource_type IN (…)` walks
+/// the whole history on PostgreSQL, which made every write slower as the
+/// history grew.
 pub(crate) fn latest_change_sql(types: usize) -> String {
     let list = (1..=types)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let per_type = (1..=types)
+        .map(|i| {
+            format!(
+                "SELECT (SELECT MAX(seq) FROM resource_history WHERE resource_type = ${i}) AS one"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
     format!(
         "SELECT latest.m + (SELECT COUNT(*) FROM resource_history \
          WHERE resource_type IN ({list}) AND seq > latest.m - 10000) \
-         FROM (SELECT COALESCE(MAX(seq), 0) AS m FROM resource_history WHERE resource_type IN ({list})) AS latest"
+         FROM (SELECT COALESCE(MAX(one), 0) AS m FROM ({per_type}) AS per_type) AS latest"
     )
 }
 

@@ -60,7 +60,15 @@ pub struct Registry {
     reload: tokio::sync::Mutex<()>,
     /// Woken when a write queued notifications or destinations changed.
     pub(crate) wake: tokio::sync::Notify,
+    /// When a write last asked whether another instance changed topics or
+    /// destinations (milliseconds since `started`).
+    checked: AtomicI64,
+    started: std::time::Instant,
 }
+
+/// How often, at most, writes ask the database whether another instance
+/// changed topics or destinations (`Registry::catch_up`).
+pub const CATCH_UP_EVERY_MS: i64 = 25;
 
 impl Registry {
     /// An empty registry; call [`Registry::reload`] to fill it.
@@ -70,7 +78,29 @@ impl Registry {
             marker: AtomicI64::new(i64::MIN),
             reload: tokio::sync::Mutex::new(()),
             wake: tokio::sync::Notify::new(),
+            checked: AtomicI64::new(i64::MIN / 2),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// Before a write on a database other instances share: catches up with
+    /// topics and destinations they changed, asking the database at most
+    /// every [`CATCH_UP_EVERY_MS`] (one indexed query), so a destination
+    /// written through another instance applies to every change made here
+    /// from 25 ms after its write was answered, at a cost that does not grow
+    /// with the write rate.
+    pub async fn catch_up(&self, store: &Store) -> Result<(), StoreError> {
+        let now = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let last = self.checked.load(Ordering::SeqCst);
+        if now - last < CATCH_UP_EVERY_MS
+            || self
+                .checked
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return Ok(());
+        }
+        self.reload_if_changed(store).await.map(|_| ())
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {

@@ -622,6 +622,17 @@ impl Process {
             .as_u16()
     }
 
+    async fn get(&self, path: &str) -> u16 {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .basic_auth("root", Some(ROOT_SECRET))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     async fn put_patient(&self, id: &str) {
         let status = self
             .put(
@@ -726,6 +737,13 @@ fhirbox_test_support::postgres_variant! {
     let a = Process::start(&db.url()).await;
     let b = Process::start(&db.url()).await;
     a.subscribe(&receiver.url).await;
+    // Another instance applies a new destination to its writes from 25 ms
+    // after it was written (docs/subscriptions.md); wait until B knows it.
+    let known = wait_until_async(Duration::from_secs(10), || async {
+        b.get("/fhir/AidboxTopicDestination/patients/$status").await == 200
+    })
+    .await;
+    assert!(known);
     let ids: Vec<String> = (0..30).map(|i| format!("p{i:02}")).collect();
     for (i, id) in ids.iter().enumerate() {
         if i % 2 == 0 {
