@@ -30,11 +30,11 @@ mod test_support {
 }
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use fhirbox_store::{ChangeMarker, Store, StoreError};
+use fhirbox_store::{ChangeWatch, Reload, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -206,14 +206,14 @@ pub struct AuthService {
     root: Option<RootCredential>,
     signer: TokenSigner,
     snapshot: RwLock<Arc<Snapshot>>,
-    /// History position the snapshot reflects.
-    marker: AtomicI64,
+    /// The change marker the snapshot reflects, the reload lock and the
+    /// gate of early catch-ups (at most every 100 ms).
+    watch: ChangeWatch,
     /// The epoch of the last snapshot made.
     epochs: std::sync::atomic::AtomicU64,
     /// Digest of (client, version, secret) -> when the verification expires.
     verified: Mutex<HashMap<[u8; 32], Instant>>,
     kdf: Arc<throttle::KdfGate>,
-    reload: tokio::sync::Mutex<()>,
     vault: Option<fhirbox_secrets::SecretResolver>,
     external: external::ExternalTokens,
     signin: signin::SignIn,
@@ -221,13 +221,10 @@ pub struct AuthService {
     id_tokens: Option<signin::id_token::IdTokenKey>,
     /// The store the snapshot is loaded from, for catching up early.
     store: Store,
-    /// When `catch_up` last asked the store (milliseconds since start).
-    caught_up: AtomicI64,
-    started: Instant,
 }
 
 /// The least time between two early catch-ups (`AuthService::catch_up`).
-const CATCH_UP_EVERY_MS: i64 = 100;
+const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl AuthService {
     /// Builds the service and loads clients and policies from `store`.
@@ -258,18 +255,15 @@ impl AuthService {
             }),
             signer,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
-            marker: AtomicI64::new(-1),
+            watch: ChangeWatch::new(AUTH_TYPES, CATCH_UP_EVERY),
             epochs: std::sync::atomic::AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
             kdf: Arc::new(throttle::KdfGate::new(measure_kdf().await)),
-            reload: tokio::sync::Mutex::new(()),
             vault,
             external: external::ExternalTokens::new(external::ExternalOptions::default()),
             signin: signin::SignIn::new(store.clone(), external::DEFAULT_TIMEOUT),
             id_tokens: None,
             store: store.clone(),
-            caught_up: AtomicI64::new(-CATCH_UP_EVERY_MS),
-            started: Instant::now(),
         };
         service.reload(store).await?;
         Ok(service)
@@ -290,8 +284,13 @@ impl AuthService {
 
     /// Re-reads every Client and AccessPolicy and swaps the snapshot whole.
     pub async fn reload(&self, store: &Store) -> Result<(), StoreError> {
-        let _guard = self.reload.lock().await;
-        let marker = store.latest_change(AUTH_TYPES).await?;
+        let reload = self.watch.begin(store).await?;
+        self.load(store, reload).await
+    }
+
+    /// Reads every Client, AccessPolicy, TokenIntrospector, IdentityProvider
+    /// and User (under `reload`'s lock) and swaps the snapshot whole.
+    async fn load(&self, store: &Store, reload: Reload<'_>) -> Result<(), StoreError> {
         let mut snapshot = Snapshot::default();
         for resource_type in AUTH_TYPES {
             for stored in &fhirbox_store::load_all(store, resource_type).await? {
@@ -360,7 +359,7 @@ impl AuthService {
         snapshot.epoch = self.epochs.fetch_add(1, Ordering::SeqCst) + 1;
         self.external.retain(&snapshot.introspectors);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
-        self.marker.store(marker, Ordering::SeqCst);
+        self.watch.loaded(reload);
         // Verified entries stay: each is keyed by the client's version, so a
         // changed or re-created client never matches an old entry, and an
         // unrelated write does not send every client back to the KDF.
@@ -370,17 +369,10 @@ impl AuthService {
     /// Reloads now if another instance changed clients, policies or Users,
     /// rather than at the next periodic re-check: for a token or a code
     /// naming what this instance has not seen yet. At most once per
-    /// [`CATCH_UP_EVERY_MS`], so tokens naming what does not exist cannot
+    /// [`CATCH_UP_EVERY`], so tokens naming what does not exist cannot
     /// make every request query the store.
     pub async fn catch_up(&self) {
-        let now = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        let last = self.caught_up.load(Ordering::SeqCst);
-        if now - last < CATCH_UP_EVERY_MS
-            || self
-                .caught_up
-                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
-        {
+        if !self.watch.due() {
             return;
         }
         if let Err(e) = self.reload_if_changed(&self.store).await {
@@ -390,11 +382,10 @@ impl AuthService {
 
     /// Reloads when another instance changed clients or policies.
     pub async fn reload_if_changed(&self, store: &Store) -> Result<bool, StoreError> {
-        let latest = store.latest_change(AUTH_TYPES).await?;
-        if latest == self.marker.load(Ordering::SeqCst) {
+        let Some(reload) = self.watch.begin_if_changed(store).await? else {
             return Ok(false);
-        }
-        self.reload(store).await?;
+        };
+        self.load(store, reload).await?;
         Ok(true)
     }
 

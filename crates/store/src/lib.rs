@@ -2,6 +2,7 @@
 //! history, search), one module per backend with the same layout, and one error
 //! enum: no driver type crosses this crate's boundary.
 
+mod change_watch;
 mod cursor;
 mod error;
 pub mod instant;
@@ -17,6 +18,7 @@ mod sqlite_writer;
 
 use std::future::Future;
 
+pub use change_watch::{ChangeWatch, Reload};
 pub use cursor::Cursor;
 pub use error::{ErrorSource, Refusal, RefusalIssue, RefusalKind, StoreError};
 pub use model::{

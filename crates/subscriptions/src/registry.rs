@@ -5,13 +5,13 @@
 //! inside the write's transaction, which destinations a change notifies.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fhirbox_store::{
-    Change, ChangeMarker, HistoryQuery, HistoryScope, Notify, OutboxEvent, ResourceHistory, Store,
-    StoreError,
+    Change, ChangeWatch, HistoryQuery, HistoryScope, Notify, OutboxEvent, Reload, ResourceHistory,
+    Store, StoreError,
 };
 use serde_json::Value;
 
@@ -56,51 +56,38 @@ struct Snapshot {
 /// The registry of topics and destinations.
 pub struct Registry {
     snapshot: RwLock<Arc<Snapshot>>,
-    marker: AtomicI64,
-    reload: tokio::sync::Mutex<()>,
+    /// The change marker the snapshot reflects, the reload lock, and the
+    /// gate of writes' catch-ups (at most every [`CATCH_UP_EVERY`]).
+    watch: ChangeWatch,
     /// Woken when a write queued notifications or destinations changed.
     pub(crate) wake: tokio::sync::Notify,
-    /// When a write last asked whether another instance changed topics or
-    /// destinations (milliseconds since `started`).
-    checked: AtomicI64,
-    started: std::time::Instant,
 }
 
 /// How often, at most, writes ask the database whether another instance
 /// changed topics or destinations (`Registry::catch_up`).
-pub const CATCH_UP_EVERY_MS: i64 = 25;
+pub const CATCH_UP_EVERY: Duration = Duration::from_millis(25);
 
 impl Registry {
     /// An empty registry; call [`Registry::reload`] to fill it.
     pub fn new() -> Registry {
         Registry {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
-            marker: AtomicI64::new(i64::MIN),
-            reload: tokio::sync::Mutex::new(()),
+            watch: ChangeWatch::new(TYPES, CATCH_UP_EVERY),
             wake: tokio::sync::Notify::new(),
-            checked: AtomicI64::new(i64::MIN / 2),
-            started: std::time::Instant::now(),
         }
     }
 
     /// Before a write on a database other instances share: catches up with
     /// topics and destinations they changed, asking the database at most
-    /// every [`CATCH_UP_EVERY_MS`] (one indexed query), so a destination
+    /// every [`CATCH_UP_EVERY`] (one indexed query), so a destination
     /// written through another instance applies to every change made here
     /// from 25 ms after its write was answered, at a cost that does not grow
     /// with the write rate.
     pub async fn catch_up(&self, store: &Store) -> Result<(), StoreError> {
-        let now = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        let last = self.checked.load(Ordering::SeqCst);
-        if now - last < CATCH_UP_EVERY_MS
-            || self
-                .checked
-                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
-        {
-            return Ok(());
+        if self.watch.due() {
+            self.reload_if_changed(store).await?;
         }
-        self.reload_if_changed(store).await.map(|_| ())
+        Ok(())
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -112,30 +99,23 @@ impl Registry {
 
     /// Re-reads every topic and destination and swaps the snapshot whole.
     pub async fn reload(&self, store: &Store) -> Result<(), StoreError> {
-        let _guard = self.reload.lock().await;
-        let marker = store.latest_change(TYPES).await?;
-        self.load(store, marker).await
+        let reload = self.watch.begin(store).await?;
+        self.load(store, reload).await
     }
 
     /// Reloads when another instance changed topics or destinations; of
     /// several callers that notice one change, one reloads.
     pub async fn reload_if_changed(&self, store: &Store) -> Result<bool, StoreError> {
-        let latest = store.latest_change(TYPES).await?;
-        if latest == self.marker.load(Ordering::SeqCst) {
+        let Some(reload) = self.watch.begin_if_changed(store).await? else {
             return Ok(false);
-        }
-        let _guard = self.reload.lock().await;
-        let latest = store.latest_change(TYPES).await?;
-        if latest == self.marker.load(Ordering::SeqCst) {
-            return Ok(false);
-        }
-        self.load(store, latest).await?;
+        };
+        self.load(store, reload).await?;
         Ok(true)
     }
 
-    /// Reads every topic and destination (the caller holds the reload lock
-    /// and read `marker` before) and swaps the snapshot whole.
-    async fn load(&self, store: &Store, marker: i64) -> Result<(), StoreError> {
+    /// Reads every topic and destination (under `reload`'s lock) and swaps
+    /// the snapshot whole.
+    async fn load(&self, store: &Store, reload: Reload<'_>) -> Result<(), StoreError> {
         let mut topics: HashMap<String, (String, Arc<Topic>)> = HashMap::new();
         let mut snapshot = Snapshot::default();
         for resource_type in TYPES {
@@ -214,7 +194,7 @@ impl Registry {
             }
         }
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
-        self.marker.store(marker, Ordering::SeqCst);
+        self.watch.loaded(reload);
         self.wake.notify_waiters();
         Ok(())
     }
