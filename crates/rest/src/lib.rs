@@ -93,22 +93,22 @@ impl Rest {
 
     /// Stores one write, then refreshes caches that depend on what was written.
     pub async fn write(&self, mut op: WriteOp) -> StoreResult<WriteOutcome> {
-        let (notify, queued) = self.notifier().await.unzip();
+        let (notify, pending) = self.notifier().await.unzip();
         op.notify = notify;
         let outcome = self.store.write(op).await?;
-        self.after_writes(std::slice::from_ref(&outcome), queued)
+        self.after_writes(std::slice::from_ref(&outcome), pending)
             .await;
         Ok(outcome)
     }
 
     /// Stores several writes atomically, then refreshes caches.
     pub async fn write_all(&self, mut ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
-        let (notify, queued) = self.notifier().await.unzip();
+        let (notify, pending) = self.notifier().await.unzip();
         for op in &mut ops {
             op.notify.clone_from(&notify);
         }
         let outcomes = self.store.write_all(ops).await?;
-        self.after_writes(&outcomes, queued).await;
+        self.after_writes(&outcomes, pending).await;
         Ok(outcomes)
     }
 
@@ -146,7 +146,10 @@ impl Rest {
     /// makes it; an SQLite database has one instance.
     async fn notifier(
         &self,
-    ) -> Option<(fhirbox_store::Notify, Arc<std::sync::atomic::AtomicBool>)> {
+    ) -> Option<(
+        fhirbox_store::Notify,
+        Arc<fhirbox_subscriptions::registry::Pending>,
+    )> {
         let registry = &self.subscriptions.registry;
         if matches!(self.store, Store::Postgres(_)) {
             if let Err(e) = registry.catch_up(&self.store).await {
@@ -161,7 +164,7 @@ impl Rest {
     async fn after_writes(
         &self,
         outcomes: &[WriteOutcome],
-        queued: Option<Arc<std::sync::atomic::AtomicBool>>,
+        pending: Option<Arc<fhirbox_subscriptions::registry::Pending>>,
     ) {
         let touches_subscriptions = outcomes.iter().any(|o| {
             o.changed
@@ -184,8 +187,11 @@ impl Rest {
                     .await;
             }
         }
-        if queued.is_some_and(|q| q.load(std::sync::atomic::Ordering::SeqCst)) {
-            self.subscriptions.registry.wake();
+        if let Some(pending) = pending {
+            if pending.queued.load(std::sync::atomic::Ordering::SeqCst) {
+                self.subscriptions.registry.wake();
+            }
+            self.subscriptions.delivery.hand_over(&pending, outcomes);
         }
         let touches_auth = outcomes.iter().any(|o| {
             o.changed && fhirbox_auth::AUTH_TYPES.contains(&o.resource.resource_type.as_str())

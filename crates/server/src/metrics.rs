@@ -178,6 +178,7 @@ impl Metrics {
         let events = DeliveryMetrics {
             attempts: Family::default(),
             delivered: Family::default(),
+            lost: Family::default(),
             latency: Family::new_with_constructor(delivery_histogram),
         };
         self.with_registry(|registry| {
@@ -190,6 +191,11 @@ impl Metrics {
                 "subscription_messages_delivered",
                 "Notifications acknowledged by their receiver, by destination",
                 events.delivered.clone(),
+            );
+            registry.register(
+                "subscription_messages_lost",
+                "Best-effort notifications dropped (memory queue full, or the send failed), by destination",
+                events.lost.clone(),
             );
             registry.register(
                 "subscription_delivery_latency_seconds",
@@ -275,6 +281,7 @@ fn delivery_histogram() -> Histogram {
 struct DeliveryMetrics {
     attempts: Family<AttemptLabels, Counter>,
     delivered: Family<DestinationLabels, Counter>,
+    lost: Family<DestinationLabels, Counter>,
     latency: Family<DestinationLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -299,6 +306,14 @@ impl fhirbox_subscriptions::delivery::DeliveryEvents for DeliveryMetrics {
         for seconds in seconds_since_change {
             histogram.observe(*seconds);
         }
+    }
+
+    fn lost(&self, destination: &str, count: u64) {
+        self.lost
+            .get_or_create(&DestinationLabels {
+                destination: destination.to_owned(),
+            })
+            .inc_by(count);
     }
 }
 

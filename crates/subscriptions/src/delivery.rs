@@ -6,16 +6,16 @@
 //! whatever happens to the receiver or to fhirbox (kill -9 included: what
 //! was not acknowledged is still in the outbox at the next start).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use fhirbox_store::{Outbox, OutboxLease, OutboxRow, ResourceRead, Store};
+use fhirbox_store::{Outbox, OutboxLease, OutboxRow, ResourceRead, Store, WriteOutcome};
 use serde_json::{json, Value};
 
-use crate::destination::{header_line, Header, Webhook};
-use crate::registry::{Live, Registry};
+use crate::destination::{header_line, Header, Kind, Webhook};
+use crate::registry::{Live, Pending, Registry};
 
 /// How often a worker looks for notifications queued through another
 /// instance (its own instance's writes wake it at once).
@@ -27,6 +27,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const IDLE_RELEASE: Duration = Duration::from_secs(5);
 /// How often the notifications of deleted destinations are looked for.
 const CLEANUP_EVERY: Duration = Duration::from_secs(5);
+/// The most notifications a best-effort destination keeps in memory; more
+/// are lost (and counted).
+const MEMORY_QUEUE: usize = 10_000;
 
 /// What happened to one destination's notifications on this instance since
 /// it started (`$status`, metrics).
@@ -36,6 +39,9 @@ pub struct Stats {
     pub attempts: AtomicU64,
     pub failures: AtomicU64,
     pub in_process: AtomicU64,
+    /// Best-effort notifications dropped: the memory queue was full, or
+    /// the send failed.
+    pub lost: AtomicU64,
     last_error: Mutex<Option<(String, SystemTime)>>,
 }
 
@@ -47,6 +53,13 @@ impl Stats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Records a problem the Kafka client reported between sends (shown
+    /// by `$status` as the last error, not counted as a failed attempt).
+    pub(crate) fn noticed(&self, message: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((message, SystemTime::now()));
     }
 
     fn failed(&self, message: String) {
@@ -64,6 +77,8 @@ pub trait DeliveryEvents: Send + Sync {
     /// Notifications were acknowledged, each this many seconds after its
     /// change was stored.
     fn delivered(&self, destination: &str, seconds_since_change: &[f64]);
+    /// Best-effort notifications were dropped.
+    fn lost(&self, destination: &str, count: u64);
 }
 
 /// Reports nothing.
@@ -72,6 +87,16 @@ pub struct NoEvents;
 impl DeliveryEvents for NoEvents {
     fn attempt(&self, _destination: &str, _ok: bool) {}
     fn delivered(&self, _destination: &str, _seconds_since_change: &[f64]) {}
+    fn lost(&self, _destination: &str, _count: u64) {}
+}
+
+/// A best-effort destination's notifications, waiting in memory.
+#[derive(Default)]
+struct MemoryQueue {
+    items: Mutex<VecDeque<OutboxRow>>,
+    wake: tokio::sync::Notify,
+    /// The last event number given (per destination, since the start).
+    numbered: AtomicI64,
 }
 
 /// Tells the supervisor and the workers to stop, and counts the workers
@@ -130,6 +155,7 @@ pub struct Delivery {
     base: Option<String>,
     started: SystemTime,
     stats: Mutex<HashMap<String, Arc<Stats>>>,
+    memory: Mutex<HashMap<String, Arc<MemoryQueue>>>,
 }
 
 impl Delivery {
@@ -149,6 +175,7 @@ impl Delivery {
             base,
             started: SystemTime::now(),
             stats: Mutex::new(HashMap::new()),
+            memory: Mutex::new(HashMap::new()),
         }
     }
 
@@ -176,6 +203,67 @@ impl Delivery {
             .clone()
     }
 
+    fn memory_queue(&self, id: &str) -> Arc<MemoryQueue> {
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// After a write committed: its best-effort notifications (found by
+    /// its notifier) join their destinations' memory queues, with the
+    /// versions the write stored. A full queue loses the notification.
+    pub fn hand_over(&self, pending: &Pending, outcomes: &[WriteOutcome]) {
+        let events = std::mem::take(&mut *pending.memory.lock().unwrap_or_else(|p| p.into_inner()));
+        for event in events {
+            let Some(stored) = outcomes
+                .iter()
+                .map(|o| &o.resource)
+                .find(|r| r.resource_type == event.resource_type && r.id == event.id)
+            else {
+                continue;
+            };
+            let id = &event.destination.id;
+            let queue = self.memory_queue(id);
+            let mut items = queue.items.lock().unwrap_or_else(|p| p.into_inner());
+            if items.len() >= MEMORY_QUEUE {
+                drop(items);
+                self.stats(id).lost.fetch_add(1, Ordering::Relaxed);
+                self.events.lost(id, 1);
+                continue;
+            }
+            items.push_back(OutboxRow {
+                seq: queue.numbered.fetch_add(1, Ordering::Relaxed) + 1,
+                destination: id.clone(),
+                destination_version: event.destination.version,
+                topic: event.topic,
+                resource_type: event.resource_type,
+                resource_id: event.id,
+                version_id: stored.version_id,
+                interaction: event.interaction.to_owned(),
+                created_at: stored.last_updated,
+            });
+            drop(items);
+            queue.wake.notify_one();
+        }
+    }
+
+    /// Counts `rows` as delivered (acknowledged by the receiver).
+    fn acknowledged(&self, id: &str, stats: &Stats, rows: &[OutboxRow]) {
+        stats
+            .delivered
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        let now = fhirbox_store::instant::now_micros();
+        let ages: Vec<f64> = rows
+            .iter()
+            .map(|r| (now - r.created_at).max(0) as f64 / 1e6)
+            .collect();
+        self.events.attempt(id, true);
+        self.events.delivered(id, &ages);
+    }
+
     /// Every destination's counters, by id.
     pub fn all_stats(&self) -> Vec<(String, Arc<Stats>)> {
         let mut all: Vec<(String, Arc<Stats>)> = self
@@ -198,18 +286,35 @@ impl Delivery {
             return Ok(None);
         }
         let stats = self.stats(id);
-        let queued = self.store.count_events(id).await?;
+        let best_effort = live
+            .as_ref()
+            .is_some_and(|l| l.destination.kind == Kind::KafkaBestEffort);
         let status = match (&live, &problem) {
             (_, Some(_)) => "error",
             (Some(l), None) if !l.destination.active => "off",
             _ => "active",
         };
         let count = |n: u64| json!(n);
+        let mut in_process = stats.in_process.load(Ordering::Relaxed);
+        // Best effort: what waits in memory; at least once: the outbox.
+        let (name, value) = if best_effort {
+            let waiting = self
+                .memory_queue(id)
+                .items
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len();
+            in_process += waiting as u64;
+            ("messagesLost", stats.lost.load(Ordering::Relaxed))
+        } else {
+            let queued = self.store.count_events(id).await?;
+            ("messagesQueued", u64::try_from(queued).unwrap_or(0))
+        };
         let mut parameters = vec![
             json!({"name": "messagesDelivered", "valueDecimal": count(stats.delivered.load(Ordering::Relaxed))}),
             json!({"name": "messagesDeliveryAttempts", "valueDecimal": count(stats.attempts.load(Ordering::Relaxed))}),
-            json!({"name": "messagesInProcess", "valueDecimal": count(stats.in_process.load(Ordering::Relaxed))}),
-            json!({"name": "messagesQueued", "valueDecimal": queued}),
+            json!({"name": "messagesInProcess", "valueDecimal": count(in_process)}),
+            json!({"name": name, "valueDecimal": count(value)}),
             json!({"name": "startTimestamp", "valueDateTime": instant(self.started)}),
             json!({"name": "status", "valueString": status}),
         ];
@@ -231,6 +336,11 @@ impl Delivery {
     /// After destination `id` was deleted by its version `version`: what
     /// was queued for its earlier versions goes with it.
     pub async fn deleted(&self, id: &str, version: i64) {
+        // What waited in memory for it goes too.
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         match self.store.drop_events(id, version).await {
             Ok(0) => {}
             Ok(dropped) => {
@@ -303,12 +413,17 @@ pub fn spawn(delivery: &Arc<Delivery>) {
             }
             for live in registry.delivered() {
                 if !workers.contains_key(&live.id) {
-                    let task = tokio::spawn(work(
+                    let (weak, registry, stop, id) = (
                         weak.clone(),
                         registry.clone(),
                         stop.clone(),
                         live.id.clone(),
-                    ));
+                    );
+                    let task = if live.destination.kind.is_delivered() {
+                        tokio::spawn(work(weak, registry, stop, id))
+                    } else {
+                        tokio::spawn(work_best_effort(weak, registry, stop, id))
+                    };
                     workers.insert(live.id.clone(), task);
                 }
             }
@@ -318,6 +433,16 @@ pub fn spawn(delivery: &Arc<Delivery>) {
             }
         }
     });
+}
+
+/// The most notifications one Kafka send publishes (one message each).
+const KAFKA_BATCH: usize = 100;
+
+/// What sends a destination's notifications: its webhook client, or its
+/// Kafka producer.
+enum Sender {
+    Webhook(Client),
+    Kafka(crate::kafka::Publisher),
 }
 
 /// The webhook client of one version of a destination.
@@ -365,7 +490,7 @@ async fn work(
 ) {
     let _running = Running::new(&stop);
     let mut backoff = FIRST_BACKOFF;
-    let mut http: Option<Client> = None;
+    let mut sender: Option<Sender> = None;
     let mut lease: Option<OutboxLease> = None;
     let mut idle_since: Option<std::time::Instant> = None;
     tracing::info!(destination = %id, "subscription delivery started");
@@ -383,21 +508,11 @@ async fn work(
         else {
             break;
         };
-        let Some(webhook) = live.destination.webhook.as_ref() else {
-            break;
+        let max_batch = match (&live.destination.webhook, &live.destination.kafka) {
+            (Some(webhook), _) => webhook.max_batch,
+            (None, Some(_)) => KAFKA_BATCH,
+            (None, None) => break,
         };
-        if http.as_ref().is_none_or(|c| c.version != live.version) {
-            match client(&live, webhook) {
-                Ok(c) => http = Some(c),
-                Err(message) => {
-                    stats.failed(message);
-                    drop(delivery);
-                    stop.pause(MAX_BACKOFF).await;
-                    continue;
-                }
-            }
-        }
-        let Some(client) = http.as_ref() else { break };
         // Listen before looking, so a write that lands in between is not missed.
         let woken = registry.wake.notified();
         tokio::pin!(woken);
@@ -442,7 +557,7 @@ async fn work(
                 }
             },
         };
-        let rows = match held.next(webhook.max_batch).await {
+        let rows = match held.next(max_batch).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(destination = %id, error = %e, "could not read the subscription outbox");
@@ -506,35 +621,12 @@ async fn work(
         let count = rows.len() as u64;
         stats.in_process.store(count, Ordering::Relaxed);
         stats.attempts.fetch_add(1, Ordering::Relaxed);
-        let sent = match crate::notification::bundle(
-            &delivery.store,
-            &live,
-            &rows,
-            delivery.base.as_deref(),
-        )
-        .await
-        {
-            Ok(bundle) => match delivery.headers(&live, webhook) {
-                Ok(headers) => post(client, webhook, headers, &bundle).await,
-                Err(message) => Err(message),
-            },
-            Err(e) => {
-                tracing::warn!(destination = %id, error = %e, "could not read the changed resources");
-                Err("the changed resources could not be read".to_owned())
-            }
-        };
+        let sent = delivery.send(&live, &rows, &mut sender, &stats).await;
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         match sent {
             Ok(()) => match held.acknowledge(&seqs).await {
                 Ok(()) => {
-                    stats.delivered.fetch_add(count, Ordering::Relaxed);
-                    let now = fhirbox_store::instant::now_micros();
-                    let ages: Vec<f64> = rows
-                        .iter()
-                        .map(|r| (now - r.created_at).max(0) as f64 / 1e6)
-                        .collect();
-                    delivery.events.attempt(&id, true);
-                    delivery.events.delivered(&id, &ages);
+                    delivery.acknowledged(&id, &stats, &rows);
                     backoff = FIRST_BACKOFF;
                 }
                 Err(e) => {
@@ -570,7 +662,203 @@ async fn work(
     tracing::info!(destination = %id, "subscription delivery stopped");
 }
 
+/// Delivers best-effort destination `id` from its memory queue: each batch
+/// is sent once (the Kafka client retries within `deliveryTimeoutMs`); a
+/// failed one is lost and counted. Nothing survives a restart.
+async fn work_best_effort(
+    weak: std::sync::Weak<Delivery>,
+    registry: Arc<Registry>,
+    stop: Arc<Stop>,
+    id: String,
+) {
+    let _running = Running::new(&stop);
+    let mut sender: Option<Sender> = None;
+    tracing::info!(destination = %id, "best-effort subscription delivery started");
+    loop {
+        if stop.asked() {
+            break;
+        }
+        let Some(delivery) = weak.upgrade() else {
+            break;
+        };
+        let Some(live) = registry
+            .destination(&id)
+            .filter(|l| l.destination.active && l.destination.kind == Kind::KafkaBestEffort)
+        else {
+            break;
+        };
+        let queue = delivery.memory_queue(&id);
+        let rows: Vec<OutboxRow> = {
+            let mut items = queue.items.lock().unwrap_or_else(|p| p.into_inner());
+            let n = items.len().min(KAFKA_BATCH);
+            items.drain(..n).collect()
+        };
+        if rows.is_empty() {
+            drop(delivery);
+            tokio::select! {
+                () = queue.wake.notified() => {}
+                () = stop.pause(POLL) => {}
+            }
+            continue;
+        }
+        let stats = delivery.stats(&id);
+        let count = rows.len() as u64;
+        stats.in_process.store(count, Ordering::Relaxed);
+        stats.attempts.fetch_add(1, Ordering::Relaxed);
+        match delivery.send(&live, &rows, &mut sender, &stats).await {
+            Ok(()) => delivery.acknowledged(&id, &stats, &rows),
+            Err(message) => {
+                tracing::warn!(destination = %id, problem = %message, lost = count, "best-effort notifications lost");
+                stats.failed(message);
+                stats.lost.fetch_add(count, Ordering::Relaxed);
+                delivery.events.attempt(&id, false);
+                delivery.events.lost(&id, count);
+            }
+        }
+        stats.in_process.store(0, Ordering::Relaxed);
+    }
+    tracing::info!(destination = %id, "best-effort subscription delivery stopped");
+}
+
 impl Delivery {
+    /// Sends `rows` (queued for `live`, one topic) and waits for the
+    /// receiver's acknowledgment; `sender` is the client kept between
+    /// sends, built again when the destination's version or (Kafka) its
+    /// credentials changed.
+    async fn send(
+        &self,
+        live: &Live,
+        rows: &[OutboxRow],
+        sender: &mut Option<Sender>,
+        stats: &Arc<Stats>,
+    ) -> Result<(), String> {
+        let unreadable = |e: fhirbox_store::StoreError| {
+            tracing::warn!(destination = %live.id, error = %e, "could not read the changed resources");
+            "the changed resources could not be read".to_owned()
+        };
+        let base = self.base.as_deref();
+        if let Some(webhook) = &live.destination.webhook {
+            if !matches!(sender, Some(Sender::Webhook(c)) if c.version == live.version) {
+                *sender = Some(Sender::Webhook(client(live, webhook)?));
+            }
+            let Some(Sender::Webhook(client)) = sender.as_ref() else {
+                return Err("the HTTP client could not be built".into());
+            };
+            let bundle = crate::notification::bundle(&self.store, live, rows, base)
+                .await
+                .map_err(unreadable)?;
+            let headers = self.headers(live, webhook)?;
+            return post(client, webhook, headers, &bundle).await;
+        }
+        let Some(kafka) = &live.destination.kafka else {
+            return Err("this destination's kind is not delivered".into());
+        };
+        let credentials = self.kafka_credentials(live, kafka)?;
+        if !matches!(sender, Some(Sender::Kafka(p)) if p.fits(live.version, &credentials)) {
+            // The old producer (its queue purged) goes before the new one comes.
+            *sender = None;
+            let publisher = crate::kafka::Publisher::new(
+                &live.id,
+                live.version,
+                kafka,
+                &credentials,
+                stats.clone(),
+            )?;
+            *sender = Some(Sender::Kafka(publisher));
+        }
+        let Some(Sender::Kafka(publisher)) = sender.as_ref() else {
+            return Err("the Kafka client could not be built".into());
+        };
+        // One message per change, keyed by the resource.
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in rows {
+            let bundle =
+                crate::notification::bundle(&self.store, live, std::slice::from_ref(row), base)
+                    .await
+                    .map_err(unreadable)?;
+            messages.push(crate::kafka::Message {
+                key: format!("{}/{}", row.resource_type, row.resource_id),
+                payload: bundle.to_string(),
+                timestamp_ms: row.created_at / 1000,
+            });
+        }
+        let published = publisher.publish(kafka, &messages).await;
+        if published.is_err() {
+            // A fresh producer for the next attempt (after an
+            // authentication failure, the old one keeps failing).
+            *sender = None;
+        }
+        published
+    }
+
+    /// The credentials of a Kafka send: literal ones as written, referenced
+    /// ones read from the vault now (with the secret's scope), so a rotated
+    /// file applies to the next send. The error names the secret and what
+    /// is wrong, never the value.
+    fn kafka_credentials(
+        &self,
+        live: &Live,
+        kafka: &crate::destination::Kafka,
+    ) -> Result<crate::kafka::Credentials, String> {
+        let requester = fhirbox_secrets::Requester::new("AidboxTopicDestination", &live.id);
+        let read = |parameter: &str,
+                    credential: &crate::destination::Credential|
+         -> Result<secrecy::SecretString, String> {
+            match credential {
+                crate::destination::Credential::Literal(text) => Ok(text.clone().into()),
+                crate::destination::Credential::Vault(secret) => {
+                    let what = format!("{parameter} secret {secret:?}");
+                    let vault = self.vault.as_ref().ok_or_else(|| {
+                        format!(
+                            "{what} cannot be read: external secrets are off (BOX_VAULT_CONFIG)"
+                        )
+                    })?;
+                    let unusable = |e: fhirbox_secrets::SecretError| {
+                        tracing::warn!(destination = %live.id, error = %e, "a Kafka credential secret cannot be used");
+                        format!(
+                            "{what} cannot be used ({}; details in the server log)",
+                            e.reason()
+                        )
+                    };
+                    let value = vault.resolve(secret, &requester).map_err(unusable)?;
+                    let text = value.expose_utf8().map_err(unusable)?;
+                    Ok(text.to_owned().into())
+                }
+            }
+        };
+        let mut credentials = crate::kafka::Credentials {
+            username: None,
+            password: None,
+            key: None,
+        };
+        if let Some(jaas) = &kafka.jaas {
+            let text = read("saslJaasConfig", jaas)?;
+            let parsed = crate::jaas::parse(secrecy::ExposeSecret::expose_secret(&text))
+                .map_err(|e| format!("saslJaasConfig {e}"))?;
+            let fits = match parsed.module {
+                crate::jaas::Module::Plain => kafka.mechanism.as_deref() == Some("PLAIN"),
+                crate::jaas::Module::Scram => kafka
+                    .mechanism
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("SCRAM-")),
+            };
+            if !fits {
+                return Err("saslJaasConfig's login module does not fit saslMechanism".into());
+            }
+            credentials.username = Some(parsed.username);
+            credentials.password = Some(parsed.password);
+        }
+        if let Some(key) = &kafka.key {
+            let pem = read("sslKeystoreKey", key)?;
+            let text = secrecy::ExposeSecret::expose_secret(&pem);
+            if !(text.contains("-----BEGIN") && text.contains("PRIVATE KEY-----")) {
+                return Err("sslKeystoreKey is not a PEM private key".into());
+            }
+            credentials.key = Some(pem);
+        }
+        Ok(credentials)
+    }
+
     /// The headers of a delivery: literal ones as written, referenced ones
     /// read from the vault now (with the secret's scope), so a rotated file
     /// applies to the next delivery. The error names the secret and what is

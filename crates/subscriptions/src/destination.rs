@@ -43,6 +43,51 @@ pub struct Destination {
     pub content: Content,
     /// The webhook's settings (kind `webhook-at-least-once`).
     pub webhook: Option<Webhook>,
+    /// The Kafka producer's settings (the `kafka-*` kinds).
+    pub kafka: Option<Kafka>,
+}
+
+/// Where and how a Kafka destination publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kafka {
+    pub topic: String,
+    /// `host:port` pairs joined by commas, listener prefixes left out.
+    pub servers: String,
+    /// librdkafka's `security.protocol`: `plaintext`, `ssl`,
+    /// `sasl_plaintext` or `sasl_ssl`.
+    pub protocol: &'static str,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (SASL protocols only).
+    pub mechanism: Option<String>,
+    /// `saslJaasConfig`: the SASL login.
+    pub jaas: Option<Credential>,
+    /// `sslKeystoreKey`: the client's PEM private key.
+    pub key: Option<Credential>,
+    /// `sslKeystoreCertificateChain`: the client's PEM certificate(s).
+    pub certificate: Option<String>,
+    /// `sslTruststoreCertificates`: the CA certificates (PEM) the broker's
+    /// certificate must chain to; the system's roots when absent.
+    pub ca: Option<String>,
+    /// The producer settings given, by librdkafka's names.
+    pub settings: Vec<(&'static str, String)>,
+    /// `maxBlockMs`: how long a send may wait for room in the producer's
+    /// queue (Kafka's default 60 s).
+    pub max_block_ms: u64,
+}
+
+/// A secret-capable parameter: as written, or a vault secret's name.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    Literal(String),
+    Vault(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Literal(_) => write!(f, "Literal(..)"),
+            Credential::Vault(secret) => write!(f, "Vault({secret:?})"),
+        }
+    }
 }
 
 /// Where and how a webhook destination posts, with Aidbox's defaults.
@@ -183,6 +228,15 @@ impl<'a> Params<'a> {
         self.values.iter().filter_map(move |(n, v)| match v {
             Given::Literal(Value::String(s)) if *n == name => Some(s.as_str()),
             _ => None,
+        })
+    }
+
+    fn credential(&self, name: &str) -> Option<Credential> {
+        self.values.iter().find_map(|(n, v)| match v {
+            _ if *n != name => None,
+            Given::Literal(Value::String(s)) => Some(Credential::Literal(s.clone())),
+            Given::Secret(secret) => Some(Credential::Vault((*secret).to_owned())),
+            Given::Literal(_) => None,
         })
     }
 
@@ -385,7 +439,7 @@ pub fn header_line(line: &str) -> Result<(&str, &str), String> {
     Ok((name, value.trim()))
 }
 
-fn kafka(params: &Params<'_>) -> Result<(), String> {
+fn kafka(params: &Params<'_>) -> Result<Kafka, String> {
     let topic = params
         .text("kafkaTopic")
         .ok_or("a kafka destination needs the parameter kafkaTopic (valueString)")?;
@@ -405,11 +459,11 @@ fn kafka(params: &Params<'_>) -> Result<(), String> {
     let servers = params.text("bootstrapServers").ok_or(
         "a kafka destination needs the parameter bootstrapServers (valueString, host:port,…)",
     )?;
-    let mut servers_seen = 0;
+    let mut servers_seen: Vec<&str> = Vec::new();
     for server in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        servers_seen += 1;
         // An optional listener prefix (`SASL_SSL://`), as Kafka accepts.
         let server = server.split_once("://").map_or(server, |(_, rest)| rest);
+        servers_seen.push(server);
         let fits = server.rsplit_once(':').is_some_and(|(host, port)| {
             let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
                 Some(ipv6) => ipv6.parse::<std::net::Ipv6Addr>().is_ok(),
@@ -429,15 +483,15 @@ fn kafka(params: &Params<'_>) -> Result<(), String> {
             return Err("bootstrapServers must be host:port pairs (port 1-65535, IPv6 in brackets) separated by commas".into());
         }
     }
-    if servers_seen == 0 {
+    if servers_seen.is_empty() {
         return Err("bootstrapServers names no server".into());
     }
     let protocol = params.text("securityProtocol").unwrap_or("PLAINTEXT");
-    let (sasl, tls) = match protocol {
-        "PLAINTEXT" => (false, false),
-        "SSL" => (false, true),
-        "SASL_PLAINTEXT" => (true, false),
-        "SASL_SSL" => (true, true),
+    let (sasl, tls, librdkafka_protocol) = match protocol {
+        "PLAINTEXT" => (false, false, "plaintext"),
+        "SSL" => (false, true, "ssl"),
+        "SASL_PLAINTEXT" => (true, false, "sasl_plaintext"),
+        "SASL_SSL" => (true, true, "sasl_ssl"),
         _ => {
             return Err(
                 "securityProtocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL".into(),
@@ -530,7 +584,58 @@ fn kafka(params: &Params<'_>) -> Result<(), String> {
             return Err(format!("{name} must be a positive whole number"));
         }
     }
-    Ok(())
+    // The ranges librdkafka accepts for the settings these become.
+    if params
+        .number("maxRequestSize")
+        .is_some_and(|n| !(1000..=1_000_000_000).contains(&n))
+    {
+        return Err("maxRequestSize must be 1000 to 1000000000 bytes".into());
+    }
+    if params
+        .number("requestTimeoutMs")
+        .is_some_and(|n| n > 900_000)
+    {
+        return Err("requestTimeoutMs must be at most 900000 (15 minutes)".into());
+    }
+    if let (Some(batch), Some(request)) =
+        (params.number("batchSize"), params.number("maxRequestSize"))
+    {
+        if batch > request {
+            return Err("batchSize must not exceed maxRequestSize".into());
+        }
+    }
+    let mut settings: Vec<(&'static str, String)> = Vec::new();
+    if let Some(compression) = params.text("compressionType") {
+        settings.push(("compression.type", compression.to_owned()));
+    }
+    // Kafka's producer settings and librdkafka's names for them.
+    for (name, setting) in [
+        ("batchSize", "batch.size"),
+        ("deliveryTimeoutMs", "message.timeout.ms"),
+        ("maxRequestSize", "message.max.bytes"),
+        ("requestTimeoutMs", "request.timeout.ms"),
+    ] {
+        if let Some(n) = params.number(name) {
+            settings.push((setting, n.to_string()));
+        }
+    }
+    Ok(Kafka {
+        topic: topic.to_owned(),
+        servers: servers_seen.join(","),
+        protocol: librdkafka_protocol,
+        mechanism: mechanism.map(str::to_owned),
+        jaas: params.credential("saslJaasConfig"),
+        key: params.credential("sslKeystoreKey"),
+        certificate: params
+            .text("sslKeystoreCertificateChain")
+            .map(str::to_owned),
+        ca: params.text("sslTruststoreCertificates").map(str::to_owned),
+        settings,
+        max_block_ms: params
+            .number("maxBlockMs")
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(60_000),
+    })
 }
 
 impl Destination {
@@ -566,11 +671,13 @@ impl Destination {
             Some("empty") => Content::Empty,
             Some(_) => return Err("content must be full-resource, id-only or empty".into()),
         };
-        let webhook = match kind {
-            Kind::WebhookAtLeastOnce => Some(webhook(&read_params(fields, WEBHOOK, kind_name)?)?),
+        let (webhook, kafka) = match kind {
+            Kind::WebhookAtLeastOnce => (
+                Some(webhook(&read_params(fields, WEBHOOK, kind_name)?)?),
+                None,
+            ),
             Kind::KafkaAtLeastOnce | Kind::KafkaBestEffort => {
-                kafka(&read_params(fields, KAFKA, kind_name)?)?;
-                None
+                (None, Some(kafka(&read_params(fields, KAFKA, kind_name)?)?))
             }
         };
         Ok(Destination {
@@ -579,6 +686,7 @@ impl Destination {
             active,
             content,
             webhook,
+            kafka,
         })
     }
 }

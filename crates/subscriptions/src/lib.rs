@@ -9,6 +9,7 @@
 pub mod delivery;
 pub mod destination;
 pub mod jaas;
+mod kafka;
 pub mod notification;
 pub mod registry;
 pub mod topic;

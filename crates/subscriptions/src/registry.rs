@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use fhirbox_store::{
@@ -33,6 +33,25 @@ pub struct Live {
     pub destination: Destination,
     /// The stored body (its parameters are read at delivery).
     pub body: Value,
+}
+
+/// What a write's notifier found, read once the write committed.
+#[derive(Default)]
+pub struct Pending {
+    /// Notifications were queued in the outbox (the workers are woken).
+    pub queued: AtomicBool,
+    /// Notifications for best-effort destinations: kept in memory, handed
+    /// to delivery only if the write committed.
+    pub(crate) memory: Mutex<Vec<MemoryEvent>>,
+}
+
+/// A best-effort notification of one change, before its version is known.
+pub(crate) struct MemoryEvent {
+    pub destination: Arc<Live>,
+    pub topic: String,
+    pub interaction: &'static str,
+    pub resource_type: String,
+    pub id: String,
 }
 
 /// Which destinations a change of a resource type may notify.
@@ -166,7 +185,7 @@ impl Registry {
             }
         }
         for live in snapshot.destinations.values() {
-            if !live.destination.active || !live.destination.kind.is_delivered() {
+            if !live.destination.active {
                 continue;
             }
             let Some((_, topic)) = topics.get(&live.destination.topic) else {
@@ -200,15 +219,16 @@ impl Registry {
     }
 
     /// The notifier a write carries, or `None` when no destination is in
-    /// force (a write then costs nothing more), and a flag it raises when
-    /// it queued something (so only such writes wake the workers).
-    pub fn notifier(&self) -> Option<(Notify, Arc<AtomicBool>)> {
+    /// force (a write then costs nothing more), and what it found: whether
+    /// it queued something (so only such writes wake the workers), and the
+    /// best-effort notifications to hand over once the write committed.
+    pub fn notifier(&self) -> Option<(Notify, Arc<Pending>)> {
         let snapshot = self.snapshot();
         if snapshot.routes.is_empty() {
             return None;
         }
-        let queued = Arc::new(AtomicBool::new(false));
-        let raised = queued.clone();
+        let pending = Arc::new(Pending::default());
+        let found = pending.clone();
         let notify: Notify = Arc::new(move |change: &Change<'_>| {
             let Some(routes) = snapshot.routes.get(change.resource_type) else {
                 return Vec::new();
@@ -229,38 +249,56 @@ impl Registry {
                     })
                     .as_ref()
             };
-            let events = routes
-                .iter()
-                .filter(|route| {
-                    route.topic.fires(
-                        change.resource_type,
-                        interaction,
-                        change.current,
-                        previous(),
-                    )
-                })
-                .map(|route| OutboxEvent {
+            let mut events = Vec::new();
+            for route in routes.iter().filter(|route| {
+                route.topic.fires(
+                    change.resource_type,
+                    interaction,
+                    change.current,
+                    previous(),
+                )
+            }) {
+                if route.destination.destination.kind == Kind::KafkaBestEffort {
+                    let mut memory = found.memory.lock().unwrap_or_else(|p| p.into_inner());
+                    // A write decided again (a retried transaction) keeps
+                    // its last decision.
+                    memory.retain(|e| {
+                        !(e.destination.id == route.destination.id
+                            && e.resource_type == change.resource_type
+                            && e.id == change.id)
+                    });
+                    memory.push(MemoryEvent {
+                        destination: route.destination.clone(),
+                        topic: route.topic.url.clone(),
+                        interaction: interaction.as_str(),
+                        resource_type: change.resource_type.to_owned(),
+                        id: change.id.to_owned(),
+                    });
+                    continue;
+                }
+                events.push(OutboxEvent {
                     destination: route.destination.id.clone(),
                     destination_version: route.destination.version,
                     topic: route.topic.url.clone(),
                     interaction: interaction.as_str(),
-                })
-                .collect::<Vec<_>>();
+                });
+            }
             if !events.is_empty() {
-                raised.store(true, Ordering::SeqCst);
+                found.queued.store(true, Ordering::SeqCst);
             }
             events
         });
-        Some((notify, queued))
+        Some((notify, pending))
     }
 
-    /// The destinations whose notifications this instance delivers.
+    /// The destinations whose notifications this instance delivers (from
+    /// the outbox, or best effort from memory).
     pub fn delivered(&self) -> Vec<Arc<Live>> {
         let mut out: Vec<Arc<Live>> = self
             .snapshot()
             .destinations
             .values()
-            .filter(|l| l.destination.active && l.destination.kind.is_delivered())
+            .filter(|l| l.destination.active)
             .cloned()
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -317,9 +355,10 @@ impl Default for Registry {
 }
 
 impl Kind {
-    /// Whether fhirbox delivers this kind yet.
+    /// Whether this kind's notifications go through the outbox (the
+    /// other, `kafka-best-effort`, is delivered from memory).
     pub fn is_delivered(self) -> bool {
-        matches!(self, Kind::WebhookAtLeastOnce)
+        matches!(self, Kind::WebhookAtLeastOnce | Kind::KafkaAtLeastOnce)
     }
 }
 

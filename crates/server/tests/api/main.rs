@@ -18,6 +18,7 @@ mod first_run;
 mod history;
 mod identity_providers;
 mod includes;
+mod kafka;
 mod operations;
 mod operator_surface;
 mod search;
