@@ -830,6 +830,7 @@ impl Delivery {
             username: None,
             password: None,
             key: None,
+            certificate: None,
         };
         if let Some(jaas) = &kafka.jaas {
             let text = read("saslJaasConfig", jaas)?;
@@ -850,11 +851,17 @@ impl Delivery {
         }
         if let Some(key) = &kafka.key {
             let pem = read("sslKeystoreKey", key)?;
-            let text = secrecy::ExposeSecret::expose_secret(&pem);
-            if !(text.contains("-----BEGIN") && text.contains("PRIVATE KEY-----")) {
-                return Err("sslKeystoreKey is not a PEM private key".into());
+            // The key's PEM may carry the client's certificates after it.
+            let (key, certificates) =
+                crate::kafka::split_pem(secrecy::ExposeSecret::expose_secret(&pem));
+            if !key.contains("PRIVATE KEY-----") || key.contains("ENCRYPTED") {
+                return Err("sslKeystoreKey is not an unencrypted PEM private key".into());
             }
-            credentials.key = Some(pem);
+            if certificates.is_empty() && kafka.certificate.is_none() {
+                return Err("sslKeystoreKey has no certificate: put the client's certificate after the key, or in sslKeystoreCertificateChain".into());
+            }
+            credentials.key = Some(key.into());
+            credentials.certificate = (!certificates.is_empty()).then_some(certificates);
         }
         Ok(credentials)
     }

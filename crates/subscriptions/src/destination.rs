@@ -547,8 +547,25 @@ fn kafka(params: &Params<'_>) -> Result<Kafka, String> {
             ));
         }
     }
-    if params.present("sslKeystoreKey") != params.present("sslKeystoreCertificateChain") {
-        return Err("sslKeystoreKey and sslKeystoreCertificateChain go together: the client's key and its certificate".into());
+    // The client's certificate comes with its key: in
+    // sslKeystoreCertificateChain, or after the key in the key's PEM (the
+    // way a vault issues them, so both rotate together).
+    let key_has_chain = params
+        .text("sslKeystoreKey")
+        .is_some_and(|key| key.contains("-----BEGIN CERTIFICATE-----"));
+    let key_from_vault = matches!(
+        params.credential("sslKeystoreKey"),
+        Some(Credential::Vault(_))
+    );
+    if params.present("sslKeystoreCertificateChain") && !params.present("sslKeystoreKey") {
+        return Err("sslKeystoreCertificateChain is set without sslKeystoreKey: the client's certificate needs its key".into());
+    }
+    if params.present("sslKeystoreKey")
+        && !params.present("sslKeystoreCertificateChain")
+        && !key_has_chain
+        && !key_from_vault
+    {
+        return Err("sslKeystoreKey needs the client's certificate: in sslKeystoreCertificateChain, or after the key in the same PEM".into());
     }
     if let Some(key) = params.text("sslKeystoreKey") {
         if !(key.contains("-----BEGIN") && key.contains("PRIVATE KEY-----")) {
@@ -820,9 +837,9 @@ mod tests {
             ),
             (
                 base(
-                    json!([{"name": "securityProtocol", "valueString": "SSL"}, {"name": "sslKeystoreKey", "_valueString": reference("k")}]),
+                    json!([{"name": "securityProtocol", "valueString": "SSL"}, {"name": "sslKeystoreCertificateChain", "valueString": "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----"}]),
                 ),
-                "go together",
+                "without sslKeystoreKey",
             ),
             (
                 base(json!([{"name": "kafkaTopic", "valueString": "again"}])),

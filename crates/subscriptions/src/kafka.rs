@@ -26,6 +26,8 @@ pub(crate) struct Credentials {
     pub username: Option<String>,
     pub password: Option<SecretString>,
     pub key: Option<SecretString>,
+    /// The client's certificates, when the key's PEM carries them.
+    pub certificate: Option<String>,
 }
 
 impl Credentials {
@@ -42,8 +44,40 @@ impl Credentials {
             .as_ref()
             .map(|k| k.expose_secret().to_owned())
             .hash(&mut hasher);
+        self.certificate.hash(&mut hasher);
         hasher.finish()
     }
+}
+
+/// Splits a PEM text into its private key blocks and its certificate
+/// blocks (RFC 7468 encapsulation boundaries), each set joined again.
+pub(crate) fn split_pem(text: &str) -> (String, String) {
+    let (mut key, mut certificates) = (String::new(), String::new());
+    let mut current: Option<bool> = None;
+    for line in text.lines() {
+        let line = line.trim_end();
+        if let Some(label) = line
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
+            current = Some(label == "CERTIFICATE");
+        }
+        match current {
+            Some(true) => {
+                certificates.push_str(line);
+                certificates.push('\n');
+            }
+            Some(false) => {
+                key.push_str(line);
+                key.push('\n');
+            }
+            None => {}
+        }
+        if line.starts_with("-----END ") {
+            current = None;
+        }
+    }
+    (key, certificates)
 }
 
 /// One notification as a Kafka message.
@@ -161,7 +195,11 @@ impl Publisher {
         if let Some(key) = &credentials.key {
             config.set("ssl.key.pem", key.expose_secret());
         }
-        if let Some(certificate) = &kafka.certificate {
+        if let Some(certificate) = credentials
+            .certificate
+            .as_ref()
+            .or(kafka.certificate.as_ref())
+        {
             config.set("ssl.certificate.pem", certificate);
         }
         if let Some(ca) = &kafka.ca {
@@ -282,5 +320,25 @@ fn describe(error: &KafkaError) -> String {
             other => format!("Kafka: {other}"),
         },
         other => format!("Kafka: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_pem;
+
+    #[test]
+    fn a_key_file_splits_into_its_key_and_its_certificates() {
+        let text = "junk\n-----BEGIN PRIVATE KEY-----\nAAA\n-----END PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nCCC\n-----END CERTIFICATE-----\n";
+        let (key, certificates) = split_pem(text);
+        assert_eq!(
+            key,
+            "-----BEGIN PRIVATE KEY-----\nAAA\n-----END PRIVATE KEY-----\n"
+        );
+        assert_eq!(certificates.matches("BEGIN CERTIFICATE").count(), 2);
+        assert!(!certificates.contains("AAA") && certificates.contains("CCC"));
+        let (key, certificates) =
+            split_pem("-----BEGIN EC PRIVATE KEY-----\nK\n-----END EC PRIVATE KEY-----");
+        assert!(key.contains('K') && certificates.is_empty());
     }
 }

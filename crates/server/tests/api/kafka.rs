@@ -39,38 +39,86 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A tansu broker (memory storage) on a port of its own.
+/// A tansu broker (memory storage) on a port of its own; with TLS, socat
+/// in front of it (tansu speaks plaintext only) on the advertised port.
 pub struct Broker {
     child: Option<Child>,
+    tls: Option<Child>,
+    /// Where tansu listens.
     pub port: u16,
+    /// Where clients connect (the TLS port when there is one).
+    advertised: u16,
+}
+
+/// Waits until something listens on `port`.
+async fn listening(port: u16) -> bool {
+    wait_until_async(Duration::from_secs(30), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await
 }
 
 impl Broker {
     pub async fn start() -> Broker {
+        let port = free_port();
         let mut broker = Broker {
             child: None,
-            port: free_port(),
+            tls: None,
+            port,
+            advertised: port,
         };
         broker.up().await;
         broker
     }
 
+    /// A broker reached through TLS that asks for a client certificate
+    /// signed by `pki`'s CA (mutual TLS).
+    pub async fn start_tls(pki: &Pki) -> Broker {
+        let mut broker = Broker {
+            child: None,
+            tls: None,
+            port: free_port(),
+            advertised: free_port(),
+        };
+        broker.up().await;
+        let dir = pki.dir.path();
+        let tls = Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify=1",
+                broker.advertised,
+                dir.join("broker.pem").display(),
+                dir.join("broker.key").display(),
+                dir.join("ca.pem").display(),
+            ))
+            .arg(format!("TCP:127.0.0.1:{}", broker.port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat starts (apt-get install socat)");
+        broker.tls = Some(tls);
+        assert!(listening(broker.advertised).await, "socat did not listen");
+        broker
+    }
+
     /// `host:port` for `bootstrapServers`.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised)
     }
 
     /// Starts the broker process (again, on the same port) and waits until
     /// it accepts connections.
     pub async fn up(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
         let child = Command::new(tansu())
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -79,14 +127,11 @@ impl Broker {
             .spawn()
             .expect("tansu starts");
         self.child = Some(child);
-        let port = self.port;
-        let listening = wait_until_async(Duration::from_secs(30), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-        assert!(listening, "tansu did not listen on {port} within 30 s");
+        assert!(
+            listening(self.port).await,
+            "tansu did not listen on {} within 30 s",
+            self.port
+        );
     }
 
     /// Kills the broker (memory storage: what it held is gone).
@@ -118,16 +163,63 @@ impl Broker {
     /// Reads partition 0 of `topic` from its beginning until `count`
     /// messages arrived or 30 s passed: (key, content-type header, payload).
     pub async fn read(&self, topic: &str, count: usize) -> Vec<(String, String, Value)> {
-        let address = self.address();
+        self.read_with(topic, count, &[]).await
+    }
+
+    /// Reads partition 0 of `topic` until `count` different keys arrived
+    /// (or 60 s passed): the keys in the order of their first arrival, and
+    /// how many messages were read in all.
+    pub async fn first_keys(&self, topic: &str, count: usize) -> (Vec<String>, usize) {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", self.address())
+            .set("group.id", "fhirbox-tests")
+            .set("enable.auto.commit", "false");
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create().expect("a consumer");
+            let mut partitions = TopicPartitionList::new();
+            partitions
+                .add_partition_offset(&topic, 0, Offset::Beginning)
+                .unwrap();
+            consumer.assign(&partitions).unwrap();
+            let (mut keys, mut read) = (Vec::<String>::new(), 0);
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while keys.len() < count && std::time::Instant::now() < deadline {
+                let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+                    continue;
+                };
+                read += 1;
+                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+            (keys, read)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// [`Broker::read`] with more consumer settings (TLS, SASL).
+    pub async fn read_with(
+        &self,
+        topic: &str,
+        count: usize,
+        settings: &[(&str, String)],
+    ) -> Vec<(String, String, Value)> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", self.address())
+            .set("group.id", "fhirbox-tests")
+            .set("enable.auto.commit", "false");
+        for (name, value) in settings {
+            config.set(*name, value);
+        }
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             // Partitions are assigned directly: a group join is slow.
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &address)
-                .set("group.id", "fhirbox-tests")
-                .set("enable.auto.commit", "false")
-                .create()
-                .expect("a consumer");
+            let consumer: BaseConsumer = config.create().expect("a consumer");
             let mut partitions = TopicPartitionList::new();
             partitions
                 .add_partition_offset(&topic, 0, Offset::Beginning)
@@ -160,6 +252,119 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.down();
+        if let Some(mut tls) = self.tls.take() {
+            let _ = tls.kill();
+            let _ = tls.wait();
+        }
+    }
+}
+
+/// Test certificates, made with the openssl command: a CA, the broker's
+/// certificate for 127.0.0.1, and client certificates.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let pki = Pki {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        pki.authority("ca");
+        pki.leaf("ca", "broker", "127.0.0.1");
+        pki
+    }
+
+    /// A self-signed CA named `name` (`name.pem`, `name.key`).
+    pub fn authority(&self, name: &str) {
+        openssl(
+            self.dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+                "-subj",
+                &format!("/CN={name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+    }
+
+    /// A certificate for `cn` signed by CA `ca`: (private key, certificate).
+    pub fn leaf(&self, ca: &str, name: &str, cn: &str) -> (String, String) {
+        let dir = self.dir.path();
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+        (
+            self.read(&format!("{name}.key")),
+            self.read(&format!("{name}.pem")),
+        )
+    }
+
+    pub fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(file)).unwrap()
     }
 }
 
@@ -358,4 +563,156 @@ async fn best_effort_notifications_are_sent_from_memory_and_counted_when_lost(ap
     })
     .await;
     assert!(delivered, "{}", app.get(path).await.text);
+}
+
+backend_tests!(per_backend: a_client_key_from_the_vault_rotates_and_never_shows);
+
+/// Mutual TLS with `sslKeystoreKey` from the vault (the key, then its
+/// certificate, in one file, as a vault issues them): a key the broker does
+/// not trust fails delivery and keeps the notification; the next good key
+/// delivers it, with no restart; no key appears anywhere fhirbox speaks.
+async fn a_client_key_from_the_vault_rotates_and_never_shows(backend: crate::helpers::Backend) {
+    use crate::vault::{reference, Vault};
+    let pki = Pki::new();
+    let (first_key, first_cert) = pki.leaf("ca", "first", "fhirbox");
+    let (second_key, second_cert) = pki.leaf("ca", "second", "fhirbox");
+    pki.authority("rogue");
+    let (rogue_key, rogue_cert) = pki.leaf("rogue", "intruder", "fhirbox");
+    let (reader_key, reader_cert) = pki.leaf("ca", "reader", "reader");
+    let broker = Broker::start_tls(&pki).await;
+    broker.create_topic("fhir.secure");
+
+    let vault = Vault::new(&[("kafka-client", &format!("{first_key}{first_cert}"))]);
+    vault.write_config(
+        &json!({"secret": {"kafka-client": {"path": vault.secret_path("kafka-client"),
+        "scope": ["AidboxTopicDestination/secure"]}}}),
+    );
+    let config = vault.config_path();
+    let app = TestApp::spawn_with(backend, move |s| s.vault_config = Some(config)).await;
+    subscribe(
+        &app,
+        "secure",
+        "kafka-at-least-once",
+        json!([
+            {"name": "kafkaTopic", "valueString": "fhir.secure"},
+            {"name": "bootstrapServers", "valueString": broker.address()},
+            {"name": "securityProtocol", "valueString": "SSL"},
+            {"name": "sslKeystoreKey", "_valueString": reference("kafka-client")},
+            {"name": "sslTruststoreCertificates", "valueString": pki.read("ca.pem")},
+            {"name": "deliveryTimeoutMs", "valueInteger": 3000}
+        ]),
+    )
+    .await;
+    let reader = [
+        ("security.protocol", "ssl".to_owned()),
+        ("ssl.ca.pem", pki.read("ca.pem")),
+        ("ssl.certificate.pem", reader_cert),
+        ("ssl.key.pem", reader_key),
+    ];
+    app.put_patient("p1", "One").await;
+    let got = broker.read_with("fhir.secure", 1, &reader).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(event(&got[0].2).0, "Patient/p1");
+
+    // A key and certificate of another CA: the broker refuses the client.
+    let size_is = |n: usize| {
+        let app = &app;
+        async move {
+            wait_until_async(Duration::from_secs(5), || async {
+                app.get("/admin/secrets").await.json()["secrets"][0]["sizeBytes"] == json!(n)
+            })
+            .await
+        }
+    };
+    let rogue = format!("{rogue_key}{rogue_cert}");
+    vault.rotate("kafka-client", rogue.as_bytes());
+    assert!(
+        size_is(rogue.trim_end().len()).await,
+        "{} {}",
+        rogue.len(),
+        app.get("/admin/secrets").await.text
+    );
+    app.put_patient("p2", "Two").await;
+    let path = "/fhir/AidboxTopicDestination/secure/$status";
+    let failing = wait_until_async(Duration::from_secs(20), || async {
+        let status = app.get(path).await.json();
+        status_value(&status, "lastErrorDetail")[0]["valueString"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Kafka: "))
+            && status_value(&status, "messagesQueued") == json!(1)
+    })
+    .await;
+    let failing_status = app.get(path).await.text;
+    assert!(failing, "{failing_status}");
+
+    // Rotated to a good key: the queued notification goes out.
+    let second = format!("{second_key}{second_cert}");
+    vault.rotate("kafka-client", second.as_bytes());
+    let got = broker.read_with("fhir.secure", 2, &reader).await;
+    let focus: Vec<String> = got.iter().map(|m| event(&m.2).0).collect();
+    assert_eq!(focus, ["Patient/p1", "Patient/p2"]);
+
+    // No key is in anything fhirbox answers, logs or stores.
+    let bodies = [
+        failing_status,
+        app.get(path).await.text,
+        app.get("/fhir/AidboxTopicDestination/secure").await.text,
+        app.get("/admin/secrets").await.text,
+        app.get("/metrics").await.text,
+    ];
+    let db = crate::helpers::database_bytes(&app);
+    let logs = crate::helpers::captured_logs();
+    for key in [&first_key, &second_key, &rogue_key] {
+        // A line from the middle of the key's base64.
+        let lines: Vec<&str> = key.lines().collect();
+        let needle = lines[lines.len() / 2];
+        for body in &bodies {
+            assert!(!body.contains(needle), "a key in a response: {body}");
+        }
+        assert!(!logs.contains(needle), "a key in the logs");
+        assert!(
+            !db.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "a key in the database"
+        );
+    }
+}
+
+fhirbox_test_support::postgres_variant! {
+    /// Two replicas (real processes) on one PostgreSQL share the outbox of a
+    /// Kafka destination; one is killed (SIGKILL) halfway through the
+    /// changes: every change reaches Kafka, in order of first arrival.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_and_a_kill_9_deliver_every_change_to_kafka_in_order() {
+        use crate::subscriptions::Process;
+        let broker = Broker::start().await;
+        broker.create_topic("fhir.replicas");
+        let db = crate::helpers::TestDb::create(crate::helpers::Backend::Postgres).await;
+        let mut a = Process::start(&db.url()).await;
+        let b = Process::start(&db.url()).await;
+        a.subscribe_to(
+            "kafka-at-least-once",
+            json!([{"name": "kafkaTopic", "valueString": "fhir.replicas"},
+                {"name": "bootstrapServers", "valueString": broker.address()}]),
+        )
+        .await;
+        let known = wait_until_async(Duration::from_secs(10), || async {
+            b.get("/fhir/AidboxTopicDestination/patients/$status").await == 200
+        })
+        .await;
+        assert!(known);
+        let ids: Vec<String> = (0..40).map(|i| format!("p{i:02}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            if i == 20 {
+                a.kill();
+            }
+            if i % 2 == 0 && i < 20 {
+                a.put_patient(id).await;
+            } else {
+                b.put_patient(id).await;
+            }
+        }
+        let (keys, read) = broker.first_keys("fhir.replicas", ids.len()).await;
+        let expected: Vec<String> = ids.iter().map(|id| format!("Patient/{id}")).collect();
+        assert_eq!(keys, expected, "{read} messages read");
+    }
 }

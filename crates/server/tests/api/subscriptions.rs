@@ -565,7 +565,7 @@ async fn queued_notifications_survive_a_restart(backend: Backend) {
 }
 
 /// A fhirbox process (the real binary) on a database of the test's.
-struct Process {
+pub struct Process {
     child: std::process::Child,
     base: String,
 }
@@ -573,7 +573,7 @@ struct Process {
 const ROOT_SECRET: &str = "process-root-secret-0123456789";
 
 impl Process {
-    async fn start(database_url: &str) -> Process {
+    pub async fn start(database_url: &str) -> Process {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -622,7 +622,7 @@ impl Process {
             .as_u16()
     }
 
-    async fn get(&self, path: &str) -> u16 {
+    pub async fn get(&self, path: &str) -> u16 {
         reqwest::Client::new()
             .get(format!("{}{path}", self.base))
             .basic_auth("root", Some(ROOT_SECRET))
@@ -633,7 +633,7 @@ impl Process {
             .as_u16()
     }
 
-    async fn put_patient(&self, id: &str) {
+    pub async fn put_patient(&self, id: &str) {
         let status = self
             .put(
                 &format!("/fhir/Patient/{id}"),
@@ -644,6 +644,16 @@ impl Process {
     }
 
     async fn subscribe(&self, endpoint: &str) {
+        self.subscribe_to(
+            "webhook-at-least-once",
+            json!([{"name": "endpoint", "valueUrl": endpoint},
+                {"name": "maxMessagesInBatch", "valueUnsignedInt": 1}]),
+        )
+        .await;
+    }
+
+    /// A topic on Patient changes and destination `patients` of `kind`.
+    pub async fn subscribe_to(&self, kind: &str, parameters: Value) {
         let topic = json!({"resourceType": "AidboxSubscriptionTopic", "id": "patients",
             "url": "http://hospital.example/topics/patients", "trigger": [{"resource": "Patient"}]});
         assert_eq!(
@@ -652,9 +662,8 @@ impl Process {
             201
         );
         let destination = json!({"resourceType": "AidboxTopicDestination", "id": "patients",
-            "topic": "http://hospital.example/topics/patients", "kind": "webhook-at-least-once",
-            "content": "id-only", "parameter": [{"name": "endpoint", "valueUrl": endpoint},
-                {"name": "maxMessagesInBatch", "valueUnsignedInt": 1}]});
+            "topic": "http://hospital.example/topics/patients", "kind": kind,
+            "content": "id-only", "parameter": parameters});
         assert_eq!(
             self.put("/fhir/AidboxTopicDestination/patients", &destination)
                 .await,
@@ -663,7 +672,7 @@ impl Process {
     }
 
     /// SIGKILL: no shutdown, no flush.
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
