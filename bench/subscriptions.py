@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Subscriptions (docs/subscriptions.md): what an active webhook destination
-costs writes, and how long a notification takes from the change to its
-receiver. One server, one webhook receiver (a threaded HTTP server in this
-process that acknowledges at once and notes when each notification
-arrived):
+"""Subscriptions (docs/subscriptions.md): what an active at-least-once
+destination costs writes, and how long a notification takes from the change
+to its receiver. One server and one receiver: with `--kind webhook`, a
+threaded HTTP server in this process that acknowledges at once and notes
+when each notification arrived; with `--kind kafka`, a tansu broker
+(target/tools/tansu, scripts/kafka-broker.sh) and a consumer in this process
+(PyPI confluent-kafka, installed when missing) that notes when each message
+arrived:
 
 1. write throughput: `POST /fhir/Patient` under wrk, in interleaved rounds
    with the destination `off` (no notification queued: the baseline) and
@@ -14,18 +17,21 @@ arrived):
    change's `meta.lastUpdated` (taken just before its transaction commits)
    to its arrival at the receiver: p50 and p99 (goal p50 < 50 ms).
 
-    python3 bench/subscriptions.py [--db sqlite|postgres] [--rounds 3] [--seconds 5]
-                                   [--concurrency 16] [--rate 50] [--latency-seconds 10]
+    python3 bench/subscriptions.py [--kind webhook|kafka] [--db sqlite|postgres] [--rounds 3]
+                                   [--seconds 5] [--concurrency 16] [--rate 50] [--latency-seconds 10]
 
 Needs the release binary (cargo build --release -p fhirbox-server) and wrk.
-Writes DIR/subscriptions-<db>-latest.{md,json} (bench/results by default).
+Writes DIR/subscriptions-<db>-latest.{md,json} (webhook) or
+DIR/subscriptions-kafka-<db>-latest.{md,json} (bench/results by default).
 """
 import argparse
 import datetime
 import http.server
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -75,6 +81,72 @@ class Receiver:
         self.server.shutdown()
 
 
+class KafkaReceiver:
+    """A tansu broker with topic `bench` (one partition) and a consumer thread
+    that keeps (arrival, event timestamp) for each message."""
+
+    def __init__(self):
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "confluent-kafka==2.16.1"], check=True)
+        import confluent_kafka
+        tansu = os.path.join(run.ROOT, "target", "tools", "tansu")
+        if not os.path.exists(tansu):
+            subprocess.run([os.path.join(run.ROOT, "scripts", "kafka-broker.sh")], check=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.address = f"127.0.0.1:{port}"
+        url = f"tcp://{self.address}"
+        self.broker = subprocess.Popen([tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                                        "--storage-engine", "memory://tansu/"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        subprocess.run([tansu, "topic", "create", "bench", "--broker", url, "--partitions", "1"],
+                       check=True, stdout=subprocess.DEVNULL)
+        self.arrivals = []
+        self.lock = threading.Lock()
+        self.stopping = False
+        consumer = confluent_kafka.Consumer({"bootstrap.servers": self.address, "group.id": "bench",
+                                             "enable.auto.commit": False})
+        # Assigned directly (a group join is slow), from the beginning.
+        consumer.assign([confluent_kafka.TopicPartition("bench", 0, confluent_kafka.OFFSET_BEGINNING)])
+
+        def consume():
+            while not self.stopping:
+                message = consumer.poll(0.1)
+                if message is None or message.error():
+                    continue
+                now = time.time()
+                status = json.loads(message.value())["entry"][0]["resource"]
+                with self.lock:
+                    for event in status["notificationEvent"]:
+                        self.arrivals.append((now, event["timestamp"]))
+            consumer.close()
+
+        self.thread = threading.Thread(target=consume, daemon=True)
+        self.thread.start()
+
+    def count(self):
+        with self.lock:
+            return len(self.arrivals)
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join(timeout=5)
+        self.broker.kill()
+        self.broker.wait()
+
+
 def instant(text):
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -86,6 +158,7 @@ def percentile(values, p):
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--kind", choices=("webhook", "kafka"), default="webhook")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
@@ -98,14 +171,19 @@ def main():
     url = f"sqlite:{work}/fhirbox.db" if args.db == "sqlite" else run.fresh_pg("fhirbox_subscriptions_bench")
     env = dict(os.environ, BOX_DB_URL=url, BOX_ROOT_CLIENT_SECRET=run.ROOT_SECRET,
                RUST_LOG="warn", BOX_WEB_PORT=str(PORT))
-    receiver = Receiver()
+    receiver = Receiver() if args.kind == "webhook" else KafkaReceiver()
     server = run.Server("fhirbox", [f"{run.RELEASE}/fhirbox"], env, PORT)
     root = run.basic(("root", run.ROOT_SECRET))
 
     def destination(status):
+        if args.kind == "webhook":
+            kind, parameters = "webhook-at-least-once", [{"name": "endpoint", "valueUrl": receiver.url}]
+        else:
+            kind = "kafka-at-least-once"
+            parameters = [{"name": "kafkaTopic", "valueString": "bench"},
+                          {"name": "bootstrapServers", "valueString": receiver.address}]
         body = {"resourceType": "AidboxTopicDestination", "id": "bench", "topic": TOPIC,
-                "kind": "webhook-at-least-once", "status": status, "content": "full-resource",
-                "parameter": [{"name": "endpoint", "valueUrl": receiver.url}]}
+                "kind": kind, "status": status, "content": "full-resource", "parameter": parameters}
         assert run.http(PORT, "PUT", "/fhir/AidboxTopicDestination/bench", body, root)[0] in (200, 201)
 
     def drained(expected, within=120):
@@ -172,12 +250,13 @@ def main():
     commit = run.subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=run.ROOT,
                                 capture_output=True, text=True).stdout.strip()
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "commit": commit, "db": args.db, "concurrency": args.concurrency, "rounds": rows,
+              "commit": commit, "kind": args.kind, "db": args.db, "concurrency": args.concurrency, "rounds": rows,
               "write_ratio_active_to_off": active / off if off else 0, "write_rps_off": off,
               "write_rps_active": active, "latency": latency, "errors": errors}
-    md = [f"# Subscriptions benchmark ({args.db}, {report['date']}, {commit})", "",
+    md = [f"# Subscriptions benchmark ({args.kind}, {args.db}, {report['date']}, {commit})", "",
           f"Creates at c={args.concurrency}, {args.rounds} interleaved rounds of {args.seconds} s; "
-          "medians. Ratio = with an active webhook destination / with it off (target >= 0.8).", "",
+          f"medians. Ratio = with an active {args.kind} destination (at least once) / with it off "
+          "(target >= 0.8).", "",
           run.table(rows, [("destination", lambda r: r["destination"]), ("round", lambda r: str(r["round"])),
                            ("req/s", lambda r: run.fmt(r["rps"])), ("p50 ms", lambda r: run.fmt(r["p50_ms"], 2)),
                            ("p99 ms", lambda r: run.fmt(r["p99_ms"], 2)), ("errors", lambda r: str(r["errors"]))]),
@@ -185,7 +264,8 @@ def main():
           f"- latency at {args.rate} creates/s for {args.latency_seconds} s, change stored to receipt: "
           f"p50 **{run.fmt(latency['p50_ms'], 1)} ms**, p99 {run.fmt(latency['p99_ms'], 1)} ms, "
           f"max {run.fmt(latency['max_ms'], 1)} ms ({latency['received']}/{latency['sent']} received; goal p50 < 50 ms)", ""]
-    run.save_report(args.out, f"subscriptions-{args.db}-latest", report, md)
+    name = f"subscriptions-{args.db}-latest" if args.kind == "webhook" else f"subscriptions-kafka-{args.db}-latest"
+    run.save_report(args.out, name, report, md)
     print("\n".join(md))
     if errors or not complete:
         sys.exit(1)

@@ -1024,6 +1024,7 @@ async fn run_transaction(
             resource,
             created: false,
             changed: false,
+            notifications: Vec::new(),
         };
         results[i] = Some(EntryResult::Written(outcome, Method::Post));
     }

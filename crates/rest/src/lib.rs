@@ -93,22 +93,27 @@ impl Rest {
 
     /// Stores one write, then refreshes caches that depend on what was written.
     pub async fn write(&self, mut op: WriteOp) -> StoreResult<WriteOutcome> {
-        let (notify, pending) = self.notifier().await.unzip();
+        let (notify, queued) = self.notifier().await.unzip();
         op.notify = notify;
         let outcome = self.store.write(op).await?;
-        self.after_writes(std::slice::from_ref(&outcome), pending)
+        // Best-effort notifications leave with the commit, before any await.
+        self.subscriptions
+            .delivery
+            .hand_over(std::slice::from_ref(&outcome));
+        self.after_writes(std::slice::from_ref(&outcome), queued)
             .await;
         Ok(outcome)
     }
 
     /// Stores several writes atomically, then refreshes caches.
     pub async fn write_all(&self, mut ops: Vec<WriteOp>) -> StoreResult<Vec<WriteOutcome>> {
-        let (notify, pending) = self.notifier().await.unzip();
+        let (notify, queued) = self.notifier().await.unzip();
         for op in &mut ops {
             op.notify.clone_from(&notify);
         }
         let outcomes = self.store.write_all(ops).await?;
-        self.after_writes(&outcomes, pending).await;
+        self.subscriptions.delivery.hand_over(&outcomes);
+        self.after_writes(&outcomes, queued).await;
         Ok(outcomes)
     }
 
@@ -146,10 +151,7 @@ impl Rest {
     /// makes it; an SQLite database has one instance.
     async fn notifier(
         &self,
-    ) -> Option<(
-        fhirbox_store::Notify,
-        Arc<fhirbox_subscriptions::registry::Pending>,
-    )> {
+    ) -> Option<(fhirbox_store::Notify, Arc<std::sync::atomic::AtomicBool>)> {
         let registry = &self.subscriptions.registry;
         if matches!(self.store, Store::Postgres(_)) {
             if let Err(e) = registry.catch_up(&self.store).await {
@@ -164,7 +166,7 @@ impl Rest {
     async fn after_writes(
         &self,
         outcomes: &[WriteOutcome],
-        pending: Option<Arc<fhirbox_subscriptions::registry::Pending>>,
+        queued: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) {
         let touches_subscriptions = outcomes.iter().any(|o| {
             o.changed
@@ -187,11 +189,8 @@ impl Rest {
                     .await;
             }
         }
-        if let Some(pending) = pending {
-            if pending.queued.load(std::sync::atomic::Ordering::SeqCst) {
-                self.subscriptions.registry.wake();
-            }
-            self.subscriptions.delivery.hand_over(&pending, outcomes);
+        if queued.is_some_and(|q| q.load(std::sync::atomic::Ordering::SeqCst)) {
+            self.subscriptions.registry.wake();
         }
         let touches_auth = outcomes.iter().any(|o| {
             o.changed && fhirbox_auth::AUTH_TYPES.contains(&o.resource.resource_type.as_str())

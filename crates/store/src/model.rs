@@ -110,6 +110,10 @@ pub struct OutboxEvent {
     pub destination_version: i64,
     pub topic: String,
     pub interaction: &'static str,
+    /// `false`: not queued in the outbox but handed back with the write's
+    /// outcome (`WriteOutcome::notifications`) once it committed, for a
+    /// destination delivered from memory (best effort).
+    pub durable: bool,
 }
 
 /// Decides the notifications of a change, inside the write's transaction.
@@ -458,6 +462,10 @@ pub struct WriteOutcome {
     pub created: bool,
     /// False when nothing was written (delete of an already deleted resource).
     pub changed: bool,
+    /// The change's notifications that are not queued in the outbox
+    /// (`OutboxEvent::durable` false), for the caller to deliver now that
+    /// the write committed.
+    pub notifications: Vec<OutboxEvent>,
 }
 
 /// A `_lastUpdated` bound, already turned into half-open ranges by the caller.

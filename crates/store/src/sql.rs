@@ -779,15 +779,20 @@ pub(crate) fn decide(
                     resource: c.clone(),
                     created: false,
                     changed: false,
+                    notifications: Vec::new(),
                 }))
             }
             Some(_) => (true, (String::new(), Vec::new(), events(None))),
         },
     };
+    // Outbox rows go in with the write; the others come back with it.
+    let (events, notifications): (Vec<OutboxEvent>, Vec<OutboxEvent>) =
+        events.into_iter().partition(|e| e.durable);
     Ok(Step::Store(Planned {
         outcome: WriteOutcome {
             created: live.is_none() && !deleted,
             changed: true,
+            notifications,
             resource: StoredResource {
                 resource_type: rt.into(),
                 id: id.into(),
@@ -891,6 +896,7 @@ pub(crate) fn conditional(
                 resource: existing,
                 created: false,
                 changed: false,
+                notifications: Vec::new(),
             }))
         }
         (WriteKind::Create(_), Some(_)) => Err(StoreError::MatchAppeared {

@@ -1668,6 +1668,7 @@ fn patient_notifier() -> Notify {
             destination_version: 3,
             topic: "http://t".into(),
             interaction,
+            durable: true,
         }]
     })
 }

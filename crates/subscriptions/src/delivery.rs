@@ -15,7 +15,7 @@ use fhirbox_store::{Outbox, OutboxLease, OutboxRow, ResourceRead, Store, WriteOu
 use serde_json::{json, Value};
 
 use crate::destination::{header_line, Header, Kind, Webhook};
-use crate::registry::{Live, Pending, Registry};
+use crate::registry::{Live, Registry};
 
 /// How often a worker looks for notifications queued through another
 /// instance (its own instance's writes wake it at once).
@@ -111,6 +111,19 @@ struct Stop {
 impl Stop {
     fn asked(&self) -> bool {
         self.asked.load(Ordering::SeqCst)
+    }
+
+    /// Returns once stopping is asked.
+    async fn stopped(&self) {
+        loop {
+            let stopping = self.signal.notified();
+            tokio::pin!(stopping);
+            stopping.as_mut().enable();
+            if self.asked() {
+                return;
+            }
+            stopping.await;
+        }
     }
 
     /// Sleeps for `duration`, or less if stopping is asked meanwhile.
@@ -212,42 +225,49 @@ impl Delivery {
             .clone()
     }
 
-    /// After a write committed: its best-effort notifications (found by
-    /// its notifier) join their destinations' memory queues, with the
-    /// versions the write stored. A full queue loses the notification.
-    pub fn hand_over(&self, pending: &Pending, outcomes: &[WriteOutcome]) {
-        let events = std::mem::take(&mut *pending.memory.lock().unwrap_or_else(|p| p.into_inner()));
-        for event in events {
-            let Some(stored) = outcomes
-                .iter()
-                .map(|o| &o.resource)
-                .find(|r| r.resource_type == event.resource_type && r.id == event.id)
-            else {
-                continue;
-            };
-            let id = &event.destination.id;
-            let queue = self.memory_queue(id);
-            let mut items = queue.items.lock().unwrap_or_else(|p| p.into_inner());
-            if items.len() >= MEMORY_QUEUE {
-                drop(items);
-                self.stats(id).lost.fetch_add(1, Ordering::Relaxed);
-                self.events.lost(id, 1);
-                continue;
+    /// After writes committed: their best-effort notifications (those the
+    /// store handed back, `WriteOutcome::notifications`) join their
+    /// destinations' memory queues, with the versions the writes stored.
+    /// One for a destination deleted since is dropped; a full queue loses
+    /// the notification (counted).
+    pub fn hand_over(&self, outcomes: &[WriteOutcome]) {
+        for outcome in outcomes {
+            for event in &outcome.notifications {
+                self.remember(&outcome.resource, event);
             }
-            items.push_back(OutboxRow {
-                seq: queue.numbered.fetch_add(1, Ordering::Relaxed) + 1,
-                destination: id.clone(),
-                destination_version: event.destination.version,
-                topic: event.topic,
-                resource_type: event.resource_type,
-                resource_id: event.id,
-                version_id: stored.version_id,
-                interaction: event.interaction.to_owned(),
-                created_at: stored.last_updated,
-            });
-            drop(items);
-            queue.wake.notify_one();
         }
+    }
+
+    fn remember(&self, stored: &fhirbox_store::StoredResource, event: &fhirbox_store::OutboxEvent) {
+        let id = &event.destination;
+        let current = self.registry.destination(id).is_some_and(|live| {
+            live.destination.kind == Kind::KafkaBestEffort
+                && event.destination_version >= live.since
+        });
+        if !current {
+            return;
+        }
+        let queue = self.memory_queue(id);
+        let mut items = queue.items.lock().unwrap_or_else(|p| p.into_inner());
+        if items.len() >= MEMORY_QUEUE {
+            drop(items);
+            self.stats(id).lost.fetch_add(1, Ordering::Relaxed);
+            self.events.lost(id, 1);
+            return;
+        }
+        items.push_back(OutboxRow {
+            seq: queue.numbered.fetch_add(1, Ordering::Relaxed) + 1,
+            destination: id.clone(),
+            destination_version: event.destination_version,
+            topic: event.topic.clone(),
+            resource_type: stored.resource_type.clone(),
+            resource_id: stored.id.clone(),
+            version_id: stored.version_id,
+            interaction: event.interaction.to_owned(),
+            created_at: stored.last_updated,
+        });
+        drop(items);
+        queue.wake.notify_one();
     }
 
     /// Counts `rows` as delivered (acknowledged by the receiver).
@@ -621,7 +641,14 @@ async fn work(
         let count = rows.len() as u64;
         stats.in_process.store(count, Ordering::Relaxed);
         stats.attempts.fetch_add(1, Ordering::Relaxed);
-        let sent = delivery.send(&live, &rows, &mut sender, &stats).await;
+        let sent = tokio::select! {
+            sent = delivery.send(&live, &rows, &mut sender, &stats) => sent,
+            // At shutdown, a send in progress stays queued.
+            () = stop.stopped() => {
+                stats.in_process.store(0, Ordering::Relaxed);
+                break;
+            }
+        };
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         match sent {
             Ok(()) => match held.acknowledge(&seqs).await {
@@ -673,6 +700,7 @@ async fn work_best_effort(
 ) {
     let _running = Running::new(&stop);
     let mut sender: Option<Sender> = None;
+    let mut backoff = FIRST_BACKOFF;
     tracing::info!(destination = %id, "best-effort subscription delivery started");
     loop {
         if stop.asked() {
@@ -691,8 +719,21 @@ async fn work_best_effort(
         let rows: Vec<OutboxRow> = {
             let mut items = queue.items.lock().unwrap_or_else(|p| p.into_inner());
             let n = items.len().min(KAFKA_BATCH);
-            items.drain(..n).collect()
+            items
+                .drain(..n)
+                // Not for a destination of this id deleted since.
+                .filter(|r| r.destination_version >= live.since)
+                .collect()
         };
+        if rows.is_empty()
+            && !queue
+                .items
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        {
+            continue;
+        }
         if rows.is_empty() {
             drop(delivery);
             tokio::select! {
@@ -705,17 +746,29 @@ async fn work_best_effort(
         let count = rows.len() as u64;
         stats.in_process.store(count, Ordering::Relaxed);
         stats.attempts.fetch_add(1, Ordering::Relaxed);
-        match delivery.send(&live, &rows, &mut sender, &stats).await {
-            Ok(()) => delivery.acknowledged(&id, &stats, &rows),
+        let sent = tokio::select! {
+            sent = delivery.send(&live, &rows, &mut sender, &stats) => sent,
+            () = stop.stopped() => break,
+        };
+        stats.in_process.store(0, Ordering::Relaxed);
+        match sent {
+            Ok(()) => {
+                delivery.acknowledged(&id, &stats, &rows);
+                backoff = FIRST_BACKOFF;
+            }
             Err(message) => {
                 tracing::warn!(destination = %id, problem = %message, lost = count, "best-effort notifications lost");
                 stats.failed(message);
                 stats.lost.fetch_add(count, Ordering::Relaxed);
                 delivery.events.attempt(&id, false);
                 delivery.events.lost(&id, count);
+                // A broken credential or an unreachable broker: not a new
+                // client for every batch (what waits meanwhile is bounded).
+                drop(delivery);
+                stop.pause(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-        stats.in_process.store(0, Ordering::Relaxed);
     }
     tracing::info!(destination = %id, "best-effort subscription delivery stopped");
 }
@@ -755,15 +808,17 @@ impl Delivery {
         };
         let credentials = self.kafka_credentials(live, kafka)?;
         if !matches!(sender, Some(Sender::Kafka(p)) if p.fits(live.version, &credentials)) {
-            // The old producer (its queue purged) goes before the new one comes.
+            // The old producer (its queue purged) goes before the new one
+            // comes; building one starts threads and reads certificates:
+            // off the runtime's threads.
             *sender = None;
-            let publisher = crate::kafka::Publisher::new(
-                &live.id,
-                live.version,
-                kafka,
-                &credentials,
-                stats.clone(),
-            )?;
+            let (id, version, settings, stats) =
+                (live.id.clone(), live.version, kafka.clone(), stats.clone());
+            let publisher = tokio::task::spawn_blocking(move || {
+                crate::kafka::Publisher::new(&id, version, &settings, &credentials, stats)
+            })
+            .await
+            .map_err(|_| "the Kafka client could not be built".to_owned())??;
             *sender = Some(Sender::Kafka(publisher));
         }
         let Some(Sender::Kafka(publisher)) = sender.as_ref() else {

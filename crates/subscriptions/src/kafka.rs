@@ -8,6 +8,7 @@
 //! and the notifications stay queued until the credential is fixed.
 
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,11 +39,11 @@ impl Credentials {
         self.username.hash(&mut hasher);
         self.password
             .as_ref()
-            .map(|p| p.expose_secret().to_owned())
+            .map(|p| p.expose_secret())
             .hash(&mut hasher);
         self.key
             .as_ref()
-            .map(|k| k.expose_secret().to_owned())
+            .map(|k| k.expose_secret())
             .hash(&mut hasher);
         self.certificate.hash(&mut hasher);
         hasher.finish()
@@ -90,11 +91,20 @@ pub(crate) struct Message {
 }
 
 /// Sees what the client reports between sends: errors go to the log and to
-/// `$status`, and an authentication failure ends the send in progress.
+/// `$status`, and an authentication failure ends the send in progress (one
+/// reported before a send began does not end it).
 struct Watch {
     destination: String,
     stats: Arc<Stats>,
-    auth_failed: Arc<tokio::sync::Notify>,
+    auth: Arc<AuthFailures>,
+}
+
+/// Authentication failures the client reported: how many, and a signal for
+/// the send waiting meanwhile.
+#[derive(Default)]
+struct AuthFailures {
+    count: AtomicU64,
+    signal: tokio::sync::Notify,
 }
 
 fn is_auth_failure(error: &KafkaError) -> bool {
@@ -132,7 +142,8 @@ impl ClientContext for Watch {
         tracing::warn!(destination = %self.destination, error = %error, %reason, "kafka client error");
         if is_auth_failure(&error) {
             self.stats.noticed(message);
-            self.auth_failed.notify_one();
+            self.auth.count.fetch_add(1, Ordering::SeqCst);
+            self.auth.signal.notify_waiters();
         } else if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.stats
                 .noticed("Kafka: no broker of bootstrapServers can be reached".into());
@@ -147,7 +158,7 @@ pub(crate) struct Publisher {
     fingerprint: u64,
     producer: Option<FutureProducer<Watch>>,
     stats: Arc<Stats>,
-    auth_failed: Arc<tokio::sync::Notify>,
+    auth: Arc<AuthFailures>,
 }
 
 impl Publisher {
@@ -205,11 +216,11 @@ impl Publisher {
         if let Some(ca) = &kafka.ca {
             config.set("ssl.ca.pem", ca);
         }
-        let auth_failed = Arc::new(tokio::sync::Notify::new());
+        let auth = Arc::new(AuthFailures::default());
         let watch = Watch {
             destination: id.to_owned(),
             stats: stats.clone(),
-            auth_failed: auth_failed.clone(),
+            auth: auth.clone(),
         };
         let producer: FutureProducer<Watch> =
             config.create_with_context(watch).map_err(|e| match e {
@@ -228,7 +239,7 @@ impl Publisher {
             fingerprint: credentials.fingerprint(),
             producer: Some(producer),
             stats,
-            auth_failed,
+            auth,
         })
     }
 
@@ -237,6 +248,17 @@ impl Publisher {
     /// fails the whole send: the caller sends them all again (at least once).
     pub async fn publish(&self, kafka: &Kafka, messages: &[Message]) -> Result<(), String> {
         let producer = self.producer.as_ref().ok_or("the Kafka client is closed")?;
+        // Authentication failures from now on end this send.
+        let failures = self.auth.count.load(Ordering::SeqCst);
+        let failed = self.auth.signal.notified();
+        tokio::pin!(failed);
+        failed.as_mut().enable();
+        let auth_error = || {
+            self.stats
+                .last_error()
+                .map(|(message, _)| message)
+                .unwrap_or_else(|| "Kafka: authentication failed".to_owned())
+        };
         let headers = OwnedHeaders::new().insert(KafkaHeader {
             key: "content-type",
             value: Some("application/fhir+json"),
@@ -264,6 +286,9 @@ impl Publisher {
                 }
             }
         }
+        if self.auth.count.load(Ordering::SeqCst) != failures {
+            return Err(auth_error());
+        }
         let acknowledged = async {
             for delivery in pending {
                 match delivery.await {
@@ -276,11 +301,7 @@ impl Publisher {
         };
         tokio::select! {
             result = acknowledged => result,
-            () = self.auth_failed.notified() => Err(self
-                .stats
-                .last_error()
-                .map(|(message, _)| message)
-                .unwrap_or_else(|| "Kafka: authentication failed".to_owned())),
+            () = failed => Err(auth_error()),
         }
     }
 }

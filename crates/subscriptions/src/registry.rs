@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fhirbox_store::{
@@ -33,25 +33,6 @@ pub struct Live {
     pub destination: Destination,
     /// The stored body (its parameters are read at delivery).
     pub body: Value,
-}
-
-/// What a write's notifier found, read once the write committed.
-#[derive(Default)]
-pub struct Pending {
-    /// Notifications were queued in the outbox (the workers are woken).
-    pub queued: AtomicBool,
-    /// Notifications for best-effort destinations: kept in memory, handed
-    /// to delivery only if the write committed.
-    pub(crate) memory: Mutex<Vec<MemoryEvent>>,
-}
-
-/// A best-effort notification of one change, before its version is known.
-pub(crate) struct MemoryEvent {
-    pub destination: Arc<Live>,
-    pub topic: String,
-    pub interaction: &'static str,
-    pub resource_type: String,
-    pub id: String,
 }
 
 /// Which destinations a change of a resource type may notify.
@@ -219,16 +200,18 @@ impl Registry {
     }
 
     /// The notifier a write carries, or `None` when no destination is in
-    /// force (a write then costs nothing more), and what it found: whether
-    /// it queued something (so only such writes wake the workers), and the
-    /// best-effort notifications to hand over once the write committed.
-    pub fn notifier(&self) -> Option<(Notify, Arc<Pending>)> {
+    /// force (a write then costs nothing more), and a flag it raises when
+    /// it queued something in the outbox (so only such writes wake the
+    /// workers). Notifications for best-effort destinations are not queued:
+    /// the store hands them back with the committed write's outcome
+    /// (`OutboxEvent::durable` false), for `Delivery::hand_over`.
+    pub fn notifier(&self) -> Option<(Notify, Arc<AtomicBool>)> {
         let snapshot = self.snapshot();
         if snapshot.routes.is_empty() {
             return None;
         }
-        let pending = Arc::new(Pending::default());
-        let found = pending.clone();
+        let queued = Arc::new(AtomicBool::new(false));
+        let raised = queued.clone();
         let notify: Notify = Arc::new(move |change: &Change<'_>| {
             let Some(routes) = snapshot.routes.get(change.resource_type) else {
                 return Vec::new();
@@ -249,46 +232,30 @@ impl Registry {
                     })
                     .as_ref()
             };
-            let mut events = Vec::new();
-            for route in routes.iter().filter(|route| {
-                route.topic.fires(
-                    change.resource_type,
-                    interaction,
-                    change.current,
-                    previous(),
-                )
-            }) {
-                if route.destination.destination.kind == Kind::KafkaBestEffort {
-                    let mut memory = found.memory.lock().unwrap_or_else(|p| p.into_inner());
-                    // A write decided again (a retried transaction) keeps
-                    // its last decision.
-                    memory.retain(|e| {
-                        !(e.destination.id == route.destination.id
-                            && e.resource_type == change.resource_type
-                            && e.id == change.id)
-                    });
-                    memory.push(MemoryEvent {
-                        destination: route.destination.clone(),
-                        topic: route.topic.url.clone(),
-                        interaction: interaction.as_str(),
-                        resource_type: change.resource_type.to_owned(),
-                        id: change.id.to_owned(),
-                    });
-                    continue;
-                }
-                events.push(OutboxEvent {
+            let events = routes
+                .iter()
+                .filter(|route| {
+                    route.topic.fires(
+                        change.resource_type,
+                        interaction,
+                        change.current,
+                        previous(),
+                    )
+                })
+                .map(|route| OutboxEvent {
                     destination: route.destination.id.clone(),
                     destination_version: route.destination.version,
                     topic: route.topic.url.clone(),
                     interaction: interaction.as_str(),
-                });
-            }
-            if !events.is_empty() {
-                found.queued.store(true, Ordering::SeqCst);
+                    durable: route.destination.destination.kind.is_delivered(),
+                })
+                .collect::<Vec<_>>();
+            if events.iter().any(|e| e.durable) {
+                raised.store(true, Ordering::SeqCst);
             }
             events
         });
-        Some((notify, pending))
+        Some((notify, queued))
     }
 
     /// The destinations whose notifications this instance delivers (from

@@ -176,7 +176,8 @@ fn capture_logs() {
             .with_writer(|| LogSink)
             .with_ansi(false)
             .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "info,fhirbox_secrets=debug,sqlx=warn",
+                // The Kafka client's own lines are logged at debug.
+                "info,fhirbox_secrets=debug,fhirbox_subscriptions=debug,sqlx=warn",
             ))
             .try_init();
     });

@@ -17,15 +17,24 @@ use serde_json::{json, Value};
 use crate::backend_tests;
 use crate::helpers::TestApp;
 
-/// The tansu binary the tests run.
-fn tansu() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("FHIRBOX_TEST_TANSU") {
+/// The tansu binary the tests run: `tansu` keeps topics in memory,
+/// `tansu-sasl` (built with SQLite storage) keeps SCRAM users too.
+fn tansu(name: &str) -> std::path::PathBuf {
+    let variable = if name == "tansu" {
+        "FHIRBOX_TEST_TANSU"
+    } else {
+        "FHIRBOX_TEST_TANSU_SASL"
+    };
+    if let Some(path) = std::env::var_os(variable) {
         return path.into();
     }
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/tansu");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/tools")
+        .join(name);
     assert!(
         path.exists(),
-        "the Kafka tests need the tansu broker: run scripts/test.sh (it fetches it to target/tools) or set FHIRBOX_TEST_TANSU"
+        "the Kafka tests need the tansu broker at {}: run scripts/kafka-broker.sh (scripts/test.sh does) or set {variable}",
+        path.display()
     );
     path
 }
@@ -48,6 +57,10 @@ pub struct Broker {
     pub port: u16,
     /// Where clients connect (the TLS port when there is one).
     advertised: u16,
+    /// The SQLite storage of a broker with SCRAM users (`None`: memory).
+    storage: Option<tempfile::TempDir>,
+    /// Whether clients must log in (SASL/SCRAM).
+    authenticate: bool,
 }
 
 /// Waits until something listens on `port`.
@@ -68,9 +81,86 @@ impl Broker {
             tls: None,
             port,
             advertised: port,
+            storage: None,
+            authenticate: false,
         };
         broker.up().await;
         broker
+    }
+
+    /// A broker that requires SASL/SCRAM logins (SQLite storage), with
+    /// `users` (SCRAM-SHA-256) and one-partition `topics` created first;
+    /// with `pki`, reached through TLS (no client certificate asked).
+    pub async fn start_sasl(users: &[(&str, &str)], topics: &[&str], pki: Option<&Pki>) -> Broker {
+        let mut broker = Broker {
+            child: None,
+            tls: None,
+            port: free_port(),
+            advertised: free_port(),
+            storage: Some(tempfile::tempdir().unwrap()),
+            authenticate: false,
+        };
+        broker.up().await;
+        for (name, password) in users {
+            broker.create_user(name, password);
+        }
+        for topic in topics {
+            broker.create_topic(topic);
+        }
+        broker.down();
+        broker.authenticate = true;
+        broker.up().await;
+        match pki {
+            Some(pki) => broker.tls(pki, false).await,
+            None => broker.plain_proxy().await,
+        }
+        broker
+    }
+
+    /// Changes a user's password (the broker restarts without logins for
+    /// the change, then with them again).
+    pub async fn set_password(&mut self, name: &str, password: &str) {
+        self.down();
+        self.authenticate = false;
+        self.up().await;
+        self.create_user(name, password);
+        self.down();
+        self.authenticate = true;
+        self.up().await;
+    }
+
+    fn create_user(&self, name: &str, password: &str) {
+        let status = Command::new(tansu("tansu-sasl"))
+            .args([
+                "user",
+                "create",
+                name,
+                password,
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+                "--mechanism",
+                "scram256",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("tansu user create runs");
+        assert!(status.success(), "tansu user create {name}: {status}");
+    }
+
+    /// socat forwarding the advertised port to tansu's, without TLS.
+    async fn plain_proxy(&mut self) {
+        let proxy = Command::new("socat")
+            .arg(format!(
+                "TCP-LISTEN:{},bind=127.0.0.1,reuseaddr,fork",
+                self.advertised
+            ))
+            .arg(format!("TCP:127.0.0.1:{}", self.port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat starts (apt-get install socat)");
+        self.tls = Some(proxy);
+        assert!(listening(self.advertised).await, "socat did not listen");
     }
 
     /// A broker reached through TLS that asks for a client certificate
@@ -81,25 +171,34 @@ impl Broker {
             tls: None,
             port: free_port(),
             advertised: free_port(),
+            storage: None,
+            authenticate: false,
         };
         broker.up().await;
+        broker.tls(pki, true).await;
+        broker
+    }
+
+    /// socat terminating TLS on the advertised port (asking for a client
+    /// certificate of `pki`'s CA when `verify`) in front of tansu.
+    async fn tls(&mut self, pki: &Pki, verify: bool) {
         let dir = pki.dir.path();
         let tls = Command::new("socat")
             .arg(format!(
-                "OPENSSL-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify=1",
-                broker.advertised,
+                "OPENSSL-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify={}",
+                self.advertised,
                 dir.join("broker.pem").display(),
                 dir.join("broker.key").display(),
                 dir.join("ca.pem").display(),
+                u8::from(verify),
             ))
-            .arg(format!("TCP:127.0.0.1:{}", broker.port))
+            .arg(format!("TCP:127.0.0.1:{}", self.port))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("socat starts (apt-get install socat)");
-        broker.tls = Some(tls);
-        assert!(listening(broker.advertised).await, "socat did not listen");
-        broker
+        self.tls = Some(tls);
+        assert!(listening(self.advertised).await, "socat did not listen");
     }
 
     /// `host:port` for `bootstrapServers`.
@@ -112,15 +211,32 @@ impl Broker {
     pub async fn up(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
-        let child = Command::new(tansu())
+        let mut command = match &self.storage {
+            None => {
+                let mut command = Command::new(tansu("tansu"));
+                command.args(["broker", "--storage-engine", "memory://tansu/"]);
+                command
+            }
+            Some(dir) => {
+                // The SQLite file is named relative to the working directory.
+                let mut command = Command::new(tansu("tansu-sasl"));
+                command.current_dir(dir.path()).args([
+                    "broker",
+                    "--storage-engine",
+                    "sqlite://tansu.db",
+                ]);
+                if self.authenticate {
+                    command.arg("--authentication");
+                }
+                command
+            }
+        };
+        let child = command
             .args([
-                "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
                 &advertised,
-                "--storage-engine",
-                "memory://tansu/",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -144,7 +260,12 @@ impl Broker {
 
     /// Creates a topic of one partition.
     pub fn create_topic(&self, name: &str) {
-        let status = Command::new(tansu())
+        let binary = if self.storage.is_some() {
+            "tansu-sasl"
+        } else {
+            "tansu"
+        };
+        let status = Command::new(tansu(binary))
             .args([
                 "topic",
                 "create",
@@ -483,12 +604,16 @@ async fn changes_reach_kafka_in_order_and_none_is_lost_while_the_broker_is_down(
     broker.down();
     app.put_patient("p3", "Three").await;
     app.put_patient("p4", "Four").await;
+    // A send fails (deliveryTimeoutMs), counted, before the broker is back.
+    let failed_attempt =
+        "fhirbox_subscription_delivery_attempts_total{destination=\"patients\",result=\"failed\"}";
     let failing = wait_until_async(Duration::from_secs(20), || async {
         let status = app.get(path).await.json();
         status_value(&status, "lastErrorDetail")[0]["valueString"]
             .as_str()
             .is_some_and(|m| m.starts_with("Kafka: "))
             && status_value(&status, "messagesQueued") == json!(2)
+            && app.get("/metrics").await.text.contains(failed_attempt)
     })
     .await;
     assert!(failing, "{}", app.get(path).await.text);
@@ -554,6 +679,15 @@ async fn best_effort_notifications_are_sent_from_memory_and_counted_when_lost(ap
     );
     broker.up().await;
     broker.create_topic("fhir.best");
+    // A transaction the store rolls back (its second entry's version
+    // check fails after the first entry was decided) hands nothing over.
+    let failing = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "PUT", "url": "Patient/p5"},
+         "resource": {"resourceType": "Patient", "id": "p5"}},
+        {"request": {"method": "PUT", "url": "Patient/p1", "ifMatch": "W/\"99\""},
+         "resource": {"resourceType": "Patient", "id": "p1"}}]});
+    let r = app.post("/fhir", &failing).await;
+    assert_eq!(r.status, 412, "{}", r.text);
     app.put_patient("p4", "Four").await;
     let got = broker.read("fhir.best", 1).await;
     let focus: Vec<String> = got.iter().map(|m| event(&m.2).0).collect();
@@ -714,5 +848,114 @@ fhirbox_test_support::postgres_variant! {
         let (keys, read) = broker.first_keys("fhir.replicas", ids.len()).await;
         let expected: Vec<String> = ids.iter().map(|id| format!("Patient/{id}")).collect();
         assert_eq!(keys, expected, "{read} messages read");
+    }
+}
+
+backend_tests!(per_backend: a_rotated_jaas_file_and_wrong_credentials_over_sasl_ssl);
+
+/// SCRAM-SHA-256 over TLS with the JAAS line from the vault: the broker
+/// changes the password, so fhirbox's login fails (`$status` says so, the
+/// notification stays queued); the vault file is rotated to the new
+/// password and the notification goes out, with no restart. Neither
+/// password appears anywhere fhirbox answers, logs or stores.
+async fn a_rotated_jaas_file_and_wrong_credentials_over_sasl_ssl(backend: crate::helpers::Backend) {
+    use crate::vault::{reference, Vault};
+    const FIRST: &str = "first-kafka-pass-5c1e";
+    const SECOND: &str = "second-kafka-pass-90ad";
+    const READER: &str = "reader-pass-77";
+    let jaas = |password: &str| {
+        format!(
+            r#"org.apache.kafka.common.security.scram.ScramLoginModule required username="fhirbox" password="{password}";"#
+        )
+    };
+    let pki = Pki::new();
+    let mut broker = Broker::start_sasl(
+        &[("fhirbox", FIRST), ("reader", READER)],
+        &["fhir.sasl"],
+        Some(&pki),
+    )
+    .await;
+    let vault = Vault::new(&[("kafka-jaas", &jaas(FIRST))]);
+    vault.write_config(
+        &json!({"secret": {"kafka-jaas": {"path": vault.secret_path("kafka-jaas"),
+        "scope": ["AidboxTopicDestination/sasl"]}}}),
+    );
+    let config = vault.config_path();
+    let app = TestApp::spawn_with(backend, move |s| s.vault_config = Some(config)).await;
+    subscribe(
+        &app,
+        "sasl",
+        "kafka-at-least-once",
+        json!([
+            {"name": "kafkaTopic", "valueString": "fhir.sasl"},
+            {"name": "bootstrapServers", "valueString": broker.address()},
+            {"name": "securityProtocol", "valueString": "SASL_SSL"},
+            {"name": "saslMechanism", "valueString": "SCRAM-SHA-256"},
+            {"name": "saslJaasConfig", "_valueString": reference("kafka-jaas")},
+            {"name": "sslTruststoreCertificates", "valueString": pki.read("ca.pem")},
+            {"name": "deliveryTimeoutMs", "valueInteger": 5000}
+        ]),
+    )
+    .await;
+    let reader = [
+        ("security.protocol", "sasl_ssl".to_owned()),
+        ("sasl.mechanism", "SCRAM-SHA-256".to_owned()),
+        ("sasl.username", "reader".to_owned()),
+        ("sasl.password", READER.to_owned()),
+        ("ssl.ca.pem", pki.read("ca.pem")),
+    ];
+    app.put_patient("p1", "One").await;
+    let got = broker.read_with("fhir.sasl", 1, &reader).await;
+    assert_eq!(got.len(), 1, "nothing read over SASL_SSL");
+    assert_eq!(event(&got[0].2).0, "Patient/p1");
+
+    // The broker's password changes: fhirbox's login is refused.
+    broker.set_password("fhirbox", SECOND).await;
+    app.put_patient("p2", "Two").await;
+    let path = "/fhir/AidboxTopicDestination/sasl/$status";
+    let failed_attempt =
+        "fhirbox_subscription_delivery_attempts_total{destination=\"sasl\",result=\"failed\"}";
+    let failing = wait_until_async(Duration::from_secs(30), || async {
+        let status = app.get(path).await.json();
+        status_value(&status, "lastErrorDetail")[0]["valueString"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Kafka: ") && m.to_lowercase().contains("auth"))
+            && status_value(&status, "messagesQueued") == json!(1)
+            && app.get("/metrics").await.text.contains(failed_attempt)
+    })
+    .await;
+    let failing_status = app.get(path).await.text;
+    assert!(failing, "{failing_status}");
+    let metrics = app.get("/metrics").await.text;
+
+    // The vault file is rotated to the new password: delivery resumes.
+    vault.rotate("kafka-jaas", jaas(SECOND).as_bytes());
+    let got = broker.read_with("fhir.sasl", 2, &reader).await;
+    let focus: Vec<String> = got.iter().map(|m| event(&m.2).0).collect();
+    assert_eq!(focus, ["Patient/p1", "Patient/p2"]);
+    let drained = wait_until_async(Duration::from_secs(10), || async {
+        status_value(&app.get(path).await.json(), "messagesQueued") == json!(0)
+    })
+    .await;
+    assert!(drained);
+
+    let bodies = [
+        failing_status,
+        metrics,
+        app.get(path).await.text,
+        app.get("/fhir/AidboxTopicDestination/sasl").await.text,
+        app.get("/admin/secrets").await.text,
+    ];
+    let db = crate::helpers::database_bytes(&app);
+    let logs = crate::helpers::captured_logs();
+    for value in [FIRST, SECOND] {
+        for body in &bodies {
+            assert!(!body.contains(value), "{value} in a response: {body}");
+        }
+        assert!(!logs.contains(value), "{value} in the logs");
+        assert!(
+            !db.windows(value.len()).any(|w| w == value.as_bytes()),
+            "{value} in the database"
+        );
     }
 }
