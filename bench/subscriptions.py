@@ -116,8 +116,11 @@ class KafkaReceiver:
         self.arrivals = []
         self.lock = threading.Lock()
         self.stopping = False
+        # Fetches answer at once (a broker holds an empty fetch up to
+        # fetch.wait.max.ms, 500 ms by default, which would be measured as
+        # delivery latency).
         consumer = confluent_kafka.Consumer({"bootstrap.servers": self.address, "group.id": "bench",
-                                             "enable.auto.commit": False})
+                                             "enable.auto.commit": False, "fetch.wait.max.ms": 5})
         # Assigned directly (a group join is slow), from the beginning.
         consumer.assign([confluent_kafka.TopicPartition("bench", 0, confluent_kafka.OFFSET_BEGINNING)])
 
@@ -145,6 +148,36 @@ class KafkaReceiver:
         self.thread.join(timeout=5)
         self.broker.kill()
         self.broker.wait()
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids):
+    """User + system CPU seconds the processes `pids` have used (proc(5))."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total / TICK
+
+
+def database_pids():
+    """PostgreSQL's server processes (their CPU is the database's share of a write)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == "postgres":
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
 
 
 def instant(text):
@@ -186,17 +219,32 @@ def main():
                 "kind": kind, "status": status, "content": "full-resource", "parameter": parameters}
         assert run.http(PORT, "PUT", "/fhir/AidboxTopicDestination/bench", body, root)[0] in (200, 201)
 
+    def counters():
+        status, body = run.http(PORT, "GET", "/fhir/AidboxTopicDestination/bench/$status", None, root)
+        if status != 200:
+            return None, None
+        values = {p["name"]: p.get("valueDecimal") for p in json.loads(body)["parameter"]}
+        return values.get("messagesQueued"), values.get("messagesDelivered")
+
     def drained(expected, within=120):
         """Until the receiver has `expected` notifications and the outbox is empty."""
         deadline = time.time() + within
         while time.time() < deadline:
-            status, body = run.http(PORT, "GET", "/fhir/AidboxTopicDestination/bench/$status", None, root)
-            queued = None
-            if status == 200:
-                queued = next(p["valueDecimal"] for p in json.loads(body)["parameter"] if p["name"] == "messagesQueued")
+            queued, _ = counters()
             if receiver.count() >= expected and queued == 0:
                 return True
             time.sleep(0.05)
+        return False
+
+    def caught_up(within=300):
+        """Until the outbox is empty and the receiver has everything delivered
+        (a Kafka consumer reads behind the broker's acknowledgments)."""
+        deadline = time.time() + within
+        while time.time() < deadline:
+            queued, delivered = counters()
+            if queued == 0 and delivered is not None and receiver.count() >= delivered:
+                return True
+            time.sleep(0.1)
         return False
 
     rows = []
@@ -212,15 +260,27 @@ def main():
             for status in ("off", "active"):
                 destination(status)
                 before = receiver.count()
+                # fhirbox's and the database's CPU per create, apart from the
+                # receiver's (a broker and a consumer share this machine).
+                pids = [server.proc.pid] + (database_pids() if args.db == "postgres" else [])
+                cpu_before = cpu_seconds(pids)
                 r = run.wrk(PORT, "/", args.concurrency, args.seconds, script, root)
-                rows.append(dict(destination=status, round=n + 1, **r))
                 if status == "active":
-                    # Let the queue drain, so the next round starts alike.
+                    # The notifications of this round are part of its cost.
                     sent = round(r["rps"] * args.seconds)
                     drained(before + int(sent * 0.9))
+                    caught_up()
+                cpu_ms = (cpu_seconds(pids) - cpu_before) * 1000 / max(1, round(r["rps"] * args.seconds))
+                rows.append(dict(destination=status, round=n + 1, cpu_ms_per_create=cpu_ms, **r))
         # Nothing left from the throughput rounds before the latency run.
         destination("active")
-        drained(0)
+        assert caught_up(), "the receiver did not catch up before the latency run"
+        # The destination's new version gets a new client; its first send
+        # (a Kafka producer's start: about 0.5 s against tansu) is not the
+        # steady state measured below.
+        for _ in range(3):
+            assert run.http(PORT, "POST", "/fhir/Patient", {"resourceType": "Patient"}, root)[0] == 201
+        assert caught_up(), "the warm-up notifications did not arrive"
         # Latency at a steady rate.
         with receiver.lock:
             receiver.arrivals.clear()
@@ -243,6 +303,8 @@ def main():
     errors = sum(r["errors"] for r in rows)
     off = statistics.median(r["rps"] for r in rows if r["destination"] == "off")
     active = statistics.median(r["rps"] for r in rows if r["destination"] == "active")
+    cpu_off = statistics.median(r["cpu_ms_per_create"] for r in rows if r["destination"] == "off")
+    cpu_active = statistics.median(r["cpu_ms_per_create"] for r in rows if r["destination"] == "active")
     latency = {"sent": sent, "received": len(delays), "complete": complete,
                "p50_ms": percentile(delays, 50) if delays else None,
                "p99_ms": percentile(delays, 99) if delays else None,
@@ -252,15 +314,22 @@ def main():
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "commit": commit, "kind": args.kind, "db": args.db, "concurrency": args.concurrency, "rounds": rows,
               "write_ratio_active_to_off": active / off if off else 0, "write_rps_off": off,
-              "write_rps_active": active, "latency": latency, "errors": errors}
+              "write_rps_active": active, "cpu_ms_per_create_off": cpu_off,
+              "cpu_ms_per_create_active": cpu_active, "cpu_ratio_off_to_active": cpu_off / cpu_active if cpu_active else 0,
+              "latency": latency, "errors": errors}
     md = [f"# Subscriptions benchmark ({args.kind}, {args.db}, {report['date']}, {commit})", "",
           f"Creates at c={args.concurrency}, {args.rounds} interleaved rounds of {args.seconds} s; "
           f"medians. Ratio = with an active {args.kind} destination (at least once) / with it off "
           "(target >= 0.8).", "",
           run.table(rows, [("destination", lambda r: r["destination"]), ("round", lambda r: str(r["round"])),
                            ("req/s", lambda r: run.fmt(r["rps"])), ("p50 ms", lambda r: run.fmt(r["p50_ms"], 2)),
-                           ("p99 ms", lambda r: run.fmt(r["p99_ms"], 2)), ("errors", lambda r: str(r["errors"]))]),
+                           ("p99 ms", lambda r: run.fmt(r["p99_ms"], 2)),
+                           ("CPU ms/create", lambda r: run.fmt(r["cpu_ms_per_create"], 3)),
+                           ("errors", lambda r: str(r["errors"]))]),
           "", f"- median req/s off {off:.1f}, active {active:.1f}: **ratio {report['write_ratio_active_to_off']:.2f}**",
+          f"- CPU per create of fhirbox{' and PostgreSQL' if args.db == 'postgres' else ''} (the receiver's apart; "
+          f"an active round includes sending its notifications): off {cpu_off:.3f} ms, active {cpu_active:.3f} ms: "
+          f"**cost ratio {report['cpu_ratio_off_to_active']:.2f}**",
           f"- latency at {args.rate} creates/s for {args.latency_seconds} s, change stored to receipt: "
           f"p50 **{run.fmt(latency['p50_ms'], 1)} ms**, p99 {run.fmt(latency['p99_ms'], 1)} ms, "
           f"max {run.fmt(latency['max_ms'], 1)} ms ({latency['received']}/{latency['sent']} received; goal p50 < 50 ms)", ""]
