@@ -855,29 +855,13 @@ impl Delivery {
         live: &Live,
         kafka: &crate::destination::Kafka,
     ) -> Result<crate::kafka::Credentials, String> {
-        let requester = fhirbox_secrets::Requester::new("AidboxTopicDestination", &live.id);
         let read = |parameter: &str,
                     credential: &crate::destination::Credential|
          -> Result<secrecy::SecretString, String> {
             match credential {
                 crate::destination::Credential::Literal(text) => Ok(text.clone().into()),
                 crate::destination::Credential::Vault(secret) => {
-                    let what = format!("{parameter} secret {secret:?}");
-                    let vault = self.vault.as_ref().ok_or_else(|| {
-                        format!(
-                            "{what} cannot be read: external secrets are off (BOX_VAULT_CONFIG)"
-                        )
-                    })?;
-                    let unusable = |e: fhirbox_secrets::SecretError| {
-                        tracing::warn!(destination = %live.id, error = %e, "a Kafka credential secret cannot be used");
-                        format!(
-                            "{what} cannot be used ({}; details in the server log)",
-                            e.reason()
-                        )
-                    };
-                    let value = vault.resolve(secret, &requester).map_err(unusable)?;
-                    let text = value.expose_utf8().map_err(unusable)?;
-                    Ok(text.to_owned().into())
+                    self.secret(live, &format!("{parameter} secret {secret:?}"), secret)
                 }
             }
         };
@@ -921,6 +905,32 @@ impl Delivery {
         Ok(credentials)
     }
 
+    /// The text of vault secret `secret`, read now with destination
+    /// `live`'s scope. The error (`what` names the parameter and the
+    /// secret) gives the reason only: `$status` is readable beyond root; the
+    /// log gets the paths and scopes too.
+    fn secret(
+        &self,
+        live: &Live,
+        what: &str,
+        secret: &str,
+    ) -> Result<secrecy::SecretString, String> {
+        let vault = self.vault.as_ref().ok_or_else(|| {
+            format!("{what} cannot be read: external secrets are off (BOX_VAULT_CONFIG)")
+        })?;
+        let unusable = |e: fhirbox_secrets::SecretError| {
+            tracing::warn!(destination = %live.id, secret = what, error = %e, "a destination's secret cannot be used");
+            format!(
+                "{what} cannot be used ({}; details in the server log)",
+                e.reason()
+            )
+        };
+        let requester = fhirbox_secrets::Requester::new("AidboxTopicDestination", &live.id);
+        let value = vault.resolve(secret, &requester).map_err(unusable)?;
+        let text = value.expose_utf8().map_err(unusable)?;
+        Ok(text.to_owned().into())
+    }
+
     /// The headers of a delivery: literal ones as written, referenced ones
     /// read from the vault now (with the secret's scope), so a rotated file
     /// applies to the next delivery. The error names the secret and what is
@@ -930,7 +940,6 @@ impl Delivery {
         live: &Live,
         webhook: &Webhook,
     ) -> Result<Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>, String> {
-        let requester = fhirbox_secrets::Requester::new("AidboxTopicDestination", &live.id);
         let mut out = Vec::with_capacity(webhook.headers.len());
         for header in &webhook.headers {
             let (name, value, sensitive, what) = match header {
@@ -939,23 +948,9 @@ impl Delivery {
                 }
                 Header::Vault(secret) => {
                     let what = format!("header secret {secret:?}");
-                    let vault = self.vault.as_ref().ok_or_else(|| {
-                        format!(
-                            "{what} cannot be read: external secrets are off (BOX_VAULT_CONFIG)"
-                        )
-                    })?;
-                    // `$status` is readable beyond root: it gets the reason;
-                    // the log gets the paths and scopes too.
-                    let unusable = |e: fhirbox_secrets::SecretError| {
-                        tracing::warn!(destination = %live.id, error = %e, "a webhook header secret cannot be used");
-                        format!(
-                            "{what} cannot be used ({}; details in the server log)",
-                            e.reason()
-                        )
-                    };
-                    let value = vault.resolve(secret, &requester).map_err(unusable)?;
-                    let line = value.expose_utf8().map_err(unusable)?;
-                    let (name, value) = header_line(line).map_err(|e| format!("{what}: {e}"))?;
+                    let line = self.secret(live, &what, secret)?;
+                    let (name, value) = header_line(secrecy::ExposeSecret::expose_secret(&line))
+                        .map_err(|e| format!("{what}: {e}"))?;
                     (name.to_owned(), value.to_owned(), true, what)
                 }
             };

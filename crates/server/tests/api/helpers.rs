@@ -551,3 +551,20 @@ pub fn database_bytes(app: &TestApp) -> Vec<u8> {
         }
     }
 }
+
+/// Secret `values` appear in none of `bodies` (responses the test kept),
+/// the captured logs, or the bytes of `app`'s database.
+pub fn assert_nowhere(app: &TestApp, values: &[&str], bodies: &[String]) {
+    let db = database_bytes(app);
+    let logs = captured_logs();
+    for value in values {
+        for body in bodies {
+            assert!(!body.contains(value), "{value} in a response: {body}");
+        }
+        assert!(!logs.contains(value), "{value} in the logs");
+        assert!(
+            !db.windows(value.len()).any(|w| w == value.as_bytes()),
+            "{value} in the database"
+        );
+    }
+}
