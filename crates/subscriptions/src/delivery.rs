@@ -7,7 +7,7 @@
 //! was not acknowledged is still in the outbox at the next start).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::destination::{header_line, Header, Kind, Webhook};
 use crate::registry::{Live, Registry};
+pub use crate::stats::Stats;
 
 /// How often a worker looks for notifications queued through another
 /// instance (its own instance's writes wake it at once).
@@ -30,44 +31,6 @@ const CLEANUP_EVERY: Duration = Duration::from_secs(5);
 /// The most notifications a best-effort destination keeps in memory; more
 /// are lost (and counted).
 const MEMORY_QUEUE: usize = 10_000;
-
-/// What happened to one destination's notifications on this instance since
-/// it started (`$status`, metrics).
-#[derive(Default)]
-pub struct Stats {
-    pub delivered: AtomicU64,
-    pub attempts: AtomicU64,
-    pub failures: AtomicU64,
-    pub in_process: AtomicU64,
-    /// Best-effort notifications dropped: the memory queue was full, or
-    /// the send failed.
-    pub lost: AtomicU64,
-    last_error: Mutex<Option<(String, SystemTime)>>,
-}
-
-impl Stats {
-    /// The last failure: what went wrong (never a credential or a response
-    /// body) and when.
-    pub fn last_error(&self) -> Option<(String, SystemTime)> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Records a problem the Kafka client reported between sends (shown
-    /// by `$status` as the last error, not counted as a failed attempt).
-    pub(crate) fn noticed(&self, message: String) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((message, SystemTime::now()));
-    }
-
-    fn failed(&self, message: String) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((message, SystemTime::now()));
-    }
-}
 
 /// What delivery reports to the server's metrics. Destination ids are
 /// labels: an operator configures them, so they are few.

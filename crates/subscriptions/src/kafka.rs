@@ -19,8 +19,8 @@ use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::delivery::Stats;
 use crate::destination::Kafka;
+use crate::stats::Stats;
 
 /// The credentials of one send, read from the destination or the vault.
 pub(crate) struct Credentials {

@@ -12,6 +12,7 @@ pub mod jaas;
 mod kafka;
 pub mod notification;
 pub mod registry;
+mod stats;
 pub mod topic;
 
 use std::sync::Arc;
