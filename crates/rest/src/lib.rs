@@ -190,6 +190,8 @@ impl Rest {
             }
         }
         if queued.is_some_and(|q| q.load(std::sync::atomic::Ordering::SeqCst)) {
+            // Their notifications need not read back what was just written.
+            self.subscriptions.delivery.remember_written(outcomes);
             self.subscriptions.registry.wake();
         }
         let touches_auth = outcomes.iter().any(|o| {

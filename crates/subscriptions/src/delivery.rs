@@ -132,7 +132,54 @@ pub struct Delivery {
     started: SystemTime,
     stats: Mutex<HashMap<String, Arc<Stats>>>,
     memory: Mutex<HashMap<String, Arc<MemoryQueue>>>,
+    written: Mutex<Written>,
 }
+
+/// The bodies of versions this instance wrote lately with notifications
+/// queued, so sending those need not read them back (bounded, oldest out).
+#[derive(Default)]
+struct Written {
+    bodies: HashMap<(String, String, i64), Arc<str>>,
+    order: VecDeque<(String, String, i64)>,
+    bytes: usize,
+}
+
+impl Written {
+    /// Keeps `stored`'s body, letting the oldest go beyond `most` bodies or
+    /// `most_bytes` bytes.
+    fn keep(&mut self, stored: &fhirbox_store::StoredResource, most: usize, most_bytes: usize) {
+        let key = (
+            stored.resource_type.clone(),
+            stored.id.clone(),
+            stored.version_id,
+        );
+        if self.bodies.contains_key(&key) {
+            return;
+        }
+        self.bytes += stored.body.len();
+        self.bodies
+            .insert(key.clone(), Arc::from(stored.body.as_str()));
+        self.order.push_back(key);
+        while self.order.len() > most || self.bytes > most_bytes {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(body) = self.bodies.remove(&oldest) {
+                self.bytes -= body.len();
+            }
+        }
+    }
+
+    fn get(&self, resource_type: &str, id: &str, version: i64) -> Option<Arc<str>> {
+        self.bodies
+            .get(&(resource_type.to_owned(), id.to_owned(), version))
+            .cloned()
+    }
+}
+
+/// The most bodies, and bytes of them, [`Written`] keeps.
+const WRITTEN_MAX: usize = 4096;
+const WRITTEN_MAX_BYTES: usize = 16 << 20;
 
 impl Delivery {
     pub fn new(
@@ -152,6 +199,7 @@ impl Delivery {
             started: SystemTime::now(),
             stats: Mutex::new(HashMap::new()),
             memory: Mutex::new(HashMap::new()),
+            written: Mutex::new(Written::default()),
         }
     }
 
@@ -231,6 +279,24 @@ impl Delivery {
         });
         drop(items);
         queue.wake.notify_one();
+    }
+
+    /// After writes that queued notifications committed: keeps what they
+    /// stored, for the notifications' `full-resource` entries.
+    pub fn remember_written(&self, outcomes: &[WriteOutcome]) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        for stored in outcomes.iter().filter(|o| o.changed && !o.resource.deleted) {
+            written.keep(&stored.resource, WRITTEN_MAX, WRITTEN_MAX_BYTES);
+        }
+    }
+
+    /// The body of a version [`Delivery::remember_written`] kept.
+    fn written(&self, row: &OutboxRow) -> Option<Arc<str>> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).get(
+            &row.resource_type,
+            &row.resource_id,
+            row.version_id,
+        )
     }
 
     /// Counts `rows` as delivered (acknowledged by the receiver).
@@ -760,9 +826,10 @@ impl Delivery {
             let Some(Sender::Webhook(client)) = sender.as_ref() else {
                 return Err("the HTTP client could not be built".into());
             };
-            let bundle = crate::notification::bundle(&self.store, live, rows, base)
-                .await
-                .map_err(unreadable)?;
+            let bundle =
+                crate::notification::bundle(&self.store, live, rows, base, &|r| self.written(r))
+                    .await
+                    .map_err(unreadable)?;
             let headers = self.headers(live, webhook)?;
             return post(client, webhook, headers, &bundle).await;
         }
@@ -790,10 +857,15 @@ impl Delivery {
         // One message per change, keyed by the resource.
         let mut messages = Vec::with_capacity(rows.len());
         for row in rows {
-            let bundle =
-                crate::notification::bundle(&self.store, live, std::slice::from_ref(row), base)
-                    .await
-                    .map_err(unreadable)?;
+            let bundle = crate::notification::bundle(
+                &self.store,
+                live,
+                std::slice::from_ref(row),
+                base,
+                &|r| self.written(r),
+            )
+            .await
+            .map_err(unreadable)?;
             messages.push(crate::kafka::Message {
                 key: format!("{}/{}", row.resource_type, row.resource_id),
                 payload: bundle.to_string(),
@@ -960,5 +1032,46 @@ async fn post(
             Err("the request could not be built (check the header parameters)".into())
         }
         Err(_) => Err("the request to the endpoint failed".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Written;
+
+    fn stored(id: &str, version: i64, body: &str) -> fhirbox_store::StoredResource {
+        fhirbox_store::StoredResource {
+            resource_type: "Patient".into(),
+            id: id.into(),
+            version_id: version,
+            last_updated: 0,
+            deleted: false,
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn written_bodies_are_bounded_by_count_and_bytes_oldest_out() {
+        let mut written = Written::default();
+        for i in 0..5 {
+            written.keep(&stored(&format!("p{i}"), 1, "0123456789"), 3, 1000);
+        }
+        assert_eq!(written.bodies.len(), 3);
+        assert!(written.get("Patient", "p1", 1).is_none());
+        assert_eq!(
+            written.get("Patient", "p4", 1).as_deref(),
+            Some("0123456789")
+        );
+        assert!(written.get("Patient", "p4", 2).is_none());
+        // The same version twice is kept once.
+        written.keep(&stored("p4", 1, "0123456789"), 3, 1000);
+        assert_eq!(
+            (written.bodies.len(), written.order.len(), written.bytes),
+            (3, 3, 30)
+        );
+        // Bytes: a large body pushes the others out, then itself stays alone.
+        written.keep(&stored("big", 1, &"x".repeat(25)), 3, 30);
+        assert_eq!(written.bodies.len(), 1);
+        assert_eq!(written.bytes, 25);
     }
 }

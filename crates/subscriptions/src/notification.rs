@@ -13,6 +13,10 @@ use serde_json::{json, Map, Value};
 use crate::destination::Content;
 use crate::registry::Live;
 
+/// The stored text of a version this instance wrote lately, if it still
+/// has it (`None`: read it from the store).
+pub type Written<'a> = &'a (dyn Fn(&OutboxRow) -> Option<std::sync::Arc<str>> + Sync);
+
 /// The notification of `rows` (oldest first, of one topic) for `live`.
 /// `base` is the server's public base URL (`BOX_WEB_BASE_URL`), for
 /// `fullUrl`.
@@ -21,6 +25,7 @@ pub async fn bundle(
     live: &Live,
     rows: &[OutboxRow],
     base: Option<&str>,
+    written: Written<'_>,
 ) -> Result<Value, StoreError> {
     let events: Vec<Value> = rows
         .iter()
@@ -42,7 +47,7 @@ pub async fn bundle(
     }})];
     if live.destination.content != Content::Empty {
         for row in rows {
-            entries.push(entry(store, live.destination.content, row, base).await?);
+            entries.push(entry(store, live.destination.content, row, base, written).await?);
         }
     }
     Ok(json!({
@@ -58,6 +63,7 @@ async fn entry(
     content: Content,
     row: &OutboxRow,
     base: Option<&str>,
+    written: Written<'_>,
 ) -> Result<Value, StoreError> {
     let url = format!("{}/{}", row.resource_type, row.resource_id);
     let mut entry = Map::new();
@@ -73,14 +79,17 @@ async fn entry(
         _ => "PUT",
     };
     if content == Content::FullResource && row.interaction != "delete" {
-        // The version the change stored, whatever came after it.
-        let stored = store
-            .vread(&row.resource_type, &row.resource_id, row.version_id)
-            .await?;
-        if let Some(body) = stored
-            .filter(|s| !s.deleted)
-            .and_then(|s| serde_json::from_str::<Value>(&s.body).ok())
-        {
+        // The version the change stored, whatever came after it: as this
+        // instance wrote it, or read back.
+        let text = match written(row) {
+            Some(text) => Some(text),
+            None => store
+                .vread(&row.resource_type, &row.resource_id, row.version_id)
+                .await?
+                .filter(|s| !s.deleted)
+                .map(|s| std::sync::Arc::from(s.body)),
+        };
+        if let Some(body) = text.and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
             entry.insert("resource".into(), body);
         }
     }
