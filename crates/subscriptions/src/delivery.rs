@@ -147,18 +147,13 @@ struct Written {
 impl Written {
     /// Keeps `stored`'s body, letting the oldest go beyond `most` bodies or
     /// `most_bytes` bytes.
-    fn keep(&mut self, stored: &fhirbox_store::StoredResource, most: usize, most_bytes: usize) {
-        let key = (
-            stored.resource_type.clone(),
-            stored.id.clone(),
-            stored.version_id,
-        );
-        if self.bodies.contains_key(&key) {
+    fn keep(&mut self, key: (String, String, i64), body: Arc<str>, most: usize, most_bytes: usize) {
+        // One large body does not push out all the others.
+        if body.len() > most_bytes / 16 || self.bodies.contains_key(&key) {
             return;
         }
-        self.bytes += stored.body.len();
-        self.bodies
-            .insert(key.clone(), Arc::from(stored.body.as_str()));
+        self.bytes += body.len();
+        self.bodies.insert(key.clone(), body);
         self.order.push_back(key);
         while self.order.len() > most || self.bytes > most_bytes {
             let Some(oldest) = self.order.pop_front() else {
@@ -284,9 +279,25 @@ impl Delivery {
     /// After writes that queued notifications committed: keeps what they
     /// stored, for the notifications' `full-resource` entries.
     pub fn remember_written(&self, outcomes: &[WriteOutcome]) {
+        // A large bundle would only push out what waits to be sent.
+        if outcomes.len() > WRITTEN_MAX / 4 {
+            return;
+        }
+        // Copied before the lock is taken.
+        let bodies: Vec<((String, String, i64), Arc<str>)> = outcomes
+            .iter()
+            .filter(|o| o.changed && !o.resource.deleted)
+            .map(|o| {
+                let r = &o.resource;
+                (
+                    (r.resource_type.clone(), r.id.clone(), r.version_id),
+                    Arc::from(r.body.as_str()),
+                )
+            })
+            .collect();
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        for stored in outcomes.iter().filter(|o| o.changed && !o.resource.deleted) {
-            written.keep(&stored.resource, WRITTEN_MAX, WRITTEN_MAX_BYTES);
+        for (key, body) in bodies {
+            written.keep(key, body, WRITTEN_MAX, WRITTEN_MAX_BYTES);
         }
     }
 
@@ -1039,22 +1050,20 @@ async fn post(
 mod tests {
     use super::Written;
 
-    fn stored(id: &str, version: i64, body: &str) -> fhirbox_store::StoredResource {
-        fhirbox_store::StoredResource {
-            resource_type: "Patient".into(),
-            id: id.into(),
-            version_id: version,
-            last_updated: 0,
-            deleted: false,
-            body: body.into(),
-        }
+    fn keep(written: &mut Written, id: &str, body: &str, most: usize, most_bytes: usize) {
+        written.keep(
+            ("Patient".into(), id.into(), 1),
+            body.into(),
+            most,
+            most_bytes,
+        );
     }
 
     #[test]
     fn written_bodies_are_bounded_by_count_and_bytes_oldest_out() {
         let mut written = Written::default();
         for i in 0..5 {
-            written.keep(&stored(&format!("p{i}"), 1, "0123456789"), 3, 1000);
+            keep(&mut written, &format!("p{i}"), "0123456789", 3, 1000);
         }
         assert_eq!(written.bodies.len(), 3);
         assert!(written.get("Patient", "p1", 1).is_none());
@@ -1064,14 +1073,22 @@ mod tests {
         );
         assert!(written.get("Patient", "p4", 2).is_none());
         // The same version twice is kept once.
-        written.keep(&stored("p4", 1, "0123456789"), 3, 1000);
+        keep(&mut written, "p4", "0123456789", 3, 1000);
         assert_eq!(
             (written.bodies.len(), written.order.len(), written.bytes),
             (3, 3, 30)
         );
-        // Bytes: a large body pushes the others out, then itself stays alone.
-        written.keep(&stored("big", 1, &"x".repeat(25)), 3, 30);
-        assert_eq!(written.bodies.len(), 1);
-        assert_eq!(written.bytes, 25);
+        // Bytes: the oldest go until the total fits.
+        let mut written = Written::default();
+        for i in 0..20 {
+            keep(&mut written, &format!("q{i}"), "0123456789", 100, 160);
+        }
+        assert_eq!((written.bodies.len(), written.bytes), (16, 160));
+        assert!(written.get("Patient", "q3", 1).is_none());
+        assert!(written.get("Patient", "q4", 1).is_some());
+        // A body over a sixteenth of the bytes allowed is not kept.
+        keep(&mut written, "big", &"z".repeat(11), 100, 160);
+        assert!(written.get("Patient", "big", 1).is_none());
+        assert_eq!(written.bytes, 160);
     }
 }
