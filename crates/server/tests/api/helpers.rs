@@ -568,3 +568,12 @@ pub fn assert_nowhere(app: &TestApp, values: &[&str], bodies: &[String]) {
         );
     }
 }
+
+/// Waits (up to 5 s) until the vault's only secret, as `/admin/secrets`
+/// reports it, is `n` bytes long: a rotation was picked up.
+pub async fn served_secret_size_is(app: &TestApp, n: usize) -> bool {
+    fhirbox_test_support::wait_until_async(std::time::Duration::from_secs(5), || async {
+        app.get("/admin/secrets").await.json()["secrets"][0]["sizeBytes"] == serde_json::json!(n)
+    })
+    .await
+}

@@ -749,19 +749,10 @@ async fn a_client_key_from_the_vault_rotates_and_never_shows(backend: crate::hel
     assert_eq!(event(&got[0].2).0, "Patient/p1");
 
     // A key and certificate of another CA: the broker refuses the client.
-    let size_is = |n: usize| {
-        let app = &app;
-        async move {
-            wait_until_async(Duration::from_secs(5), || async {
-                app.get("/admin/secrets").await.json()["secrets"][0]["sizeBytes"] == json!(n)
-            })
-            .await
-        }
-    };
     let rogue = format!("{rogue_key}{rogue_cert}");
     vault.rotate("kafka-client", rogue.as_bytes());
     assert!(
-        size_is(rogue.trim_end().len()).await,
+        crate::helpers::served_secret_size_is(&app, rogue.trim_end().len()).await,
         "{} {}",
         rogue.len(),
         app.get("/admin/secrets").await.text

@@ -820,15 +820,7 @@ async fn webhook_headers_come_from_the_vault_rotate_and_never_show(backend: Back
     assert_eq!(authorization(0), format!("Bearer {FIRST}"));
 
     // Rotated: the next delivery sends the new line.
-    let size_is = |n: usize| {
-        let app = &app;
-        async move {
-            wait_until_async(Duration::from_secs(5), || async {
-                app.get("/admin/secrets").await.json()["secrets"][0]["sizeBytes"] == json!(n)
-            })
-            .await
-        }
-    };
+    let size_is = |n: usize| crate::helpers::served_secret_size_is(&app, n);
     let second = format!("Authorization: Bearer {SECOND}");
     vault.rotate("hook-auth", second.as_bytes());
     assert!(size_is(second.len()).await);
