@@ -921,14 +921,7 @@ impl Delivery {
             let text = read("saslJaasConfig", jaas)?;
             let parsed = crate::jaas::parse(secrecy::ExposeSecret::expose_secret(&text))
                 .map_err(|e| format!("saslJaasConfig {e}"))?;
-            let fits = match parsed.module {
-                crate::jaas::Module::Plain => kafka.mechanism.as_deref() == Some("PLAIN"),
-                crate::jaas::Module::Scram => kafka
-                    .mechanism
-                    .as_deref()
-                    .is_some_and(|m| m.starts_with("SCRAM-")),
-            };
-            if !fits {
+            if !parsed.module.fits(kafka.mechanism.as_deref()) {
                 return Err("saslJaasConfig's login module does not fit saslMechanism".into());
             }
             credentials.username = Some(parsed.username);

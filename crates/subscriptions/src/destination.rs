@@ -528,11 +528,7 @@ fn kafka(params: &Params<'_>) -> Result<Kafka, String> {
     }
     if let Some(text) = params.text("saslJaasConfig") {
         let parsed = jaas::parse(text).map_err(|e| format!("saslJaasConfig {e}"))?;
-        let fits = match parsed.module {
-            jaas::Module::Plain => mechanism == Some("PLAIN"),
-            jaas::Module::Scram => mechanism.is_some_and(|m| m.starts_with("SCRAM-")),
-        };
-        if !fits {
+        if !parsed.module.fits(mechanism) {
             return Err("saslJaasConfig's login module does not fit saslMechanism: PLAIN takes PlainLoginModule, SCRAM-SHA-256/512 take ScramLoginModule".into());
         }
     }

@@ -22,6 +22,17 @@ pub enum Module {
     Scram,
 }
 
+impl Module {
+    /// Whether this login module goes with SASL mechanism `mechanism`:
+    /// `PLAIN` takes PlainLoginModule, `SCRAM-SHA-256/512` ScramLoginModule.
+    pub fn fits(self, mechanism: Option<&str>) -> bool {
+        match self {
+            Module::Plain => mechanism == Some("PLAIN"),
+            Module::Scram => mechanism.is_some_and(|m| m.starts_with("SCRAM-")),
+        }
+    }
+}
+
 /// The credentials of a JAAS configuration.
 pub struct Jaas {
     pub module: Module,

@@ -291,19 +291,8 @@ impl Broker {
     /// (or 60 s passed): the keys in the order of their first arrival, and
     /// how many messages were read in all.
     pub async fn first_keys(&self, topic: &str, count: usize) -> (Vec<String>, usize) {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", self.address())
-            .set("group.id", "fhirbox-tests")
-            .set("enable.auto.commit", "false");
-        let topic = topic.to_owned();
+        let consumer = self.consumer(topic, &[]);
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = config.create().expect("a consumer");
-            let mut partitions = TopicPartitionList::new();
-            partitions
-                .add_partition_offset(&topic, 0, Offset::Beginning)
-                .unwrap();
-            consumer.assign(&partitions).unwrap();
             let (mut keys, mut read) = (Vec::<String>::new(), 0);
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while keys.len() < count && std::time::Instant::now() < deadline {
@@ -322,13 +311,10 @@ impl Broker {
         .unwrap()
     }
 
-    /// [`Broker::read`] with more consumer settings (TLS, SASL).
-    pub async fn read_with(
-        &self,
-        topic: &str,
-        count: usize,
-        settings: &[(&str, String)],
-    ) -> Vec<(String, String, Value)> {
+    /// A consumer of partition 0 of `topic` from its beginning, with more
+    /// settings (TLS, SASL). The partition is assigned directly: a group
+    /// join is slow.
+    fn consumer(&self, topic: &str, settings: &[(&str, String)]) -> BaseConsumer {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", self.address())
@@ -337,15 +323,24 @@ impl Broker {
         for (name, value) in settings {
             config.set(*name, value);
         }
-        let topic = topic.to_owned();
+        let consumer: BaseConsumer = config.create().expect("a consumer");
+        let mut partitions = TopicPartitionList::new();
+        partitions
+            .add_partition_offset(topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&partitions).unwrap();
+        consumer
+    }
+
+    /// [`Broker::read`] with more consumer settings (TLS, SASL).
+    pub async fn read_with(
+        &self,
+        topic: &str,
+        count: usize,
+        settings: &[(&str, String)],
+    ) -> Vec<(String, String, Value)> {
+        let consumer = self.consumer(topic, settings);
         tokio::task::spawn_blocking(move || {
-            // Partitions are assigned directly: a group join is slow.
-            let consumer: BaseConsumer = config.create().expect("a consumer");
-            let mut partitions = TopicPartitionList::new();
-            partitions
-                .add_partition_offset(&topic, 0, Offset::Beginning)
-                .unwrap();
-            consumer.assign(&partitions).unwrap();
             let mut out = Vec::new();
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while out.len() < count && std::time::Instant::now() < deadline {
@@ -721,8 +716,7 @@ async fn a_client_key_from_the_vault_rotates_and_never_shows(backend: crate::hel
         &json!({"secret": {"kafka-client": {"path": vault.secret_path("kafka-client"),
         "scope": ["AidboxTopicDestination/secure"]}}}),
     );
-    let config = vault.config_path();
-    let app = TestApp::spawn_with(backend, move |s| s.vault_config = Some(config)).await;
+    let app = crate::vault::spawn_with_vault(backend, &vault).await;
     subscribe(
         &app,
         "secure",
@@ -865,8 +859,7 @@ async fn a_rotated_jaas_file_and_wrong_credentials_over_sasl_ssl(backend: crate:
         &json!({"secret": {"kafka-jaas": {"path": vault.secret_path("kafka-jaas"),
         "scope": ["AidboxTopicDestination/sasl"]}}}),
     );
-    let config = vault.config_path();
-    let app = TestApp::spawn_with(backend, move |s| s.vault_config = Some(config)).await;
+    let app = crate::vault::spawn_with_vault(backend, &vault).await;
     subscribe(
         &app,
         "sasl",

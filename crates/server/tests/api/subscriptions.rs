@@ -788,8 +788,7 @@ async fn webhook_headers_come_from_the_vault_rotate_and_never_show(backend: Back
         &json!({"secret": {"hook-auth": {"path": vault.secret_path("hook-auth"),
         "scope": ["AidboxTopicDestination/patients"]}}}),
     );
-    let config = vault.config_path();
-    let app = TestApp::spawn_with(backend, move |s| s.vault_config = Some(config)).await;
+    let app = crate::vault::spawn_with_vault(backend, &vault).await;
     let receiver = Receiver::start().await;
     subscribe(
         &app,
